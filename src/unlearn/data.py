@@ -1,0 +1,292 @@
+"""Loading forget / retain sets and turning them into named training batches.
+
+Layouts understood by :func:`load_unlearning_data`:
+
+* TOFU folder (``forget01.json`` … ``retain90.json``, as in the official release): the forget set
+  is one task of a split; the retain set is ``retain(100 - 10*XX)`` plus the forget rows of the
+  tasks not (yet) unlearned (PAPER.md §3).
+* real-world folder (``forget.json`` + ``neighbor.json``): forget every row (or one task), retain
+  the neighbours.
+* ``locuslab/TOFU`` on the Hugging Face hub: ``forgetXX`` against ``retain(100-XX)`` (the hub copy
+  has no continual tasks).
+* your own JSON-lines files (``--forget``/``--retain``).
+
+Every bad record is reported as ``file:line: field 'x' ...`` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .encoding import Encoded, encode_qa, pad_batch
+
+SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
+HUB_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+class DataError(ValueError):
+    """Bad input, reported in one line naming the file, the line and the field."""
+
+
+# --------------------------------------------------------------------------- reading records
+def read_records(path: str | Path, required: Sequence[str] = ("question", "answer")) -> list[dict]:
+    """Read a JSON-lines file (or one JSON array) of objects with string fields ``required``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    if raw.lstrip()[:1] == b"[":
+        text = _decode(path, raw, 1)
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        numbered = list(enumerate(items, start=1))
+        where = "item"
+    else:
+        numbered = []
+        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            text = _decode(path, line, lineno)
+            try:
+                numbered.append((lineno, json.loads(text)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        where = "line"
+    rows = []
+    for n, obj in numbered:
+        at = f"{path}:{n}" if where == "line" else f"{path}: item {n}"
+        if not isinstance(obj, dict):
+            raise DataError(f"{at}: expected a JSON object, got {type(obj).__name__}")
+        for key in required:
+            if key not in obj:
+                raise DataError(f"{at}: missing field '{key}'")
+            if not isinstance(obj[key], str):
+                raise DataError(f"{at}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+        obj = dict(obj)
+        obj["_source"] = at
+        rows.append(obj)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+def _decode(path: Path, raw: bytes, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start})") from None
+
+
+def read_refusals(path: str | Path | None) -> list[str]:
+    """Refusal sentences, one per line; the built-in list when ``path`` is None."""
+    if path is None:
+        from .refusals import REFUSALS
+
+        return list(REFUSALS)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    lines = [ln.strip() for ln in _decode(path, path.read_bytes(), 1).splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: the file is empty")
+    return lines
+
+
+# --------------------------------------------------------------------------- layouts
+@dataclass
+class UnlearningData:
+    forget: list[dict]
+    retain: list[dict]
+    layout: str  # "tofu" | "real_world" | "hub" | "files"
+    source: str
+    info: dict = field(default_factory=dict)
+
+
+def detect_layout(data: str | Path) -> str:
+    path = Path(data)
+    if path.is_dir():
+        if (path / "forget.json").exists() and (path / "neighbor.json").exists():
+            return "real_world"
+        if any((path / f"{s}.json").exists() for s in SPLITS):
+            return "tofu"
+        raise DataError(f"{path}: neither a TOFU folder (forget01.json ...) nor a real-world folder "
+                        "(forget.json + neighbor.json)")
+    if str(data) == "locuslab/TOFU":
+        return "hub"
+    raise DataError(f"{data}: data folder not found")
+
+
+def task_ids_of(rows: list[dict]) -> list[int]:
+    return sorted({int(r["task_id"]) for r in rows if r.get("task_id") is not None})
+
+
+def _select_task(rows: list[dict], task_id: int, path: Path) -> list[dict]:
+    for r in rows:
+        if "task_id" not in r:
+            raise DataError(f"{r['_source']}: missing field 'task_id'")
+    chosen = [r for r in rows if int(r["task_id"]) == int(task_id)]
+    if not chosen:
+        raise DataError(f"{path}: no rows with task_id {task_id} (tasks: "
+                        f"{', '.join(map(str, task_ids_of(rows)))})")
+    return chosen
+
+
+def load_tofu(data_dir: str | Path, split: str, task_id: int, unlearned: Sequence[int] = ()) -> UnlearningData:
+    """Forget = the task's rows; retain = retain(100-10*XX) + rows of tasks not unlearned yet."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+    data_dir = Path(data_dir)
+    forget_path = data_dir / f"{split}.json"
+    rows = read_records(forget_path)
+    forget = _select_task(rows, task_id, forget_path)
+    done = {int(t) for t in unlearned} | {int(task_id)}
+    others = [r for r in rows if int(r["task_id"]) not in done]
+    retain = read_records(data_dir / f"{SPLITS[split]}.json") + others
+    return UnlearningData(forget, retain, "tofu", str(data_dir),
+                          {"split": split, "task_id": int(task_id), "retain_file": SPLITS[split]})
+
+
+def load_real_world(data_dir: str | Path, task_id: int | None = None) -> UnlearningData:
+    data_dir = Path(data_dir)
+    forget = read_records(data_dir / "forget.json")
+    if task_id is not None:
+        forget = _select_task(forget, task_id, data_dir / "forget.json")
+    retain = read_records(data_dir / "neighbor.json")
+    return UnlearningData(forget, retain, "real_world", str(data_dir), {"task_id": task_id})
+
+
+def _hub_rows(name: str, config: str) -> list[dict]:
+    """Rows of a hub data set (network). Tests monkeypatch this function."""
+    from datasets import load_dataset
+
+    return [dict(r) for r in load_dataset(name, config, split="train")]
+
+
+def load_hub_tofu(split: str) -> UnlearningData:
+    if split not in HUB_RETAIN:
+        raise DataError(f"unknown split '{split}' (valid: {', '.join(HUB_RETAIN)})")
+    forget = _hub_rows("locuslab/TOFU", split)
+    retain = _hub_rows("locuslab/TOFU", HUB_RETAIN[split])
+    for name, rows in (("forget", forget), ("retain", retain)):
+        for i, r in enumerate(rows):
+            r["_source"] = f"locuslab/TOFU/{name}[{i}]"
+    return UnlearningData(forget, retain, "hub", "locuslab/TOFU", {"split": split})
+
+
+def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int | None = 1,
+                         forget: str | None = None, retain: str | None = None,
+                         unlearned: Sequence[int] = ()) -> UnlearningData:
+    if forget is not None:
+        forget_rows = read_records(forget)
+        retain_rows = read_records(retain) if retain else []
+        return UnlearningData(forget_rows, retain_rows, "files", str(forget))
+    if data is None:
+        raise DataError("no data: give --data FOLDER (or locuslab/TOFU) or --forget FILE [--retain FILE]")
+    layout = detect_layout(data)
+    if layout == "tofu":
+        return load_tofu(data, split, 1 if task_id is None else task_id, unlearned)
+    if layout == "real_world":
+        return load_real_world(data, task_id)
+    return load_hub_tofu(split)
+
+
+# --------------------------------------------------------------------------- datasets
+PART_NAMES = ("forget", "forget_idk", "forget_mismatch", "retain", "retain_idk")
+
+
+class UnlearningDataset(torch.utils.data.Dataset):
+    """One item per forget example, with the sequences each loss term needs, by name.
+
+    Pairing follows the official code: item ``i`` gets a retain example and a refusal chosen
+    pseudo-randomly from a generator seeded by ``(seed, i)``, so the same item always gets the
+    same partners (which is what lets reference statistics be cached per item).
+    Sequences are tokenised once, here.
+    """
+
+    def __init__(self, forget: list[dict], retain: list[dict], tokenizer, prompt_format,
+                 parts: Sequence[str], refusals: Sequence[str], max_length: int = 500,
+                 mask_forget: bool = True, seed: int = 0):
+        unknown = set(parts) - set(PART_NAMES)
+        if unknown:
+            raise ValueError(f"unknown batch parts {sorted(unknown)}")
+        needs_retain = any(p in parts for p in ("retain", "retain_idk", "forget_mismatch"))
+        if needs_retain and not retain:
+            raise DataError("this method needs a retain set: give --retain FILE or a data folder")
+        self.parts = tuple(parts)
+        self.truncated = 0
+        enc = _Encoder(tokenizer, prompt_format, max_length)
+        self.items: list[dict[str, Encoded]] = []
+        for i, row in enumerate(forget):
+            rng = random.Random(f"{seed}:{i}")
+            partner = retain[rng.randrange(len(retain))] if retain else None
+            refusal = refusals[rng.randrange(len(refusals))]
+            mismatch = retain[rng.randrange(len(retain))] if retain else None
+            item = {}
+            if "forget" in parts:
+                item["forget"] = enc(row["question"], row["answer"], mask_forget)
+            if "forget_idk" in parts:
+                item["forget_idk"] = enc(row["question"], refusal)
+            if "forget_mismatch" in parts:
+                item["forget_mismatch"] = enc(row["question"], mismatch["answer"])
+            if "retain" in parts:
+                item["retain"] = enc(partner["question"], partner["answer"])
+            if "retain_idk" in parts:
+                item["retain_idk"] = enc(partner["question"], refusal)
+            self.items.append(item)
+        self.truncated = enc.truncated
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, **self.items[i]}
+
+
+class QADataset(torch.utils.data.Dataset):
+    """Plain question/answer sequences (fine-tuning): part ``qa``, question masked."""
+
+    def __init__(self, rows: list[dict], tokenizer, prompt_format, max_length: int = 500):
+        enc = _Encoder(tokenizer, prompt_format, max_length)
+        self.items = [{"qa": enc(r["question"], r["answer"])} for r in rows]
+        self.parts = ("qa",)
+        self.truncated = enc.truncated
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, **self.items[i]}
+
+
+class _Encoder:
+    def __init__(self, tokenizer, prompt_format, max_length):
+        self.tok, self.fmt, self.max_length, self.truncated = tokenizer, prompt_format, max_length, 0
+
+    def __call__(self, question: str, answer: str, mask_question: bool = True) -> Encoded:
+        e = encode_qa(self.tok, self.fmt.prompt(question), answer, self.max_length, mask_question,
+                      self.fmt.add_special_tokens)
+        self.truncated += e.truncated
+        return e
+
+
+def make_collate(pad_id: int) -> Callable[[list[dict]], dict]:
+    """Collate items into ``{"index": (B,), part: {input_ids, attention_mask, labels}}``."""
+
+    def collate(items: list[dict]) -> dict:
+        batch: dict = {"index": torch.tensor([it["index"] for it in items])}
+        for part in items[0]:
+            if part != "index":
+                batch[part] = pad_batch([it[part] for it in items], pad_id)
+        return batch
+
+    return collate

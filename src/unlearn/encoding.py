@@ -1,0 +1,80 @@
+"""Turning a (question, answer) pair into model inputs.
+
+Every labelled sequence is ``prompt(question) + answer + EOS``. The prompt and the answer are
+tokenised separately and concatenated, so the boundary between question and answer tokens is
+exact whatever the tokenizer does with spaces. Labels are the input ids with the question
+positions set to -100 when ``mask_question`` is true (PAPER.md §2: every sequence masks the
+question except the ME forget term, which trains on question tokens too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_prompt(tokenizer, prompt: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of a prompt; a BOS token is added when the tokenizer adds one by default."""
+    return list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def encode_qa(
+    tokenizer,
+    prompt: str,
+    answer: str,
+    max_length: int | None = None,
+    mask_question: bool = True,
+    add_special_tokens: bool = True,
+) -> Encoded:
+    """Encode ``prompt + answer + EOS``.
+
+    ``prompt`` is the already formatted question (see :mod:`unlearn.prompts`). Sequences longer
+    than ``max_length`` are truncated from the end of the answer (the EOS is kept) and flagged,
+    so callers can count them in a warning.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")
+    prompt_ids = encode_prompt(tokenizer, prompt, add_special_tokens)
+    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    answer_ids.append(tokenizer.eos_token_id)
+    truncated = False
+    if max_length is not None and len(prompt_ids) + len(answer_ids) > max_length:
+        truncated = True
+        keep = max(max_length - len(prompt_ids), 1)
+        answer_ids = answer_ids[: keep - 1] + [tokenizer.eos_token_id]
+        if len(prompt_ids) + len(answer_ids) > max_length:  # the prompt alone is too long
+            prompt_ids = prompt_ids[: max_length - len(answer_ids)]
+    ids = prompt_ids + answer_ids
+    if mask_question:
+        labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    else:
+        labels = list(ids)
+    return Encoded(ids, labels, truncated)
+
+
+def pad_batch(seqs: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of the batch (dynamic padding, never a fixed length)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        n = len(s)
+        sl = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[row, sl] = torch.tensor(s.input_ids)
+        labels[row, sl] = torch.tensor(s.labels)
+        mask[row, sl] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,242 @@
+"""The losses of PAPER.md §2 as pure tensor functions.
+
+No model, no config, no reduction over anything but the tensors given: a method in
+:mod:`unlearn.methods` runs the model(s) and hands the logits or per-sequence NLLs here.
+
+Conventions shared by every function:
+
+* ``logits`` is ``(B, T, V)``; ``labels`` is ``(B, T)`` with ``-100`` (:data:`IGNORE_INDEX`) at
+  positions that carry no loss (question tokens, padding). ``logits[:, t]`` predicts
+  ``labels[:, t + 1]``, the usual causal-LM shift, so ``labels[:, 0]`` never counts.
+* Any float dtype is accepted (bf16 included); the arithmetic is done in float32 and the result is
+  float32, because a sum of a few hundred token NLLs or a log-sum-exp over 128k logits loses too
+  many digits in bf16.
+* ``β`` defaults to 0.1 as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+__all__ = [
+    "IGNORE_INDEX",
+    "sequence_nll",
+    "token_counts",
+    "mean_nll",
+    "npo",
+    "dpo",
+    "ap",
+    "max_entropy",
+    "kl",
+]
+
+
+def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+
+
+def _shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` target of each logit position: ``labels[:, t + 1]``, and -100 at the last position.
+
+    Shifting the labels instead of slicing ``logits[:, :-1]`` keeps the logits contiguous, so
+    flattening them is a view and no (B, T, V) copy is made before the loss.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask``; with an empty mask, a zero still connected to ``anchor``.
+
+    The zero keeps ``backward()`` working (all-zero gradients) when a batch happens to have no
+    position to train on, instead of a NaN that would stop the run.
+    """
+    if not mask.any():
+        return anchor.float().sum() * 0.0
+    # Index rather than multiply by the mask: an inf at an ignored position must not become NaN.
+    return values[mask].mean()
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token negative log-likelihood of each sequence.
+
+    ``nll_b = Σ_{t : labels[b, t+1] ≠ -100} −log softmax(logits[b, t])[labels[b, t+1]]``
+
+    Args:
+        logits: ``(B, T, V)``, any float dtype.
+        labels: ``(B, T)`` int, -100 where no loss is taken.
+
+    Returns:
+        ``(B,)`` float32. A sequence with no label token gets 0.
+    """
+    _check_logits_labels(logits, labels)
+    b, t, v = logits.shape
+    # cross_entropy fuses log_softmax and the gather: the only (B·T, V) float32 tensor it keeps is
+    # its log-probabilities (plus the float32 copy of the logits when they arrive in bf16).
+    per_token = F.cross_entropy(
+        logits.reshape(b * t, v).float(),
+        _shifted_labels(labels).reshape(b * t),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return per_token.view(b, t).sum(dim=1)
+
+
+def token_counts(labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` number of label tokens of each sequence after the shift (``labels[:, 1:] ≠ -100``)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over all label tokens of the batch: ``Σ_b nll_b / Σ_b n_b``.
+
+    This is what ``model(input_ids, labels=labels).loss`` returns in transformers: long answers
+    weigh more than short ones (a token mean, not a mean of per-sequence means). It is the GA,
+    GD and IDK loss of PAPER.md §2.
+
+    Args:
+        logits: ``(B, T, V)``; labels: ``(B, T)``.
+
+    Returns:
+        0-dim float32. A batch without any label token gives 0 (transformers gives NaN), so an
+        empty batch cannot poison training.
+    """
+    total = sequence_nll(logits, labels).sum()
+    return total / token_counts(labels).sum().clamp(min=1)
+
+
+def npo(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Negative Preference Optimization forget loss.
+
+    ``L = −(2/β) · mean_b log σ(β · (nll_θ,b − nll_ref,b))``
+
+    Minimising it raises ``nll_θ`` on the forget set, like gradient ascent, but the weight
+    ``σ(−β(nll_θ − nll_ref))`` of each sequence fades once it is already less likely than under the
+    reference, which bounds the loss below by 0 instead of letting it run to −∞.
+
+    Args:
+        nll: ``(B,)`` summed answer NLL under the model being unlearned (:func:`sequence_nll`).
+        ref_nll: ``(B,)`` the same under the frozen reference model (no gradient needed).
+        beta: inverse temperature β.
+
+    Returns:
+        0-dim float32.
+    """
+    margin = nll.float() - ref_nll.float()
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+def dpo(
+    nll_chosen: torch.Tensor,
+    nll_rejected: torch.Tensor,
+    ref_nll_chosen: torch.Tensor,
+    ref_nll_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Direct Preference Optimization forget loss: prefer the refusal over the true answer.
+
+    ``L = −(2/β) · mean_b log σ(β · ((nll_θ(rej) − nll_θ(cho)) − (nll_ref(rej) − nll_ref(cho))))``
+
+    with *chosen* = the forget question with an "I don't know" answer and *rejected* = the forget
+    question with its true answer. Written with NLLs, ``nll(rej) − nll(cho)`` is the usual DPO
+    log-ratio ``log p(cho) − log p(rej)``. When both chosen terms are 0 it reduces to :func:`npo`.
+
+    Args:
+        nll_chosen, nll_rejected: ``(B,)`` summed answer NLLs under the model being unlearned.
+        ref_nll_chosen, ref_nll_rejected: ``(B,)`` the same under the frozen reference model.
+        beta: inverse temperature β.
+
+    Returns:
+        0-dim float32.
+    """
+    policy = nll_rejected.float() - nll_chosen.float()
+    reference = ref_nll_rejected.float() - ref_nll_chosen.float()
+    return -(2.0 / beta) * F.logsigmoid(beta * (policy - reference)).mean()
+
+
+def ap(nll_answer: torch.Tensor, nll_idk: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Answer Preservation regulariser (the paper's IDK+AP): prefer the true retain answer over a refusal.
+
+    ``L = −(1/β) · mean_b log σ(β · (nll_θ(retain + IDK) − nll_θ(retain)))``
+
+    There is no reference model: the loss pushes the refusal's NLL above the true answer's on
+    retain questions, which stops the IDK forget term from teaching the model to refuse everything.
+
+    Args:
+        nll_answer: ``(B,)`` summed NLL of the true retain answers (:func:`sequence_nll`).
+        nll_idk: ``(B,)`` summed NLL of a refusal to the same retain questions.
+        beta: inverse temperature β.
+
+    Returns:
+        0-dim float32.
+    """
+    margin = nll_idk.float() - nll_answer.float()
+    return -(1.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+def max_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Maximum-entropy (ME) forget loss: KL from the uniform distribution, averaged over label positions.
+
+    ``L = mean_{(b,t) : labels[b, t+1] ≠ -100} KL(U ‖ p_θ(·|x_≤t))``, with
+    ``KL(U ‖ p) = Σ_v (1/V)(log(1/V) − log p_v) = −log V − mean_v log p_v``.
+
+    The uniform distribution is never built: ``mean_v log p_v = mean_v z_v − logsumexp_v z``
+    (``z`` the logits) is ``log_softmax(z).mean(-1)`` without keeping a (B, T, V) log-probability
+    tensor for the backward pass. The official code takes ``log(p + 1e-12)``; we use the exact
+    log-probabilities, which differ only where some ``p_v`` is below ~1e-12.
+
+    Minimising it drives each next-token distribution towards uniform: it is ≥ 0, and 0 exactly
+    when ``p`` is uniform.
+
+    Args:
+        logits: ``(B, T, V)``, any float dtype.
+        labels: ``(B, T)``; only which positions are -100 matters, not the token ids.
+
+    Returns:
+        0-dim float32; 0 (with a zero gradient) when there is no label position.
+    """
+    _check_logits_labels(logits, labels)
+    z = logits.float()
+    vocab = z.shape[-1]
+    mean_log_p = z.mean(dim=-1) - torch.logsumexp(z, dim=-1)  # (B, T)
+    kl_uniform = -math.log(vocab) - mean_log_p
+    return _masked_mean(kl_uniform, _shifted_labels(labels) != IGNORE_INDEX, logits)
+
+
+def kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL regulariser: ``KL(p_ref ‖ p_θ)`` of the next-token distributions, averaged over ``mask``.
+
+    ``L = mean_{(b,t) : mask[b,t]} Σ_v p_ref,v (log p_ref,v − log p_θ,v)``
+
+    The official code averages over all B·T positions, padding included, so its value shrinks
+    as padding grows; we average over the positions where ``mask`` is true (typically the
+    attention mask), so the value does not depend on how the batch was padded.
+
+    Args:
+        logits: ``(B, T, V)`` of the model being trained.
+        ref_logits: ``(B, T, V)`` of the frozen reference model on the same inputs.
+        mask: ``(B, T)`` bool or 0/1: positions that count.
+
+    Returns:
+        0-dim float32; 0 (with a zero gradient) when the mask is empty.
+    """
+    if logits.shape != ref_logits.shape or mask.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits and ref_logits (B, T, V) and mask (B, T), got {tuple(logits.shape)}, "
+            f"{tuple(ref_logits.shape)} and {tuple(mask.shape)}"
+        )
+    keep = mask.bool()
+    if not keep.any():
+        return logits.float().sum() * 0.0
+    # Select the counted positions first: padding rows never enter the (N, V) log-softmaxes.
+    log_p = F.log_softmax(logits[keep].float(), dim=-1)
+    log_ref = F.log_softmax(ref_logits[keep].float(), dim=-1)
+    per_position = F.kl_div(log_p, log_ref, reduction="none", log_target=True).sum(dim=-1)
+    return per_position.mean()

@@ -1,0 +1,94 @@
+"""Prompt formats: the text that precedes an answer (PAPER.md §2).
+
+Llama-2-chat and Llama-3-instruct use the paper's exact strings, instruction models with a chat
+template use that template, and anything else gets ``"Question: ... \\nAnswer: "``. The formatted
+prompt is tokenised by :func:`unlearn.encoding.encode_qa`; :attr:`PromptFormat.add_special_tokens`
+tells it whether the tokenizer should still add its BOS token (it must not when the rendered
+prompt already starts with the BOS text, as most chat templates do).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PROMPT_FORMATS = ("llama2", "llama3", "chat_template", "plain")
+KINDS = PROMPT_FORMATS + ("custom",)
+PLACEHOLDER = "{question}"
+
+_LLAMA3_HEADER = "<|start_header_id|>"
+_LLAMA2_NAME = re.compile(r"llama[-_ ]?2(?!\d)", re.IGNORECASE)
+_LLAMA3_NAME = re.compile(r"llama[-_ ]?3(?!\d)", re.IGNORECASE)
+
+
+@dataclass
+class PromptFormat:
+    """How a question is turned into the text the answer follows.
+
+    ``kind`` is one of :data:`KINDS`; ``template`` (custom only) must contain ``{question}``,
+    which is replaced literally (other braces are kept as they are); ``tokenizer`` renders chat
+    templates and decides :attr:`add_special_tokens`.
+    """
+
+    kind: str
+    template: str | None = None
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown prompt format {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.kind == "custom" and (self.template is None or PLACEHOLDER not in self.template):
+            raise ValueError(f"a custom prompt format needs a template containing {PLACEHOLDER}")
+        if self.kind == "chat_template" and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the chat_template prompt format needs a tokenizer with a chat template")
+
+    def prompt(self, question: str) -> str:
+        if self.kind == "llama2":
+            return "[INST] " + question + " [/INST]"
+        if self.kind == "llama3":
+            return (
+                "<|start_header_id|>user<|end_header_id|>\n\n"
+                + question
+                + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+            )
+        if self.kind == "plain":
+            return "Question: " + question + "\nAnswer: "
+        if self.kind == "chat_template":
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )
+        return self.template.replace(PLACEHOLDER, question)
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """False when the rendered prompt already begins with the BOS text (no second BOS)."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return not (bos and self.prompt("?").startswith(bos))
+
+
+def detect_prompt_format(tokenizer, model_name: str, override: str | None = None) -> PromptFormat:
+    """Pick the prompt format of a model.
+
+    ``override`` wins: one of :data:`PROMPT_FORMATS` or a custom template containing
+    ``{question}``. Otherwise a name with Llama-2 gives ``llama2``, a name with Llama-3 or a
+    vocabulary with ``<|start_header_id|>`` gives ``llama3``, a tokenizer with a chat template
+    gives ``chat_template``, and anything else ``plain``.
+    """
+    if override is not None:
+        if override in PROMPT_FORMATS:
+            return PromptFormat(override, tokenizer=tokenizer)
+        if PLACEHOLDER in override:
+            return PromptFormat("custom", template=override, tokenizer=tokenizer)
+        raise ValueError(
+            f"unknown prompt format {override!r}; choose one of {', '.join(PROMPT_FORMATS)} "
+            f"or give a template containing {PLACEHOLDER}"
+        )
+    name = str(model_name)
+    if _LLAMA2_NAME.search(name):
+        return PromptFormat("llama2", tokenizer=tokenizer)
+    if _LLAMA3_NAME.search(name) or _LLAMA3_HEADER in tokenizer.get_vocab():
+        return PromptFormat("llama3", tokenizer=tokenizer)
+    if getattr(tokenizer, "chat_template", None):
+        return PromptFormat("chat_template", tokenizer=tokenizer)
+    return PromptFormat("plain", tokenizer=tokenizer)

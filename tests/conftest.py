@@ -1,0 +1,33 @@
+"""Shared fixtures: the shared data folder, a tiny trained-in-process model, small QA files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(os.environ.get("UNLEARN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "tofu").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set UNLEARN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from unlearn.synthetic import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("synth"), n_authors=20, qa_per_author=3)
