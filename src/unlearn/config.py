@@ -57,9 +57,26 @@ class Config:
     ref_model: str | None = _f(None, "reference model folder (default: the model being unlearned, before training)")
     seed: int = _f(1001, "random seed")
     mixed_precision: str = _f("no", "accelerate mixed precision: no, bf16 or fp16")
+    # --- evaluation ---
+    eval: bool = _f(True, "evaluate after unlearning (--no-eval skips it)")
+    eval_data: str | None = _f(None, "evaluation data folder (*_perturbed.json files) when it differs from --data")
+    embedder: str | None = _f(None, "sentence embedder for Cosine Similarity: a sentence-transformers folder or hub id "
+                              "(default: the packaged all-MiniLM-L6-v2)")
+    nli: str | None = _f("sileod/deberta-v3-base-tasksource-nli",
+                         "NLI model for the Entailment Score: a folder or hub id; none disables it")
+    eval_batch_size: int = _f(16, "questions per batch when evaluating")
+    retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
+                                  "evaluation (eval_Forget.jsonl)")
+    downstream: str | None = _f(None, "lm-eval tasks to run after unlearning, comma-separated; the paper's: "
+                                "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval")
+    downstream_limit: int | None = _f(None, "items per downstream task, for quick checks (None: every item)")
+    downstream_include: str | None = _f(None, "folder of custom lm-eval task YAML files for --downstream")
     # --- outputs ---
     out: str | None = _f(None, "output folder")
     overwrite: bool = _f(False, "allow writing into an output folder that already holds results")
+    save_every: int | None = _f(None, "write a resumable checkpoint to OUT/checkpoint every N optimiser steps "
+                                "(deleted once the final model is saved)")
+    resume: bool = _f(False, "continue the interrupted run in --out from its checkpoint (same settings)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -228,8 +228,10 @@ class UnlearningDataset(torch.utils.data.Dataset):
         self.items: list[dict[str, Encoded]] = []
         for i, row in enumerate(forget):
             rng = random.Random(f"{seed}:{i}")
-            partner = retain[rng.randrange(len(retain))] if retain else None
+            # The refusal is drawn first: then an item's forget-side sequences do not depend on
+            # the retain set, so their reference statistics stay valid when it changes.
             refusal = refusals[rng.randrange(len(refusals))]
+            partner = retain[rng.randrange(len(retain))] if retain else None
             mismatch = retain[rng.randrange(len(retain))] if retain else None
             item = {}
             if "forget" in parts:

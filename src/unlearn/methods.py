@@ -70,6 +70,7 @@ class Term:
     ref: str | None = None  # None | "nll" | "logits"
     ref_parts: tuple[str, ...] = ()
     doc: str = ""
+    label: str = ""  # name of this term in logs; default "<name> forget term" / "<name> regulariser"
 
 
 FORGET_TERMS: dict[str, Term] = {
@@ -140,11 +141,11 @@ class Objective:
     def __call__(self, view: BatchView) -> tuple[torch.Tensor, dict[str, float]]:
         f = self.forget.fn(view, self.beta)
         loss = self.forget_coeff * f
-        parts = {f"{self.forget.name} forget term": f.detach().float().item()}
+        parts = {self.forget.label or f"{self.forget.name} forget term": f.detach().float().item()}
         if self.reg is not None:
             r = self.reg.fn(view, self.beta)
             loss = loss + self.reg_coeff * r
-            parts[f"{self.reg.name} regulariser"] = r.detach().float().item()
+            parts[self.reg.label or f"{self.reg.name} regulariser"] = r.detach().float().item()
         return loss, parts
 
 
@@ -184,4 +185,4 @@ def build_objective(name: str, forget_coeff: float | None = None, reg_coeff: flo
     return Objective(forget, reg, forget_coeff, reg_coeff, beta)
 
 
-FINETUNE = Objective(Term("NLL", lambda v, b: v.mean_nll("qa"), ("qa",), doc="fine-tuning"), None)
+FINETUNE = Objective(Term("NLL", lambda v, b: v.mean_nll("qa"), ("qa",), doc="fine-tuning", label="nll"), None)

@@ -37,11 +37,12 @@ def prepare_out(cfg: Config) -> Path:
 
 def load_for_training(cfg: Config, texts: list[str]):
     from .models import load_model
-    from .prompts import detect_prompt_format
+    from .prompts import detect_prompt_format, prompt_format_spec
 
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
+    cfg.prompt_format = prompt_format_spec(fmt)  # saved with the model, so it is reused later
     return model, tokenizer, fmt
 
 

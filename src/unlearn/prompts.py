@@ -73,8 +73,12 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
     ``override`` wins: one of :data:`PROMPT_FORMATS` or a custom template containing
     ``{question}``. Otherwise a name with Llama-2 gives ``llama2``, a name with Llama-3 or a
     vocabulary with ``<|start_header_id|>`` gives ``llama3``, a tokenizer with a chat template
-    gives ``chat_template``, and anything else ``plain``.
+    gives ``chat_template``, and anything else ``plain``. A model folder saved by ``unlearn``
+    remembers the format it was trained with (``unlearn_config.yaml``), which then wins over
+    the name: a fine-tuned Llama-2 in ``runs/x/model`` keeps its ``[INST]`` tags.
     """
+    if override is None:
+        override = saved_prompt_format(model_name)
     if override is not None:
         if override in PROMPT_FORMATS:
             return PromptFormat(override, tokenizer=tokenizer)
@@ -92,3 +96,22 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
     if getattr(tokenizer, "chat_template", None):
         return PromptFormat("chat_template", tokenizer=tokenizer)
     return PromptFormat("plain", tokenizer=tokenizer)
+
+
+def prompt_format_spec(fmt: PromptFormat) -> str:
+    """The string that recreates ``fmt`` through ``detect_prompt_format(..., override=...)``."""
+    return fmt.template if fmt.kind == "custom" else fmt.kind
+
+
+def saved_prompt_format(model_name) -> str | None:
+    """The prompt format recorded in a model folder written by ``unlearn``, if any."""
+    import yaml
+    from pathlib import Path
+
+    path = Path(str(model_name)) / "unlearn_config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("prompt_format")
+    except (OSError, yaml.YAMLError):
+        return None

@@ -4,13 +4,21 @@
 ``Accelerator``. Batches are padded to their longest sequence. Reference statistics of NPO/DPO
 are computed once, before the first step, from the model itself (it *is* the reference before
 training starts), so those methods train with a single model in memory.
+
+Resuming (``--save-every N`` then ``--resume``) is exact: a checkpoint (:mod:`unlearn.checkpoint`)
+holds the weights, the optimiser, the scheduler, every random generator, the cached reference
+statistics and the data position; the order of each epoch is a function of the seed and the
+epoch (:class:`EpochShuffle`), so the resumed run skips the batches already consumed and sees the
+very batches the interrupted run would have seen. On CPU the final weights are identical bit for bit.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -20,17 +28,35 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import losses
+from . import checkpoint, losses
 from .config import Config
-from .data import make_collate
-from .io import append_jsonl
+from .data import DataError, make_collate
+from .io import append_jsonl, atomic_write_jsonl
 from .methods import BatchView, Objective
 
 log = logging.getLogger("unlearn")
 
 
 class DivergenceError(RuntimeError):
-    """A loss became NaN or infinite; no final model is written."""
+    """A loss became NaN or infinite; no final model is written, the last checkpoint is kept."""
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A fresh random order every epoch, drawn from a generator seeded with ``(seed, epoch)``.
+
+    Any epoch's order is rebuilt from two numbers, which is what makes resuming exact; the
+    loop sets :attr:`epoch` (not ``set_epoch``, which accelerate would call with its own count).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(random.Random(f"{self.seed}:{self.epoch}").getrandbits(63))
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 def _pad_id(tokenizer) -> int:
@@ -66,18 +92,58 @@ def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
     return steps_per_epoch if steps_per_epoch > 1 else 0
 
 
+def run_settings(cfg: Config, objective: Objective, n_items: int, accelerator: Accelerator) -> dict:
+    """What a run's trajectory depends on; a checkpoint is resumed only under the same settings."""
+    keys = ("model", "dtype", "prompt_format", "data", "split", "task_id", "forget", "retain", "idk",
+            "ref_model", "max_length", "forget_coeff", "reg_coeff", "beta", "mask", "epochs", "lr",
+            "batch_size", "grad_accum", "weight_decay", "warmup", "seed", "mixed_precision")
+    settings = {k: getattr(cfg, k, None) for k in keys}
+    settings.update(method=objective.name, items=n_items, processes=accelerator.num_processes)
+    return json.loads(json.dumps(settings, default=str))  # as it reads back from the checkpoint
+
+
+def _check_settings(saved: dict, current: dict, where: Path) -> None:
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise DataError(f"{where}: the checkpoint was written with {key} = {saved.get(key)!r}, this run has "
+                            f"{key} = {current.get(key)!r}; resume with the same settings, or start again "
+                            "with --overwrite")
+
+
+def _check_finite_weights(model, step: int, name: str) -> None:
+    for pname, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise DivergenceError(f"non-finite weights after step {step}: {name}: {pname}")
+
+
 def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path,
           ref_model=None, ref_stats: dict | None = None, accelerator: Accelerator | None = None,
-          desc: str = "unlearning") -> dict:
+          desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None) -> dict:
     """Optimise ``objective`` over ``dataset``; returns a summary of the run (losses per step).
 
     The trained weights stay in ``model`` (callers save them). ``train_log.jsonl`` in ``out_dir``
     gets one line per optimiser step: step, epoch, loss, each loss part and the learning rate.
+    Every ``save_every`` steps (default ``cfg.save_every``) the state goes to ``out_dir/checkpoint``;
+    ``resume`` (default ``cfg.resume``) continues from it. ``model`` must then be the model the run
+    started from (a KL reference is copied from it); the checkpoint's weights replace its own.
     """
     out_dir = Path(out_dir)
+    save_every = getattr(cfg, "save_every", None) if save_every is None else save_every
+    resume = bool(getattr(cfg, "resume", False)) if resume is None else resume
     accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                                              mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
+    settings = run_settings(cfg, objective, len(dataset), accelerator)
+    saved = None
+    if resume:
+        if accelerator.is_main_process:
+            checkpoint.recover(out_dir)
+        accelerator.wait_for_everyone()
+        saved, saved_ref_stats = checkpoint.load(out_dir)
+        _check_settings(saved["settings"], settings, checkpoint.path(out_dir))
+        if objective.ref_nll_parts:
+            # The original model's statistics: the model in hand is not the reference any more.
+            ref_stats = saved_ref_stats
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -86,13 +152,15 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
         model.to(accelerator.device)
         ref_stats = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, cfg.batch_size, accelerator)
     if objective.needs_ref_model and ref_model is None:
-        ref_model = copy.deepcopy(model)
+        ref_model = copy.deepcopy(model)  # before any checkpoint is loaded: the original weights
     if ref_model is not None:
         ref_model.eval().requires_grad_(False)
         ref_model = ref_model.to(accelerator.device)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+    sampler = EpochShuffle(len(dataset), cfg.seed)
+    # The loader's own generator (unused without workers) keeps iteration off the global RNG.
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        generator=torch.Generator().manual_seed(cfg.seed),
                         collate_fn=make_collate(_pad_id(tokenizer)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -101,20 +169,36 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
 
-    model.train()
-    step, history = 0, []
     log_path = out_dir / "train_log.jsonl"
-    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)
+    step, epoch, batches_done, history = 0, 0, 0, []
+    if saved is not None:
+        accelerator.load_state(str(checkpoint.path(out_dir)))  # weights, optimiser, RNG states
+        scheduler.load_state_dict(saved["scheduler"])
+        step, epoch, batches_done, history = saved["step"], saved["epoch"], saved["batches_done"], saved["history"]
+        accelerator.step = 0  # the accumulation counter: the checkpoint is at an optimiser step
+        if accelerator.is_main_process:
+            atomic_write_jsonl(log_path, history)  # drop the rows logged after the checkpoint
+        log.info("resuming from the checkpoint of step %d of %d in %s", step, total_steps, checkpoint.path(out_dir))
+    last_saved = step if saved is not None else None
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not accelerator.is_main_process)
     micro_parts: list[dict] = []
-    epoch = 0
     while step < total_steps:
-        for batch in loader:
+        if batches_done >= len(loader):
+            epoch, batches_done = epoch + 1, 0
+        sampler.epoch = epoch
+        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+        for batch in epoch_loader:
+            batches_done += 1
             with accelerator.accumulate(model):
                 view = BatchView(model, batch, ref_model, ref_stats)
                 loss, parts = objective(view)
-                if not torch.isfinite(loss):
+                if not _all_finite(loss, accelerator):
                     detail = ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
-                    raise DivergenceError(f"non-finite loss at step {step + 1}: {objective.name}: {detail}")
+                    kept = (f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(out_dir)}"
+                            if last_saved else "")
+                    raise DivergenceError(f"non-finite loss at step {step + 1}: {objective.name}: {detail}{kept}")
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -131,11 +215,26 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
                 if accelerator.is_main_process:
                     append_jsonl(log_path, row)
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr")})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
+                if save_every and step % save_every == 0 and step < total_steps:
+                    _check_finite_weights(model, step, objective.name)  # never checkpoint a diverged model
+                    checkpoint.save(out_dir, accelerator, {
+                        "step": step, "epoch": epoch, "batches_done": batches_done, "total_steps": total_steps,
+                        "scheduler": scheduler.state_dict(), "settings": settings, "history": history,
+                    }, ref_stats)
+                    last_saved = step
                 if step >= total_steps:
                     break
-        epoch += 1
+        else:
+            epoch, batches_done = epoch + 1, 0
     bar.close()
     accelerator.wait_for_everyone()
     return {"steps": step, "history": history, "ref_stats": ref_stats, "accelerator": accelerator,
-            "model": accelerator.unwrap_model(model)}
+            "model": accelerator.unwrap_model(model), "resumed_from": saved["step"] if saved else None}
+
+
+def _all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:
+    finite = torch.isfinite(loss.detach()).reshape(1)
+    if accelerator.num_processes > 1:  # every rank stops together, or the others would hang
+        finite = accelerator.gather(finite)
+    return bool(finite.all())

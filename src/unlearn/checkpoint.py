@@ -1,0 +1,183 @@
+"""Resumable training state in ``OUT/checkpoint``, published atomically.
+
+A checkpoint holds everything the rest of a run depends on, so that a run killed at any moment
+and resumed ends with the same weights, bit for bit, as one that never stopped:
+
+* ``model.safetensors``, ``optimizer.bin``, ``random_states_<rank>.pkl`` (python, numpy, torch and
+  CUDA generators): written by ``accelerator.save_state``, which also knows DeepSpeed and FSDP;
+* ``ref_stats.safetensors``: the reference NLLs cached before the first step (NPO, DPO). They are
+  the *original* model's; recomputing them from the half-trained model on resume would be wrong;
+* ``trainer_state.json``: the step, the data position (epoch and batches consumed in it; the
+  order of an epoch is a function of the seed and the epoch, see :class:`unlearn.train.EpochShuffle`),
+  the scheduler, the rows of ``train_log.jsonl`` so far, and the settings the run depends on
+  (a resume with other settings is refused). It is written last: a folder without it is unused.
+
+Publication: the state is written into ``.checkpoint.tmp`` and fsynced; the previous checkpoint
+is renamed to ``.checkpoint.old``, the new one renamed into place, and the old one deleted. A kill
+between the two renames leaves no ``checkpoint`` but two complete candidates, and
+:func:`recover` (called before every save and resume) puts the newest complete one back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+CHECKPOINT = "checkpoint"
+STATE = "trainer_state.json"
+REF_STATS = "ref_stats.safetensors"
+VERSION = 1
+
+log = logging.getLogger("unlearn")
+
+
+def path(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / CHECKPOINT
+
+
+def _tmp(out_dir) -> Path:
+    return Path(out_dir) / f".{CHECKPOINT}.tmp"
+
+
+def _old(out_dir) -> Path:
+    return Path(out_dir) / f".{CHECKPOINT}.old"
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / STATE).is_file()
+
+
+def _trash(out_dir) -> Path:
+    return Path(out_dir) / f".{CHECKPOINT}.trash"
+
+
+def recover(out_dir: str | os.PathLike) -> None:
+    """Finish or undo a publication that a kill interrupted; drop half-written folders.
+
+    Only the main process may call it (it renames and deletes).
+    """
+    final, tmp, old = path(out_dir), _tmp(out_dir), _old(out_dir)
+    if not _complete(final):
+        for candidate in (tmp, old):  # the newer first
+            if _complete(candidate):
+                if final.exists():
+                    _discard(final, out_dir)
+                os.rename(candidate, final)
+                log.info("recovered the checkpoint of an interrupted save in %s", final)
+                break
+    for leftover in (tmp, old, _trash(out_dir)):
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _discard(folder: Path, out_dir) -> None:
+    # Renamed away first: a folder deleted half-way could otherwise keep its state file and look complete.
+    trash = _trash(out_dir)
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(folder, trash)
+    shutil.rmtree(trash)
+
+
+def exists(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds a complete checkpoint to resume from (read-only)."""
+    return any(_complete(f) for f in (path(out_dir), _tmp(out_dir), _old(out_dir)))
+
+
+def step_of(out_dir: str | os.PathLike) -> int | None:
+    """The optimiser step of the checkpoint in ``out_dir``, or None without one."""
+    for folder in (path(out_dir), _tmp(out_dir), _old(out_dir)):
+        if _complete(folder):
+            return int(json.loads((folder / STATE).read_text(encoding="utf-8"))["step"])
+    return None
+
+
+def remove(out_dir: str | os.PathLike) -> None:
+    """Delete the checkpoint (after the final model is safely saved, or to start again)."""
+    for folder in (path(out_dir), _tmp(out_dir), _old(out_dir)):
+        if folder.exists():
+            _discard(folder, out_dir)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders; renames there are durable enough
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict | None) -> Path:
+    """Write a checkpoint of the prepared objects of ``accelerator`` plus ``state`` (JSON).
+
+    Every process must call it (each saves its own RNG states); only the main process publishes.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    tmp = _tmp(out_dir)
+    if accelerator.is_main_process:
+        recover(out_dir)  # also removes a stale .checkpoint.tmp
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    shared_tensor_log = logging.getLogger("accelerate.utils.other")  # "Removed shared tensor" is expected
+    level = shared_tensor_log.level
+    shared_tensor_log.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(tmp))
+    finally:
+        shared_tensor_log.setLevel(level)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ref_stats:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ref_stats.items()}, str(tmp / REF_STATS))
+        _fsync_tree(tmp)
+        body = json.dumps({"version": VERSION, **state}, indent=1, allow_nan=False)
+        with open(tmp / STATE, "w", encoding="utf-8") as fh:  # last: marks the folder complete
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        final, old = path(out_dir), _old(out_dir)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path(out_dir)
+
+
+def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
+    """``(state, ref_stats)`` of the checkpoint in ``out_dir`` (model and optimiser are loaded by
+    ``accelerator.load_state(path(out_dir))``)."""
+    from safetensors.torch import load_file
+
+    folder = path(out_dir)
+    if not _complete(folder):
+        raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (call recover() first)")
+    state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    if state.get("version") != VERSION:
+        raise ValueError(f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
+                         "it was written by another version of unlearn")
+    ref_stats = load_file(str(folder / REF_STATS)) if (folder / REF_STATS).is_file() else None
+    if ref_stats is not None:
+        ref_stats = {k: v.to(torch.float32) for k, v in ref_stats.items()}
+    return state, ref_stats

@@ -1,0 +1,150 @@
+"""``unlearn demo``: the whole story offline, on built-in defaults.
+
+synthetic fictitious authors → a target model fine-tuned on all of them → a retain model
+fine-tuned without the forget task (for TOFU's Forget Quality) → ME+GD and IDK+AP unlearning →
+evaluation of every model → a before/after table and a report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from .config import Config
+from .data import DataError, read_records
+
+log = logging.getLogger("unlearn")
+
+# Per model: data size, fine-tuning and unlearning settings that make the demo's point in minutes.
+SETTINGS = {
+    "tiny": dict(authors=100, qa_per_author=4, split="forget05", task_id=1,
+                 finetune=dict(epochs=30, lr=3e-3, batch_size=16, grad_accum=1, warmup=20, weight_decay=0.0),
+                 unlearn=dict(epochs=5, lr=1e-3, batch_size=4, grad_accum=1),
+                 max_length=128),
+    "smollm2-135m": dict(authors=20, qa_per_author=3, split="forget05", task_id=1,
+                         finetune=dict(epochs=8, lr=1e-4, batch_size=8, grad_accum=1, warmup=10),
+                         unlearn=dict(epochs=5, lr=2e-5, batch_size=4, grad_accum=1),
+                         max_length=128),
+}
+METHODS = {"unlearned": "ME+GD", "idk_ap": "IDK+AP"}
+SHOW = ["Forget ROUGE", "Forget Probability", "Forget Paraphrased ROUGE", "Retain ROUGE", "Retain Probability",
+        "Model Utility", "Forget Efficacy", "Forget Quality"]
+
+
+def _step(msg: str) -> None:
+    print(f"\n== {msg}", flush=True)
+
+
+def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli: str | None = "none",
+             seed: int = 1001, scale: float = 1.0) -> dict:
+    """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 shrinks it for tests."""
+    from .evals.judges import load_embedder, load_nli
+    from .evals.suites import evaluate, load_eval_sets, retain_ratios_from, write_evaluation, _forget_set
+    from .pipeline import finetune, unlearn, load_for_training
+    from .synthetic import write_synthetic
+
+    if model not in SETTINGS:
+        raise DataError(f"unknown demo model '{model}' (choose: {', '.join(SETTINGS)})")
+    s = SETTINGS[model]
+    out = Path(out)
+    if (out / "unlearned" / "summary.json").exists() and not overwrite:
+        raise DataError(f"{out}: already holds a demo; choose another --out or pass --overwrite")
+    t0 = time.time()
+    authors = max(20, int(round(s["authors"] * scale / 10)) * 10)
+    data = write_synthetic(out / "data", n_authors=authors, qa_per_author=s["qa_per_author"], seed=0)
+    split, task = s["split"], s["task_id"]
+    sets = load_eval_sets(data, split, task)
+    base = Config(model=model, seed=seed, max_length=s["max_length"], overwrite=True, nli=nli, data=str(data),
+                  split=split, task_id=task)
+
+    _step(f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors + general knowledge")
+    ft = dataclasses.replace(base, out=str(out / "target"), **_scaled(s["finetune"], scale))
+    target = finetune(ft, [str(data / "full.json"), str(data / "general.json")])
+
+    _step("2/5 fine-tuning the retain model (everything but the forget task), for Forget Quality")
+    forget_rows = {(r["question"], r["answer"]) for r in read_records(data / f"{split}.json")
+                   if int(r["task_id"]) == task}
+    keep = [r for r in read_records(data / "full.json") if (r["question"], r["answer"]) not in forget_rows]
+    retain_file = out / "data" / "retain_model_train.json"
+    from .io import atomic_write_jsonl
+
+    atomic_write_jsonl(retain_file, [{"question": r["question"], "answer": r["answer"]} for r in keep])
+    rt = dataclasses.replace(ft, out=str(out / "retain_model"))
+    retain_model = finetune(rt, [str(retain_file), str(data / "general.json")])
+
+    _step("3/5 evaluating the target and the retain model")
+    embedder, judge = load_embedder(None), load_nli(nli)
+    summaries = {}
+    ev_cfg = dataclasses.replace(base, model=str(retain_model))
+    retain_ratios = retain_ratios_from(retain_model, _forget_set(sets), batch_size=16)
+    for name, path in (("target", target), ("retain_model", retain_model)):
+        cfg = dataclasses.replace(base, model=str(path))
+        m, tok, fmt = load_for_training(cfg, [])
+        ev = evaluate(m, tok, fmt, sets, embedder, judge, 16, retain_ratios)
+        write_evaluation(ev, out / name)
+        summaries[name] = ev.summary
+    del ev_cfg
+
+    for i, (name, method) in enumerate(METHODS.items()):
+        _step(f"{4 + i}/5 unlearning with {method}, then evaluating")
+        cfg = dataclasses.replace(base, model=str(target), method=method, out=str(out / name),
+                                  **_scaled(s["unlearn"], 1.0))
+        result = unlearn(cfg)
+        ev = evaluate(result["model_obj"], result["tokenizer"], result["prompt_format"], sets, embedder, judge,
+                      16, retain_ratios)
+        write_evaluation(ev, out / name)
+        summaries[name] = ev.summary
+
+    from .report import build_report
+
+    build_report([out / "target", out / "unlearned", out / "idk_ap", out / "retain_model"], out / "report",
+                 baseline=out / "target", title="unlearn demo")
+    print_before_after(summaries)
+    print(f"\nDone in {time.time() - t0:.0f} s. Report: {out / 'report' / 'report.md'}")
+    return summaries
+
+
+def _scaled(settings: dict, scale: float) -> dict:
+    d = dict(settings)
+    d["epochs"] = max(1, round(d["epochs"] * scale)) if scale < 1 else d["epochs"]
+    return d
+
+
+def check_demo(summaries: dict) -> list[str]:
+    """The demo's promises: it really forgets and really keeps. Returns the broken ones."""
+    t, u = summaries["target"], summaries["unlearned"]
+    problems = []
+    if not u["Forget ROUGE"] <= 0.5 * t["Forget ROUGE"]:
+        problems.append(f"Forget ROUGE {u['Forget ROUGE']:.3f} is above half the target's {t['Forget ROUGE']:.3f}")
+    if not u["Retain ROUGE"] >= 0.8 * t["Retain ROUGE"]:
+        problems.append(f"Retain ROUGE {u['Retain ROUGE']:.3f} is below 80% of the target's {t['Retain ROUGE']:.3f}")
+    return problems
+
+
+def print_before_after(summaries: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = [n for n in ("target", "retain_model", "unlearned", "idk_ap") if n in summaries]
+    labels = {"target": "target (before)", "retain_model": "retain model", "unlearned": "ME+GD (after)",
+              "idk_ap": "IDK+AP (after)"}
+    table = Table(title="Before and after unlearning")
+    table.add_column("metric")
+    for n in names:
+        table.add_column(labels[n], justify="right")
+    for key in SHOW:
+        cells = []
+        for n in names:
+            v = summaries[n].get(key)
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        table.add_row(key, *cells)
+    Console(width=120).print(table)
+    problems = check_demo(summaries)
+    if problems:
+        print("WARNING: the demo did not make its point: " + "; ".join(problems))
+    else:
+        t, u = summaries["target"], summaries["unlearned"]
+        print(f"ME+GD forgot: Forget ROUGE {t['Forget ROUGE']:.2f} -> {u['Forget ROUGE']:.2f}, "
+              f"and kept: Retain ROUGE {t['Retain ROUGE']:.2f} -> {u['Retain ROUGE']:.2f}.")

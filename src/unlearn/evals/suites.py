@@ -1,0 +1,456 @@
+"""The evaluation suites of PAPER.md §4: which sets, which metrics, which summary keys.
+
+``tofu_sets`` / ``real_world_sets`` read and validate the ``*_perturbed.json`` files (before any
+model is loaded); ``evaluate`` runs the model once per set (one generation pass, one NLL pass over
+the answers, paraphrases and perturbed answers together), calls each judge once per set, and
+turns the results into per-item records and the summary with the official keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data import SPLITS, DataError, read_records, task_ids_of
+from ..io import atomic_write_json, atomic_write_jsonl
+from . import metrics as M
+from .judges import Unavailable, cosine_similarity_batch
+from .runner import answer_nlls, generate
+
+log = logging.getLogger("unlearn")
+
+METRICS = ("ROUGE", "Probability", "Truth Ratio", "Token Entropy", "Cosine Similarity", "Entailment Score")
+ITEM_KEYS = dict(zip(METRICS, ("rouge", "probability", "truth_ratio", "token_entropy",
+                               "cosine_similarity", "entailment")))
+FORGET_EFFICACY_METRICS = ("ROUGE", "Probability", "Truth Ratio", "Cosine Similarity", "Entailment Score")
+TOFU_RETAIN_ROWS = 300
+_warned: set[str] = set()
+
+
+# --------------------------------------------------------------------------- eval sets
+
+
+@dataclass
+class EvalSet:
+    """One evaluation set. ``kind``: forget | retain | general (Real Authors / Real World)."""
+
+    name: str
+    rows: list[dict]
+    kind: str
+    answer_key: str = "answer"
+    layout: str = "tofu"  # tofu | real_world
+    question_key: str = "question"
+
+    @property
+    def questions(self) -> list[str]:
+        return [r[self.question_key] for r in self.rows]
+
+    @property
+    def answers(self) -> list[str]:
+        return [r[self.answer_key] for r in self.rows]
+
+    @property
+    def paraphrases(self) -> list[str] | None:
+        """Paraphrased answers; None for general sets, which use the answer itself."""
+        return None if self.kind == "general" else [r["paraphrased_answer"] for r in self.rows]
+
+    @property
+    def perturbed(self) -> list[list[str]]:
+        return [list(r["perturbed_answer"]) for r in self.rows]
+
+    @property
+    def references(self) -> list[str]:
+        """What Cosine and Entailment compare with: the full ``original_answer`` on general sets."""
+        if self.kind == "general":
+            return [r.get("original_answer", r[self.answer_key]) for r in self.rows]
+        return self.answers
+
+
+def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
+    """Rows of a perturbed file, every field the metrics need checked (file:line: field ...)."""
+    rows = read_records(path, required=("question", answer_key))
+    first = None
+    for r in rows:
+        at = r["_source"]
+        if kind != "general" and not isinstance(r.get("paraphrased_answer"), str):
+            raise DataError(f"{at}: missing field 'paraphrased_answer'" if "paraphrased_answer" not in r
+                            else f"{at}: field 'paraphrased_answer' must be a string")
+        pert = r.get("perturbed_answer")
+        if "perturbed_answer" not in r:
+            raise DataError(f"{at}: missing field 'perturbed_answer'")
+        if not isinstance(pert, list) or not pert or not all(isinstance(p, str) for p in pert):
+            raise DataError(f"{at}: field 'perturbed_answer' must be a non-empty list of strings")
+        if first is None:
+            first = (len(pert), at)
+        elif len(pert) != first[0]:
+            raise DataError(f"{at}: field 'perturbed_answer' has {len(pert)} answers but {first[1]} has "
+                            f"{first[0]}; every row of a file needs the same number")
+        if "original_answer" in r and not isinstance(r["original_answer"], str):
+            raise DataError(f"{at}: field 'original_answer' must be a string")
+    return rows
+
+
+def _select(rows: list[dict], task_id: int | None, path: Path) -> list[dict]:
+    if task_id is None:
+        return rows
+    for r in rows:
+        if r.get("task_id") is None:
+            raise DataError(f"{r['_source']}: missing field 'task_id'")
+    chosen = [r for r in rows if int(r["task_id"]) == int(task_id)]
+    if not chosen:
+        raise DataError(f"{path}: no rows with task_id {task_id} (tasks: "
+                        f"{', '.join(map(str, task_ids_of(rows)))})")
+    return chosen
+
+
+def _paraphrased(forget: EvalSet) -> list[EvalSet]:
+    """The same forget items asked with ``paraphrased_question``, when every row has one."""
+    if not all(isinstance(r.get("paraphrased_question"), str) for r in forget.rows):
+        return []
+    return [EvalSet("Forget Paraphrased", forget.rows, "forget", forget.answer_key, forget.layout,
+                    question_key="paraphrased_question")]
+
+
+def tofu_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
+    """Retain (first 300), Real Authors, Real World, Forget (the task) [, Forget Paraphrased]."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+    d = Path(data_dir)
+    forget_path = d / f"{split}_perturbed.json"
+    forget = EvalSet("Forget", _select(_read_set(forget_path, "forget"), task_id, forget_path), "forget")
+    sets = [
+        EvalSet("Retain", _read_set(d / "retain_perturbed.json", "retain")[:TOFU_RETAIN_ROWS], "retain"),
+        EvalSet("Real Authors", _read_set(d / "real_authors_perturbed.json", "general"), "general"),
+        EvalSet("Real World", _read_set(d / "world_facts_perturbed.json", "general"), "general"),
+        forget,
+    ]
+    return sets + _paraphrased(forget)
+
+
+def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[EvalSet]:
+    """Retain = the neighbours, Forget = the famous people (one task or all); golden answers."""
+    d = Path(data_dir)
+    key = "golden_answer"
+    forget_path = d / "forget_perturbed.json"
+    forget = _select(_read_set(forget_path, "forget", key), task_id, forget_path)
+    return [EvalSet("Retain", _read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
+            EvalSet("Forget", forget, "forget", key, "real_world")]
+
+
+def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
+    """The sets of a TOFU or real-world evaluation folder (``*_perturbed.json`` files)."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        hint = "; the evaluation reads local *_perturbed.json files" if str(data_dir) == "locuslab/TOFU" else ""
+        raise DataError(f"{d}: evaluation data folder not found{hint}")
+    if (d / "forget_perturbed.json").exists():
+        return real_world_sets(d, task_id)
+    if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
+        return tofu_sets(d, split, task_id)
+    raise DataError(f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
+                    "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
+                    "forget_perturbed.json, neighbor_perturbed.json)")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluation:
+    summary: dict
+    items: dict[str, list[dict]] = field(default_factory=dict)  # set name -> per-item records
+
+    def truth_ratios(self, set_name: str = "Forget") -> list[float]:
+        return [r["truth_ratio_r"] for r in self.items[set_name]]
+
+
+def _nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: bool = True):
+    """(answer, paraphrase, perturbed (N, K)) NLLs of a set from ONE sorted pass over all pairs."""
+    q, n = s.questions, len(s.rows)
+    pert = s.perturbed
+    k = len(pert[0])
+    para = s.paraphrases
+    answers = s.answers if with_answers or para is None else []
+    texts = answers + (para or []) + [p for row in pert for p in row]
+    questions = q[: len(answers)] + (q if para else []) + [x for x in q for _ in range(k)]
+    nll = answer_nlls(model, tokenizer, fmt, questions, texts, batch_size)
+    a = nll[: len(answers)]
+    p = nll[len(answers): len(answers) + n] if para else a
+    return a, p, nll[len(nll) - n * k:].reshape(n, k)
+
+
+def _evaluate_set(model, tokenizer, fmt, s: EvalSet, embedder, nli, batch_size: int) -> list[dict]:
+    gens = generate(model, tokenizer, fmt, s.questions, batch_size=batch_size, desc=s.name)
+    a_nll, p_nll, k_nll = _nlls(model, tokenizer, fmt, s, batch_size)
+    answers, refs = s.answers, s.references
+    forget = s.kind == "forget"
+    values = {"ROUGE": M.rouge_l_recall_items(gens, answers)}
+    values["Probability"] = (M.normalized_probability_items(a_nll, k_nll) if s.kind == "general"
+                             else M.probability_items(a_nll))
+    values["Truth Ratio"] = M.truth_ratio_items(p_nll, k_nll, forget)
+    values["Token Entropy"] = np.array([M.token_entropy(tokenizer.tokenize(g)) for g in gens])
+    values["Cosine Similarity"] = cosine_similarity_batch(embedder, gens, refs)
+    labels = None
+    if isinstance(nli, Unavailable):
+        values["Entailment Score"] = None
+    else:
+        # Forgetting: does the generation still state the answer? Utility: does the generation
+        # say what the answer says? Real world: the generation is the premise everywhere.
+        gen_first = forget or s.layout == "real_world"
+        premises, hypotheses = (gens, refs) if gen_first else (refs, gens)
+        labels = nli.predict(list(premises), list(hypotheses))
+        values["Entailment Score"] = M.entailment_items(labels, values["ROUGE"])
+    ratios = M.truth_ratios(p_nll, k_nll)
+    records = []
+    for i, row in enumerate(s.rows):
+        rec = {"question": row[s.question_key], "generation": gens[i], "ground_truth": answers[i]}
+        if refs[i] != answers[i]:
+            rec["reference"] = refs[i]
+        for metric, key in ITEM_KEYS.items():
+            rec[key] = None if values[metric] is None else float(values[metric][i])
+        rec["truth_ratio_r"] = float(ratios[i])
+        rec["nli_label"] = None if labels is None else labels[i]
+        rec["answer_nll"] = float(a_nll[i])
+        if s.kind != "general":
+            rec["paraphrased_nll"] = float(p_nll[i])
+        rec["perturbed_nll"] = [float(x) for x in k_nll[i]]
+        records.append(rec)
+    return records
+
+
+def _mean(records: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in records]
+    return None if any(v is None for v in vals) else float(np.mean(vals))
+
+
+def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = 16,
+             retain_ratios=None) -> Evaluation:
+    """Run every set once and compute the six metrics, Model Utility, Forget Efficacy and, with
+    ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality."""
+    unavailable = nli.reason if isinstance(nli, Unavailable) else None
+    if unavailable and unavailable not in _warned:
+        _warned.add(unavailable)
+        log.warning("Entailment Score not computed (%s); Model Utility and Forget Efficacy use the "
+                    "other metrics", unavailable)
+    ev = Evaluation(summary={})
+    for s in sets:
+        ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, embedder, nli, batch_size)
+        for metric, key in ITEM_KEYS.items():
+            ev.summary[f"{s.name} {metric}"] = _mean(ev.items[s.name], key)
+    summary, names = ev.summary, [s.name for s in sets]
+    utility = [s.name for s in sets if s.kind in ("retain", "general")]
+    if utility:
+        summary["Model Utility"] = M.model_utility(summary[f"{n} {m}"] for n in utility for m in METRICS)
+    if "Retain" in names:
+        summary["Model Utility Retain"] = M.model_utility(summary[f"Retain {m}"] for m in METRICS)
+    if "Forget" in names:
+        summary["Forget Efficacy"] = M.forget_efficacy(summary[f"Forget {m}"] for m in FORGET_EFFICACY_METRICS)
+        if retain_ratios is not None:
+            ratios = ev.truth_ratios("Forget")
+            if len(retain_ratios) != len(ratios):
+                raise ValueError(f"{len(retain_ratios)} retain-model truth ratios for {len(ratios)} forget items")
+            summary["Forget Quality"], summary["Forget Quality KS statistic"] = \
+                M.forget_quality_from_ratios(ratios, retain_ratios)
+    if unavailable:
+        summary["unavailable"] = {"Entailment Score": unavailable}
+    return ev
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: such values are written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def set_file(name: str) -> str:
+    return f"eval_{name.replace(' ', '_')}.jsonl"
+
+
+def write_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
+    """``summary.json`` and one ``eval_<Set_Name>.jsonl`` per set, each written atomically."""
+    out = Path(out_dir)
+    for name, records in ev.items.items():
+        atomic_write_jsonl(out / set_file(name), _finite(records))
+    atomic_write_json(out / "summary.json", _finite(ev.summary))  # last: it marks a complete result
+    return out
+
+
+def print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sets = list(dict.fromkeys(k[: -len(m) - 1] for k in summary for m in METRICS if k.endswith(" " + m)))
+    table = Table(title="Evaluation")
+    table.add_column("set", no_wrap=True)
+    for header in ("ROUGE", "Prob.", "Truth R.", "Entropy", "Cosine", "Entail."):  # METRICS, abridged
+        table.add_column(header, justify="right", no_wrap=True)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    for s in sets:
+        table.add_row(s, *(fmt(summary.get(f"{s} {m}")) for m in METRICS))
+    console = Console()
+    console.print(table)
+    for key in ("Model Utility", "Model Utility Retain", "Forget Efficacy", "Forget Quality"):
+        if key in summary:
+            console.print(f"{key}: {fmt(summary[key])}")
+    for metric, reason in summary.get("unavailable", {}).items():
+        console.print(f"{metric} unavailable: {reason}")
+
+
+# --------------------------------------------------------------------------- retain model
+
+
+def _forget_set(sets: list[EvalSet]) -> EvalSet:
+    for s in sets:
+        if s.name == "Forget":
+            return s
+    raise DataError("the evaluation data has no Forget set")
+
+
+def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "auto",
+                       trust_remote_code: bool = False, attn_implementation: str | None = None,
+                       prompt_format: str | None = None, batch_size: int = 16) -> list[float]:
+    """A retain model's raw truth ratios on ``forget``, for Forget Quality.
+
+    ``source``: a folder with a saved evaluation (``eval_Forget.jsonl``, same questions in the same
+    order) or a retain model (folder or hub id), which is run on the forget NLLs only.
+    """
+    path = Path(source)
+    saved = path / set_file("Forget")
+    if saved.is_file():
+        rows = read_records(saved, required=("question",))
+        if len(rows) != len(forget.rows):
+            raise DataError(f"{saved}: {len(rows)} items, but the Forget set has {len(forget.rows)}; "
+                            "evaluate the retain model on the same split and task")
+        for r, q in zip(rows, forget.questions):
+            if r["question"] != q:
+                raise DataError(f"{r['_source']}: field 'question' differs from the Forget set ({q!r})")
+            if not isinstance(r.get("truth_ratio_r"), (int, float)):
+                raise DataError(f"{r['_source']}: missing field 'truth_ratio_r'")
+        return [float(r["truth_ratio_r"]) for r in rows]
+    if (path / "model").is_dir() and not (path / "config.json").exists():
+        path = path / "model"  # the output folder of a fine-tuning run
+    from ..models import load_model
+    from ..prompts import detect_prompt_format
+
+    model, tokenizer = load_model(str(path) if path.exists() else str(source), dtype=dtype,
+                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+    model.to(_device())
+    fmt = detect_prompt_format(tokenizer, str(source), prompt_format)
+    _, para, pert = _nlls(model, tokenizer, fmt, forget, batch_size, with_answers=False)
+    del model
+    return [float(x) for x in M.truth_ratios(para, pert)]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def eval_sets_for(cfg) -> list[EvalSet] | None:
+    """The eval sets of a run (validated now), or None when the run has no evaluation data."""
+    data = cfg.eval_data
+    if data is None and cfg.forget is None and cfg.data and Path(cfg.data).is_dir():
+        data = cfg.data
+    if data is None:
+        log.info("no evaluation data for this run (give --eval-data DIR with the *_perturbed.json "
+                 "files); skipping the evaluation")
+        return None
+    try:
+        sets = load_eval_sets(data, cfg.split, cfg.task_id)
+    except DataError as e:
+        raise DataError(f"{e} (pass --eval-data DIR or --no-eval)") from None
+    if cfg.retain_model and (Path(cfg.retain_model) / set_file("Forget")).is_file():
+        _retain_ratios(cfg, sets)  # a saved evaluation is checked now, not after training
+    return sets
+
+
+_JUDGES: dict[tuple, tuple] = {}
+
+
+def load_judges(cfg):
+    """The sentence embedder and the NLI judge, loaded once per process (continual runs reuse them)."""
+    from .judges import load_embedder, load_nli
+
+    key = (cfg.embedder, cfg.nli)
+    if key not in _JUDGES:
+        try:
+            embedder = load_embedder(cfg.embedder)
+        except (ImportError, RuntimeError) as e:
+            raise DataError(str(e).splitlines()[0]) from None
+        nli = load_nli(cfg.nli)
+        if isinstance(nli, Unavailable) and "disabled" not in nli.reason:
+            _warned.add(nli.reason)  # load_nli has already said why
+        _JUDGES.clear()  # keep one pair in memory
+        _JUDGES[key] = (embedder, nli)
+    return _JUDGES[key]
+
+
+def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
+    if not cfg.retain_model:
+        return None
+    return retain_ratios_from(cfg.retain_model, _forget_set(sets), dtype=cfg.dtype,
+                              trust_remote_code=cfg.trust_remote_code,
+                              attn_implementation=cfg.attn_implementation,
+                              prompt_format=cfg.prompt_format, batch_size=cfg.eval_batch_size)
+
+
+def _finish(cfg, ev: Evaluation, out: Path) -> dict:
+    write_evaluation(ev, out)
+    print_table(ev.summary)
+    log.info("wrote the evaluation to %s", out / "summary.json")
+    return ev.summary
+
+
+def run_eval(cfg) -> dict:
+    """``unlearn eval``: evaluate ``cfg.model`` on the sets of ``cfg.eval_data or cfg.data``."""
+    from ..models import load_model
+    from ..prompts import detect_prompt_format
+
+    data = cfg.eval_data or cfg.data
+    if not data:
+        raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder)")
+    if not cfg.out:
+        raise DataError("no output folder: give --out DIR")
+    sets = load_eval_sets(data, cfg.split, cfg.task_id)
+    out = Path(cfg.out)
+    if (out / "summary.json").exists() and not cfg.overwrite:
+        raise DataError(f"{out}: already holds summary.json; choose another --out or pass --overwrite")
+    embedder, nli = load_judges(cfg)
+    retain_ratios = _retain_ratios(cfg, sets)
+    texts = [q + " " + a for s in sets for q, a in zip(s.questions, s.answers)]
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                  attn_implementation=cfg.attn_implementation, texts=texts)
+    model.to(_device())
+    fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
+    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "eval_config.yaml")
+    return _finish(cfg, ev, out)
+
+
+def evaluate_after_unlearning(cfg, model, tokenizer, fmt, out, sets: list[EvalSet] | None = None) -> dict | None:
+    """The evaluation step of ``unlearn run``; None when the run has no evaluation data."""
+    sets = sets if sets is not None else eval_sets_for(cfg)
+    if not sets:
+        return None
+    retain_ratios = _retain_ratios(cfg, sets)
+    embedder, nli = load_judges(cfg)
+    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios)
+    return _finish(cfg, ev, Path(out))

@@ -1,0 +1,110 @@
+"""Every forget term x regulariser trains a tiny model: parameters change, losses stay finite."""
+
+import itertools
+
+import pytest
+import torch
+
+from unlearn.config import Config
+from unlearn.data import UnlearningDataset
+from unlearn.methods import (FORGET_TERMS, REGULARIZERS, build_objective, method_defaults, parse_method,
+                             valid_method_names)
+from unlearn.train import reference_nlls, train
+
+FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i}."} for i in range(6)]
+RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from unlearn.models import build_tiny_model, build_tiny_tokenizer
+    from unlearn.prompts import detect_prompt_format
+
+    texts = [r["question"] + " " + r["answer"] for r in FORGET + RETAIN] + ["I don't know."]
+    tok = build_tiny_tokenizer(texts, vocab_size=300)
+    return tok, detect_prompt_format(tok, "tiny"), lambda: build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+
+
+def _cfg(tmp_path, method, **kw):
+    d = method_defaults(method)
+    base = dict(method=method, epochs=1, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0,
+                forget_coeff=d["forget_coeff"], mask=d["mask"], out=str(tmp_path))
+    base.update(kw)
+    return Config(**base)
+
+
+COMBOS = [f for f in FORGET_TERMS] + [f"{f}+{r}" for f, r in itertools.product(FORGET_TERMS, REGULARIZERS) if f != "LLMU"]
+
+
+@pytest.mark.parametrize("method", COMBOS)
+def test_every_combination_trains(tmp_path, tiny, method):
+    tok, fmt, make = tiny
+    model = make()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg(tmp_path, method)
+    obj = build_objective(method, cfg.forget_coeff, cfg.reg_coeff, cfg.beta)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
+    result = train(model, tok, ds, obj, cfg, tmp_path)
+    assert result["steps"] == 2
+    for row in result["history"]:
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if isinstance(v, float))
+    changed = [n for n, p in result["model"].named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed, f"{method} changed no parameter"
+    assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 2
+
+
+def test_parse_and_defaults():
+    assert [t.name if t else None for t in parse_method("me+gd")] == ["ME", "GD"]
+    assert parse_method("GA")[1] is None
+    assert [t.name for t in parse_method("LLMU")] == ["LLMU", "KL"]
+    assert method_defaults("ME+GD") == {"forget_coeff": 0.1, "mask": False}
+    assert method_defaults("IDK+AP") == {"forget_coeff": 1.0, "mask": True}
+    for bad in ("XX+GD", "GA+YY", "GA+GD+KL"):
+        with pytest.raises(ValueError) as e:
+            parse_method(bad)
+        assert "ME" in str(e.value) and "AP" in str(e.value)
+    assert "IDK+AP" in valid_method_names() and "ME+GD" in valid_method_names()
+
+
+def test_objective_declares_its_needs():
+    assert build_objective("NPO+GD").ref_nll_parts == ("forget",)
+    assert set(build_objective("DPO+KL").ref_nll_parts) == {"forget", "forget_idk"}
+    assert build_objective("DPO+KL").needs_ref_model and not build_objective("NPO+GD").needs_ref_model
+    assert not build_objective("ME+GD").ref_nll_parts and not build_objective("ME+GD").needs_ref_model
+    assert set(build_objective("IDK+AP").parts) == {"forget_idk", "retain", "retain_idk"}
+
+
+def test_cached_reference_equals_live_reference(tmp_path, tiny):
+    """NPO with cached reference NLLs gives the same loss as with a live copy of the reference."""
+    from unlearn import losses
+    from unlearn.data import make_collate
+    from unlearn.methods import BatchView
+
+    tok, fmt, make = tiny
+    model = make()
+    obj = build_objective("DPO+GD")
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], seed=0)
+    stats = reference_nlls(model, ds, obj.ref_nll_parts, tok, batch_size=4)
+    batch = make_collate(tok.pad_token_id)([ds[i] for i in (4, 1, 3)])
+    view = BatchView(model, batch, ref_stats=stats)
+    with torch.no_grad():
+        for part in ("forget", "forget_idk"):
+            live = losses.sequence_nll(model(input_ids=batch[part]["input_ids"],
+                                             attention_mask=batch[part]["attention_mask"]).logits,
+                                       batch[part]["labels"])
+            torch.testing.assert_close(view.ref_nll(part), live, rtol=1e-5, atol=1e-5)
+        # at step 0 the model is its own reference: NPO = -(2/beta) log sigmoid(0) = (2/beta) log 2
+        npo = losses.npo(view.nll("forget"), view.ref_nll("forget"), 0.1)
+        torch.testing.assert_close(npo, torch.tensor(20 * 0.6931471805599453), rtol=1e-4, atol=1e-4)
+
+
+def test_divergence_stops_with_a_named_message(tmp_path, tiny):
+    from unlearn.methods import Objective, Term
+    from unlearn.train import DivergenceError
+
+    tok, fmt, make = tiny
+    nan_term = Term("GA", lambda v, b: v.mean_nll("forget") * float("nan"), ("forget",))
+    obj = Objective(nan_term, None)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+    with pytest.raises(DivergenceError, match=r"non-finite loss at step 1: GA: GA forget term = nan"):
+        train(make(), tok, ds, obj, _cfg(tmp_path, "GA"), tmp_path)

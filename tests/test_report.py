@@ -1,0 +1,176 @@
+"""``unlearn report`` on fake result folders written here: tables, n/a reasons, plots, examples."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unlearn.__main__ import main
+from unlearn.config import Config
+from unlearn.report import collect_runs, md_escape, short_labels
+
+SETS = ("Retain", "Real Authors", "Real World", "Forget")
+METRICS = ("ROUGE", "Probability", "Truth Ratio", "Token Entropy", "Cosine Similarity", "Entailment Score")
+FORGET_Q = [f"Where was fictitious author {i} born?" for i in range(4)]
+RETAIN_Q = [f"What genre does retained author {i} write?" for i in range(4)]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def summary(mu: float, fe: float, entailment: bool = True) -> dict:
+    s = {f"{st} {m}": round(0.1 + 0.02 * i + 0.1 * j, 4) for i, st in enumerate(SETS) for j, m in enumerate(METRICS)}
+    s.update({"Model Utility": mu, "Model Utility Retain": mu + 0.05, "Forget Efficacy": fe})
+    if not entailment:
+        for st in SETS:
+            s[f"{st} Entailment Score"] = None
+        s["unavailable"] = {"Entailment Score": "NLI model not installed (pip install x)"}
+    return s
+
+
+def write_run(folder: Path, tag: str, mu: float, fe: float, method: str | None = "ME+GD", lr: float = 1e-5,
+              entailment: bool = True, generation=None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary(mu, fe, entailment)))
+    cfg = Config(method=method or "ME+GD", lr=lr, split="forget01", task_id=1, out=str(folder)).to_dict()
+    (folder / ("config.yaml" if method else "eval_config.yaml")).write_text(yaml.safe_dump(cfg))
+    gen = generation or (lambda q, i: f"{tag} answer {i}")
+    for name, qs in (("Forget", FORGET_Q), ("Retain", RETAIN_Q)):
+        rows = [{"question": q, "generation": gen(q, i), "ground_truth": f"truth {name} {i}", "rouge": 0.5}
+                for i, q in enumerate(qs)]
+        (folder / f"eval_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def write_continual(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    keys = list(summary(0.5, 0.5))
+    with open(folder / "continual.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["task", "n_unlearned", *keys])
+        w.writeheader()
+        for k in (1, 2, 3):
+            s = summary(0.6 - 0.1 * k, 0.5 + 0.1 * k)
+            w.writerow({"task": k, "n_unlearned": k, **s})
+            write_run(folder / f"task_{k}", f"CONT{k}", s["Model Utility"], s["Forget Efficacy"])
+    return folder
+
+
+@pytest.fixture
+def results(tmp_path) -> dict:
+    root = tmp_path / "results"
+    hostile = lambda q, i: "<script>alert(1)</script> a|b *c*" if i == 0 else f"IDK answer {i}"  # noqa: E731
+    write_run(root / "ga_gd", "GA", 0.10, 0.95, method="GA+GD", lr=5e-6)
+    write_run(root / "me_gd", "ME", 0.52, 0.90, entailment=False)
+    write_run(root / "idk_ap", "IDK", 0.55, 0.60, method="IDK+AP", generation=hostile)
+    write_continual(root / "continual_me_gd")
+    baseline = write_run(tmp_path / "target", "BASELINE", 0.60, 0.10, method=None)
+    return {"root": root, "baseline": baseline, "out": tmp_path / "report"}
+
+
+@pytest.fixture
+def report(results) -> dict:
+    code = main(["report", str(results["root"]), "--out", str(results["out"]), "--baseline",
+                 str(results["baseline"]), "--title", "Test <report>"])
+    assert code == 0
+    out = results["out"]
+    return {"md": (out / "report.md").read_text(), "html": (out / "report.html").read_text(), "out": out}
+
+
+def test_collect_runs_names_and_continual_tasks_not_rows(results):
+    runs = collect_runs([results["root"]])
+    assert [r.name for r in runs] == ["continual_me_gd", "ga_gd", "idk_ap", "me_gd"]
+    cont = runs[0]
+    assert cont.is_continual and [row["n_unlearned"] for row in cont.curve] == [1, 2, 3]
+    assert cont.task == "1–3 (continual)"
+    assert cont.value("Model Utility") == pytest.approx(0.3)  # the last task's summary
+    ga = runs[1]
+    assert (ga.method, ga.lr, ga.split, ga.task) == ("GA+GD", "5e-06", "forget01", "1")
+    # A run given directly is named by its folder.
+    assert [r.name for r in collect_runs([results["root"] / "ga_gd"])] == ["ga_gd"]
+
+
+def test_report_files_and_table(report):
+    out = report["out"]
+    for name in ("report.md", "report.html", "table.csv", "tradeoff.png", "continual.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert [r["run"] for r in rows] == ["target (baseline)", "continual_me_gd", "ga_gd", "idk_ap", "me_gd"]
+    assert not any("task_" in r["run"] for r in rows)
+    assert float(rows[2]["Model Utility"]) == pytest.approx(0.10)
+    assert rows[2]["method"] == "GA+GD" and rows[0]["method"] == "–"
+    assert rows[4]["Forget Entailment Score"] == "" and "NLI model not installed" in rows[4]["unavailable"]
+    for name in ("ga\\_gd", "idk\\_ap", "me\\_gd", "continual\\_me\\_gd"):
+        assert f"| {name} |" in report["md"], name
+    for name in ("ga_gd", "idk_ap", "me_gd", "continual_me_gd"):
+        assert f"<td>{name}</td>" in report["html"], name
+    assert "task_1" not in report["md"]
+
+
+def test_plots_are_real_pngs(report):
+    for name in ("tradeoff.png", "continual.png"):
+        data = (report["out"] / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000, name
+    assert "![" in report["md"] and "(tradeoff.png)" in report["md"] and "(continual.png)" in report["md"]
+    assert '<img src="tradeoff.png"' in report["html"] and '<img src="continual.png"' in report["html"]
+
+
+def test_null_metric_is_na_with_reason(report):
+    md = report["md"]
+    summary_row = next(line for line in md.splitlines() if line.startswith("| me\\_gd | ME+GD |"))
+    assert summary_row.endswith("| 0.9000 | – |")  # Forget Quality: not computed, not n/a
+    me_rows = [line for line in md.splitlines() if line.startswith("| me\\_gd |") and "n/a" in line]
+    assert len(me_rows) == 4 and all(line.endswith("| n/a \\[1\\] |") for line in me_rows)  # one per set
+    assert "\\[1\\] Entailment Score: NLI model not installed (pip install x)" in md
+    assert "n/a [1]" in report["html"] and "NLI model not installed" in report["html"]
+
+
+def test_before_after_examples(report):
+    md, html = report["md"], report["html"]
+    section = md.split("## Before / after", 1)[1]
+    assert "### Forget 1: Where was fictitious author 0 born?" in section
+    assert "### Retain 3: What genre does retained author 2 write?" in section
+    assert "Forget 4" not in section  # first 3 of each
+    assert "| target (baseline) | BASELINE answer 0 |" in section
+    assert "| ground truth | truth Forget 0 |" in section
+    assert "| ga\\_gd | GA answer 0 |" in section
+    # the continual run was evaluated on other questions (its last task's file has the same ones here)
+    assert "CONT3 answer 1" in section
+    assert "BASELINE answer 2" in html
+
+
+def test_text_is_escaped(report):
+    md, html = report["md"], report["html"]
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<title>Test &lt;report&gt;</title>" in html
+    assert "\\<script\\>alert(1)\\</script\\> a\\|b \\*c\\*" in md
+    row = next(line for line in md.splitlines() if "alert(1)" in line)
+    assert row.count(" | ") == 1  # two cells: no stray column from the '|' in the text
+    assert md_escape("a_b\nc") == "a\\_b c"
+
+
+def test_short_labels_drop_shared_parts():
+    names = ["sw/method=ME+GD,lr=1e-05,split=forget01", "sw/method=GA+GD,lr=1e-05,split=forget01"]
+    assert short_labels(names) == ["method=ME+GD", "method=GA+GD"]
+    names = ["cont", "sw/method=ME+GD,lr=1e-05,split=forget01", "sw/method=GA+GD,lr=1e-05,split=forget01",
+             "sw/method=GA+GD,lr=5e-06,split=forget01"]
+    assert short_labels(names) == ["cont", "sw/method=ME+GD,lr=1e-05", "sw/method=GA+GD,lr=1e-05",
+                                   "sw/method=GA+GD,lr=5e-06"]
+    assert short_labels(["only"]) == ["only"]
+
+
+def test_report_without_baseline_and_errors(results, capsys):
+    out = results["out"]
+    assert main(["report", str(results["root"] / "ga_gd"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "No --baseline given" in md and "| ga\\_gd | GA answer 0 |" in md
+    assert not (out / "continual.png").exists()
+    assert main(["report", str(results["root"] / "missing"), "--out", str(out)]) == 2
+    assert "result folder not found" in capsys.readouterr().err
+    empty = results["root"].parent / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty), "--out", str(out)]) == 2
+    assert "no evaluated runs" in capsys.readouterr().err
+    assert main(["report", str(results["root"]), "--out", str(out), "--baseline", str(empty)]) == 2
+    assert "no summary.json" in capsys.readouterr().err
