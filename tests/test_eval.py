@@ -99,6 +99,15 @@ class RecordingNLI:
 # --------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Matrices this small gain nothing from threads, and spinning threads crawl on shared CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tofu_dir(tmp_path_factory) -> Path:
     return write_tofu(tmp_path_factory.mktemp("tofu"))
@@ -443,3 +452,20 @@ def test_cli_bad_perturbed_file_exits_2_before_loading_a_model(tmp_path, capsys)
     assert len(err.splitlines()) == 1
     assert "forget01_perturbed.json:2: field 'perturbed_answer'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
+    from unlearn.config import Config
+    from unlearn.evals.suites import eval_sets_for
+
+    with caplog.at_level(logging.INFO, logger="unlearn"):
+        assert eval_sets_for(Config(forget=str(tmp_path / "own.jsonl"))) is None
+        assert eval_sets_for(Config(data="locuslab/TOFU")) is None
+    assert "skipping the evaluation" in caplog.text
+    assert [s.name for s in eval_sets_for(Config(data=str(tofu_dir)))][:4] == [
+        "Retain", "Real Authors", "Real World", "Forget"]
+    own = Config(forget=str(tmp_path / "own.jsonl"), eval_data=str(tofu_dir))
+    assert len(eval_sets_for(own)) == 5
+    bad = write_tofu(tmp_path / "bad", forget=[{k: v for k, v in FORGET[0].items() if k != "paraphrased_answer"}])
+    with pytest.raises(DataError, match=r"forget01_perturbed\.json:1: missing field 'paraphrased_answer'.*--no-eval"):
+        eval_sets_for(Config(data=str(bad)))

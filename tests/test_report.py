@@ -83,7 +83,7 @@ def test_collect_runs_names_and_continual_tasks_not_rows(results):
     assert [r.name for r in runs] == ["continual_me_gd", "ga_gd", "idk_ap", "me_gd"]
     cont = runs[0]
     assert cont.is_continual and [row["n_unlearned"] for row in cont.curve] == [1, 2, 3]
-    assert cont.task == "1–3 (continual)"
+    assert cont.task == "1–3 (continual)" and cont.eval_dir.name == "task_3"
     assert cont.value("Model Utility") == pytest.approx(0.3)  # the last task's summary
     ga = runs[1]
     assert (ga.method, ga.lr, ga.split, ga.task) == ("GA+GD", "5e-06", "forget01", "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -15,9 +16,18 @@ TRAIN = ["epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup", "
 UNLEARN = ["data", "split", "task_id", "forget", "retain", "idk", "method", "forget_coeff", "reg_coeff",
            "beta", "mask", "fix_ref_model", "ref_model"]
 OUT = ["out", "overwrite"]
+LORA = ["lora", "lora_r", "lora_alpha", "lora_dropout", "optim"]
 RESUME = ["save_every", "resume"]
 EVAL = ["eval_data", "embedder", "nli", "eval_batch_size", "retain_model"]
 DOWNSTREAM = ["downstream", "downstream_limit", "downstream_include"]
+
+
+def _say(text: str) -> None:
+    """Print once, from the main process, when several processes run the command."""
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(text)
 
 
 def cmd_finetune(args) -> int:
@@ -25,7 +35,7 @@ def cmd_finetune(args) -> int:
 
     cfg = config_from_args(args)
     path = finetune(cfg, args.train)
-    print(f"saved the fine-tuned model to {path}")
+    _say(f"saved the fine-tuned model to {path}")
     return 0
 
 
@@ -38,10 +48,10 @@ def cmd_run(args) -> int:
     sets = eval_sets_for(cfg) if cfg.eval else None  # validated before any model is loaded
     downstream = downstream_tasks_for(cfg) if cfg.downstream else None
     result = unlearn(cfg)
-    print(f"saved the unlearned model to {result['out'] / 'model'}")
-    if sets and result["accelerator"].is_main_process:
+    _say(f"saved the unlearned model to {result['out'] / 'model'}")
+    if sets:  # every process evaluates its share of the items; the main process writes
         evaluate_after_unlearning(cfg, result["model_obj"], result["tokenizer"], result["prompt_format"],
-                                  result["out"], sets=sets)
+                                  result["out"], sets=sets, shard=True)
     if downstream and result["accelerator"].is_main_process:
         downstream_after_unlearning(cfg, result["model_obj"], result["tokenizer"], result["out"], downstream)
     return 0
@@ -52,7 +62,7 @@ def cmd_eval(args) -> int:
 
     cfg = config_from_args(args)
     run_eval(cfg)
-    print(f"wrote the evaluation to {cfg.out}")
+    _say(f"wrote the evaluation to {cfg.out}")
     return 0
 
 
@@ -61,7 +71,7 @@ def cmd_continual(args) -> int:
 
     cfg = config_from_args(args)
     rows = continual(cfg, args.tasks, keep_checkpoints=args.keep_checkpoints)
-    print(f"unlearned {len(rows)} tasks one after another; results in {cfg.out}/continual.csv")
+    _say(f"unlearned {len(rows)} tasks one after another; results in {cfg.out}/continual.csv")
     return 0
 
 
@@ -96,11 +106,11 @@ def cmd_sweep(args) -> int:
 
 def _finetune_parser(p):
     p.add_argument("--train", nargs="+", required=True, help="question/answer JSON-lines files")
-    add_config_args(p, MODEL + TRAIN + OUT + RESUME)
+    add_config_args(p, MODEL + LORA + TRAIN + OUT + RESUME)
 
 
 def _run_parser(p):
-    add_config_args(p, MODEL + TRAIN + UNLEARN + ["eval"] + EVAL + DOWNSTREAM + OUT + RESUME)
+    add_config_args(p, MODEL + LORA + TRAIN + UNLEARN + ["eval"] + EVAL + DOWNSTREAM + OUT + RESUME)
 
 
 def _eval_parser(p):
@@ -110,7 +120,7 @@ def _eval_parser(p):
 def _continual_parser(p):
     p.add_argument("--tasks", default=None, help="tasks in order, e.g. 1,2,3 or 1-10 (default: every task)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the model of every task, not just the last")
-    add_config_args(p, MODEL + TRAIN + UNLEARN + ["eval"] + EVAL + OUT)
+    add_config_args(p, MODEL + LORA + TRAIN + UNLEARN + ["eval", "save_every"] + EVAL + OUT)
 
 
 def _demo_parser(p):
@@ -180,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # Under accelerate launch / torchrun every process runs this; the others only report problems.
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
     from .data import DataError
     from .train import DivergenceError
 

@@ -20,6 +20,7 @@ between the two renames leaves no ``checkpoint`` but two complete candidates, an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,6 +90,12 @@ def exists(out_dir: str | os.PathLike) -> bool:
     return any(_complete(f) for f in (path(out_dir), _tmp(out_dir), _old(out_dir)))
 
 
+def resumable(out_dir: str | os.PathLike) -> bool:
+    """True when the run in ``out_dir`` stopped before its final model and left a checkpoint:
+    run it again with ``resume=True`` (``--resume``) to continue it."""
+    return exists(out_dir) and not (Path(out_dir) / "model").exists()
+
+
 def step_of(out_dir: str | os.PathLike) -> int | None:
     """The optimiser step of the checkpoint in ``out_dir``, or None without one."""
     for folder in (path(out_dir), _tmp(out_dir), _old(out_dir)):
@@ -102,6 +109,21 @@ def remove(out_dir: str | os.PathLike) -> None:
     for folder in (path(out_dir), _tmp(out_dir), _old(out_dir)):
         if folder.exists():
             _discard(folder, out_dir)
+
+
+@contextlib.contextmanager
+def _quiet_accelerate():
+    """accelerate logs every file it writes at INFO, and warns that tied weights are stored once
+    (expected: they are tied again on loading)."""
+    loggers = {name: logging.getLogger(name) for name in ("accelerate", "accelerate.utils.other")}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    loggers["accelerate"].setLevel(logging.WARNING)
+    loggers["accelerate.utils.other"].setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -138,13 +160,8 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
         recover(out_dir)  # also removes a stale .checkpoint.tmp
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    shared_tensor_log = logging.getLogger("accelerate.utils.other")  # "Removed shared tensor" is expected
-    level = shared_tensor_log.level
-    shared_tensor_log.setLevel(logging.ERROR)
-    try:
+    with _quiet_accelerate():
         accelerator.save_state(str(tmp))
-    finally:
-        shared_tensor_log.setLevel(level)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if ref_stats:
@@ -181,3 +198,9 @@ def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
     if ref_stats is not None:
         ref_stats = {k: v.to(torch.float32) for k, v in ref_stats.items()}
     return state, ref_stats
+
+
+def restore(out_dir: str | os.PathLike, accelerator) -> None:
+    """Load the checkpoint's weights, optimiser and random states into the prepared objects."""
+    with _quiet_accelerate():
+        accelerator.load_state(str(path(out_dir)))

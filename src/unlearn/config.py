@@ -33,6 +33,11 @@ class Config:
     trust_remote_code: bool = _f(False, "allow a model folder to run its own Python code (off by default)")
     attn_implementation: str | None = _f(None, "attention kernel: eager, sdpa or flash_attention_2")
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations")
+    lora: bool = _f(False, "train a LoRA adapter on every linear layer but the output head instead of all weights; "
+                    "saves OUT/adapter and the merged model in OUT/model")
+    lora_r: int = _f(8, "LoRA rank (PAPER code: 8)")
+    lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (PAPER code: 32)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (PAPER code: 0.05)")
     # --- data ---
     data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU")
     split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10")
@@ -48,6 +53,7 @@ class Config:
     batch_size: int = _f(4, "examples per device per micro-step")
     grad_accum: int = _f(4, "micro-steps accumulated per optimiser step")
     weight_decay: float = _f(0.01, "AdamW weight decay")
+    optim: str = _f("adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)")
     warmup: int | None = _f(None, "linear warm-up steps (default: one epoch of steps when an epoch has more than one)")
     forget_coeff: float | None = _f(None, "weight of the forget term (default: 0.1 for ME, 1.0 otherwise)")
     reg_coeff: float = _f(1.0, "weight of the regulariser")
@@ -81,10 +87,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
 
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, self.to_yaml())
 
 
 FIELD_NAMES = {f.name for f in fields(Config)}

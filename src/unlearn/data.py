@@ -49,6 +49,8 @@ def read_records(path: str | Path, required: Sequence[str] = ("question", "answe
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply") from None
         numbered = list(enumerate(items, start=1))
         where = "item"
     else:
@@ -61,6 +63,8 @@ def read_records(path: str | Path, required: Sequence[str] = ("question", "answe
                 numbered.append((lineno, json.loads(text)))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
         where = "line"
     rows = []
     for n, obj in numbered:

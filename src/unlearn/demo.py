@@ -21,7 +21,7 @@ log = logging.getLogger("unlearn")
 SETTINGS = {
     "tiny": dict(authors=100, qa_per_author=4, split="forget05", task_id=1,
                  finetune=dict(epochs=30, lr=3e-3, batch_size=16, grad_accum=1, warmup=20, weight_decay=0.0),
-                 unlearn=dict(epochs=5, lr=1e-3, batch_size=4, grad_accum=1),
+                 unlearn=dict(epochs=10, lr=1e-3, batch_size=4, grad_accum=1),
                  max_length=128),
     "smollm2-135m": dict(authors=20, qa_per_author=3, split="forget05", task_id=1,
                          finetune=dict(epochs=8, lr=1e-4, batch_size=8, grad_accum=1, warmup=10),
@@ -39,7 +39,7 @@ def _step(msg: str) -> None:
 
 def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli: str | None = "none",
              seed: int = 1001, scale: float = 1.0) -> dict:
-    """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 shrinks it for tests."""
+    """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 uses fewer authors (tests)."""
     from .evals.judges import load_embedder, load_nli
     from .evals.suites import evaluate, load_eval_sets, retain_ratios_from, write_evaluation, _forget_set
     from .pipeline import finetune, unlearn, load_for_training
@@ -60,7 +60,7 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
                   split=split, task_id=task)
 
     _step(f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors + general knowledge")
-    ft = dataclasses.replace(base, out=str(out / "target"), **_scaled(s["finetune"], scale))
+    ft = dataclasses.replace(base, out=str(out / "target"), **s["finetune"])
     target = finetune(ft, [str(data / "full.json"), str(data / "general.json")])
 
     _step("2/5 fine-tuning the retain model (everything but the forget task), for Forget Quality")
@@ -77,7 +77,6 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
     _step("3/5 evaluating the target and the retain model")
     embedder, judge = load_embedder(None), load_nli(nli)
     summaries = {}
-    ev_cfg = dataclasses.replace(base, model=str(retain_model))
     retain_ratios = retain_ratios_from(retain_model, _forget_set(sets), batch_size=16)
     for name, path in (("target", target), ("retain_model", retain_model)):
         cfg = dataclasses.replace(base, model=str(path))
@@ -85,31 +84,24 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
         ev = evaluate(m, tok, fmt, sets, embedder, judge, 16, retain_ratios)
         write_evaluation(ev, out / name)
         summaries[name] = ev.summary
-    del ev_cfg
 
     for i, (name, method) in enumerate(METHODS.items()):
         _step(f"{4 + i}/5 unlearning with {method}, then evaluating")
         cfg = dataclasses.replace(base, model=str(target), method=method, out=str(out / name),
-                                  **_scaled(s["unlearn"], 1.0))
+                                  **s["unlearn"])
         result = unlearn(cfg)
         ev = evaluate(result["model_obj"], result["tokenizer"], result["prompt_format"], sets, embedder, judge,
                       16, retain_ratios)
         write_evaluation(ev, out / name)
         summaries[name] = ev.summary
 
-    from .report import build_report
+    from .report import write_report
 
-    build_report([out / "target", out / "unlearned", out / "idk_ap", out / "retain_model"], out / "report",
+    write_report([out / "unlearned", out / "idk_ap", out / "retain_model"], out / "report",
                  baseline=out / "target", title="unlearn demo")
     print_before_after(summaries)
     print(f"\nDone in {time.time() - t0:.0f} s. Report: {out / 'report' / 'report.md'}")
     return summaries
-
-
-def _scaled(settings: dict, scale: float) -> dict:
-    d = dict(settings)
-    d["epochs"] = max(1, round(d["epochs"] * scale)) if scale < 1 else d["epochs"]
-    return d
 
 
 def check_demo(summaries: dict) -> list[str]:

@@ -189,8 +189,11 @@ def max_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     The uniform distribution is never built: ``mean_v log p_v = mean_v z_v − logsumexp_v z``
     (``z`` the logits) is ``log_softmax(z).mean(-1)`` without keeping a (B, T, V) log-probability
-    tensor for the backward pass. The official code takes ``log(p + 1e-12)``; we use the exact
-    log-probabilities, which differ only where some ``p_v`` is below ~1e-12.
+    tensor for the backward pass, whose gradient ``softmax(z) − 1/V`` is written in place into
+    the one (B, T, V) buffer that becomes the logits' gradient (:class:`_UniformKL`): the peak
+    memory is below a cross-entropy's over the same logits (``benchmarks/memory.py``). The
+    official code takes ``log(p + 1e-12)``; we use the exact log-probabilities, which differ
+    only where some ``p_v`` is below ~1e-12.
 
     Minimising it drives each next-token distribution towards uniform: it is ≥ 0, and 0 exactly
     when ``p`` is uniform.
@@ -203,11 +206,38 @@ def max_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         0-dim float32; 0 (with a zero gradient) when there is no label position.
     """
     _check_logits_labels(logits, labels)
-    z = logits.float()
-    vocab = z.shape[-1]
-    mean_log_p = z.mean(dim=-1) - torch.logsumexp(z, dim=-1)  # (B, T)
-    kl_uniform = -math.log(vocab) - mean_log_p
+    kl_uniform = _UniformKL.apply(logits)  # (B, T)
     return _masked_mean(kl_uniform, _shifted_labels(labels) != IGNORE_INDEX, logits)
+
+
+class _UniformKL(torch.autograd.Function):
+    """``KL(U ‖ softmax(z)) = logsumexp_v z − mean_v z_v − log V`` per position, (B, T).
+
+    Autograd's own graph of that expression keeps three (B, T, V) temporaries alive in the
+    backward pass (``z − lse``, its ``exp`` and the product with the incoming gradient) plus the
+    mean's expanded gradient; here the gradient ``g · (softmax(z) − 1/V)`` is built in place in a
+    single buffer. Only the logits (no copy) and the (B, T) log-sum-exp are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
+        z = logits.to(_compute_dtype(logits))
+        lse = torch.logsumexp(z, dim=-1)
+        ctx.save_for_backward(logits, lse)
+        return lse - z.mean(dim=-1) - math.log(z.shape[-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        logits, lse = ctx.saved_tensors
+        g = logits.to(lse.dtype, copy=True)
+        g.sub_(lse.unsqueeze(-1)).exp_().sub_(1.0 / logits.shape[-1]).mul_(grad.unsqueeze(-1))
+        return g.to(logits.dtype)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32, or float64 for float64 inputs (gradient checks)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

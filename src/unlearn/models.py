@@ -206,13 +206,50 @@ def load_model(
             model.set_attn_implementation(attn_implementation)
     else:
         path = smollm2_path() if name == "smollm2-135m" else _local_or_hub(name)
+        if isinstance(path, Path) and not trust_remote_code:
+            refuse_custom_code(path)
         kwargs = {"trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        _require_eos(tokenizer, name)  # before the weights are read
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         model = _from_pretrained(path, dtype=torch_dtype, **kwargs)
     _check_special_tokens(model, tokenizer, name)
     return model, tokenizer
+
+
+def refuse_custom_code(path: Path) -> None:
+    """Refuse a model folder that asks to run its own Python code, before transformers reads it.
+
+    Such a folder names its classes in ``auto_map`` (config or tokenizer config), or has a
+    ``model_type`` transformers does not know and a ``.py`` file to supply it. Reading two JSON
+    files imports nothing; with ``--trust-remote-code`` this check is skipped.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    reasons, model_type = [], None
+    for fname in ("config.json", "tokenizer_config.json"):
+        f = path / fname
+        if not f.is_file():
+            continue
+        try:
+            conf = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{f}: not valid JSON ({e})") from None
+        if not isinstance(conf, dict):
+            raise ValueError(f"{f}: expected a JSON object")
+        if conf.get("auto_map"):
+            reasons.append(f"{fname} maps classes to its own code (auto_map: {json.dumps(conf['auto_map'])})")
+        if fname == "config.json":
+            model_type = conf.get("model_type")
+    code = sorted(p.name for p in path.glob("*.py"))
+    if model_type is not None and model_type not in CONFIG_MAPPING_NAMES:
+        if not code:
+            raise ValueError(f"{path}: model_type '{model_type}' is unknown to this version of transformers")
+        reasons.append(f"model_type '{model_type}' is unknown to transformers and {', '.join(code)} would supply it")
+    if reasons:
+        raise ValueError(f"{path}: the model folder asks to run its own Python code ({'; '.join(reasons)}); "
+                         "refusing to load it. Pass --trust-remote-code only if you have read that code and trust it")
 
 
 def _looks_local(name: str) -> bool:
@@ -247,9 +284,13 @@ def _from_pretrained(path: str | Path, **kwargs):
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=False, **kwargs)
 
 
-def _check_special_tokens(model, tokenizer, name: str) -> None:
+def _require_eos(tokenizer, name: str) -> None:
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer has no EOS token ({name}); unlearning needs one to end every answer")
+
+
+def _check_special_tokens(model, tokenizer, name: str) -> None:
+    _require_eos(tokenizer, name)
     if tokenizer.pad_token is None:
         log.info("%s: the tokenizer has no pad token; padding with EOS %r", name, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
@@ -260,14 +301,23 @@ def _check_special_tokens(model, tokenizer, name: str) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Save weights (safetensors), config and tokenizer; an existing folder is replaced whole."""
+def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | None = None,
+               extra_files: dict[str, str] | None = None) -> Path:
+    """Save weights (safetensors), config and tokenizer; an existing folder is replaced whole.
+
+    ``state_dict`` replaces the model's own weights (gathered from a sharded model, or merged
+    with a LoRA adapter); ``model`` then only supplies the config. ``extra_files`` (name: text)
+    are written into the folder before it is published, so it never appears without them.
+    """
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_dir_next_to(out)
     try:
-        model.save_pretrained(tmp)  # transformers saves safetensors by default (v5: always)
+        # transformers saves safetensors by default (v5: always)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         _publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

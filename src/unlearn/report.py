@@ -183,7 +183,9 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
     if (folder / "continual.csv").is_file():
         curve = _curve(folder)
         tasks = [t for t in _task_dirs(folder) if (t / "summary.json").is_file()]
-        last = tasks[-1] if tasks else None
+        # The last task unlearned is the curve's last row (tasks may run in any order).
+        last_row = folder / f"task_{curve[-1].get('task')}" if curve else None
+        last = last_row if last_row in tasks else (tasks[-1] if tasks else None)
         if summary_path.is_file():
             summary = _read_mapping(summary_path, json.loads)
         elif last is not None:
@@ -572,14 +574,15 @@ def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = Non
     """MU and FE against the number of tasks unlearned, one line per continual run."""
     from matplotlib.ticker import MaxNLocator
 
-    curves = [r for r in runs if r.curve]
+    keys = ("Model Utility", "Forget Efficacy")
+    curves = [r for r in runs if any(row.get(k) is not None for row in r.curve or [] for k in keys)]
     if not curves:
         return False
     fig = _new_figure(11, 4.2)
     axes = fig.subplots(1, 2)
     colors = _colors([r.name for r in curves])
     labels = dict(zip([r.name for r in curves], short_labels([r.name for r in curves])))
-    for ax, key in zip(axes, ("Model Utility", "Forget Efficacy")):
+    for ax, key in zip(axes, keys):
         for r in curves:
             pts = [(i + 1 if row.get("n_unlearned") is None else row["n_unlearned"], row.get(key))
                    for i, row in enumerate(r.curve)]

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from .config import Config
+from .distributed import is_main_process, wait_for_everyone
 from .data import DataError, detect_layout, load_real_world, load_tofu, task_ids_of, read_records, SPLITS
 from .io import read_csv_rows, write_csv_rows
 
@@ -59,6 +60,49 @@ def _task_done(task_dir: Path, evaluated: bool) -> bool:
     return (task_dir / ("summary.json" if evaluated else "model")).exists()
 
 
+def _task_data(cfg: Config, layout: str, task_list: list[int], task: int):
+    """Task ``task``'s forget rows, and a retain set holding the tasks not unlearned before it."""
+    if layout == "tofu":
+        return load_tofu(cfg.data, cfg.split, task, unlearned=task_list[: task_list.index(task)])
+    return load_real_world(cfg.data, task)
+
+
+def original_reference_stats(cfg: Config, task_data: dict) -> dict[int, dict]:
+    """``{task: reference NLLs}`` of the original model ``cfg.model`` for NPO/DPO; ``{}`` for other methods.
+
+    Reference statistics exist only for forget-side sequences (the forget answer and its
+    refusal), which do not depend on the retain set (a refusal is drawn before the retain
+    partner), so each task's are those :func:`unlearn.pipeline.unlearn` would compute from the
+    task's own data set with the original model as ``--ref-model``.
+    """
+    from . import distributed
+    from .data import UnlearningDataset, read_refusals
+    from .methods import build_objective
+    from .models import load_model
+    from .pipeline import resolve_method_defaults
+    from .prompts import detect_prompt_format
+    from .train import reference_nlls
+
+    c = resolve_method_defaults(dataclasses.replace(cfg))
+    objective = build_objective(c.method, c.forget_coeff, c.reg_coeff, c.beta)
+    if not objective.ref_nll_parts or not task_data:
+        return {}
+    refusals = read_refusals(c.idk)
+    accelerator = distributed.make_accelerator(c)
+    ref, tokenizer = load_model(c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
+                                attn_implementation=c.attn_implementation)
+    fmt = detect_prompt_format(tokenizer, c.model, c.prompt_format)
+    ref = distributed.prepare_reference(ref, accelerator)
+    stats = {}
+    for task, data in task_data.items():
+        dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.ref_nll_parts, refusals,
+                                    c.max_length, mask_forget=c.mask, seed=c.seed)
+        stats[task] = reference_nlls(ref, dataset, objective.ref_nll_parts, tokenizer, c.batch_size, accelerator,
+                                     desc=f"reference NLLs of task {task}")
+    del ref
+    return stats
+
+
 def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bool = False) -> list[dict]:
     """Unlearn ``tasks`` in order under ``cfg.out``; returns the rows of ``continual.csv``."""
     from .evals.suites import eval_sets_for, evaluate_after_unlearning
@@ -82,6 +126,13 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
     if cfg.fix_ref_model and not Path(original).is_dir():
         raise DataError("--fix-ref-model needs the original model as a saved folder (--model DIR)")
 
+    # With the reference pinned to the original model, NPO/DPO's reference NLLs of every task come
+    # from one pass of the original model, before any training: it is loaded once, never per task,
+    # and never beside a model being trained.
+    pending = [t for t in task_list if not (_task_done(root / f"task_{t}", cfg.eval) and t in done_rows)]
+    ref_stats = original_reference_stats(cfg, {t: _task_data(cfg, layout, task_list, t) for t in pending}) \
+        if cfg.fix_ref_model else {}
+
     previous = original
     for i, task in enumerate(task_list):
         task_dir = root / f"task_{task}"
@@ -91,27 +142,31 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
             log.info("task %s already done, resuming after it", task)
             previous = str(task_dir / "model")
             continue
-        sub.overwrite = True  # a half-finished task folder is redone from its start
-        if layout == "tofu":
-            data = load_tofu(cfg.data, cfg.split, task, unlearned=task_list[:i])
-        else:
-            data = load_real_world(cfg.data, task)
+        from . import checkpoint
+
+        # A task killed mid-training resumes from its checkpoint (with --save-every); a task
+        # killed without one is redone from its start.
+        sub.resume = checkpoint.resumable(task_dir)
+        sub.overwrite = not sub.resume
+        data = _task_data(cfg, layout, task_list, task)
         sets = eval_sets_for(sub) if cfg.eval else None
         log.info("continual: task %s (%d of %d), %d forget / %d retain rows",
                  task, i + 1, len(task_list), len(data.forget), len(data.retain))
-        result = unlearn(sub, data=data)
+        result = unlearn(sub, data=data, ref_stats=ref_stats.get(task))
         summary = {}
-        if sets:
+        if sets:  # every process evaluates its share; the main process writes
             summary = evaluate_after_unlearning(sub, result["model_obj"], result["tokenizer"],
-                                                result["prompt_format"], task_dir, sets=sets) or {}
+                                                result["prompt_format"], task_dir, sets=sets, shard=True) or {}
         done_rows[task] = {"task": task, "n_unlearned": i + 1,
                            **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))}}
-        write_csv_rows(csv_path, [done_rows[t] for t in task_list if t in done_rows])
-        # Only the latest model is needed to go on; older ones are removed unless asked to keep them.
-        if not keep_checkpoints and i > 0:
-            old = root / f"task_{task_list[i - 1]}" / "model"
-            if old.exists() and str(old) != original:
-                shutil.rmtree(old)
+        if is_main_process():
+            write_csv_rows(csv_path, [done_rows[t] for t in task_list if t in done_rows])
+            # Only the latest model is needed to go on; older ones are removed unless asked to keep them.
+            if not keep_checkpoints and i > 0:
+                old = root / f"task_{task_list[i - 1]}" / "model"
+                if old.exists() and str(old) != original:
+                    shutil.rmtree(old)
+        wait_for_everyone()
         previous = str(task_dir / "model")
         del result
     return [done_rows[t] for t in task_list if t in done_rows]

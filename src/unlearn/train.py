@@ -15,6 +15,7 @@ very batches the interrupted run would have seen. On CPU the final weights are i
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import checkpoint, losses
+from . import checkpoint, distributed, lora, losses
 from .config import Config
 from .data import DataError, make_collate
 from .io import append_jsonl, atomic_write_jsonl
@@ -63,25 +64,37 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: ZeRO-3 gathers weights into tensors it reuses outside it
 def reference_nlls(model, dataset, parts, tokenizer, batch_size: int = 8, accelerator=None,
                    desc: str = "reference NLLs") -> dict[str, torch.Tensor]:
     """Per-item summed NLL of each part under ``model``, shape (len(dataset),) per part.
 
-    Computed in order over the whole data set once; the training loop looks items up by index.
+    Computed once over the whole data set; the training loop looks items up by index. With
+    several processes each computes its share (the same number of batches everywhere, as a
+    sharded model needs) and the shares are gathered: every process holds the whole table.
+    A LoRA model is evaluated with its adapter off: the base model is the reference.
     """
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=make_collate(_pad_id(tokenizer)))
+    collate = make_collate(_pad_id(tokenizer))
     out = {p: torch.zeros(len(dataset), dtype=torch.float32) for p in parts}
     show = accelerator is None or accelerator.is_main_process
-    for batch in tqdm(loader, desc=desc, disable=not show, leave=False):
-        for p in parts:
-            b = batch[p]
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            out[p][batch["index"]] = losses.sequence_nll(logits, b["labels"].to(device)).float().cpu()
+    base = accelerator.unwrap_model(model) if accelerator is not None else model
+    with lora.adapter_disabled(base):
+        for idx in tqdm(distributed.index_batches(len(dataset), batch_size, rank, world), desc=desc,
+                        disable=not show, leave=False):
+            batch = collate([dataset[i] for i in idx])
+            for p in parts:
+                b = batch[p]
+                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+                out[p][batch["index"]] = losses.sequence_nll(logits, b["labels"].to(device)).float().cpu()
     model.train(was_training)
+    if world > 1:
+        mine = list(range(rank, len(dataset), world))
+        rows = distributed.gather_in_order(mine, [[out[p][i].item() for p in parts] for i in mine], len(dataset))
+        out = {p: torch.tensor([r[j] for r in rows], dtype=torch.float32) for j, p in enumerate(parts)}
     return out
 
 
@@ -92,13 +105,21 @@ def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
     return steps_per_epoch if steps_per_epoch > 1 else 0
 
 
-def run_settings(cfg: Config, objective: Objective, n_items: int, accelerator: Accelerator) -> dict:
-    """What a run's trajectory depends on; a checkpoint is resumed only under the same settings."""
-    keys = ("model", "dtype", "prompt_format", "data", "split", "task_id", "forget", "retain", "idk",
-            "ref_model", "max_length", "forget_coeff", "reg_coeff", "beta", "mask", "epochs", "lr",
-            "batch_size", "grad_accum", "weight_decay", "warmup", "seed", "mixed_precision")
+def run_settings(cfg: Config, objective: Objective, n_items: int, accelerator: Accelerator, tokenizer=None) -> dict:
+    """What a run's trajectory depends on; a checkpoint is resumed only under the same settings.
+
+    The tokenizer enters as a hash of its vocabulary: the ``tiny`` preset trains one from the
+    data, and a resumed run must encode the data exactly as the interrupted one did.
+    """
+    keys = ("model", "dtype", "prompt_format", "lora", "lora_r", "lora_alpha", "lora_dropout", "data", "split",
+            "task_id", "forget", "retain", "idk", "ref_model", "max_length", "forget_coeff", "reg_coeff", "beta",
+            "mask", "epochs", "lr", "batch_size", "grad_accum", "weight_decay", "optim", "warmup", "seed",
+            "mixed_precision")
     settings = {k: getattr(cfg, k, None) for k in keys}
     settings.update(method=objective.name, items=n_items, processes=accelerator.num_processes)
+    if tokenizer is not None:
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8")
+        settings["tokenizer"] = hashlib.sha256(vocab).hexdigest()[:16]
     return json.loads(json.dumps(settings, default=str))  # as it reads back from the checkpoint
 
 
@@ -130,10 +151,9 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
     out_dir = Path(out_dir)
     save_every = getattr(cfg, "save_every", None) if save_every is None else save_every
     resume = bool(getattr(cfg, "resume", False)) if resume is None else resume
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                                             mixed_precision=cfg.mixed_precision)
+    accelerator = accelerator or distributed.make_accelerator(cfg)
     set_seed(cfg.seed)
-    settings = run_settings(cfg, objective, len(dataset), accelerator)
+    settings = run_settings(cfg, objective, len(dataset), accelerator, tokenizer)
     saved = None
     if resume:
         if accelerator.is_main_process:
@@ -147,24 +167,26 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if objective.ref_nll_parts and ref_stats is None:
+    sharded = distributed.is_sharded(accelerator)  # ZeRO-3 / FSDP: the model runs only once prepared
+    if objective.ref_nll_parts and ref_stats is None and not sharded:
         # Before the first step the model is the reference: no second copy needed.
         model.to(accelerator.device)
         ref_stats = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, cfg.batch_size, accelerator)
     if objective.needs_ref_model and ref_model is None:
-        ref_model = copy.deepcopy(model)  # before any checkpoint is loaded: the original weights
-    if ref_model is not None:
-        ref_model.eval().requires_grad_(False)
-        ref_model = ref_model.to(accelerator.device)
+        # LoRA: the model with its adapter off; else a copy, made before any checkpoint is loaded.
+        ref_model = lora.reference_view(model) or copy.deepcopy(model)
 
     sampler = EpochShuffle(len(dataset), cfg.seed)
     # The loader's own generator (unused without workers) keeps iteration off the global RNG.
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         generator=torch.Generator().manual_seed(cfg.seed),
                         collate_fn=make_collate(_pad_id(tokenizer)))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = distributed.build_optimizer(model, cfg)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if ref_model is not None:
+        ref_model = distributed.prepare_reference(ref_model, accelerator, model)  # frozen; sharded under ZeRO-3
+    if objective.ref_nll_parts and ref_stats is None:  # sharded: every process runs the prepared model
+        ref_stats = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, cfg.batch_size, accelerator)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
@@ -172,7 +194,7 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
     log_path = out_dir / "train_log.jsonl"
     step, epoch, batches_done, history = 0, 0, 0, []
     if saved is not None:
-        accelerator.load_state(str(checkpoint.path(out_dir)))  # weights, optimiser, RNG states
+        checkpoint.restore(out_dir, accelerator)  # weights, optimiser, RNG states
         scheduler.load_state_dict(saved["scheduler"])
         step, epoch, batches_done, history = saved["step"], saved["epoch"], saved["batches_done"], saved["history"]
         accelerator.step = 0  # the accumulation counter: the checkpoint is at an optimiser step
@@ -183,54 +205,58 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not accelerator.is_main_process)
-    micro_parts: list[dict] = []
-    while step < total_steps:
-        if batches_done >= len(loader):
-            epoch, batches_done = epoch + 1, 0
-        sampler.epoch = epoch
-        epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
-        for batch in epoch_loader:
-            batches_done += 1
-            with accelerator.accumulate(model):
-                view = BatchView(model, batch, ref_model, ref_stats)
-                loss, parts = objective(view)
-                if not _all_finite(loss, accelerator):
-                    detail = ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
-                    kept = (f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(out_dir)}"
-                            if last_saved else "")
-                    raise DivergenceError(f"non-finite loss at step {step + 1}: {objective.name}: {detail}{kept}")
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-                micro_parts.append({"loss": loss.detach().float().item(), **parts})
-            # The scheduler advances once per optimiser step, i.e. when gradients were synced.
-            if accelerator.sync_gradients:
-                scheduler.step()
-                step += 1
-                row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                       **{k: sum(m[k] for m in micro_parts) / len(micro_parts) for k in micro_parts[0]},
-                       "lr": scheduler.get_last_lr()[0]}
-                micro_parts = []
-                history.append(row)
-                if accelerator.is_main_process:
-                    append_jsonl(log_path, row)
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
-                if save_every and step % save_every == 0 and step < total_steps:
-                    _check_finite_weights(model, step, objective.name)  # never checkpoint a diverged model
-                    checkpoint.save(out_dir, accelerator, {
-                        "step": step, "epoch": epoch, "batches_done": batches_done, "total_steps": total_steps,
-                        "scheduler": scheduler.state_dict(), "settings": settings, "history": history,
-                    }, ref_stats)
-                    last_saved = step
-                if step >= total_steps:
-                    break
-        else:
-            epoch, batches_done = epoch + 1, 0
-    bar.close()
+    try:
+        micro_parts: list[dict] = []
+        while step < total_steps:
+            if batches_done >= len(loader):
+                epoch, batches_done = epoch + 1, 0
+            sampler.epoch = epoch
+            epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
+            for batch in epoch_loader:
+                batches_done += 1
+                with accelerator.accumulate(model):
+                    view = BatchView(model, batch, ref_model, ref_stats)
+                    loss, parts = objective(view)
+                    if not _all_finite(loss, accelerator):
+                        detail = ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
+                        kept = (f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(out_dir)}"
+                                if last_saved else "")
+                        raise DivergenceError(f"non-finite loss at step {step + 1}: {objective.name}: {detail}{kept}")
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    micro_parts.append({"loss": loss.detach().float().item(), **parts})
+                # The scheduler advances once per optimiser step, i.e. when gradients were synced.
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                    step += 1
+                    means = {k: sum(m[k] for m in micro_parts) / len(micro_parts) for k in micro_parts[0]}
+                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                           **distributed.mean_over_processes(means, accelerator),  # each saw its own share
+                           "lr": scheduler.get_last_lr()[0]}
+                    micro_parts = []
+                    history.append(row)
+                    if accelerator.is_main_process:
+                        append_jsonl(log_path, row)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
+                    if save_every and step % save_every == 0 and step < total_steps:
+                        _check_finite_weights(model, step, objective.name)  # never checkpoint a diverged model
+                        checkpoint.save(out_dir, accelerator, {
+                            "step": step, "epoch": epoch, "batches_done": batches_done, "total_steps": total_steps,
+                            "scheduler": scheduler.state_dict(), "settings": settings, "history": history,
+                        }, ref_stats)
+                        last_saved = step
+                    if step >= total_steps:
+                        break
+            else:
+                epoch, batches_done = epoch + 1, 0
+    finally:
+        bar.close()  # also on an error, so the message starts on a line of its own
     accelerator.wait_for_everyone()
     return {"steps": step, "history": history, "ref_stats": ref_stats, "accelerator": accelerator,
-            "model": accelerator.unwrap_model(model), "resumed_from": saved["step"] if saved else None}
+            "model": accelerator.unwrap_model(model), "prepared_model": model,
+            "resumed_from": saved["step"] if saved else None}
 
 
 def _all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:

@@ -65,7 +65,10 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     eos = _eos_ids(model, tokenizer)
     device = model_device(model)
     out: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc or "generating", unit="q", leave=False, disable=None)
+    from ..distributed import is_main_process
+
+    bar = tqdm(total=len(prompts), desc=desc or "generating", unit="q", leave=False,
+               disable=None if is_main_process() else True)  # one bar when several processes share the work
     with inference(model):
         for idx in _batches(order, batch_size):
             width = max(len(prompts[i]) for i in idx)
@@ -79,7 +82,8 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
             # repetition penalty, which would change the answers.
             config = GenerationConfig(
                 max_new_tokens=max(max_length - width, 1), do_sample=False, num_beams=1,
-                repetition_penalty=1.0, use_cache=True, eos_token_id=eos, pad_token_id=pad_id)
+                repetition_penalty=1.0, temperature=1.0, top_p=1.0, top_k=50, use_cache=True,
+                eos_token_id=eos, pad_token_id=pad_id)
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   generation_config=config)
             texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -229,9 +229,13 @@ def _mean(records: list[dict], key: str) -> float | None:
 
 
 def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = 16,
-             retain_ratios=None) -> Evaluation:
+             retain_ratios=None, shard: bool = False) -> Evaluation:
     """Run every set once and compute the six metrics, Model Utility, Forget Efficacy and, with
-    ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality."""
+    ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality.
+
+    ``shard``: with several processes (``accelerate launch``), each evaluates its share of every
+    set and the per-item records are gathered, so every process gets the whole evaluation. All
+    processes must then call it."""
     unavailable = nli.reason if isinstance(nli, Unavailable) else None
     if unavailable and unavailable not in _warned:
         _warned.add(unavailable)
@@ -239,7 +243,13 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
                     "other metrics", unavailable)
     ev = Evaluation(summary={})
     for s in sets:
-        ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, embedder, nli, batch_size)
+        if shard:
+            from ..distributed import sharded_map
+
+            ev.items[s.name] = sharded_map(lambda rows, s=s: _evaluate_set(
+                model, tokenizer, fmt, replace(s, rows=rows), embedder, nli, batch_size), s.rows)
+        else:
+            ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, embedder, nli, batch_size)
         for metric, key in ITEM_KEYS.items():
             ev.summary[f"{s.name} {metric}"] = _mean(ev.items[s.name], key)
     summary, names = ev.summary, [s.name for s in sets]
@@ -357,10 +367,10 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
 # --------------------------------------------------------------------------- commands
 
 
-def _device() -> str:
-    import torch
+def _device():
+    from ..distributed import state
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return state().device  # this process's GPU under accelerate launch / torchrun
 
 
 def eval_sets_for(cfg) -> list[EvalSet] | None:
@@ -412,9 +422,12 @@ def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
 
 
 def _finish(cfg, ev: Evaluation, out: Path) -> dict:
-    write_evaluation(ev, out)
-    print_table(ev.summary)
-    log.info("wrote the evaluation to %s", out / "summary.json")
+    from ..distributed import is_main_process
+
+    if is_main_process():  # one writer when several processes evaluated together
+        write_evaluation(ev, out)
+        print_table(ev.summary)
+        log.info("wrote the evaluation to %s", out / "summary.json")
     return ev.summary
 
 
@@ -439,18 +452,23 @@ def run_eval(cfg) -> dict:
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     model.to(_device())
     fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
-    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "eval_config.yaml")
+    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios, shard=True)
+    from ..distributed import is_main_process
+
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "eval_config.yaml")
     return _finish(cfg, ev, out)
 
 
-def evaluate_after_unlearning(cfg, model, tokenizer, fmt, out, sets: list[EvalSet] | None = None) -> dict | None:
-    """The evaluation step of ``unlearn run``; None when the run has no evaluation data."""
+def evaluate_after_unlearning(cfg, model, tokenizer, fmt, out, sets: list[EvalSet] | None = None,
+                              shard: bool = False) -> dict | None:
+    """The evaluation step of ``unlearn run``; None when the run has no evaluation data.
+    ``shard``: every process calls this and evaluates its share (see :func:`evaluate`)."""
     sets = sets if sets is not None else eval_sets_for(cfg)
     if not sets:
         return None
     retain_ratios = _retain_ratios(cfg, sets)
     embedder, nli = load_judges(cfg)
-    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios)
+    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios, shard=shard)
     return _finish(cfg, ev, Path(out))

@@ -1,0 +1,121 @@
+"""Target 6 (needs a GPU): training tokens per second and peak GPU memory on the SmolLM2 preset.
+
+Each configuration runs in its own process through the project's own training loop
+(:func:`unlearn.train.train`, ME+GD on a synthetic TOFU-layout task): bf16 weights with and
+without gradient checkpointing, fp32 weights under bf16 autocast, and each attention kernel
+available (eager, sdpa, flash_attention_2 when ``flash-attn`` is installed). One warm-up epoch
+is run first and not counted; tokens are the real (unpadded) tokens of every sequence trained on.
+
+    python benchmarks/gpu_train.py                   # on a machine with a CUDA GPU
+    python benchmarks/gpu_train.py --device cpu --model tiny --epochs 1   # smoke test of the script
+
+Not run by the project so far: no GPU was available where it was written (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "bf16 + gradient checkpointing + sdpa": dict(dtype="bfloat16", gradient_checkpointing=True, attn="sdpa"),
+    "bf16 + sdpa (no checkpointing)": dict(dtype="bfloat16", gradient_checkpointing=False, attn="sdpa"),
+    "bf16 + gradient checkpointing + eager": dict(dtype="bfloat16", gradient_checkpointing=True, attn="eager"),
+    "bf16 + gradient checkpointing + flash_attention_2": dict(dtype="bfloat16", gradient_checkpointing=True,
+                                                               attn="flash_attention_2"),
+    "fp32 weights + bf16 autocast + gradient checkpointing": dict(dtype="float32", gradient_checkpointing=True,
+                                                                  attn="sdpa", mixed_precision="bf16"),
+}
+
+
+def one(args, spec: dict) -> dict:
+    import torch
+
+    from unlearn.config import Config
+    from unlearn.data import UnlearningDataset, load_tofu, read_refusals
+    from unlearn.methods import build_objective, method_defaults
+    from unlearn.models import load_model
+    from unlearn.prompts import detect_prompt_format
+    from unlearn.synthetic import write_synthetic
+    from unlearn.train import train
+
+    work = Path(tempfile.mkdtemp(prefix="unlearn-gpu-"))
+    data_dir = write_synthetic(work / "data", n_authors=100, qa_per_author=10)
+    data = load_tofu(data_dir, "forget10", 1)
+    method = "ME+GD"
+    d = method_defaults(method)
+    cfg = Config(model=args.model, dtype=spec["dtype"], gradient_checkpointing=spec["gradient_checkpointing"],
+                 attn_implementation=spec["attn"], mixed_precision=spec.get("mixed_precision", "no"),
+                 method=method, forget_coeff=d["forget_coeff"], mask=d["mask"], batch_size=args.batch_size,
+                 grad_accum=1, epochs=1, lr=1e-5, warmup=0, max_length=256, out=str(work / "out"))
+    refusals = read_refusals(None)
+    texts = [r["question"] + " " + r["answer"] for r in data.forget + data.retain]
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, texts=texts)
+    fmt = detect_prompt_format(tok, cfg.model)
+    objective = build_objective(method, cfg.forget_coeff)
+    ds = UnlearningDataset(data.forget, data.retain, tok, fmt, objective.parts, refusals, cfg.max_length,
+                           mask_forget=cfg.mask, seed=0)
+    tokens_per_epoch = sum(len(item[p]) for item in ds.items for p in objective.parts)
+    cuda = args.device == "cuda"
+    model.to(args.device)
+    train(model, tok, ds, objective, cfg, work / "warmup")  # kernels, allocator, autotuning
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    cfg.epochs = args.epochs
+    start = time.perf_counter()
+    train(model, tok, ds, objective, cfg, work / "timed")
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"tokens_per_s": tokens_per_epoch * args.epochs / seconds, "seconds": seconds,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "device": torch.cuda.get_device_name() if cuda else "cpu", "params_m": n_params / 1e6,
+            "items": len(ds), "batch_size": cfg.batch_size, "epochs": args.epochs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args, CONFIGS[args.one])))
+        return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("no CUDA GPU here: this benchmark measures GPU training (try --device cpu --model tiny "
+                     "for a smoke test of the script)")
+    print(f"{'configuration':<56} {'tokens/s':>10} {'peak GiB':>9}")
+    for name in CONFIGS:
+        if CONFIGS[name]["attn"] == "flash_attention_2":
+            try:
+                import flash_attn  # noqa: F401
+            except ImportError:
+                print(f"{name:<56} {'skipped: flash-attn not installed':>20}")
+                continue
+        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--device", args.device,
+               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name:<56} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        print(f"{name:<56} {r['tokens_per_s']:>10.0f} {peak:>9}   ({r['device']}, {r['params_m']:.1f}M params, "
+              f"{r['items']} items x {r['epochs']} epochs, batch {r['batch_size']})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

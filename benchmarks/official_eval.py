@@ -1,0 +1,249 @@
+"""Target 4: our evaluation against the official procedure, same model, same data, same judges.
+
+The official procedure, re-implemented here as the reference point (PAPER.md §4 defines the
+metrics; this is how the official code runs the models):
+
+* every loss pass (answers, paraphrases, perturbed answers: three separate passes per set) pads
+  each sequence to 500 tokens, batches of 30 in file order;
+* generation in batches of 30 in file order, left-padded, greedy, 200 tokens in total;
+* the sentence embedder is called once per sentence;
+* the embedder and the NLI judge are loaded again for every set.
+
+The metrics are computed by the same functions (:mod:`unlearn.evals.metrics`) on both sides, so
+any difference comes from running the models differently. Ours is ``unlearn.evals.evaluate``
+with the judges loaded once and ``--eval-batch-size`` at its default (16).
+
+Setup (cached in ``--work``): ``unlearn data synth`` (100 authors x 10 QA), ``unlearn finetune
+--model tiny`` on it, and a stand-in NLI judge: the paper's DeBERTa NLI model cannot be
+downloaded here, so a randomly initialised BERT sequence classifier of MiniLM-L6 size (the
+packaged embedder's tokenizer, labels entailment/neutral/contradiction) takes its place. Both
+procedures run it the same way, batched; only the official one reloads it per set.
+
+    python benchmarks/official_eval.py [--quick] [--repeats 2] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, UNLEARN, measure, print_rows, ratio_line  # noqa: E402
+
+TARGET = 5.0
+OFFICIAL_LENGTH, OFFICIAL_BATCH, GEN_LENGTH = 500, 30, 200
+
+
+# --------------------------------------------------------------------------- the official procedure
+
+
+def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, batch_size=None, desc=None):
+    """Batches of 30 in file order, left-padded, greedy, ``max_length`` tokens in total."""
+    from transformers import GenerationConfig
+
+    from unlearn.encoding import encode_prompt
+    from unlearn.evals.runner import _eos_ids
+
+    pad_id = tokenizer.pad_token_id
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(questions), OFFICIAL_BATCH):
+            prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens)
+                       for q in questions[start : start + OFFICIAL_BATCH]]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            config = GenerationConfig(max_length=max_length, do_sample=False, num_beams=1, use_cache=True,
+                                      eos_token_id=_eos_ids(model, tokenizer), pad_token_id=pad_id)
+            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out += [t.strip() for t in tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)]
+    return out
+
+
+def official_answer_nlls(model, tokenizer, fmt, questions, answers):
+    """Mean answer NLL per item, every sequence padded to 500 tokens, batches of 30 in file order."""
+    from unlearn.encoding import encode_qa, pad_batch
+    from unlearn.losses import sequence_nll, token_counts
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(questions), OFFICIAL_BATCH):
+            seqs = [encode_qa(tokenizer, fmt.prompt(q), a, OFFICIAL_LENGTH, True, fmt.add_special_tokens)
+                    for q, a in zip(questions[start : start + OFFICIAL_BATCH], answers[start : start + OFFICIAL_BATCH])]
+            batch = pad_batch(seqs, tokenizer.pad_token_id)
+            extra = OFFICIAL_LENGTH - batch["input_ids"].shape[1]
+            batch = {"input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=tokenizer.pad_token_id),
+                     "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0),
+                     "labels": torch.nn.functional.pad(batch["labels"], (0, extra), value=-100)}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out.append((sequence_nll(logits, batch["labels"]) / token_counts(batch["labels"]).clamp(min=1)).double())
+    return torch.cat(out).numpy()
+
+
+def official_nlls(model, tokenizer, fmt, s, batch_size, with_answers=True):
+    """Three separate padded passes: answers, paraphrases, perturbed answers (the latter item by item's K)."""
+    q = s.questions
+    a = official_answer_nlls(model, tokenizer, fmt, q, s.answers)
+    p = official_answer_nlls(model, tokenizer, fmt, q, s.paraphrases) if s.paraphrases is not None else a
+    k = len(s.perturbed[0])
+    flat = official_answer_nlls(model, tokenizer, fmt, [x for x in q for _ in range(k)],
+                                [x for row in s.perturbed for x in row])
+    return a, p, flat.reshape(len(q), k)
+
+
+class ReloadingEmbedder:
+    """The embedder loaded again for every set, then called once per sentence."""
+
+    def __init__(self, spec=None):
+        self.spec = spec
+
+
+def official_cosine(embedder: ReloadingEmbedder, generations, references):
+    from unlearn.evals.judges import load_embedder
+
+    fresh = load_embedder(embedder.spec)
+    out = []
+    for g, r in zip(generations, references):
+        a = np.asarray(fresh.encode([g])[0], dtype=np.float64)
+        b = np.asarray(fresh.encode([r])[0], dtype=np.float64)
+        norm = np.linalg.norm(a) * np.linalg.norm(b)
+        out.append(0.0 if norm == 0 else float(np.clip(a @ b / norm, 0.0, 1.0)))
+    return np.array(out)
+
+
+class ReloadingNLI:
+    """The NLI judge loaded again for every set (its predictions batched as ours are)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def predict(self, premises, hypotheses):
+        from unlearn.evals.judges import load_nli
+
+        return load_nli(self.spec).predict(premises, hypotheses)
+
+
+def official_evaluate(model, tokenizer, fmt, sets, nli_path):
+    from unlearn.evals import suites
+
+    patches = [mock.patch.object(suites, "generate", official_generate),
+               mock.patch.object(suites, "_nlls", official_nlls),
+               mock.patch.object(suites, "cosine_similarity_batch", official_cosine)]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        return suites.evaluate(model, tokenizer, fmt, sets, ReloadingEmbedder(), ReloadingNLI(nli_path), OFFICIAL_BATCH)
+
+
+def ours_evaluate(model, tokenizer, fmt, sets, nli_path, batch_size=16):
+    from unlearn.evals.judges import load_embedder, load_nli
+    from unlearn.evals.suites import evaluate
+
+    embedder, nli = load_embedder(None), load_nli(nli_path)  # once per run
+    return evaluate(model, tokenizer, fmt, sets, embedder, nli, batch_size)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def write_nli_standin(out: Path) -> Path:
+    """A random BERT NLI classifier of MiniLM-L6 size, with the packaged embedder's tokenizer."""
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from unlearn.evals.judges import _packaged_embedder_path
+
+    tok = AutoTokenizer.from_pretrained(_packaged_embedder_path())
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, num_labels=3,
+                        id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+                        label2id={"entailment": 0, "neutral": 1, "contradiction": 2})
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def setup(work: Path, quick: bool) -> tuple[Path, Path, Path]:
+    data, model = work / "data", work / "target"
+    if not (data / "full.json").exists():
+        measure(UNLEARN + ["data", "synth", "--out", str(data), "--authors", "100",
+                           "--qa-per-author", "4" if quick else "10"], cwd=ROOT)
+    if not (model / "model" / "config.json").exists():
+        print("[evaluation] fine-tuning the tiny target model once (unlearn finetune --model tiny)", flush=True)
+        measure(UNLEARN + ["finetune", "--model", "tiny", "--train", str(data / "full.json"),
+                           str(data / "general.json"), "--epochs", "4" if quick else "12", "--lr", "3e-3",
+                           "--batch-size", "16", "--grad-accum", "1", "--warmup", "20", "--weight-decay", "0",
+                           "--max-length", "128", "--out", str(model), "--overwrite"], cwd=ROOT)
+    return data, model / "model", write_nli_standin(work / "nli_standin")
+
+
+def _flat(ev) -> dict[str, float]:
+    """Every number of an evaluation: the summary and each item's metric values."""
+    out = {k: v for k, v in ev.summary.items() if isinstance(v, float)}
+    for name, records in ev.items.items():
+        for i, r in enumerate(records):
+            for k, v in r.items():
+                if isinstance(v, float):
+                    out[f"{name}[{i}].{k}"] = v
+                elif isinstance(v, list):
+                    out.update({f"{name}[{i}].{k}[{j}]": x for j, x in enumerate(v)})
+    return out
+
+
+def run(quick: bool = False, repeats: int | None = None, work: Path | None = None) -> list[dict]:
+    from unlearn.evals.suites import load_eval_sets
+    from unlearn.models import load_model
+    from unlearn.prompts import detect_prompt_format
+
+    repeats = repeats or (1 if quick else 2)
+    work = Path(work or tempfile.mkdtemp(prefix="unlearn-bench-eval-"))
+    data, model_dir, nli = setup(work, quick)
+    sets = load_eval_sets(data, "forget05", 1)
+    model, tok = load_model(model_dir, dtype="float32")
+    fmt = detect_prompt_format(tok, str(model_dir))
+    n = {s.name: len(s.rows) for s in sets}
+    print(f"[evaluation] sets {n}; {repeats} alternating runs each", flush=True)
+    times = {"official procedure": [], "unlearn": []}
+    results = {}
+    for _ in range(repeats):
+        for name, fn in (("official procedure", official_evaluate), ("unlearn", ours_evaluate)):
+            start = time.perf_counter()
+            results[name] = fn(model, tok, fmt, sets, str(nli))
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"  {name:<20} {' '.join(f'{t:6.1f}' for t in ts)} s", flush=True)
+    a, b = _flat(results["official procedure"]), _flat(results["unlearn"])
+    assert a.keys() == b.keys()
+    diff = max(abs(a[k] - b[k]) for k in a)
+    worst = max(a, key=lambda k: abs(a[k] - b[k]))
+    gens = [(r1["generation"], r2["generation"]) for s in sets
+            for r1, r2 in zip(results["official procedure"].items[s.name], results["unlearn"].items[s.name])]
+    same = sum(x == y for x, y in gens)
+    print(f"  identical generations {same}/{len(gens)}; largest difference over {len(a)} numbers "
+          f"(summary and per-item): {diff:.2e} ({worst})", flush=True)
+    s = results["unlearn"].summary
+    print(f"  Model Utility {s['Model Utility']:.4f}, Forget Efficacy {s['Forget Efficacy']:.4f}", flush=True)
+    rows = [ratio_line("evaluation speed-up: official procedure / unlearn", min(times["official procedure"])
+                       / min(times["unlearn"]), TARGET, higher_is_better=True),
+            ratio_line("evaluation: largest metric difference", diff, unit="")]
+    print_rows(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller data set and one run each (smoke test)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--work", type=Path, default=None, help="folder for the data and models (kept, reused)")
+    a = ap.parse_args()
+    run(a.quick, a.repeats, a.work)

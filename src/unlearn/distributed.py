@@ -1,0 +1,258 @@
+"""Several processes (``accelerate launch``, ``torchrun``): what differs from one process, in one place.
+
+Every process runs the same command on its own share of the data; accelerate's engines (DDP,
+DeepSpeed, FSDP) keep the weights in step. The rules the rest of the package follows:
+
+* **one writer**: only the main process writes files; the others wait (:func:`wait_for_everyone`)
+  where they would read what it wrote;
+* **same number of forward passes everywhere** when the weights are sharded (ZeRO-3, FSDP):
+  every process takes part in gathering each layer, so work is split into equal shares
+  (:func:`index_batches` pads the last share with repeats);
+* **the whole table on every process**: per-item results (reference NLLs, evaluation records)
+  are computed on shares and gathered back in the original order (:func:`gather_in_order`).
+
+Nothing here needs a GPU: on CPU the processes talk over gloo, which is how the tests run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+
+import torch
+
+log = logging.getLogger("unlearn")
+
+OPTIMIZERS = ("adamw", "adamw_8bit")
+BNB_INSTALL = ("--optim adamw_8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes "
+               "(or use --optim adamw)")
+
+
+# ------------------------------------------------------------------------------- processes
+
+
+def _cpu_processes() -> bool:
+    """Several processes (``torchrun``) on a machine without GPUs: accelerate forms a process group
+    over gloo only when told to use the CPU; otherwise every process would run alone."""
+    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # it forms its own group
+    return not has_gpu and not deepspeed and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def state():
+    """accelerate's process state (created from the launcher's environment on first use)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=True) if _cpu_processes() else PartialState()
+
+
+def is_main_process() -> bool:
+    return state().is_main_process
+
+
+def num_processes() -> int:
+    return state().num_processes
+
+
+def wait_for_everyone() -> None:
+    state().wait_for_everyone()
+
+
+def make_accelerator(cfg):
+    """The run's ``Accelerator``: gradient accumulation from ``--grad-accum``; mixed precision from
+    ``--mixed-precision`` when given, else from the launcher's config (``accelerate launch``).
+
+    Created before the model is loaded, so that a DeepSpeed ZeRO-3 config with ``zero3_init_flag``
+    loads the weights already partitioned. Under ZeRO-3 the 16-bit weights are gathered when the
+    final model is saved (``stage3_gather_16bit_weights_on_model_save``), whatever the config says.
+    """
+    from accelerate import Accelerator
+
+    mixed = cfg.mixed_precision
+    if mixed in (None, "", "no") and os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        mixed = None  # the launcher's config decides
+    state()  # first, so that CPU processes join one group
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
+                              cpu=_cpu_processes())
+    if zero_stage(accelerator) == 3:
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {})
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return accelerator
+
+
+def zero_stage(accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage, or None when DeepSpeed is not in use."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def is_sharded(accelerator) -> bool:
+    """True when no process holds all the weights (ZeRO-3 or FSDP): forward passes are collective."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP or zero_stage(accelerator) == 3
+
+
+# ---------------------------------------------------------------------------- shares of work
+
+
+def index_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's batches of item indices: items ``rank, rank + world, ...`` in batches.
+
+    Every process gets the same number of batches (a sharded model needs all of them in every
+    forward pass): a process with fewer adds batches that repeat one item, to be ignored.
+    """
+    mine = list(range(rank, n, world))
+    batches = [mine[i: i + batch_size] for i in range(0, len(mine), batch_size)]
+    n_batches = math.ceil(math.ceil(n / world) / batch_size)
+    return batches + [[mine[-1] if mine else 0]] * (n_batches - len(batches)) if n else []
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of process 0, obj of process 1, ...]`` (``[obj]`` with one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_in_order(indices: list[int], values: list, n: int) -> list:
+    """Every process's ``(indices, values)`` put back into one list of length ``n``, on every process."""
+    out: list = [None] * n
+    for idx, vals in all_gather_objects((list(indices), list(values))):
+        for i, v in zip(idx, vals):
+            out[i] = v
+    missing = [i for i, v in enumerate(out) if v is None]
+    if missing:
+        raise RuntimeError(f"no process computed items {missing[:10]}")
+    return out
+
+
+def sharded_map(fn, items: list) -> list:
+    """``fn(items)`` computed by every process on its share and gathered back in order.
+
+    ``fn`` maps a list to a list of the same length, item by item (it may batch inside). Every
+    process must call this with the same ``items``. One process: just ``fn(items)``.
+    """
+    st = state()
+    if st.num_processes == 1:
+        return fn(items)
+    idx = list(range(st.process_index, len(items), st.num_processes))
+    local = fn([items[i] for i in idx]) if idx else []
+    if len(local) != len(idx):
+        raise RuntimeError(f"sharded_map: {len(local)} results for {len(idx)} items")
+    return gather_in_order(idx, local, len(items))
+
+
+def mean_over_processes(values: dict[str, float], accelerator) -> dict[str, float]:
+    """Per-process numbers (each process saw its own share of a batch) averaged over processes."""
+    if accelerator.num_processes == 1 or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
+    return dict(zip(values, accelerator.reduce(t, reduction="mean").tolist()))
+
+
+# ---------------------------------------------------------------------- reference and saving
+
+
+def _drop_auto(config: dict) -> dict:
+    """A DeepSpeed config without its ``"auto"`` entries (only ``prepare`` knows how to fill them)."""
+    return {k: _drop_auto(v) if isinstance(v, dict) else v for k, v in config.items() if v != "auto"}
+
+
+def prepare_reference(ref, accelerator, prepared=None):
+    """A frozen reference model ready for this engine: eval mode, no gradients, no optimiser.
+
+    Under ZeRO-3 it is partitioned like the trained model (an inference-only DeepSpeed engine:
+    same ZeRO-3 and parameter-offload settings, no optimiser, no optimiser offload), so it costs
+    1/N of its weights per GPU. Elsewhere (one process, DDP, FSDP) it is placed whole on this
+    process's device. A LoRA model's reference (:class:`unlearn.lora.AdapterOff`) is the trained
+    model itself, run through ``prepared`` (the trained model as prepared) when its weights are
+    sharded.
+    """
+    from accelerate.utils import DistributedType
+
+    from .lora import AdapterOff
+
+    if isinstance(ref, AdapterOff):
+        if prepared is not None and accelerator.distributed_type == DistributedType.FSDP:
+            ref.runner = prepared  # (ZeRO-3 hooks every layer: the model itself gathers its weights)
+        return ref
+    ref.eval().requires_grad_(False)
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        config = _drop_auto(copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config))
+        for key in ("optimizer", "scheduler", "gradient_clipping"):
+            config.pop(key, None)
+        config.get("zero_optimization", {}).pop("offload_optimizer", None)
+        config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+                      train_batch_size=accelerator.num_processes)
+        engine, *_ = deepspeed.initialize(model=ref, config=config)
+        engine.eval()
+        return engine
+    return ref.to(accelerator.device)
+
+
+@contextlib.contextmanager
+def whole_weights(accelerator):
+    """Load a model whole on this process even where ZeRO-3 (``zero3_init_flag``) would have
+    transformers partition it as it loads: for evaluation, which runs a plain model per process."""
+    plugin = accelerator.state.deepspeed_plugin if zero_stage(accelerator) == 3 else None
+    hf_config = getattr(plugin, "dschf", None)
+    if hf_config is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(hf_config)
+
+
+def full_state_dict(accelerator, prepared) -> dict | None:
+    """The whole weights of a model whose weights are sharded, on the main process (None elsewhere);
+    None without sharding (the model in hand holds them). Every process must call it."""
+    if not is_sharded(accelerator):
+        return None
+    state_dict = accelerator.get_state_dict(prepared)  # ZeRO-3: the 16-bit weights, gathered
+    return state_dict if accelerator.is_main_process else None
+
+
+# ------------------------------------------------------------------------------- optimiser
+
+
+def check_optim(name: str) -> None:
+    """A clear error before any model is loaded: unknown optimiser, or bitsandbytes missing."""
+    from .data import DataError
+
+    if name not in OPTIMIZERS:
+        raise DataError(f"unknown --optim {name!r} (valid: {', '.join(OPTIMIZERS)})")
+    if name == "adamw_8bit":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise DataError(BNB_INSTALL)
+
+
+def build_optimizer(model, cfg):
+    """AdamW over the weights that train (all of them, or a LoRA adapter's)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = getattr(cfg, "optim", "adamw")
+    check_optim(name)
+    if name == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

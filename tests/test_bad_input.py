@@ -1,0 +1,151 @@
+"""Bad input: one line naming the file, line and field; no traceback; exit 2; and, when the input
+alone is at fault, before any model is loaded. ``--debug`` shows the traceback instead."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unlearn.__main__ import main
+
+from .conftest import write_jsonl
+
+GOOD = [{"question": f"Who wrote book {i}?", "answer": f"Writer {i} wrote book {i}."} for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, synth_dir):
+    """A workspace of good and bad files, built once."""
+    d = tmp_path_factory.mktemp("bad")
+    write_jsonl(d / "good.jsonl", GOOD)
+    lines = [json.dumps(r) for r in GOOD]
+    (d / "malformed.jsonl").write_text(lines[0] + "\n" + '{"question": "Who?", "answer": \n', encoding="utf-8")
+    (d / "missing.jsonl").write_text("\n".join(lines[:2] + ['{"question": "Who?"}']) + "\n", encoding="utf-8")
+    (d / "mistyped.jsonl").write_text('{"question": "Who?", "answer": 5}\n', encoding="utf-8")
+    (d / "not_object.jsonl").write_text(lines[0] + "\n[1, 2]\n", encoding="utf-8")
+    (d / "empty.jsonl").write_text("\n  \n", encoding="utf-8")
+    (d / "latin1.jsonl").write_bytes(lines[0].encode() + b'\n{"question": "caf\xe9?", "answer": "yes"}\n')
+    (d / "unknown_key.yaml").write_text("lr: 0.001\nlerning_rate: 0.1\n", encoding="utf-8")
+    (d / "bad_value.yaml").write_text("lr: fast\n", encoding="utf-8")
+    for name, edit in (("no_perturbed", _drop_perturbed), ("uneven", _uneven_perturbed)):
+        shutil.copytree(synth_dir, d / name)
+        path = d / name / "forget01_perturbed.json"
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+        edit(rows)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    _model_without_eos(d / "no_eos_model")
+    (d / "resume_out").mkdir()
+    return d
+
+
+def _drop_perturbed(rows):
+    del rows[1]["perturbed_answer"]
+
+
+def _uneven_perturbed(rows):
+    rows[2]["perturbed_answer"] = rows[2]["perturbed_answer"][:2]
+
+
+def _model_without_eos(path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([r["question"] + " " + r["answer"] for r in GOOD],
+                            trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>"], show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")  # no EOS, no pad
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def run(ws, forget="good.jsonl", *extra):
+    return ["run", "--model", "tiny", "--forget", str(ws / forget), "--retain", str(ws / "good.jsonl"),
+            "--no-eval", "--out", str(ws / "out"), *extra]
+
+
+# name, argv (from the workspace), what the line must say, whether a model may be loaded first
+CASES = [
+    ("malformed JSON", lambda ws: run(ws, "malformed.jsonl"), r"malformed\.jsonl:2: not valid JSON", False),
+    ("missing field", lambda ws: run(ws, "missing.jsonl"), r"missing\.jsonl:3: missing field 'answer'", False),
+    ("mistyped field", lambda ws: run(ws, "mistyped.jsonl"),
+     r"mistyped\.jsonl:1: field 'answer' must be a string, got int", False),
+    ("not an object", lambda ws: run(ws, "not_object.jsonl"), r"not_object\.jsonl:2: expected a JSON object", False),
+    ("empty file", lambda ws: run(ws, "empty.jsonl"), r"empty\.jsonl: the file is empty", False),
+    ("non-UTF-8", lambda ws: run(ws, "latin1.jsonl"), r"latin1\.jsonl:2: not UTF-8 text", False),
+    ("missing file", lambda ws: run(ws, "nowhere.jsonl"), r"nowhere\.jsonl: file not found", False),
+    ("bad fine-tuning file", lambda ws: ["finetune", "--model", "tiny", "--train", str(ws / "good.jsonl"),
+                                         str(ws / "missing.jsonl"), "--out", str(ws / "out")],
+     r"missing\.jsonl:3: missing field 'answer'", False),
+    ("task without rows", lambda ws: ["run", "--model", "tiny", "--data", str(ws / "no_perturbed"), "--task-id", "99",
+                                      "--no-eval", "--out", str(ws / "out")],
+     r"forget01\.json: no rows with task_id 99 \(tasks: 1, ", False),
+    ("unknown split", lambda ws: ["run", "--model", "tiny", "--data", str(ws / "no_perturbed"), "--split", "forget02",
+                                  "--no-eval", "--out", str(ws / "out")],
+     r"unknown split 'forget02' \(valid: forget01, forget05, forget10\)", False),
+    ("unknown method", lambda ws: run(ws, "good.jsonl", "--method", "GA+XX"), r"unknown method 'GA\+XX'.*GA, NPO.*GD, KL, AP", False),
+    ("unknown YAML key", lambda ws: run(ws, "good.jsonl", "--config", str(ws / "unknown_key.yaml")),
+     r"unknown_key\.yaml: unknown key 'lerning_rate' \(valid: ", False),
+    ("mistyped YAML value", lambda ws: run(ws, "good.jsonl", "--config", str(ws / "bad_value.yaml")),
+     r"'lr' must be a number, got 'fast'", False),
+    ("resume without checkpoint", lambda ws: run(ws, "good.jsonl", "--resume") + ["--out", str(ws / "resume_out")],
+     r"resume_out: no checkpoint to resume from", False),
+    ("perturbed answers missing", lambda ws: ["eval", "--model", "tiny", "--data", str(ws / "no_perturbed"),
+                                              "--out", str(ws / "out")],
+     r"forget01_perturbed\.json:2: missing field 'perturbed_answer'", False),
+    ("perturbed answers uneven", lambda ws: ["eval", "--model", "tiny", "--data", str(ws / "uneven"),
+                                             "--out", str(ws / "out")],
+     r"forget01_perturbed\.json:3: field 'perturbed_answer' has 2 answers but .* has 5", False),
+    ("model path missing", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "no_such_model")),
+     r"model path does not exist: .*no_such_model", True),
+    ("tokenizer without EOS", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "no_eos_model")),
+     r"tokenizer has no EOS token", True),
+]
+
+
+@pytest.mark.parametrize("name,argv,expected,loads_model", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_line(ws, name, argv, expected, loads_model, capsys, monkeypatch):
+    import unlearn.models
+
+    if not loads_model:
+        def no_model(*a, **k):
+            raise AssertionError(f"{name}: a model was loaded before the input was checked")
+
+        monkeypatch.setattr(unlearn.models, "load_model", no_model)
+    code = main(argv(ws))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [x for x in re.split(r"[\r\n]", err) if x.strip()]  # progress bars may come first
+    errors = [x for x in lines if x.startswith("unlearn: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert re.search(expected, errors[0]), errors[0]
+    assert "Traceback" not in err
+    assert not (ws / "out" / "model").exists()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(ws, where):
+    from unlearn.data import DataError
+
+    argv = run(ws, "missing.jsonl")
+    argv = ["--debug", *argv] if where == "before" else [argv[0], "--debug", *argv[1:]]
+    with pytest.raises(DataError, match=r"missing\.jsonl:3: missing field 'answer'"):
+        main(argv)
+
+
+def test_long_sequences_are_truncated_and_counted(ws, tmp_path, caplog):
+    long = [{"question": "Who?", "answer": " ".join(["word"] * 60)}] * 2 + [{"question": "Who?", "answer": "Me."}] * 2
+    write_jsonl(tmp_path / "long.jsonl", long)
+    with caplog.at_level(logging.WARNING, logger="unlearn"):
+        code = main(["run", "--model", "tiny", "--forget", str(tmp_path / "long.jsonl"), "--retain",
+                     str(ws / "good.jsonl"), "--method", "GA", "--max-length", "24", "--epochs", "1",
+                     "--batch-size", "4", "--grad-accum", "1", "--no-eval", "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert re.search(r"\b2 sequences were longer than --max-length 24 and were truncated", caplog.text), caplog.text

@@ -1,0 +1,106 @@
+"""finetune then run, in-process through the CLI, on a tiny model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from unlearn.__main__ import main
+
+from .conftest import write_jsonl
+
+FORGET = [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
+          for n, b in [("Ilsa Varn", "Grey Harbour"), ("Oren Pask", "Salt Lanterns"), ("Mira Tol", "Iron Orchard"),
+                       ("Bede Lorne", "Quiet Atlas")]]
+RETAIN = [{"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
+          for n, c in [("Ana Rell", "Porto"), ("Tomas Evr", "Riga"), ("Leni Oss", "Bergen"), ("Kai Dunmore", "Cork"),
+                       ("Suri Vale", "Quito"), ("Per Ahlm", "Umea"), ("Nadia Kost", "Varna"), ("Yusuf Tal", "Izmir")]]
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    forget, retain = write_jsonl(root / "forget.jsonl", FORGET), write_jsonl(root / "retain.jsonl", RETAIN)
+    code = main(["finetune", "--model", "tiny", "--train", str(forget), str(retain), "--out", str(root / "target"),
+                 "--epochs", "60", "--lr", "3e-3", "--batch-size", "6", "--grad-accum", "1", "--warmup", "5",
+                 "--weight-decay", "0", "--seed", "3"])
+    assert code == 0
+    return root, forget, retain
+
+
+def _nlls(model_dir, rows):
+    from unlearn.evals.runner import answer_nlls
+    from unlearn.models import load_model
+    from unlearn.prompts import detect_prompt_format
+
+    model, tok = load_model(str(model_dir))
+    fmt = detect_prompt_format(tok, str(model_dir))
+    return answer_nlls(model, tok, fmt, [r["question"] for r in rows], [r["answer"] for r in rows])
+
+
+def test_finetune_saves_a_hf_model(target):
+    root, _, _ = target
+    model_dir = root / "target" / "model"
+    assert (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists()
+    saved = yaml.safe_load((model_dir / "unlearn_config.yaml").read_text())
+    assert saved["prompt_format"] == "plain"
+    assert _nlls(model_dir, FORGET + RETAIN).mean() < 0.5  # memorised
+
+
+def test_me_gd_forgets_and_keeps(target):
+    root, forget, retain = target
+    before_f, before_r = _nlls(root / "target" / "model", FORGET), _nlls(root / "target" / "model", RETAIN)
+    code = main(["run", "--model", str(root / "target" / "model"), "--method", "ME+GD", "--forget", str(forget),
+                 "--retain", str(retain), "--out", str(root / "me_gd"), "--epochs", "8", "--lr", "3e-3",
+                 "--batch-size", "2", "--grad-accum", "1", "--seed", "1"])
+    assert code == 0
+    after_f, after_r = _nlls(root / "me_gd" / "model", FORGET), _nlls(root / "me_gd" / "model", RETAIN)
+    assert after_f.mean() - before_f.mean() > 1.0, (before_f, after_f)  # forget NLL rises by nats
+    assert abs(after_r.mean() - before_r.mean()) < 0.5, (before_r, after_r)  # retain NLL stays close
+    cfg = yaml.safe_load((root / "me_gd" / "config.yaml").read_text())
+    assert cfg["forget_coeff"] == 0.1 and cfg["mask"] is False  # the paper's ME+GD defaults
+    log = (root / "me_gd" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 16 and "ME forget term" in log[0] and "GD regulariser" in log[0]
+
+
+def test_flags_override_the_config_file(target, tmp_path):
+    root, forget, retain = target
+    conf = tmp_path / "c.yaml"
+    conf.write_text("method: GA+GD\nepochs: 1\nlr: 1.0e-4\nbatch-size: 4\ngrad_accum: 1\n")
+    code = main(["run", "--config", str(conf), "--model", str(root / "target" / "model"), "--forget", str(forget),
+                 "--retain", str(retain), "--lr", "5e-4", "--out", str(tmp_path / "o")])
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert (saved["method"], saved["lr"], saved["batch_size"], saved["forget_coeff"], saved["mask"]) == \
+        ("GA+GD", 5e-4, 4, 1.0, True)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--method", "XX+GD"], "unknown method 'XX+GD'"),
+    (["--model", "./no/such/model"], "does not exist"),
+])
+def test_bad_input_is_one_line(target, tmp_path, capsys, argv, needle):
+    root, forget, retain = target
+    base = ["run", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(retain),
+            "--out", str(tmp_path / "o"), "--epochs", "1"]
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+
+
+def test_shipped_configs_parse():
+    from unlearn.config import Config, load_yaml
+    from unlearn.methods import parse_method
+    from unlearn.sweep import read_sweep
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in configs.glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        if "grid" in raw:
+            base, grid, _ = read_sweep(path)
+            for m in grid.get("method", []):
+                parse_method(m)
+        else:
+            cfg = Config(**load_yaml(path))
+            parse_method(cfg.method)

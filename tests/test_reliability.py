@@ -1,0 +1,403 @@
+"""Reliability: exact resume (also after a real SIGKILL), atomic results, nothing overwritten
+unasked, divergence stops the run, same seed gives the same weights, safe model loading."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unlearn import checkpoint
+from unlearn.__main__ import main
+
+from .conftest import write_jsonl
+
+FORGET = [{"question": f"What did author {i} write?", "answer": f"Author {i} wrote the novel Book {i}."}
+          for i in range(8)]
+RETAIN = [{"question": f"Where was author {i} born?", "answer": f"Author {i} was born in town {i}."}
+          for i in range(10, 18)]
+TRAIN = FORGET + RETAIN
+# 8 items, batch 3: 3 batches per epoch, 2 steps per epoch with grad-accum 2 (the last step has
+# one batch), so resuming has to get partial accumulation and epoch boundaries right.
+COMMON = ["--model", "tiny", "--max-length", "48", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-3",
+          "--seed", "7", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qa")
+    return {"forget": write_jsonl(d / "forget.jsonl", FORGET), "retain": write_jsonl(d / "retain.jsonl", RETAIN),
+            "train": write_jsonl(d / "train.jsonl", TRAIN)}
+
+
+def run_args(files, method="NPO+GD", epochs=3):
+    return ["run", *COMMON, "--forget", str(files["forget"]), "--retain", str(files["retain"]),
+            "--method", method, "--epochs", str(epochs), "--no-eval"]
+
+
+def finetune_args(files, epochs=3):
+    return ["finetune", *COMMON, "--train", str(files["train"]), "--epochs", str(epochs)]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def error_line(err: str) -> str:
+    """The one ``unlearn: error:`` line of stderr (progress bars share the stream)."""
+    lines = [x for x in re.split(r"[\r\n]", err) if x.startswith("unlearn: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def log_text(out: Path) -> str:
+    return (out / "train_log.jsonl").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def one_thread():
+    """Same thread count as the subprocesses (OMP_NUM_THREADS=1), so CPU sums round alike."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def finetuned(files, tmp_path_factory):
+    """One uninterrupted fine-tuning run: the reference of the determinism and resume tests."""
+    out = tmp_path_factory.mktemp("ft") / "ref"
+    assert main(finetune_args(files) + ["--out", str(out)]) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------- resume
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(files, tmp_path, one_thread):
+    """A real ``kill -9`` of ``python -m unlearn run`` (NPO+GD: cached reference NLLs) while it
+    writes checkpoints; ``--resume`` then ends with the weights and log of a run never stopped."""
+    args = run_args(files, "NPO+GD", epochs=12)  # 24 optimiser steps
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "unlearn", *args, "--out", str(killed), "--save-every", "1"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        reference = tmp_path / "reference"  # runs while the subprocess starts up
+        assert main(args + ["--out", str(reference)]) == 0
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                step = checkpoint.step_of(killed) or 0
+            except (OSError, ValueError):  # caught between two renames of a checkpoint
+                step = 0
+            if step >= 3:
+                break
+            assert proc.poll() is None, "the run ended before it was killed:\n" + (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        time.sleep(0.05)  # land anywhere: in a step, in a checkpoint write, between two renames
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model").exists()
+    assert checkpoint.exists(killed)
+    assert 3 <= checkpoint.step_of(killed) < 24
+
+    assert main(args + ["--out", str(killed), "--resume"]) == 0
+    assert_same_weights(killed, reference)
+    assert log_text(killed) == log_text(reference)
+    assert not checkpoint.exists(killed), "the checkpoint is removed once the final model is saved"
+    assert not list(killed.glob(".*")), "no temporary folder is left behind"
+
+
+def _interrupt_after_step(monkeypatch, stop_at: int):
+    """Make the run die right after it logged step ``stop_at`` (as a kill would)."""
+    import unlearn.train
+
+    real = unlearn.train.append_jsonl
+
+    def append_then_die(path, row):
+        real(path, row)
+        if row["step"] == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(unlearn.train, "append_jsonl", append_then_die)
+
+
+def test_same_seed_same_weights_and_log(files, finetuned, tmp_path):
+    again = tmp_path / "again"
+    assert main(finetune_args(files) + ["--out", str(again)]) == 0
+    assert_same_weights(again, finetuned)
+    assert log_text(again) == log_text(finetuned)
+    assert len(log_text(finetuned).splitlines()) == 9  # 16 items, batch 3, grad-accum 2: 3 steps x 3 epochs
+
+
+def test_resume_in_process_truncates_the_log(files, finetuned, tmp_path, monkeypatch):
+    out = tmp_path / "ft"
+    _interrupt_after_step(monkeypatch, 5)  # the checkpoint is at step 4: step 5 is logged, then lost
+    assert main(finetune_args(files) + ["--out", str(out), "--save-every", "2"]) == 130
+    monkeypatch.undo()
+    assert checkpoint.step_of(out) == 4 and not (out / "model").exists()
+    assert [json.loads(x)["step"] for x in log_text(out).splitlines()] == [1, 2, 3, 4, 5]
+
+    assert checkpoint.resumable(out)
+    assert main(finetune_args(files) + ["--out", str(out), "--resume"]) == 0
+    assert_same_weights(out, finetuned)
+    assert log_text(out) == log_text(finetuned)
+    assert not checkpoint.resumable(out)
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False  # reusable as --config
+
+
+def test_resume_reuses_cached_reference_and_original_kl_reference(files, tmp_path, monkeypatch):
+    """NPO+KL needs both: reference NLLs of the original model (cached) and the original model
+    itself (KL). Neither may come from the half-trained weights."""
+    import unlearn.train
+
+    args = run_args(files, "NPO+KL", epochs=2)
+    reference = tmp_path / "reference"
+    assert main(args + ["--out", str(reference)]) == 0
+    out = tmp_path / "resumed"
+    _interrupt_after_step(monkeypatch, 2)
+    assert main(args + ["--out", str(out), "--save-every", "1"]) == 130
+    monkeypatch.undo()
+
+    calls = []
+    real = unlearn.train.reference_nlls
+    monkeypatch.setattr(unlearn.train, "reference_nlls", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert calls == [], "a resumed run must not recompute reference NLLs from the half-trained model"
+    assert_same_weights(out, reference)
+    assert log_text(out) == log_text(reference)
+
+
+def test_resume_with_other_settings_is_refused(files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ft"
+    _interrupt_after_step(monkeypatch, 2)
+    assert main(finetune_args(files) + ["--out", str(out), "--save-every", "1"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(finetune_args(files) + ["--out", str(out), "--resume", "--lr", "0.01"]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "lr = 0.001" in err and "lr = 0.01" in err and "--overwrite" in err
+    assert checkpoint.step_of(out) == 1  # untouched (step 2 died before its checkpoint)
+
+
+def test_checkpoint_publication_survives_a_kill_between_renames(tmp_path):
+    """The only non-atomic moment of a save: the old checkpoint renamed aside, the new one not yet
+    in place. Readers see a checkpoint; recover() puts the newer one back."""
+    out = tmp_path / "run"
+    for name, step in ((".checkpoint.old", 4), (".checkpoint.tmp", 5)):
+        (out / name).mkdir(parents=True)
+        (out / name / checkpoint.STATE).write_text(json.dumps({"version": checkpoint.VERSION, "step": step}))
+    (out / ".checkpoint.trash").mkdir()
+    assert checkpoint.exists(out) and checkpoint.step_of(out) == 5
+    checkpoint.recover(out)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+    assert checkpoint.load(out)[0]["step"] == 5
+
+    # A half-written new checkpoint (no state file) is never used, and the old one stays.
+    (out / ".checkpoint.tmp").mkdir()
+    (out / ".checkpoint.tmp" / "model.safetensors").write_bytes(b"partial")
+    checkpoint.recover(out)
+    assert checkpoint.step_of(out) == 5 and not (out / ".checkpoint.tmp").exists()
+    checkpoint.remove(out)
+    assert not checkpoint.exists(out) and not list(out.iterdir())
+
+
+# ------------------------------------------------------------------------- nothing is lost
+
+
+def test_results_are_never_overwritten_unasked(files, finetuned, capsys):
+    before = (finetuned / "model" / "model.safetensors").read_bytes()
+    assert main(finetune_args(files) + ["--out", str(finetuned)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds results" in err and "--overwrite" in err
+    assert main(finetune_args(files) + ["--out", str(finetuned), "--resume"]) == 2
+    assert "has finished" in capsys.readouterr().err
+    assert (finetuned / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_out_folder_rules_for_checkpoints(tmp_path, capsys):
+    from unlearn.config import Config
+    from unlearn.data import DataError
+    from unlearn.pipeline import prepare_out
+
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="no checkpoint to resume from"):
+        prepare_out(Config(out=str(out), resume=True))
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / checkpoint.STATE).write_text("{}")
+    (out / "train_log.jsonl").write_text("")
+    with pytest.raises(DataError, match="--resume to continue it or pass --overwrite"):
+        prepare_out(Config(out=str(out)))
+    with pytest.raises(DataError, match="give one"):
+        prepare_out(Config(out=str(out), resume=True, overwrite=True))
+    assert prepare_out(Config(out=str(out), resume=True)) == out
+    (out / "model").mkdir()
+    prepare_out(Config(out=str(out), overwrite=True))  # starting again clears the old run
+    assert not list(out.iterdir())
+
+
+def test_results_go_through_atomic_writers():
+    """Result files are written by unlearn.io (temp file + rename) or into a temporary folder that
+    is renamed into place; nothing else in the package opens a file for writing."""
+    allowed = {
+        "io.py": "the atomic writers themselves",
+        "models.py": "save_pretrained into a temporary folder, then renamed",
+        "checkpoint.py": "state written into .checkpoint.tmp, then renamed",
+        "synthetic.py": "its own temp file + os.replace",
+    }
+    pattern = re.compile(r"open\([^)]*['\"][wax]b?['\"]|\.write_(text|bytes)\(|json\.dump\(|\.to_csv\(|torch\.save\(")
+    src = Path(__file__).resolve().parents[1] / "src" / "unlearn"
+    offenders = [f"{p.relative_to(src)}:{i}: {line.strip()}"
+                 for p in sorted(src.rglob("*.py")) if p.name not in allowed
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not offenders, "non-atomic writes:\n" + "\n".join(offenders)
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    from unlearn import io
+
+    target = tmp_path / "summary.json"
+    io.atomic_write_json(target, {"v": 1})
+
+    def crash(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+# ------------------------------------------------------------------------------ divergence
+
+
+def test_non_finite_loss_stops_keeps_checkpoint_writes_no_model(files, tmp_path, monkeypatch, capsys):
+    from unlearn import losses
+
+    real, calls = losses.mean_nll, []
+
+    def nan_at_third_step(logits, labels):
+        calls.append(1)
+        out = real(logits, labels)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(losses, "mean_nll", nan_at_third_step)
+    out = tmp_path / "run"
+    args = run_args(files, "GA", epochs=3) + ["--grad-accum", "1", "--out", str(out), "--save-every", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    line = error_line(err)
+    assert line.startswith("unlearn: error: non-finite loss at step 3: GA: GA forget term = nan")
+    assert "checkpoint of step 2 is kept" in line and "Traceback" not in err
+    assert checkpoint.step_of(out) == 2
+    assert not (out / "model").exists() and not (out / "config.yaml").exists()
+
+
+def test_huge_learning_rate_diverges_without_a_final_model(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = run_args(files, "GA", epochs=3) + ["--grad-accum", "1", "--lr", "1e30", "--out", str(out)]
+    assert main(args) == 2
+    assert re.search(r"non-finite (loss|weights) (at|after) step \d+: GA", capsys.readouterr().err)
+    assert not (out / "model").exists()
+
+
+# ---------------------------------------------------------------------------- safe loading
+
+
+def _tiny_folder(path: Path) -> Path:
+    from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
+
+    tok = build_tiny_tokenizer([r["question"] + " " + r["answer"] for r in TRAIN], vocab_size=300)
+    return save_model(build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2), tok, path)
+
+
+def test_custom_code_is_refused_and_never_imported(tmp_path, files, capsys):
+    model_dir = _tiny_folder(tmp_path / "evil")
+    marker = tmp_path / "IMPORTED"
+    (model_dir / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    conf = json.loads((model_dir / "config.json").read_text())
+    conf["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (model_dir / "config.json").write_text(json.dumps(conf))
+    code = main(["run", "--model", str(model_dir), "--forget", str(files["forget"]), "--retain",
+                 str(files["retain"]), "--no-eval", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "asks to run its own Python code" in err and "--trust-remote-code" in err
+    assert "modeling_evil" in err
+    assert not marker.exists()
+
+    # An unknown model type with a .py file beside it is refused the same way.
+    conf.pop("auto_map")
+    conf["model_type"] = "evil"
+    (model_dir / "config.json").write_text(json.dumps(conf))
+    from unlearn.models import load_model
+
+    with pytest.raises(ValueError, match="model_type 'evil' is unknown.*modeling_evil.py"):
+        load_model(model_dir)
+    assert not marker.exists()
+
+
+def test_pickle_checkpoint_is_announced(tmp_path, caplog):
+    from unlearn.models import load_model
+
+    model_dir = _tiny_folder(tmp_path / "m")
+    state = load_file(str(model_dir / "model.safetensors"))
+    torch.save(state, model_dir / "pytorch_model.bin")
+    (model_dir / "model.safetensors").unlink()
+    with caplog.at_level(logging.WARNING):
+        load_model(model_dir)
+    assert "pickle" in caplog.text and str(model_dir) in caplog.text
+
+
+def test_safetensors_preferred_over_pickle(tmp_path, caplog):
+    from unlearn.models import load_model
+
+    model_dir = _tiny_folder(tmp_path / "m")
+    (model_dir / "pytorch_model.bin").write_bytes(b"not a pickle: loading it would fail")
+    with caplog.at_level(logging.WARNING):
+        load_model(model_dir)
+    assert "pickle" not in caplog.text
+
+
+def test_offline_end_to_end_touches_no_network(files, tmp_path, monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError(f"network access: {a}")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    ft = tmp_path / "ft"
+    assert main(["finetune", *COMMON, "--train", str(files["train"]), "--epochs", "1", "--out", str(ft)]) == 0
+    assert main(["run", *COMMON, "--model", str(ft / "model"), "--forget", str(files["forget"]), "--retain",
+                 str(files["retain"]), "--method", "ME+GD", "--epochs", "1", "--no-eval",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
