@@ -11,9 +11,11 @@ Why two processes with ``--batch-size 4`` do not give bit-identical numbers to o
   the gradients in another order: float rounding differs (~1e-7 relative per step).
 
 The first is a real, small difference in the update (the same one as between gradient
-accumulation and a large batch); it grows over steps, hence a relative tolerance of 2e-3 on the
-losses and 1e-3 (absolute, weights are ~0.02) on the weights after a few steps. Evaluation of one
-model by two processes versus one differs only by float rounding in differently padded batches.
+accumulation and a large batch) and it grows over steps. Measured here (lr 1e-3, 3 steps): ≤ 1e-6
+relative on the total loss, ≤ 1e-3 on the small KL term, weights within 2e-5; the test allows 2e-3
+relative on every loss part and 1e-4 on the weights (which are ~0.02). Evaluation of one model by
+two processes versus one differs only by float rounding (one question per batch here, so the
+batches do not even differ).
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ def test_shipped_accelerate_config_parses(name, monkeypatch):
                 mock.patch("accelerate.utils.dataclasses.is_cuda_available", return_value=True), \
                 mock.patch("torch.cuda.current_device", return_value=0):
             plugin = FullyShardedDataParallelPlugin()
-        assert plugin.use_orig_params and plugin.sync_module_states  # LoRA: frozen and trained weights together
-        assert plugin.auto_wrap_policy is not None
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD
+        assert plugin.auto_wrap_policy is not None and not plugin.cpu_ram_efficient_loading
     else:
         assert config.distributed_type == DistributedType.MULTI_GPU
 
@@ -254,7 +256,7 @@ def test_two_processes_unlearn_and_evaluate_like_one(tofu, tmp_path, monkeypatch
     w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     assert w1.keys() == w2.keys()
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-3, msg=k)
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-4, msg=k)
 
     expected = {"config.yaml", "data.json", "model", "summary.json", "train_log.jsonl", "eval_Forget.jsonl",
                 "eval_Retain.jsonl", "eval_Real_Authors.jsonl", "eval_Real_World.jsonl"}
@@ -270,3 +272,31 @@ def test_two_processes_unlearn_and_evaluate_like_one(tofu, tmp_path, monkeypatch
         rows2 = [json.loads(x) for x in (two / name).read_text().splitlines()]
         assert [r["question"] for r in rows2] == [r["question"] for r in rows1]  # gathered in order
         assert [r["generation"] for r in rows2] == [r["generation"] for r in rows1]
+
+
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate CLI not found")
+def test_accelerate_launch_finetune_then_continual_with_lora(tofu, tmp_path):
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml` (2 processes; on a machine
+    without GPUs they run on CPU over gloo, in bf16 autocast): fine-tune, then continual
+    unlearning with LoRA over two tasks with evaluation. One writer throughout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    launch = [ACCELERATE, "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "-m", "unlearn"]
+    base, cont = tmp_path / "base", tmp_path / "cont"
+    for args in (["finetune", "--train", str(tofu / "forget01.json"), str(tofu / "retain90.json"),
+                  "--out", str(base), "--epochs", "1", "--batch-size", "2", "--grad-accum", "1"],
+                 ["continual", "--model", str(base / "model"), "--data", str(tofu), "--out", str(cont),
+                  "--tasks", "1,2", "--method", "IDK+AP", "--lora", "--epochs", "1", "--batch-size", "2",
+                  "--grad-accum", "1", "--lr", "1e-3", "--keep-checkpoints", *EVAL]):
+        proc = subprocess.run(launch + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert len(_log(base / "train_log.jsonl")) == 7  # 28 rows, 2 processes x 2 = 4 per step
+    rows = (cont / "continual.csv").read_text().splitlines()
+    assert rows[0].startswith("task,n_unlearned") and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    for t in (1, 2):
+        assert len(_log(cont / f"task_{t}" / "train_log.jsonl")) == 2  # 8 items, 4 per step
+        for name in ("adapter/adapter_model.safetensors", "model/model.safetensors", "summary.json"):
+            assert (cont / f"task_{t}" / name).is_file()

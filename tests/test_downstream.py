@@ -149,3 +149,26 @@ def _local_only_manager(tasks, include_path):
     manager = TaskManager(include_path=include_path, include_defaults=False)
     _check_known(tasks, manager, include_path)
     return manager
+
+
+def test_real_world_run_with_eval_and_downstream(task_dir, shared_data, tmp_path):
+    """The real-world scenario end to end on a slice of the official files: unlearn, the paper's
+    evaluation (Retain = neighbours, Forget = forget set, golden answers) and lm-eval downstream."""
+    from unlearn.__main__ import main
+
+    rw = tmp_path / "real_world"
+    rw.mkdir()
+    for name, n in (("forget", 4), ("forget_perturbed", 4), ("neighbor", 6), ("neighbor_perturbed", 6)):
+        rows = [json.loads(x) for x in (shared_data / "real_world" / f"{name}.json").read_text().splitlines()[:n]]
+        write_jsonl(rw / f"{name}.json", rows)
+    out = tmp_path / "run"
+    code = main(["run", "--model", "tiny", "--data", str(rw), "--task-id", "1", "--method", "ME+GD",
+                 "--epochs", "1", "--batch-size", "2", "--grad-accum", "1", "--max-length", "96", "--nli", "none",
+                 "--eval-batch-size", "4", "--downstream", MC, "--downstream-include", str(task_dir),
+                 "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"Retain ROUGE", "Forget ROUGE", "Model Utility", "Forget Efficacy"} <= set(summary)
+    assert not any(k.startswith(("Real Authors", "Real World")) for k in summary)  # TOFU-only sets
+    assert 0.0 <= summary[f"Downstream {MC}"] <= 1.0 and "Downstream Average" in summary
+    assert (out / "downstream.json").exists() and (out / "eval_Retain.jsonl").exists()

@@ -58,6 +58,20 @@ def test_targets_every_linear_but_the_head(tiny):
     assert not any("lm_head" in n or "embed_tokens" in n for n in trainable)
 
 
+def test_adapter_start_is_seeded(tiny):
+    """Every process draws the same adapter (ZeRO-3 and FSDP broadcast nothing); the caller's RNG is left alone."""
+    _, _, make = tiny
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = {n: p for n, p in apply_lora(make(), seed=5).named_parameters() if p.requires_grad}
+    assert torch.equal(torch.rand(1), expected_next)
+    b = {n: p for n, p in apply_lora(make(), seed=5).named_parameters() if p.requires_grad}
+    c = {n: p for n, p in apply_lora(make(), seed=6).named_parameters() if p.requires_grad}
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a if ".lora_A." in n)
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_only_the_adapter_trains(tmp_path, tiny, checkpointing):
     """NPO (reference NLLs) + KL (adapter-off reference), with and without gradient checkpointing."""

@@ -28,7 +28,9 @@ SETTINGS = {
                          unlearn=dict(epochs=5, lr=2e-5, batch_size=4, grad_accum=1),
                          max_length=128),
 }
-METHODS = {"unlearned": "ME+GD", "idk_ap": "IDK+AP"}
+# name -> (method, overrides of the unlearning settings). IDK+AP converges faster: more epochs
+# only make it over-refuse on retain questions.
+METHODS = {"unlearned": ("ME+GD", {}), "idk_ap": ("IDK+AP", {"epochs": 5})}
 SHOW = ["Forget ROUGE", "Forget Probability", "Forget Paraphrased ROUGE", "Retain ROUGE", "Retain Probability",
         "Model Utility", "Forget Efficacy", "Forget Quality"]
 
@@ -85,10 +87,10 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
         write_evaluation(ev, out / name)
         summaries[name] = ev.summary
 
-    for i, (name, method) in enumerate(METHODS.items()):
+    for i, (name, (method, overrides)) in enumerate(METHODS.items()):
         _step(f"{4 + i}/5 unlearning with {method}, then evaluating")
         cfg = dataclasses.replace(base, model=str(target), method=method, out=str(out / name),
-                                  **s["unlearn"])
+                                  **{**s["unlearn"], **overrides})
         result = unlearn(cfg)
         ev = evaluate(result["model_obj"], result["tokenizer"], result["prompt_format"], sets, embedder, judge,
                       16, retain_ratios)

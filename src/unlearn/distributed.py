@@ -16,15 +16,11 @@ Nothing here needs a GPU: on CPU the processes talk over gloo, which is how the 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import math
 import os
 
 import torch
-
-log = logging.getLogger("unlearn")
 
 OPTIMIZERS = ("adamw", "adamw_8bit")
 BNB_INSTALL = ("--optim adamw_8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes "
@@ -53,10 +49,6 @@ def is_main_process() -> bool:
     return state().is_main_process
 
 
-def num_processes() -> int:
-    return state().num_processes
-
-
 def wait_for_everyone() -> None:
     state().wait_for_everyone()
 
@@ -68,6 +60,7 @@ def make_accelerator(cfg):
     Created before the model is loaded, so that a DeepSpeed ZeRO-3 config with ``zero3_init_flag``
     loads the weights already partitioned. Under ZeRO-3 the 16-bit weights are gathered when the
     final model is saved (``stage3_gather_16bit_weights_on_model_save``), whatever the config says.
+    DeepSpeed clips gradients only when its config asks for it (as without DeepSpeed).
     """
     from accelerate import Accelerator
 
@@ -77,9 +70,15 @@ def make_accelerator(cfg):
     state()  # first, so that CPU processes join one group
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
                               cpu=_cpu_processes())
-    if zero_stage(accelerator) == 3:
-        zero = accelerator.state.deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {})
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if zero_stage(accelerator) is not None:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        # unlearn's loop does not clip gradients. accelerate turns "auto" into 1.0, drops a 0.0, and
+        # recent DeepSpeed clips at 1.0 when the key is missing: the engines would train differently.
+        if ds_config.get("gradient_clipping", "auto") == "auto":
+            ds_config["gradient_clipping"] = 0.0
+        if zero_stage(accelerator) == 3:
+            ds_config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+            partitioned_loading(accelerator, True)  # (a previous run in this process turned it off)
     return accelerator
 
 
@@ -203,31 +202,43 @@ def prepare_reference(ref, accelerator, prepared=None):
     return ref.to(accelerator.device)
 
 
-@contextlib.contextmanager
-def whole_weights(accelerator):
-    """Load a model whole on this process even where ZeRO-3 (``zero3_init_flag``) would have
-    transformers partition it as it loads: for evaluation, which runs a plain model per process."""
+def partitioned_loading(accelerator, on: bool) -> None:
+    """Whether transformers partitions the models it loads from now on (ZeRO-3).
+
+    On while a run loads the model it trains; off once it is trained, so that the models loaded
+    for evaluation (the saved model, the judges) are whole, as evaluation runs a plain model per
+    process. No-op without ZeRO-3. (accelerate registers its ZeRO-3 config with transformers
+    whatever ``zero3_init_flag`` says, and transformers partitions whenever one is registered.)
+    """
     plugin = accelerator.state.deepspeed_plugin if zero_stage(accelerator) == 3 else None
     hf_config = getattr(plugin, "dschf", None)
     if hf_config is None:
-        yield
         return
     from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
+    if on:
         set_hf_deepspeed_config(hf_config)
+    else:
+        unset_hf_deepspeed_config()
 
 
-def full_state_dict(accelerator, prepared) -> dict | None:
+def full_state_dict(accelerator, prepared, model=None) -> dict | None:
     """The whole weights of a model whose weights are sharded, on the main process (None elsewhere);
-    None without sharding (the model in hand holds them). Every process must call it."""
+    None without sharding (the model in hand holds them). Every process must call it.
+
+    ``model`` (the unwrapped model) names the weights it shares (tied input and output
+    embeddings): gathered, they come back as separate tensors, and only one name is kept.
+    """
     if not is_sharded(accelerator):
         return None
     state_dict = accelerator.get_state_dict(prepared)  # ZeRO-3: the 16-bit weights, gathered
-    return state_dict if accelerator.is_main_process else None
+    if not accelerator.is_main_process:
+        return None
+    if model is not None:
+        first: dict[int, str] = {}
+        shared = [n for n, p in model.named_parameters(remove_duplicate=False) if first.setdefault(id(p), n) != n]
+        state_dict = {k: v for k, v in state_dict.items() if k not in shared}
+    return state_dict
 
 
 # ------------------------------------------------------------------------------- optimiser

@@ -47,15 +47,23 @@ def target_modules(model) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradient_checkpointing: bool = False):
-    """``model`` wrapped in a fresh LoRA adapter; only the adapter's weights require gradients."""
+def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradient_checkpointing: bool = False,
+               seed: int = 0):
+    """``model`` wrapped in a fresh LoRA adapter; only the adapter's weights require gradients.
+
+    The adapter's random start (``A``; ``B`` is zero) is drawn from ``seed``: the same on every
+    process, which ZeRO-3 and FSDP need (they shard each process's own copy, broadcasting nothing),
+    and the same from run to run. The caller's random stream is left untouched.
+    """
     from peft import LoraConfig, get_peft_model
 
     if r < 1:
         raise ValueError(f"--lora-r must be at least 1, got {r}")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model),
                         bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(model, config)
     if gradient_checkpointing:
         # With the embeddings frozen, a checkpointed block would get inputs that need no gradient
         # and (with reentrant checkpointing) pass none back to the adapters inside it.

@@ -91,7 +91,7 @@ def load_for_training(cfg: Config, texts: list[str]):
     if cfg.lora:
         from .lora import apply_lora
 
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.gradient_checkpointing)
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.gradient_checkpointing, cfg.seed)
     return model, tokenizer, fmt
 
 
@@ -106,7 +106,7 @@ def save_trained(result: dict, out: Path, tokenizer, cfg: Config) -> None:
     from . import lora
 
     acc, model = result["accelerator"], result["model"]
-    state_dict = distributed.full_state_dict(acc, result.pop("prepared_model", None))
+    state_dict = distributed.full_state_dict(acc, result.pop("prepared_model", None), model)
     to_save = model
     if lora.is_peft(model):
         to_save = model.get_base_model()
@@ -119,11 +119,11 @@ def save_trained(result: dict, out: Path, tokenizer, cfg: Config) -> None:
     acc.wait_for_everyone()  # nobody reads OUT/model before it is complete
     sharded = distributed.is_sharded(acc)
     acc.free_memory()  # the optimiser states (and a DeepSpeed engine) are not needed any more
+    distributed.partitioned_loading(acc, False)  # ZeRO-3: models loaded from now on (evaluation) are whole
     if sharded:
         from .models import load_model
 
-        with distributed.whole_weights(acc):
-            result["model"] = load_model(out / "model", dtype=cfg.dtype)[0].to(acc.device)
+        result["model"] = load_model(out / "model", dtype=cfg.dtype)[0].to(acc.device)
     elif lora.is_peft(model):
         result["model"] = model.merge_and_unload()  # what OUT/model holds, on every process
 
