@@ -155,7 +155,9 @@ def ours_evaluate(model, tokenizer, fmt, sets, nli_path, batch_size=16):
 
 
 def write_nli_standin(out: Path) -> Path:
-    """A random BERT NLI classifier of MiniLM-L6 size, with the packaged embedder's tokenizer."""
+    """A random BERT NLI classifier of MiniLM-L6 size, with the packaged embedder's tokenizer.
+
+    Its labels mean nothing; they cost what a real judge's cost to compute, on both sides."""
     if (out / "config.json").exists():
         return out
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -168,7 +170,10 @@ def write_nli_standin(out: Path) -> Path:
                         id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
                         label2id={"entailment": 0, "neutral": 1, "contradiction": 2})
     torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(out)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():  # a wider head, so that the labels vary with the input
+        model.classifier.weight.normal_(0.0, 4.0)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
@@ -200,6 +205,21 @@ def _flat(ev) -> dict[str, float]:
     return out
 
 
+def _compare(sets, official, ours) -> tuple[float, float, str, int, int]:
+    """(largest difference over every number, the same over items whose generations agree, where,
+    identical generations, items). Where a generation runs to the 200-token limit the official
+    cut depends on the batch the prompt landed in, so only there may the numbers differ."""
+    a, b = _flat(official), _flat(ours)
+    assert a.keys() == b.keys()
+    differ = {f"{s.name}[{i}]." for s in sets
+              for i, (x, y) in enumerate(zip(official.items[s.name], ours.items[s.name]))
+              if x["generation"] != y["generation"]}
+    agree = [k for k in a if not any(k.startswith(d) for d in differ) and "[" in k]
+    worst = max(a, key=lambda k: abs(a[k] - b[k]))
+    n = sum(len(s.rows) for s in sets)
+    return (abs(a[worst] - b[worst]), max(abs(a[k] - b[k]) for k in agree), worst, n - len(differ), n)
+
+
 def run(quick: bool = False, repeats: int | None = None, work: Path | None = None) -> list[dict]:
     from unlearn.evals.suites import load_eval_sets
     from unlearn.models import load_model
@@ -212,30 +232,34 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
     model, tok = load_model(model_dir, dtype="float32")
     fmt = detect_prompt_format(tok, str(model_dir))
     n = {s.name: len(s.rows) for s in sets}
-    print(f"[evaluation] sets {n}; {repeats} alternating runs each", flush=True)
-    times = {"official procedure": [], "unlearn": []}
+    default_threads = torch.get_num_threads()
+    sides = {(name, t): fn for t in dict.fromkeys((default_threads, 1))
+             for name, fn in (("official procedure", official_evaluate), ("unlearn", ours_evaluate))}
+    print(f"[evaluation] sets {n}; {repeats} alternating runs each, with {default_threads} and 1 torch thread(s)",
+          flush=True)
+    times = {k: [] for k in sides}
     results = {}
     for _ in range(repeats):
-        for name, fn in (("official procedure", official_evaluate), ("unlearn", ours_evaluate)):
+        for (name, threads), fn in sides.items():
+            torch.set_num_threads(threads)
             start = time.perf_counter()
             results[name] = fn(model, tok, fmt, sets, str(nli))
-            times[name].append(time.perf_counter() - start)
-    for name, ts in times.items():
-        print(f"  {name:<20} {' '.join(f'{t:6.1f}' for t in ts)} s", flush=True)
-    a, b = _flat(results["official procedure"]), _flat(results["unlearn"])
-    assert a.keys() == b.keys()
-    diff = max(abs(a[k] - b[k]) for k in a)
-    worst = max(a, key=lambda k: abs(a[k] - b[k]))
-    gens = [(r1["generation"], r2["generation"]) for s in sets
-            for r1, r2 in zip(results["official procedure"].items[s.name], results["unlearn"].items[s.name])]
-    same = sum(x == y for x, y in gens)
-    print(f"  identical generations {same}/{len(gens)}; largest difference over {len(a)} numbers "
-          f"(summary and per-item): {diff:.2e} ({worst})", flush=True)
+            times[(name, threads)].append(time.perf_counter() - start)
+    torch.set_num_threads(default_threads)
+    for (name, threads), ts in times.items():
+        print(f"  {name:<20} {threads} thread(s)  {' '.join(f'{t:6.1f}' for t in ts)} s", flush=True)
+    diff, diff_agree, worst, same, total = _compare(sets, results["official procedure"], results["unlearn"])
+    print(f"  identical generations {same}/{total} (the others ran to the 200-token limit, where the official "
+          f"cut depends on the batch); largest difference over every number (summary and per item): {diff:.2e} "
+          f"({worst}); over the items whose generations agree: {diff_agree:.2e}", flush=True)
     s = results["unlearn"].summary
     print(f"  Model Utility {s['Model Utility']:.4f}, Forget Efficacy {s['Forget Efficacy']:.4f}", flush=True)
-    rows = [ratio_line("evaluation speed-up: official procedure / unlearn", min(times["official procedure"])
-                       / min(times["unlearn"]), TARGET, higher_is_better=True),
-            ratio_line("evaluation: largest metric difference", diff, unit="")]
+    rows = [ratio_line(f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''})",
+                       min(times[("official procedure", t)]) / min(times[("unlearn", t)]), TARGET,
+                       higher_is_better=True) for t in dict.fromkeys((default_threads, 1))]
+    rows += [ratio_line("evaluation: largest metric difference (items whose generations agree)", diff_agree,
+                        unit=""),
+             ratio_line("evaluation: largest metric difference (every number)", diff, unit="")]
     print_rows(rows)
     return rows
 

@@ -104,3 +104,18 @@ def test_shipped_configs_parse():
         else:
             cfg = Config(**load_yaml(path))
             parse_method(cfg.method)
+
+
+def test_training_keeps_float32_master_weights(monkeypatch):
+    """dtype auto trains float32 weights; on a bf16 GPU the maths is bf16 autocast, never pure bf16."""
+    import torch
+
+    from unlearn.distributed import training_dtype, training_mixed_precision
+
+    assert training_dtype("auto") == "float32" and training_dtype("bfloat16") == "bfloat16"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert training_mixed_precision("auto") == "no"  # this machine has no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training_mixed_precision("auto") == "bf16"
+    assert training_mixed_precision("bfloat16") == "no"  # the user asked for bf16 weights

@@ -184,6 +184,29 @@ def test_max_entropy_gradient_flows_through_a_model(tiny):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_generation_cut_at_the_length_limit_does_not_depend_on_the_batch(tiny):
+    """A model with random weights rarely says EOS: answers run to their own 40-token budget
+    (prompt included), whatever prompts share their batch and whatever the batch size."""
+    from unlearn.evals.runner import generate
+
+    tok, fmt, make = tiny
+    model = make()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    questions = [r["question"] + " and more" * k for k, r in enumerate(FORGET + RETAIN[:3])]
+    single = [generate(model, tok, fmt, [q], max_length=40, batch_size=1)[0] for q in questions]
+    for batch_size in (2, 4, len(questions)):
+        assert generate(model, tok, fmt, questions, max_length=40, batch_size=batch_size) == single
+    # The limit did bite: with a larger one, answers grow.
+    longer = generate(model, tok, fmt, questions, max_length=80, batch_size=4)
+    assert sum(len(a) > len(b) for a, b in zip(longer, single)) >= len(questions) // 2
+
+
 # --------------------------------------------------------------------------- attention kernels
 
 

@@ -29,7 +29,8 @@ class Config:
     prompt_format: str | None = _f(
         None, "prompt format: llama2, llama3, chat_template, plain or a template with {question} "
         "(default: detected from the model)")
-    dtype: str = _f("auto", "weights dtype: auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16")
+    dtype: str = _f("auto", "weights dtype: auto (training: float32 master weights; evaluation: bf16 on a GPU "
+                    "that has it, else float32), float32, bfloat16, float16")
     trust_remote_code: bool = _f(False, "allow a model folder to run its own Python code (off by default)")
     attn_implementation: str | None = _f(None, "attention kernel: eager, sdpa or flash_attention_2")
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations")
@@ -62,7 +63,8 @@ class Config:
     fix_ref_model: bool = _f(False, "continual: keep the original model as the reference instead of the previous one")
     ref_model: str | None = _f(None, "reference model folder (default: the model being unlearned, before training)")
     seed: int = _f(1001, "random seed")
-    mixed_precision: str = _f("no", "accelerate mixed precision: no, bf16 or fp16")
+    mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
+                              "that supports it, else none), no, bf16 or fp16")
     # --- evaluation ---
     eval: bool = _f(True, "evaluate after unlearning (--no-eval skips it)")
     eval_data: str | None = _f(None, "evaluation data folder (*_perturbed.json files) when it differs from --data")

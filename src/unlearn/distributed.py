@@ -53,6 +53,22 @@ def wait_for_everyone() -> None:
     state().wait_for_everyone()
 
 
+def training_dtype(dtype: str) -> str:
+    """Weights dtype for training: ``auto`` keeps float32 master weights (bf16 maths comes from
+    autocast, see :func:`training_mixed_precision`). Pure bf16 weights would round away AdamW
+    updates of the size the paper uses (lr 1e-5); ask for ``--dtype bfloat16`` to trade that for memory."""
+    return "float32" if dtype in (None, "auto") else dtype
+
+
+def training_mixed_precision(dtype: str) -> str:
+    """``auto``: bf16 autocast over float32 weights on a GPU that supports it, none otherwise."""
+    import torch
+
+    if training_dtype(dtype) == "float32" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
 def make_accelerator(cfg):
     """The run's ``Accelerator``: gradient accumulation from ``--grad-accum``; mixed precision from
     ``--mixed-precision`` when given, else from the launcher's config (``accelerate launch``).
@@ -65,8 +81,10 @@ def make_accelerator(cfg):
     from accelerate import Accelerator
 
     mixed = cfg.mixed_precision
-    if mixed in (None, "", "no") and os.environ.get("ACCELERATE_MIXED_PRECISION"):
+    if mixed in (None, "", "no", "auto") and os.environ.get("ACCELERATE_MIXED_PRECISION"):
         mixed = None  # the launcher's config decides
+    elif mixed == "auto":
+        mixed = training_mixed_precision(cfg.dtype)
     state()  # first, so that CPU processes join one group
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
                               cpu=_cpu_processes())

@@ -84,7 +84,8 @@ def load_for_training(cfg: Config, texts: list[str]):
     from .prompts import detect_prompt_format, prompt_format_spec
 
     distributed.check_optim(cfg.optim)
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+    model, tokenizer = load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
+                                  trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
     cfg.prompt_format = prompt_format_spec(fmt)  # saved with the model, so it is reused later

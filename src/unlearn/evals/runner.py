@@ -54,8 +54,10 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
              batch_size: int = 16, desc: str | None = None) -> list[str]:
     """Greedy answers to ``questions``, in their order (new tokens only, specials skipped, stripped).
 
-    Each batch may grow to ``max_length`` tokens in total: ``max_new_tokens`` is ``max_length``
-    minus the longest prompt of the batch (at least 1), as in the paper's 200-token limit.
+    Each answer may grow to ``max_length`` tokens in total, prompt included (the paper's 200-token
+    limit), at least 1 new token: the batch generates up to the budget of its shortest prompt and
+    each answer is cut to its own budget, so an answer never depends on which prompts share its
+    batch (or on ``batch_size``), even when it runs to the limit.
     """
     from transformers import GenerationConfig
 
@@ -80,13 +82,15 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
                 mask[row, width - n :] = 1
             # Explicit greedy settings: a model's own generation config may ask for sampling or a
             # repetition penalty, which would change the answers.
+            budget = [max(max_length - len(prompts[i]), 1) for i in idx]
             config = GenerationConfig(
-                max_new_tokens=max(max_length - width, 1), do_sample=False, num_beams=1,
+                max_new_tokens=max(budget), do_sample=False, num_beams=1,
                 repetition_penalty=1.0, temperature=1.0, top_p=1.0, top_k=50, use_cache=True,
                 eos_token_id=eos, pad_token_id=pad_id)
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   generation_config=config)
-            texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
+            new = seqs[:, width:].tolist()
+            texts = tokenizer.batch_decode([row[:n] for row, n in zip(new, budget)], skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = text.strip()
             bar.update(len(idx))
