@@ -141,6 +141,7 @@ def finetune(cfg: Config, train_files: list[str]) -> Path:
     from .train import train
 
     rows = [r for f in train_files for r in read_records(f)]
+    cfg.method = "finetune"  # what the saved config.yaml (and reports) call this run
     out = prepare_out(cfg)
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt = load_for_training(cfg, [r["question"] + " " + r["answer"] for r in rows])

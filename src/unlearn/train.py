@@ -165,7 +165,9 @@ def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir:
             # The original model's statistics: the model in hand is not the reference any more.
             ref_stats = saved_ref_stats
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; older releases only have the first name.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     sharded = distributed.is_sharded(accelerator)  # ZeRO-3 / FSDP: the model runs only once prepared
     if objective.ref_nll_parts and ref_stats is None and not sharded:
