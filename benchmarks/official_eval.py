@@ -271,8 +271,6 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
     print(f"  identical generations {same}/{total} (the others ran to the 200-token limit, where the official "
           f"cut depends on the batch); largest difference over every number (summary and per item): {diff:.2e} "
           f"({worst}); over the items whose generations agree: {diff_agree:.2e}", flush=True)
-    s = results["unlearn"].summary
-    print(f"  Model Utility {s['Model Utility']:.4f}, Forget Efficacy {s['Forget Efficacy']:.4f}", flush=True)
     rows = [ratio_line(f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''}"
                        f"{'' if j else ', model passes alone'})",
                        min(times[("official procedure", t, j)]) / min(times[("unlearn", t, j)]), TARGET,

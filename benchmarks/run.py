@@ -31,7 +31,7 @@ from common import print_rows  # noqa: E402
 
 BENCHMARKS = {
     "train": lambda q, r, w: train_overhead.run(q, r, w / "train"),
-    "ref": lambda q, r, w: memory.reference_statistics(q, r or (1 if q else 3), w / "train"),
+    "ref": lambda q, r, w: memory.reference_statistics(q, r or (1 if q else 2), w / "train"),
     "me": lambda q, r, w: memory.me_memory(q),
     "eval": lambda q, r, w: official_eval.run(q, r, w / "eval"),
 }
@@ -40,7 +40,7 @@ BENCHMARKS = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, one run each (smoke test)")
-    ap.add_argument("--repeats", type=int, default=None, help="alternating runs per side (default 3, eval 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="alternating runs per side (default: train 3, ref 2, eval 2)")
     ap.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     ap.add_argument("--work", type=Path, default=None, help="folder for models and data (kept and reused)")
     args = ap.parse_args()

@@ -50,6 +50,12 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
     if model not in SETTINGS:
         raise DataError(f"unknown demo model '{model}' (choose: {', '.join(SETTINGS)})")
     s = SETTINGS[model]
+    if model == "tiny":
+        import torch
+
+        # The tiny model's matrices are too small to gain from intra-op threads, and a second
+        # thread that has to wait for a busy core slows every step down many times over.
+        torch.set_num_threads(1)
     out = Path(out)
     if (out / "unlearned" / "summary.json").exists() and not overwrite:
         raise DataError(f"{out}: already holds a demo; choose another --out or pass --overwrite")
