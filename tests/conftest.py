@@ -18,6 +18,14 @@ torch.set_num_threads(1)
 SHARED_DATA = Path(os.environ.get("UNLEARN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+@pytest.fixture
+def one_thread():
+    """For tests that compare with subprocesses run under OMP_NUM_THREADS=1: float sums must be
+    reduced in the same order. The whole suite already runs on one thread (set above)."""
+    assert torch.get_num_threads() == 1
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "tofu").is_dir():

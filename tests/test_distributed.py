@@ -195,14 +195,6 @@ RUN = ["--model", "tiny", "--method", "NPO+KL", "--epochs", "3", "--lr", "1e-3",
 EVAL = ["--nli", "none", "--eval-batch-size", "1"]
 
 
-@pytest.fixture
-def one_thread():
-    """As in each torchrun process (OMP_NUM_THREADS=1): float sums in the same order."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _torchrun(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",

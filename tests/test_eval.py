@@ -99,15 +99,6 @@ class RecordingNLI:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Matrices this small gain nothing from threads, and spinning threads crawl on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tofu_dir(tmp_path_factory) -> Path:
     return write_tofu(tmp_path_factory.mktemp("tofu"))

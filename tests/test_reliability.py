@@ -72,15 +72,6 @@ def log_text(out: Path) -> str:
     return (out / "train_log.jsonl").read_text(encoding="utf-8")
 
 
-@pytest.fixture
-def one_thread():
-    """Same thread count as the subprocesses (OMP_NUM_THREADS=1), so CPU sums round alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def finetuned(files, tmp_path_factory):
     """One uninterrupted fine-tuning run: the reference of the determinism and resume tests."""

@@ -134,9 +134,10 @@ def task_ids_of(rows: list[dict]) -> list[int]:
     return sorted({int(r["task_id"]) for r in rows if r.get("task_id") is not None})
 
 
-def _select_task(rows: list[dict], task_id: int, path: Path) -> list[dict]:
+def select_task(rows: list[dict], task_id: int, path: Path) -> list[dict]:
+    """The rows of one task; a clear error when a row has no task id or the task has no rows."""
     for r in rows:
-        if "task_id" not in r:
+        if r.get("task_id") is None:
             raise DataError(f"{r['_source']}: missing field 'task_id'")
     chosen = [r for r in rows if int(r["task_id"]) == int(task_id)]
     if not chosen:
@@ -152,7 +153,7 @@ def load_tofu(data_dir: str | Path, split: str, task_id: int, unlearned: Sequenc
     data_dir = Path(data_dir)
     forget_path = data_dir / f"{split}.json"
     rows = read_records(forget_path)
-    forget = _select_task(rows, task_id, forget_path)
+    forget = select_task(rows, task_id, forget_path)
     done = {int(t) for t in unlearned} | {int(task_id)}
     others = [r for r in rows if int(r["task_id"]) not in done]
     retain = read_records(data_dir / f"{SPLITS[split]}.json") + others
@@ -164,7 +165,7 @@ def load_real_world(data_dir: str | Path, task_id: int | None = None) -> Unlearn
     data_dir = Path(data_dir)
     forget = read_records(data_dir / "forget.json")
     if task_id is not None:
-        forget = _select_task(forget, task_id, data_dir / "forget.json")
+        forget = select_task(forget, task_id, data_dir / "forget.json")
     retain = read_records(data_dir / "neighbor.json")
     return UnlearningData(forget, retain, "real_world", str(data_dir), {"task_id": task_id})
 

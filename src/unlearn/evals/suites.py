@@ -8,7 +8,6 @@ turns the results into per-item records and the summary with the official keys.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import SPLITS, DataError, read_records, task_ids_of
+from ..data import SPLITS, DataError, read_records, select_task
 from ..io import atomic_write_json, atomic_write_jsonl
 from . import metrics as M
 from .judges import Unavailable, cosine_similarity_batch
@@ -96,16 +95,7 @@ def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
 
 
 def _select(rows: list[dict], task_id: int | None, path: Path) -> list[dict]:
-    if task_id is None:
-        return rows
-    for r in rows:
-        if r.get("task_id") is None:
-            raise DataError(f"{r['_source']}: missing field 'task_id'")
-    chosen = [r for r in rows if int(r["task_id"]) == int(task_id)]
-    if not chosen:
-        raise DataError(f"{path}: no rows with task_id {task_id} (tasks: "
-                        f"{', '.join(map(str, task_ids_of(rows)))})")
-    return chosen
+    return rows if task_id is None else select_task(rows, task_id, path)
 
 
 def _paraphrased(forget: EvalSet) -> list[EvalSet]:
