@@ -125,14 +125,14 @@ def write_data(out: Path, authors: int = 100, qa_per_author: int = 4) -> Path:
 
 
 def ratio_line(name: str, value: float, target: float | None = None, higher_is_better: bool = False,
-               unit: str = "x") -> dict:
+               unit: str = "x", fmt: str = ".3f") -> dict:
     ok = None if target is None else (value >= target if higher_is_better else value <= target)
     return {"name": name, "value": value, "target": target, "ok": ok, "unit": unit,
-            "sign": ">=" if higher_is_better else "<="}
+            "sign": ">=" if higher_is_better else "<=", "fmt": fmt}
 
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
         tgt = "" if r["target"] is None else f"  (target {r['sign']} {r['target']}{r['unit']}: " \
                                               f"{'met' if r['ok'] else 'NOT MET'})"
-        print(f"  {r['name']:<58} {r['value']:.3f}{r['unit']}{tgt}", flush=True)
+        print(f"  {r['name']:<58} {format(r['value'], r.get('fmt', '.3f'))}{r['unit']}{tgt}", flush=True)

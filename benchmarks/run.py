@@ -1,11 +1,11 @@
 """Every benchmark of the performance targets, side by side on this machine; prints every ratio.
 
-    python benchmarks/run.py            # the full measurement (about an hour on 2 CPU cores)
+    python benchmarks/run.py            # the full measurement (20 min on 2 idle cores, an hour when busy)
     python benchmarks/run.py --quick    # small models, one run each: a smoke test in a few minutes
     python benchmarks/run.py --only train,eval --work /tmp/bench   # some of them; models kept in --work
 
 1. training overhead: ``unlearn run --method GA+GD`` vs a bare PyTorch loop (train_overhead.py)
-2. reference statistics: NPO+GD vs GA+GD memory and time (memory.py)
+2. reference statistics: NPO+GD vs GA+GD, DPO+GD vs IDK+AP, memory and time (memory.py)
 3. ME loss memory vs a cross-entropy (memory.py)
 4. evaluation vs the official procedure (official_eval.py)
 GPU training throughput (gpu_train.py) needs a GPU and is not part of this run.

@@ -93,7 +93,6 @@ def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path,
     import unlearn.models
     import unlearn.train
     from unlearn.io import read_jsonl_log
-    from unlearn.models import load_model
     from unlearn.scenarios import continual
     from unlearn.synthetic import write_synthetic
 
