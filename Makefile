@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.2" || echo "torch==2.13.0")
 DEMO_OUT ?= demo_out
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow or ci"
+	$(PY) -m pytest -m "not slow"
 
 test-all: $(STAMP)
 	$(PY) -m pytest
