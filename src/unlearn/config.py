@@ -113,11 +113,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: a config file must be a mapping of keys to values")
+    return config_keys(raw, f"{path}: ")
+
+
+def config_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """``raw`` with keys as field names ('-' read as '_'); an unknown key is an error prefixed by ``where``."""
+    from .data import DataError
+
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in FIELD_NAMES:
-            raise DataError(f"{path}: unknown key '{key}' (valid: {', '.join(sorted(FIELD_NAMES))})")
+            raise DataError(f"{where}unknown key '{key}' (valid: {', '.join(sorted(FIELD_NAMES))})")
         out[name] = value
     return out
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import FIELD_NAMES, Config, config_from_args
+from .config import Config, config_from_args, config_keys
 from .data import DataError
 from .io import atomic_write_text, write_csv_rows
 
@@ -64,14 +64,10 @@ class PlannedRun:
 def _keys(section: dict, where: str, path: Path) -> dict:
     if not isinstance(section, dict):
         raise DataError(f"{path}: '{where}' must be a mapping of config keys to values")
-    out = {}
-    for key, value in section.items():
-        name = str(key).replace("-", "_")
-        if name not in FIELD_NAMES:
-            raise DataError(f"{path}: {where}: unknown key '{key}' (valid: {', '.join(sorted(FIELD_NAMES))})")
+    out = config_keys(section, f"{path}: {where}: ")
+    for name in out:
         if name in MANAGED:
-            raise DataError(f"{path}: {where}: '{key}' is set by the sweep; give the root folder as top-level 'out:'")
-        out[name] = value
+            raise DataError(f"{path}: {where}: '{name}' is set by the sweep; give the root folder as top-level 'out:'")
     return out
 
 
