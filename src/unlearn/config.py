@@ -101,18 +101,24 @@ class Config:
 FIELD_NAMES = {f.name for f in fields(Config)}
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config; keys may use '-' or '_'. Unknown keys are an error naming the file."""
+def read_yaml_mapping(path: str | Path, what: str, shape: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file, bad YAML or another shape is one clear error."""
     from .data import DataError
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise DataError(f"{path}: config file not found") from None
+        raise DataError(f"{path}: {what} not found") from None
     except yaml.YAMLError as e:
         raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: a config file must be a mapping of keys to values")
+        raise DataError(f"{path}: a {what} must be {shape}")
+    return raw
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config; keys may use '-' or '_'. Unknown keys are an error naming the file."""
+    raw = read_yaml_mapping(path, "config file", "a mapping of keys to values")
     return config_keys(raw, f"{path}: ")
 
 

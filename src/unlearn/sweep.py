@@ -29,9 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from .config import Config, config_from_args, config_keys
+from .config import Config, config_from_args, config_keys, read_yaml_mapping
 from .data import DataError
 from .io import atomic_write_text, write_csv_rows
 
@@ -74,14 +73,7 @@ def _keys(section: dict, where: str, path: Path) -> dict:
 def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
     """(base, grid, out) of a sweep file; every key checked against the Config schema."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise DataError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: a sweep file must be a mapping with keys {', '.join(TOP_KEYS)}")
+    raw = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(TOP_KEYS)}")
     unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
         raise DataError(f"{path}: unknown top-level key '{unknown[0]}' (valid: {', '.join(TOP_KEYS)}; "
