@@ -8,6 +8,11 @@ is run first and not counted; tokens are the real (unpadded) tokens of every seq
 
     python benchmarks/gpu_train.py                   # on a machine with a CUDA GPU
     python benchmarks/gpu_train.py --device cpu --model tiny --epochs 1   # smoke test of the script
+    python benchmarks/gpu_train.py --init-from-config FOLDER   # random weights, FOLDER's architecture
+
+``--init-from-config`` builds the model from a folder's ``config.json`` and tokenizer with random
+weights (seed 0): speed and memory do not depend on the weights' values, and a machine that cannot
+reach the hub or hold the packaged GGUF still measures the same architecture and token counts.
 
 Not run by the project so far: no GPU was available where it was written (see docs/performance.md).
 """
@@ -45,7 +50,7 @@ def one(args, spec: dict) -> dict:
     from unlearn.train import train
 
     work = Path(tempfile.mkdtemp(prefix="unlearn-gpu-"))
-    data_dir = write_synthetic(work / "data", n_authors=100, qa_per_author=10)
+    data_dir = write_synthetic(work / "data", n_authors=args.authors, qa_per_author=10)
     data = load_tofu(data_dir, "forget10", 1)
     method = "ME+GD"
     d = method_defaults(method)
@@ -80,12 +85,28 @@ def one(args, spec: dict) -> dict:
             "items": len(ds), "batch_size": cfg.batch_size, "epochs": args.epochs}
 
 
+def materialise(folder: str) -> str:
+    """Save a randomly initialised model of ``folder``'s architecture, with its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(tempfile.mkdtemp(prefix="unlearn-arch-"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return str(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--authors", type=int, default=100, help="synthetic authors (forget10: a tenth of them)")
+    ap.add_argument("--init-from-config", default=None, metavar="FOLDER",
+                    help="random weights with FOLDER's config.json and tokenizer (replaces --model)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
@@ -97,6 +118,13 @@ def main() -> None:
         if not torch.cuda.is_available():
             sys.exit("no CUDA GPU here: this benchmark measures GPU training (try --device cpu --model tiny "
                      "for a smoke test of the script)")
+    if args.init_from_config:
+        args.model = materialise(args.init_from_config)
+        print(f"model: random weights, architecture and tokenizer of {args.init_from_config}")
+    import torch
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"{'configuration':<56} {'tokens/s':>10} {'peak GiB':>9}")
     for name in CONFIGS:
         if CONFIGS[name]["attn"] == "flash_attention_2":
@@ -106,7 +134,7 @@ def main() -> None:
                 print(f"{name:<56} {'skipped: flash-attn not installed':>20}")
                 continue
         cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--device", args.device,
-               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
+               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--authors", str(args.authors)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name:<56} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}")

@@ -1,0 +1,93 @@
+"""Checks on a CUDA GPU: training, cached reference statistics and evaluation agree with the CPU.
+
+Skipped unless a GPU is visible and ``UNLEARN_TEST_GPU=1``::
+
+    UNLEARN_TEST_GPU=1 pytest tests/test_gpu.py
+
+(the rest of the suite hides GPUs: it checks numbers computed on the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import GPU_TESTS
+from unlearn.config import Config
+from unlearn.data import UnlearningDataset
+from unlearn.distributed import training_mixed_precision
+from unlearn.evals.runner import answer_nlls, generate
+from unlearn.methods import build_objective, method_defaults
+from unlearn.train import reference_nlls, train
+
+pytestmark = pytest.mark.skipif(not (GPU_TESTS and torch.cuda.is_available()),
+                                reason="GPU checks: set UNLEARN_TEST_GPU=1 on a machine with a CUDA GPU")
+
+FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i}."} for i in range(6)]
+RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from unlearn.models import build_tiny_model, build_tiny_tokenizer
+    from unlearn.prompts import detect_prompt_format
+
+    texts = [r["question"] + " " + r["answer"] for r in FORGET + RETAIN] + ["I don't know."]
+    tok = build_tiny_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2)
+    return tok, detect_prompt_format(tok, "tiny"), model
+
+
+def _cfg(tmp_path, method: str) -> Config:
+    d = method_defaults(method)
+    return Config(method=method, epochs=2, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0,
+                  forget_coeff=d["forget_coeff"], mask=d["mask"], dtype="auto", mixed_precision="auto",
+                  out=str(tmp_path))
+
+
+@pytest.mark.parametrize("method", ["GA+GD", "NPO+KL", "ME+AP", "DPO+GD"])
+def test_training_on_the_gpu_keeps_float32_weights_under_bf16_autocast(tmp_path, tiny, method):
+    tok, fmt, base = tiny
+    model = copy.deepcopy(base)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg(tmp_path, method)
+    if torch.cuda.is_bf16_supported():
+        assert training_mixed_precision(cfg.dtype) == "bf16"
+    obj = build_objective(method, cfg.forget_coeff, cfg.reg_coeff, cfg.beta)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
+    result = train(model, tok, ds, obj, cfg, tmp_path)
+    trained = result["model"]
+    assert result["steps"] == 4
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result["history"])
+    for name, p in trained.named_parameters():
+        assert p.device.type == "cuda" and p.dtype == torch.float32, name
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p.detach().cpu(), before[n])]
+    assert changed, f"{method} changed no parameter on the GPU"
+
+
+def test_cached_reference_statistics_match_the_cpu(tiny):
+    tok, fmt, base = tiny
+    obj = build_objective("DPO+GD", 1.0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], seed=0)
+    cpu = reference_nlls(copy.deepcopy(base), ds, obj.ref_nll_parts, tok, batch_size=4)
+    gpu = reference_nlls(copy.deepcopy(base).cuda(), ds, obj.ref_nll_parts, tok, batch_size=4)
+    assert set(cpu) == set(gpu) == {"forget", "forget_idk"}
+    for part in cpu:
+        torch.testing.assert_close(gpu[part].cpu().float(), cpu[part].cpu().float(), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_passes_match_the_cpu(tiny):
+    """Greedy answers are the same tokens and answer NLLs agree to float rounding (float32 weights)."""
+    tok, fmt, base = tiny
+    questions = [r["question"] for r in FORGET + RETAIN]
+    answers = [r["answer"] for r in FORGET + RETAIN]
+    cpu_model, gpu_model = copy.deepcopy(base), copy.deepcopy(base).cuda()
+    assert generate(gpu_model, tok, fmt, questions, max_length=40, batch_size=5) == \
+        generate(cpu_model, tok, fmt, questions, max_length=40, batch_size=5)
+    nll_gpu = answer_nlls(gpu_model, tok, fmt, questions, answers, batch_size=5)
+    nll_cpu = answer_nlls(cpu_model, tok, fmt, questions, answers, batch_size=5)
+    assert nll_gpu.shape == (len(questions),)
+    assert abs(nll_gpu - nll_cpu).max() < 1e-4 * max(1.0, abs(nll_cpu).max())
