@@ -13,6 +13,10 @@ The metrics are computed by the same functions (:mod:`unlearn.evals.metrics`) on
 any difference comes from running the models differently. Ours is ``unlearn.evals.evaluate``
 with the judges loaded once and ``--eval-batch-size`` at its default (16).
 
+``--model smollm2-135m --items 20`` measures the same on a model of realistic shape (SmolLM2-135M-
+Instruct as it ships, on the first 20 items of each set), where the model passes, not the judges,
+take most of the time.
+
 Setup (cached in ``--work``): ``unlearn data synth`` (100 authors x 10 QA), ``unlearn finetune
 --model tiny`` on it, and a stand-in NLI judge: the paper's DeBERTa NLI model cannot be
 downloaded here, so a randomly initialised BERT sequence classifier of MiniLM-L6 size (the
@@ -66,6 +70,11 @@ def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, b
             seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             out += [t.strip() for t in tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)]
     return out
+
+
+def official_generate_sets(model, tokenizer, fmt, sets, batch_size=None, shard=False):
+    """Each set on its own (the official code has one data loader per set)."""
+    return [official_generate(model, tokenizer, fmt, s.questions) for s in sets]
 
 
 def official_answer_nlls(model, tokenizer, fmt, questions, answers):
@@ -147,8 +156,11 @@ def _no_nli():
 def official_evaluate(model, tokenizer, fmt, sets, nli_path, judges=True):
     from unlearn.evals import suites
 
-    patches = [mock.patch.object(suites, "generate", official_generate),
-               mock.patch.object(suites, "_nlls", official_nlls)]
+    patches = [mock.patch.object(suites, "_generate_sets", official_generate_sets),
+               mock.patch.object(suites, "_nlls", official_nlls),
+               # every pair is judged (the ROUGE floor applies afterwards), every text embedded
+               mock.patch.object(suites, "_needs_judge", lambda rouge: list(range(len(rouge)))),
+               mock.patch.object(suites, "_distinct_judges", lambda embedder, nli: (embedder, nli))]
     if judges:
         patches.append(mock.patch.object(suites, "cosine_similarity_batch", official_cosine))
     embedder, nli = (ReloadingEmbedder(), ReloadingNLI(nli_path)) if judges else (NullEmbedder(), _no_nli())
@@ -193,12 +205,12 @@ def write_nli_standin(out: Path) -> Path:
     return out
 
 
-def setup(work: Path, quick: bool) -> tuple[Path, Path, Path]:
+def setup(work: Path, quick: bool, train: bool = True) -> tuple[Path, Path, Path]:
     data, model = work / "data", work / "target"
     if not (data / "full.json").exists():
         measure(UNLEARN + ["data", "synth", "--out", str(data), "--authors", "100",
                            "--qa-per-author", "4" if quick else "10"], cwd=ROOT)
-    if not (model / "model" / "config.json").exists():
+    if train and not (model / "model" / "config.json").exists():
         print("[evaluation] fine-tuning the tiny target model once (unlearn finetune --model tiny)", flush=True)
         measure(UNLEARN + ["finetune", "--model", "tiny", "--train", str(data / "full.json"),
                            str(data / "general.json"), "--epochs", "4" if quick else "12", "--lr", "3e-3",
@@ -238,24 +250,40 @@ def _compare(sets, official, ours) -> tuple[float, float, str, int, int]:
     return abs(a[worst] - b[worst]), rel[worst_agree], f"{worst}; agreeing: {worst_agree}", n - len(differ), n
 
 
-def run(quick: bool = False, repeats: int | None = None, work: Path | None = None) -> list[dict]:
+MODES = ("judges", "one-thread", "passes")
+
+
+def run(quick: bool = False, repeats: int | None = None, work: Path | None = None, model_name: str | None = None,
+        items: int | None = None, modes: tuple[str, ...] = MODES) -> list[dict]:
+    """``model_name``: evaluate this model (preset, folder or hub id) instead of the fine-tuned tiny
+    one; ``items``: the first N items of each set; ``modes``: with the judges on the default
+    threads, the same on one thread, the model passes alone."""
+    from dataclasses import replace
+
     from unlearn.evals.suites import load_eval_sets
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format
 
     repeats = repeats or (1 if quick else 2)
     work = Path(work or tempfile.mkdtemp(prefix="unlearn-bench-eval-"))
-    data, model_dir, nli = setup(work, quick)
+    data, model_dir, nli = setup(work, quick, train=model_name is None)
+    model_dir = model_name or model_dir
     sets = load_eval_sets(data, "forget05", 1)
+    if items:
+        sets = [replace(s, rows=s.rows[:items]) for s in sets]
     model, tok = load_model(model_dir, dtype="float32")
     fmt = detect_prompt_format(tok, str(model_dir))
     n = {s.name: len(s.rows) for s in sets}
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"[evaluation] evaluated model: {model_dir} ({params:.1f}M parameters)", flush=True)
     default_threads = torch.get_num_threads()
-    modes = list(dict.fromkeys([(default_threads, True), (1, True), (default_threads, False)]))
+    chosen = {"judges": (default_threads, True), "one-thread": (1, True), "passes": (default_threads, False)}
+    modes = list(dict.fromkeys(chosen[m] for m in modes))
     sides = {(name, t, j): fn for t, j in modes
              for name, fn in (("official procedure", official_evaluate), ("unlearn", ours_evaluate))}
-    print(f"[evaluation] sets {n}; {repeats} alternating runs each: with the judges on {default_threads} and 1 "
-          f"torch thread(s), and the model passes alone (no judges)", flush=True)
+    described = ", ".join(f"{'with the judges' if j else 'the model passes alone'} on {t} torch thread(s)"
+                          for t, j in modes)
+    print(f"[evaluation] sets {n}; {repeats} alternating run(s) each: {described}", flush=True)
     times = {k: [] for k in sides}
     results = {}
     for _ in range(repeats):
@@ -270,6 +298,12 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
     for (name, threads, judges), ts in times.items():
         print(f"  {name:<20} {threads} thread(s) {'with judges' if judges else 'no judges  '}  "
               f"{' '.join(f'{t:6.1f}' for t in ts)} s", flush=True)
+    if not results:
+        rows = [ratio_line(f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''}, model "
+                           f"passes alone)", min(times[("official procedure", t, j)]) / min(times[("unlearn", t, j)]),
+                           TARGET, higher_is_better=True) for t, j in modes]
+        print_rows(rows)
+        return rows
     diff, diff_agree, worst, same, total = _compare(sets, results["official procedure"], results["unlearn"])
     print(f"  identical generations {same}/{total} (the others ran to the 200-token limit, where the official "
           f"cut depends on the batch); largest difference over every number (summary and per item): {diff:.2e} "
@@ -291,5 +325,9 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="a smaller data set and one run each (smoke test)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None, help="folder for the data and models (kept, reused)")
+    ap.add_argument("--model", default=None, help="evaluate this model (preset, folder or hub id) instead of "
+                                                  "fine-tuning the tiny one, e.g. smollm2-135m")
+    ap.add_argument("--items", type=int, default=None, help="the first N items of each set")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     a = ap.parse_args()
-    run(a.quick, a.repeats, a.work)
+    run(a.quick, a.repeats, a.work, a.model, a.items, tuple(m.strip() for m in a.modes.split(",")))

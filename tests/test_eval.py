@@ -16,7 +16,7 @@ from .conftest import write_jsonl
 from unlearn.data import DataError
 from unlearn.encoding import encode_prompt
 from unlearn.evals import metrics as M
-from unlearn.evals.judges import Unavailable
+from unlearn.evals.judges import Unavailable, cosine_similarity_batch
 from unlearn.evals.runner import answer_nlls, generate
 from unlearn.evals.suites import (METRICS, evaluate, load_eval_sets, real_world_sets,
                                   retain_ratios_from, tofu_sets, write_evaluation)
@@ -75,9 +75,11 @@ class HashEmbedder:
 
     def __init__(self):
         self.calls = 0
+        self.seen = []  # every text, in the order embedded
 
     def encode(self, texts):
         self.calls += 1
+        self.seen += list(texts)
         out = np.zeros((len(texts), 64), dtype=np.float32)
         for i, t in enumerate(texts):
             for w in t.lower().split():
@@ -143,6 +145,53 @@ def official_keys(sets):
 
 
 # --------------------------------------------------------------------------- runner
+
+
+def test_answer_nlls_keep_only_the_answer_logits(tiny, monkeypatch):
+    """The head runs over the answer positions only, and the NLLs equal those of full logits."""
+    import unlearn.evals.runner as runner
+
+    model, tok, fmt = tiny
+    qs = [r["question"] for r in FORGET + RETAIN]
+    ans = [r["answer"] for r in FORGET + RETAIN]
+    kept, widths = [], []
+    real_forward = model.forward
+
+    def spy(input_ids, attention_mask=None, logits_to_keep=None):
+        kept.append(logits_to_keep)
+        widths.append(input_ids.shape[1])
+        extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+        return real_forward(input_ids=input_ids, attention_mask=attention_mask, **extra)
+
+    monkeypatch.setattr(model, "forward", spy)
+    assert runner.supports_logits_to_keep(model)
+    short = answer_nlls(model, tok, fmt, qs, ans, batch_size=3)
+    assert kept and all(isinstance(k, int) and 0 < k < w for k, w in zip(kept, widths))
+    monkeypatch.setattr(runner, "supports_logits_to_keep", lambda m: False)
+    full = answer_nlls(model, tok, fmt, qs, ans, batch_size=3)
+    assert kept[-1] is None  # the fallback runs the whole sequence
+    np.testing.assert_allclose(short, full, rtol=1e-5, atol=1e-6)
+
+
+def test_logits_to_keep_is_found_through_wrappers(tiny):
+    from unlearn.evals.runner import supports_logits_to_keep
+
+    model = tiny[0]
+
+    class Wrapper(torch.nn.Module):  # like DDP: forward(*inputs, **kwargs), the model in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    class NoKeep(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    assert supports_logits_to_keep(Wrapper(model))
+    assert not supports_logits_to_keep(NoKeep()) and not supports_logits_to_keep(Wrapper(NoKeep()))
 
 
 def test_generation_batched_equals_one_at_a_time(tiny):
@@ -227,7 +276,16 @@ def test_tofu_summary_has_exactly_the_official_keys(tofu_eval):
     names = ["Retain", "Real Authors", "Real World", "Forget", "Forget Paraphrased"]
     assert [s.name for s in sets] == names
     assert set(ev.summary) == official_keys(names) | {"Model Utility", "Model Utility Retain", "Forget Efficacy"}
-    assert emb.calls == len(sets)  # the embedder runs once per set
+    # At most one embedder call per set, and each distinct text of the evaluation embedded once.
+    assert emb.calls <= len(sets)
+    texts = [t for s in sets for r in ev.items[s.name] for t in (r["generation"], r.get("reference", r["ground_truth"]))]
+    assert len(emb.seen) == len(set(emb.seen)) and set(emb.seen) == set(texts)
+    assert len(set(texts)) < len(texts)  # the Forget and Forget Paraphrased sets share their answers
+    for s in sets:  # the same values as a plain embedder's
+        recs = ev.items[s.name]
+        want = cosine_similarity_batch(HashEmbedder(), [r["generation"] for r in recs],
+                                       [r.get("reference", r["ground_truth"]) for r in recs])
+        np.testing.assert_allclose([r["cosine_similarity"] for r in recs], want, rtol=1e-6)
     mu = M.harmonic_mean(ev.summary[f"{s} {m}"] for s in names[:3] for m in METRICS)
     assert ev.summary["Model Utility"] == pytest.approx(mu)
     fe = 1 - np.mean([ev.summary[f"Forget {m}"] for m in METRICS if m != "Token Entropy"])
@@ -241,21 +299,60 @@ def test_tofu_summary_has_exactly_the_official_keys(tofu_eval):
 
 def test_nli_premise_hypothesis_order_and_rouge_floor(tofu_eval):
     ev, sets, nli, _ = tofu_eval
-    assert len(nli.calls) == len(sets)  # the NLI judge runs once per set
-    for s, (premises, hypotheses) in zip(sets, nli.calls):
+    assert len(nli.calls) <= len(sets)  # at most once per set
+    judged = [pair for premises, hypotheses in nli.calls for pair in zip(premises, hypotheses)]
+    assert len(judged) == len(set(judged))  # each distinct pair once per evaluation
+    want = set()
+    for s in sets:
         gens = [r["generation"] for r in ev.items[s.name]]
         refs = [r.get("reference", r["ground_truth"]) for r in ev.items[s.name]]
-        if s.kind == "forget":
-            assert (premises, hypotheses) == (gens, s.answers)
-        else:
-            assert (premises, hypotheses) == (refs, gens)
+        pairs = list(zip(gens, s.answers)) if s.kind == "forget" else list(zip(refs, gens))
         if s.kind == "general":
             assert refs == [g["original_answer"] for g in s.rows]
-        for r in ev.items[s.name]:  # the judge says "entailment" to all: only ROUGE decides
+        for r, pair in zip(ev.items[s.name], pairs):  # the judge says "entailment" to all: only ROUGE decides
             assert r["entailment"] == (1.0 if r["rouge"] >= 0.1 else 0.0)
+            # Under the ROUGE floor the judge is not asked (the item is not entailed whatever it says).
+            assert r["nli_label"] == ("entailment" if r["rouge"] >= 0.1 else None)
+            if r["rouge"] >= 0.1:
+                want.add(pair)
+    assert set(judged) == want
     assert ev.summary["Forget Entailment Score"] == 1.0
     low = [r for s in sets for r in ev.items[s.name] if r["rouge"] < 0.1]
     assert low and all(r["entailment"] == 0.0 for r in low)
+
+
+class PairNLI:
+    """A label that depends on the pair (a hash), to check each label lands on its own item."""
+
+    def __init__(self):
+        self.asked = 0
+
+    @staticmethod
+    def label(premise, hypothesis):
+        return "entailment" if zlib.crc32(f"{premise}|{hypothesis}".encode()) % 2 else "neutral"
+
+    def predict(self, premises, hypotheses):
+        self.asked += len(premises)
+        return [self.label(p, h) for p, h in zip(premises, hypotheses)]
+
+
+def test_judged_labels_land_on_their_items(tiny, tofu_dir):
+    model, tok, fmt = tiny
+    sets = tofu_sets(tofu_dir, "forget01", 1)
+    nli = PairNLI()
+    ev = evaluate(model, tok, fmt, sets, HashEmbedder(), nli, batch_size=4)
+    judged = 0
+    for s in sets:
+        for r, answer in zip(ev.items[s.name], s.answers):
+            ref = r.get("reference", r["ground_truth"])
+            pair = (r["generation"], answer) if s.kind == "forget" else (ref, r["generation"])
+            if r["rouge"] >= 0.1:
+                judged += 1
+                assert r["nli_label"] == PairNLI.label(*pair)
+                assert r["entailment"] == float(r["nli_label"] == "entailment")
+            else:
+                assert r["nli_label"] is None and r["entailment"] == 0.0
+    assert 0 < nli.asked <= judged
 
 
 def test_tiny_hf_nli_classifier_end_to_end(tiny, tofu_dir, tmp_path):
@@ -460,3 +557,17 @@ def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
     bad = write_tofu(tmp_path / "bad", forget=[{k: v for k, v in FORGET[0].items() if k != "paraphrased_answer"}])
     with pytest.raises(DataError, match=r"forget01_perturbed\.json:1: missing field 'paraphrased_answer'.*--no-eval"):
         eval_sets_for(Config(data=str(bad)))
+
+
+def test_generation_in_rounds_equals_one_round(tiny):
+    """Answers that go on in a second round (from their prompt and tokens so far) are the answers
+    of one uninterrupted round, also where they run to the length limit."""
+    model, tok, fmt = tiny
+    questions = [r["question"] for r in FORGET + RETAIN + GENERAL] + ["Who?", "Where is it?"]
+    one_round = generate(model, tok, fmt, questions, batch_size=3, first_round=10_000)
+    assert any(len(tok(a, add_special_tokens=False)["input_ids"]) > 2 for a in one_round)
+    for first in (1, 2, 5):
+        assert generate(model, tok, fmt, questions, batch_size=3, first_round=first) == one_round
+    limit = max(len(encode_prompt(tok, fmt.prompt(q), fmt.add_special_tokens)) for q in questions) + 3
+    assert generate(model, tok, fmt, questions, max_length=limit, batch_size=4, first_round=2) == \
+        generate(model, tok, fmt, questions, max_length=limit, batch_size=4, first_round=10_000)

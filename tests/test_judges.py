@@ -284,3 +284,51 @@ def test_hub_id_offline_is_unavailable(spec, caplog):
     assert isinstance(result, Unavailable)
     assert (spec or judges.DEFAULT_NLI) in result.reason
     assert len([r for r in caplog.records if r.name == "unlearn"]) == 1
+
+
+class LengthEmbedder:
+    def __init__(self):
+        self.batches = []
+
+    def encode(self, texts):
+        self.batches.append(list(texts))
+        return np.array([[len(t), t.count("a"), 1.0] for t in texts], dtype=np.float32)
+
+
+def test_distinct_embedder_embeds_each_text_once_and_keeps_order():
+    inner = LengthEmbedder()
+    emb = judges.DistinctEmbedder(inner)
+    first = emb.encode(["ab", "b", "ab", "aaa"])
+    np.testing.assert_array_equal(first, LengthEmbedder().encode(["ab", "b", "ab", "aaa"]))
+    second = emb.encode(["aaa", "cc", "b"])
+    np.testing.assert_array_equal(second, np.array([[3, 3, 1], [2, 0, 1], [1, 0, 1]], dtype=np.float32))
+    assert inner.batches[:2] == [["ab", "b", "aaa"], ["cc"]]  # only texts never seen, once each
+    emb.encode(["b", "ab"])
+    assert len(inner.batches) == 2  # nothing new: no call
+    assert emb.encode([]).shape[0] == 0
+
+
+def test_distinct_embedder_rejects_a_wrong_shape():
+    class Bad:
+        def encode(self, texts):
+            return np.zeros((len(texts) + 1, 3))
+
+    with pytest.raises(ValueError, match="shape"):
+        judges.DistinctEmbedder(Bad()).encode(["x"])
+
+
+def test_distinct_nli_judges_each_pair_once_and_keeps_order():
+    asked = []
+
+    class Judge:
+        def predict(self, premises, hypotheses):
+            asked.append(list(zip(premises, hypotheses)))
+            return ["entailment" if p == h else "neutral" for p, h in zip(premises, hypotheses)]
+
+    nli = judges.DistinctNLI(Judge())
+    assert nli.predict(["a", "b", "a"], ["a", "a", "a"]) == ["entailment", "neutral", "entailment"]
+    assert nli.predict(["b", "c"], ["a", "c"]) == ["neutral", "entailment"]
+    assert asked == [[("a", "a"), ("b", "a")], [("c", "c")]]
+    assert nli.predict([], []) == [] and len(asked) == 2
+    with pytest.raises(ValueError, match="premises"):
+        nli.predict(["a"], [])

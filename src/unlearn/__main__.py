@@ -206,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unlearn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Leave the process group (accelerate launch / torchrun) cleanly: NCCL warns of a leak otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

