@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.2" || echo "torch==2.13.0")
 DEMO_OUT ?= demo_out
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all test-gpu demo bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest
+
+# On a machine with a CUDA GPU: training and evaluation there against the CPU (tests/test_gpu.py).
+test-gpu: $(STAMP)
+	UNLEARN_TEST_GPU=1 $(PY) -m pytest tests/test_gpu.py
 
 demo: $(STAMP)
 	$(VENV)/bin/unlearn demo --out $(DEMO_OUT) --overwrite

@@ -7,7 +7,9 @@
 1. training overhead: ``unlearn run --method GA+GD`` vs a bare PyTorch loop (train_overhead.py)
 2. reference statistics: NPO+GD vs GA+GD, DPO+GD vs IDK+AP, memory and time (memory.py)
 3. ME loss memory vs a cross-entropy (memory.py)
-4. evaluation vs the official procedure (official_eval.py)
+4. evaluation vs the official procedure (official_eval.py): ``eval`` on a tiny fine-tuned model,
+   ``eval-smollm2`` on SmolLM2-135M-Instruct, 20 items a set, one run each (the official side
+   alone takes about 17 minutes here; in --quick mode 4 items a set)
 GPU training throughput (gpu_train.py) needs a GPU and is not part of this run.
 
 Each comparison alternates its two sides and keeps the best of N: the machine may be shared, and
@@ -34,6 +36,8 @@ BENCHMARKS = {
     "ref": lambda q, r, w: memory.reference_statistics(q, r or (1 if q else 2), w / "train"),
     "me": lambda q, r, w: memory.me_memory(q),
     "eval": lambda q, r, w: official_eval.run(q, r, w / "eval"),
+    "eval-smollm2": lambda q, r, w: official_eval.run(q, r or 1, w / "eval", model_name="smollm2-135m",
+                                                      items=4 if q else 20, modes=("judges",)),
 }
 
 
