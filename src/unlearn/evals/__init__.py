@@ -3,12 +3,13 @@
 * :mod:`.metrics`: pure metric functions over numbers and strings.
 * :mod:`.judges`: the sentence embedder and the NLI judge (loaded once, injectable).
 * :mod:`.runner`: the only code that runs the model (greedy generation, answer NLLs).
-* :mod:`.suites`: the eval sets, ``evaluate`` and the ``unlearn eval`` command.
+* :mod:`.sets`: the eval sets, read and checked from ``*_perturbed.json`` files.
+* :mod:`.suites`: ``evaluate``, its outputs and the ``unlearn eval`` command.
 """
 
 from .runner import answer_nlls, generate
-from .suites import (EvalSet, Evaluation, evaluate, load_eval_sets, print_table, real_world_sets,
-                     retain_ratios_from, run_eval, tofu_sets, write_evaluation)
+from .sets import EvalSet, load_eval_sets, real_world_sets, tofu_sets
+from .suites import Evaluation, evaluate, print_table, retain_ratios_from, run_eval, write_evaluation
 
 __all__ = ["EvalSet", "Evaluation", "answer_nlls", "evaluate", "generate", "load_eval_sets",
            "print_table", "real_world_sets", "retain_ratios_from", "run_eval", "tofu_sets",

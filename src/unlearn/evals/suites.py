@@ -1,11 +1,11 @@
-"""The evaluation suites of PAPER.md §4: which sets, which metrics, which summary keys.
+"""The evaluation of PAPER.md §4: which metrics, which summary keys, and the ``unlearn eval`` command.
 
-``tofu_sets`` / ``real_world_sets`` read and validate the ``*_perturbed.json`` files (before any
-model is loaded); ``evaluate`` generates the answers of every set in one length-sorted pass, runs
-one NLL pass per set over the answers, paraphrases and perturbed answers together, calls each
-judge at most once per set (each distinct text embedded, each distinct pair judged, once per
-evaluation; no NLI for items under the ROUGE floor, which count as not entailed), and turns the
-results into per-item records and the summary with the official keys.
+The sets come from :mod:`unlearn.evals.sets` (re-exported here). ``evaluate`` generates the
+answers of every set in one length-sorted pass, runs one NLL pass per set over the answers,
+paraphrases and perturbed answers together, calls each judge at most once per set (each distinct
+text embedded, each distinct pair judged, once per evaluation; no NLI for items under the ROUGE
+floor, which count as not entailed), and turns the results into per-item records and the summary
+with the official keys.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import SPLITS, DataError, read_records, select_task
+from ..data import DataError, read_records
 from ..distributed import sharded_map
 from ..io import atomic_write_json, atomic_write_jsonl
 from . import metrics as M
 from .judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
 from .runner import answer_nlls, generate
+from .sets import TOFU_RETAIN_ROWS, EvalSet, load_eval_sets, real_world_sets, tofu_sets  # noqa: F401 (re-exported)
 
 log = logging.getLogger("unlearn")
 
@@ -30,124 +31,7 @@ METRICS = ("ROUGE", "Probability", "Truth Ratio", "Token Entropy", "Cosine Simil
 ITEM_KEYS = dict(zip(METRICS, ("rouge", "probability", "truth_ratio", "token_entropy",
                                "cosine_similarity", "entailment")))
 FORGET_EFFICACY_METRICS = ("ROUGE", "Probability", "Truth Ratio", "Cosine Similarity", "Entailment Score")
-TOFU_RETAIN_ROWS = 300
 _warned: set[str] = set()
-
-
-# --------------------------------------------------------------------------- eval sets
-
-
-@dataclass
-class EvalSet:
-    """One evaluation set. ``kind``: forget | retain | general (Real Authors / Real World)."""
-
-    name: str
-    rows: list[dict]
-    kind: str
-    answer_key: str = "answer"
-    layout: str = "tofu"  # tofu | real_world
-    question_key: str = "question"
-
-    @property
-    def questions(self) -> list[str]:
-        return [r[self.question_key] for r in self.rows]
-
-    @property
-    def answers(self) -> list[str]:
-        return [r[self.answer_key] for r in self.rows]
-
-    @property
-    def paraphrases(self) -> list[str] | None:
-        """Paraphrased answers; None for general sets, which use the answer itself."""
-        return None if self.kind == "general" else [r["paraphrased_answer"] for r in self.rows]
-
-    @property
-    def perturbed(self) -> list[list[str]]:
-        return [list(r["perturbed_answer"]) for r in self.rows]
-
-    @property
-    def references(self) -> list[str]:
-        """What Cosine and Entailment compare with: the full ``original_answer`` on general sets."""
-        if self.kind == "general":
-            return [r.get("original_answer", r[self.answer_key]) for r in self.rows]
-        return self.answers
-
-
-def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
-    """Rows of a perturbed file, every field the metrics need checked (file:line: field ...)."""
-    rows = read_records(path, required=("question", answer_key))
-    first = None
-    for r in rows:
-        at = r["_source"]
-        if kind != "general" and not isinstance(r.get("paraphrased_answer"), str):
-            raise DataError(f"{at}: missing field 'paraphrased_answer'" if "paraphrased_answer" not in r
-                            else f"{at}: field 'paraphrased_answer' must be a string")
-        pert = r.get("perturbed_answer")
-        if "perturbed_answer" not in r:
-            raise DataError(f"{at}: missing field 'perturbed_answer'")
-        if not isinstance(pert, list) or not pert or not all(isinstance(p, str) for p in pert):
-            raise DataError(f"{at}: field 'perturbed_answer' must be a non-empty list of strings")
-        if first is None:
-            first = (len(pert), at)
-        elif len(pert) != first[0]:
-            raise DataError(f"{at}: field 'perturbed_answer' has {len(pert)} answers but {first[1]} has "
-                            f"{first[0]}; every row of a file needs the same number")
-        if "original_answer" in r and not isinstance(r["original_answer"], str):
-            raise DataError(f"{at}: field 'original_answer' must be a string")
-    return rows
-
-
-def _select(rows: list[dict], task_id: int | None, path: Path) -> list[dict]:
-    return rows if task_id is None else select_task(rows, task_id, path)
-
-
-def _paraphrased(forget: EvalSet) -> list[EvalSet]:
-    """The same forget items asked with ``paraphrased_question``, when every row has one."""
-    if not all(isinstance(r.get("paraphrased_question"), str) for r in forget.rows):
-        return []
-    return [EvalSet("Forget Paraphrased", forget.rows, "forget", forget.answer_key, forget.layout,
-                    question_key="paraphrased_question")]
-
-
-def tofu_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
-    """Retain (first 300), Real Authors, Real World, Forget (the task) [, Forget Paraphrased]."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
-    d = Path(data_dir)
-    forget_path = d / f"{split}_perturbed.json"
-    forget = EvalSet("Forget", _select(_read_set(forget_path, "forget"), task_id, forget_path), "forget")
-    sets = [
-        EvalSet("Retain", _read_set(d / "retain_perturbed.json", "retain")[:TOFU_RETAIN_ROWS], "retain"),
-        EvalSet("Real Authors", _read_set(d / "real_authors_perturbed.json", "general"), "general"),
-        EvalSet("Real World", _read_set(d / "world_facts_perturbed.json", "general"), "general"),
-        forget,
-    ]
-    return sets + _paraphrased(forget)
-
-
-def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[EvalSet]:
-    """Retain = the neighbours, Forget = the famous people (one task or all); golden answers."""
-    d = Path(data_dir)
-    key = "golden_answer"
-    forget_path = d / "forget_perturbed.json"
-    forget = _select(_read_set(forget_path, "forget", key), task_id, forget_path)
-    return [EvalSet("Retain", _read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
-            EvalSet("Forget", forget, "forget", key, "real_world")]
-
-
-def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
-    """The sets of a TOFU or real-world evaluation folder (``*_perturbed.json`` files)."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        hint = "; the evaluation reads local *_perturbed.json files" if str(data_dir) == "locuslab/TOFU" else ""
-        raise DataError(f"{d}: evaluation data folder not found{hint}")
-    if (d / "forget_perturbed.json").exists():
-        return real_world_sets(d, task_id)
-    if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
-        return tofu_sets(d, split, task_id)
-    raise DataError(f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
-                    "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
-                    "forget_perturbed.json, neighbor_perturbed.json)")
 
 
 # --------------------------------------------------------------------------- evaluation
