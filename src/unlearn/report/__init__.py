@@ -1,0 +1,44 @@
+"""``unlearn report``: tables, plots and before/after examples from evaluated run folders.
+
+A *run* is a folder holding ``summary.json`` (``unlearn run``, ``unlearn eval``, a sweep entry); a
+*continual run* is a folder holding ``continual.csv`` (one row per task: ``task``, ``n_unlearned``,
+then the summary keys), whose ``task_<k>`` folders become curves rather than table rows. The report
+is ``report.md`` + ``report.html`` (same content; the HTML is self-contained apart from the PNGs it
+names by relative path), ``table.csv`` and the plots ``tradeoff.png`` and ``continual.png``.
+
+Everything is computed by pure functions (``collect_runs`` -> ``report_blocks`` -> ``render_*``);
+only ``write_report`` and the ``plot_*`` functions touch the disk, and every write is atomic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import atomic_write_text, write_csv_rows
+from .plots import plot_continual, plot_tradeoff
+from .render import md_escape, render_html, render_markdown
+from .runs import Run, collect_runs, load_run, short_labels
+from .tables import report_blocks, table_rows
+
+__all__ = ["Run", "collect_runs", "load_run", "md_escape", "plot_continual", "plot_tradeoff", "render_html",
+           "render_markdown", "report_blocks", "short_labels", "table_rows", "write_report"]
+
+
+def write_report(results: list[str | Path], out: str | Path, baseline: str | Path | None = None,
+                 title: str = "Unlearning report", examples: int = 3) -> Path:
+    """``unlearn report``: read the runs, write report.md/html, table.csv and the plots into ``out``."""
+    out = Path(out)
+    base = load_run(Path(baseline).resolve(), f"{Path(baseline).resolve().name} (baseline)") if baseline else None
+    runs = collect_runs(results, exclude=[base.path] if base else [])
+    out.mkdir(parents=True, exist_ok=True)
+    images = {}
+    if plot_tradeoff(runs, out / "tradeoff.png", base):
+        images["tradeoff"] = "tradeoff.png"
+    if plot_continual(runs, out / "continual.png", base):
+        images["continual"] = "continual.png"
+    rows = table_rows(([base] if base else []) + runs)
+    write_csv_rows(out / "table.csv", rows)
+    blocks = report_blocks(runs, base, title, images, examples)
+    atomic_write_text(out / "report.md", render_markdown(blocks))
+    atomic_write_text(out / "report.html", render_html(blocks, title))
+    return out

@@ -1,0 +1,170 @@
+"""The report's content as blocks of tables, notes and examples (pure functions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .runs import DASH, EXAMPLE_SETS, HEADLINE, MAX_ANSWER_CHARS, METRICS, SETS, Run, fmt_short
+
+
+def fmt_value(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:.4f}"
+
+
+def sets_present(runs: list[Run]) -> list[str]:
+    present = {s for r in runs for s in SETS if any(f"{s} {m}" in r.summary for m in METRICS)}
+    return [s for s in SETS if s in present]
+
+
+def downstream_keys(runs: list[Run]) -> list[str]:
+    """``Downstream <task>`` keys (lm-eval scores) of any run, ``Downstream Average`` last."""
+    keys = dict.fromkeys(k for r in runs for k in r.summary if k.startswith("Downstream "))
+    return sorted(keys, key=lambda k: (k == "Downstream Average", k))
+
+
+def table_rows(runs: list[Run]) -> list[dict]:
+    """One flat row per run (the content of table.csv); numbers as floats, None when missing."""
+    rows = []
+    sets, extra = sets_present(runs), downstream_keys(runs)
+    for r in runs:
+        row = {"run": r.name, "path": str(r.path), "method": r.method, "lr": r.lr, "split": r.split,
+               "task": r.task}
+        row.update({k: r.value(k) for k in HEADLINE})
+        row.update({f"{s} {m}": r.value(f"{s} {m}") for s in sets for m in METRICS})
+        row.update({k: r.value(k) for k in extra})
+        reasons = {k: r.reason(k) for k in row if r.reason(k) and row[k] is None}
+        row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Block:
+    """One piece of the report. ``kind``: heading (``text``, ``level``), text, list (``items``),
+    table (``table``) or image (``text`` = PNG file name, ``items[0]`` = alt text)."""
+
+    kind: str
+    text: str = ""
+    level: int = 2
+    items: list[str] = field(default_factory=list)
+    table: Table | None = None
+
+
+class Notes:
+    """Numbered footnotes for "n/a" cells: one number per distinct (metric, reason)."""
+
+    def __init__(self):
+        self.numbers: dict[str, int] = {}
+
+    def cell(self, run: Run, key: str) -> str:
+        v = run.value(key)
+        if v is not None:
+            return fmt_value(v)
+        if key not in run.summary:
+            return DASH  # not computed for this run (e.g. Forget Quality without a retain model)
+        reason = run.reason(key)
+        if reason is None:
+            return "n/a"
+        metric = next((m for m in METRICS if key.endswith(" " + m)), key)
+        note = f"{metric}: {reason}"
+        n = self.numbers.setdefault(note, len(self.numbers) + 1)
+        return f"n/a [{n}]"
+
+    def items(self) -> list[str]:
+        return [f"[{n}] {note}" for note, n in self.numbers.items()]
+
+
+def _summary_table(runs: list[Run], notes: Notes) -> Table:
+    extra = [k for k in ("Downstream Average",) if k in downstream_keys(runs)]
+    header = ["run", "method", "lr", "split", "task", "MU", "MU Retain", "FE", "Forget Quality", *extra]
+    rows = [[r.name, r.method, r.lr, r.split, r.task, *(notes.cell(r, k) for k in (*HEADLINE, *extra))]
+            for r in runs]
+    return Table(header, rows)
+
+
+def _set_table(runs: list[Run], set_name: str, notes: Notes) -> Table:
+    header = ["run", *METRICS]
+    rows = [[r.name, *(notes.cell(r, f"{set_name} {m}") for m in METRICS)]
+            for r in runs if any(f"{set_name} {m}" in r.summary for m in METRICS)]
+    return Table(header, rows)
+
+
+def _curve_table(run: Run) -> Table:
+    keys = [k for k in HEADLINE if any(row.get(k) is not None for row in run.curve or [])]
+    header = ["tasks unlearned", "task", *keys]
+    rows = [[fmt_short(row.get("n_unlearned")), str(row.get("task") or DASH), *(fmt_value(row.get(k)) for k in keys)]
+            for row in run.curve or []]
+    return Table(header, rows)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_ANSWER_CHARS else text[: MAX_ANSWER_CHARS - 1] + "…"
+
+
+def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Block]:
+    """Before/after: the first ``n`` forget and retain questions, matched by question text."""
+    source = baseline or next((r for r in runs if r.records("Forget") or r.records("Retain")), None)
+    blocks: list[Block] = []
+    if source is None or n <= 0:
+        return [Block("text", "No evaluation records (eval_<Set>.jsonl) were found.")]
+    if baseline is None:
+        blocks.append(Block("text", "No --baseline given: the answers of the model before unlearning are not shown."))
+    for set_name in EXAMPLE_SETS:
+        questions = list(source.records(set_name).items())[:n]
+        for i, (question, rec) in enumerate(questions, 1):
+            rows = [["ground truth", _clip(rec.get("ground_truth", rec.get("answer", DASH)))]]
+            if baseline is not None:
+                rows.append([baseline.name, _clip(rec.get("generation", DASH))])
+            for r in runs:
+                other = r.records(set_name).get(question)
+                label = f"{r.name} (after task {r.eval_dir.name[5:]})" if r.is_continual and \
+                    r.eval_dir is not None and r.eval_dir.name.startswith("task_") else r.name
+                rows.append([label, DASH + " (not evaluated on this question)" if other is None
+                             else _clip(other.get("generation", DASH))])
+            blocks.append(Block("heading", f"{set_name} {i}: {_clip(question)}", level=3))
+            blocks.append(Block("table", table=Table(["model", "answer"], rows)))
+    return blocks
+
+
+def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Unlearning report",
+                  images: dict[str, str] | None = None, examples: int = 3) -> list[Block]:
+    """The whole report as blocks; ``images`` maps ``tradeoff`` / ``continual`` to PNG file names."""
+    images = images or {}
+    notes = Notes()
+    listed = ([baseline] if baseline else []) + runs
+    blocks = [Block("heading", title, level=1),
+              Block("text", f"{len(runs)} run(s)" + (f"; baseline: {baseline.name} ({baseline.path})" if baseline else "")
+                    + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
+                    f"n/a = no value (see the notes), {DASH} = not computed for that run."),
+              Block("heading", "Summary"), Block("table", table=_summary_table(listed, notes))]
+    blocks.append(Block("heading", "Metrics by evaluation set"))
+    for s in sets_present(listed):
+        blocks += [Block("heading", s, level=3), Block("table", table=_set_table(listed, s, notes))]
+    if notes.numbers:
+        blocks += [Block("text", "Notes:"), Block("list", items=notes.items())]
+    blocks.append(Block("heading", "Model utility vs forget efficacy"))
+    if "tradeoff" in images:
+        blocks.append(Block("image", images["tradeoff"], items=["Model Utility against Forget Efficacy"]))
+    else:
+        blocks.append(Block("text", "No run has both Model Utility and Forget Efficacy."))
+    continual = [r for r in runs if r.is_continual]
+    if continual:
+        blocks.append(Block("heading", "Continual unlearning"))
+        if "continual" in images:
+            blocks.append(Block("image", images["continual"], items=["MU and FE against tasks unlearned"]))
+        for r in continual:
+            blocks += [Block("heading", r.name, level=3), Block("table", table=_curve_table(r))]
+    blocks.append(Block("heading", "Before / after"))
+    blocks += example_blocks(runs, baseline, examples)
+    return blocks
