@@ -39,7 +39,7 @@ def test_parse_tasks():
 
 
 def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
-    import unlearn.evals.suites as suites
+    import unlearn.evals.commands as commands
     import unlearn.pipeline as pipeline
 
     calls = []
@@ -50,7 +50,7 @@ def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
         return real_unlearn(cfg, **kw)
 
     monkeypatch.setattr(pipeline, "unlearn", counting)
-    real_eval = suites.evaluate_after_unlearning
+    real_eval = commands.evaluate_after_unlearning
     state = {"fail": True}
 
     def flaky(cfg, *a, **kw):  # the run dies while evaluating task 2, the first time
@@ -59,7 +59,7 @@ def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_eval(cfg, *a, **kw)
 
-    monkeypatch.setattr(suites, "evaluate_after_unlearning", flaky)
+    monkeypatch.setattr(commands, "evaluate_after_unlearning", flaky)
     cfg = _cfg(synth_dir, target, tmp_path / "c")
     with pytest.raises(KeyboardInterrupt):
         continual(cfg, "1,2")

@@ -66,7 +66,8 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     """A process that is not the main one neither creates the output folder nor writes an evaluation."""
     import unlearn.distributed as dist
     from unlearn.config import Config
-    from unlearn.evals.suites import Evaluation, _finish
+    from unlearn.evals.commands import _finish
+    from unlearn.evals.suites import Evaluation
     from unlearn.pipeline import prepare_out
 
     monkeypatch.setattr(dist, "is_main_process", lambda: False)

@@ -18,8 +18,9 @@ from unlearn.encoding import encode_prompt
 from unlearn.evals import metrics as M
 from unlearn.evals.judges import Unavailable, cosine_similarity_batch
 from unlearn.evals.runner import answer_nlls, generate
-from unlearn.evals.suites import (METRICS, evaluate, load_eval_sets, real_world_sets,
-                                  retain_ratios_from, tofu_sets, write_evaluation)
+from unlearn.evals.commands import retain_ratios_from
+from unlearn.evals.suites import METRICS, evaluate, write_evaluation
+from unlearn.evals.sets import load_eval_sets, real_world_sets, tofu_sets
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat
 
@@ -544,7 +545,7 @@ def test_cli_bad_perturbed_file_exits_2_before_loading_a_model(tmp_path, capsys)
 
 def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
     from unlearn.config import Config
-    from unlearn.evals.suites import eval_sets_for
+    from unlearn.evals.commands import eval_sets_for
 
     with caplog.at_level(logging.INFO, logger="unlearn"):
         assert eval_sets_for(Config(forget=str(tmp_path / "own.jsonl"))) is None

@@ -41,7 +41,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_run(args) -> int:
     from .evals.downstream import downstream_after_unlearning, downstream_tasks_for
-    from .evals.suites import eval_sets_for, evaluate_after_unlearning
+    from .evals.commands import eval_sets_for, evaluate_after_unlearning
     from .pipeline import unlearn
 
     cfg = config_from_args(args)
@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evals.suites import run_eval
+    from .evals.commands import run_eval
 
     cfg = config_from_args(args)
     run_eval(cfg)

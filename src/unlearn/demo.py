@@ -43,7 +43,9 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
              seed: int = 1001, scale: float = 1.0) -> dict:
     """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 uses fewer authors (tests)."""
     from .evals.judges import load_embedder, load_nli
-    from .evals.suites import evaluate, load_eval_sets, retain_ratios_from, write_evaluation, _forget_set
+    from .evals.commands import _forget_set, retain_ratios_from
+    from .evals.sets import load_eval_sets
+    from .evals.suites import evaluate, write_evaluation
     from .pipeline import finetune, unlearn, load_for_training
     from .synthetic import write_synthetic
 

@@ -105,7 +105,7 @@ def original_reference_stats(cfg: Config, task_data: dict) -> dict[int, dict]:
 
 def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bool = False) -> list[dict]:
     """Unlearn ``tasks`` in order under ``cfg.out``; returns the rows of ``continual.csv``."""
-    from .evals.suites import eval_sets_for, evaluate_after_unlearning
+    from .evals.commands import eval_sets_for, evaluate_after_unlearning
     from .methods import parse_method
     from .pipeline import unlearn
 

@@ -130,7 +130,7 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         if cfg.eval:
             key = ("eval", cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id)
             if key not in cache:
-                from .evals.suites import eval_sets_for
+                from .evals.commands import eval_sets_for
 
                 cache[key] = eval_sets_for(cfg)
             sets = cache[key]
@@ -209,7 +209,7 @@ def run_one(cfg: Config, sets, downstream: list[str] | None = None) -> dict | No
             return None
         summary = None
         if sets:
-            from .evals.suites import evaluate_after_unlearning
+            from .evals.commands import evaluate_after_unlearning
 
             summary = evaluate_after_unlearning(cfg, result["model_obj"], result["tokenizer"],
                                                 result["prompt_format"], result["out"], sets=sets)
