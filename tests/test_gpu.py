@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import GPU_TESTS
+from tests.test_methods import FORGET, RETAIN
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
 from unlearn.distributed import training_mixed_precision
@@ -25,8 +26,6 @@ from unlearn.train import reference_nlls, train
 pytestmark = pytest.mark.skipif(not (GPU_TESTS and torch.cuda.is_available()),
                                 reason="GPU checks: set UNLEARN_TEST_GPU=1 on a machine with a CUDA GPU")
 
-FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i}."} for i in range(6)]
-RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(8)]
 
 
 @pytest.fixture(scope="module")

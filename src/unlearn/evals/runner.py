@@ -73,6 +73,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
+    eos_set = set(eos)
     device = model_device(model)
     budget = [max(max_length - len(p), 1) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
@@ -90,7 +91,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
                 rows = _generate_batch(model, [prompts[i] + new[i] for i in idx], max(steps), pad_id, eos, device)
                 for i, row, k in zip(idx, rows, steps):
                     row = row[:k]
-                    end = next((j for j, t in enumerate(row) if t in eos), None)
+                    end = next((j for j, t in enumerate(row) if t in eos_set), None)
                     new[i] += row if end is None else row[: end + 1]
                     if end is None and len(new[i]) < budget[i]:
                         active.append(i)  # goes on in the next round
@@ -136,10 +137,11 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = model_device(model)
     out = np.zeros(len(seqs), dtype=np.float64)
+    keep = supports_logits_to_keep(model)  # once per call, not per batch
     with inference(model):
         for idx in _batches(order, batch_size):
             batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad_id).items()}
-            logits, labels = answer_logits(model, batch)
+            logits, labels = answer_logits(model, batch, keep)
             nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
             out[idx] = nll.double().cpu().numpy()
     return out
@@ -157,20 +159,23 @@ def supports_logits_to_keep(model) -> bool:
     return False
 
 
-def answer_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, labels)`` over the positions that predict an answer token only.
 
     The prompt's positions need no logits: where the model supports ``logits_to_keep``, the
     language-model head runs over the last ``T - first answer position + 1`` positions of the
     batch (a (B, T, V) tensor shrinks to the answers' share of it), and ``labels`` is cut to match,
     so :func:`unlearn.losses.sequence_nll` gives the same NLLs as over the whole sequence.
+    ``keep``: whether the model supports it (found out here when not given).
     """
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     t = labels.shape[1]
     answer = labels != -100
-    if not answer.any() or not supports_logits_to_keep(model):
+    if keep is None:
+        keep = supports_logits_to_keep(model)
+    if not keep or not answer.any():
         return model(input_ids=ids, attention_mask=mask).logits, labels
     first = int(answer.float().argmax(dim=1)[answer.any(dim=1)].min())  # earliest answer token
-    keep = min(t, t - first + 1)  # position first - 1 predicts it
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-    return logits, labels[:, t - keep :]
+    n = min(t, t - first + 1)  # position first - 1 predicts it
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=n).logits
+    return logits, labels[:, t - n :]
