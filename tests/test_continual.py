@@ -43,23 +43,23 @@ def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
     import unlearn.pipeline as pipeline
 
     calls = []
-    real_unlearn = pipeline.unlearn
+    real_run = pipeline.run
 
     def counting(cfg, **kw):
         calls.append(cfg.task_id)
-        return real_unlearn(cfg, **kw)
+        return real_run(cfg, **kw)
 
-    monkeypatch.setattr(pipeline, "unlearn", counting)
-    real_eval = commands.evaluate_after_unlearning
+    monkeypatch.setattr(pipeline, "run", counting)
+    real_eval = commands.EvalPlan.evaluate
     state = {"fail": True}
 
-    def flaky(cfg, *a, **kw):  # the run dies while evaluating task 2, the first time
-        if cfg.task_id == 2 and state["fail"]:
+    def flaky(plan, model, tokenizer, fmt, out, **kw):  # the run dies while evaluating task 2, the first time
+        if out.path.name == "task_2" and state["fail"]:
             state["fail"] = False
             raise KeyboardInterrupt
-        return real_eval(cfg, *a, **kw)
+        return real_eval(plan, model, tokenizer, fmt, out, **kw)
 
-    monkeypatch.setattr(commands, "evaluate_after_unlearning", flaky)
+    monkeypatch.setattr(commands.EvalPlan, "evaluate", flaky)
     cfg = _cfg(synth_dir, target, tmp_path / "c")
     with pytest.raises(KeyboardInterrupt):
         continual(cfg, "1,2")

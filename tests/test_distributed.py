@@ -66,32 +66,34 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     """A process that is not the main one neither creates the output folder nor writes an evaluation."""
     import unlearn.distributed as dist
     from unlearn.config import Config
-    from unlearn.evals.commands import _finish
+    import unlearn.evals.commands as commands
     from unlearn.evals.suites import Evaluation
     from unlearn.pipeline import prepare_out
+    from unlearn.rundir import RunDir
 
     monkeypatch.setattr(dist, "is_main_process", lambda: False)
     monkeypatch.setattr(dist, "wait_for_everyone", lambda: None)
     prepare_out(Config(out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
     (tmp_path / "ev").mkdir()
-    assert _finish(Config(), Evaluation(summary={"Forget ROUGE": 0.5}, items={"Forget": []}), tmp_path / "ev") == \
-        {"Forget ROUGE": 0.5}
+    monkeypatch.setattr(commands, "evaluate", lambda *a, **kw: Evaluation({"Forget ROUGE": 0.5}, {"Forget": []}))
+    plan = commands.EvalPlan(sets=["a set"], judges=commands.Judges(None, None))
+    assert plan.evaluate(None, None, None, RunDir(tmp_path / "ev"), shard=True) == {"Forget ROUGE": 0.5}
     assert list((tmp_path / "ev").iterdir()) == []
 
 
 def test_adamw_8bit_needs_bitsandbytes(monkeypatch):
     import importlib.util
 
-    from unlearn.data import DataError
     from unlearn.distributed import check_optim
+    from unlearn.errors import ConfigError, DependencyError
 
     check_optim("adamw")
-    with pytest.raises(DataError, match="unknown --optim 'sgd'"):
+    with pytest.raises(ConfigError, match="unknown --optim 'sgd'"):
         check_optim("sgd")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
-    with pytest.raises(DataError, match="pip install bitsandbytes"):
+    with pytest.raises(DependencyError, match="pip install bitsandbytes"):
         check_optim("adamw_8bit")
 
 

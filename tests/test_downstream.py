@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from unlearn.errors import ConfigError, DependencyError
 import yaml
 
 from unlearn.evals.downstream import PAPER_TASKS, _task_scores, parse_tasks, run_downstream, summary_entries
@@ -55,7 +57,7 @@ def tiny():
 
 def test_parse_tasks_expands_paper_and_dedups():
     assert parse_tasks("mmlu, paper,,gsm8k") == ["mmlu", "arc_challenge", "truthfulqa_mc1", "triviaqa", "gsm8k"]
-    with pytest.raises(ValueError, match="no task"):
+    with pytest.raises(ConfigError, match="no task"):
         parse_tasks(" , ")
 
 
@@ -76,7 +78,7 @@ def test_paper_metric_is_picked_from_lm_eval_results():
 
 def test_missing_lm_eval_gives_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` fail
-    with pytest.raises(ImportError, match=r"pip install 'unlearn\[downstream\]'"):
+    with pytest.raises(DependencyError, match=r"pip install 'unlearn-llm\[downstream\]'"):
         run_downstream(None, None, [MC], tmp_path)
 
 
@@ -111,14 +113,13 @@ def test_cli_run_writes_downstream_and_merges_summary(task_dir, tmp_path):
     assert 0.0 <= down[MC]["acc"] <= 1.0 and down["average"] == down[MC]["acc"]
 
     # A run with an evaluation: its summary.json gains the downstream entries.
-    from unlearn.config import Config
     from unlearn.evals.downstream import downstream_after_unlearning
     from unlearn.models import load_model
+    from unlearn.rundir import RunDir
 
     (out / "summary.json").write_text(json.dumps({"Model Utility": 0.5}))
     model, tok = load_model(str(out / "model"))
-    cfg = Config(downstream=MC, downstream_include=str(task_dir), downstream_limit=2)
-    downstream_after_unlearning(cfg, model, tok, out, [MC])
+    downstream_after_unlearning(model, tok, RunDir(out), [MC], batch_size=8, limit=2, include_path=str(task_dir))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["Model Utility"] == 0.5
     assert summary["Downstream Average"] == summary[f"Downstream {MC}"]

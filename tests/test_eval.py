@@ -395,7 +395,8 @@ def test_nli_unavailable_gives_null_and_utility_from_the_rest(tiny, tofu_dir, ca
     with caplog.at_level(logging.WARNING, logger="unlearn"):
         ev = evaluate(model, tok, fmt, sets, HashEmbedder(), Unavailable(reason), batch_size=8)
         evaluate(model, tok, fmt, sets[3:], HashEmbedder(), Unavailable(reason), batch_size=8)
-    assert len([r for r in caplog.records if reason in r.getMessage()]) == 1  # warned once
+    # evaluate() does not warn: load_nli said why, once, when the judge failed to load
+    assert not [r for r in caplog.records if reason in r.getMessage()]
     s = ev.summary
     assert s["unavailable"] == {"Entailment Score": reason}
     assert all(s[f"{x.name} Entailment Score"] is None for x in sets)

@@ -20,8 +20,9 @@ from unlearn.config import Config
 from unlearn.data import UnlearningDataset
 from unlearn.distributed import training_mixed_precision
 from unlearn.evals.runner import answer_nlls, generate
-from unlearn.methods import build_objective, method_defaults
-from unlearn.train import reference_nlls, train
+from unlearn.methods import build_objective, resolve
+from unlearn.reference import reference_nlls
+from unlearn.train import fit
 
 pytestmark = pytest.mark.skipif(not (GPU_TESTS and torch.cuda.is_available()),
                                 reason="GPU checks: set UNLEARN_TEST_GPU=1 on a machine with a CUDA GPU")
@@ -41,10 +42,8 @@ def tiny():
 
 
 def _cfg(tmp_path, method: str) -> Config:
-    d = method_defaults(method)
-    return Config(method=method, epochs=2, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0,
-                  forget_coeff=d["forget_coeff"], mask=d["mask"], dtype="auto", mixed_precision="auto",
-                  out=str(tmp_path))
+    return resolve(Config(method=method, epochs=2, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0,
+                          dtype="auto", mixed_precision="auto", out=str(tmp_path)))[1]
 
 
 @pytest.mark.parametrize("method", ["GA+GD", "NPO+KL", "ME+AP", "DPO+GD"])
@@ -55,12 +54,12 @@ def test_training_on_the_gpu_keeps_float32_weights_under_bf16_autocast(tmp_path,
     cfg = _cfg(tmp_path, method)
     if torch.cuda.is_bf16_supported():
         assert training_mixed_precision(cfg.dtype) == "bf16"
-    obj = build_objective(method, cfg.forget_coeff, cfg.reg_coeff, cfg.beta)
+    obj = build_objective(method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
-    result = train(model, tok, ds, obj, cfg, tmp_path)
-    trained = result["model"]
-    assert result["steps"] == 4
-    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result["history"])
+    result = fit(model, tok, ds, obj, cfg, tmp_path)
+    trained = result.model
+    assert result.steps == 4
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history)
     for name, p in trained.named_parameters():
         assert p.device.type == "cuda" and p.dtype == torch.float32, name
     changed = [n for n, p in trained.named_parameters() if not torch.equal(p.detach().cpu(), before[n])]
@@ -69,7 +68,7 @@ def test_training_on_the_gpu_keeps_float32_weights_under_bf16_autocast(tmp_path,
 
 def test_cached_reference_statistics_match_the_cpu(tiny):
     tok, fmt, base = tiny
-    obj = build_objective("DPO+GD", 1.0)
+    obj = build_objective("DPO+GD")
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], seed=0)
     cpu = reference_nlls(copy.deepcopy(base), ds, obj.ref_nll_parts, tok, batch_size=4)
     gpu = reference_nlls(copy.deepcopy(base).cuda(), ds, obj.ref_nll_parts, tok, batch_size=4)

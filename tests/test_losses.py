@@ -150,9 +150,9 @@ def test_npo_hand_value():
     assert_close(loss, scalar(-20 * log_sigmoid(0.2)))
 
 
-def test_npo_averages_over_the_batch_and_defaults_to_beta_0_1():
+def test_npo_averages_over_the_batch():
     # Margins 2 and 0: -(20) · (log σ(0.2) + log σ(0)) / 2, with log σ(0) = -log 2.
-    loss = npo(torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0]))
+    loss = npo(torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0]), 0.1)
     assert_close(loss, scalar(-10 * (log_sigmoid(0.2) - LOG2)))
 
 
@@ -184,8 +184,8 @@ def test_dpo_with_zero_chosen_terms_is_npo():
     rejected, ref_rejected = torch.tensor([3.0, 7.0]), torch.tensor([1.0, 8.0])
     zeros = torch.zeros(2)
     expected = -20 * (log_sigmoid(0.1 * 2) + log_sigmoid(0.1 * -1)) / 2
-    assert_close(dpo(zeros, rejected, zeros, ref_rejected), scalar(expected))
-    assert_close(dpo(zeros, rejected, zeros, ref_rejected), npo(rejected, ref_rejected))
+    assert_close(dpo(zeros, rejected, zeros, ref_rejected, 0.1), scalar(expected))
+    assert_close(dpo(zeros, rejected, zeros, ref_rejected, 0.1), npo(rejected, ref_rejected, 0.1))
 
 
 def test_dpo_gradient_prefers_the_refusal():
@@ -217,10 +217,10 @@ def test_ap_gradient_prefers_the_true_answer():
 def test_preference_losses_accept_bf16_and_return_float32():
     nll = torch.tensor([3.0], dtype=torch.bfloat16)  # 3 and 1 are exact in bf16
     ref = torch.tensor([1.0], dtype=torch.bfloat16)
-    assert npo(nll, ref).dtype == torch.float32
-    assert_close(npo(nll, ref), scalar(-20 * log_sigmoid(0.2)))
-    assert dpo(ref, nll, ref, ref).dtype == torch.float32
-    assert ap(ref, nll).dtype == torch.float32
+    assert npo(nll, ref, 0.1).dtype == torch.float32
+    assert_close(npo(nll, ref, 0.1), scalar(-20 * log_sigmoid(0.2)))
+    assert dpo(ref, nll, ref, ref, 0.1).dtype == torch.float32
+    assert ap(ref, nll, 0.1).dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------

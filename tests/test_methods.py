@@ -7,9 +7,11 @@ import torch
 
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
-from unlearn.methods import (FORGET_TERMS, REGULARIZERS, build_objective, method_defaults, parse_method,
+from unlearn.errors import ConfigError
+from unlearn.methods import (FORGET_TERMS, REGULARIZERS, build_objective, parse_method, resolve,
                              valid_method_names)
-from unlearn.train import reference_nlls, train
+from unlearn.reference import reference_nlls
+from unlearn.train import fit
 
 FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i}."} for i in range(6)]
 RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(8)]
@@ -26,11 +28,9 @@ def tiny():
 
 
 def _cfg(tmp_path, method, **kw):
-    d = method_defaults(method)
-    base = dict(method=method, epochs=1, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0,
-                forget_coeff=d["forget_coeff"], mask=d["mask"], out=str(tmp_path))
+    base = dict(method=method, epochs=1, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0, out=str(tmp_path))
     base.update(kw)
-    return Config(**base)
+    return resolve(Config(**base))[1]
 
 
 COMBOS = [f for f in FORGET_TERMS] + [f"{f}+{r}" for f, r in itertools.product(FORGET_TERMS, REGULARIZERS) if f != "LLMU"]
@@ -42,13 +42,13 @@ def test_every_combination_trains(tmp_path, tiny, method):
     model = make()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = _cfg(tmp_path, method)
-    obj = build_objective(method, cfg.forget_coeff, cfg.reg_coeff, cfg.beta)
+    obj = build_objective(method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
-    result = train(model, tok, ds, obj, cfg, tmp_path)
-    assert result["steps"] == 2
-    for row in result["history"]:
+    result = fit(model, tok, ds, obj, cfg, tmp_path)
+    assert result.steps == 2
+    for row in result.history:
         assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if isinstance(v, float))
-    changed = [n for n, p in result["model"].named_parameters() if not torch.equal(p.detach(), before[n])]
+    changed = [n for n, p in result.model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed, f"{method} changed no parameter"
     assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 2
 
@@ -57,10 +57,11 @@ def test_parse_and_defaults():
     assert [t.name if t else None for t in parse_method("me+gd")] == ["ME", "GD"]
     assert parse_method("GA")[1] is None
     assert [t.name for t in parse_method("LLMU")] == ["LLMU", "KL"]
-    assert method_defaults("ME+GD") == {"forget_coeff": 0.1, "mask": False}
-    assert method_defaults("IDK+AP") == {"forget_coeff": 1.0, "mask": True}
+    me, idk = build_objective("ME+GD"), build_objective("IDK+AP")
+    assert (me.forget_coeff, me.forget.mask_question, me.reg_coeff) == (0.1, False, 1.0)
+    assert (idk.forget_coeff, idk.forget.mask_question, idk.reg_args) == (1.0, True, {"beta": 0.1})
     for bad in ("XX+GD", "GA+YY", "GA+GD+KL"):
-        with pytest.raises(ValueError) as e:
+        with pytest.raises(ConfigError) as e:
             parse_method(bad)
         assert "ME" in str(e.value) and "AP" in str(e.value)
     assert "IDK+AP" in valid_method_names() and "ME+GD" in valid_method_names()
@@ -79,6 +80,7 @@ def test_cached_reference_equals_live_reference(tmp_path, tiny):
     from unlearn import losses
     from unlearn.data import make_collate
     from unlearn.methods import BatchView
+    from unlearn.reference import Reference
 
     tok, fmt, make = tiny
     model = make()
@@ -86,7 +88,7 @@ def test_cached_reference_equals_live_reference(tmp_path, tiny):
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], seed=0)
     stats = reference_nlls(model, ds, obj.ref_nll_parts, tok, batch_size=4)
     batch = make_collate(tok.pad_token_id)([ds[i] for i in (4, 1, 3)])
-    view = BatchView(model, batch, ref_stats=stats)
+    view = BatchView(model, batch, Reference(stats=stats))
     with torch.no_grad():
         for part in ("forget", "forget_idk"):
             live = losses.sequence_nll(model(input_ids=batch[part]["input_ids"],
@@ -100,11 +102,62 @@ def test_cached_reference_equals_live_reference(tmp_path, tiny):
 
 def test_divergence_stops_with_a_named_message(tmp_path, tiny):
     from unlearn.methods import Objective, Term
-    from unlearn.train import DivergenceError
+    from unlearn.errors import DivergenceError
 
     tok, fmt, make = tiny
-    nan_term = Term("GA", lambda v, b: v.mean_nll("forget") * float("nan"), ("forget",))
+    nan_term = Term("GA", lambda v: v.mean_nll("forget") * float("nan"), ("forget",))
     obj = Objective(nan_term, None)
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
     with pytest.raises(DivergenceError, match=r"non-finite loss at step 1: GA: GA forget term = nan"):
-        train(make(), tok, ds, obj, _cfg(tmp_path, "GA"), tmp_path)
+        fit(make(), tok, ds, obj, _cfg(tmp_path, "GA"), tmp_path)
+
+
+def test_resolve_writes_the_methods_defaults_into_a_copy():
+    cfg = Config(method="ME+GD")
+    objective, resolved = resolve(cfg)
+    assert (cfg.forget_coeff, cfg.mask, cfg.method_args) == (None, None, None)  # the given config is untouched
+    assert (resolved.forget_coeff, resolved.reg_coeff, resolved.mask, resolved.method_args) == (0.1, 1.0, False, {})
+    _, dpo_ap = resolve(Config(method="DPO+AP", method_args={"AP.beta": "0.5"}, mask=False))
+    assert dpo_ap.method_args == {"DPO.beta": 0.1, "AP.beta": 0.5} and dpo_ap.mask is False
+
+
+def test_method_args_belong_to_one_term():
+    npo = build_objective("NPO+AP", {"NPO.beta": 0.3})
+    assert (npo.forget_args, npo.reg_args) == ({"beta": 0.3}, {"beta": 0.1})  # AP's beta is not NPO's
+    assert build_objective("IDK+AP", {"beta": 2}).reg_args == {"beta": 2.0}  # a bare name that one term takes
+    with pytest.raises(ConfigError, match=r"belongs to NPO and AP: write NPO.beta or AP.beta"):
+        build_objective("NPO+AP", {"beta": 0.3})
+    with pytest.raises(ConfigError, match=r"unknown method argument 'gamma' for NPO\+GD \(its arguments: NPO.beta"):
+        build_objective("NPO+GD", {"gamma": 1})
+    with pytest.raises(ConfigError, match=r"unknown method argument 'beta' for ME\+GD \(its arguments: none\)"):
+        build_objective("ME+GD", {"beta": 1})
+    with pytest.raises(ConfigError, match=r"NPO\+GD has no term KL"):
+        build_objective("NPO+GD", {"KL.beta": 1})
+    with pytest.raises(ConfigError, match=r"NPO.beta must be float, got 'x'"):
+        build_objective("NPO+GD", {"beta": "x"})
+
+
+def test_a_method_argument_reaches_the_loss(tmp_path, tiny, monkeypatch):
+    """A term declared with an argument receives it by name: its loss scales with it."""
+    from unlearn.methods import Term
+
+    scaled = Term("SCALED", lambda v, scale: scale * v.mean_nll("forget"), ("forget",), args={"scale": 1.0})
+    monkeypatch.setitem(FORGET_TERMS, "SCALED", scaled)
+    tok, fmt, make = tiny
+    losses = {}
+    for scale in (1.0, 3.0):
+        cfg = _cfg(tmp_path / str(scale), "SCALED", method_args={"scale": scale}, lr=0.0)
+        obj = build_objective(cfg.method, cfg.method_args)
+        ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+        losses[scale] = fit(make(), tok, ds, obj, cfg, tmp_path / str(scale)).history[0]["loss"]
+    assert losses[3.0] == pytest.approx(3 * losses[1.0], rel=1e-5)
+
+
+def test_the_log_records_the_learning_rate_each_step_used(tmp_path, tiny):
+    tok, fmt, make = tiny
+    cfg = _cfg(tmp_path, "GA", epochs=2, warmup=2, lr=1e-3)
+    obj = build_objective("GA")
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+    history = fit(make(), tok, ds, obj, cfg, tmp_path).history
+    # warm-up over 2 of 4 steps: step 1 trains at 0, step 2 at lr/2, step 3 at the peak, step 4 halfway down
+    assert [row["lr"] for row in history] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])

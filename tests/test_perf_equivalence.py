@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from unlearn import losses
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
-from unlearn.methods import REGULARIZERS, Objective, Term, build_objective, method_defaults
-from unlearn.train import reference_nlls, train
+from unlearn.methods import BETA, REGULARIZERS, Objective, Term, build_objective
+from unlearn.reference import reference_nlls
+from unlearn.train import fit
 
 FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i} in {1900 + i}."}
           for i in range(6)]
@@ -50,11 +51,11 @@ def _live_ref_nll(view, part: str) -> torch.Tensor:
 
 
 LIVE = {
-    "NPO": Term("NPO", lambda v, b: losses.npo(v.nll("forget"), _live_ref_nll(v, "forget"), b), ("forget",),
-                ref="logits"),
-    "DPO": Term("DPO", lambda v, b: losses.dpo(v.nll("forget_idk"), v.nll("forget"), _live_ref_nll(v, "forget_idk"),
-                                               _live_ref_nll(v, "forget"), b),
-                ("forget", "forget_idk"), ref="logits"),
+    "NPO": Term("NPO", lambda v, beta: losses.npo(v.nll("forget"), _live_ref_nll(v, "forget"), beta), ("forget",),
+                ref="logits", args=BETA),
+    "DPO": Term("DPO", lambda v, beta: losses.dpo(v.nll("forget_idk"), v.nll("forget"), _live_ref_nll(v, "forget_idk"),
+                                               _live_ref_nll(v, "forget"), beta),
+                ("forget", "forget_idk"), ref="logits", args=BETA),
 }
 
 
@@ -65,20 +66,20 @@ def test_cached_reference_statistics_equal_a_live_reference_over_training(tmp_pa
                  forget_coeff=1.0, mask=True, out=str(tmp_path))
     cached = build_objective(method)
     assert cached.ref_nll_parts and not cached.needs_ref_model  # one model in memory while training
-    live = Objective(LIVE[method.split("+")[0]], REGULARIZERS["GD"])
+    live = Objective(LIVE[method.split("+")[0]], REGULARIZERS["GD"], forget_args={"beta": 0.1})
     assert live.needs_ref_model and not live.ref_nll_parts  # a deep copy of the model scores every batch
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, cached.parts, REFUSALS, seed=0)
 
-    a = train(make(), tok, ds, cached, cfg, tmp_path / "cached")
-    b = train(make(), tok, ds, live, cfg, tmp_path / "live")
+    a = fit(make(), tok, ds, cached, cfg, tmp_path / "cached")
+    b = fit(make(), tok, ds, live, cfg, tmp_path / "live")
 
-    assert a["steps"] == b["steps"] == 9
-    loss_a = [row["loss"] for row in a["history"]]
-    loss_b = [row["loss"] for row in b["history"]]
+    assert a.steps == b.steps == 9
+    loss_a = [row["loss"] for row in a.history]
+    loss_b = [row["loss"] for row in b.history]
     torch.testing.assert_close(torch.tensor(loss_a), torch.tensor(loss_b), rtol=1e-4, atol=1e-4)
     # The run moved far from the reference: later steps are not the step-0 value (2/β) log 2.
     assert abs(loss_a[-1] - loss_a[0]) > 0.5
-    for (name, pa), pb in zip(a["model"].named_parameters(), b["model"].parameters()):
+    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -101,17 +102,17 @@ def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path,
     original = str(_save_tiny(tmp_path / "original", texts))
 
     seen, loads = [], []
-    real_train, real_load = unlearn.train.train, unlearn.models.load_model
+    real_fit, real_load = unlearn.train.fit, unlearn.models.load_model
 
-    def spy_train(model, tokenizer, dataset, objective, cfg, out_dir, **kw):
+    def spy_fit(model, tokenizer, dataset, objective, cfg, out_dir, **kw):
         seen.append((cfg.task_id, dataset, kw.get("ref_stats")))
-        return real_train(model, tokenizer, dataset, objective, cfg, out_dir, **kw)
+        return real_fit(model, tokenizer, dataset, objective, cfg, out_dir, **kw)
 
     def spy_load(name, **kw):
         loads.append(str(name))
         return real_load(name, **kw)
 
-    monkeypatch.setattr(unlearn.train, "train", spy_train)
+    monkeypatch.setattr(unlearn.train, "fit", spy_fit)
     monkeypatch.setattr(unlearn.models, "load_model", spy_load)
     cfg = Config(model=original, data=str(data), split="forget01", method="NPO+GD", fix_ref_model=True,
                  eval=False, epochs=2, lr=1e-2, batch_size=1, grad_accum=1, warmup=0, seed=0, max_length=128,
@@ -231,8 +232,3 @@ def test_attn_implementation_reaches_a_saved_model(tmp_path):
     for impl in ("eager", "sdpa"):
         model, _ = load_model(path, attn_implementation=impl)
         assert model.config._attn_implementation == impl
-
-
-def test_method_defaults_unchanged():
-    # (guards the objects the tests above rely on)
-    assert method_defaults("NPO+GD") == {"forget_coeff": 1.0, "mask": True}

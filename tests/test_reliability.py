@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 from unlearn import checkpoint
 from unlearn.__main__ import main
+from unlearn.errors import ModelError
+from unlearn.rundir import RunDir
 
 from .conftest import write_jsonl
 
@@ -155,11 +157,11 @@ def test_resume_in_process_truncates_the_log(files, finetuned, tmp_path, monkeyp
     assert checkpoint.step_of(out) == 4 and not (out / "model").exists()
     assert [json.loads(x)["step"] for x in log_text(out).splitlines()] == [1, 2, 3, 4, 5]
 
-    assert checkpoint.resumable(out)
+    assert RunDir(out).resumable()
     assert main(finetune_args(files) + ["--out", str(out), "--resume"]) == 0
     assert_same_weights(out, finetuned)
     assert log_text(out) == log_text(finetuned)
-    assert not checkpoint.resumable(out)
+    assert not RunDir(out).resumable()
     import yaml
 
     assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False  # reusable as --config
@@ -168,7 +170,7 @@ def test_resume_in_process_truncates_the_log(files, finetuned, tmp_path, monkeyp
 def test_resume_reuses_cached_reference_and_original_kl_reference(files, tmp_path, monkeypatch):
     """NPO+KL needs both: reference NLLs of the original model (cached) and the original model
     itself (KL). Neither may come from the half-trained weights."""
-    import unlearn.train
+    import unlearn.reference
 
     args = run_args(files, "NPO+KL", epochs=2)
     reference = tmp_path / "reference"
@@ -179,8 +181,8 @@ def test_resume_reuses_cached_reference_and_original_kl_reference(files, tmp_pat
     monkeypatch.undo()
 
     calls = []
-    real = unlearn.train.reference_nlls
-    monkeypatch.setattr(unlearn.train, "reference_nlls", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = unlearn.reference.reference_nlls
+    monkeypatch.setattr(unlearn.reference, "reference_nlls", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(args + ["--out", str(out), "--resume"]) == 0
     assert calls == [], "a resumed run must not recompute reference NLLs from the half-trained model"
     assert_same_weights(out, reference)
@@ -236,7 +238,7 @@ def test_results_are_never_overwritten_unasked(files, finetuned, capsys):
 
 def test_out_folder_rules_for_checkpoints(tmp_path, capsys):
     from unlearn.config import Config
-    from unlearn.data import DataError
+    from unlearn.errors import OutputError as DataError
     from unlearn.pipeline import prepare_out
 
     out = tmp_path / "run"
@@ -249,7 +251,7 @@ def test_out_folder_rules_for_checkpoints(tmp_path, capsys):
         prepare_out(Config(out=str(out)))
     with pytest.raises(DataError, match="give one"):
         prepare_out(Config(out=str(out), resume=True, overwrite=True))
-    assert prepare_out(Config(out=str(out), resume=True)) == out
+    assert prepare_out(Config(out=str(out), resume=True)).path == out
     (out / "model").mkdir()
     prepare_out(Config(out=str(out), overwrite=True))  # starting again clears the old run
     assert not list(out.iterdir())
@@ -261,8 +263,8 @@ def test_results_go_through_atomic_writers():
     allowed = {
         "io.py": "the atomic writers themselves",
         "models.py": "save_pretrained into a temporary folder, then renamed",
+        "presets.py": "the converted model written into a temporary folder, then renamed",
         "checkpoint.py": "state written into .checkpoint.tmp, then renamed",
-        "synthetic.py": "its own temp file + os.replace",
     }
     pattern = re.compile(r"open\([^)]*['\"][wax]b?['\"]|\.write_(text|bytes)\(|json\.dump\(|\.to_csv\(|torch\.save\(")
     src = Path(__file__).resolve().parents[1] / "src" / "unlearn"
@@ -351,7 +353,7 @@ def test_custom_code_is_refused_and_never_imported(tmp_path, files, capsys):
     (model_dir / "config.json").write_text(json.dumps(conf))
     from unlearn.models import load_model
 
-    with pytest.raises(ValueError, match="model_type 'evil' is unknown.*modeling_evil.py"):
+    with pytest.raises(ModelError, match="model_type 'evil' is unknown.*modeling_evil.py"):
         load_model(model_dir)
     assert not marker.exists()
 

@@ -28,10 +28,10 @@ def calls(monkeypatch) -> list[dict]:
     """Replace the unlearn+eval step with a fake that writes what a finished run leaves."""
     seen: list[dict] = []
 
-    def fake_run_one(cfg, sets, downstream=None):
+    def fake_run_one(cfg, plan):
         out = Path(cfg.out)
         seen.append({"out": out, "method": cfg.method, "lr": cfg.lr, "overwrite": cfg.overwrite,
-                     "sets": [s.name for s in sets or []]})
+                     "sets": [s.name for s in plan.sets or []]})
         if cfg.method == "NPO+KL":
             raise RuntimeError("non-finite loss at step 3")
         (out / "model").mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@ import json
 
 import pytest
 
+from unlearn.errors import ConfigError
+
 from unlearn.refusals import REFUSALS
 from unlearn.synthetic import generate, make_authors, write_synthetic
 
@@ -151,10 +153,10 @@ def test_all_facts_covered_with_distinct_questions():
 
 def test_bad_arguments():
     for n in (0, 5, 15, 95, 2000):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             generate(n_authors=n)
     for qa in (0, 11):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             generate(qa_per_author=qa)
 
 
@@ -189,12 +191,12 @@ def test_refusals():
 
 
 def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
-    import unlearn.synthetic as synthetic
+    import unlearn.io
 
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic.os, "replace", boom)
+    monkeypatch.setattr(unlearn.io.os, "replace", boom)
     with pytest.raises(OSError):
         write_synthetic(tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -10,16 +10,8 @@ from typing import Callable
 
 from .config import add_config_args, config_from_args
 
-MODEL = ["model", "prompt_format", "dtype", "trust_remote_code", "attn_implementation", "gradient_checkpointing"]
-TRAIN = ["epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup", "seed", "max_length",
-         "mixed_precision"]
-UNLEARN = ["data", "split", "task_id", "forget", "retain", "idk", "method", "forget_coeff", "reg_coeff",
-           "beta", "mask", "fix_ref_model", "ref_model"]
-OUT = ["out", "overwrite"]
-LORA = ["lora", "lora_r", "lora_alpha", "lora_dropout", "optim"]
-RESUME = ["save_every", "resume"]
-EVAL = ["eval_data", "embedder", "nli", "eval_batch_size", "retain_model"]
-DOWNSTREAM = ["downstream", "downstream_limit", "downstream_include"]
+TRAINING = ("model", "lora", "train")  # flag groups of config.py
+UNLEARNING = TRAINING + ("data", "unlearn")
 
 
 def _say(text: str) -> None:
@@ -40,20 +32,9 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .evals.downstream import downstream_after_unlearning, downstream_tasks_for
-    from .evals.commands import eval_sets_for, evaluate_after_unlearning
-    from .pipeline import unlearn
+    from .pipeline import run
 
-    cfg = config_from_args(args)
-    sets = eval_sets_for(cfg) if cfg.eval else None  # validated before any model is loaded
-    downstream = downstream_tasks_for(cfg) if cfg.downstream else None
-    result = unlearn(cfg)
-    _say(f"saved the unlearned model to {result['out'] / 'model'}")
-    if sets:  # every process evaluates its share of the items; the main process writes
-        evaluate_after_unlearning(cfg, result["model_obj"], result["tokenizer"], result["prompt_format"],
-                                  result["out"], sets=sets, shard=True)
-    if downstream and result["accelerator"].is_main_process:
-        downstream_after_unlearning(cfg, result["model_obj"], result["tokenizer"], result["out"], downstream)
+    run(config_from_args(args))
     return 0
 
 
@@ -106,21 +87,21 @@ def cmd_sweep(args) -> int:
 
 def _finetune_parser(p):
     p.add_argument("--train", nargs="+", required=True, help="question/answer JSON-lines files")
-    add_config_args(p, MODEL + LORA + TRAIN + OUT + RESUME)
+    add_config_args(p, TRAINING + ("out", "resume"))
 
 
 def _run_parser(p):
-    add_config_args(p, MODEL + LORA + TRAIN + UNLEARN + ["eval"] + EVAL + DOWNSTREAM + OUT + RESUME)
+    add_config_args(p, UNLEARNING + ("eval", "downstream", "out", "resume"))
 
 
 def _eval_parser(p):
-    add_config_args(p, [m for m in MODEL if m != "gradient_checkpointing"] + ["data", "split", "task_id"] + EVAL + OUT)
+    add_config_args(p, ("model", "data", "eval", "out"), exclude=("eval",))
 
 
 def _continual_parser(p):
     p.add_argument("--tasks", default=None, help="tasks in order, e.g. 1,2,3 or 1-10 (default: every task)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the model of every task, not just the last")
-    add_config_args(p, MODEL + LORA + TRAIN + UNLEARN + ["eval", "save_every"] + EVAL + OUT)
+    add_config_args(p, UNLEARNING + ("eval", "out", "resume"), exclude=("resume",))
 
 
 def _demo_parser(p):
@@ -193,12 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     # Under accelerate launch / torchrun every process runs this; the others only report problems.
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
-    from .data import DataError
-    from .train import DivergenceError
+    from .errors import UnlearnError
 
     try:
         return args.func(args)
-    except (DataError, DivergenceError, FileNotFoundError, ValueError, OSError) as e:
+    except UnlearnError as e:  # the user's input or machine; anything else is a bug and keeps its traceback
         if getattr(args, "debug", False):
             raise
         print(f"unlearn: error: {e}", file=sys.stderr)

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT = "checkpoint"
+from .errors import OutputError
+from .rundir import CHECKPOINT
+
 STATE = "trainer_state.json"
 REF_STATS = "ref_stats.safetensors"
 VERSION = 1
@@ -88,12 +90,6 @@ def _discard(folder: Path, out_dir) -> None:
 def exists(out_dir: str | os.PathLike) -> bool:
     """True when ``out_dir`` holds a complete checkpoint to resume from (read-only)."""
     return any(_complete(f) for f in (path(out_dir), _tmp(out_dir), _old(out_dir)))
-
-
-def resumable(out_dir: str | os.PathLike) -> bool:
-    """True when the run in ``out_dir`` stopped before its final model and left a checkpoint:
-    run it again with ``resume=True`` (``--resume``) to continue it."""
-    return exists(out_dir) and not (Path(out_dir) / "model").exists()
 
 
 def step_of(out_dir: str | os.PathLike) -> int | None:
@@ -189,10 +185,10 @@ def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
 
     folder = path(out_dir)
     if not _complete(folder):
-        raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (call recover() first)")
+        raise RuntimeError(f"{out_dir}: no checkpoint to resume from (call recover() first)")
     state = json.loads((folder / STATE).read_text(encoding="utf-8"))
     if state.get("version") != VERSION:
-        raise ValueError(f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
+        raise OutputError(f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
                          "it was written by another version of unlearn")
     ref_stats = load_file(str(folder / REF_STATS)) if (folder / REF_STATS).is_file() else None
     if ref_stats is not None:

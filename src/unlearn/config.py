@@ -1,10 +1,18 @@
 """The single configuration schema.
 
 One flat dataclass: every field is at once a command-line flag (``--grad-accum``), a YAML key
-(``grad_accum: 4``) and an entry of the ``config.yaml`` saved beside every model. The attribute
-docstrings (``help=``) are the help text. Precedence: defaults < ``--config FILE`` < flags.
-Fields left at ``None`` take the paper's per-method default when the run starts (see
-:func:`unlearn.methods.method_defaults`).
+(``grad_accum: 4``) and an entry of the ``config.yaml`` saved beside every model. Each field's
+metadata is the rest of what the program knows about it, so nothing keeps a copy of the field list:
+
+* ``help``: the help text of the flag;
+* ``group``: the flag group (model, lora, train, data, unlearn, eval, downstream, out, resume);
+  each command takes whole groups (:data:`unlearn.__main__.COMMANDS`);
+* ``trajectory``: the field changes what a run computes, so a checkpoint written under another
+  value is not resumed (:func:`trajectory_fields`).
+
+Precedence: defaults < ``--config FILE`` < flags. Fields left at ``None`` take the method's own
+default when the run starts (:func:`unlearn.methods.resolve`); each default is written once, here
+or in the method's registry entry.
 """
 
 from __future__ import annotations
@@ -17,74 +25,99 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 
-def _f(default: Any, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+EVAL_BATCH_SIZE = 16
+DEFAULT_NLI = "sileod/deberta-v3-base-tasksource-nli"  # the paper's entailment judge
+GROUPS = ("model", "lora", "train", "data", "unlearn", "eval", "downstream", "out", "resume")
+
+
+def _f(default: Any, help: str, group: str, trajectory: bool = False):
+    assert group in GROUPS, group
+    return field(default=default, metadata={"help": help, "group": group, "trajectory": trajectory})
 
 
 @dataclass
 class Config:
     # --- model ---
-    model: str = _f("tiny", "model: a local folder, a hub id, or a preset (tiny, smollm2-135m)")
+    model: str = _f("tiny", "model: a local folder, a hub id, or a preset (tiny, smollm2-135m)", "model", True)
     prompt_format: str | None = _f(
         None, "prompt format: llama2, llama3, chat_template, plain or a template with {question} "
-        "(default: detected from the model)")
+        "(default: detected from the model)", "model", True)
     dtype: str = _f("auto", "weights dtype: auto (training: float32 master weights; evaluation: bf16 on a GPU "
-                    "that has it, else float32), float32, bfloat16, float16")
-    trust_remote_code: bool = _f(False, "allow a model folder to run its own Python code (off by default)")
-    attn_implementation: str | None = _f(None, "attention kernel: eager, sdpa or flash_attention_2")
-    gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations")
+                    "that has it, else float32), float32, bfloat16, float16", "model", True)
+    trust_remote_code: bool = _f(False, "allow a model folder to run its own Python code (off by default)", "model")
+    attn_implementation: str | None = _f(None, "attention kernel: eager, sdpa or flash_attention_2", "model")
+    # --- LoRA ---
     lora: bool = _f(False, "train a LoRA adapter on every linear layer but the output head instead of all weights; "
-                    "saves OUT/adapter and the merged model in OUT/model")
-    lora_r: int = _f(8, "LoRA rank (PAPER code: 8)")
-    lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (PAPER code: 32)")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (PAPER code: 0.05)")
-    # --- data ---
-    data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU")
-    split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10")
-    task_id: int | None = _f(1, "task of the split to unlearn (TOFU: 1..10; real world: all tasks when unset)")
-    forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)")
-    retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)")
-    idk: str | None = _f(None, "refusal sentences for IDK/DPO/AP, one per line (default: built-in list)")
-    max_length: int = _f(500, "longest training sequence in tokens (PAPER: 500 TOFU, 300 real world)")
-    # --- method and optimisation ---
-    method: str = _f("ME+GD", "unlearning method: FORGET[+REG], e.g. ME+GD, IDK+AP, NPO+KL, GA, LLMU")
-    epochs: float = _f(5, "epochs over the forget set")
-    lr: float = _f(1e-5, "peak learning rate (AdamW)")
-    batch_size: int = _f(4, "examples per device per micro-step")
-    grad_accum: int = _f(4, "micro-steps accumulated per optimiser step")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    optim: str = _f("adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)")
-    warmup: int | None = _f(None, "linear warm-up steps (default: one epoch of steps when an epoch has more than one)")
-    forget_coeff: float | None = _f(None, "weight of the forget term (default: 0.1 for ME, 1.0 otherwise)")
-    reg_coeff: float = _f(1.0, "weight of the regulariser")
-    beta: float = _f(0.1, "inverse temperature of NPO, DPO and AP")
-    mask: bool | None = _f(None, "mask question tokens out of the forget loss (default: on, off for ME)")
-    fix_ref_model: bool = _f(False, "continual: keep the original model as the reference instead of the previous one")
-    ref_model: str | None = _f(None, "reference model folder (default: the model being unlearned, before training)")
-    seed: int = _f(1001, "random seed")
+                    "saves OUT/adapter and the merged model in OUT/model", "lora", True)
+    lora_r: int = _f(8, "LoRA rank (paper's code: 8)", "lora", True)
+    lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (paper's code: 32)", "lora", True)
+    lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (paper's code: 0.05)", "lora", True)
+    # --- optimisation ---
+    epochs: float = _f(5, "epochs over the forget set", "train", True)
+    lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True)
+    batch_size: int = _f(4, "examples per device per micro-step", "train", True)
+    grad_accum: int = _f(4, "micro-steps accumulated per optimiser step", "train", True)
+    weight_decay: float = _f(0.01, "AdamW weight decay", "train", True)
+    optim: str = _f("adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)",
+                    "train", True)
+    warmup: int | None = _f(None, "linear warm-up steps (default: one epoch of steps when an epoch has more than one)",
+                            "train", True)
+    seed: int = _f(1001, "random seed", "train", True)
+    max_length: int = _f(500, "longest training sequence in tokens (paper: 500 TOFU, 300 real world)", "train", True)
     mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
-                              "that supports it, else none), no, bf16 or fp16")
+                              "that supports it, else none), no, bf16 or fp16", "train", True)
+    gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations", "train")
+    # --- data ---
+    data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU", "data", True)
+    split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)
+    task_id: int | None = _f(1, "task of the split to unlearn (TOFU: 1..10; real world: all tasks when unset)",
+                             "data", True)
+    # --- unlearning ---
+    forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
+    retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
+    idk: str | None = _f(None, "refusal sentences for IDK/DPO/AP, one per line (default: built-in list)",
+                         "unlearn", True)
+    method: str = _f("ME+GD", "unlearning method: FORGET[+REG], e.g. ME+GD, IDK+AP, NPO+KL, GA, LLMU",
+                     "unlearn", True)
+    method_args: dict | None = _f(None, "a hyper-parameter of the method's terms, NAME=VALUE or TERM.NAME=VALUE "
+                                  "(repeatable; e.g. beta=0.2, AP.beta=0.5; the names each method takes are "
+                                  "listed in docs/methods.md)", "unlearn", True)
+    forget_coeff: float | None = _f(None, "weight of the forget term (default: the term's, 0.1 for ME, else 1.0)",
+                                    "unlearn", True)
+    reg_coeff: float | None = _f(None, "weight of the regulariser (default: the term's, 1.0)", "unlearn", True)
+    mask: bool | None = _f(None, "mask question tokens out of the forget loss (default: the term's, on; off for ME)",
+                           "unlearn", True)
+    fix_ref_model: bool = _f(False, "continual: keep the original model as the reference instead of the previous one",
+                             "unlearn")
+    ref_model: str | None = _f(None, "reference model folder (default: the model being unlearned, before training)",
+                               "unlearn", True)
     # --- evaluation ---
-    eval: bool = _f(True, "evaluate after unlearning (--no-eval skips it)")
-    eval_data: str | None = _f(None, "evaluation data folder (*_perturbed.json files) when it differs from --data")
+    eval: bool = _f(True, "evaluate after unlearning (--no-eval skips it)", "eval")
+    eval_data: str | None = _f(None, "evaluation data folder (*_perturbed.json files) when it differs from --data",
+                               "eval")
     embedder: str | None = _f(None, "sentence embedder for Cosine Similarity: a sentence-transformers folder or hub id "
-                              "(default: the packaged all-MiniLM-L6-v2)")
-    nli: str | None = _f("sileod/deberta-v3-base-tasksource-nli",
-                         "NLI model for the Entailment Score: a folder or hub id; none disables it")
-    eval_batch_size: int = _f(16, "questions per batch when evaluating")
+                              "(default: the packaged all-MiniLM-L6-v2)", "eval")
+    nli: str | None = _f(DEFAULT_NLI, "NLI model for the Entailment Score: a folder or hub id; none disables it "
+                         "(the default is reported unavailable when it cannot be loaded; any other that cannot is "
+                         "an error)", "eval")
+    eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval")
     retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
-                                  "evaluation (eval_Forget.jsonl)")
+                                  "evaluation (eval_Forget.jsonl)", "eval")
+    # --- downstream ---
     downstream: str | None = _f(None, "lm-eval tasks to run after unlearning, comma-separated; the paper's: "
-                                "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval")
-    downstream_limit: int | None = _f(None, "items per downstream task, for quick checks (None: every item)")
-    downstream_include: str | None = _f(None, "folder of custom lm-eval task YAML files for --downstream")
+                                "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval",
+                                "downstream")
+    downstream_limit: int | None = _f(None, "items per downstream task, for quick checks (None: every item)",
+                                      "downstream")
+    downstream_include: str | None = _f(None, "folder of custom lm-eval task YAML files for --downstream", "downstream")
     # --- outputs ---
-    out: str | None = _f(None, "output folder")
-    overwrite: bool = _f(False, "allow writing into an output folder that already holds results")
+    out: str | None = _f(None, "output folder", "out")
+    overwrite: bool = _f(False, "allow writing into an output folder that already holds results", "out")
     save_every: int | None = _f(None, "write a resumable checkpoint to OUT/checkpoint every N optimiser steps "
-                                "(deleted once the final model is saved)")
-    resume: bool = _f(False, "continue the interrupted run in --out from its checkpoint (same settings)")
+                                "(deleted once the final model is saved)", "resume")
+    resume: bool = _f(False, "continue the interrupted run in --out from its checkpoint (same settings)", "resume")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,20 +132,34 @@ class Config:
 
 
 FIELD_NAMES = {f.name for f in fields(Config)}
+RENAMED = {"beta": "beta is a method argument now: method_args: {beta: 0.1} (flag: --method-arg beta=0.1)"}
+
+
+def fields_of(*groups: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Names of the fields in ``groups``, in schema order."""
+    return [f.name for f in fields(Config) if f.metadata["group"] in groups and f.name not in exclude]
+
+
+def trajectory_fields() -> list[str]:
+    """The fields a run's result depends on: a checkpoint is resumed only under the same values."""
+    return [f.name for f in fields(Config) if f.metadata["trajectory"]]
+
+
+def default(name: str) -> Any:
+    """The schema's default of a field."""
+    return Config.__dataclass_fields__[name].default
 
 
 def read_yaml_mapping(path: str | Path, what: str, shape: str) -> dict[str, Any]:
     """A YAML file holding a mapping; a missing file, bad YAML or another shape is one clear error."""
-    from .data import DataError
-
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: a {what} must be {shape}")
+        raise ConfigError(f"{path}: a {what} must be {shape}")
     return raw
 
 
@@ -124,13 +171,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def config_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """``raw`` with keys as field names ('-' read as '_'); an unknown key is an error prefixed by ``where``."""
-    from .data import DataError
-
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if name in RENAMED:
+            raise ConfigError(f"{where}key '{key}': {RENAMED[name]}")
         if name not in FIELD_NAMES:
-            raise DataError(f"{where}unknown key '{key}' (valid: {', '.join(sorted(FIELD_NAMES))})")
+            raise ConfigError(f"{where}unknown key '{key}' (valid: {', '.join(sorted(FIELD_NAMES))})")
         out[name] = value
     return out
 
@@ -144,53 +191,77 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def add_config_args(parser: argparse.ArgumentParser, names: list[str]) -> None:
-    """Add ``--flag`` for each named field; defaults are suppressed so we know what was given."""
+def _method_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], exclude: tuple[str, ...] = ()) -> None:
+    """Add ``--flag`` for each field of ``groups``; defaults are suppressed so we know what was given."""
     by_name = {f.name: f for f in fields(Config)}
     parser.add_argument("--config", help="YAML file with any of these keys; flags override it")
-    for name in names:
+    for name in fields_of(*groups, exclude=exclude):
         f = by_name[name]
         flag = "--" + name.replace("_", "-")
         help_text = f.metadata["help"]
-        if f.type in ("bool", "bool | None"):
+        if name == "method_args":
+            parser.add_argument("--method-arg", dest=name, type=_method_arg, action="append",
+                                default=argparse.SUPPRESS, metavar="NAME=VALUE", help=help_text)
+        elif f.type in ("bool", "bool | None"):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
-            continue
-        typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-        parser.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
-                            help=f"{help_text} (default: {f.default})")
+        else:
+            typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
+                                help=f"{help_text} (default: {f.default})")
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))
-    values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES})
+    given = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
+    if "method_args" in given:  # flags add to (and override) the file's arguments
+        given["method_args"] = {**_mapping(values.get("method_args"), "method_args"), **dict(given["method_args"])}
+    values.update(given)
     values.update(overrides)
     cfg = Config(**values)
     _check_types(cfg)
     return cfg
 
 
-def _check_types(cfg: Config) -> None:
-    from .data import DataError
+def _mapping(value: Any, name: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config: '{name}' must be a mapping of names to values, got {value!r}")
+    return {str(k): v for k, v in value.items()}
 
+
+def _check_types(cfg: Config) -> None:
     for f in fields(Config):
         value = getattr(cfg, f.name)
         t = str(f.type)
         if value is None:
             if "None" not in t:
-                raise DataError(f"config: '{f.name}' may not be empty")
+                raise ConfigError(f"config: '{f.name}' may not be empty")
             continue
-        if t.startswith("bool") and isinstance(value, str):
-            setattr(cfg, f.name, _parse_bool(value))
+        if t.startswith("dict"):
+            setattr(cfg, f.name, _mapping(value, f.name))
+        elif t.startswith("bool") and isinstance(value, str):
+            try:
+                setattr(cfg, f.name, _parse_bool(value))
+            except argparse.ArgumentTypeError:
+                raise ConfigError(f"config: '{f.name}' must be true or false, got {value!r}") from None
         elif t.startswith("int") and not isinstance(value, bool):
             try:
                 setattr(cfg, f.name, int(value))
             except (TypeError, ValueError):
-                raise DataError(f"config: '{f.name}' must be an integer, got {value!r}") from None
+                raise ConfigError(f"config: '{f.name}' must be an integer, got {value!r}") from None
         elif t.startswith("float"):
             try:
                 setattr(cfg, f.name, float(value))
             except (TypeError, ValueError):
-                raise DataError(f"config: '{f.name}' must be a number, got {value!r}") from None
+                raise ConfigError(f"config: '{f.name}' must be a number, got {value!r}") from None

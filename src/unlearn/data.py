@@ -20,18 +20,15 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from .encoding import Encoded, encode_qa, pad_batch
+from .encoding import Encoded, encode_qa, make_collate  # noqa: F401 (make_collate: re-exported)
+from .errors import DataError
 
 SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
 HUB_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-
-
-class DataError(ValueError):
-    """Bad input, reported in one line naming the file, the line and the field."""
 
 
 # --------------------------------------------------------------------------- reading records
@@ -284,16 +281,3 @@ class _Encoder:
                       self.fmt.add_special_tokens)
         self.truncated += e.truncated
         return e
-
-
-def make_collate(pad_id: int) -> Callable[[list[dict]], dict]:
-    """Collate items into ``{"index": (B,), part: {input_ids, attention_mask, labels}}``."""
-
-    def collate(items: list[dict]) -> dict:
-        batch: dict = {"index": torch.tensor([it["index"] for it in items])}
-        for part in items[0]:
-            if part != "index":
-                batch[part] = pad_batch([it[part] for it in items], pad_id)
-        return batch
-
-    return collate

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from .config import Config
-from .data import DataError, read_records
+from .data import read_records
+from .errors import DataError, OutputError
+from .rundir import RunDir
 
 log = logging.getLogger("unlearn")
 
@@ -31,6 +33,7 @@ SETTINGS = {
 # name -> (method, overrides of the unlearning settings). IDK+AP converges faster: more epochs
 # only make it over-refuse on retain questions.
 METHODS = {"unlearned": ("ME+GD", {}), "idk_ap": ("IDK+AP", {"epochs": 5})}
+STAGES = ("target", "retain_model", "unlearned", "idk_ap")
 SHOW = ["Forget ROUGE", "Forget Probability", "Forget Paraphrased ROUGE", "Retain ROUGE", "Retain Probability",
         "Model Utility", "Forget Efficacy", "Forget Quality"]
 
@@ -42,11 +45,11 @@ def _step(msg: str) -> None:
 def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli: str | None = "none",
              seed: int = 1001, scale: float = 1.0) -> dict:
     """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 uses fewer authors (tests)."""
+    from .evals.commands import EvalPlan, Judges, retain_ratios_from
     from .evals.judges import load_embedder, load_nli
-    from .evals.commands import _forget_set, retain_ratios_from
-    from .evals.sets import load_eval_sets
+    from .evals.sets import forget_set, load_eval_sets
     from .evals.suites import evaluate, write_evaluation
-    from .pipeline import finetune, unlearn, load_for_training
+    from .pipeline import finetune, load_for_training, run
     from .synthetic import write_synthetic
 
     if model not in SETTINGS:
@@ -59,8 +62,9 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
         # thread that has to wait for a busy core slows every step down many times over.
         torch.set_num_threads(1)
     out = Path(out)
-    if (out / "unlearned" / "summary.json").exists() and not overwrite:
-        raise DataError(f"{out}: already holds a demo; choose another --out or pass --overwrite")
+    stages = [RunDir(out / name) for name in STAGES]
+    if not overwrite and any(stage.results() or stage.summary.exists() for stage in stages):
+        raise OutputError(f"{out}: already holds a demo; choose another --out or pass --overwrite")
     t0 = time.time()
     authors = max(20, int(round(s["authors"] * scale / 10)) * 10)
     data = write_synthetic(out / "data", n_authors=authors, qa_per_author=s["qa_per_author"], seed=0)
@@ -85,13 +89,13 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
     retain_model = finetune(rt, [str(retain_file), str(data / "general.json")])
 
     _step("3/5 evaluating the target and the retain model")
-    embedder, judge = load_embedder(None), load_nli(nli)
+    judges = Judges(load_embedder(None), load_nli(nli))
     summaries = {}
-    retain_ratios = retain_ratios_from(retain_model, _forget_set(sets), batch_size=16)
+    plan = EvalPlan(sets, judges, retain_ratios_from(retain_model, forget_set(sets), batch_size=base.eval_batch_size),
+                    batch_size=base.eval_batch_size)
     for name, path in (("target", target), ("retain_model", retain_model)):
-        cfg = dataclasses.replace(base, model=str(path))
-        m, tok, fmt = load_for_training(cfg, [])
-        ev = evaluate(m, tok, fmt, sets, embedder, judge, 16, retain_ratios)
+        m, tok, fmt, _ = load_for_training(dataclasses.replace(base, model=str(path)), [])
+        ev = evaluate(m, tok, fmt, sets, judges.embedder, judges.nli, plan.batch_size, plan.retain_ratios)
         write_evaluation(ev, out / name)
         summaries[name] = ev.summary
 
@@ -99,11 +103,7 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
         _step(f"{4 + i}/5 unlearning with {method}, then evaluating")
         cfg = dataclasses.replace(base, model=str(target), method=method, out=str(out / name),
                                   **{**s["unlearn"], **overrides})
-        result = unlearn(cfg)
-        ev = evaluate(result["model_obj"], result["tokenizer"], result["prompt_format"], sets, embedder, judge,
-                      16, retain_ratios)
-        write_evaluation(ev, out / name)
-        summaries[name] = ev.summary
+        summaries[name] = run(cfg, plan=plan).summary
 
     from .report import write_report
 

@@ -16,7 +16,6 @@ Nothing here needs a GPU: on CPU the processes talk over gloo, which is how the 
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 
@@ -178,46 +177,7 @@ def mean_over_processes(values: dict[str, float], accelerator) -> dict[str, floa
     return dict(zip(values, accelerator.reduce(t, reduction="mean").tolist()))
 
 
-# ---------------------------------------------------------------------- reference and saving
-
-
-def _drop_auto(config: dict) -> dict:
-    """A DeepSpeed config without its ``"auto"`` entries (only ``prepare`` knows how to fill them)."""
-    return {k: _drop_auto(v) if isinstance(v, dict) else v for k, v in config.items() if v != "auto"}
-
-
-def prepare_reference(ref, accelerator, prepared=None):
-    """A frozen reference model ready for this engine: eval mode, no gradients, no optimiser.
-
-    Under ZeRO-3 it is partitioned like the trained model (an inference-only DeepSpeed engine:
-    same ZeRO-3 and parameter-offload settings, no optimiser, no optimiser offload), so it costs
-    1/N of its weights per GPU. Elsewhere (one process, DDP, FSDP) it is placed whole on this
-    process's device. A LoRA model's reference (:class:`unlearn.lora.AdapterOff`) is the trained
-    model itself, run through ``prepared`` (the trained model as prepared) when its weights are
-    sharded.
-    """
-    from accelerate.utils import DistributedType
-
-    from .lora import AdapterOff
-
-    if isinstance(ref, AdapterOff):
-        if prepared is not None and accelerator.distributed_type == DistributedType.FSDP:
-            ref.runner = prepared  # (ZeRO-3 hooks every layer: the model itself gathers its weights)
-        return ref
-    ref.eval().requires_grad_(False)
-    if zero_stage(accelerator) == 3:
-        import deepspeed
-
-        config = _drop_auto(copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config))
-        for key in ("optimizer", "scheduler", "gradient_clipping"):
-            config.pop(key, None)
-        config.get("zero_optimization", {}).pop("offload_optimizer", None)
-        config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
-                      train_batch_size=accelerator.num_processes)
-        engine, *_ = deepspeed.initialize(model=ref, config=config)
-        engine.eval()
-        return engine
-    return ref.to(accelerator.device)
+# ------------------------------------------------------------------------------- saving
 
 
 def partitioned_loading(accelerator, on: bool) -> None:
@@ -264,15 +224,15 @@ def full_state_dict(accelerator, prepared, model=None) -> dict | None:
 
 def check_optim(name: str) -> None:
     """A clear error before any model is loaded: unknown optimiser, or bitsandbytes missing."""
-    from .data import DataError
+    from .errors import ConfigError, DependencyError
 
     if name not in OPTIMIZERS:
-        raise DataError(f"unknown --optim {name!r} (valid: {', '.join(OPTIMIZERS)})")
+        raise ConfigError(f"unknown --optim {name!r} (valid: {', '.join(OPTIMIZERS)})")
     if name == "adamw_8bit":
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise DataError(BNB_INSTALL)
+            raise DependencyError(BNB_INSTALL)
 
 
 def build_optimizer(model, cfg):

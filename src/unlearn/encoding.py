@@ -10,10 +10,17 @@ question except the ME forget term, which trains on question tokens too).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 IGNORE_INDEX = -100
+"""Label of a position that carries no loss (question tokens, padding), as in transformers."""
+
+
+def pad_id(tokenizer) -> int:
+    """The id padding uses: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 @dataclass
@@ -78,3 +85,16 @@ def pad_batch(seqs: list[Encoded], pad_id: int, side: str = "right") -> dict[str
         labels[row, sl] = torch.tensor(s.labels)
         mask[row, sl] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_collate(pad: int) -> Callable[[list[dict]], dict]:
+    """Collate items into ``{"index": (B,), part: {input_ids, attention_mask, labels}}``."""
+
+    def collate(items: list[dict]) -> dict:
+        batch: dict = {"index": torch.tensor([it["index"] for it in items])}
+        for part in items[0]:
+            if part != "index":
+                batch[part] = pad_batch([it[part] for it in items], pad)
+        return batch
+
+    return collate

@@ -10,7 +10,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -81,3 +83,39 @@ def read_csv_rows(path: str | Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------ folders
+
+
+def temp_dir_next_to(target: Path) -> Path:
+    """A fresh folder on the same file system as ``target`` (so a rename can publish it)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should not be
+    return tmp
+
+
+def publish_dir(tmp: Path, target: Path, keep_marker: str | None = None) -> bool:
+    """Move the finished folder ``tmp`` to ``target``; False when ``target`` already held a folder
+    complete by ``keep_marker`` (a file in it), which is then kept.
+
+    A rename onto a missing (or empty) folder is atomic. An existing folder is renamed aside first
+    and deleted after, so ``target`` is only ever absent, old or new, never half-written.
+    """
+    try:
+        os.rename(tmp, target)
+        return True
+    except OSError:
+        if not target.exists():
+            raise
+    if keep_marker and (target / keep_marker).is_file():
+        return False
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True

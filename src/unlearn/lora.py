@@ -5,7 +5,7 @@ As in the paper's code, the adapter goes on every linear layer but the output he
 loaded. That gives two things for free:
 
 * the reference model of KL is the base model with the adapter switched off
-  (``model.disable_adapter()``), so no frozen copy of the model is kept in memory;
+  (:class:`unlearn.reference.AdapterOff`), so no frozen copy of the model is kept in memory;
 * the reference NLLs of NPO/DPO, computed before the first step, are the base model's (a new
   adapter starts as the identity: ``B = 0``).
 
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError, ModelError
+
 log = logging.getLogger("unlearn")
 
 ADAPTER = "default"  # peft's name of the one adapter we train
@@ -43,7 +45,7 @@ def target_modules(model) -> list[str]:
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     names -= head_names | {"lm_head"}
     if not names:
-        raise ValueError(f"{type(model).__name__} has no linear layer besides the output head to put LoRA on")
+        raise ModelError(f"{type(model).__name__} has no linear layer besides the output head to put LoRA on")
     return sorted(names)
 
 
@@ -58,7 +60,7 @@ def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradie
     from peft import LoraConfig, get_peft_model
 
     if r < 1:
-        raise ValueError(f"--lora-r must be at least 1, got {r}")
+        raise ConfigError(f"--lora-r must be at least 1, got {r}")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model),
                         bias="none", task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):
@@ -73,32 +75,6 @@ def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradie
     log.info("LoRA r=%d alpha=%d on %s: %d of %d parameters train (%.2f%%)", r, alpha,
              ",".join(sorted(config.target_modules)), trainable, total, 100 * trainable / max(total, 1))
     return model
-
-
-class AdapterOff:
-    """The frozen reference of a LoRA model: the same model called with its adapter disabled.
-
-    Stands in for a copy of the base model (the KL regulariser calls it under ``no_grad``); it
-    holds no weights of its own. The model is put in eval mode for the call, like a frozen copy.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.runner = model  # under FSDP, the wrapped model: only the wrapper can run sharded weights
-
-    def __call__(self, *args, **kwargs):
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter():
-                return self.runner(*args, **kwargs)
-        finally:
-            self.model.train(was_training)
-
-
-def reference_view(model):
-    """:class:`AdapterOff` for a LoRA model, None otherwise."""
-    return AdapterOff(model) if is_peft(model) else None
 
 
 @contextlib.contextmanager
@@ -152,15 +128,15 @@ def save_adapter(model, state_dict: dict[str, torch.Tensor] | None, out: str | P
     ``state_dict``: the full LoRA model's weights when they had to be gathered (ZeRO-3, FSDP);
     None reads them from ``model``.
     """
-    from .models import _publish_dir, _temp_dir_next_to
+    from .io import publish_dir, temp_dir_next_to
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_dir_next_to(out)
+    tmp = temp_dir_next_to(out)
     try:
         kwargs = {} if state_dict is None else {"state_dict": state_dict}
         model.save_pretrained(tmp, save_embedding_layers=False, **kwargs)
-        _publish_dir(tmp, out)
+        publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -11,7 +11,7 @@ Conventions shared by every function:
 * Any float dtype is accepted (bf16 included); the arithmetic is done in float32 and the result is
   float32, because a sum of a few hundred token NLLs or a log-sum-exp over 128k logits loses too
   many digits in bf16.
-* ``β`` defaults to 0.1 as in the paper.
+* ``β`` has no default here: each method term declares its own (``unlearn.methods``; the paper's is 0.1).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from .encoding import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -112,7 +112,7 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / token_counts(labels).sum().clamp(min=1)
 
 
-def npo(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+def npo(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
     """Negative Preference Optimization forget loss.
 
     ``L = −(2/β) · mean_b log σ(β · (nll_θ,b − nll_ref,b))``
@@ -138,7 +138,7 @@ def dpo(
     nll_rejected: torch.Tensor,
     ref_nll_chosen: torch.Tensor,
     ref_nll_rejected: torch.Tensor,
-    beta: float = 0.1,
+    beta: float,
 ) -> torch.Tensor:
     """Direct Preference Optimization forget loss: prefer the refusal over the true answer.
 
@@ -161,7 +161,7 @@ def dpo(
     return -(2.0 / beta) * F.logsigmoid(beta * (policy - reference)).mean()
 
 
-def ap(nll_answer: torch.Tensor, nll_idk: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+def ap(nll_answer: torch.Tensor, nll_idk: torch.Tensor, beta: float) -> torch.Tensor:
     """Answer Preservation regulariser (the paper's IDK+AP): prefer the true retain answer over a refusal.
 
     ``L = −(1/β) · mean_b log σ(β · (nll_θ(retain + IDK) − nll_θ(retain)))``

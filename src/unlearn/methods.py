@@ -1,25 +1,30 @@
 """Unlearning methods: forget terms and regularisers, registered by name and composed.
 
 ``"ME+GD"`` parses into the forget term ``ME`` and the regulariser ``GD``; the objective is
-``forget_coeff * forget + reg_coeff * reg`` (PAPER.md §1). Each term declares the batch parts it
-reads and what it needs from the reference model, so the trainer loads only what is needed:
+``forget_coeff * forget + reg_coeff * reg`` (docs/methods.md). Each term declares
 
-* ``ref="nll"``: per-sequence reference NLLs, computed once per task before training and cached
-  (no second model in memory while training);
-* ``ref="logits"``: full reference distributions at every step (KL), so a frozen reference model
-  stays in memory.
+* the batch parts it reads and what it needs from the reference (:mod:`unlearn.reference`):
+  ``ref="nll"``: per-sequence reference NLLs, computed once per task and cached (no second model
+  in memory); ``ref="logits"``: full reference distributions at every step (a frozen model);
+* its own hyper-parameters with their defaults (``args``), which it receives by name, and its
+  default weight in the objective (``coeff``); a forget term also says whether its sequences
+  mask the question (``mask_question``).
 
-All the math lives in :mod:`unlearn.losses`; a term is a few lines that pick its inputs.
+Users override the arguments with ``--method-arg NAME=VALUE`` (``method_args:`` in YAML); a name
+that both terms declare is written ``TERM.NAME`` (``DPO.beta=0.2``). Adding a loss-based method is
+its math in :mod:`unlearn.losses`, one entry here and its tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
 from . import losses
+from .errors import ConfigError
 
 PAPER = "https://arxiv.org/abs/2410.08109"
 
@@ -27,8 +32,8 @@ PAPER = "https://arxiv.org/abs/2410.08109"
 class BatchView:
     """Model outputs for one batch, computed once per part and shared by every term."""
 
-    def __init__(self, model, batch: dict, ref_model=None, ref_stats: dict | None = None):
-        self.model, self.batch, self.ref_model, self.ref_stats = model, batch, ref_model, ref_stats
+    def __init__(self, model, batch: dict, reference=None):
+        self.model, self.batch, self.reference = model, batch, reference
         self._logits: dict[str, torch.Tensor] = {}
 
     def labels(self, part: str) -> torch.Tensor:
@@ -48,48 +53,55 @@ class BatchView:
         return losses.mean_nll(self.logits(part), self.labels(part))
 
     def ref_nll(self, part: str) -> torch.Tensor:
-        """Cached reference NLLs of this batch's items (see :func:`unlearn.train.reference_nlls`)."""
-        if self.ref_stats is None or part not in self.ref_stats:
+        """Cached reference NLLs of this batch's items (:class:`unlearn.reference.Reference`)."""
+        stats = getattr(self.reference, "stats", None)
+        if stats is None or part not in stats:
             raise RuntimeError(f"reference NLLs of '{part}' were not computed before training")
-        idx = self.batch["index"].to(self.ref_stats[part].device)
-        return self.ref_stats[part][idx].to(self.labels(part).device)
+        idx = self.batch["index"].to(stats[part].device)
+        return stats[part][idx].to(self.labels(part).device)
 
     def ref_logits(self, part: str) -> torch.Tensor:
-        if self.ref_model is None:
+        model = getattr(self.reference, "model", None)
+        if model is None:
             raise RuntimeError("this method needs a reference model but none was loaded")
         p = self.batch[part]
         with torch.no_grad():
-            return self.ref_model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits
+            return model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits
 
 
 @dataclass(frozen=True)
 class Term:
+    """One loss term: ``fn(view, **args)`` → 0-dim tensor."""
+
     name: str
-    fn: Callable[[BatchView, float], torch.Tensor]
+    fn: Callable[..., torch.Tensor]
     parts: tuple[str, ...]
     ref: str | None = None  # None | "nll" | "logits"
     ref_parts: tuple[str, ...] = ()
+    args: dict[str, Any] = field(default_factory=dict)  # hyper-parameter -> default
+    coeff: float = 1.0  # default weight of the term in the objective
+    mask_question: bool = True  # forget terms: question tokens carry no loss in forget sequences
     doc: str = ""
     label: str = ""  # name of this term in logs; default "<name> forget term" / "<name> regulariser"
 
 
+BETA = {"beta": 0.1}  # inverse temperature of the preference losses (docs/methods.md)
+
 FORGET_TERMS: dict[str, Term] = {
     t.name: t
     for t in [
-        Term("GA", lambda v, b: -v.mean_nll("forget"), ("forget",),
-             doc="gradient ascent on the forget answers"),
-        Term("NPO", lambda v, b: losses.npo(v.nll("forget"), v.ref_nll("forget"), b), ("forget",),
-             ref="nll", ref_parts=("forget",), doc="negative preference optimisation (arXiv 2404.05868)"),
-        Term("DPO", lambda v, b: losses.dpo(v.nll("forget_idk"), v.nll("forget"),
-                                            v.ref_nll("forget_idk"), v.ref_nll("forget"), b),
-             ("forget", "forget_idk"), ref="nll", ref_parts=("forget", "forget_idk"),
+        Term("GA", lambda v: -v.mean_nll("forget"), ("forget",), doc="gradient ascent on the forget answers"),
+        Term("NPO", lambda v, beta: losses.npo(v.nll("forget"), v.ref_nll("forget"), beta), ("forget",),
+             ref="nll", ref_parts=("forget",), args=BETA, doc="negative preference optimisation (arXiv 2404.05868)"),
+        Term("DPO", lambda v, beta: losses.dpo(v.nll("forget_idk"), v.nll("forget"),
+                                               v.ref_nll("forget_idk"), v.ref_nll("forget"), beta),
+             ("forget", "forget_idk"), ref="nll", ref_parts=("forget", "forget_idk"), args=BETA,
              doc="prefer a refusal over the true answer (arXiv 2305.18290)"),
-        Term("IDK", lambda v, b: v.mean_nll("forget_idk"), ("forget_idk",),
-             doc="fine-tune the forget questions on refusals"),
-        Term("ME", lambda v, b: losses.max_entropy(v.logits("forget"), v.labels("forget")), ("forget",),
-             doc="maximise entropy: push next-token distributions towards uniform (this paper)"),
-        Term("LLMU", lambda v, b: -v.mean_nll("forget") + v.mean_nll("forget_mismatch"),
-             ("forget", "forget_mismatch"),
+        Term("IDK", lambda v: v.mean_nll("forget_idk"), ("forget_idk",), doc="fine-tune the forget questions on refusals"),
+        Term("ME", lambda v: losses.max_entropy(v.logits("forget"), v.labels("forget")), ("forget",),
+             coeff=0.1, mask_question=False,
+             doc="maximise entropy: push next-token distributions towards uniform, question tokens included (this paper)"),
+        Term("LLMU", lambda v: -v.mean_nll("forget") + v.mean_nll("forget_mismatch"), ("forget", "forget_mismatch"),
              doc="GA plus NLL of forget questions with random retain answers (arXiv 2310.10683)"),
     ]
 }
@@ -97,12 +109,12 @@ FORGET_TERMS: dict[str, Term] = {
 REGULARIZERS: dict[str, Term] = {
     t.name: t
     for t in [
-        Term("GD", lambda v, b: v.mean_nll("retain"), ("retain",), doc="gradient descent on the retain set"),
-        Term("KL", lambda v, b: losses.kl(v.logits("retain"), v.ref_logits("retain"),
-                                          v.batch["retain"]["attention_mask"].bool()),
+        Term("GD", lambda v: v.mean_nll("retain"), ("retain",), doc="gradient descent on the retain set"),
+        Term("KL", lambda v: losses.kl(v.logits("retain"), v.ref_logits("retain"),
+                                       v.batch["retain"]["attention_mask"].bool()),
              ("retain",), ref="logits", doc="KL(p_ref || p) on retain sequences"),
-        Term("AP", lambda v, b: losses.ap(v.nll("retain"), v.nll("retain_idk"), b), ("retain", "retain_idk"),
-             doc="answer preservation: prefer the retain answer over a refusal (this paper)"),
+        Term("AP", lambda v, beta: losses.ap(v.nll("retain"), v.nll("retain_idk"), beta), ("retain", "retain_idk"),
+             args=BETA, doc="answer preservation: prefer the retain answer over a refusal (this paper)"),
     ]
 }
 
@@ -112,53 +124,61 @@ DEFAULT_REG = {"LLMU": "KL"}
 
 @dataclass(frozen=True)
 class Objective:
-    """``forget_coeff * forget(batch) + reg_coeff * reg(batch)``."""
+    """``forget_coeff * forget(batch) + reg_coeff * reg(batch)``, each term called with its arguments."""
 
     forget: Term
     reg: Term | None
     forget_coeff: float = 1.0
     reg_coeff: float = 1.0
-    beta: float = 0.1
+    forget_args: dict[str, Any] = field(default_factory=dict)
+    reg_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.forget.name + (f"+{self.reg.name}" if self.reg else "")
 
     @property
+    def terms(self) -> list[Term]:
+        return [self.forget] + ([self.reg] if self.reg else [])
+
+    @property
     def parts(self) -> tuple[str, ...]:
-        parts = list(self.forget.parts) + (list(self.reg.parts) if self.reg else [])
-        return tuple(dict.fromkeys(parts))
+        return tuple(dict.fromkeys(p for t in self.terms for p in t.parts))
 
     @property
     def ref_nll_parts(self) -> tuple[str, ...]:
-        terms = [self.forget] + ([self.reg] if self.reg else [])
-        return tuple(dict.fromkeys(p for t in terms if t.ref == "nll" for p in t.ref_parts))
+        return tuple(dict.fromkeys(p for t in self.terms if t.ref == "nll" for p in t.ref_parts))
 
     @property
     def needs_ref_model(self) -> bool:
-        return any(t is not None and t.ref == "logits" for t in (self.forget, self.reg))
+        return any(t.ref == "logits" for t in self.terms)
+
+    @property
+    def method_args(self) -> dict[str, Any]:
+        """Every argument of both terms, qualified (``NPO.beta``): what ``config.yaml`` records."""
+        return {**{f"{self.forget.name}.{k}": v for k, v in self.forget_args.items()},
+                **({f"{self.reg.name}.{k}": v for k, v in self.reg_args.items()} if self.reg else {})}
 
     def __call__(self, view: BatchView) -> tuple[torch.Tensor, dict[str, float]]:
-        f = self.forget.fn(view, self.beta)
+        f = self.forget.fn(view, **self.forget_args)
         loss = self.forget_coeff * f
         parts = {self.forget.label or f"{self.forget.name} forget term": f.detach().float().item()}
         if self.reg is not None:
-            r = self.reg.fn(view, self.beta)
+            r = self.reg.fn(view, **self.reg_args)
             loss = loss + self.reg_coeff * r
             parts[self.reg.label or f"{self.reg.name} regulariser"] = r.detach().float().item()
         return loss, parts
 
 
 def valid_method_names() -> list[str]:
-    names = list(FORGET_TERMS) + [f"{f}+{r}" for f in FORGET_TERMS if f not in DEFAULT_REG for r in REGULARIZERS]
-    return names
+    return list(FORGET_TERMS) + [f"{f}+{r}" for f in FORGET_TERMS if f not in DEFAULT_REG for r in REGULARIZERS]
 
 
 def parse_method(name: str) -> tuple[Term, Term | None]:
     """``"ME+GD"`` → (ME, GD); ``"GA"`` → (GA, None); ``"LLMU"`` → (LLMU, KL)."""
-    pieces = [p.strip().upper() for p in name.split("+")]
+    pieces = [p.strip().upper() for p in str(name).split("+")]
     if len(pieces) > 2 or pieces[0] not in FORGET_TERMS or (len(pieces) == 2 and pieces[1] not in REGULARIZERS):
-        raise ValueError(
+        raise ConfigError(
             f"unknown method '{name}'. Forget terms: {', '.join(FORGET_TERMS)}; regularisers: "
             f"{', '.join(REGULARIZERS)}; write FORGET or FORGET+REG (e.g. ME+GD, IDK+AP, NPO+KL) or LLMU")
     forget = FORGET_TERMS[pieces[0]]
@@ -169,20 +189,75 @@ def parse_method(name: str) -> tuple[Term, Term | None]:
     return forget, reg
 
 
-def method_defaults(name: str) -> dict:
-    """The paper's per-method defaults: ME trains on question tokens too, with forget_coeff 0.1."""
-    forget, _ = parse_method(name)
-    if forget.name == "ME":
-        return {"forget_coeff": 0.1, "mask": False}
-    return {"forget_coeff": 1.0, "mask": True}
+def _arguments_text(terms: list[Term]) -> str:
+    listed = [f"{t.name}.{k} (default {v})" for t in terms for k, v in t.args.items()]
+    return ", ".join(listed) if listed else "none"
 
 
-def build_objective(name: str, forget_coeff: float | None = None, reg_coeff: float = 1.0,
-                    beta: float = 0.1) -> Objective:
-    forget, reg = parse_method(name)
-    if forget_coeff is None:
-        forget_coeff = method_defaults(name)["forget_coeff"]
-    return Objective(forget, reg, forget_coeff, reg_coeff, beta)
+def _convert(value: Any, default: Any, where: str) -> Any:
+    """``value`` (a YAML value or the text of a flag) as the type of the argument's default."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes", "on")
+            return bool(value)
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"method argument {where} must be {kind.__name__}, got {value!r}") from None
 
 
-FINETUNE = Objective(Term("NLL", lambda v, b: v.mean_nll("qa"), ("qa",), doc="fine-tuning", label="nll"), None)
+def resolve_args(forget: Term, reg: Term | None, given: dict[str, Any] | None) -> tuple[dict, dict]:
+    """(forget term's arguments, regulariser's arguments): the declared defaults with ``given`` applied.
+
+    ``given`` maps ``NAME`` or ``TERM.NAME`` to a value; an unknown name is refused with the list
+    of the method's arguments, and a bare name both terms declare must be qualified.
+    """
+    terms = [forget] + ([reg] if reg else [])
+    values = {t.name: dict(t.args) for t in terms}
+    method = forget.name + (f"+{reg.name}" if reg else "")
+    for key, value in (given or {}).items():
+        prefix, _, arg = str(key).rpartition(".")
+        if prefix:
+            owners = [t for t in terms if t.name == prefix.upper()]
+            if not owners:
+                raise ConfigError(f"method argument '{key}': {method} has no term {prefix} "
+                                  f"(its arguments: {_arguments_text(terms)})")
+        else:
+            owners = [t for t in terms if arg in t.args]
+            if len(owners) > 1:
+                raise ConfigError(f"method argument '{arg}' belongs to {' and '.join(t.name for t in owners)}: "
+                                  f"write {' or '.join(f'{t.name}.{arg}' for t in owners)}")
+        if not owners or arg not in owners[0].args:
+            raise ConfigError(f"unknown method argument '{key}' for {method} (its arguments: {_arguments_text(terms)})")
+        term = owners[0]
+        values[term.name][arg] = _convert(value, term.args[arg], f"{term.name}.{arg}")
+    return values[forget.name], (values[reg.name] if reg else {})
+
+
+def build_objective(method: str, method_args: dict[str, Any] | None = None, forget_coeff: float | None = None,
+                    reg_coeff: float | None = None) -> Objective:
+    """The objective of ``method``; arguments and weights left out take the terms' defaults."""
+    forget, reg = parse_method(method)
+    forget_args, reg_args = resolve_args(forget, reg, method_args)
+    return Objective(forget, reg, forget.coeff if forget_coeff is None else float(forget_coeff),
+                     (reg.coeff if reg else 1.0) if reg_coeff is None else float(reg_coeff), forget_args, reg_args)
+
+
+def resolve(cfg):
+    """``(objective, cfg)``: the run's objective, and a copy of ``cfg`` with every default the
+    method decides written in (weights, question mask, qualified method arguments), as
+    ``config.yaml`` records it. ``cfg`` itself is not changed."""
+    objective = build_objective(cfg.method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
+    resolved = dataclasses.replace(
+        cfg, forget_coeff=objective.forget_coeff, reg_coeff=objective.reg_coeff,
+        mask=objective.forget.mask_question if cfg.mask is None else cfg.mask, method_args=objective.method_args)
+    return objective, resolved
+
+
+FINETUNE = Objective(Term("NLL", lambda v: v.mean_nll("qa"), ("qa",), doc="fine-tuning", label="nll"), None)

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 PROMPT_FORMATS = ("llama2", "llama3", "chat_template", "plain")
 KINDS = PROMPT_FORMATS + ("custom",)
 PLACEHOLDER = "{question}"
@@ -37,11 +39,11 @@ class PromptFormat:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown prompt format {self.kind!r}; choose one of {', '.join(KINDS)}")
+            raise ConfigError(f"unknown prompt format {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.kind == "custom" and (self.template is None or PLACEHOLDER not in self.template):
-            raise ValueError(f"a custom prompt format needs a template containing {PLACEHOLDER}")
+            raise ConfigError(f"a custom prompt format needs a template containing {PLACEHOLDER}")
         if self.kind == "chat_template" and not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("the chat_template prompt format needs a tokenizer with a chat template")
+            raise ConfigError("the chat_template prompt format needs a tokenizer with a chat template")
 
     def prompt(self, question: str) -> str:
         if self.kind == "llama2":
@@ -84,7 +86,7 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
             return PromptFormat(override, tokenizer=tokenizer)
         if PLACEHOLDER in override:
             return PromptFormat("custom", template=override, tokenizer=tokenizer)
-        raise ValueError(
+        raise ConfigError(
             f"unknown prompt format {override!r}; choose one of {', '.join(PROMPT_FORMATS)} "
             f"or give a template containing {PLACEHOLDER}"
         )

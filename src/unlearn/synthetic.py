@@ -36,10 +36,11 @@ Layout for ``N`` authors (``N`` a multiple of 10, at least 10):
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
+
+from .errors import ConfigError
+from .io import atomic_write_text
 
 MAX_QA_PER_AUTHOR = 10
 MAX_AUTHORS = 1000
@@ -220,9 +221,9 @@ def _split(n: int, pct: int) -> tuple[int, int]:
 def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dict[str, list[dict]]:
     """All files of the synthetic set: ``{file name: rows}`` (see the module docstring)."""
     if not isinstance(n_authors, int) or n_authors < 10 or n_authors % 10 or n_authors > MAX_AUTHORS:
-        raise ValueError(f"n_authors must be a multiple of 10 in [10, {MAX_AUTHORS}], got {n_authors!r}")
+        raise ConfigError(f"n_authors must be a multiple of 10 in [10, {MAX_AUTHORS}], got {n_authors!r}")
     if not isinstance(qa_per_author, int) or not 1 <= qa_per_author <= MAX_QA_PER_AUTHOR:
-        raise ValueError(f"qa_per_author must be in [1, {MAX_QA_PER_AUTHOR}], got {qa_per_author!r}")
+        raise ConfigError(f"qa_per_author must be in [1, {MAX_QA_PER_AUTHOR}], got {qa_per_author!r}")
     rng = random.Random(seed)
     authors = _authors(n_authors, rng)
     rows: list[list[dict]] = []  # per author: perturbed-style rows without task_id
@@ -267,25 +268,11 @@ def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dic
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_synthetic(out_dir, n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> Path:
     """Write every file of ``generate(...)`` as JSON lines into ``out_dir``; returns the folder."""
     files = generate(n_authors, qa_per_author, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
-        _write_atomic(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return out

@@ -1,25 +1,24 @@
 """The one training loop, on accelerate, used for fine-tuning and for unlearning.
 
-``accelerate launch`` (DDP, DeepSpeed, FSDP) works unchanged: the loop only talks to the
-``Accelerator``. Batches are padded to their longest sequence. Reference statistics of NPO/DPO
-are computed once, before the first step, from the model itself (it *is* the reference before
-training starts), so those methods train with a single model in memory.
+:func:`prepare_training` sets everything up (accelerator, data order, optimiser, the reference of
+:mod:`unlearn.reference`, scheduler, resume state); :func:`train` is only the loop. ``accelerate
+launch`` (DDP, DeepSpeed, FSDP) works unchanged: the loop only talks to the ``Accelerator``.
 
 Resuming (``--save-every N`` then ``--resume``) is exact: a checkpoint (:mod:`unlearn.checkpoint`)
-holds the weights, the optimiser, the scheduler, every random generator, the cached reference
-statistics and the data position; the order of each epoch is a function of the seed and the
+holds the weights, the optimiser, every random generator, the scheduler, the cached reference
+statistics and the :class:`TrainState`; the order of each epoch is a function of the seed and the
 epoch (:class:`EpochShuffle`), so the resumed run skips the batches already consumed and sees the
 very batches the interrupted run would have seen. On CPU the final weights are identical bit for bit.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
 import random
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,17 +28,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import checkpoint, distributed, lora, losses
-from .config import Config
-from .data import DataError, make_collate
+from . import checkpoint, distributed, reference
+from .config import Config, trajectory_fields
+from .encoding import make_collate, pad_id
+from .errors import DataError, DivergenceError
 from .io import append_jsonl, atomic_write_jsonl
 from .methods import BatchView, Objective
 
 log = logging.getLogger("unlearn")
-
-
-class DivergenceError(RuntimeError):
-    """A loss became NaN or infinite; no final model is written, the last checkpoint is kept."""
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -60,46 +56,74 @@ class EpochShuffle(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+@dataclass
+class TrainState:
+    """Where a run is: saved in every checkpoint and restored from it as a whole."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0
+    batches_done: int = 0  # batches of this epoch consumed
+    history: list[dict] = field(default_factory=list)  # the rows of train_log.jsonl so far
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batches_done = self.epoch + 1, 0
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> "TrainState":
+        return cls(saved["step"], saved["epoch"], saved["batches_done"], saved["history"])
 
 
-@torch.no_grad()  # not inference_mode: ZeRO-3 gathers weights into tensors it reuses outside it
-def reference_nlls(model, dataset, parts, tokenizer, batch_size: int = 8, accelerator=None,
-                   desc: str = "reference NLLs") -> dict[str, torch.Tensor]:
-    """Per-item summed NLL of each part under ``model``, shape (len(dataset),) per part.
+@dataclass
+class Session:
+    """Everything the loop needs, set up by :func:`prepare_training`."""
 
-    Computed once over the whole data set; the training loop looks items up by index. With
-    several processes each computes its share (the same number of batches everywhere, as a
-    sharded model needs) and the shares are gathered: every process holds the whole table.
-    A LoRA model is evaluated with its adapter off: the base model is the reference.
-    """
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    was_training = model.training
-    model.eval()
-    collate = make_collate(_pad_id(tokenizer))
-    out = {p: torch.zeros(len(dataset), dtype=torch.float32) for p in parts}
-    show = accelerator is None or accelerator.is_main_process
-    base = accelerator.unwrap_model(model) if accelerator is not None else model
-    with lora.adapter_disabled(base):
-        for idx in tqdm(distributed.index_batches(len(dataset), batch_size, rank, world), desc=desc,
-                        disable=not show, leave=False):
-            batch = collate([dataset[i] for i in idx])
-            for p in parts:
-                b = batch[p]
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-                out[p][batch["index"]] = losses.sequence_nll(logits, b["labels"].to(device)).float().cpu()
-    model.train(was_training)
-    if world > 1:
-        mine = list(range(rank, len(dataset), world))
-        rows = distributed.gather_in_order(mine, [[out[p][i].item() for p in parts] for i in mine], len(dataset))
-        out = {p: torch.tensor([r[j] for r in rows], dtype=torch.float32) for j, p in enumerate(parts)}
-    return out
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: EpochShuffle
+    scheduler: object
+    reference: reference.Reference
+    state: TrainState
+    settings: dict
+    out_dir: Path
+    total_steps: int
+    steps_per_epoch: int
+    save_every: int | None = None
+    desc: str = "unlearning"
+    resumed_from: int | None = None
+
+    def log_step(self, micro_parts: list[dict], lr: float) -> dict:
+        """One row of ``train_log.jsonl``: the step's mean losses over its micro-steps and processes."""
+        means = {k: sum(m[k] for m in micro_parts) / len(micro_parts) for k in micro_parts[0]}
+        st = self.state
+        row = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
+               **distributed.mean_over_processes(means, self.accelerator), "lr": lr}
+        st.history.append(row)
+        if self.accelerator.is_main_process:
+            append_jsonl(self.out_dir / "train_log.jsonl", row)
+        return row
+
+    def save_checkpoint(self, name: str) -> None:
+        _check_finite_weights(self.model, self.state.step, name)  # never checkpoint a diverged model
+        checkpoint.save(self.out_dir, self.accelerator, {
+            **asdict(self.state), "total_steps": self.total_steps, "scheduler": self.scheduler.state_dict(),
+            "settings": self.settings}, self.reference.stats)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict]
+    reference: reference.Reference
+    accelerator: Accelerator
+    model: torch.nn.Module  # unwrapped
+    prepared_model: torch.nn.Module
+    resumed_from: int | None = None
 
 
 def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
-    """PAPER: one epoch of warm-up steps when an epoch has more than one step, else none."""
+    """The paper's schedule: one epoch of warm-up steps when an epoch has more than one step, else none."""
     if cfg.warmup is not None:
         return int(cfg.warmup)
     return steps_per_epoch if steps_per_epoch > 1 else 0
@@ -111,11 +135,7 @@ def run_settings(cfg: Config, objective: Objective, n_items: int, accelerator: A
     The tokenizer enters as a hash of its vocabulary: the ``tiny`` preset trains one from the
     data, and a resumed run must encode the data exactly as the interrupted one did.
     """
-    keys = ("model", "dtype", "prompt_format", "lora", "lora_r", "lora_alpha", "lora_dropout", "data", "split",
-            "task_id", "forget", "retain", "idk", "ref_model", "max_length", "forget_coeff", "reg_coeff", "beta",
-            "mask", "epochs", "lr", "batch_size", "grad_accum", "weight_decay", "optim", "warmup", "seed",
-            "mixed_precision")
-    settings = {k: getattr(cfg, k, None) for k in keys}
+    settings = {k: getattr(cfg, k) for k in trajectory_fields()}
     settings.update(method=objective.name, items=n_items, processes=accelerator.num_processes)
     if tokenizer is not None:
         vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8")
@@ -137,128 +157,112 @@ def _check_finite_weights(model, step: int, name: str) -> None:
             raise DivergenceError(f"non-finite weights after step {step}: {name}: {pname}")
 
 
-def train(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path,
-          ref_model=None, ref_stats: dict | None = None, accelerator: Accelerator | None = None,
-          desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None) -> dict:
-    """Optimise ``objective`` over ``dataset``; returns a summary of the run (losses per step).
+def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path, *,
+                     accelerator: Accelerator | None = None, ref_stats: dict | None = None, texts=None,
+                     desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None) -> Session:
+    """Set up a run of :func:`train`: data order, optimiser, reference, scheduler, resume state.
 
-    The trained weights stay in ``model`` (callers save them). ``train_log.jsonl`` in ``out_dir``
-    gets one line per optimiser step: step, epoch, loss, each loss part and the learning rate.
-    Every ``save_every`` steps (default ``cfg.save_every``) the state goes to ``out_dir/checkpoint``;
-    ``resume`` (default ``cfg.resume``) continues from it. ``model`` must then be the model the run
-    started from (a KL reference is copied from it); the checkpoint's weights replace its own.
+    ``save_every`` and ``resume`` default to ``cfg``'s. On resume, ``model`` must be the model the
+    run started from (a KL reference is copied from it); the checkpoint's weights replace its own.
+    ``ref_stats``: reference NLLs known already (continual runs with ``--fix-ref-model``).
     """
     out_dir = Path(out_dir)
-    save_every = getattr(cfg, "save_every", None) if save_every is None else save_every
-    resume = bool(getattr(cfg, "resume", False)) if resume is None else resume
+    save_every = cfg.save_every if save_every is None else save_every
+    resume = cfg.resume if resume is None else resume
     accelerator = accelerator or distributed.make_accelerator(cfg)
-    set_seed(cfg.seed)
     settings = run_settings(cfg, objective, len(dataset), accelerator, tokenizer)
     saved = None
     if resume:
         if accelerator.is_main_process:
             checkpoint.recover(out_dir)
         accelerator.wait_for_everyone()
-        saved, saved_ref_stats = checkpoint.load(out_dir)
+        saved, saved_stats = checkpoint.load(out_dir)
         _check_settings(saved["settings"], settings, checkpoint.path(out_dir))
-        if objective.ref_nll_parts:
-            # The original model's statistics: the model in hand is not the reference any more.
-            ref_stats = saved_ref_stats
+        if objective.ref_nll_parts:  # the original model's: the model in hand is not the reference any more
+            ref_stats = saved_stats
     if cfg.gradient_checkpointing:
         # transformers 5 renamed it; older releases only have the first name.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
         model.config.use_cache = False
-    sharded = distributed.is_sharded(accelerator)  # ZeRO-3 / FSDP: the model runs only once prepared
-    if objective.ref_nll_parts and ref_stats is None and not sharded:
-        # Before the first step the model is the reference: no second copy needed.
-        model.to(accelerator.device)
-        ref_stats = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, cfg.batch_size, accelerator)
-    if objective.needs_ref_model and ref_model is None:
-        # LoRA: the model with its adapter off; else a copy, made before any checkpoint is loaded.
-        ref_model = lora.reference_view(model) or copy.deepcopy(model)
-
     sampler = EpochShuffle(len(dataset), cfg.seed)
     # The loader's own generator (unused without workers) keeps iteration off the global RNG.
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                        generator=torch.Generator().manual_seed(cfg.seed),
-                        collate_fn=make_collate(_pad_id(tokenizer)))
+                        generator=torch.Generator().manual_seed(cfg.seed), collate_fn=make_collate(pad_id(tokenizer)))
     optimizer = distributed.build_optimizer(model, cfg)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if ref_model is not None:
-        ref_model = distributed.prepare_reference(ref_model, accelerator, model)  # frozen; sharded under ZeRO-3
-    if objective.ref_nll_parts and ref_stats is None:  # sharded: every process runs the prepared model
-        ref_stats = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, cfg.batch_size, accelerator)
+    model, optimizer, loader, ref = reference.prepare(
+        accelerator, model, optimizer, loader, objective=objective, cfg=cfg, dataset=dataset, tokenizer=tokenizer,
+        stats=ref_stats, texts=texts)
+    set_seed(cfg.seed)  # nothing above draws from the global generators
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
-
-    log_path = out_dir / "train_log.jsonl"
-    step, epoch, batches_done, history = 0, 0, 0, []
+    state = TrainState()
     if saved is not None:
         checkpoint.restore(out_dir, accelerator)  # weights, optimiser, RNG states
         scheduler.load_state_dict(saved["scheduler"])
-        step, epoch, batches_done, history = saved["step"], saved["epoch"], saved["batches_done"], saved["history"]
+        state = TrainState.from_checkpoint(saved)
         accelerator.step = 0  # the accumulation counter: the checkpoint is at an optimiser step
         if accelerator.is_main_process:
-            atomic_write_jsonl(log_path, history)  # drop the rows logged after the checkpoint
-        log.info("resuming from the checkpoint of step %d of %d in %s", step, total_steps, checkpoint.path(out_dir))
-    last_saved = step if saved is not None else None
+            atomic_write_jsonl(out_dir / "train_log.jsonl", state.history)  # drop the rows logged after it
+        log.info("resuming from the checkpoint of step %d of %d in %s", state.step, total_steps,
+                 checkpoint.path(out_dir))
+    return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
+                   total_steps, steps_per_epoch, save_every, desc, state.step if saved is not None else None)
 
+
+def train(run: Session, objective: Objective) -> TrainResult:
+    """Optimise ``objective``: batches in, objective, backward, step, log, checkpoint.
+
+    The trained weights stay in the model (callers save them). ``train_log.jsonl`` gets one line
+    per optimiser step: step, epoch, loss, each loss part and the learning rate that step used.
+    """
+    acc, st, model, optimizer, scheduler = run.accelerator, run.state, run.model, run.optimizer, run.scheduler
+    last_saved = run.resumed_from
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not accelerator.is_main_process)
+    bar = tqdm(total=run.total_steps, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
     try:
         micro_parts: list[dict] = []
-        while step < total_steps:
-            if batches_done >= len(loader):
-                epoch, batches_done = epoch + 1, 0
-            sampler.epoch = epoch
-            epoch_loader = accelerator.skip_first_batches(loader, batches_done) if batches_done else loader
-            for batch in epoch_loader:
-                batches_done += 1
-                with accelerator.accumulate(model):
-                    view = BatchView(model, batch, ref_model, ref_stats)
-                    loss, parts = objective(view)
-                    if not _all_finite(loss, accelerator):
-                        detail = ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
-                        kept = (f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(out_dir)}"
-                                if last_saved else "")
-                        raise DivergenceError(f"non-finite loss at step {step + 1}: {objective.name}: {detail}{kept}")
-                    accelerator.backward(loss)
+        while st.step < run.total_steps:
+            run.sampler.epoch = st.epoch
+            batches = acc.skip_first_batches(run.loader, st.batches_done) if st.batches_done else run.loader
+            for batch in batches:
+                st.batches_done += 1
+                with acc.accumulate(model):
+                    loss, parts = objective(BatchView(model, batch, run.reference))
+                    if not _all_finite(loss, acc):
+                        kept = f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(run.out_dir)}"
+                        raise DivergenceError(f"non-finite loss at step {st.step + 1}: {objective.name}: "
+                                              + ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
+                                              + (kept if last_saved else ""))
+                    acc.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad()
                     micro_parts.append({"loss": loss.detach().float().item(), **parts})
-                # The scheduler advances once per optimiser step, i.e. when gradients were synced.
-                if accelerator.sync_gradients:
+                if acc.sync_gradients:  # an optimiser step happened: gradients were synced
+                    lr = scheduler.get_last_lr()[0]  # the rate this step used
                     scheduler.step()
-                    step += 1
-                    means = {k: sum(m[k] for m in micro_parts) / len(micro_parts) for k in micro_parts[0]}
-                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                           **distributed.mean_over_processes(means, accelerator),  # each saw its own share
-                           "lr": scheduler.get_last_lr()[0]}
+                    st.step += 1
+                    row = run.log_step(micro_parts, lr)
                     micro_parts = []
-                    history.append(row)
-                    if accelerator.is_main_process:
-                        append_jsonl(log_path, row)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
-                    if save_every and step % save_every == 0 and step < total_steps:
-                        _check_finite_weights(model, step, objective.name)  # never checkpoint a diverged model
-                        checkpoint.save(out_dir, accelerator, {
-                            "step": step, "epoch": epoch, "batches_done": batches_done, "total_steps": total_steps,
-                            "scheduler": scheduler.state_dict(), "settings": settings, "history": history,
-                        }, ref_stats)
-                        last_saved = step
-                    if step >= total_steps:
+                    if run.save_every and st.step % run.save_every == 0 and st.step < run.total_steps:
+                        run.save_checkpoint(objective.name)
+                        last_saved = st.step
+                    if st.step >= run.total_steps:
                         break
-            else:
-                epoch, batches_done = epoch + 1, 0
+            if st.batches_done >= len(run.loader):
+                st.next_epoch()
     finally:
         bar.close()  # also on an error, so the message starts on a line of its own
-    accelerator.wait_for_everyone()
-    return {"steps": step, "history": history, "ref_stats": ref_stats, "accelerator": accelerator,
-            "model": accelerator.unwrap_model(model), "prepared_model": model,
-            "resumed_from": saved["step"] if saved else None}
+    acc.wait_for_everyone()
+    return TrainResult(st.step, st.history, run.reference, acc, acc.unwrap_model(model), model, run.resumed_from)
+
+
+def fit(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path, **setup) -> TrainResult:
+    """:func:`prepare_training` then :func:`train`."""
+    return train(prepare_training(model, tokenizer, dataset, objective, cfg, out_dir, **setup), objective)
 
 
 def _all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:

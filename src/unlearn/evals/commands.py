@@ -1,41 +1,68 @@
-"""The evaluation as commands: ``unlearn eval``, the evaluation after ``unlearn run`` and each
-continual task, the sets a config names, the judges (loaded once per process), and the retain
-model's truth ratios for Forget Quality."""
+"""The evaluation as the commands use it: ``unlearn eval``, and the evaluation plan of a run.
+
+:func:`plan_evaluation` checks, before any training, everything a run needs afterwards: the
+evaluation sets (read and validated), the judges (the sentence embedder loaded; the NLI judge
+loaded, or unavailable for a stated reason), the retain model's truth ratios for Forget Quality
+(computed now, from a saved evaluation or the retain model), and the downstream tasks. The run
+then calls :meth:`EvalPlan.evaluate` on the trained model. Judges are objects passed in, loaded
+once by whoever runs several evaluations (continual runs, sweeps, the demo).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError, read_records
+from ..config import DEFAULT_NLI
+from ..data import read_records
+from ..errors import DataError, ModelError
+from ..rundir import RunDir, eval_file
 from . import metrics as M
 from .judges import Unavailable
-from .sets import EvalSet, load_eval_sets
-from .suites import Evaluation, _nlls, _warned, evaluate, print_table, set_file, write_evaluation
+from .sets import EvalSet, forget_set, load_eval_sets
+from .suites import evaluate, print_table, set_nlls, write_evaluation
 
 log = logging.getLogger("unlearn")
 
 
-# --------------------------------------------------------------------------- retain model
+@dataclass
+class Judges:
+    """The sentence embedder and the NLI judge (or why it is unavailable), loaded once."""
+
+    embedder: object
+    nli: object
 
 
-def _forget_set(sets: list[EvalSet]) -> EvalSet:
-    for s in sets:
-        if s.name == "Forget":
-            return s
-    raise DataError("the evaluation data has no Forget set")
+def load_judges(cfg) -> Judges:
+    """Load the embedder (an error when it cannot be) and the NLI judge.
+
+    The default NLI judge is a hub model: offline it is reported unavailable, with the reason,
+    and the Entailment Score is left out. Any other ``--nli`` that cannot be loaded is an error
+    (``--nli none`` disables the judge).
+    """
+    from .judges import load_embedder, load_nli
+
+    embedder = load_embedder(cfg.embedder)
+    nli = load_nli(cfg.nli)
+    if isinstance(nli, Unavailable) and cfg.nli not in (None, DEFAULT_NLI) and "disabled" not in nli.reason:
+        raise ModelError(f"--nli: {nli.reason} (pass --nli none to evaluate without it)")
+    return Judges(embedder, nli)
 
 
 def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "auto",
                        trust_remote_code: bool = False, attn_implementation: str | None = None,
-                       prompt_format: str | None = None, batch_size: int = 16) -> list[float]:
+                       prompt_format: str | None = None, batch_size: int | None = None) -> list[float]:
     """A retain model's raw truth ratios on ``forget``, for Forget Quality.
 
     ``source``: a folder with a saved evaluation (``eval_Forget.jsonl``, same questions in the same
     order) or a retain model (folder or hub id), which is run on the forget NLLs only.
     """
+    from ..config import EVAL_BATCH_SIZE
+
     path = Path(source)
-    saved = path / set_file("Forget")
+    saved = path / eval_file("Forget")
     if saved.is_file():
         rows = read_records(saved, required=("question",))
         if len(rows) != len(forget.rows):
@@ -56,12 +83,9 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
                                   trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
     model.to(_device())
     fmt = detect_prompt_format(tokenizer, str(source), prompt_format)
-    _, para, pert = _nlls(model, tokenizer, fmt, forget, batch_size, with_answers=False)
+    _, para, pert = set_nlls(model, tokenizer, fmt, forget, batch_size or EVAL_BATCH_SIZE, with_answers=False)
     del model
     return [float(x) for x in M.truth_ratios(para, pert)]
-
-
-# --------------------------------------------------------------------------- commands
 
 
 def _device():
@@ -80,56 +104,77 @@ def eval_sets_for(cfg) -> list[EvalSet] | None:
                  "files); skipping the evaluation")
         return None
     try:
-        sets = load_eval_sets(data, cfg.split, cfg.task_id)
+        return load_eval_sets(data, cfg.split, cfg.task_id)
     except DataError as e:
         raise DataError(f"{e} (pass --eval-data DIR or --no-eval)") from None
-    if cfg.retain_model and (Path(cfg.retain_model) / set_file("Forget")).is_file():
-        _retain_ratios(cfg, sets)  # a saved evaluation is checked now, not after training
-    return sets
-
-
-_JUDGES: dict[tuple, tuple] = {}
-
-
-def load_judges(cfg):
-    """The sentence embedder and the NLI judge, loaded once per process (continual runs reuse them)."""
-    from .judges import load_embedder, load_nli
-
-    key = (cfg.embedder, cfg.nli)
-    if key not in _JUDGES:
-        try:
-            embedder = load_embedder(cfg.embedder)
-        except (ImportError, RuntimeError) as e:
-            raise DataError(str(e).splitlines()[0]) from None
-        nli = load_nli(cfg.nli)
-        if isinstance(nli, Unavailable) and "disabled" not in nli.reason:
-            _warned.add(nli.reason)  # load_nli has already said why
-        _JUDGES.clear()  # keep one pair in memory
-        _JUDGES[key] = (embedder, nli)
-    return _JUDGES[key]
 
 
 def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
     if not cfg.retain_model:
         return None
-    return retain_ratios_from(cfg.retain_model, _forget_set(sets), dtype=cfg.dtype,
+    return retain_ratios_from(cfg.retain_model, forget_set(sets), dtype=cfg.dtype,
                               trust_remote_code=cfg.trust_remote_code,
                               attn_implementation=cfg.attn_implementation,
                               prompt_format=cfg.prompt_format, batch_size=cfg.eval_batch_size)
 
 
-def _finish(cfg, ev: Evaluation, out: Path) -> dict:
-    from ..distributed import is_main_process
+@dataclass
+class EvalPlan:
+    """What a run evaluates after training, checked and loaded before it trains."""
 
-    if is_main_process():  # one writer when several processes evaluated together
-        write_evaluation(ev, out)
-        print_table(ev.summary)
-        log.info("wrote the evaluation to %s", out / "summary.json")
-    return ev.summary
+    sets: list[EvalSet] | None = None
+    judges: Judges | None = None
+    retain_ratios: list[float] | None = None
+    downstream: list[str] | None = None
+    batch_size: int = 16
+    downstream_limit: int | None = None
+    downstream_include: str | None = None
+
+    def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False) -> dict | None:
+        """The six metrics on every set (every process its share with ``shard``; the main one
+        writes), then the downstream tasks (main process). Returns the summary, or None."""
+        from ..distributed import is_main_process
+
+        summary = None
+        if self.sets:
+            ev = evaluate(model, tokenizer, fmt, self.sets, self.judges.embedder, self.judges.nli, self.batch_size,
+                          self.retain_ratios, shard=shard)
+            summary = ev.summary
+            if is_main_process():  # one writer when several processes evaluated together
+                write_evaluation(ev, out.path)
+                print_table(ev.summary)
+                log.info("wrote the evaluation to %s", out.summary)
+        if self.downstream and is_main_process():
+            from .downstream import downstream_after_unlearning
+
+            downstream_after_unlearning(model, tokenizer, out, self.downstream, self.batch_size,
+                                        self.downstream_limit, self.downstream_include)
+            summary = out.read_summary() or summary
+        return summary
+
+
+def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | None = None) -> EvalPlan:
+    """Everything ``cfg``'s run evaluates after training, checked now (see the module docstring).
+
+    ``judges``: already loaded ones (continual runs and sweeps load them once); ``sets``: already
+    validated ones."""
+    plan = EvalPlan(batch_size=cfg.eval_batch_size, downstream_limit=cfg.downstream_limit,
+                    downstream_include=cfg.downstream_include)
+    if cfg.eval:
+        plan.sets = sets if sets is not None else eval_sets_for(cfg)
+    if plan.sets:
+        plan.judges = judges or load_judges(cfg)
+        plan.retain_ratios = _retain_ratios(cfg, plan.sets)
+    if cfg.downstream:
+        from .downstream import downstream_tasks_for
+
+        plan.downstream = downstream_tasks_for(cfg)
+    return plan
 
 
 def run_eval(cfg) -> dict:
     """``unlearn eval``: evaluate ``cfg.model`` on the sets of ``cfg.eval_data or cfg.data``."""
+    from ..distributed import is_main_process
     from ..models import load_model
     from ..prompts import detect_prompt_format
 
@@ -138,34 +183,17 @@ def run_eval(cfg) -> dict:
         raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder)")
     if not cfg.out:
         raise DataError("no output folder: give --out DIR")
+    out = RunDir(cfg.out)
+    if out.summary.exists() and not cfg.overwrite:
+        raise DataError(f"{out.path}: already holds {out.summary.name}; choose another --out or pass --overwrite")
     sets = load_eval_sets(data, cfg.split, cfg.task_id)
-    out = Path(cfg.out)
-    if (out / "summary.json").exists() and not cfg.overwrite:
-        raise DataError(f"{out}: already holds summary.json; choose another --out or pass --overwrite")
-    embedder, nli = load_judges(cfg)
-    retain_ratios = _retain_ratios(cfg, sets)
+    plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=None), sets=sets)
     texts = [q + " " + a for s in sets for q, a in zip(s.questions, s.answers)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     model.to(_device())
     fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
-    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios, shard=True)
-    from ..distributed import is_main_process
-
     if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "eval_config.yaml")
-    return _finish(cfg, ev, out)
-
-
-def evaluate_after_unlearning(cfg, model, tokenizer, fmt, out, sets: list[EvalSet] | None = None,
-                              shard: bool = False) -> dict | None:
-    """The evaluation step of ``unlearn run``; None when the run has no evaluation data.
-    ``shard``: every process calls this and evaluates its share (see :func:`evaluate`)."""
-    sets = sets if sets is not None else eval_sets_for(cfg)
-    if not sets:
-        return None
-    retain_ratios = _retain_ratios(cfg, sets)
-    embedder, nli = load_judges(cfg)
-    ev = evaluate(model, tokenizer, fmt, sets, embedder, nli, cfg.eval_batch_size, retain_ratios, shard=shard)
-    return _finish(cfg, ev, Path(out))
+        out.path.mkdir(parents=True, exist_ok=True)
+        cfg.save(out.eval_config)
+    return plan.evaluate(model, tokenizer, fmt, out, shard=True)

@@ -12,7 +12,7 @@ A metric is named ``metric`` when lm-eval applied no filter (``none``), else ``m
 exactly as lm-eval reports it. ``average`` is the mean of each task's headline metric: the paper's
 metric for the five tasks, the first metric reported for any other task.
 
-lm-eval is an optional dependency: ``pip install 'unlearn[downstream]'``.
+lm-eval is an optional dependency: ``pip install 'unlearn-llm[downstream]'``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, DataError, DependencyError, ModelError
 from ..io import atomic_write_json
+from ..rundir import DOWNSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ PAPER_TASKS: dict[str, tuple[str, str]] = {
     "gsm8k": ("exact_match", "flexible-extract"),
 }
 PAPER_ALIAS = "paper"  # ``--downstream paper`` = the five tasks above
-INSTALL_HINT = "downstream evaluation needs lm-eval: pip install 'unlearn[downstream]'"
+INSTALL_HINT = "downstream evaluation needs lm-eval: pip install 'unlearn-llm[downstream]'"
 
 
 def parse_tasks(spec: str | list[str]) -> list[str]:
@@ -48,7 +50,7 @@ def parse_tasks(spec: str | list[str]) -> list[str]:
             if task not in out:
                 out.append(task)
     if not out:
-        raise ValueError("downstream: no task named (e.g. --downstream arc_challenge,mmlu or 'paper')")
+        raise ConfigError("downstream: no task named (e.g. --downstream arc_challenge,mmlu or 'paper')")
     return out
 
 
@@ -60,7 +62,7 @@ def check_downstream(tasks: list[str], include_path: str | Path | None = None) -
     """Fail fast, before any training: lm-eval is installed, the folder exists, the tasks are known."""
     _require_lm_eval()
     if include_path is not None and not Path(include_path).is_dir():
-        raise FileNotFoundError(f"{include_path}: downstream task folder not found")
+        raise DataError(f"{include_path}: downstream task folder not found")
     _task_manager(tuple(tasks), None if include_path is None else str(include_path))
 
 
@@ -87,7 +89,7 @@ def run_downstream(model, tokenizer, tasks: list[str], out_dir: str | Path, batc
     tasks = list(tasks)
     manager = _task_manager(tuple(tasks), None if include_path is None else str(include_path))
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    out_path = Path(out_dir) / "downstream.json"
+    out_path = Path(out_dir) / DOWNSTREAM
     scores: dict[str, dict[str, float]] = {}
     headline: dict[str, float] = {}
     for i, task in enumerate(tasks, 1):
@@ -96,7 +98,7 @@ def run_downstream(model, tokenizer, tasks: list[str], out_dir: str | Path, batc
             res = lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit,
                                           task_manager=manager, log_samples=False, bootstrap_iters=0)
         except ConnectionError as e:
-            raise ConnectionError(f"downstream task {task}: {e} (hub tasks need the network or their data "
+            raise ModelError(f"downstream task {task}: {e} (hub tasks need the network or their data "
                                   "in HF_DATASETS_CACHE)") from e
         scores[task], headline[task] = _task_scores(task, res)
         log.info("downstream [%d/%d] %s: %s", i, len(tasks), task,
@@ -107,27 +109,21 @@ def run_downstream(model, tokenizer, tasks: list[str], out_dir: str | Path, batc
 
 def downstream_tasks_for(cfg) -> list[str]:
     """``cfg.downstream`` parsed and checked (lm-eval installed, tasks known) before training starts."""
-    from ..data import DataError
-
-    try:
-        tasks = parse_tasks(cfg.downstream)
-        check_downstream(tasks, cfg.downstream_include)
-    except (ImportError, ValueError, FileNotFoundError) as e:
-        raise DataError(str(e)) from None
+    tasks = parse_tasks(cfg.downstream)
+    check_downstream(tasks, cfg.downstream_include)
     return tasks
 
 
-def downstream_after_unlearning(cfg, model, tokenizer, out_dir: str | Path, tasks: list[str]) -> dict[str, Any]:
-    """``run`` command: write ``OUT/downstream.json`` and add its entries to ``OUT/summary.json``."""
-    import json
-
-    result = run_downstream(model, tokenizer, tasks, out_dir, batch_size=cfg.eval_batch_size,
-                            limit=cfg.downstream_limit, include_path=cfg.downstream_include)
-    summary_path = Path(out_dir) / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        atomic_write_json(summary_path, {**summary, **summary_entries(result)})
-    log.info("wrote the downstream evaluation to %s", Path(out_dir) / "downstream.json")
+def downstream_after_unlearning(model, tokenizer, out, tasks: list[str], batch_size: int,
+                                limit: int | None = None, include_path: str | None = None) -> dict[str, Any]:
+    """After a run: write ``OUT/downstream.json`` and add its entries to ``OUT/summary.json``
+    (``out``: a :class:`unlearn.rundir.RunDir`)."""
+    result = run_downstream(model, tokenizer, tasks, out.path, batch_size=batch_size, limit=limit,
+                            include_path=include_path)
+    summary = out.read_summary()
+    if summary is not None:
+        atomic_write_json(out.summary, {**summary, **summary_entries(result)})
+    log.info("wrote the downstream evaluation to %s", out.downstream)
     return result
 
 
@@ -150,7 +146,7 @@ def _require_lm_eval():
     try:
         import lm_eval
     except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        raise DependencyError(INSTALL_HINT) from None
     return lm_eval
 
 
@@ -176,7 +172,7 @@ def _check_known(tasks, manager, include_path) -> None:
 
         hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
         where = f" or under {include_path}" if include_path else ""
-        raise ValueError("unknown lm-eval task(s): " + "; ".join(
+        raise ConfigError("unknown lm-eval task(s): " + "; ".join(
             f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
             + f". Known: lm-eval's built-in tasks{where}; the paper's are {', '.join(PAPER_TASKS)}")
 

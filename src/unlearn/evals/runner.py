@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..encoding import encode_prompt, encode_qa, pad_batch
+from ..encoding import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
@@ -71,7 +71,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     from the same tokens to the same next token.
     """
     prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
     eos_set = set(eos)
     device = model_device(model)
@@ -88,7 +88,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
             active = []
             for idx in _batches(order, batch_size):
                 steps = [min(chunk, budget[i] - len(new[i])) for i in idx]
-                rows = _generate_batch(model, [prompts[i] + new[i] for i in idx], max(steps), pad_id, eos, device)
+                rows = _generate_batch(model, [prompts[i] + new[i] for i in idx], max(steps), pad, eos, device)
                 for i, row, k in zip(idx, rows, steps):
                     row = row[:k]
                     end = next((j for j, t in enumerate(row) if t in eos_set), None)
@@ -102,12 +102,12 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
-def _generate_batch(model, seqs: list[list[int]], max_new: int, pad_id: int, eos: list[int], device) -> list[list[int]]:
+def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: list[int], device) -> list[list[int]]:
     """Greedy continuations (``max_new`` tokens, fewer where EOS ends a whole batch) of ``seqs``, left-padded."""
     from transformers import GenerationConfig
 
     width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, x in enumerate(seqs):  # left padding: the prompt ends at the last column
         ids[row, width - len(x) :] = torch.tensor(x)
@@ -116,7 +116,7 @@ def _generate_batch(model, seqs: list[list[int]], max_new: int, pad_id: int, eos
     # repetition penalty, which would change the answers.
     config = GenerationConfig(
         max_new_tokens=max_new, do_sample=False, num_beams=1, repetition_penalty=1.0, temperature=1.0,
-        top_p=1.0, top_k=50, use_cache=True, eos_token_id=eos, pad_token_id=pad_id)
+        top_p=1.0, top_k=50, use_cache=True, eos_token_id=eos, pad_token_id=pad)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
     return out[:, width:].tolist()
 
@@ -134,13 +134,13 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     seqs = [encode_qa(tokenizer, fmt.prompt(q), a, limit, True, fmt.add_special_tokens)
             for q, a in zip(questions, answers)]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = model_device(model)
     out = np.zeros(len(seqs), dtype=np.float64)
     keep = supports_logits_to_keep(model)  # once per call, not per batch
     with inference(model):
         for idx in _batches(order, batch_size):
-            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad_id).items()}
+            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
             logits, labels = answer_logits(model, batch, keep)
             nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
             out[idx] = nll.double().cpu().numpy()
@@ -170,7 +170,7 @@ def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.T
     """
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     t = labels.shape[1]
-    answer = labels != -100
+    answer = labels != IGNORE_INDEX
     if keep is None:
         keep = supports_logits_to_keep(model)
     if not keep or not answer.any():

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import SPLITS, DataError, read_records, select_task
+from ..data import SPLITS, read_records, select_task
+from ..errors import DataError
 
 TOFU_RETAIN_ROWS = 300
 
@@ -70,6 +71,14 @@ def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
         if "original_answer" in r and not isinstance(r["original_answer"], str):
             raise DataError(f"{at}: field 'original_answer' must be a string")
     return rows
+
+
+def forget_set(sets: list[EvalSet]) -> EvalSet:
+    """The Forget set of ``sets``."""
+    for s in sets:
+        if s.name == "Forget":
+            return s
+    raise DataError("the evaluation data has no Forget set")
 
 
 def _select(rows: list[dict], task_id: int | None, path: Path) -> list[dict]:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import EVAL_BATCH_SIZE
 from ..distributed import sharded_map
 from ..io import atomic_write_json, atomic_write_jsonl
+from ..rundir import SUMMARY, eval_file
 from . import metrics as M
 from .judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
 from .runner import answer_nlls, generate
@@ -30,7 +32,6 @@ METRICS = ("ROUGE", "Probability", "Truth Ratio", "Token Entropy", "Cosine Simil
 ITEM_KEYS = dict(zip(METRICS, ("rouge", "probability", "truth_ratio", "token_entropy",
                                "cosine_similarity", "entailment")))
 FORGET_EFFICACY_METRICS = ("ROUGE", "Probability", "Truth Ratio", "Cosine Similarity", "Entailment Score")
-_warned: set[str] = set()
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -45,7 +46,7 @@ class Evaluation:
         return [r["truth_ratio_r"] for r in self.items[set_name]]
 
 
-def _nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: bool = True):
+def set_nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: bool = True):
     """(answer, paraphrase, perturbed (N, K)) NLLs of a set from ONE sorted pass over all pairs."""
     q, n = s.questions, len(s.rows)
     pert = s.perturbed
@@ -93,7 +94,7 @@ def _generate_sets(model, tokenizer, fmt, sets: list[EvalSet], batch_size: int, 
 
 
 def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, nli, batch_size: int) -> list[dict]:
-    a_nll, p_nll, k_nll = _nlls(model, tokenizer, fmt, s, batch_size)
+    a_nll, p_nll, k_nll = set_nlls(model, tokenizer, fmt, s, batch_size)
     answers, refs = s.answers, s.references
     forget = s.kind == "forget"
     values = {"ROUGE": M.rouge_l_recall_items(gens, answers)}
@@ -141,7 +142,7 @@ def _mean(records: list[dict], key: str) -> float | None:
     return None if any(v is None for v in vals) else float(np.mean(vals))
 
 
-def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = 16,
+def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = EVAL_BATCH_SIZE,
              retain_ratios=None, shard: bool = False) -> Evaluation:
     """Run every set once and compute the six metrics, Model Utility, Forget Efficacy and, with
     ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality.
@@ -149,11 +150,7 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
     ``shard``: with several processes (``accelerate launch``), each evaluates its share of every
     set and the per-item records are gathered, so every process gets the whole evaluation. All
     processes must then call it."""
-    unavailable = nli.reason if isinstance(nli, Unavailable) else None
-    if unavailable and unavailable not in _warned:
-        _warned.add(unavailable)
-        log.warning("Entailment Score not computed (%s); Model Utility and Forget Efficacy use the "
-                    "other metrics", unavailable)
+    unavailable = nli.reason if isinstance(nli, Unavailable) else None  # (said once, when it was loaded)
     embedder, nli = _distinct_judges(embedder, nli)
     ev = Evaluation(summary={})
     generations = _generate_sets(model, tokenizer, fmt, sets, batch_size, shard)
@@ -199,16 +196,12 @@ def _finite(obj):
     return obj
 
 
-def set_file(name: str) -> str:
-    return f"eval_{name.replace(' ', '_')}.jsonl"
-
-
 def write_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
     """``summary.json`` and one ``eval_<Set_Name>.jsonl`` per set, each written atomically."""
     out = Path(out_dir)
     for name, records in ev.items.items():
-        atomic_write_jsonl(out / set_file(name), _finite(records))
-    atomic_write_json(out / "summary.json", _finite(ev.summary))  # last: it marks a complete result
+        atomic_write_jsonl(out / eval_file(name), _finite(records))
+    atomic_write_json(out / SUMMARY, _finite(ev.summary))  # last: it marks a complete result
     return out
 
 

@@ -1,0 +1,164 @@
+"""Planning a sweep: the sweep file read, the grid expanded into runs, every run validated.
+
+The sweep file is YAML with three keys::
+
+    base:              # any Config keys, shared by every run
+      data: ../shared/data/tofu
+      epochs: 5
+    grid:              # Config key -> list of values; the runs are their Cartesian product
+      method: [ME+GD, IDK+AP]
+      lr: [1e-5, 5e-6]
+    out: sweeps/tofu   # root folder: one sub-folder per run, plus sweep.csv
+
+Runs go in a fixed order (``itertools.product`` over the grid keys as written, the first key varying
+slowest) into ``OUT/<key>=<value>,...``. The whole grid is validated (keys, types, methods and their
+arguments, data and evaluation files, downstream tasks) before the first model is loaded. Paths in
+the file are relative to the current directory, as in ``unlearn run --config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, config_from_args, config_keys, read_yaml_mapping
+from ..errors import ConfigError, UnlearnError
+from ..rundir import RunDir
+
+TOP_KEYS = ("base", "grid", "out")
+MANAGED = ("out",)  # set by the sweep for each run
+MAX_NAME = 150
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    values: dict  # grid key -> the value as the Config holds it
+    cfg: Config
+    sets: list | None  # validated evaluation sets; None: the run is not evaluated
+    downstream: list[str] | None = None  # validated lm-eval tasks, when the run has any
+
+    @property
+    def out(self) -> RunDir:
+        return RunDir(self.cfg.out)
+
+    def state(self) -> str:
+        """finished | partial | absent (:meth:`unlearn.rundir.RunDir.status`)."""
+        return self.out.status(evaluated=self.evaluated, downstream=bool(self.downstream))
+
+    @property
+    def evaluated(self) -> bool:
+        return bool(self.sets)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _keys(section: dict, where: str, path: Path) -> dict:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: '{where}' must be a mapping of config keys to values")
+    out = config_keys(section, f"{path}: {where}: ")
+    for name in out:
+        if name in MANAGED:
+            raise ConfigError(f"{path}: {where}: '{name}' is set by the sweep; give the root folder as top-level 'out:'")
+    return out
+
+
+def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
+    """(base, grid, out) of a sweep file; every key checked against the Config schema."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(TOP_KEYS)}")
+    unknown = [k for k in raw if k not in TOP_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}' (valid: {', '.join(TOP_KEYS)}; "
+                        "config keys go under 'base:' or 'grid:')")
+    base = _keys(raw.get("base") or {}, "base", path)
+    grid = {}
+    for key, values in _keys(raw.get("grid") or {}, "grid", path).items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ConfigError(f"{path}: grid: '{key}' has no values")
+        if key in base:
+            raise ConfigError(f"{path}: '{key}' is in both base and grid; keep it in one")
+        grid[key] = values
+    out = raw.get("out")
+    return base, grid, None if out is None else str(out)
+
+
+def _text(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def run_name(values: dict) -> str:
+    """``method=ME+GD,lr=1e-05`` with every character a file system may refuse replaced by '_'."""
+    if not values:
+        return "run"
+    name = ",".join(f"{k}={_text(v)}" for k, v in values.items())
+    name = re.sub(r"[^A-Za-z0-9._+=,-]", "_", name).lstrip(".-") or "run"
+    if len(name) > MAX_NAME:
+        name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] | None]:
+    """Validate one run before anything runs: method and its arguments, training data, refusals,
+    evaluation sets and downstream tasks. Returns (evaluation sets, downstream tasks), None where
+    there are none. An error names the run."""
+    from ..data import read_refusals
+    from ..methods import resolve
+    from ..pipeline import load_data
+
+    try:
+        resolve(cfg)
+        local = cfg.forget or (cfg.data and Path(cfg.data).exists())
+        key = ("data", cfg.data, cfg.forget, cfg.retain, cfg.split, cfg.task_id)
+        if local and key not in cache:
+            load_data(cfg)  # reads and checks the files; the run reads them again
+            cache[key] = None
+        if ("idk", cfg.idk) not in cache:
+            read_refusals(cfg.idk)
+            cache[("idk", cfg.idk)] = None
+        sets = downstream = None
+        if cfg.eval:
+            key = ("eval", cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id)
+            if key not in cache:
+                from ..evals.commands import eval_sets_for
+
+                cache[key] = eval_sets_for(cfg)
+            sets = cache[key]
+        if cfg.downstream:
+            key = ("downstream", cfg.downstream, cfg.downstream_include)
+            if key not in cache:
+                from ..evals.downstream import downstream_tasks_for
+
+                cache[key] = downstream_tasks_for(cfg)
+            downstream = cache[key]
+        return sets, downstream
+    except UnlearnError as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[PlannedRun]]:
+    """The root folder and every run of the grid, in order, each validated."""
+    base, grid, root = read_sweep(path)
+    root = out or root
+    if not root:
+        raise ConfigError(f"{path}: no output folder: add 'out: FOLDER' (or pass --out)")
+    root_path = Path(root)
+    runs, names, cache = [], {}, {}
+    for combo in itertools.product(*grid.values()):
+        given = dict(zip(grid, combo))
+        cfg = config_from_args(argparse.Namespace(), **base, **given)
+        values = {k: getattr(cfg, k) for k in grid}
+        name = run_name(values)
+        if name in names:
+            raise ConfigError(f"{path}: runs {names[name]} and {given} get the same folder name '{name}'")
+        names[name] = given
+        cfg = dataclasses.replace(cfg, out=str(root_path / name))
+        runs.append(PlannedRun(name, values, cfg, *_check(cfg, name, cache)))
+    return root_path, runs
