@@ -1,7 +1,7 @@
 """Target 6 (needs a GPU): training tokens per second and peak GPU memory on the SmolLM2 preset.
 
 Each configuration runs in its own process through the project's own training loop
-(:func:`unlearn.train.train`, ME+GD on a synthetic TOFU-layout task): bf16 weights with and
+(:func:`unlearn.train.fit`, ME+GD on a synthetic TOFU-layout task): bf16 weights with and
 without gradient checkpointing, fp32 weights under bf16 autocast, and each attention kernel
 available (eager, sdpa, flash_attention_2 when ``flash-attn`` is installed). One warm-up epoch
 is run first and not counted; tokens are the real (unpadded) tokens of every sequence trained on.
@@ -20,6 +20,7 @@ Not run by the project so far: no GPU was available where it was written (see do
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -43,38 +44,35 @@ def one(args, spec: dict) -> dict:
 
     from unlearn.config import Config
     from unlearn.data import UnlearningDataset, load_tofu, read_refusals
-    from unlearn.methods import build_objective, method_defaults
+    from unlearn.methods import resolve
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format
     from unlearn.synthetic import write_synthetic
-    from unlearn.train import train
+    from unlearn.train import fit
 
     work = Path(tempfile.mkdtemp(prefix="unlearn-gpu-"))
     data_dir = write_synthetic(work / "data", n_authors=args.authors, qa_per_author=10)
     data = load_tofu(data_dir, "forget10", 1)
-    method = "ME+GD"
-    d = method_defaults(method)
-    cfg = Config(model=args.model, dtype=spec["dtype"], gradient_checkpointing=spec["gradient_checkpointing"],
-                 attn_implementation=spec["attn"], mixed_precision=spec.get("mixed_precision", "no"),
-                 method=method, forget_coeff=d["forget_coeff"], mask=d["mask"], batch_size=args.batch_size,
-                 grad_accum=1, epochs=1, lr=1e-5, warmup=0, max_length=256, out=str(work / "out"))
+    objective, cfg = resolve(Config(
+        model=args.model, dtype=spec["dtype"], gradient_checkpointing=spec["gradient_checkpointing"],
+        attn_implementation=spec["attn"], mixed_precision=spec.get("mixed_precision", "no"), method="ME+GD",
+        batch_size=args.batch_size, grad_accum=1, epochs=1, lr=1e-5, warmup=0, max_length=256, out=str(work / "out")))
     refusals = read_refusals(None)
     texts = [r["question"] + " " + r["answer"] for r in data.forget + data.retain]
     model, tok = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, texts=texts)
     fmt = detect_prompt_format(tok, cfg.model)
-    objective = build_objective(method, cfg.forget_coeff)
     ds = UnlearningDataset(data.forget, data.retain, tok, fmt, objective.parts, refusals, cfg.max_length,
                            mask_forget=cfg.mask, seed=0)
     tokens_per_epoch = sum(len(item[p]) for item in ds.items for p in objective.parts)
     cuda = args.device == "cuda"
     model.to(args.device)
-    train(model, tok, ds, objective, cfg, work / "warmup")  # kernels, allocator, autotuning
+    fit(model, tok, ds, objective, cfg, work / "warmup")  # kernels, allocator, autotuning
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    cfg.epochs = args.epochs
+    cfg = dataclasses.replace(cfg, epochs=args.epochs)
     start = time.perf_counter()
-    train(model, tok, ds, objective, cfg, work / "timed")
+    fit(model, tok, ds, objective, cfg, work / "timed")
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -54,7 +54,7 @@ def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, b
     from transformers import GenerationConfig
 
     from unlearn.encoding import encode_prompt
-    from unlearn.evals.runner import _eos_ids
+    from unlearn.evals.runner import eos_ids
 
     pad_id = tokenizer.pad_token_id
     out = []
@@ -66,7 +66,7 @@ def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, b
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
             config = GenerationConfig(max_length=max_length, do_sample=False, num_beams=1, use_cache=True,
-                                      eos_token_id=_eos_ids(model, tokenizer), pad_token_id=pad_id)
+                                      eos_token_id=eos_ids(model, tokenizer), pad_token_id=pad_id)
             seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             out += [t.strip() for t in tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)]
     return out
@@ -157,7 +157,7 @@ def official_evaluate(model, tokenizer, fmt, sets, nli_path, judges=True):
     from unlearn.evals import suites
 
     patches = [mock.patch.object(suites, "_generate_sets", official_generate_sets),
-               mock.patch.object(suites, "_nlls", official_nlls),
+               mock.patch.object(suites, "set_nlls", official_nlls),
                # every pair is judged (the ROUGE floor applies afterwards), every text embedded
                mock.patch.object(suites, "_needs_judge", lambda rouge: list(range(len(rouge)))),
                mock.patch.object(suites, "_distinct_judges", lambda embedder, nli: (embedder, nli))]
@@ -189,9 +189,9 @@ def write_nli_standin(out: Path) -> Path:
         return out
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from unlearn.evals.judges import _packaged_embedder_path
+    from unlearn.evals.judges import packaged_embedder_path
 
-    tok = AutoTokenizer.from_pretrained(_packaged_embedder_path())
+    tok = AutoTokenizer.from_pretrained(packaged_embedder_path())
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                         intermediate_size=1536, num_labels=3,
                         id2label={0: "entailment", 1: "neutral", 2: "contradiction"},

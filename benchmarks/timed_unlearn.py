@@ -1,6 +1,6 @@
 """``unlearn ARGS`` with the one-off reference pass timed: ``python timed_unlearn.py OUT.json ARGS...``.
 
-Wraps :func:`unlearn.train.reference_nlls` (the pass computing NPO/DPO's reference statistics
+Wraps :func:`unlearn.reference.reference_nlls` (the pass computing NPO/DPO's reference statistics
 before training) to add up its wall time, runs the CLI unchanged and writes the total to OUT.json.
 """
 
@@ -13,11 +13,11 @@ import time
 
 def main() -> int:
     out, argv = sys.argv[1], sys.argv[2:]
-    import unlearn.train as train
+    import unlearn.reference as reference
     from unlearn.__main__ import main as cli
 
     spent = {"reference_pass_s": 0.0, "calls": 0}
-    inner = train.reference_nlls
+    inner = reference.reference_nlls
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
@@ -27,7 +27,7 @@ def main() -> int:
             spent["reference_pass_s"] += time.perf_counter() - start
             spent["calls"] += 1
 
-    train.reference_nlls = timed
+    reference.reference_nlls = timed
     rc = cli(argv)
     with open(out, "w") as fh:
         json.dump(spent, fh)

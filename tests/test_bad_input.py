@@ -32,6 +32,7 @@ def ws(tmp_path_factory, synth_dir):
     (d / "latin1.jsonl").write_bytes(lines[0].encode() + b'\n{"question": "caf\xe9?", "answer": "yes"}\n')
     (d / "unknown_key.yaml").write_text("lr: 0.001\nlerning_rate: 0.1\n", encoding="utf-8")
     (d / "bad_value.yaml").write_text("lr: fast\n", encoding="utf-8")
+    (d / "beta.yaml").write_text("method: NPO+GD\nbeta: 0.2\n", encoding="utf-8")
     for name, edit in (("no_perturbed", _drop_perturbed), ("uneven", _uneven_perturbed)):
         shutil.copytree(synth_dir, d / name)
         path = d / name / "forget01_perturbed.json"
@@ -107,6 +108,14 @@ CASES = [
      r"model path does not exist: .*no_such_model", True),
     ("tokenizer without EOS", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "no_eos_model")),
      r"tokenizer has no EOS token", True),
+    ("unknown method argument", lambda ws: run(ws, "good.jsonl", "--method", "NPO+GD", "--method-arg", "gama=1"),
+     r"unknown method argument 'gama' for NPO\+GD \(its arguments: NPO.beta \(default 0.1\)\)", False),
+    ("ambiguous method argument", lambda ws: run(ws, "good.jsonl", "--method", "DPO+AP", "--method-arg", "beta=1"),
+     r"'beta' belongs to DPO and AP: write DPO.beta or AP.beta", False),
+    ("mistyped method argument", lambda ws: run(ws, "good.jsonl", "--method", "NPO", "--method-arg", "beta=high"),
+     r"NPO.beta must be float, got 'high'", False),
+    ("renamed YAML key", lambda ws: run(ws, "good.jsonl", "--config", str(ws / "beta.yaml")),
+     r"beta\.yaml: key 'beta': beta is a method argument now: method_args: \{beta: 0.1\}", False),
 ]
 
 
@@ -132,7 +141,7 @@ def test_bad_input_gives_one_clear_line(ws, name, argv, expected, loads_model, c
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback(ws, where):
-    from unlearn.data import DataError
+    from unlearn.errors import DataError
 
     argv = run(ws, "missing.jsonl")
     argv = ["--debug", *argv] if where == "before" else [argv[0], "--debug", *argv[1:]]
@@ -149,3 +158,48 @@ def test_long_sequences_are_truncated_and_counted(ws, tmp_path, caplog):
                      "--batch-size", "4", "--grad-accum", "1", "--no-eval", "--out", str(tmp_path / "out")])
     assert code == 0
     assert re.search(r"\b2 sequences were longer than --max-length 24 and were truncated", caplog.text), caplog.text
+
+
+# ------------------------------------------------------------------------------- fail fast
+
+
+FAIL_FAST = [
+    ("embedder", ["--embedder", "/no/such/embedder"], r"could not load sentence embedder '/no/such/embedder'"),
+    ("NLI judge", ["--nli", "/no/such/nli"], r"--nli: could not load NLI model '/no/such/nli'.*--nli none"),
+    ("retain model", ["--retain-model", "/no/such/retain"], r"model path does not exist: /no/such/retain"),
+]
+
+
+@pytest.mark.parametrize("name,extra,expected", FAIL_FAST, ids=[c[0] for c in FAIL_FAST])
+def test_what_evaluation_needs_is_refused_before_the_first_step(synth_dir, tmp_path, capsys, monkeypatch,
+                                                                name, extra, expected):
+    """A run that would train, save and then fail to evaluate is refused before it trains."""
+    import unlearn.train
+
+    def no_training(*a, **k):
+        raise AssertionError(f"{name}: training started before the evaluation was checked")
+
+    monkeypatch.setattr(unlearn.train, "fit", no_training)
+    out = tmp_path / "out"
+    code = main(["run", "--model", "tiny", "--data", str(synth_dir), "--method", "GA", "--epochs", "1",
+                 "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(expected, err.strip().splitlines()[-1]), err
+    assert not (out / "model").exists() and not (out / "train_log.jsonl").exists()
+
+
+def test_a_bug_shows_its_traceback_and_a_user_error_one_line(ws, tmp_path, monkeypatch, capsys):
+    """Only UnlearnError becomes a one-line message: a shape bug inside a loss is not disguised."""
+    from unlearn import methods
+
+    broken = methods.Term("GA", lambda v: v.logits("forget").sum(dim=5), ("forget",))  # a wrong dim: IndexError
+    monkeypatch.setitem(methods.FORGET_TERMS, "GA", broken)
+    argv = ["run", "--model", "tiny", "--forget", str(ws / "good.jsonl"), "--method", "GA", "--epochs", "1",
+            "--no-eval", "--out", str(tmp_path / "bug")]
+    with pytest.raises(IndexError):
+        main(argv)
+    capsys.readouterr()
+    assert main(argv[:-1] + [str(tmp_path / "user"), "--method-arg", "beta=1"]) == 2  # GA takes no arguments
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["unlearn: error: unknown method argument 'beta' for GA (its arguments: none)"]

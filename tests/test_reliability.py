@@ -189,6 +189,30 @@ def test_resume_reuses_cached_reference_and_original_kl_reference(files, tmp_pat
     assert log_text(out) == log_text(reference)
 
 
+def test_method_args_are_saved_and_guard_the_resume(files, tmp_path, monkeypatch, capsys):
+    """--method-arg reaches config.yaml (qualified, with every default written in); a resume under
+    another value is refused, one under the same value continues."""
+    import yaml
+
+    out = tmp_path / "npo"
+    args = run_args(files, "NPO+AP", epochs=2) + ["--method-arg", "NPO.beta=0.5"]
+    _interrupt_after_step(monkeypatch, 2)
+    assert main(args + ["--out", str(out), "--save-every", "1"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(run_args(files, "NPO+AP", epochs=2) + ["--out", str(out), "--resume"]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "method_args = {'NPO.beta': 0.5, 'AP.beta': 0.1}" in err and "'NPO.beta': 0.1" in err
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method_args"] == {"NPO.beta": 0.5, "AP.beta": 0.1}
+    assert (saved["forget_coeff"], saved["reg_coeff"], saved["mask"]) == (1.0, 1.0, True)
+    # The saved config runs again as it is, giving the same model.
+    again = tmp_path / "again"
+    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    assert_same_weights(again, out)
+
+
 def test_resume_with_other_settings_is_refused(files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ft"
     _interrupt_after_step(monkeypatch, 2)

@@ -4,7 +4,7 @@ Layouts understood by :func:`load_unlearning_data`:
 
 * TOFU folder (``forget01.json`` … ``retain90.json``, as in the official release): the forget set
   is one task of a split; the retain set is ``retain(100 - 10*XX)`` plus the forget rows of the
-  tasks not (yet) unlearned (PAPER.md §3).
+  tasks not (yet) unlearned (docs/methods.md §3).
 * real-world folder (``forget.json`` + ``neighbor.json``): forget every row (or one task), retain
   the neighbours.
 * ``locuslab/TOFU`` on the Hugging Face hub: ``forgetXX`` against ``retain(100-XX)`` (the hub copy

@@ -3,7 +3,7 @@
 Every labelled sequence is ``prompt(question) + answer + EOS``. The prompt and the answer are
 tokenised separately and concatenated, so the boundary between question and answer tokens is
 exact whatever the tokenizer does with spaces. Labels are the input ids with the question
-positions set to -100 when ``mask_question`` is true (PAPER.md §2: every sequence masks the
+positions set to -100 when ``mask_question`` is true (docs/methods.md §2: every sequence masks the
 question except the ME forget term, which trains on question tokens too).
 """
 

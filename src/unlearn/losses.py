@@ -1,4 +1,4 @@
-"""The losses of PAPER.md §2 as pure tensor functions.
+"""The losses of docs/methods.md §2 as pure tensor functions.
 
 No model, no config, no reduction over anything but the tensors given: a method in
 :mod:`unlearn.methods` runs the model(s) and hands the logits or per-sequence NLLs here.
@@ -99,7 +99,7 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     This is what ``model(input_ids, labels=labels).loss`` returns in transformers: long answers
     weigh more than short ones (a token mean, not a mean of per-sequence means). It is the GA,
-    GD and IDK loss of PAPER.md §2.
+    GD and IDK loss of docs/methods.md §2.
 
     Args:
         logits: ``(B, T, V)``; labels: ``(B, T)``.

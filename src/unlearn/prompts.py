@@ -1,4 +1,4 @@
-"""Prompt formats: the text that precedes an answer (PAPER.md §2).
+"""Prompt formats: the text that precedes an answer (docs/methods.md §2).
 
 Llama-2-chat and Llama-3-instruct use the paper's exact strings, instruction models with a chat
 template use that template, and anything else gets ``"Question: ... \\nAnswer: "``. The formatted

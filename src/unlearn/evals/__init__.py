@@ -1,4 +1,4 @@
-"""The paper's evaluation (PAPER.md §4).
+"""The paper's evaluation (docs/methods.md §4).
 
 * :mod:`.metrics`: pure metric functions over numbers and strings.
 * :mod:`.judges`: the sentence embedder and the NLI judge (loaded once, injectable).

@@ -1,4 +1,4 @@
-"""General-ability evaluation with lm-evaluation-harness (PAPER §3.3, real-world scenario).
+"""General-ability evaluation with lm-evaluation-harness (docs/methods.md §3, real-world scenario).
 
 The paper checks that unlearning leaves general abilities intact with five lm-eval tasks, each
 scored by one metric after one filter (``PAPER_TASKS``). :func:`run_downstream` evaluates the

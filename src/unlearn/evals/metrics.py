@@ -1,4 +1,4 @@
-"""The paper's evaluation metrics as pure functions over numbers and strings (PAPER.md §4).
+"""The paper's evaluation metrics as pure functions over numbers and strings (docs/methods.md §4).
 
 Nothing here runs a model. The runner computes, once per eval set, the greedy generations, the
 per-item mean token NLL of each answer (``*_nll`` arguments, shape ``(N,)``) and of the perturbed
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 ENTAILMENT_MIN_ROUGE = 0.1
-"""Items whose ROUGE-L recall is below this count as not entailed (PAPER.md §4)."""
+"""Items whose ROUGE-L recall is below this count as not entailed (docs/methods.md §4)."""
 
 
 # --------------------------------------------------------------------------- helpers

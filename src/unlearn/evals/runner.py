@@ -19,7 +19,7 @@ from ..encoding import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
-"""Longest prompt + generation in tokens (PAPER.md §4)."""
+"""Longest prompt + generation in tokens (docs/methods.md §4)."""
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     """The tokenizer's EOS plus any end token the model's generation config names (e.g. Llama 3)."""
     ids = [tokenizer.eos_token_id]
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -72,7 +72,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     """
     prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
     pad = pad_id(tokenizer)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     eos_set = set(eos)
     device = model_device(model)
     budget = [max(max_length - len(p), 1) for p in prompts]

@@ -1,4 +1,4 @@
-"""The evaluation sets of PAPER.md §4, read from ``*_perturbed.json`` files and checked before any
+"""The evaluation sets of docs/methods.md §4, read from ``*_perturbed.json`` files and checked before any
 model is loaded: TOFU (Retain, Real Authors, Real World, Forget, Forget Paraphrased) and the
 real-world layout (Retain = neighbours, Forget = the famous people)."""
 

@@ -1,4 +1,4 @@
-"""The evaluation of PAPER.md §4: which metrics, which summary keys, which output files.
+"""The evaluation of docs/methods.md §4: which metrics, which summary keys, which output files.
 
 The sets come from :mod:`unlearn.evals.sets`. ``evaluate`` generates the
 answers of every set in one length-sorted pass, runs one NLL pass per set over the answers,

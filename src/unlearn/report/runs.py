@@ -12,7 +12,9 @@ from typing import Iterable
 
 import yaml
 
+from ..errors import DataError
 from ..io import read_csv_rows
+from ..rundir import CONFIG, CONTINUAL, DATA, EVAL_CONFIG, SUMMARY, eval_file
 
 # The evaluation's vocabulary (evals.suites), repeated here so a report never imports torch.
 SETS = ("Retain", "Real Authors", "Real World", "Forget", "Forget Paraphrased")
@@ -87,7 +89,7 @@ class Run:
     def records(self, set_name: str) -> dict[str, dict]:
         """Per-item evaluation records of a set, by question text (empty when not evaluated)."""
         if set_name not in self._records:
-            path = self.eval_dir / f"eval_{set_name.replace(' ', '_')}.jsonl" if self.eval_dir else None
+            path = self.eval_dir / eval_file(set_name) if self.eval_dir else None
             rows = read_jsonl(path) if path else []
             self._records[set_name] = {r["question"]: r for r in rows if isinstance(r.get("question"), str)}
         return self._records[set_name]
@@ -138,7 +140,7 @@ def _read_mapping(path: Path, parse) -> dict:
 
 def _read_config(folder: Path) -> dict:
     """config.yaml of an unlearning run, else eval_config.yaml of an evaluated model."""
-    for name, kind in (("config.yaml", "run"), ("eval_config.yaml", "eval")):
+    for name, kind in ((CONFIG, "run"), (EVAL_CONFIG, "eval")):
         cfg = _read_mapping(folder / name, yaml.safe_load)
         if cfg:
             return {**cfg, "_kind": kind}
@@ -153,7 +155,7 @@ def _task_dirs(folder: Path) -> list[Path]:
 
 def _curve(folder: Path) -> list[dict]:
     rows = []
-    for row in read_csv_rows(folder / "continual.csv"):
+    for row in read_csv_rows(folder / CONTINUAL):
         parsed = {k: (as_number(v) if k != "task" else v) for k, v in row.items() if k}
         rows.append(parsed)
     return sorted(rows, key=lambda r: (r.get("n_unlearned") is None, r.get("n_unlearned") or 0))
@@ -161,31 +163,29 @@ def _curve(folder: Path) -> list[dict]:
 
 def load_run(folder: str | Path, name: str | None = None) -> "Run":
     """A run (or continual run) folder as a :class:`Run`."""
-    from ..data import DataError
-
     folder = Path(folder)
-    summary_path = folder / "summary.json"
-    if (folder / "continual.csv").is_file():
+    summary_path = folder / SUMMARY
+    if (folder / CONTINUAL).is_file():
         curve = _curve(folder)
-        tasks = [t for t in _task_dirs(folder) if (t / "summary.json").is_file()]
+        tasks = [t for t in _task_dirs(folder) if (t / SUMMARY).is_file()]
         # The last task unlearned is the curve's last row (tasks may run in any order).
         last_row = folder / f"task_{curve[-1].get('task')}" if curve else None
         last = last_row if last_row in tasks else (tasks[-1] if tasks else None)
         if summary_path.is_file():
             summary = _read_mapping(summary_path, json.loads)
         elif last is not None:
-            summary = _read_mapping(last / "summary.json", json.loads)
+            summary = _read_mapping(last / SUMMARY, json.loads)
         else:
             summary = {k: v for k, v in (curve[-1] if curve else {}).items() if k not in ("task", "n_unlearned")}
         config = _read_config(folder) or (_read_config(tasks[0]) if tasks else {})
-        info = _read_mapping(folder / "data.json", json.loads) or (
-            _read_mapping(tasks[0] / "data.json", json.loads) if tasks else {})
+        info = _read_mapping(folder / DATA, json.loads) or (
+            _read_mapping(tasks[0] / DATA, json.loads) if tasks else {})
         return Run(name or folder.name, folder, summary, config, info, curve=curve,
                    eval_dir=last if last is not None else folder)
     if not summary_path.is_file():
         raise DataError(f"{folder}: no summary.json (evaluate the model first: unlearn eval)")
     return Run(name or folder.name, folder, _read_mapping(summary_path, json.loads), _read_config(folder),
-               _read_mapping(folder / "data.json", json.loads), eval_dir=folder)
+               _read_mapping(folder / DATA, json.loads), eval_dir=folder)
 
 
 def _inside(path: Path, parents: Iterable[Path]) -> bool:
@@ -197,8 +197,6 @@ def collect_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()
 
     Names are paths relative to the common parent of the run folders (``a``, ``sweep/lr=1e-05``).
     """
-    from ..data import DataError
-
     found: set[Path] = set()
     continual: set[Path] = set()
     for p in paths:
@@ -208,9 +206,9 @@ def collect_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             here = Path(dirpath).resolve()
-            if "continual.csv" in filenames:
+            if CONTINUAL in filenames:
                 continual.add(here)
-            elif "summary.json" in filenames:
+            elif SUMMARY in filenames:
                 found.add(here)
     skip = {Path(e).resolve() for e in exclude}
     folders = sorted(continual | {f for f in found if not _inside(f, continual)})
