@@ -34,6 +34,7 @@ from .encoding import make_collate, pad_id
 from .errors import DataError, DivergenceError
 from .io import append_jsonl, atomic_write_jsonl
 from .methods import BatchView, Objective
+from .rundir import TRAIN_LOG
 
 log = logging.getLogger("unlearn")
 
@@ -101,7 +102,7 @@ class Session:
                **distributed.mean_over_processes(means, self.accelerator), "lr": lr}
         st.history.append(row)
         if self.accelerator.is_main_process:
-            append_jsonl(self.out_dir / "train_log.jsonl", row)
+            append_jsonl(self.out_dir / TRAIN_LOG, row)
         return row
 
     def save_checkpoint(self, name: str) -> None:
@@ -204,7 +205,7 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
         state = TrainState.from_checkpoint(saved)
         accelerator.step = 0  # the accumulation counter: the checkpoint is at an optimiser step
         if accelerator.is_main_process:
-            atomic_write_jsonl(out_dir / "train_log.jsonl", state.history)  # drop the rows logged after it
+            atomic_write_jsonl(out_dir / TRAIN_LOG, state.history)  # drop the rows logged after it
         log.info("resuming from the checkpoint of step %d of %d in %s", state.step, total_steps,
                  checkpoint.path(out_dir))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,

@@ -15,10 +15,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_NLI
+from ..config import DEFAULT_NLI, EVAL_BATCH_SIZE
 from ..data import read_records
 from ..errors import DataError, ModelError
-from ..rundir import RunDir, eval_file
+from ..rundir import MODEL, RunDir, eval_file
 from . import metrics as M
 from .judges import Unavailable
 from .sets import EvalSet, forget_set, load_eval_sets
@@ -59,8 +59,6 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
     ``source``: a folder with a saved evaluation (``eval_Forget.jsonl``, same questions in the same
     order) or a retain model (folder or hub id), which is run on the forget NLLs only.
     """
-    from ..config import EVAL_BATCH_SIZE
-
     path = Path(source)
     saved = path / eval_file("Forget")
     if saved.is_file():
@@ -74,8 +72,8 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
             if not isinstance(r.get("truth_ratio_r"), (int, float)):
                 raise DataError(f"{r['_source']}: missing field 'truth_ratio_r'")
         return [float(r["truth_ratio_r"]) for r in rows]
-    if (path / "model").is_dir() and not (path / "config.json").exists():
-        path = path / "model"  # the output folder of a fine-tuning run
+    if (path / MODEL).is_dir() and not (path / "config.json").exists():
+        path = path / MODEL  # the output folder of a fine-tuning run
     from ..models import load_model
     from ..prompts import detect_prompt_format
 
@@ -126,7 +124,7 @@ class EvalPlan:
     judges: Judges | None = None
     retain_ratios: list[float] | None = None
     downstream: list[str] | None = None
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH_SIZE
     downstream_limit: int | None = None
     downstream_include: str | None = None
 

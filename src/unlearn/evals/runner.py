@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import EVAL_BATCH_SIZE
 from ..encoding import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
@@ -56,7 +57,7 @@ FIRST_ROUND = 64
 
 
 def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_LENGTH,
-             batch_size: int = 16, desc: str | None = None, first_round: int = FIRST_ROUND) -> list[str]:
+             batch_size: int = EVAL_BATCH_SIZE, desc: str | None = None, first_round: int = FIRST_ROUND) -> list[str]:
     """Greedy answers to ``questions``, in their order (new tokens only, specials skipped, stripped).
 
     Each answer may grow to ``max_length`` tokens in total, prompt included (the paper's 200-token
@@ -122,7 +123,7 @@ def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: l
 
 
 def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
-                batch_size: int = 16) -> np.ndarray:
+                batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Per-item mean token NLL of ``answer + EOS`` after ``fmt.prompt(question)``, shape ``(N,)``.
 
     Pass every (question, answer) pair of a set at once (answers, paraphrases and perturbed
