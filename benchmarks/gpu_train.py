@@ -62,7 +62,7 @@ def one(args, spec: dict) -> dict:
     model, tok = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, texts=texts)
     fmt = detect_prompt_format(tok, cfg.model)
     ds = UnlearningDataset(data.forget, data.retain, tok, fmt, objective.parts, refusals, cfg.max_length,
-                           mask_forget=cfg.mask, seed=0)
+                           mask_forget=cfg.mask)
     tokens_per_epoch = sum(len(item[p]) for item in ds.items for p in objective.parts)
     cuda = args.device == "cuda"
     model.to(args.device)

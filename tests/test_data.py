@@ -1,5 +1,6 @@
 
 import pytest
+import torch
 
 from unlearn.data import (DataError, UnlearningDataset, load_hub_tofu, load_real_world, load_tofu,
                           load_unlearning_data, read_records)
@@ -90,8 +91,11 @@ def test_encode_masks_question_and_appends_eos():
     assert e.labels == [IGNORE_INDEX] * 3 + [ord("a"), ord("b"), 1]
     unmasked = encode_qa(_Tok(), "Q:", "ab", mask_question=False)
     assert unmasked.labels == unmasked.input_ids
-    t = encode_qa(_Tok(), "Q:", "abcdef", max_length=5)
-    assert t.truncated and len(t) == 5 and t.input_ids[-1] == 1
+    t = encode_qa(_Tok(), "Q:", "abcdef", max_length=5)  # cut at the limit: no EOS (as officially)
+    assert t.truncated and t.input_ids == [2, ord("Q"), ord(":"), ord("a"), ord("b")]
+    assert t.labels == [IGNORE_INDEX] * 3 + [ord("a"), ord("b")]
+    exact = encode_qa(_Tok(), "Q:", "ab", max_length=5)  # fills the limit: no room for the EOS either
+    assert not exact.truncated and exact.input_ids[-1] == ord("b")
 
 
 def test_pad_batch_dynamic():
@@ -105,7 +109,7 @@ def test_pad_batch_dynamic():
 
 
 class _Fmt:
-    add_special_tokens = True
+    add_special_tokens, answer_prefix = True, ""
 
     def prompt(self, q):
         return q + "?"
@@ -115,8 +119,8 @@ def test_pairing_is_deterministic_per_item():
     forget = [{"question": f"f{i}", "answer": "x"} for i in range(5)]
     retain = [{"question": f"r{i}", "answer": "y"} for i in range(50)]
     parts = ("forget", "forget_idk", "retain", "retain_idk")
-    ds1 = UnlearningDataset(forget, retain, _Tok(), _Fmt(), parts, ["no", "nope"], seed=1)
-    ds2 = UnlearningDataset(forget, retain, _Tok(), _Fmt(), parts, ["no", "nope"], seed=1)
+    ds1 = UnlearningDataset(forget, retain, _Tok(), _Fmt(), parts, ["no", "nope"])
+    ds2 = UnlearningDataset(forget, retain, _Tok(), _Fmt(), parts, ["no", "nope"])
     assert [d["retain"].input_ids for d in ds1] == [d["retain"].input_ids for d in ds2]
     partners = {tuple(ds1[i]["retain"].input_ids) for i in range(5)}
     assert len(partners) > 1  # not always the same partner
@@ -126,6 +130,28 @@ def test_pairing_is_deterministic_per_item():
         assert item["retain"].input_ids[:3] == item["retain_idk"].input_ids[:3]
         text = "".join(chr(c) for c in item["forget_idk"].input_ids[1:-1])
         assert text.endswith("no") or text.endswith("nope")
+
+
+def test_pairing_is_the_official_codes_draw_for_draw():
+    """The official TextForgetDatasetQA: torch.manual_seed(idx); retain partner
+    (idx + randint(0, len(retain))) % len(retain); refusal randint(0, len(idk)); the mismatched
+    answer is the partner's. Expected values derived with the global generator, as it does."""
+    forget = [{"question": f"f{i}", "answer": "x"} for i in range(6)]
+    retain = [{"question": f"r{i}", "answer": f"a{i}"} for i in range(37)]
+    refusals = [f"no{k}" for k in range(11)]
+    parts = ("forget_idk", "retain", "forget_mismatch")
+    ds = UnlearningDataset(forget, retain, _Tok(), _Fmt(), parts, refusals)
+    text = lambda e: "".join(chr(c) for c in e.input_ids[1:-1])  # noqa: E731 (without BOS and EOS)
+    for idx in range(6):
+        torch.manual_seed(idx)
+        partner = (idx + torch.randint(0, len(retain), (1,)).item()) % len(retain)
+        refusal = torch.randint(0, len(refusals), (1,)).item()
+        assert text(ds[idx]["retain"]) == f"r{partner}?a{partner}"
+        assert text(ds[idx]["forget_idk"]) == f"f{idx}?no{refusal}"
+        assert text(ds[idx]["forget_mismatch"]) == f"f{idx}?a{partner}"  # LLMU: the partner's answer
+    # the refusal (a forget-side sequence) does not depend on the retain set
+    other = UnlearningDataset(forget, retain[:5], _Tok(), _Fmt(), parts, refusals)
+    assert [text(other[i]["forget_idk"]) for i in range(6)] == [text(ds[i]["forget_idk"]) for i in range(6)]
 
 
 def test_retain_required(tmp_path):

@@ -117,7 +117,8 @@ def tiny(tofu_dir):
     model = build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
     from unlearn.encoding import encode_qa, pad_batch
 
-    batch = pad_batch([encode_qa(tok, fmt.prompt(r["question"]), r["answer"]) for r in FORGET + RETAIN],
+    batch = pad_batch([encode_qa(tok, fmt.prompt(r["question"]), fmt.answer_prefix + r["answer"])
+                       for r in FORGET + RETAIN],
                       tok.pad_token_id)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -215,10 +216,12 @@ def test_generation_respects_the_total_length(tiny):
 
 
 def reference_nll(model, tok, fmt, question: str, answer: str) -> float:
-    """Mean NLL of answer + EOS, one sequence at a time, log-softmax by hand."""
-    prompt = tok(fmt.prompt(question))["input_ids"]
-    target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = torch.tensor([prompt + target])
+    """Mean NLL of answer + EOS, one sequence at a time, log-softmax by hand. As officially, the
+    prompt and the answer are encoded as one string and the encoded prompt's length is masked."""
+    joint = tok(fmt.prompt(question) + fmt.answer_prefix + answer)["input_ids"] + [tok.eos_token_id]
+    prompt = joint[: len(tok(fmt.prompt(question))["input_ids"])]
+    target = joint[len(prompt):]
+    ids = torch.tensor([joint])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
     positions = range(len(prompt) - 1, len(prompt) + len(target) - 1)

@@ -55,7 +55,7 @@ def test_training_on_the_gpu_keeps_float32_weights_under_bf16_autocast(tmp_path,
     if torch.cuda.is_bf16_supported():
         assert training_mixed_precision(cfg.dtype) == "bf16"
     obj = build_objective(method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask)
     result = fit(model, tok, ds, obj, cfg, tmp_path)
     trained = result.model
     assert result.steps == 4
@@ -69,7 +69,7 @@ def test_training_on_the_gpu_keeps_float32_weights_under_bf16_autocast(tmp_path,
 def test_cached_reference_statistics_match_the_cpu(tiny):
     tok, fmt, base = tiny
     obj = build_objective("DPO+GD")
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."])
     cpu = reference_nlls(copy.deepcopy(base), ds, obj.ref_nll_parts, tok, batch_size=4)
     gpu = reference_nlls(copy.deepcopy(base).cuda(), ds, obj.ref_nll_parts, tok, batch_size=4)
     assert set(cpu) == set(gpu) == {"forget", "forget_idk"}

@@ -83,7 +83,7 @@ def test_only_the_adapter_trains(tmp_path, tiny, checkpointing):
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     cfg = _cfg(tmp_path, gradient_checkpointing=checkpointing)
     obj = build_objective(cfg.method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask)
     result = fit(model, tok, ds, obj, cfg, tmp_path)
     assert result.steps == 4
     trained = result.model
@@ -115,7 +115,7 @@ def test_reference_is_the_base_model(tiny):
     with torch.no_grad():
         base_logits = base(input_ids=IDS).logits
     obj = build_objective("NPO+GD")
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
     base_nlls = reference_nlls(base, ds, ("forget",), tok, batch_size=4)["forget"]
     model = apply_lora(base)
     _randomise_adapter(model)

@@ -43,7 +43,7 @@ def test_every_combination_trains(tmp_path, tiny, method):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = _cfg(tmp_path, method)
     obj = build_objective(method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask, seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask)
     result = fit(model, tok, ds, obj, cfg, tmp_path)
     assert result.steps == 2
     for row in result.history:
@@ -56,7 +56,8 @@ def test_every_combination_trains(tmp_path, tiny, method):
 def test_parse_and_defaults():
     assert [t.name if t else None for t in parse_method("me+gd")] == ["ME", "GD"]
     assert parse_method("GA")[1] is None
-    assert [t.name for t in parse_method("LLMU")] == ["LLMU", "KL"]
+    assert [t.name for t in parse_method("LLMU")] == ["LLMU", "LLMU"]  # GA, then mismatch NLL + KL
+    assert build_objective("LLMU").name == "LLMU" and build_objective("LLMU").needs_ref_model
     me, idk = build_objective("ME+GD"), build_objective("IDK+AP")
     assert (me.forget_coeff, me.forget.mask_question, me.reg_coeff) == (0.1, False, 1.0)
     assert (idk.forget_coeff, idk.forget.mask_question, idk.reg_args) == (1.0, True, {"beta": 0.1})
@@ -85,7 +86,7 @@ def test_cached_reference_equals_live_reference(tmp_path, tiny):
     tok, fmt, make = tiny
     model = make()
     obj = build_objective("DPO+GD")
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."])
     stats = reference_nlls(model, ds, obj.ref_nll_parts, tok, batch_size=4)
     batch = make_collate(tok.pad_token_id)([ds[i] for i in (4, 1, 3)])
     view = BatchView(model, batch, Reference(stats=stats))
@@ -107,7 +108,7 @@ def test_divergence_stops_with_a_named_message(tmp_path, tiny):
     tok, fmt, make = tiny
     nan_term = Term("GA", lambda v: v.mean_nll("forget") * float("nan"), ("forget",))
     obj = Objective(nan_term, None)
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
     with pytest.raises(DivergenceError, match=r"non-finite loss at step 1: GA: GA forget term = nan"):
         fit(make(), tok, ds, obj, _cfg(tmp_path, "GA"), tmp_path)
 
@@ -148,7 +149,7 @@ def test_a_method_argument_reaches_the_loss(tmp_path, tiny, monkeypatch):
     for scale in (1.0, 3.0):
         cfg = _cfg(tmp_path / str(scale), "SCALED", method_args={"scale": scale}, lr=0.0)
         obj = build_objective(cfg.method, cfg.method_args)
-        ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+        ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
         losses[scale] = fit(make(), tok, ds, obj, cfg, tmp_path / str(scale)).history[0]["loss"]
     assert losses[3.0] == pytest.approx(3 * losses[1.0], rel=1e-5)
 
@@ -157,7 +158,7 @@ def test_the_log_records_the_learning_rate_each_step_used(tmp_path, tiny):
     tok, fmt, make = tiny
     cfg = _cfg(tmp_path, "GA", epochs=2, warmup=2, lr=1e-3)
     obj = build_objective("GA")
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"], seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
     history = fit(make(), tok, ds, obj, cfg, tmp_path).history
     # warm-up over 2 of 4 steps: step 1 trains at 0, step 2 at lr/2, step 3 at the peak, step 4 halfway down
     assert [row["lr"] for row in history] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])

@@ -238,7 +238,8 @@ def test_prompt_strings_per_kind(tokenizer):
         "<|start_header_id|>user<|end_header_id|>\n\nWho is Basil?"
         "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
-    assert PromptFormat("plain").prompt(Q) == "Question: Who is Basil?\nAnswer: "
+    assert PromptFormat("plain").prompt(Q) == "Question: Who is Basil?\nAnswer:"
+    assert PromptFormat("plain").answer_prefix == " " and PromptFormat("llama2").answer_prefix == ""
     custom = PromptFormat("custom", template="Q: {question} {json: 1}\nA:")
     assert custom.prompt(Q) == "Q: Who is Basil? {json: 1}\nA:"
 

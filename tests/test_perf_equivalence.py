@@ -68,7 +68,7 @@ def test_cached_reference_statistics_equal_a_live_reference_over_training(tmp_pa
     assert cached.ref_nll_parts and not cached.needs_ref_model  # one model in memory while training
     live = Objective(LIVE[method.split("+")[0]], REGULARIZERS["GD"], forget_args={"beta": 0.1})
     assert live.needs_ref_model and not live.ref_nll_parts  # a deep copy of the model scores every batch
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, cached.parts, REFUSALS, seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, cached.parts, REFUSALS)
 
     a = fit(make(), tok, ds, cached, cfg, tmp_path / "cached")
     b = fit(make(), tok, ds, live, cfg, tmp_path / "live")
@@ -171,7 +171,7 @@ def test_max_entropy_gradcheck():
 def test_max_entropy_gradient_flows_through_a_model(tiny):
     """ME+GD trains through the custom backward exactly as through autograd's own graph."""
     tok, fmt, make = tiny
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, ("forget",), REFUSALS, mask_forget=False, seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, ("forget",), REFUSALS, mask_forget=False)
     from unlearn.data import make_collate
 
     batch = make_collate(tok.pad_token_id)([ds[i] for i in range(4)])["forget"]
@@ -214,7 +214,7 @@ def test_eager_and_sdpa_attention_give_the_same_losses(tiny):
     """``--attn-implementation sdpa`` on CPU: same per-sequence NLLs as eager, padding included."""
     tok, fmt, make = tiny
     obj = build_objective("GA+GD")
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, REFUSALS, seed=0)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, REFUSALS)
     out = {}
     for impl in ("eager", "sdpa"):
         model = make()

@@ -30,8 +30,8 @@ FORGET = [{"question": f"What did author {i} write?", "answer": f"Author {i} wro
 RETAIN = [{"question": f"Where was author {i} born?", "answer": f"Author {i} was born in town {i}."}
           for i in range(10, 18)]
 TRAIN = FORGET + RETAIN
-# 8 items, batch 3: 3 batches per epoch, 2 steps per epoch with grad-accum 2 (the last step has
-# one batch), so resuming has to get partial accumulation and epoch boundaries right.
+# 8 items, batch 3: 3 batches per epoch; with grad-accum 2 a step spans an epoch boundary every other
+# step (accumulation runs across epochs, as officially), so resuming has to get that right.
 COMMON = ["--model", "tiny", "--max-length", "48", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-3",
           "--seed", "7", "--warmup", "1"]
 
@@ -146,7 +146,7 @@ def test_same_seed_same_weights_and_log(files, finetuned, tmp_path):
     assert main(finetune_args(files) + ["--out", str(again)]) == 0
     assert_same_weights(again, finetuned)
     assert log_text(again) == log_text(finetuned)
-    assert len(log_text(finetuned).splitlines()) == 9  # 16 items, batch 3, grad-accum 2: 3 steps x 3 epochs
+    assert len(log_text(finetuned).splitlines()) == 8  # floor(3 epochs x 16 items / (batch 3 x grad-accum 2))
 
 
 def test_resume_in_process_truncates_the_log(files, finetuned, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ from .rundir import CHECKPOINT
 
 STATE = "trainer_state.json"
 REF_STATS = "ref_stats.safetensors"
-VERSION = 1
+VERSION = 2  # 2: the state counts micro-steps across epochs (accumulation spans epoch boundaries)
 
 log = logging.getLogger("unlearn")
 

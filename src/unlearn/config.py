@@ -58,34 +58,41 @@ class Config:
     epochs: float = _f(5, "epochs over the forget set", "train", True)
     lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True)
     batch_size: int = _f(4, "examples per device per micro-step", "train", True)
-    grad_accum: int = _f(4, "micro-steps accumulated per optimiser step", "train", True)
+    effective_batch: int = _f(32, "examples per optimiser step over all processes, when --grad-accum is not given: "
+                              "the accumulation is effective_batch / (batch_size x processes), so a run takes "
+                              "the same steps on 1 or 8 GPUs (paper: 32 = 4 per device x 4 accumulation x 2 GPUs)",
+                              "train", True)
+    grad_accum: int | None = _f(None, "micro-steps accumulated per optimiser step (default: from --effective-batch)",
+                                "train", True)
     weight_decay: float = _f(0.01, "AdamW weight decay", "train", True)
     optim: str = _f("adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)",
                     "train", True)
-    warmup: int | None = _f(None, "linear warm-up steps (default: one epoch of steps when an epoch has more than one)",
-                            "train", True)
+    warmup: int | None = _f(None, "linear warm-up steps (default, as officially: unlearning one epoch of steps when an "
+                            "epoch has more than one, else none; fine-tuning max(1, steps / epochs))", "train", True)
     seed: int = _f(1001, "random seed", "train", True)
-    max_length: int = _f(500, "longest training sequence in tokens (paper: 500 TOFU, 300 real world)", "train", True)
+    max_length: int | None = _f(None, "longest training sequence in tokens (default, as officially: 500; 300 for the "
+                                "real-world layout)", "train", True)
     mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
                               "that supports it, else none), no, bf16 or fp16", "train", True)
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations", "train")
     # --- data ---
     data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU", "data", True)
     split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)
-    task_id: int | None = _f(1, "task of the split to unlearn (TOFU: 1..10; real world: all tasks when unset)",
-                             "data", True)
+    task_id: int | None = _f(None, "task of the split to unlearn (default, as officially: TOFU task 1; the real-world "
+                             "layout every person at once)", "data", True)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
-    idk: str | None = _f(None, "refusal sentences for IDK/DPO/AP, one per line (default: built-in list)",
+    idk: str | None = _f(None, "refusal sentences for IDK/DPO/AP, one per line (default: the official "
+                         "idontknow.jsonl when it sits in the --data folder or its parent, else a built-in list)",
                          "unlearn", True)
     method: str = _f("ME+GD", "unlearning method: FORGET[+REG], e.g. ME+GD, IDK+AP, NPO+KL, GA, LLMU",
                      "unlearn", True)
     method_args: dict | None = _f(None, "a hyper-parameter of the method's terms, NAME=VALUE or TERM.NAME=VALUE "
                                   "(repeatable; e.g. beta=0.2, AP.beta=0.5; the names each method takes are "
                                   "listed in docs/methods.md)", "unlearn", True)
-    forget_coeff: float | None = _f(None, "weight of the forget term (default: the term's, 0.1 for ME, else 1.0)",
-                                    "unlearn", True)
+    forget_coeff: float | None = _f(None, "weight of the forget term (default: the term's, as officially: 1.0; ME 0.1, "
+                                    "0.5 on the real-world layout, 1.0 in continual runs)", "unlearn", True)
     reg_coeff: float | None = _f(None, "weight of the regulariser (default: the term's, 1.0)", "unlearn", True)
     mask: bool | None = _f(None, "mask question tokens out of the forget loss (default: the term's, on; off for ME)",
                            "unlearn", True)

@@ -17,7 +17,6 @@ Every bad record is reported as ``file:line: field 'x' ...`` before any model is
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +28,7 @@ from .errors import DataError
 
 SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
 HUB_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+DEFAULT_MAX_LENGTH = 500  # the official TOFU length
 
 
 # --------------------------------------------------------------------------- reading records
@@ -127,6 +127,41 @@ def detect_layout(data: str | Path) -> str:
     raise DataError(f"{data}: data folder not found")
 
 
+SCENARIO_MAX_LENGTH = {"real_world": 300}  # official real_world_unlearn.py; forget.py uses 500
+IDK_FILE = "idontknow.jsonl"  # the official refusals, beside the official data folders
+
+
+def layout_of(cfg) -> str:
+    """``tofu`` | ``real_world`` | ``hub`` | ``files`` (``--forget``), or ``none`` without data."""
+    if cfg.forget is not None:
+        return "files"
+    return detect_layout(cfg.data) if cfg.data else "none"
+
+
+def with_scenario_defaults(cfg):
+    """``cfg`` with what the official code sets per data layout written in (a copy):
+
+    * ``task_id``: TOFU task 1 (the standard benchmark); the real-world layout unlearns every
+      person at once (left unset);
+    * ``max_length``: 300 tokens for the real-world layout, 500 otherwise;
+    * ``idk``: the official ``idontknow.jsonl`` when it sits in the data folder or its parent.
+    """
+    import dataclasses
+
+    layout = layout_of(cfg)
+    changes = {}
+    if cfg.task_id is None and layout == "tofu":
+        changes["task_id"] = 1
+    if cfg.max_length is None:
+        changes["max_length"] = SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH)
+    if cfg.idk is None and layout in ("tofu", "real_world"):
+        here = Path(cfg.data)
+        found = next((d / IDK_FILE for d in (here, here.parent) if (d / IDK_FILE).is_file()), None)
+        if found is not None:
+            changes["idk"] = str(found)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def task_ids_of(rows: list[dict]) -> list[int]:
     return sorted({int(r["task_id"]) for r in rows if r.get("task_id") is not None})
 
@@ -209,15 +244,18 @@ PART_NAMES = ("forget", "forget_idk", "forget_mismatch", "retain", "retain_idk")
 class UnlearningDataset(torch.utils.data.Dataset):
     """One item per forget example, with the sequences each loss term needs, by name.
 
-    Pairing follows the official code: item ``i`` gets a retain example and a refusal chosen
-    pseudo-randomly from a generator seeded by ``(seed, i)``, so the same item always gets the
-    same partners (which is what lets reference statistics be cached per item).
+    Pairing is the official code's, draw for draw: item ``i`` seeds a torch generator with ``i``,
+    draws its retain partner ``(i + randint(0, len(retain))) % len(retain)``, then its refusal
+    ``randint(0, len(refusals))``; LLMU's mismatched answer is the partner's. The same item always
+    gets the same partners, and the refusal draw does not depend on the retain set (a draw takes
+    the same random bits whatever its range), so forget-side sequences, and the reference
+    statistics cached from them, stay valid when the retain set changes (continual tasks).
     Sequences are tokenised once, here.
     """
 
     def __init__(self, forget: list[dict], retain: list[dict], tokenizer, prompt_format,
-                 parts: Sequence[str], refusals: Sequence[str], max_length: int = 500,
-                 mask_forget: bool = True, seed: int = 0):
+                 parts: Sequence[str], refusals: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
+                 mask_forget: bool = True):
         unknown = set(parts) - set(PART_NAMES)
         if unknown:
             raise ValueError(f"unknown batch parts {sorted(unknown)}")
@@ -229,19 +267,17 @@ class UnlearningDataset(torch.utils.data.Dataset):
         enc = _Encoder(tokenizer, prompt_format, max_length)
         self.items: list[dict[str, Encoded]] = []
         for i, row in enumerate(forget):
-            rng = random.Random(f"{seed}:{i}")
-            # The refusal is drawn first: then an item's forget-side sequences do not depend on
-            # the retain set, so their reference statistics stay valid when it changes.
-            refusal = refusals[rng.randrange(len(refusals))]
-            partner = retain[rng.randrange(len(retain))] if retain else None
-            mismatch = retain[rng.randrange(len(retain))] if retain else None
+            g = torch.Generator().manual_seed(i)
+            partner_idx = (i + int(torch.randint(0, max(1, len(retain)), (1,), generator=g))) % max(1, len(retain))
+            refusal = refusals[int(torch.randint(0, len(refusals), (1,), generator=g))]
+            partner = retain[partner_idx] if retain else None
             item = {}
             if "forget" in parts:
                 item["forget"] = enc(row["question"], row["answer"], mask_forget)
             if "forget_idk" in parts:
                 item["forget_idk"] = enc(row["question"], refusal)
             if "forget_mismatch" in parts:
-                item["forget_mismatch"] = enc(row["question"], mismatch["answer"])
+                item["forget_mismatch"] = enc(row["question"], partner["answer"])
             if "retain" in parts:
                 item["retain"] = enc(partner["question"], partner["answer"])
             if "retain_idk" in parts:
@@ -259,7 +295,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
 class QADataset(torch.utils.data.Dataset):
     """Plain question/answer sequences (fine-tuning): part ``qa``, question masked."""
 
-    def __init__(self, rows: list[dict], tokenizer, prompt_format, max_length: int = 500):
+    def __init__(self, rows: list[dict], tokenizer, prompt_format, max_length: int = DEFAULT_MAX_LENGTH):
         enc = _Encoder(tokenizer, prompt_format, max_length)
         self.items = [{"qa": enc(r["question"], r["answer"])} for r in rows]
         self.parts = ("qa",)
@@ -277,7 +313,7 @@ class _Encoder:
         self.tok, self.fmt, self.max_length, self.truncated = tokenizer, prompt_format, max_length, 0
 
     def __call__(self, question: str, answer: str, mask_question: bool = True) -> Encoded:
-        e = encode_qa(self.tok, self.fmt.prompt(question), answer, self.max_length, mask_question,
-                      self.fmt.add_special_tokens)
+        e = encode_qa(self.tok, self.fmt.prompt(question), self.fmt.answer_prefix + answer, self.max_length,
+                      mask_question, self.fmt.add_special_tokens)
         self.truncated += e.truncated
         return e

@@ -30,9 +30,10 @@ SETTINGS = {
                          unlearn=dict(epochs=5, lr=2e-5, batch_size=4, grad_accum=1),
                          max_length=128),
 }
-# name -> (method, overrides of the unlearning settings). IDK+AP converges faster: more epochs
-# only make it over-refuse on retain questions.
-METHODS = {"unlearned": ("ME+GD", {}), "idk_ap": ("IDK+AP", {"epochs": 5})}
+# name -> (method, overrides of the unlearning settings). ME+GD at the paper's forget weight 0.1
+# needs 15 epochs to forget on the tiny model; IDK+AP converges faster: more epochs only make it
+# over-refuse on retain questions.
+METHODS = {"unlearned": ("ME+GD", {"epochs": 15}), "idk_ap": ("IDK+AP", {"epochs": 5})}
 STAGES = ("target", "retain_model", "unlearned", "idk_ap")
 SHOW = ["Forget ROUGE", "Forget Probability", "Forget Paraphrased ROUGE", "Retain ROUGE", "Retain Probability",
         "Model Utility", "Forget Efficacy", "Forget Quality"]

@@ -84,9 +84,13 @@ def make_accelerator(cfg):
         mixed = None  # the launcher's config decides
     elif mixed == "auto":
         mixed = training_mixed_precision(cfg.dtype)
-    state()  # first, so that CPU processes join one group
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed,
-                              cpu=_cpu_processes())
+    from accelerate.utils import GradientAccumulationPlugin
+
+    processes = state().num_processes  # first, so that CPU processes join one group
+    # Accumulation runs across epoch boundaries, as in the HF Trainer of the official code; the
+    # loop decides which micro-steps end an optimiser step (unlearn.train).
+    plugin = GradientAccumulationPlugin(num_steps=accumulation(cfg, processes), sync_with_dataloader=False)
+    accelerator = Accelerator(gradient_accumulation_plugin=plugin, mixed_precision=mixed, cpu=_cpu_processes())
     if zero_stage(accelerator) is not None:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         # unlearn's loop does not clip gradients. accelerate turns "auto" into 1.0, drops a 0.0, and
@@ -97,6 +101,25 @@ def make_accelerator(cfg):
             ds_config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
             partitioned_loading(accelerator, True)  # (a previous run in this process turned it off)
     return accelerator
+
+
+def accumulation(cfg, processes: int) -> int:
+    """Micro-steps per optimiser step: ``--grad-accum``, else ``effective_batch / (batch_size x processes)``.
+
+    The default keeps the paper's effective batch of 32 whatever the number of processes: 4 per
+    device x 8 on one process, x 4 on two (the paper's 2 GPUs), x 1 on eight.
+    """
+    if cfg.grad_accum is not None:
+        return int(cfg.grad_accum)
+    per_micro_step = cfg.batch_size * processes
+    accum = max(1, cfg.effective_batch // per_micro_step)
+    if accum * per_micro_step != cfg.effective_batch:
+        import logging
+
+        logging.getLogger("unlearn").warning(
+            "--effective-batch %d is not a multiple of --batch-size %d x %d process(es): optimiser steps take %d "
+            "examples", cfg.effective_batch, cfg.batch_size, processes, accum * per_micro_step)
+    return accum
 
 
 def zero_stage(accelerator) -> int | None:
@@ -235,13 +258,28 @@ def check_optim(name: str) -> None:
             raise DependencyError(BNB_INSTALL)
 
 
+def decay_groups(model, weight_decay: float) -> list[dict]:
+    """The weights that train, in two AdamW groups as the HF Trainer of the official code makes them:
+    weight decay on all but biases and normalisation weights (transformers' own name rules)."""
+    from torch import nn
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    # (the patterns of transformers.Trainer.get_decay_parameter_names)
+    no_decay_names = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+    decay = set(get_parameter_names(model, [nn.LayerNorm], no_decay_names))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+
+
 def build_optimizer(model, cfg):
-    """AdamW over the weights that train (all of them, or a LoRA adapter's)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW over the weights that train (all of them, or a LoRA adapter's); no weight decay on
+    biases and normalisation weights (:func:`decay_groups`)."""
     name = getattr(cfg, "optim", "adamw")
     check_optim(name)
+    groups = decay_groups(model, cfg.weight_decay)
     if name == "adamw_8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return bnb.optim.AdamW8bit(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -1,10 +1,12 @@
-"""Turning a (question, answer) pair into model inputs.
+"""Turning a (question, answer) pair into model inputs, as the official code and TOFU do.
 
-Every labelled sequence is ``prompt(question) + answer + EOS``. The prompt and the answer are
-tokenised separately and concatenated, so the boundary between question and answer tokens is
-exact whatever the tokenizer does with spaces. Labels are the input ids with the question
-positions set to -100 when ``mask_question`` is true (docs/methods.md §2: every sequence masks the
-question except the ME forget term, which trains on question tokens too).
+Every labelled sequence is ``prompt(question) + answer`` encoded **as one string**, followed by one
+EOS; the labels are the input ids with the first ``len(encode(prompt))`` positions set to -100 when
+``mask_question`` is true (docs/methods.md §2: every sequence masks the question except ME's forget
+sequences). Encoding the two together matters: a SentencePiece tokenizer encodes an answer that
+follows ``[/INST]`` as ``The`` where the answer alone would give ``▁The``; and when the prompt ends
+in a space, a byte-level BPE tokenizer merges that space into the first answer token, which then
+falls inside the masked prompt length and carries no loss (as officially; see docs/parity.md).
 """
 
 from __future__ import annotations
@@ -46,29 +48,22 @@ def encode_qa(
     mask_question: bool = True,
     add_special_tokens: bool = True,
 ) -> Encoded:
-    """Encode ``prompt + answer + EOS``.
+    """Encode ``prompt + answer`` (one string) and an EOS.
 
-    ``prompt`` is the already formatted question (see :mod:`unlearn.prompts`). Sequences longer
-    than ``max_length`` are truncated from the end of the answer (the EOS is kept) and flagged,
-    so callers can count them in a warning.
+    ``prompt`` is the already formatted question (see :mod:`unlearn.prompts`). As officially, a
+    sequence is cut at ``max_length`` tokens; one that reaches it keeps no EOS (nor its label).
+    ``truncated`` flags a sequence that lost tokens, so callers can count them in a warning.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")
-    prompt_ids = encode_prompt(tokenizer, prompt, add_special_tokens)
-    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    answer_ids.append(tokenizer.eos_token_id)
-    truncated = False
-    if max_length is not None and len(prompt_ids) + len(answer_ids) > max_length:
-        truncated = True
-        keep = max(max_length - len(prompt_ids), 1)
-        answer_ids = answer_ids[: keep - 1] + [tokenizer.eos_token_id]
-        if len(prompt_ids) + len(answer_ids) > max_length:  # the prompt alone is too long
-            prompt_ids = prompt_ids[: max_length - len(answer_ids)]
-    ids = prompt_ids + answer_ids
-    if mask_question:
-        labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+    ids = list(tokenizer(prompt + answer, add_special_tokens=add_special_tokens)["input_ids"])
+    n_prompt = len(encode_prompt(tokenizer, prompt, add_special_tokens))
+    truncated = max_length is not None and len(ids) > max_length
+    if max_length is not None and len(ids) >= max_length:
+        ids = ids[:max_length]
     else:
-        labels = list(ids)
+        ids.append(tokenizer.eos_token_id)
+    labels = [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:] if mask_question else list(ids)
     return Encoded(ids, labels, truncated)
 
 

@@ -80,6 +80,7 @@ class Term:
     ref_parts: tuple[str, ...] = ()
     args: dict[str, Any] = field(default_factory=dict)  # hyper-parameter -> default
     coeff: float = 1.0  # default weight of the term in the objective
+    scenario_coeff: dict[str, float] = field(default_factory=dict)  # scenario -> default weight there
     mask_question: bool = True  # forget terms: question tokens carry no loss in forget sequences
     doc: str = ""
     label: str = ""  # name of this term in logs; default "<name> forget term" / "<name> regulariser"
@@ -99,10 +100,10 @@ FORGET_TERMS: dict[str, Term] = {
              doc="prefer a refusal over the true answer (arXiv 2305.18290)"),
         Term("IDK", lambda v: v.mean_nll("forget_idk"), ("forget_idk",), doc="fine-tune the forget questions on refusals"),
         Term("ME", lambda v: losses.max_entropy(v.logits("forget"), v.labels("forget")), ("forget",),
-             coeff=0.1, mask_question=False,
+             coeff=0.1, scenario_coeff={"real_world": 0.5, "continual": 1.0}, mask_question=False,
              doc="maximise entropy: push next-token distributions towards uniform, question tokens included (this paper)"),
-        Term("LLMU", lambda v: -v.mean_nll("forget") + v.mean_nll("forget_mismatch"), ("forget", "forget_mismatch"),
-             doc="GA plus NLL of forget questions with random retain answers (arXiv 2310.10683)"),
+        Term("LLMU", lambda v: -v.mean_nll("forget"), ("forget",),
+             doc="LLMU's forget term is GA; its regulariser is part of the method (arXiv 2310.10683)"),
     ]
 }
 
@@ -118,8 +119,12 @@ REGULARIZERS: dict[str, Term] = {
     ]
 }
 
-# Methods whose regulariser is part of their definition.
-DEFAULT_REG = {"LLMU": "KL"}
+# Methods whose regulariser is part of their definition (not offered as FORGET+REG): LLMU's is the
+# NLL of the forget question with its retain partner's answer plus KL, weighted together by reg_coeff.
+LLMU_REG = Term("LLMU", lambda v: v.mean_nll("forget_mismatch") + losses.kl(
+    v.logits("retain"), v.ref_logits("retain"), v.batch["retain"]["attention_mask"].bool()),
+    ("forget_mismatch", "retain"), ref="logits", doc="mismatched answers' NLL + KL(p_ref || p) on retain sequences")
+DEFAULT_REG = {"LLMU": LLMU_REG}
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ class Objective:
 
     @property
     def name(self) -> str:
-        return self.forget.name + (f"+{self.reg.name}" if self.reg else "")
+        own = self.reg is not None and DEFAULT_REG.get(self.forget.name) is self.reg
+        return self.forget.name + (f"+{self.reg.name}" if self.reg and not own else "")
 
     @property
     def terms(self) -> list[Term]:
@@ -175,7 +181,7 @@ def valid_method_names() -> list[str]:
 
 
 def parse_method(name: str) -> tuple[Term, Term | None]:
-    """``"ME+GD"`` → (ME, GD); ``"GA"`` → (GA, None); ``"LLMU"`` → (LLMU, KL)."""
+    """``"ME+GD"`` → (ME, GD); ``"GA"`` → (GA, None); ``"LLMU"`` → (LLMU, its own regulariser)."""
     pieces = [p.strip().upper() for p in str(name).split("+")]
     if len(pieces) > 2 or pieces[0] not in FORGET_TERMS or (len(pieces) == 2 and pieces[1] not in REGULARIZERS):
         raise ConfigError(
@@ -185,7 +191,7 @@ def parse_method(name: str) -> tuple[Term, Term | None]:
     if len(pieces) == 2:
         reg = REGULARIZERS[pieces[1]]
     else:
-        reg = REGULARIZERS[DEFAULT_REG[forget.name]] if forget.name in DEFAULT_REG else None
+        reg = DEFAULT_REG.get(forget.name)
     return forget, reg
 
 
@@ -240,20 +246,29 @@ def resolve_args(forget: Term, reg: Term | None, given: dict[str, Any] | None) -
     return values[forget.name], (values[reg.name] if reg else {})
 
 
+SCENARIOS = ("fictitious", "real_world", "continual")
+
+
+def _default_coeff(term: Term | None, scenario: str | None) -> float:
+    return 1.0 if term is None else term.scenario_coeff.get(scenario, term.coeff)
+
+
 def build_objective(method: str, method_args: dict[str, Any] | None = None, forget_coeff: float | None = None,
-                    reg_coeff: float | None = None) -> Objective:
-    """The objective of ``method``; arguments and weights left out take the terms' defaults."""
+                    reg_coeff: float | None = None, scenario: str | None = None) -> Objective:
+    """The objective of ``method``; arguments and weights left out take the terms' defaults (for
+    ``scenario``: the official ME+GD weight is 0.1 on TOFU, 0.5 in the real world, 1.0 continual)."""
     forget, reg = parse_method(method)
     forget_args, reg_args = resolve_args(forget, reg, method_args)
-    return Objective(forget, reg, forget.coeff if forget_coeff is None else float(forget_coeff),
-                     (reg.coeff if reg else 1.0) if reg_coeff is None else float(reg_coeff), forget_args, reg_args)
+    return Objective(forget, reg,
+                     _default_coeff(forget, scenario) if forget_coeff is None else float(forget_coeff),
+                     _default_coeff(reg, scenario) if reg_coeff is None else float(reg_coeff), forget_args, reg_args)
 
 
-def resolve(cfg):
+def resolve(cfg, scenario: str | None = None):
     """``(objective, cfg)``: the run's objective, and a copy of ``cfg`` with every default the
     method decides written in (weights, question mask, qualified method arguments), as
     ``config.yaml`` records it. ``cfg`` itself is not changed."""
-    objective = build_objective(cfg.method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
+    objective = build_objective(cfg.method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff, scenario)
     resolved = dataclasses.replace(
         cfg, forget_coeff=objective.forget_coeff, reg_coeff=objective.reg_coeff,
         mask=objective.forget.mask_question if cfg.mask is None else cfg.mask, method_args=objective.method_args)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import distributed, methods
 from .config import Config
-from .data import QADataset, UnlearningData, UnlearningDataset, load_unlearning_data, read_records, read_refusals
+from .data import (DEFAULT_MAX_LENGTH, QADataset, UnlearningData, UnlearningDataset, layout_of, load_unlearning_data, read_records,
+                   read_refusals, with_scenario_defaults)
 from .errors import OutputError
 from .io import atomic_write_json
 from .rundir import MODEL_CONFIG, RunDir
@@ -120,14 +121,15 @@ def finetune(cfg: Config, train_files: list[str]) -> Path:
     from .train import fit
 
     rows = [r for f in train_files for r in read_records(f)]
-    cfg = dataclasses.replace(cfg, method="finetune")  # what the saved config.yaml (and reports) call this run
+    # what the saved config.yaml (and reports) call this run; TOFU's fine-tuning length
+    cfg = dataclasses.replace(cfg, method="finetune", max_length=cfg.max_length or DEFAULT_MAX_LENGTH)
     out = prepare_out(cfg)
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, [r["question"] + " " + r["answer"] for r in rows])
     dataset = QADataset(rows, tokenizer, fmt, cfg.max_length)
     _warn_truncated(dataset, cfg)
     trained = fit(model, tokenizer, dataset, methods.FINETUNE, cfg, out.path, desc="fine-tuning",
-                  accelerator=accelerator)
+                  accelerator=accelerator, finetune=True)
     save_trained(trained, out, tokenizer, cfg)
     return out.model
 
@@ -148,7 +150,8 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
     from .evals.commands import plan_evaluation
     from .train import fit
 
-    objective, cfg = methods.resolve(cfg)
+    cfg = with_scenario_defaults(cfg)
+    objective, cfg = methods.resolve(cfg, "real_world" if layout_of(cfg) == "real_world" else None)
     data = data or load_data(cfg)
     refusals = read_refusals(cfg.idk)
     plan = plan if plan is not None else plan_evaluation(cfg)
@@ -157,7 +160,7 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, texts)
     dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.parts, refusals,
-                                cfg.max_length, mask_forget=cfg.mask, seed=cfg.seed)
+                                cfg.max_length, mask_forget=cfg.mask)
     _warn_truncated(dataset, cfg)
     trained = fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
                   ref_stats=ref_stats, texts=texts)

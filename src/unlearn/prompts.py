@@ -1,8 +1,10 @@
 """Prompt formats: the text that precedes an answer (docs/methods.md §2).
 
 Llama-2-chat and Llama-3-instruct use the paper's exact strings, instruction models with a chat
-template use that template, and anything else gets ``"Question: ... \\nAnswer: "``. The formatted
-prompt is tokenised by :func:`unlearn.encoding.encode_qa`; :attr:`PromptFormat.add_special_tokens`
+template use that template, and anything else gets ``"Question: ... \\nAnswer: "`` + answer. Prompt
+and answer are encoded as one string (:func:`unlearn.encoding.encode_qa`); the space after
+``Answer:`` belongs to the answer (:attr:`PromptFormat.answer_prefix`), so the first answer token
+(``ĠThe``) is scored and generation starts where training put the answer (see docs/parity.md); :attr:`PromptFormat.add_special_tokens`
 tells it whether the tokenizer should still add its BOS token (it must not when the rendered
 prompt already starts with the BOS text, as most chat templates do).
 """
@@ -55,12 +57,17 @@ class PromptFormat:
                 + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
             )
         if self.kind == "plain":
-            return "Question: " + question + "\nAnswer: "
+            return "Question: " + question + "\nAnswer:"
         if self.kind == "chat_template":
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
             )
         return self.template.replace(PLACEHOLDER, question)
+
+    @property
+    def answer_prefix(self) -> str:
+        """Text between the prompt and the answer that belongs to the answer (plain: the space)."""
+        return " " if self.kind == "plain" else ""
 
     @property
     def add_special_tokens(self) -> bool:

@@ -224,7 +224,7 @@ def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
     stats = {}
     for task, data in task_data.items():
         dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.ref_nll_parts, refusals,
-                                    c.max_length, mask_forget=c.mask, seed=c.seed)
+                                    c.max_length, mask_forget=c.mask)
         stats[task] = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, c.batch_size, accelerator,
                                      desc=f"reference NLLs of task {task}")
     del model

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import Config
 from .distributed import is_main_process, wait_for_everyone
-from .data import SPLITS, detect_layout, load_real_world, load_tofu, read_records, task_ids_of
+from .data import SPLITS, detect_layout, load_real_world, load_tofu, read_records, task_ids_of, with_scenario_defaults
 from .errors import DataError
 from .io import read_csv_rows, write_csv_rows
 from .rundir import CONTINUAL, FINISHED, RunDir
@@ -74,7 +74,9 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
 
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")
-    resolve(cfg)  # the method and its arguments, checked before anything runs
+    # The method and its arguments checked before anything runs, with the official continual
+    # defaults written in (ME+GD's forget weight is 1.0 in the official continual script).
+    _, cfg = resolve(with_scenario_defaults(cfg), "continual")
     task_list = parse_tasks(tasks, _available_tasks(cfg))
     layout = detect_layout(cfg.data)
     root = RunDir(cfg.out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +63,7 @@ class TrainState:
     step: int = 0  # optimiser steps done
     epoch: int = 0
     batches_done: int = 0  # batches of this epoch consumed
+    micro_steps: int = 0  # batches consumed since the start, over every epoch
     history: list[dict] = field(default_factory=list)  # the rows of train_log.jsonl so far
 
     def next_epoch(self) -> None:
@@ -71,7 +71,42 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainState":
-        return cls(saved["step"], saved["epoch"], saved["batches_done"], saved["history"])
+        return cls(saved["step"], saved["epoch"], saved["batches_done"], saved["micro_steps"], saved["history"])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The official step arithmetic (the closer-look code's ``forget.py``, TOFU's ``finetune.py``).
+
+    ``total = floor(epochs * N / (batch * accum * processes))`` optimiser steps (at least one);
+    warm-up: unlearning one epoch of steps, ``floor(N / (batch * accum * processes))``, when that is
+    above 1, else none; fine-tuning ``max(1, total // epochs)``. A step ends every ``accum``
+    micro-batches counted across epoch boundaries, and at the end of an epoch that has no more
+    batches than ``accum`` (the HF Trainer's rule).
+    """
+
+    total: int
+    warmup: int
+    accum: int
+    effective_batch: int
+
+    @classmethod
+    def of(cls, cfg: Config, n_items: int, accum: int, processes: int, finetune: bool = False) -> "Schedule":
+        effective = cfg.batch_size * accum * processes
+        total = max(1, int(cfg.epochs * n_items) // effective)
+        if cfg.warmup is not None:
+            warmup = int(cfg.warmup)
+        elif finetune:
+            warmup = max(1, int(total // cfg.epochs))
+        else:
+            per_epoch = n_items // effective
+            warmup = per_epoch if per_epoch > 1 else 0
+        return cls(total, warmup, accum, effective)
+
+    def ends_step(self, micro_steps: int, batches_done: int, epoch_batches: int) -> bool:
+        """Whether the micro-batch just consumed ends an optimiser step."""
+        short_epoch_end = epoch_batches <= self.accum and batches_done == epoch_batches
+        return micro_steps % self.accum == 0 or short_epoch_end
 
 
 @dataclass
@@ -88,8 +123,7 @@ class Session:
     state: TrainState
     settings: dict
     out_dir: Path
-    total_steps: int
-    steps_per_epoch: int
+    schedule: Schedule
     save_every: int | None = None
     desc: str = "unlearning"
     resumed_from: int | None = None
@@ -98,7 +132,7 @@ class Session:
         """One row of ``train_log.jsonl``: the step's mean losses over its micro-steps and processes."""
         means = {k: sum(m[k] for m in micro_parts) / len(micro_parts) for k in micro_parts[0]}
         st = self.state
-        row = {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
+        row = {"step": st.step, "epoch": round(st.micro_steps / len(self.loader), 4),
                **distributed.mean_over_processes(means, self.accelerator), "lr": lr}
         st.history.append(row)
         if self.accelerator.is_main_process:
@@ -108,7 +142,7 @@ class Session:
     def save_checkpoint(self, name: str) -> None:
         _check_finite_weights(self.model, self.state.step, name)  # never checkpoint a diverged model
         checkpoint.save(self.out_dir, self.accelerator, {
-            **asdict(self.state), "total_steps": self.total_steps, "scheduler": self.scheduler.state_dict(),
+            **asdict(self.state), "total_steps": self.schedule.total, "scheduler": self.scheduler.state_dict(),
             "settings": self.settings}, self.reference.stats)
 
 
@@ -121,13 +155,6 @@ class TrainResult:
     model: torch.nn.Module  # unwrapped
     prepared_model: torch.nn.Module
     resumed_from: int | None = None
-
-
-def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
-    """The paper's schedule: one epoch of warm-up steps when an epoch has more than one step, else none."""
-    if cfg.warmup is not None:
-        return int(cfg.warmup)
-    return steps_per_epoch if steps_per_epoch > 1 else 0
 
 
 def run_settings(cfg: Config, objective: Objective, n_items: int, accelerator: Accelerator, tokenizer=None) -> dict:
@@ -160,12 +187,14 @@ def _check_finite_weights(model, step: int, name: str) -> None:
 
 def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path, *,
                      accelerator: Accelerator | None = None, ref_stats: dict | None = None, texts=None,
-                     desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None) -> Session:
+                     desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None,
+                     finetune: bool = False) -> Session:
     """Set up a run of :func:`train`: data order, optimiser, reference, scheduler, resume state.
 
     ``save_every`` and ``resume`` default to ``cfg``'s. On resume, ``model`` must be the model the
     run started from (a KL reference is copied from it); the checkpoint's weights replace its own.
-    ``ref_stats``: reference NLLs known already (continual runs with ``--fix-ref-model``).
+    ``ref_stats``: reference NLLs known already (continual runs with ``--fix-ref-model``);
+    ``finetune``: TOFU's fine-tuning warm-up instead of the unlearning one (:class:`Schedule`).
     """
     out_dir = Path(out_dir)
     save_every = cfg.save_every if save_every is None else save_every
@@ -195,21 +224,20 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
         accelerator, model, optimizer, loader, objective=objective, cfg=cfg, dataset=dataset, tokenizer=tokenizer,
         stats=ref_stats, texts=texts)
     set_seed(cfg.seed)  # nothing above draws from the global generators
-    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(cfg, steps_per_epoch), total_steps)
+    schedule = Schedule.of(cfg, len(dataset), accelerator.gradient_accumulation_steps, accelerator.num_processes,
+                           finetune)
+    scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup, schedule.total)
     state = TrainState()
     if saved is not None:
         checkpoint.restore(out_dir, accelerator)  # weights, optimiser, RNG states
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState.from_checkpoint(saved)
-        accelerator.step = 0  # the accumulation counter: the checkpoint is at an optimiser step
         if accelerator.is_main_process:
             atomic_write_jsonl(out_dir / TRAIN_LOG, state.history)  # drop the rows logged after it
-        log.info("resuming from the checkpoint of step %d of %d in %s", state.step, total_steps,
+        log.info("resuming from the checkpoint of step %d of %d in %s", state.step, schedule.total,
                  checkpoint.path(out_dir))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
-                   total_steps, steps_per_epoch, save_every, desc, state.step if saved is not None else None)
+                   schedule, save_every, desc, state.step if saved is not None else None)
 
 
 def train(run: Session, objective: Objective) -> TrainResult:
@@ -219,16 +247,19 @@ def train(run: Session, objective: Objective) -> TrainResult:
     per optimiser step: step, epoch, loss, each loss part and the learning rate that step used.
     """
     acc, st, model, optimizer, scheduler = run.accelerator, run.state, run.model, run.optimizer, run.scheduler
-    last_saved = run.resumed_from
+    last_saved, total = run.resumed_from, run.schedule.total
     model.train()
-    bar = tqdm(total=run.total_steps, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
+    bar = tqdm(total=total, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
     try:
         micro_parts: list[dict] = []
-        while st.step < run.total_steps:
+        while st.step < total:
             run.sampler.epoch = st.epoch
             batches = acc.skip_first_batches(run.loader, st.batches_done) if st.batches_done else run.loader
             for batch in batches:
-                st.batches_done += 1
+                st.batches_done, st.micro_steps = st.batches_done + 1, st.micro_steps + 1
+                # accumulate() syncs when its counter reaches the accumulation: set it to what the schedule says
+                acc.step = run.schedule.accum - 1 if run.schedule.ends_step(
+                    st.micro_steps, st.batches_done, len(run.loader)) else 0
                 with acc.accumulate(model):
                     loss, parts = objective(BatchView(model, batch, run.reference))
                     if not _all_finite(loss, acc):
@@ -248,10 +279,10 @@ def train(run: Session, objective: Objective) -> TrainResult:
                     micro_parts = []
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
-                    if run.save_every and st.step % run.save_every == 0 and st.step < run.total_steps:
+                    if run.save_every and st.step % run.save_every == 0 and st.step < total:
                         run.save_checkpoint(objective.name)
                         last_saved = st.step
-                    if st.step >= run.total_steps:
+                    if st.step >= total:
                         break
             if st.batches_done >= len(run.loader):
                 st.next_epoch()

@@ -20,7 +20,7 @@ from ..encoding import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
-"""Longest prompt + generation in tokens (docs/methods.md §4)."""
+"""Longest prompt + generation, and prompt + answer scored, in tokens (docs/methods.md §4)."""
 
 
 @contextlib.contextmanager
@@ -123,16 +123,17 @@ def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: l
 
 
 def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
-                batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+                batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH) -> np.ndarray:
     """Per-item mean token NLL of ``answer + EOS`` after ``fmt.prompt(question)``, shape ``(N,)``.
 
-    Pass every (question, answer) pair of a set at once (answers, paraphrases and perturbed
-    answers together): they are sorted by length over the whole list, so batches pad little.
+    As officially, prompt + answer are cut at ``max_length`` tokens (the generation limit), and a
+    sequence cut there has no EOS label. Pass every (question, answer) pair of a set at once
+    (answers, paraphrases and perturbed answers together): they are sorted by length over the whole
+    list, so batches pad little.
     """
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    seqs = [encode_qa(tokenizer, fmt.prompt(q), a, limit, True, fmt.add_special_tokens)
+    seqs = [encode_qa(tokenizer, fmt.prompt(q), fmt.answer_prefix + a, max_length, True, fmt.add_special_tokens)
             for q, a in zip(questions, answers)]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     pad = pad_id(tokenizer)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..data import SPLITS, read_records, select_task
 from ..errors import DataError
 
-TOFU_RETAIN_ROWS = 300
+TOFU_EVAL_ROWS = 300  # the official ds_size: every TOFU set is cut to its first 300 rows (forget10's task too)
 
 
 @dataclass
@@ -47,6 +47,14 @@ class EvalSet:
         if self.kind == "general":
             return [r.get("original_answer", r[self.answer_key]) for r in self.rows]
         return self.answers
+
+    @property
+    def cosine_references(self) -> list[str]:
+        """What Cosine Similarity compares with. As officially, a real-world row's long ``answer``
+        (its ``golden_answer`` is what ROUGE, Entailment and the NLLs use)."""
+        if self.layout == "real_world":
+            return [r.get("answer", r[self.answer_key]) for r in self.rows]
+        return self.references
 
 
 def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
@@ -94,16 +102,17 @@ def _paraphrased(forget: EvalSet) -> list[EvalSet]:
 
 
 def tofu_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
-    """Retain (first 300), Real Authors, Real World, Forget (the task) [, Forget Paraphrased]."""
+    """Retain, Real Authors, Real World, Forget (the task) [, Forget Paraphrased], each its first 300 rows."""
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
     d = Path(data_dir)
     forget_path = d / f"{split}_perturbed.json"
-    forget = EvalSet("Forget", _select(_read_set(forget_path, "forget"), task_id, forget_path), "forget")
+    n = TOFU_EVAL_ROWS
+    forget = EvalSet("Forget", _select(_read_set(forget_path, "forget"), task_id, forget_path)[:n], "forget")
     sets = [
-        EvalSet("Retain", _read_set(d / "retain_perturbed.json", "retain")[:TOFU_RETAIN_ROWS], "retain"),
-        EvalSet("Real Authors", _read_set(d / "real_authors_perturbed.json", "general"), "general"),
-        EvalSet("Real World", _read_set(d / "world_facts_perturbed.json", "general"), "general"),
+        EvalSet("Retain", _read_set(d / "retain_perturbed.json", "retain")[:n], "retain"),
+        EvalSet("Real Authors", _read_set(d / "real_authors_perturbed.json", "general")[:n], "general"),
+        EvalSet("Real World", _read_set(d / "world_facts_perturbed.json", "general")[:n], "general"),
         forget,
     ]
     return sets + _paraphrased(forget)
@@ -119,8 +128,9 @@ def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[Ev
             EvalSet("Forget", forget, "forget", key, "real_world")]
 
 
-def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
-    """The sets of a TOFU or real-world evaluation folder (``*_perturbed.json`` files)."""
+def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = None) -> list[EvalSet]:
+    """The sets of a TOFU or real-world evaluation folder (``*_perturbed.json`` files); ``task_id``
+    None is TOFU's task 1, and every person of the real-world layout (as in training)."""
     d = Path(data_dir)
     if not d.is_dir():
         hint = "; the evaluation reads local *_perturbed.json files" if str(data_dir) == "locuslab/TOFU" else ""
@@ -128,7 +138,7 @@ def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int |
     if (d / "forget_perturbed.json").exists():
         return real_world_sets(d, task_id)
     if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
-        return tofu_sets(d, split, task_id)
+        return tofu_sets(d, split, 1 if task_id is None else task_id)  # TOFU's standard task, as in training
     raise DataError(f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
                     "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
                     "forget_perturbed.json, neighbor_perturbed.json)")

@@ -95,14 +95,14 @@ def _generate_sets(model, tokenizer, fmt, sets: list[EvalSet], batch_size: int, 
 
 def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, nli, batch_size: int) -> list[dict]:
     a_nll, p_nll, k_nll = set_nlls(model, tokenizer, fmt, s, batch_size)
-    answers, refs = s.answers, s.references
+    answers, refs, cos_refs = s.answers, s.references, s.cosine_references
     forget = s.kind == "forget"
     values = {"ROUGE": M.rouge_l_recall_items(gens, answers)}
     values["Probability"] = (M.normalized_probability_items(a_nll, k_nll) if s.kind == "general"
                              else M.probability_items(a_nll))
     values["Truth Ratio"] = M.truth_ratio_items(p_nll, k_nll, forget)
     values["Token Entropy"] = np.array([M.token_entropy(tokenizer.tokenize(g)) for g in gens])
-    values["Cosine Similarity"] = cosine_similarity_batch(embedder, gens, refs)
+    values["Cosine Similarity"] = cosine_similarity_batch(embedder, gens, cos_refs)
     labels = None
     if isinstance(nli, Unavailable):
         values["Entailment Score"] = None
@@ -125,6 +125,8 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, 
         rec = {"question": row[s.question_key], "generation": gens[i], "ground_truth": answers[i]}
         if refs[i] != answers[i]:
             rec["reference"] = refs[i]
+        if cos_refs[i] != refs[i]:
+            rec["cosine_reference"] = cos_refs[i]
         for metric, key in ITEM_KEYS.items():
             rec[key] = None if values[metric] is None else float(values[metric][i])
         rec["truth_ratio_r"] = float(ratios[i])

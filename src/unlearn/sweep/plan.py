@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, config_from_args, config_keys, read_yaml_mapping
+from ..data import with_scenario_defaults
 from ..errors import ConfigError, UnlearnError
 from ..rundir import RunDir
 
@@ -160,5 +161,9 @@ def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[Pla
             raise ConfigError(f"{path}: runs {names[name]} and {given} get the same folder name '{name}'")
         names[name] = given
         cfg = dataclasses.replace(cfg, out=str(root_path / name))
+        try:
+            cfg = with_scenario_defaults(cfg)
+        except UnlearnError as e:
+            raise type(e)(f"{name}: {e}") from None
         runs.append(PlannedRun(name, values, cfg, *_check(cfg, name, cache)))
     return root_path, runs
