@@ -289,3 +289,39 @@ def test_answer_nlls_score_at_most_200_tokens_without_eos_when_cut():
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
     want = -sum(logp[t - 1, ids[t]].item() for t in range(n, 200)) / (200 - n)
     assert got == pytest.approx(want, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ padding to 500
+
+
+def test_pad_to_reproduces_the_official_me_and_kl_over_padded_sequences():
+    """`ME.pad_to=N` / `KL.pad_to=N`: the official batches are padded to 500 with EOS and ME (with
+    mask: false) and KL average over every position of them, padding included."""
+    from unlearn.encoding import make_collate, pad_id
+    from unlearn.losses import kl, max_entropy
+    from unlearn.methods import BatchView
+    from unlearn.reference import Reference
+
+    tok = build_tiny_tokenizer(["Who wrote it? The author did.", "Where? Here."], vocab_size=300)
+    fmt = PromptFormat("plain", tokenizer=tok)
+    model = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2).eval()
+    ref = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2, seed=1).eval()
+    items = [{"index": i, "forget": encode_qa(tok, fmt.prompt(q), " " + a, mask_question=False),
+              "retain": encode_qa(tok, fmt.prompt(q), " " + a)}
+             for i, (q, a) in enumerate([("Who wrote it?", "The author did."), ("Where?", "Here.")])]
+    batch = make_collate(pad_id(tok))(items)
+    view = BatchView(model, batch, Reference(model=ref))
+    eos, n = tok.eos_token_id, 40
+    rows = [it["forget"].input_ids + [eos] * (n - len(it["forget"])) for it in items]
+    ids = torch.tensor(rows)
+    mask = torch.tensor([[1] * len(it["forget"]) + [0] * (n - len(it["forget"])) for it in items])
+    with torch.no_grad():
+        want_me = max_entropy(model(input_ids=ids, attention_mask=mask).logits, ids)
+        got_me = build_objective("ME", {"pad_to": n}).forget.fn(view, pad_to=n)
+        assert got_me.item() == pytest.approx(want_me.item(), rel=1e-6)
+        real_tokens = build_objective("ME").forget.fn(view, pad_to=0).item()
+        assert not math.isclose(got_me.item(), real_tokens, rel_tol=1e-5)  # the padding positions count
+        want_kl = kl(model(input_ids=ids, attention_mask=mask).logits, ref(input_ids=ids, attention_mask=mask).logits,
+                     torch.ones(2, n, dtype=torch.bool))
+        got_kl = build_objective("GA+KL").reg.fn(view, pad_to=n)
+        assert got_kl.item() == pytest.approx(want_kl.item(), rel=1e-6)

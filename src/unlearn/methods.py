@@ -61,12 +61,32 @@ class BatchView:
         return stats[part][idx].to(self.labels(part).device)
 
     def ref_logits(self, part: str) -> torch.Tensor:
+        return self._ref_logits(self.batch[part])
+
+    def _ref_logits(self, p: dict) -> torch.Tensor:
         model = getattr(self.reference, "model", None)
         if model is None:
             raise RuntimeError("this method needs a reference model but none was loaded")
-        p = self.batch[part]
         with torch.no_grad():
             return model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits
+
+    def padded(self, part: str, length: int) -> dict:
+        """``part`` as the official code feeds it: every sequence padded to ``length`` with its EOS
+        (the last real token; the official pad token is the EOS), attention 0 on the padding, and
+        every position labelled (its ``mask: false`` labels are the padded input ids)."""
+        p = self.batch[part]
+        ids, mask = p["input_ids"][:, :length], p["attention_mask"][:, :length]
+        last = ids.gather(1, (mask.sum(dim=1, keepdim=True) - 1).clamp(min=0))
+        fill = length - ids.shape[1]
+        if fill > 0:
+            ids = torch.cat([ids, last.expand(-1, fill)], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(mask.shape[0], fill)], dim=1)
+        ids = torch.where(mask.bool(), ids, last)  # padding inside the batch too
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids}
+
+    def padded_logits(self, part: str, length: int) -> tuple[torch.Tensor, dict]:
+        p = self.padded(part, length)
+        return self.model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits, p
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,20 @@ class Term:
 
 BETA = {"beta": 0.1}  # inverse temperature of the preference losses (docs/methods.md)
 
+
+def _me(v: BatchView, pad_to: int) -> torch.Tensor:
+    if not pad_to:  # real tokens only: question, answer, one EOS
+        return losses.max_entropy(v.logits("forget"), v.labels("forget"))
+    logits, p = v.padded_logits("forget", pad_to)
+    return losses.max_entropy(logits, p["labels"])
+
+
+def _kl(v: BatchView, pad_to: int) -> torch.Tensor:
+    if not pad_to:  # real tokens only
+        return losses.kl(v.logits("retain"), v.ref_logits("retain"), v.batch["retain"]["attention_mask"].bool())
+    logits, p = v.padded_logits("retain", pad_to)
+    return losses.kl(logits, v._ref_logits(p), torch.ones_like(p["attention_mask"], dtype=torch.bool))
+
 FORGET_TERMS: dict[str, Term] = {
     t.name: t
     for t in [
@@ -99,9 +133,10 @@ FORGET_TERMS: dict[str, Term] = {
              ("forget", "forget_idk"), ref="nll", ref_parts=("forget", "forget_idk"), args=BETA,
              doc="prefer a refusal over the true answer (arXiv 2305.18290)"),
         Term("IDK", lambda v: v.mean_nll("forget_idk"), ("forget_idk",), doc="fine-tune the forget questions on refusals"),
-        Term("ME", lambda v: losses.max_entropy(v.logits("forget"), v.labels("forget")), ("forget",),
+        Term("ME", lambda v, pad_to: _me(v, pad_to), ("forget",), args={"pad_to": 0},
              coeff=0.1, scenario_coeff={"real_world": 0.5, "continual": 1.0}, mask_question=False,
-             doc="maximise entropy: push next-token distributions towards uniform, question tokens included (this paper)"),
+             doc="maximise entropy: push next-token distributions towards uniform, question tokens included (this "
+                 "paper); pad_to=500 averages over every position of sequences padded to 500, as officially"),
         Term("LLMU", lambda v: -v.mean_nll("forget"), ("forget",),
              doc="LLMU's forget term is GA; its regulariser is part of the method (arXiv 2310.10683)"),
     ]
@@ -111,9 +146,9 @@ REGULARIZERS: dict[str, Term] = {
     t.name: t
     for t in [
         Term("GD", lambda v: v.mean_nll("retain"), ("retain",), doc="gradient descent on the retain set"),
-        Term("KL", lambda v: losses.kl(v.logits("retain"), v.ref_logits("retain"),
-                                       v.batch["retain"]["attention_mask"].bool()),
-             ("retain",), ref="logits", doc="KL(p_ref || p) on retain sequences"),
+        Term("KL", lambda v, pad_to: _kl(v, pad_to), ("retain",), ref="logits", args={"pad_to": 0},
+             doc="KL(p_ref || p) on retain sequences; pad_to=500 averages over every position of sequences "
+                 "padded to 500, as officially"),
         Term("AP", lambda v, beta: losses.ap(v.nll("retain"), v.nll("retain_idk"), beta), ("retain", "retain_idk"),
              args=BETA, doc="answer preservation: prefer the retain answer over a refusal (this paper)"),
     ]
@@ -121,9 +156,8 @@ REGULARIZERS: dict[str, Term] = {
 
 # Methods whose regulariser is part of their definition (not offered as FORGET+REG): LLMU's is the
 # NLL of the forget question with its retain partner's answer plus KL, weighted together by reg_coeff.
-LLMU_REG = Term("LLMU", lambda v: v.mean_nll("forget_mismatch") + losses.kl(
-    v.logits("retain"), v.ref_logits("retain"), v.batch["retain"]["attention_mask"].bool()),
-    ("forget_mismatch", "retain"), ref="logits", doc="mismatched answers' NLL + KL(p_ref || p) on retain sequences")
+LLMU_REG = Term("LLMU", lambda v: v.mean_nll("forget_mismatch") + _kl(v, 0), ("forget_mismatch", "retain"),
+                ref="logits", doc="mismatched answers' NLL + KL(p_ref || p) on retain sequences")
 DEFAULT_REG = {"LLMU": LLMU_REG}
 
 
