@@ -1,6 +1,6 @@
 """Target 4: our evaluation against the official procedure, same model, same data, same judges.
 
-The official procedure, re-implemented here as the reference point (PAPER.md §4 defines the
+The official procedure, re-implemented here as the reference point (docs/methods.md §4 defines the
 metrics; this is how the official code runs the models):
 
 * every loss pass (answers, paraphrases, perturbed answers: three separate passes per set) pads

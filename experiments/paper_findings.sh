@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the findings of PAPER.md §5 at demo scale, on a CPU, offline:
+# Reproduce the findings of the paper (its §5) at demo scale, on a CPU, offline:
 #   1. the ten method combinations on one fictitious forget task (a sweep);
 #   2. continual unlearning of 5 tasks with ME+GD, IDK+AP, GA+GD and NPO+GD, the last with and
 #      without a fixed reference model;

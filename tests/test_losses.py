@@ -1,4 +1,4 @@
-"""Hand-derived checks of unlearn.losses (PAPER.md §2).
+"""Hand-derived checks of unlearn.losses (docs/methods.md §2).
 
 The expected numbers are worked out in the comments from distributions chosen to have simple
 probabilities: with V = 2, logits ``[0, 0]`` give ``p = [1/2, 1/2]`` and logits ``[0, log 3]`` give

@@ -117,7 +117,8 @@ def test_resolve_writes_the_methods_defaults_into_a_copy():
     cfg = Config(method="ME+GD")
     objective, resolved = resolve(cfg)
     assert (cfg.forget_coeff, cfg.mask, cfg.method_args) == (None, None, None)  # the given config is untouched
-    assert (resolved.forget_coeff, resolved.reg_coeff, resolved.mask, resolved.method_args) == (0.1, 1.0, False, {})
+    assert (resolved.forget_coeff, resolved.reg_coeff, resolved.mask, resolved.method_args) == (0.1, 1.0, False,
+                                                                                             {"ME.pad_to": 0})
     _, dpo_ap = resolve(Config(method="DPO+AP", method_args={"AP.beta": "0.5"}, mask=False))
     assert dpo_ap.method_args == {"DPO.beta": 0.1, "AP.beta": 0.5} and dpo_ap.mask is False
 
@@ -130,8 +131,10 @@ def test_method_args_belong_to_one_term():
         build_objective("NPO+AP", {"beta": 0.3})
     with pytest.raises(ConfigError, match=r"unknown method argument 'gamma' for NPO\+GD \(its arguments: NPO.beta"):
         build_objective("NPO+GD", {"gamma": 1})
-    with pytest.raises(ConfigError, match=r"unknown method argument 'beta' for ME\+GD \(its arguments: none\)"):
+    with pytest.raises(ConfigError, match=r"unknown method argument 'beta' for ME\+GD \(its arguments: ME.pad_to"):
         build_objective("ME+GD", {"beta": 1})
+    with pytest.raises(ConfigError, match=r"unknown method argument 'beta' for GA\+GD \(its arguments: none\)"):
+        build_objective("GA+GD", {"beta": 1})
     with pytest.raises(ConfigError, match=r"NPO\+GD has no term KL"):
         build_objective("NPO+GD", {"KL.beta": 1})
     with pytest.raises(ConfigError, match=r"NPO.beta must be float, got 'x'"):

@@ -136,7 +136,7 @@ def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path,
 
 
 def plain_max_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """PAPER.md §2 written out: Σ_v (1/V)(log(1/V) − log p_v), averaged over label positions."""
+    """docs/methods.md §2 written out: Σ_v (1/V)(log(1/V) − log p_v), averaged over label positions."""
     v = logits.shape[-1]
     log_p = F.log_softmax(logits.double(), dim=-1)
     uniform = torch.full_like(log_p, 1.0 / v)
