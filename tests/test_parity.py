@@ -325,3 +325,17 @@ def test_pad_to_reproduces_the_official_me_and_kl_over_padded_sequences():
                      torch.ones(2, n, dtype=torch.bool))
         got_kl = build_objective("GA+KL").reg.fn(view, pad_to=n)
         assert got_kl.item() == pytest.approx(want_kl.item(), rel=1e-6)
+
+
+def test_a_run_on_the_official_data_records_its_scenario_defaults(shared_data, tmp_path):
+    import yaml
+
+    from unlearn.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny", "--data", str(shared_data / "tofu"), "--method", "IDK+AP",
+                 "--epochs", "1", "--max-length", "64", "--no-eval", "--out", str(out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["idk"] == str(shared_data / "idontknow.jsonl") and saved["task_id"] == 1
+    assert saved["method_args"] == {"AP.beta": 0.1} and saved["forget_coeff"] == 1.0
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 1  # floor(1 x 40 / 32)
