@@ -334,7 +334,7 @@ def test_a_run_on_the_official_data_records_its_scenario_defaults(shared_data, t
 
     out = tmp_path / "run"
     assert main(["run", "--model", "tiny", "--data", str(shared_data / "tofu"), "--method", "IDK+AP",
-                 "--epochs", "1", "--max-length", "64", "--no-eval", "--out", str(out)]) == 0
+                 "--epochs", "1", "--max-length", "256", "--no-eval", "--out", str(out)]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["idk"] == str(shared_data / "idontknow.jsonl") and saved["task_id"] == 1
     assert saved["method_args"] == {"AP.beta": 0.1} and saved["forget_coeff"] == 1.0

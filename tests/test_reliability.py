@@ -232,6 +232,7 @@ def test_checkpoint_publication_survives_a_kill_between_renames(tmp_path):
     for name, step in ((".checkpoint.old", 4), (".checkpoint.tmp", 5)):
         (out / name).mkdir(parents=True)
         (out / name / checkpoint.STATE).write_text(json.dumps({"version": checkpoint.VERSION, "step": step}))
+        (out / name / checkpoint.MANIFEST).write_text("{}")  # no other file
     (out / ".checkpoint.trash").mkdir()
     assert checkpoint.exists(out) and checkpoint.step_of(out) == 5
     checkpoint.recover(out)
@@ -275,9 +276,11 @@ def test_out_folder_rules_for_checkpoints(tmp_path, capsys):
         prepare_out(Config(out=str(out)))
     with pytest.raises(DataError, match="give one"):
         prepare_out(Config(out=str(out), resume=True, overwrite=True))
-    assert prepare_out(Config(out=str(out), resume=True)).path == out
+    assert prepare_out(Config(out=str(out), resume=True))[0].path == out
     (out / "model").mkdir()
-    prepare_out(Config(out=str(out), overwrite=True))  # starting again clears the old run
+    folder, mode = prepare_out(Config(out=str(out), overwrite=True))  # starting again moves the old run aside
+    assert mode == "new" and [p.name[:10] for p in out.iterdir()] == [".previous-"]
+    folder.discard_previous()  # and deletes it once the new run is complete
     assert not list(out.iterdir())
 
 
@@ -289,6 +292,7 @@ def test_results_go_through_atomic_writers():
         "models.py": "save_pretrained into a temporary folder, then renamed",
         "presets.py": "the converted model written into a temporary folder, then renamed",
         "checkpoint.py": "state written into .checkpoint.tmp, then renamed",
+        "rundir.py": "the lock file, created exclusively (O_EXCL) before anything is written",
     }
     pattern = re.compile(r"open\([^)]*['\"][wax]b?['\"]|\.write_(text|bytes)\(|json\.dump\(|\.to_csv\(|torch\.save\(")
     src = Path(__file__).resolve().parents[1] / "src" / "unlearn"

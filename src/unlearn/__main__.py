@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unlearn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("unlearn: interrupted", file=sys.stderr)
+        print("unlearn: interrupted; rerun the same command with --resume to go on from the last checkpoint "
+              "(runs write one with --save-every N)", file=sys.stderr)
         return 130
     finally:
         _close_process_group()

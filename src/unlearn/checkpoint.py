@@ -33,6 +33,7 @@ from .errors import OutputError
 from .rundir import CHECKPOINT
 
 STATE = "trainer_state.json"
+MANIFEST = "manifest.json"  # every file of the checkpoint with its size and SHA-256
 REF_STATS = "ref_stats.safetensors"
 VERSION = 2  # 2: the state counts micro-steps across epochs (accumulation spans epoch boundaries)
 
@@ -156,26 +157,54 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
         recover(out_dir)  # also removes a stale .checkpoint.tmp
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    with _quiet_accelerate():
-        accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if ref_stats:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ref_stats.items()}, str(tmp / REF_STATS))
-        _fsync_tree(tmp)
-        body = json.dumps({"version": VERSION, **state}, indent=1, allow_nan=False)
-        with open(tmp / STATE, "w", encoding="utf-8") as fh:  # last: marks the folder complete
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        final, old = path(out_dir), _old(out_dir)
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        _fsync_dir(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        with _quiet_accelerate():
+            accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _publish(out_dir, tmp, state, ref_stats, save_file)
+    except OSError as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        from .io import raise_if_disk_full
+
+        raise_if_disk_full(e, path(out_dir))
+        raise
     accelerator.wait_for_everyone()
     return path(out_dir)
+
+
+def _manifest(folder: Path) -> dict:
+    import hashlib
+
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (STATE, MANIFEST)):
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out[str(f.relative_to(folder))] = {"bytes": f.stat().st_size, "sha256": digest.hexdigest()}
+    return out
+
+
+def _publish(out_dir: Path, tmp: Path, state: dict, ref_stats: dict | None, save_file) -> None:
+    """Main process: add the reference statistics, the manifest and the state (last: it marks the
+    folder complete) to ``tmp``, then rename it into place."""
+    if ref_stats:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ref_stats.items()}, str(tmp / REF_STATS))
+    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1), encoding="utf-8")
+    _fsync_tree(tmp)
+    body = json.dumps({"version": VERSION, **state}, indent=1, allow_nan=False)
+    with open(tmp / STATE, "w", encoding="utf-8") as fh:
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    final, old = path(out_dir), _old(out_dir)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
@@ -190,10 +219,33 @@ def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
     if state.get("version") != VERSION:
         raise OutputError(f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
                          "it was written by another version of unlearn")
+    verify(folder)
     ref_stats = load_file(str(folder / REF_STATS)) if (folder / REF_STATS).is_file() else None
     if ref_stats is not None:
         ref_stats = {k: v.to(torch.float32) for k, v in ref_stats.items()}
     return state, ref_stats
+
+
+def verify(folder: Path) -> None:
+    """Refuse a checkpoint whose files are not those it was written with (a missing random-state
+    file or a truncated optimizer.bin would resume, but no longer exactly)."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise OutputError(f"{folder}: the checkpoint has no {MANIFEST}; it cannot be checked, start again with "
+                          "--overwrite")
+    want = json.loads(manifest_path.read_text(encoding="utf-8"))
+    got = _manifest(folder)
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            problem = "is missing"
+        elif name not in want:
+            problem = "was not written with it"
+        elif got[name] != want[name]:
+            problem = f"has changed ({got[name]['bytes']} bytes, {want[name]['bytes']} written)"
+        else:
+            continue
+        raise OutputError(f"{folder / name}: {problem}; the checkpoint is damaged and would not resume exactly. "
+                          "Start again with --overwrite")
 
 
 def restore(out_dir: str | os.PathLike, accelerator) -> None:

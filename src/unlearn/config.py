@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,13 @@ DEFAULT_NLI = "sileod/deberta-v3-base-tasksource-nli"  # the paper's entailment 
 GROUPS = ("model", "lora", "train", "data", "unlearn", "eval", "downstream", "out", "resume")
 
 
-def _f(default: Any, help: str, group: str, trajectory: bool = False):
+def _f(default: Any, help: str, group: str, trajectory: bool = False, lo: float | None = None,
+       above: bool = False, hi: float | None = None):
+    """A field: help text, flag group, whether it changes a run's result (the resume guard), and
+    its domain for numbers (at least ``lo``, above it with ``above``, below ``hi``; always finite)."""
     assert group in GROUPS, group
-    return field(default=default, metadata={"help": help, "group": group, "trajectory": trajectory})
+    return field(default=default, metadata={"help": help, "group": group, "trajectory": trajectory,
+                                            "lo": lo, "above": above, "hi": hi})
 
 
 @dataclass
@@ -51,27 +56,27 @@ class Config:
     # --- LoRA ---
     lora: bool = _f(False, "train a LoRA adapter on every linear layer but the output head instead of all weights; "
                     "saves OUT/adapter and the merged model in OUT/model", "lora", True)
-    lora_r: int = _f(8, "LoRA rank (paper's code: 8)", "lora", True)
-    lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (paper's code: 32)", "lora", True)
-    lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (paper's code: 0.05)", "lora", True)
+    lora_r: int = _f(8, "LoRA rank (paper's code: 8)", "lora", True, lo=1)
+    lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (paper's code: 32)", "lora", True, lo=0, above=True)
+    lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (paper's code: 0.05)", "lora", True, lo=0, hi=1)
     # --- optimisation ---
-    epochs: float = _f(5, "epochs over the forget set", "train", True)
-    lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True)
-    batch_size: int = _f(4, "examples per device per micro-step", "train", True)
+    epochs: float = _f(5, "epochs over the forget set", "train", True, lo=0, above=True)
+    lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True, lo=0)
+    batch_size: int = _f(4, "examples per device per micro-step", "train", True, lo=1)
     effective_batch: int = _f(32, "examples per optimiser step over all processes, when --grad-accum is not given: "
                               "the accumulation is effective_batch / (batch_size x processes), so a run takes "
                               "the same steps on 1 or 8 GPUs (paper: 32 = 4 per device x 4 accumulation x 2 GPUs)",
-                              "train", True)
+                              "train", True, lo=1)
     grad_accum: int | None = _f(None, "micro-steps accumulated per optimiser step (default: from --effective-batch)",
-                                "train", True)
-    weight_decay: float = _f(0.01, "AdamW weight decay", "train", True)
+                                "train", True, lo=1)
+    weight_decay: float = _f(0.01, "AdamW weight decay", "train", True, lo=0)
     optim: str = _f("adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)",
                     "train", True)
     warmup: int | None = _f(None, "linear warm-up steps (default, as officially: unlearning one epoch of steps when an "
-                            "epoch has more than one, else none; fine-tuning max(1, steps / epochs))", "train", True)
+                            "epoch has more than one, else none; fine-tuning max(1, steps / epochs))", "train", True, lo=0)
     seed: int = _f(1001, "random seed", "train", True)
     max_length: int | None = _f(None, "longest training sequence in tokens (default, as officially: 500; 300 for the "
-                                "real-world layout)", "train", True)
+                                "real-world layout)", "train", True, lo=2)
     mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
                               "that supports it, else none), no, bf16 or fp16", "train", True)
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations", "train")
@@ -79,7 +84,7 @@ class Config:
     data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU", "data", True)
     split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)
     task_id: int | None = _f(None, "task of the split to unlearn (default, as officially: TOFU task 1; the real-world "
-                             "layout every person at once)", "data", True)
+                             "layout every person at once)", "data", True, lo=1)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
@@ -92,8 +97,8 @@ class Config:
                                   "(repeatable; e.g. beta=0.2, AP.beta=0.5; the names each method takes are "
                                   "listed in docs/methods.md)", "unlearn", True)
     forget_coeff: float | None = _f(None, "weight of the forget term (default: the term's, as officially: 1.0; ME 0.1, "
-                                    "0.5 on the real-world layout, 1.0 in continual runs)", "unlearn", True)
-    reg_coeff: float | None = _f(None, "weight of the regulariser (default: the term's, 1.0)", "unlearn", True)
+                                    "0.5 on the real-world layout, 1.0 in continual runs)", "unlearn", True, lo=0)
+    reg_coeff: float | None = _f(None, "weight of the regulariser (default: the term's, 1.0)", "unlearn", True, lo=0)
     mask: bool | None = _f(None, "mask question tokens out of the forget loss (default: the term's, on; off for ME)",
                            "unlearn", True)
     fix_ref_model: bool = _f(False, "continual: keep the original model as the reference instead of the previous one",
@@ -109,7 +114,7 @@ class Config:
     nli: str | None = _f(DEFAULT_NLI, "NLI model for the Entailment Score: a folder or hub id; none disables it "
                          "(the default is reported unavailable when it cannot be loaded; any other that cannot is "
                          "an error)", "eval")
-    eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval")
+    eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval", lo=1)
     retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
                                   "evaluation (eval_Forget.jsonl)", "eval")
     # --- downstream ---
@@ -117,13 +122,13 @@ class Config:
                                 "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval",
                                 "downstream")
     downstream_limit: int | None = _f(None, "items per downstream task, for quick checks (None: every item)",
-                                      "downstream")
+                                      "downstream", lo=1)
     downstream_include: str | None = _f(None, "folder of custom lm-eval task YAML files for --downstream", "downstream")
     # --- outputs ---
     out: str | None = _f(None, "output folder", "out")
     overwrite: bool = _f(False, "allow writing into an output folder that already holds results", "out")
     save_every: int | None = _f(None, "write a resumable checkpoint to OUT/checkpoint every N optimiser steps "
-                                "(deleted once the final model is saved)", "resume")
+                                "(deleted once the final model is saved)", "resume", lo=1)
     resume: bool = _f(False, "continue the interrupted run in --out from its checkpoint (same settings)", "resume")
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,15 +232,23 @@ def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], ex
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     values: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
+        from_file = load_yaml(args.config)
+        values.update(from_file)
     given = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     if "method_args" in given:  # flags add to (and override) the file's arguments
         given["method_args"] = {**_mapping(values.get("method_args"), "method_args"), **dict(given["method_args"])}
     values.update(given)
     values.update(overrides)
     cfg = Config(**values)
-    _check_types(cfg)
+    try:
+        _check_types(cfg)
+    except ConfigError as e:
+        key = str(e).split("'")[1] if "'" in str(e) else None
+        if key in from_file and from_file[key] == values.get(key):
+            raise ConfigError(f"{args.config}: {str(e).removeprefix('config: ')}") from None
+        raise
     return cfg
 
 
@@ -247,7 +260,20 @@ def _mapping(value: Any, name: str) -> dict:
     return {str(k): v for k, v in value.items()}
 
 
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
 def _check_types(cfg: Config) -> None:
+    """Every value converted to its field's type and checked against its domain; one line each."""
     for f in fields(Config):
         value = getattr(cfg, f.name)
         t = str(f.type)
@@ -257,18 +283,30 @@ def _check_types(cfg: Config) -> None:
             continue
         if t.startswith("dict"):
             setattr(cfg, f.name, _mapping(value, f.name))
-        elif t.startswith("bool") and isinstance(value, str):
+        elif t.startswith("bool"):
+            if isinstance(value, str):
+                try:
+                    value = _parse_bool(value)
+                except argparse.ArgumentTypeError:
+                    raise ConfigError(f"config: '{f.name}' must be true or false, got {value!r}") from None
+            if not isinstance(value, bool):
+                raise ConfigError(f"config: '{f.name}' must be true or false, got {value!r}")
+            setattr(cfg, f.name, value)
+        elif t.startswith(("int", "float")):
+            kind = "an integer" if t.startswith("int") else "a number"
             try:
-                setattr(cfg, f.name, _parse_bool(value))
-            except argparse.ArgumentTypeError:
-                raise ConfigError(f"config: '{f.name}' must be true or false, got {value!r}") from None
-        elif t.startswith("int") and not isinstance(value, bool):
-            try:
-                setattr(cfg, f.name, int(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"config: '{f.name}' must be an integer, got {value!r}") from None
-        elif t.startswith("float"):
-            try:
-                setattr(cfg, f.name, float(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"config: '{f.name}' must be a number, got {value!r}") from None
+                number = (_as_int if t.startswith("int") else _as_float)(value)
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"config: '{f.name}' must be {kind}, got {value!r}") from None
+            _check_domain(f, number)
+            setattr(cfg, f.name, number)
+
+
+def _check_domain(f, number: float) -> None:
+    lo, above, hi = f.metadata["lo"], f.metadata["above"], f.metadata["hi"]
+    if not math.isfinite(number):
+        raise ConfigError(f"config: '{f.name}' must be finite, got {number}")
+    if lo is not None and (number < lo or (above and number == lo)):
+        raise ConfigError(f"config: '{f.name}' must be {'above' if above else 'at least'} {lo:g}, got {number:g}")
+    if hi is not None and number >= hi:
+        raise ConfigError(f"config: '{f.name}' must be below {hi:g}, got {number:g}")

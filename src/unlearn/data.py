@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .encoding import Encoded, encode_qa, make_collate  # noqa: F401 (make_collate: re-exported)
+from .encoding import IGNORE_INDEX, Encoded, encode_qa, make_collate  # noqa: F401 (make_collate: re-exported)
 from .errors import DataError
 
 SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
@@ -115,6 +115,8 @@ class UnlearningData:
 
 def detect_layout(data: str | Path) -> str:
     path = Path(data)
+    if path.is_file():
+        raise DataError(f"{path}: a file, not a data folder (give the folder that holds it, or --forget FILE)")
     if path.is_dir():
         if (path / "forget.json").exists() and (path / "neighbor.json").exists():
             return "real_world"
@@ -162,8 +164,19 @@ def with_scenario_defaults(cfg):
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
+def task_of(row: dict) -> int:
+    """A row's ``task_id`` as an integer, or a clear error naming the row."""
+    value = row.get("task_id")
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{row.get('_source', 'a row')}: field 'task_id' must be an integer, got {value!r}") from None
+
+
 def task_ids_of(rows: list[dict]) -> list[int]:
-    return sorted({int(r["task_id"]) for r in rows if r.get("task_id") is not None})
+    return sorted({task_of(r) for r in rows if r.get("task_id") is not None})
 
 
 def select_task(rows: list[dict], task_id: int, path: Path) -> list[dict]:
@@ -171,7 +184,7 @@ def select_task(rows: list[dict], task_id: int, path: Path) -> list[dict]:
     for r in rows:
         if r.get("task_id") is None:
             raise DataError(f"{r['_source']}: missing field 'task_id'")
-    chosen = [r for r in rows if int(r["task_id"]) == int(task_id)]
+    chosen = [r for r in rows if task_of(r) == int(task_id)]
     if not chosen:
         raise DataError(f"{path}: no rows with task_id {task_id} (tasks: "
                         f"{', '.join(map(str, task_ids_of(rows)))})")
@@ -187,7 +200,7 @@ def load_tofu(data_dir: str | Path, split: str, task_id: int, unlearned: Sequenc
     rows = read_records(forget_path)
     forget = select_task(rows, task_id, forget_path)
     done = {int(t) for t in unlearned} | {int(task_id)}
-    others = [r for r in rows if int(r["task_id"]) not in done]
+    others = [r for r in rows if task_of(r) not in done]
     retain = read_records(data_dir / f"{SPLITS[split]}.json") + others
     return UnlearningData(forget, retain, "tofu", str(data_dir),
                           {"split": split, "task_id": int(task_id), "retain_file": SPLITS[split]})
@@ -315,5 +328,8 @@ class _Encoder:
     def __call__(self, question: str, answer: str, mask_question: bool = True) -> Encoded:
         e = encode_qa(self.tok, self.fmt.prompt(question), self.fmt.answer_prefix + answer, self.max_length,
                       mask_question, self.fmt.add_special_tokens)
+        if all(t == IGNORE_INDEX for t in e.labels[1:]):  # nothing to learn or unlearn: every loss would be 0
+            raise DataError(f"--max-length {self.max_length} leaves no answer token after the question "
+                            f"{question[:60]!r}; raise --max-length")
         self.truncated += e.truncated
         return e

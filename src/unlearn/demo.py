@@ -46,6 +46,11 @@ def _step(msg: str) -> None:
 def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli: str | None = "none",
              seed: int = 1001, scale: float = 1.0) -> dict:
     """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 uses fewer authors (tests)."""
+    with RunDir(out).locked():
+        return _run_demo(Path(out), model, overwrite, nli, seed, scale)
+
+
+def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int, scale: float) -> dict:
     from .evals.commands import EvalPlan, Judges, retain_ratios_from
     from .evals.judges import load_embedder, load_nli
     from .evals.sets import forget_set, load_eval_sets

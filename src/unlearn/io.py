@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, with the usual permissions (the umask's:
+    ``mkstemp`` alone would leave the result readable by its owner only). A full disk is one line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,10 +34,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        raise_if_disk_full(e, path)
         raise
+
+
+def raise_if_disk_full(error: BaseException, path: str | Path) -> None:
+    """A full disk (or quota) while writing ``path`` as a one-line :class:`OutputError`."""
+    import errno
+
+    from .errors import OutputError
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OutputError(f"{path}: no space left on the device while writing it ({error.strerror}); "
+                          "free some space and run again") from error
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

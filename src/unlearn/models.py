@@ -11,21 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .errors import ConfigError, ModelError
-from .io import publish_dir, temp_dir_next_to
+from .io import publish_dir, raise_if_disk_full, temp_dir_next_to
 from .presets import (PRESETS, build_tiny_model, build_tiny_tokenizer, cache_dir,  # noqa: F401 (re-exported)
                       smollm2_path)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model")
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -69,6 +73,8 @@ def load_model(
             model.set_attn_implementation(attn_implementation)
     else:
         path = smollm2_path() if name == "smollm2-135m" else _local_or_hub(name)
+        if isinstance(path, Path):
+            _check_folder(path)
         if isinstance(path, Path) and not trust_remote_code:
             refuse_custom_code(path)
         kwargs = {"trust_remote_code": trust_remote_code}
@@ -78,11 +84,26 @@ def load_model(
             if attn_implementation is not None:
                 kwargs["attn_implementation"] = attn_implementation
             model = _from_pretrained(path, dtype=torch_dtype, **kwargs)
-        except OSError as e:  # a missing file, a hub id that does not exist, no network
+        except (OSError, SafetensorError, pickle.UnpicklingError) as e:  # missing/damaged files, no hub, no network
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"could not load the model {name}: {first}") from e
+            offline = " (HF_HUB_OFFLINE=1: only local folders and the presets load)" \
+                if os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(path, Path) else ""
+            raise ModelError(f"could not load the model {name}: {first}{offline}") from e
     _check_special_tokens(model, tokenizer, name)
     return model, tokenizer
+
+
+def _check_folder(path: Path) -> None:
+    """A model path that is not a Hugging Face folder gets a message that says what it is."""
+    if path.is_file():
+        if path.suffix == ".gguf":
+            raise ModelError(f"{path}: a GGUF file; GGUF loads through the smollm2-135m preset only. Convert it once "
+                             "with transformers (AutoModelForCausalLM.from_pretrained(folder, gguf_file=name), then "
+                             "save_pretrained) and pass the folder")
+        raise ModelError(f"{path}: a file, not a model folder (config.json, weights and tokenizer files)")
+    if (path / "config.json").is_file() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer with "
+                         "the model")
 
 
 def refuse_custom_code(path: Path) -> None:
@@ -186,6 +207,9 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | 
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         publish_dir(tmp, out)
+    except OSError as e:
+        raise_if_disk_full(e, out)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -18,7 +18,7 @@ from . import distributed, methods
 from .config import Config
 from .data import (DEFAULT_MAX_LENGTH, QADataset, UnlearningData, UnlearningDataset, layout_of, load_unlearning_data, read_records,
                    read_refusals, with_scenario_defaults)
-from .errors import OutputError
+from .errors import ConfigError, DataError, OutputError, UnlearnError
 from .io import atomic_write_json
 from .rundir import MODEL_CONFIG, RunDir
 
@@ -42,14 +42,29 @@ class RunResult:
     is_main_process: bool = True
 
 
-def prepare_out(cfg: Config) -> RunDir:
-    """``cfg.out`` checked and made ready for a new (or resumed) run; every process waits for it."""
+INPUT_FLAGS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk",
+               "downstream_include")
+
+
+def inputs_of(cfg: Config) -> dict[str, str | None]:
+    """The paths a run reads, by flag: ``--overwrite`` never replaces anything they point into."""
+    return {"--" + name.replace("_", "-"): getattr(cfg, name) for name in INPUT_FLAGS}
+
+
+def prepare_out(cfg: Config, evaluated: bool = False, scope: str = "run") -> tuple[RunDir, str]:
+    """``(folder, mode)``: ``cfg.out`` checked and made ready (:meth:`RunDir.prepare`); every
+    process waits for it. Call it holding the folder's lock."""
+    out = RunDir(cfg.out)
+    mode = out.prepare(resume=cfg.resume, overwrite=cfg.overwrite, main_process=distributed.is_main_process(),
+                       evaluated=evaluated, inputs=inputs_of(cfg), scope=scope)
+    distributed.wait_for_everyone()
+    return out, mode
+
+
+def _require_out(cfg: Config) -> RunDir:
     if not cfg.out:
         raise OutputError("no output folder: give --out DIR")
-    out = RunDir(cfg.out).prepare(resume=cfg.resume, overwrite=cfg.overwrite,
-                                  main_process=distributed.is_main_process())
-    distributed.wait_for_everyone()
-    return out
+    return RunDir(cfg.out)
 
 
 def load_for_training(cfg: Config, texts: list[str]):
@@ -118,12 +133,18 @@ def _warn_truncated(dataset, cfg: Config) -> None:
 
 def finetune(cfg: Config, train_files: list[str]) -> Path:
     """Fine-tune ``cfg.model`` on question/answer files; saves ``OUT/model``."""
+    with _require_out(cfg).locked(distributed.is_main_process()):
+        return _finetune(cfg, train_files)
+
+
+def _finetune(cfg: Config, train_files: list[str]) -> Path:
     from .train import fit
 
     rows = [r for f in train_files for r in read_records(f)]
     # what the saved config.yaml (and reports) call this run; TOFU's fine-tuning length
     cfg = dataclasses.replace(cfg, method="finetune", max_length=cfg.max_length or DEFAULT_MAX_LENGTH)
-    out = prepare_out(cfg)
+    validate_model_settings(cfg)
+    out, _ = prepare_out(cfg)
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, [r["question"] + " " + r["answer"] for r in rows])
     dataset = QADataset(rows, tokenizer, fmt, cfg.max_length)
@@ -131,6 +152,8 @@ def finetune(cfg: Config, train_files: list[str]) -> Path:
     trained = fit(model, tokenizer, dataset, methods.FINETUNE, cfg, out.path, desc="fine-tuning",
                   accelerator=accelerator, finetune=True)
     save_trained(trained, out, tokenizer, cfg)
+    if accelerator.is_main_process:
+        out.discard_previous()
     return out.model
 
 
@@ -145,17 +168,30 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
     made from ``cfg`` when not given). ``ref_stats``: reference NLLs known already (continual runs
     with ``--fix-ref-model``). With ``cfg.save_every`` a checkpoint is written as it trains; with
     ``cfg.resume`` the run continues from it (same settings, same ``cfg.model``: the original
-    model, not the checkpoint) and ends with the weights an uninterrupted run would have had.
+    model, not the checkpoint) and ends with the weights an uninterrupted run would have had; a run
+    whose model is saved but whose evaluation is missing is evaluated.
     """
-    from .evals.commands import plan_evaluation
+    with _require_out(cfg).locked(distributed.is_main_process()):
+        return _run(cfg, data, ref_stats, plan)
+
+
+def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
+    from .evals.commands import check_eval_matches, plan_evaluation
     from .train import fit
 
     cfg = with_scenario_defaults(cfg)
     objective, cfg = methods.resolve(cfg, "real_world" if layout_of(cfg) == "real_world" else None)
+    validate_model_settings(cfg)
     data = data or load_data(cfg)
+    if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
+        raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
     refusals = read_refusals(cfg.idk)
     plan = plan if plan is not None else plan_evaluation(cfg)
-    out = prepare_out(cfg)
+    check_eval_matches(plan.sets, data)
+    out, mode = prepare_out(cfg, evaluated=bool(plan.sets or plan.downstream))
+    main = distributed.is_main_process()
+    if mode == "evaluate":
+        return _evaluate_saved(cfg, out, data, plan, main)
     texts = [r["question"] + " " + r["answer"] for r in data.forget + data.retain] + refusals
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, texts)
@@ -165,11 +201,46 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
     trained = fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
                   ref_stats=ref_stats, texts=texts)
     model = save_trained(trained, out, tokenizer, cfg)
-    main = accelerator.is_main_process
     if main:
         atomic_write_json(out.data, {"layout": data.layout, "source": data.source, "forget": len(data.forget),
                                      "retain": len(data.retain), **data.info})
         print(f"saved the unlearned model to {out.model}")
-    summary = plan.evaluate(model, tokenizer, fmt, out, shard=True)
+    summary = _evaluate(plan, model, tokenizer, fmt, out)
+    if main:
+        out.discard_previous()
     return RunResult(out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from,
                      summary, main)
+
+
+def _evaluate(plan, model, tokenizer, fmt, out: RunDir) -> dict | None:
+    """The evaluation after training; a failure says how to finish it without training again."""
+    try:
+        return plan.evaluate(model, tokenizer, fmt, out, shard=True)
+    except UnlearnError as e:
+        raise type(e)(f"{e} (the model is saved in {out.model}; finish its evaluation with --resume)") from e
+
+
+def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResult:
+    """``--resume`` of a run whose model is saved but whose evaluation is missing."""
+    from .models import load_model
+    from .prompts import detect_prompt_format
+
+    log.info("%s: the model is saved; evaluating it", out.model)
+    model, tokenizer = load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                  attn_implementation=cfg.attn_implementation)
+    model.to(distributed.state().device)
+    fmt = detect_prompt_format(tokenizer, str(out.model), cfg.prompt_format)
+    summary = _evaluate(plan, model, tokenizer, fmt, out)
+    return RunResult(out, model, tokenizer, fmt, cfg, data, 0, [], None, summary, main)
+
+
+def validate_model_settings(cfg: Config) -> None:
+    """Model settings checked before anything is written: dtype, attention kernel, prompt format."""
+    from .models import ATTN_IMPLEMENTATIONS, resolve_dtype
+    from .prompts import check_prompt_format
+
+    resolve_dtype(cfg.dtype)
+    if cfg.attn_implementation is not None and cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"unknown --attn-implementation {cfg.attn_implementation!r} "
+                          f"(valid: {', '.join(ATTN_IMPLEMENTATIONS)})")
+    check_prompt_format(cfg.prompt_format)

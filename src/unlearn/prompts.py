@@ -59,9 +59,15 @@ class PromptFormat:
         if self.kind == "plain":
             return "Question: " + question + "\nAnswer:"
         if self.kind == "chat_template":
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-            )
+            from jinja2 import TemplateError
+
+            try:
+                return self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+                )
+            except TemplateError as e:
+                raise ConfigError(f"the tokenizer's chat template failed ({e}); pass --prompt-format "
+                                  "plain, llama2, llama3 or a template with {question}") from None
         return self.template.replace(PLACEHOLDER, question)
 
     @property
@@ -105,6 +111,13 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
     if getattr(tokenizer, "chat_template", None):
         return PromptFormat("chat_template", tokenizer=tokenizer)
     return PromptFormat("plain", tokenizer=tokenizer)
+
+
+def check_prompt_format(spec: str | None) -> None:
+    """A ``--prompt-format`` that can be used, checked before any model is loaded."""
+    if spec is not None and spec not in PROMPT_FORMATS and PLACEHOLDER not in spec:
+        raise ConfigError(f"unknown prompt format {spec!r}; choose one of {', '.join(PROMPT_FORMATS)} "
+                          f"or give a template containing {PLACEHOLDER}")
 
 
 def prompt_format_spec(fmt: PromptFormat) -> str:

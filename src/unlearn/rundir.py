@@ -19,11 +19,20 @@ so reports can use it.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import re
 import shutil
+import socket
+import time
+import uuid
 from pathlib import Path
 
 from .errors import OutputError
+
+log = logging.getLogger("unlearn")
 
 MODEL = "model"
 ADAPTER = "adapter"
@@ -36,6 +45,10 @@ DOWNSTREAM = "downstream.json"
 EVAL_CONFIG = "eval_config.yaml"
 CONTINUAL = "continual.csv"
 MODEL_CONFIG = "unlearn_config.yaml"  # inside model/: the config the model was trained with
+LOCK = ".unlearn.lock"
+PREVIOUS = ".previous-"  # earlier results moved aside by --overwrite until the new ones are complete
+RUN_RESULTS = (MODEL, ADAPTER, CHECKPOINT, SUMMARY, TRAIN_LOG, CONFIG, DATA, DOWNSTREAM, EVAL_CONFIG)
+EVAL_RESULTS = (SUMMARY, EVAL_CONFIG, DOWNSTREAM)
 
 FINISHED, PARTIAL, ABSENT = "finished", "partial", "absent"
 
@@ -110,22 +123,99 @@ class RunDir:
         """The run stopped before its final model and left a checkpoint: ``--resume`` continues it."""
         return self.has_checkpoint() and not self.model.exists()
 
+    # ----------------------------------------------------------------- locking
+
+    @contextlib.contextmanager
+    def locked(self, main_process: bool = True):
+        """Hold the folder's lock (``.unlearn.lock``: pid, host, start) while a command writes here.
+
+        A second command on the same folder is refused at once, naming the holder. A lock left by a
+        process of this host that no longer runs is stale: it is reported and taken over. A folder
+        the command created and left empty (it failed before writing) is removed again. Only the
+        main process locks when several run the command.
+        """
+        if not main_process:
+            yield self
+            return
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(lock)
+                if holder.get("host") == mine["host"] and not _alive(holder.get("pid")):
+                    log.warning("%s: removing a stale lock left by process %s, which is no longer running",
+                                self.path, holder.get("pid"))
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise OutputError(
+                    f"{self.path}: another unlearn command is writing here (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('started')}); wait for it or choose another --out "
+                    f"(if it is not running any more, delete {lock})") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(mine, fh)
+            break
+        try:
+            yield self
+        finally:
+            if _read_lock(lock).get("pid") == mine["pid"]:
+                lock.unlink(missing_ok=True)
+            if created and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+
     # ----------------------------------------------------------------- preparing
 
-    def prepare(self, *, resume: bool = False, overwrite: bool = False, main_process: bool = True) -> "RunDir":
-        """Check the folder can take this run, and make it ready.
+    def result_entries(self, scope: str = "run") -> list[Path]:
+        """What an earlier run (``scope="run"``) or evaluation (``"eval"``) left here."""
+        names = EVAL_RESULTS if scope == "eval" else RUN_RESULTS
+        found = [self.path / n for n in names if (self.path / n).exists()]
+        found += sorted(self.path.glob("eval_*.jsonl"))
+        if scope == "run":
+            found += [p for p in (self.path / f".{CHECKPOINT}.tmp", self.path / f".{CHECKPOINT}.old") if p.exists()]
+        return found
 
-        A folder that already holds results is refused unless ``overwrite``; ``resume`` accepts
-        one whose run stopped before its final model; ``overwrite`` starts again, removing the
-        earlier results and checkpoint so that nothing of the old run can pass for the new one.
-        Only the main process changes the folder (callers make the others wait).
+    def _check_inputs(self, entries: list[Path], inputs: dict[str, str | None]) -> None:
+        """Refuse to replace anything an input path points into (``--model OUT/model --overwrite``)."""
+        for flag, value in inputs.items():
+            if not value or not Path(value).exists():
+                continue
+            where = Path(value).resolve()
+            for entry in entries:
+                target = entry.resolve()
+                if where == target or target in where.parents:
+                    raise OutputError(f"{self.path}: --overwrite would replace {entry}, which {flag} points into "
+                                      f"({value}); choose another --out")
+
+    def _clean_leftovers(self) -> None:
+        """Temporary files and folders of a writer that was killed (never a result)."""
+        for p in self.path.glob(".*"):
+            if p.name == LOCK or p.name.startswith(PREVIOUS):
+                continue
+            if re.match(r"^\.(model|adapter)\.tmp-|^\..*\.tmp$|^\.checkpoint\.trash$", p.name):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def prepare(self, *, resume: bool = False, overwrite: bool = False, main_process: bool = True,
+                evaluated: bool = False, inputs: dict[str, str | None] | None = None, scope: str = "run") -> str:
+        """Check the folder can take this run and make it ready; returns what the run does:
+        ``new``, ``resume`` (train on from the checkpoint) or ``evaluate`` (the model is saved,
+        only its evaluation is missing).
+
+        A folder that already holds results is refused unless ``overwrite``, which moves the earlier
+        results aside (``.previous-*``) and deletes them once the new run is complete
+        (:meth:`discard_previous`); nothing an input path points into is ever replaced. Only the main
+        process changes the folder (callers make the others wait); call it holding :meth:`locked`.
         """
         from . import checkpoint
 
-        existing = self.results()
+        existing = self.results() if scope == "run" else [SUMMARY] if self.summary.exists() else []
         if resume:
             if overwrite:
                 raise OutputError("--resume continues the run in --out and --overwrite starts it again: give one")
+            if self.model.is_dir() and self.config.is_file() and evaluated and not self.summary.is_file():
+                return "evaluate"
             finished = [m for m in existing if m not in (TRAIN_LOG, CHECKPOINT)]
             if finished:
                 raise OutputError(f"{self.path}: the run there has finished ({', '.join(finished)}); nothing to "
@@ -133,18 +223,45 @@ class RunDir:
             if not self.has_checkpoint():
                 raise OutputError(f"{self.path}: no checkpoint to resume from ({checkpoint.path(self.path)} is "
                                   "missing or incomplete; runs write one with --save-every N)")
-            return self
+            return "resume"
         if existing and not overwrite:
-            hint = ", --resume to continue it" if self.has_checkpoint() else ""
-            raise OutputError(f"{self.path}: already holds results ({', '.join(existing)}); "
-                              f"choose another --out{hint} or pass --overwrite")
+            if scope == "run" and evaluated and self.model.is_dir() and not self.summary.is_file():
+                hint = ", --resume to finish its evaluation"
+            else:
+                hint = ", --resume to continue it" if scope == "run" and self.has_checkpoint() else ""
+            raise OutputError(f"{self.path}: already holds results ({', '.join(existing)}); choose another "
+                              f"--out{hint} or pass --overwrite")
         if main_process:
             self.path.mkdir(parents=True, exist_ok=True)
-            if overwrite:
-                checkpoint.remove(self.path)
-                for name in (SUMMARY, TRAIN_LOG, CONFIG, DATA):
-                    (self.path / name).unlink(missing_ok=True)
-                for name in (MODEL, ADAPTER):
-                    if (self.path / name).is_dir():
-                        shutil.rmtree(self.path / name)
-        return self
+            self._clean_leftovers()
+            entries = self.result_entries(scope)
+            if overwrite and entries:
+                self._check_inputs(entries, inputs or {})
+                aside = self.path / f"{PREVIOUS}{uuid.uuid4().hex[:8]}"
+                aside.mkdir()
+                for entry in entries:
+                    os.rename(entry, aside / entry.name)
+                log.info("moved the earlier results of %s aside to %s until this run is complete", self.path, aside)
+        return "new"
+
+    def discard_previous(self) -> None:
+        """Delete the earlier results ``--overwrite`` moved aside: the new ones are complete."""
+        for aside in self.path.glob(f"{PREVIOUS}*"):
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True

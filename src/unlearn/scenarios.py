@@ -28,17 +28,25 @@ def parse_tasks(text: str | list | None, available: list[int]) -> list[int]:
     """``"1,2,3"``, ``"1-5"`` or a list; None means every task of the split, in order."""
     if text is None:
         return available
-    if isinstance(text, (list, tuple)):
-        tasks = [int(t) for t in text]
-    else:
-        tasks = []
-        for piece in str(text).split(","):
-            piece = piece.strip()
-            if "-" in piece:
-                lo, hi = piece.split("-", 1)
-                tasks += list(range(int(lo), int(hi) + 1))
-            elif piece:
-                tasks.append(int(piece))
+    try:
+        if isinstance(text, (list, tuple)):
+            tasks = [int(t) for t in text]
+        else:
+            tasks = []
+            for piece in str(text).split(","):
+                piece = piece.strip()
+                if "-" in piece:
+                    lo, hi = (int(x) for x in piece.split("-", 1))
+                    if lo > hi:
+                        raise DataError(f"--tasks: the range {piece} is empty (write {hi}-{lo} for "
+                                        "ascending order, or list the tasks: 3,2,1)")
+                    tasks += list(range(lo, hi + 1))
+                elif piece:
+                    tasks.append(int(piece))
+    except ValueError:
+        raise DataError(f"--tasks: {text!r} is not a list of task numbers (e.g. 1,2,3 or 1-5)") from None
+    if not tasks:
+        raise DataError(f"--tasks: {text!r} names no task")
     missing = [t for t in tasks if t not in available]
     if missing:
         raise DataError(f"tasks {missing} do not exist (tasks: {', '.join(map(str, available))})")
@@ -67,6 +75,13 @@ def _task_data(cfg: Config, layout: str, task_list: list[int], task: int):
 
 def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bool = False) -> list[dict]:
     """Unlearn ``tasks`` in order under ``cfg.out``; returns the rows of ``continual.csv``."""
+    if cfg.data is None or cfg.out is None:
+        raise DataError("continual unlearning needs --data DIR and --out DIR")
+    with RunDir(cfg.out).locked(is_main_process()):
+        return _continual(cfg, tasks, keep_checkpoints)
+
+
+def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
     from .evals.commands import eval_sets_for, load_judges, plan_evaluation
     from .methods import resolve
     from .pipeline import run

@@ -107,6 +107,30 @@ def eval_sets_for(cfg) -> list[EvalSet] | None:
         raise DataError(f"{e} (pass --eval-data DIR or --no-eval)") from None
 
 
+def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
+    """The Forget set evaluated must be the forget set trained on: the same questions, in order
+    (TOFU: its first 300, the official ds_size). A perturbed file with some of the task's rows, or
+    another task's, is refused before anything loads; with your own --forget files it is said."""
+    from .sets import TOFU_EVAL_ROWS
+
+    forget = next((s for s in sets or [] if s.name == "Forget"), None)
+    if forget is None:
+        return
+    trained = [r["question"] for r in data.forget]
+    expected = trained[:TOFU_EVAL_ROWS] if data.layout in ("tofu", "hub") else trained
+    got = forget.questions
+    if got == expected:
+        return
+    diff = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    where = forget.rows[diff]["_source"] if diff < len(forget.rows) else forget.rows[-1]["_source"]
+    message = (f"{where}: the Forget set evaluated ({len(got)} rows) is not the forget set trained on "
+               f"({len(expected)} rows from {data.source}); first difference at row {diff + 1}")
+    if data.layout == "files":
+        log.warning("%s: the Forget metrics describe those rows, not the ones unlearned", message)
+        return
+    raise DataError(f"{message} (check the *_perturbed.json files, --split and --task-id)")
+
+
 def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
     if not cfg.retain_model:
         return None
@@ -173,25 +197,36 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
 def run_eval(cfg) -> dict:
     """``unlearn eval``: evaluate ``cfg.model`` on the sets of ``cfg.eval_data or cfg.data``."""
     from ..distributed import is_main_process
-    from ..models import load_model
-    from ..prompts import detect_prompt_format
 
     data = cfg.eval_data or cfg.data
     if not data:
         raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder)")
     if not cfg.out:
         raise DataError("no output folder: give --out DIR")
-    out = RunDir(cfg.out)
-    if out.summary.exists() and not cfg.overwrite:
-        raise DataError(f"{out.path}: already holds {out.summary.name}; choose another --out or pass --overwrite")
+    with RunDir(cfg.out).locked(is_main_process()):
+        return _run_eval(cfg, data)
+
+
+def _run_eval(cfg, data) -> dict:
+    from ..distributed import is_main_process, wait_for_everyone
+    from ..models import load_model
+    from ..pipeline import inputs_of, validate_model_settings
+    from ..prompts import detect_prompt_format
+
+    validate_model_settings(cfg)
     sets = load_eval_sets(data, cfg.split, cfg.task_id)
     plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=None), sets=sets)
+    out = RunDir(cfg.out)
+    out.prepare(overwrite=cfg.overwrite, main_process=is_main_process(), inputs=inputs_of(cfg), scope="eval")
+    wait_for_everyone()
     texts = [q + " " + a for s in sets for q, a in zip(s.questions, s.answers)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     model.to(_device())
     fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
     if is_main_process():
-        out.path.mkdir(parents=True, exist_ok=True)
         cfg.save(out.eval_config)
-    return plan.evaluate(model, tokenizer, fmt, out, shard=True)
+    summary = plan.evaluate(model, tokenizer, fmt, out, shard=True)
+    if is_main_process():
+        out.discard_previous()
+    return summary

@@ -130,11 +130,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_mapping(path: Path, parse) -> dict:
+def _read_mapping(path: Path, parse, required: bool = False) -> dict:
+    """A JSON/YAML mapping; an unreadable optional file reads as empty, a required one is an error."""
     try:
         obj = parse(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        if required:
+            raise DataError(f"{path}: not readable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         return {}
+    if required and not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object of metrics")
     return obj if isinstance(obj, dict) else {}
 
 
@@ -172,9 +177,9 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
         last_row = folder / f"task_{curve[-1].get('task')}" if curve else None
         last = last_row if last_row in tasks else (tasks[-1] if tasks else None)
         if summary_path.is_file():
-            summary = _read_mapping(summary_path, json.loads)
+            summary = _read_mapping(summary_path, json.loads, required=True)
         elif last is not None:
-            summary = _read_mapping(last / SUMMARY, json.loads)
+            summary = _read_mapping(last / SUMMARY, json.loads, required=True)
         else:
             summary = {k: v for k, v in (curve[-1] if curve else {}).items() if k not in ("task", "n_unlearned")}
         config = _read_config(folder) or (_read_config(tasks[0]) if tasks else {})
@@ -184,7 +189,7 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
                    eval_dir=last if last is not None else folder)
     if not summary_path.is_file():
         raise DataError(f"{folder}: no summary.json (evaluate the model first: unlearn eval)")
-    return Run(name or folder.name, folder, _read_mapping(summary_path, json.loads), _read_config(folder),
+    return Run(name or folder.name, folder, _read_mapping(summary_path, json.loads, required=True), _read_config(folder),
                _read_mapping(folder / DATA, json.loads), eval_dir=folder)
 
 

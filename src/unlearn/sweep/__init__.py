@@ -95,8 +95,16 @@ def run_sweep(path: str | Path, dry_run: bool = False, out: str | None = None, d
         for i, (r, state) in enumerate(zip(runs, states), 1):
             print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
         return 0
-    plans = _plans(runs, states)
+    from ..rundir import RunDir
+
     main = _is_main_process()
+    with RunDir(root).locked(main):
+        return _run_all(path, root, runs, states, main, debug)
+
+
+def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: bool, debug: bool) -> int:
+    n = len(runs)
+    plans = _plans(runs, states)
     if main:
         atomic_write_text(root / "sweep.yaml", Path(path).read_text(encoding="utf-8"))
     rows, failed = [], set()
