@@ -41,7 +41,36 @@ def ws(tmp_path_factory, synth_dir):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     _model_without_eos(d / "no_eos_model")
     (d / "resume_out").mkdir()
+    (d / "task_float.yaml").write_text("task_id: 1.7\n", encoding="utf-8")
+    (d / "maybe.yaml").write_text("overwrite: maybe\n", encoding="utf-8")
+    shutil.copytree(synth_dir, d / "subset")  # a perturbed file with only some of the task's rows
+    path = d / "subset" / "forget01_perturbed.json"
+    path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
+    shutil.copytree(synth_dir, d / "bad_task")
+    path = d / "bad_task" / "forget01.json"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    rows[3]["task_id"] = "one"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (d / "weights.gguf").write_bytes(b"GGUF")
+    _model_folders(d)
     return d
+
+
+def _model_folders(d: Path) -> None:
+    """Saved tiny models, each broken in one way."""
+    from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
+
+    tok = build_tiny_tokenizer([r["question"] + " " + r["answer"] for r in GOOD], vocab_size=300)
+    for name in ("no_tokenizer", "bad_safetensors", "bad_pickle", "bad_template"):
+        save_model(build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2), tok, d / name)
+    for f in (d / "no_tokenizer").glob("tokenizer*"):
+        f.unlink()
+    (d / "bad_safetensors" / "model.safetensors").write_bytes(b"\x00" * 64)
+    (d / "bad_pickle" / "model.safetensors").unlink()
+    (d / "bad_pickle" / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    config = json.loads((d / "bad_template" / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ raise_exception('this template refuses') }}"
+    (d / "bad_template" / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def _drop_perturbed(rows):
@@ -116,6 +145,54 @@ CASES = [
      r"NPO.beta must be float, got 'high'", False),
     ("renamed YAML key", lambda ws: run(ws, "good.jsonl", "--config", str(ws / "beta.yaml")),
      r"beta\.yaml: key 'beta': beta is a method argument now: method_args: \{beta: 0.1\}", False),
+    # every numeric setting against its domain, before anything is written
+    ("zero epochs", lambda ws: run(ws, "good.jsonl", "--epochs", "0"), r"'epochs' must be above 0, got 0", False),
+    ("infinite epochs", lambda ws: run(ws, "good.jsonl", "--epochs", "inf"), r"'epochs' must be finite", False),
+    ("zero accumulation", lambda ws: run(ws, "good.jsonl", "--grad-accum", "0"), r"'grad_accum' must be at least 1",
+     False),
+    ("length 1", lambda ws: run(ws, "good.jsonl", "--max-length", "1"), r"'max_length' must be at least 2", False),
+    ("negative warm-up", lambda ws: run(ws, "good.jsonl", "--warmup", "-5"), r"'warmup' must be at least 0", False),
+    ("checkpoint every 0", lambda ws: run(ws, "good.jsonl", "--save-every", "0"), r"'save_every' must be at least 1",
+     False),
+    ("evaluation batch 0", lambda ws: run(ws, "good.jsonl", "--eval-batch-size", "0"),
+     r"'eval_batch_size' must be at least 1", False),
+    ("fractional task in YAML", lambda ws: run(ws, "good.jsonl", "--config", str(ws / "task_float.yaml")),
+     r"task_float\.yaml: 'task_id' must be an integer, got 1\.7", False),
+    ("non-boolean in YAML", lambda ws: run(ws, "good.jsonl", "--config", str(ws / "maybe.yaml")),
+     r"maybe\.yaml: 'overwrite' must be true or false, got 'maybe'", False),
+    ("empty task range", lambda ws: ["continual", "--model", "tiny", "--data", str(ws / "no_perturbed"), "--tasks",
+                                     "3-1", "--out", str(ws / "out")], r"--tasks: the range 3-1 is empty", False),
+    ("too short to hold an answer", lambda ws: run(ws, "good.jsonl", "--max-length", "4"),
+     r"--max-length 4 leaves no answer token", True),
+    # inputs
+    ("data is a file", lambda ws: ["run", "--model", "tiny", "--data", str(ws / "good.jsonl"), "--no-eval",
+                                   "--out", str(ws / "out")], r"good\.jsonl: a file, not a data folder", False),
+    ("non-integer task id", lambda ws: ["run", "--model", "tiny", "--data", str(ws / "bad_task"), "--no-eval",
+                                        "--out", str(ws / "out")], r"forget01\.json:4: field 'task_id' must be an "
+     r"integer, got 'one'", False),
+    ("evaluation rows of another set", lambda ws: ["run", "--model", "tiny", "--data", str(ws / "subset"), "--nli",
+                                                   "none", "--out", str(ws / "out")],
+     r"forget01_perturbed\.json:2: the Forget set evaluated \(2 rows\) is not the forget set trained on", False),
+    ("no retain set for GD", lambda ws: ["run", "--model", "tiny", "--forget", str(ws / "good.jsonl"), "--method",
+                                         "GA+GD", "--no-eval", "--out", str(ws / "out")],
+     r"GA\+GD needs a retain set", False),
+    ("unknown prompt format", lambda ws: run(ws, "good.jsonl", "--prompt-format", "alpaca"),
+     r"unknown prompt format 'alpaca'", False),
+    ("unknown dtype", lambda ws: run(ws, "good.jsonl", "--dtype", "fp8"), r"unknown dtype 'fp8'", False),
+    ("unknown attention", lambda ws: run(ws, "good.jsonl", "--attn-implementation", "fast"),
+     r"unknown --attn-implementation 'fast'", False),
+    # models
+    ("a GGUF file as model", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "weights.gguf")),
+     r"weights\.gguf: a GGUF file; GGUF loads through the smollm2-135m preset", True),
+    ("model without tokenizer", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "no_tokenizer")),
+     r"no_tokenizer: no tokenizer files", True),
+    ("damaged safetensors", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "bad_safetensors")),
+     r"could not load the model .*bad_safetensors", True),
+    ("pickle refused by the safe loader", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "bad_pickle")),
+     r"could not load the model .*bad_pickle", True),
+    ("chat template that raises", lambda ws: run(ws, "good.jsonl", "--model", str(ws / "bad_template"),
+                                                 "--prompt-format", "chat_template"),
+     r"the tokenizer's chat template failed \(this template refuses\)", True),
 ]
 
 
@@ -136,7 +213,7 @@ def test_bad_input_gives_one_clear_line(ws, name, argv, expected, loads_model, c
     assert len(errors) == 1 and lines[-1] == errors[0], err
     assert re.search(expected, errors[0]), errors[0]
     assert "Traceback" not in err
-    assert not (ws / "out" / "model").exists()
+    assert not (ws / "out").exists()  # nothing written, not even an empty folder
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

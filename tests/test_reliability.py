@@ -422,3 +422,150 @@ def test_offline_end_to_end_touches_no_network(files, tmp_path, monkeypatch):
                  str(files["retain"]), "--method", "ME+GD", "--epochs", "1", "--no-eval",
                  "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------- data loss, locks, damage
+
+
+def test_overwrite_never_replaces_an_input(files, finetuned, tmp_path, capsys):
+    """`--model OUT/model --overwrite --out OUT` would delete its own input: refused, model intact."""
+    import shutil
+
+    out = tmp_path / "x"
+    shutil.copytree(finetuned, out)
+    before = (out / "model" / "model.safetensors").read_bytes()
+    code = main(run_args(files, "GA", epochs=1) + ["--model", str(out / "model"), "--out", str(out), "--overwrite"])
+    assert code == 2
+    err = error_line(capsys.readouterr().err)
+    assert "--overwrite would replace" in err and "--model points into" in err
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+    assert not list(out.glob(".previous-*")) and not (out / ".unlearn.lock").exists()
+
+
+def test_overwrite_replaces_the_whole_result_set(files, tmp_path):
+    """An evaluated run redone with --overwrite --no-eval keeps none of the old evaluation files."""
+    from unlearn.io import atomic_write_json
+
+    out = tmp_path / "r"
+    assert main(run_args(files, "GA", epochs=1) + ["--out", str(out)]) == 0
+    atomic_write_json(out / "summary.json", {"Forget ROUGE": 0.5})  # as an evaluation leaves them
+    (out / "eval_Forget.jsonl").write_text("{}\n")
+    assert main(run_args(files, "GA", epochs=1) + ["--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "data.json", "model", "train_log.jsonl"]
+
+
+def test_demo_refuses_an_earlier_demo_without_overwrite(tmp_path, capsys):
+    target = tmp_path / "demo" / "target" / "model"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert "already holds a demo" in error_line(capsys.readouterr().err)
+    assert (target / "config.json").read_text() == "{}"
+
+
+def test_two_runs_on_one_folder_one_wins(files, tmp_path, capsys, one_thread):
+    """A second command on a folder another one is writing is refused at once; the first one's log
+    holds its own rows only."""
+    out = tmp_path / "shared"
+    args = run_args(files, "GA+GD", epochs=40) + ["--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "unlearn", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".unlearn.lock").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.01)
+        assert main(args) == 2
+        err = error_line(capsys.readouterr().err)
+        assert "another unlearn command is writing here" in err and f"pid {proc.pid}" in err
+        assert proc.wait(240) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    steps = [json.loads(x)["step"] for x in log_text(out).splitlines()]
+    assert steps == list(range(1, len(steps) + 1))
+    assert not (out / ".unlearn.lock").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(files, tmp_path, caplog, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".unlearn.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with caplog.at_level(logging.WARNING, logger="unlearn"):
+        assert main(run_args(files, "GA", epochs=1) + ["--out", str(out)]) == 0
+    assert f"removing a stale lock left by process {dead.pid}" in caplog.text
+    (out / ".unlearn.lock").write_text(json.dumps({"pid": 1, "host": "another-host", "started": "today"}))
+    assert main(run_args(files, "GA", epochs=1) + ["--out", str(out), "--overwrite"]) == 2
+    assert "pid 1 on another-host" in error_line(capsys.readouterr().err)
+    assert (out / "model").is_dir()  # the earlier result is intact
+
+
+def test_a_damaged_checkpoint_is_refused(files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ck"
+    _interrupt_after_step(monkeypatch, 2)
+    assert main(run_args(files, "GA", epochs=2) + ["--out", str(out), "--save-every", "1"]) == 130
+    monkeypatch.undo()
+    next((out / "checkpoint").glob("random_states_*.pkl")).unlink()
+    capsys.readouterr()
+    assert main(run_args(files, "GA", epochs=2) + ["--out", str(out), "--resume"]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "random_states_0.pkl: is missing; the checkpoint is damaged" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(files, tmp_path, capsys):
+    """The model does not fit on a 512 KiB tmpfs: one line, no .checkpoint.tmp or .model.tmp left."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        for extra in (["--save-every", "1"], []):
+            out = mnt / f"run{len(extra)}"
+            assert main(run_args(files, "GA", epochs=2) + ["--out", str(out), *extra]) == 2
+            err = error_line(capsys.readouterr().err)
+            assert "no space left on the device" in err
+            assert not [p.name for p in out.glob(".*") if p.name != ".unlearn.lock"] if out.exists() else True
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_results_keep_the_usual_permissions(tmp_path):
+    from unlearn.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_finishes_a_missing_evaluation(tmp_path, synth_dir, capsys, monkeypatch):
+    """Training finished, the evaluation failed: the message says how to finish it, and --resume
+    evaluates the saved model without training again."""
+    import unlearn.evals.commands as commands
+    import unlearn.train
+
+    args = ["run", "--model", "tiny", "--data", str(synth_dir), "--method", "GA", "--epochs", "1", "--nli", "none",
+            "--max-length", "96", "--out", str(tmp_path / "e")]
+
+    def broken(*a, **k):
+        from unlearn.errors import DataError
+
+        raise DataError("the judge went away")
+
+    monkeypatch.setattr(commands, "evaluate", broken)
+    assert main(args) == 2
+    assert "finish its evaluation with --resume" in error_line(capsys.readouterr().err)
+    monkeypatch.undo()
+    assert main(args) == 2  # the rerun without --resume says so too
+    assert "--resume to finish its evaluation" in error_line(capsys.readouterr().err)
+    monkeypatch.setattr(unlearn.train, "fit", lambda *a, **k: pytest.fail("trained again"))
+    assert main(args + ["--resume"]) == 0
+    assert (tmp_path / "e" / "summary.json").is_file()

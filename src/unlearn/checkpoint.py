@@ -163,7 +163,7 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _publish(out_dir, tmp, state, ref_stats, save_file)
-    except OSError as e:
+    except Exception as e:  # (re-raised unless the disk is full)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         from .io import raise_if_disk_full

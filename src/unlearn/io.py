@@ -48,9 +48,17 @@ def raise_if_disk_full(error: BaseException, path: str | Path) -> None:
 
     from .errors import OutputError
 
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise OutputError(f"{path}: no space left on the device while writing it ({error.strerror}); "
-                          "free some space and run again") from error
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and isinstance(error, Exception):
+        # torch's C++ writers report a full disk as a RuntimeError ("iostream error"), safetensors as
+        # its own error: look at the message and at the disk
+        where = Path(path)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        full = "No space left" in str(error) or shutil.disk_usage(where).free < (1 << 20)
+    if full:
+        raise OutputError(f"{path}: no space left on the device while writing it; free some space and run "
+                          "again") from error
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

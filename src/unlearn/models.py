@@ -207,7 +207,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | 
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         publish_dir(tmp, out)
-    except OSError as e:
+    except Exception as e:  # (re-raised unless the disk is full)
         raise_if_disk_full(e, out)
         raise
     finally:
