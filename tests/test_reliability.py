@@ -569,3 +569,29 @@ def test_resume_finishes_a_missing_evaluation(tmp_path, synth_dir, capsys, monke
     monkeypatch.setattr(unlearn.train, "fit", lambda *a, **k: pytest.fail("trained again"))
     assert main(args + ["--resume"]) == 0
     assert (tmp_path / "e" / "summary.json").is_file()
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
+    from unlearn.rundir import RunDir
+
+    out = tmp_path / "k"
+    (out / ".model.tmp-1a2b").mkdir(parents=True)
+    (out / ".summary.json.x9.tmp").write_text("{")
+    (out / ".eval_Forget.jsonl.y.tmp").write_text("")
+    with RunDir(out).locked() as folder:
+        assert folder.prepare() == "new"
+        assert sorted(p.name for p in out.iterdir()) == [".unlearn.lock"]
+
+
+def test_report_names_a_corrupt_summary(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "summary.json").write_text('{"Model Utility": 0.5')
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep")]) == 2
+    assert re.search(r"r/summary\.json: not readable", error_line(capsys.readouterr().err))
+
+
+def test_an_unknown_hub_model_offline_says_so(monkeypatch, capsys, files, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(run_args(files, "GA", epochs=1) + ["--model", "nobody/no-such-model", "--out", str(tmp_path / "h")]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "nobody/no-such-model" in err and "HF_HUB_OFFLINE=1" in err
