@@ -25,6 +25,7 @@ from unlearn.losses import (
 )
 
 LOG2, LOG3 = math.log(2.0), math.log(3.0)
+IGNORE = IGNORE_INDEX
 HALF = [0.0, 0.0]  # V = 2 logits with p = [1/2, 1/2]
 QUARTER = [0.0, LOG3]  # V = 2 logits with p = [1/4, 3/4]
 
@@ -347,3 +348,73 @@ def test_logit_losses_accept_bf16_and_compute_in_float32():
         assert_close(got, expected)
     sum(got.sum() for got, _ in cases).backward()
     assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
+# --------------------------------------------------------------------------- methods since the paper
+
+
+def test_simnpo_normalises_by_length_and_needs_no_reference():
+    from unlearn.losses import simnpo
+
+    nll = torch.tensor([4.0, 2.0], requires_grad=True)
+    loss = simnpo(nll, torch.tensor([2, 1]), beta=2.5, gamma=0.0)
+    # both sequences have a mean NLL of 2: -(2/2.5) log σ(2.5 · 2)
+    assert_close(loss, scalar(-0.8 * log_sigmoid(5.0)))
+    assert_close(simnpo(torch.tensor([4.0]), torch.tensor([2]), 2.5, 1.0), scalar(-0.8 * log_sigmoid(2.5)))
+    loss.backward()
+    assert (nll.grad < 0).all()  # descent raises the forget NLL
+
+
+def _one_position(logit_row, label, vocab):
+    """logits (1, 2, V) whose position 0 has ``logit_row`` and predicts ``label``."""
+    logits = torch.zeros(1, 2, vocab)
+    logits[0, 0] = torch.tensor(logit_row)
+    return logits.requires_grad_(True), torch.tensor([[IGNORE, label]])
+
+
+def test_wga_weights_each_token_by_its_probability():
+    from unlearn.losses import wga
+
+    logits, labels = _one_position([0.0, 0.0], 0, 2)  # p(y) = 0.5, CE = log 2, weight 0.5^β
+    loss = wga(logits, labels, beta=1.0)
+    assert_close(loss, scalar(-0.5 * LOG2))
+    assert_close(wga(*_one_position([0.0, 0.0], 0, 2), beta=2.0), scalar(-0.25 * LOG2))
+    loss.backward()
+    assert logits.grad[0, 0, 0] > 0  # descent lowers the true token's logit
+
+
+def test_satimp_weights_saturation_times_importance():
+    from unlearn.losses import satimp
+
+    logits, labels = _one_position([math.log(3.0), 0.0], 0, 2)  # p(y) = 0.75
+    loss = satimp(logits, labels, beta1=1.0, beta2=1.0)
+    assert_close(loss, scalar(-(0.75 * 0.25) * -math.log(0.75)))
+    loss.backward()
+    assert logits.grad[0, 0, 0] > 0
+
+
+def test_undial_distils_the_teacher_with_the_true_logit_lowered():
+    from unlearn.losses import undial
+
+    logits, labels = _one_position([math.log(3.0), 0.0], 0, 2)  # student p = (0.75, 0.25)
+    ref = torch.zeros(1, 2, 2)  # teacher (0, 0) - ln 3 on the true token: softmax = (0.25, 0.75)
+    loss = undial(logits, ref, labels, beta=math.log(3.0))
+    assert_close(loss, scalar(-(0.25 * math.log(0.75) + 0.75 * math.log(0.25))))
+    loss.backward()
+    assert logits.grad[0, 0, 0] > 0  # the student moves towards the teacher: lower p(y)
+
+
+def test_ce_u_removes_the_true_token_and_skips_the_first_answer_token():
+    from unlearn.losses import ce_u
+
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 1] = torch.tensor([0.0, math.log(2.0), 0.0])  # position 1 predicts label 1: p = (.25, .5, .25)
+    logits.requires_grad_(True)
+    labels = torch.tensor([[IGNORE, 0, 1]])  # the first answer token (label 0) is skipped
+    loss = ce_u(logits, labels, ignore_first=1)
+    # target: softmax((0, -inf, 0)) = (.5, 0, .5); CE = -(.5 ln .25 + .5 ln .25) = ln 4
+    assert_close(loss, scalar(math.log(4.0)))
+    loss.backward()
+    assert logits.grad[0, 1, 1] > 0 and logits.grad[0, 0].abs().sum() == 0
+    both = ce_u(logits.detach(), labels, ignore_first=0)
+    assert both.item() > 0 and not math.isclose(both.item(), math.log(4.0), rel_tol=1e-6)

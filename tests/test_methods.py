@@ -165,3 +165,24 @@ def test_the_log_records_the_learning_rate_each_step_used(tmp_path, tiny):
     history = fit(make(), tok, ds, obj, cfg, tmp_path).history
     # warm-up over 2 of 4 steps: step 1 trains at 0, step 2 at lr/2, step 3 at the peak, step 4 halfway down
     assert [row["lr"] for row in history] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
+
+
+def test_the_readme_methods_table_is_the_registry():
+    """The README's table is generated from the registry: a method added or changed shows there."""
+    from pathlib import Path
+
+    from unlearn.methods import methods_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- methods-table")
+    body = readme[readme.index("\n", start) + 1: readme.index("<!-- /methods-table -->")].strip()
+    assert body == methods_table(), "regenerate the README table from unlearn.methods.methods_table()"
+
+
+def test_unlearn_methods_lists_every_term(capsys):
+    from unlearn.__main__ import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in list(FORGET_TERMS) + list(REGULARIZERS):
+        assert name in out

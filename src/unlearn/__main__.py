@@ -71,6 +71,23 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .methods import describe
+
+    table = Table(title="Forget terms and regularisers: --method FORGET[+REG], --method-arg [TERM.]NAME=VALUE")
+    for column in ("term", "kind", "what it does", "needs", "arguments (defaults)", "default weight", "source"):
+        table.add_column(column, overflow="fold")
+    for r in describe():
+        table.add_row(r["name"], r["kind"], r["description"], r["needs"], r["arguments"], r["weight"], r["source"])
+    Console(width=160).print(table)
+    print("The weight is the term's coefficient in forget_coeff * forget + reg_coeff * reg (per scenario where "
+          "it differs). LLMU's regulariser is part of it.")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -144,6 +161,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "data synth": (cmd_data_synth, _synth_parser, "write the built-in fictitious data set (TOFU layout)"),
     "sweep": (cmd_sweep, _sweep_parser, "run a grid of unlearning runs (one folder each, resumable)"),
     "report": (cmd_report, _report_parser, "tables, plots and before/after examples from result folders"),
+    "methods": (cmd_methods, lambda p: None, "list the unlearning methods: what each needs, its arguments and source"),
 }
 
 

@@ -33,6 +33,11 @@ __all__ = [
     "ap",
     "max_entropy",
     "kl",
+    "simnpo",
+    "wga",
+    "satimp",
+    "undial",
+    "ce_u",
 ]
 
 
@@ -270,3 +275,89 @@ def kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> to
     log_ref = F.log_softmax(ref_logits[keep].float(), dim=-1)
     per_position = F.kl_div(log_p, log_ref, reduction="none", log_target=True).sum(dim=-1)
     return per_position.mean()
+
+
+# --------------------------------------------------------------------------- methods since the paper
+
+
+def _token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position next-token cross-entropy ``(B, T)`` (0 where ignored) and the mask of counted positions."""
+    _check_logits_labels(logits, labels)
+    b, t, v = logits.shape
+    target = _shifted_labels(labels)
+    ce = F.cross_entropy(logits.reshape(b * t, v).float(), target.reshape(b * t), ignore_index=IGNORE_INDEX,
+                         reduction="none").view(b, t)
+    return ce, target != IGNORE_INDEX
+
+
+def simnpo(nll: torch.Tensor, n_tokens: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimNPO forget loss (Fan et al. 2024, arXiv 2410.07163): NPO without a reference, on the
+    length-normalised NLL, with a margin γ.
+
+    ``L = −(2/β) · mean_b log σ(β · (nll_θ,b / |y_b| − γ))``
+
+    Args:
+        nll: ``(B,)`` summed answer NLL (:func:`sequence_nll`); n_tokens: ``(B,)`` its token counts.
+        beta, gamma: inverse temperature and margin (the paper's TOFU setting: 2.5 and 0).
+    """
+    mean_nll = nll.float() / n_tokens.float().clamp(min=1)
+    return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - gamma)).mean()
+
+
+def wga(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """Weighted gradient ascent (Wang et al. 2025, arXiv 2502.19301): each answer token's ascent
+    weighted by its probability, ``w_t = p_θ(y_t)^β`` (no gradient through the weight).
+
+    ``L = −mean_t w_t · CE_t`` over label positions; minimising it lowers the likelihood of the
+    tokens the model still predicts, and leaves the ones already forgotten (p → 0) alone.
+    """
+    ce, mask = _token_ce(logits, labels)
+    weight = torch.exp(-ce).detach() ** beta
+    return _masked_mean(-(weight * ce), mask, logits)
+
+
+def satimp(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+    """SatImp (Yang et al. 2025, arXiv 2505.11953): gradient ascent with token weights
+    ``w_t = p_t^β1 · (1 − p_t)^β2`` (saturation × importance; no gradient through the weight).
+
+    ``L = −mean_t w_t · CE_t`` over label positions.
+    """
+    ce, mask = _token_ce(logits, labels)
+    p = torch.exp(-ce).detach()
+    weight = p ** beta1 * (1 - p) ** beta2
+    return _masked_mean(-(weight * ce), mask, logits)
+
+
+def undial(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024, arXiv 2402.10052): self-distillation towards the frozen model's
+    distribution with the true next token's logit lowered by β.
+
+    ``L = mean_t CE(softmax(z_ref,t − β·onehot(y_t)), p_θ,t)`` over label positions.
+    """
+    _check_logits_labels(logits, labels)
+    target = _shifted_labels(labels)
+    mask = target != IGNORE_INDEX
+    if not mask.any():
+        return logits.float().sum() * 0.0
+    teacher = ref_logits[mask].float().detach()
+    teacher = teacher.scatter_add(-1, target[mask].unsqueeze(-1), torch.full_like(teacher[:, :1], -beta))
+    return F.cross_entropy(logits[mask].float(), F.softmax(teacher, dim=-1))
+
+
+def ce_u(logits: torch.Tensor, labels: torch.Tensor, ignore_first: int = 1) -> torch.Tensor:
+    """CE-U, cross-entropy unlearning (Yang et al. 2025, arXiv 2503.01224): cross-entropy towards the
+    model's own (detached) distribution with the true token removed (its logit set to −∞).
+
+    ``L = mean_t CE(softmax(z_t with z_t[y_t] = −∞), p_θ,t)`` over label positions but the first
+    ``ignore_first`` answer tokens of each sequence (the paper's footnote).
+    """
+    _check_logits_labels(logits, labels)
+    answer = labels != IGNORE_INDEX
+    labels = labels.masked_fill(answer & (answer.cumsum(dim=1) <= ignore_first), IGNORE_INDEX)
+    target = _shifted_labels(labels)
+    mask = target != IGNORE_INDEX
+    if not mask.any():
+        return logits.float().sum() * 0.0
+    counted = logits[mask].float()
+    removed = counted.detach().scatter(-1, target[mask].unsqueeze(-1), float("-inf"))
+    return F.cross_entropy(counted, F.softmax(removed, dim=-1))

@@ -104,6 +104,17 @@ class Term:
     mask_question: bool = True  # forget terms: question tokens carry no loss in forget sequences
     doc: str = ""
     label: str = ""  # name of this term in logs; default "<name> forget term" / "<name> regulariser"
+    source: str = ""  # the paper that defines it
+
+    @property
+    def needs(self) -> list[str]:
+        """What the term needs beyond the model: reference NLLs, a frozen model, refusals, a retain set."""
+        out = {"nll": ["reference NLLs (cached)"], "logits": ["a frozen reference model"]}.get(self.ref, [])
+        if any(p.endswith("_idk") for p in self.parts):
+            out.append("refusals")
+        if any(p.startswith("retain") or p == "forget_mismatch" for p in self.parts):
+            out.append("a retain set")
+        return out
 
 
 BETA = {"beta": 0.1}  # inverse temperature of the preference losses (docs/methods.md)
@@ -125,39 +136,66 @@ def _kl(v: BatchView, pad_to: int) -> torch.Tensor:
 FORGET_TERMS: dict[str, Term] = {
     t.name: t
     for t in [
-        Term("GA", lambda v: -v.mean_nll("forget"), ("forget",), doc="gradient ascent on the forget answers"),
+        Term("GA", lambda v: -v.mean_nll("forget"), ("forget",), doc="gradient ascent on the forget answers",
+             source="Jang et al. 2023, arXiv 2210.01504"),
         Term("NPO", lambda v, beta: losses.npo(v.nll("forget"), v.ref_nll("forget"), beta), ("forget",),
-             ref="nll", ref_parts=("forget",), args=BETA, doc="negative preference optimisation (arXiv 2404.05868)"),
+             ref="nll", ref_parts=("forget",), args=BETA, doc="negative preference optimisation", source="Zhang et al. 2024, arXiv 2404.05868"),
         Term("DPO", lambda v, beta: losses.dpo(v.nll("forget_idk"), v.nll("forget"),
                                                v.ref_nll("forget_idk"), v.ref_nll("forget"), beta),
              ("forget", "forget_idk"), ref="nll", ref_parts=("forget", "forget_idk"), args=BETA,
-             doc="prefer a refusal over the true answer (arXiv 2305.18290)"),
-        Term("IDK", lambda v: v.mean_nll("forget_idk"), ("forget_idk",), doc="fine-tune the forget questions on refusals"),
+             doc="prefer a refusal over the true answer", source="Rafailov et al. 2023, arXiv 2305.18290"),
+        Term("IDK", lambda v: v.mean_nll("forget_idk"), ("forget_idk",), doc="fine-tune the forget questions on refusals",
+             source="Maini et al. 2024, arXiv 2401.06121"),
         Term("ME", lambda v, pad_to: _me(v, pad_to), ("forget",), args={"pad_to": 0},
              coeff=0.1, scenario_coeff={"real_world": 0.5, "continual": 1.0}, mask_question=False,
-             doc="maximise entropy: push next-token distributions towards uniform, question tokens included (this "
-                 "paper); pad_to=500 averages over every position of sequences padded to 500, as officially"),
+             doc="maximise entropy: push next-token distributions towards uniform, question tokens included; "
+                 "pad_to=500 averages over every position of sequences padded to 500, as officially",
+             source="Yuan et al. 2025, arXiv 2410.08109"),
         Term("LLMU", lambda v: -v.mean_nll("forget"), ("forget",),
-             doc="LLMU's forget term is GA; its regulariser is part of the method (arXiv 2310.10683)"),
+             doc="GA; its regulariser (mismatched answers' NLL + KL) is part of the method",
+             source="Yao et al. 2023, arXiv 2310.10683"),
+        Term("SimNPO", lambda v, beta, gamma: losses.simnpo(v.nll("forget"), losses.token_counts(v.labels("forget")),
+                                                             beta, gamma),
+             ("forget",), args={"beta": 2.5, "gamma": 0.0}, coeff=0.1375,
+             doc="NPO without a reference, on the length-normalised NLL with a margin gamma",
+             source="Fan et al. 2024, arXiv 2410.07163"),
+        Term("WGA", lambda v, beta: losses.wga(v.logits("forget"), v.labels("forget"), beta), ("forget",),
+             args={"beta": 1.0}, doc="gradient ascent with each token weighted by its probability to the power beta",
+             source="Wang et al. 2025, arXiv 2502.19301"),
+        Term("SatImp", lambda v, beta1, beta2: losses.satimp(v.logits("forget"), v.labels("forget"), beta1, beta2),
+             ("forget",), args={"beta1": 5.0, "beta2": 1.0}, coeff=0.1,
+             doc="gradient ascent with token weights p^beta1 (1 - p)^beta2 (saturation x importance)",
+             source="Yang et al. 2025, arXiv 2505.11953"),
+        Term("UNDIAL", lambda v, beta: losses.undial(v.logits("forget"), v.ref_logits("forget"), v.labels("forget"),
+                                                     beta),
+             ("forget",), ref="logits", args={"beta": 10.0},
+             doc="self-distillation towards the frozen model with the true token's logit lowered by beta",
+             source="Dong et al. 2024, arXiv 2402.10052"),
+        Term("CE-U", lambda v, ignore_first: losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first),
+             ("forget",), args={"ignore_first": 1},
+             doc="cross-entropy towards the model's own distribution with the true token removed",
+             source="Yang et al. 2025, arXiv 2503.01224"),
     ]
 }
 
 REGULARIZERS: dict[str, Term] = {
     t.name: t
     for t in [
-        Term("GD", lambda v: v.mean_nll("retain"), ("retain",), doc="gradient descent on the retain set"),
+        Term("GD", lambda v: v.mean_nll("retain"), ("retain",), doc="gradient descent on the retain set",
+             source="Liu et al. 2022, arXiv 2203.12817"),
         Term("KL", lambda v, pad_to: _kl(v, pad_to), ("retain",), ref="logits", args={"pad_to": 0},
-             doc="KL(p_ref || p) on retain sequences; pad_to=500 averages over every position of sequences "
-                 "padded to 500, as officially"),
+             doc="KL(p_ref ‖ p) on retain sequences; pad_to=500 averages over every position of sequences "
+                 "padded to 500, as officially", source="Maini et al. 2024, arXiv 2401.06121"),
         Term("AP", lambda v, beta: losses.ap(v.nll("retain"), v.nll("retain_idk"), beta), ("retain", "retain_idk"),
-             args=BETA, doc="answer preservation: prefer the retain answer over a refusal (this paper)"),
+             args=BETA, doc="answer preservation: prefer the retain answer over a refusal",
+             source="Yuan et al. 2025, arXiv 2410.08109"),
     ]
 }
 
 # Methods whose regulariser is part of their definition (not offered as FORGET+REG): LLMU's is the
 # NLL of the forget question with its retain partner's answer plus KL, weighted together by reg_coeff.
 LLMU_REG = Term("LLMU", lambda v: v.mean_nll("forget_mismatch") + _kl(v, 0), ("forget_mismatch", "retain"),
-                ref="logits", doc="mismatched answers' NLL + KL(p_ref || p) on retain sequences")
+                ref="logits", doc="mismatched answers' NLL + KL(p_ref ‖ p) on retain sequences")
 DEFAULT_REG = {"LLMU": LLMU_REG}
 
 
@@ -216,14 +254,17 @@ def valid_method_names() -> list[str]:
 
 def parse_method(name: str) -> tuple[Term, Term | None]:
     """``"ME+GD"`` → (ME, GD); ``"GA"`` → (GA, None); ``"LLMU"`` → (LLMU, its own regulariser)."""
+    forgets = {k.upper(): t for k, t in FORGET_TERMS.items()}
+    regs = {k.upper(): t for k, t in REGULARIZERS.items()}
     pieces = [p.strip().upper() for p in str(name).split("+")]
-    if len(pieces) > 2 or pieces[0] not in FORGET_TERMS or (len(pieces) == 2 and pieces[1] not in REGULARIZERS):
+    if len(pieces) > 2 or pieces[0] not in forgets or (len(pieces) == 2 and pieces[1] not in regs):
         raise ConfigError(
             f"unknown method '{name}'. Forget terms: {', '.join(FORGET_TERMS)}; regularisers: "
-            f"{', '.join(REGULARIZERS)}; write FORGET or FORGET+REG (e.g. ME+GD, IDK+AP, NPO+KL) or LLMU")
-    forget = FORGET_TERMS[pieces[0]]
+            f"{', '.join(REGULARIZERS)}; write FORGET or FORGET+REG (e.g. ME+GD, IDK+AP, NPO+KL) or LLMU "
+            "(`unlearn methods` describes each)")
+    forget = forgets[pieces[0]]
     if len(pieces) == 2:
-        reg = REGULARIZERS[pieces[1]]
+        reg = regs[pieces[1]]
     else:
         reg = DEFAULT_REG.get(forget.name)
     return forget, reg
@@ -264,7 +305,7 @@ def resolve_args(forget: Term, reg: Term | None, given: dict[str, Any] | None) -
     for key, value in (given or {}).items():
         prefix, _, arg = str(key).rpartition(".")
         if prefix:
-            owners = [t for t in terms if t.name == prefix.upper()]
+            owners = [t for t in terms if t.name.upper() == prefix.upper()]
             if not owners:
                 raise ConfigError(f"method argument '{key}': {method} has no term {prefix} "
                                   f"(its arguments: {_arguments_text(terms)})")
@@ -307,6 +348,28 @@ def resolve(cfg, scenario: str | None = None):
         cfg, forget_coeff=objective.forget_coeff, reg_coeff=objective.reg_coeff,
         mask=objective.forget.mask_question if cfg.mask is None else cfg.mask, method_args=objective.method_args)
     return objective, resolved
+
+
+def describe() -> list[dict]:
+    """Every forget term and regulariser: name, kind, description, needs, arguments, weight, source
+    (``unlearn methods`` and the README's methods table are made from it)."""
+    rows = []
+    for kind, terms in (("forget term", FORGET_TERMS), ("regulariser", REGULARIZERS)):
+        for t in terms.values():
+            weight = f"{t.coeff:g}" + "".join(f", {k} {v:g}" for k, v in t.scenario_coeff.items())
+            rows.append({"name": t.name, "kind": kind, "description": t.doc, "needs": ", ".join(t.needs) or "–",
+                         "arguments": ", ".join(f"{k}={v}" for k, v in t.args.items()) or "–",
+                         "weight": weight, "source": t.source})
+    return rows
+
+
+def methods_table() -> str:
+    """The README's methods table, in Markdown."""
+    lines = ["| term | kind | what it does | needs | arguments (defaults) | default weight | source |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| `{r['name']}` | {r['kind']} | {r['description']} | {r['needs']} | {r['arguments']} | "
+              f"{r['weight']} | {r['source']} |" for r in describe()]
+    return "\n".join(lines)
 
 
 FINETUNE = Objective(Term("NLL", lambda v: v.mean_nll("qa"), ("qa",), doc="fine-tuning", label="nll"), None)
