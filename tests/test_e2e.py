@@ -120,7 +120,11 @@ def test_training_keeps_float32_master_weights(monkeypatch):
     assert training_mixed_precision("bfloat16") == "no"  # the user asked for bf16 weights
 
 
-@pytest.mark.parametrize("method", ["SimNPO+GD", "WGA+GD", "SatImp+GD", "UNDIAL+GD", "CE-U"])
+NEW_METHODS = {"SimNPO+GD": [], "WGA+GD": [], "SatImp+GD": [], "UNDIAL+GD": [], "CE-U": [], "TV": [],
+               "RMU": ["--method-arg", "layer=1", "--method-arg", "layers=0,1", "--method-arg", "alpha=1"]}
+
+
+@pytest.mark.parametrize("method", list(NEW_METHODS))
 def test_the_new_methods_raise_the_forget_nll(target, method):
     """The methods since the paper, on the tiny memorising target: the forget NLL rises."""
     root, forget, retain = target
@@ -128,7 +132,7 @@ def test_the_new_methods_raise_the_forget_nll(target, method):
     out = root / method.replace("+", "_")
     code = main(["run", "--model", str(root / "target" / "model"), "--method", method, "--forget", str(forget),
                  "--retain", str(retain), "--out", str(out), "--epochs", "8", "--lr", "3e-3", "--batch-size", "2",
-                 "--grad-accum", "1", "--seed", "1"])
+                 "--grad-accum", "1", "--seed", "1", *NEW_METHODS[method]])
     assert code == 0
     after = _nlls(out / "model", FORGET)
     assert after.mean() > before.mean() + 0.1, (method, before, after)

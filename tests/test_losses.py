@@ -418,3 +418,15 @@ def test_ce_u_removes_the_true_token_and_skips_the_first_answer_token():
     assert logits.grad[0, 1, 1] > 0 and logits.grad[0, 0].abs().sum() == 0
     both = ce_u(logits.detach(), labels, ignore_first=0)
     assert both.item() > 0 and not math.isclose(both.item(), math.log(4.0), rel_tol=1e-6)
+
+
+def test_rmu_activation_distance():
+    from unlearn.losses import activation_distance
+
+    h = torch.tensor([[[1.0, 3.0], [0.0, 0.0], [5.0, 5.0]]], requires_grad=True)
+    labels = torch.tensor([[1, 1, IGNORE]])  # the third position does not count
+    # position 0: ((1-1)^2 + (3-1)^2)/2 = 2; position 1: ((0-1)^2 + (0-1)^2)/2 = 1; mean 1.5
+    loss = activation_distance(h, torch.tensor([1.0, 1.0]), labels)
+    assert_close(loss, scalar(1.5))
+    loss.backward()
+    assert h.grad[0, 2].abs().sum() == 0

@@ -33,7 +33,9 @@ def _cfg(tmp_path, method, **kw):
     return resolve(Config(**base))[1]
 
 
-COMBOS = [f for f in FORGET_TERMS] + [f"{f}+{r}" for f, r in itertools.product(FORGET_TERMS, REGULARIZERS) if f != "LLMU"]
+COMBOS = [f for f in FORGET_TERMS] + [f"{f}+{r}" for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
+                                      if f != "LLMU" and not FORGET_TERMS[f].task_vector]
+ARGS = {"RMU": {"layer": 0, "layers": "0"}}  # the tiny model has one layer
 
 
 @pytest.mark.parametrize("method", COMBOS)
@@ -41,7 +43,7 @@ def test_every_combination_trains(tmp_path, tiny, method):
     tok, fmt, make = tiny
     model = make()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = _cfg(tmp_path, method)
+    cfg = _cfg(tmp_path, method, method_args=ARGS.get(method.split("+")[0]))
     obj = build_objective(method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
     ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask)
     result = fit(model, tok, ds, obj, cfg, tmp_path)
@@ -186,3 +188,39 @@ def test_unlearn_methods_lists_every_term(capsys):
     out = capsys.readouterr().out
     for name in list(FORGET_TERMS) + list(REGULARIZERS):
         assert name in out
+
+
+def test_rmu_trains_only_the_chosen_layers_and_its_vector_is_the_seeds(tmp_path, tiny):
+    from unlearn.methods import BatchView, _rmu_vector
+
+    tok, fmt, _ = tiny
+    from unlearn.models import build_tiny_model
+
+    model = build_tiny_model(tok, hidden_size=32, num_layers=3, num_heads=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg(tmp_path, "RMU", method_args={"layer": 1, "layers": "0,1", "steering_coeff": 20}, epochs=2)
+    obj = build_objective("RMU", cfg.method_args)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
+    trained = fit(model, tok, ds, obj, cfg, tmp_path).model
+    changed = sorted(n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n]))
+    assert changed == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    like = torch.zeros(1)
+    a, b = (_rmu_vector(BatchView(None, {}, None, seed), 32, 20.0, like) for seed in (5, 5))
+    assert torch.equal(a, b) and a.norm().item() == pytest.approx(20.0) and (a >= 0).all()
+    assert not torch.equal(a, _rmu_vector(BatchView(None, {}, None, 6), 32, 20.0, like))
+
+
+def test_task_vector_negation_is_exact(tiny):
+    from unlearn.methods import negate_task_vector
+
+    _, _, make = tiny
+    model = make()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)  # the fine-tuned weights: theta + 0.5
+    negate_task_vector(model, original, alpha=2.0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, original[n] - 2.0 * 0.5)  # theta - alpha (theta_ft - theta)
+    with pytest.raises(ConfigError, match="TV takes no regulariser"):
+        parse_method("TV+GD")

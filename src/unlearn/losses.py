@@ -38,6 +38,7 @@ __all__ = [
     "satimp",
     "undial",
     "ce_u",
+    "activation_distance",
 ]
 
 
@@ -361,3 +362,17 @@ def ce_u(logits: torch.Tensor, labels: torch.Tensor, ignore_first: int = 1) -> t
     counted = logits[mask].float()
     removed = counted.detach().scatter(-1, target[mask].unsqueeze(-1), float("-inf"))
     return F.cross_entropy(counted, F.softmax(removed, dim=-1))
+
+
+def activation_distance(hidden: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """RMU's distance (Li et al. 2024, arXiv 2403.03218): the squared error of the activations,
+    averaged over the hidden size and then over each sequence's labelled tokens, then over the batch.
+
+    ``L = mean_b (1/n_b) Σ_{t labelled} mean_d (h_{b,t,d} − target_{b,t,d})²``
+
+    ``target`` is a control vector ``(H,)`` (forget) or the frozen model's activations
+    ``(B, T, H)`` (retain); ``labels`` ``(B, T)`` marks the counted positions (not -100).
+    """
+    mask = (labels != IGNORE_INDEX).float()
+    per_token = ((hidden.float() - target.float()) ** 2).mean(dim=-1)
+    return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()

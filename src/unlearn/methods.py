@@ -17,7 +17,9 @@ its math in :mod:`unlearn.losses`, one entry here and its tests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,8 +34,8 @@ PAPER = "https://arxiv.org/abs/2410.08109"
 class BatchView:
     """Model outputs for one batch, computed once per part and shared by every term."""
 
-    def __init__(self, model, batch: dict, reference=None):
-        self.model, self.batch, self.reference = model, batch, reference
+    def __init__(self, model, batch: dict, reference=None, seed: int = 0):
+        self.model, self.batch, self.reference, self.seed = model, batch, reference, seed
         self._logits: dict[str, torch.Tensor] = {}
 
     def labels(self, part: str) -> torch.Tensor:
@@ -70,6 +72,17 @@ class BatchView:
         with torch.no_grad():
             return model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits
 
+    def hidden(self, part: str, layer: int, frozen: bool = False) -> torch.Tensor:
+        """``(B, T, H)`` output of decoder layer ``layer`` (0-based) for ``part``: one forward hook on
+        that layer only (no ``output_hidden_states`` over every layer); ``frozen``: the reference
+        model's, without gradient."""
+        model = getattr(self.reference, "model", None) if frozen else self.model
+        if model is None:
+            raise RuntimeError("this method needs a reference model but none was loaded")
+        p = self.batch[part]
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            return hidden_states(model, p["input_ids"], p["attention_mask"], layer)
+
     def padded(self, part: str, length: int) -> dict:
         """``part`` as the official code feeds it: every sequence padded to ``length`` with its EOS
         (the last real token; the official pad token is the EOS), attention 0 on the padding, and
@@ -89,6 +102,31 @@ class BatchView:
         return self.model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits, p
 
 
+def decoder_layer(model, layer: int) -> torch.nn.Module:
+    """Decoder layer ``layer`` of a causal LM, found through DDP / DeepSpeed / PEFT wrappers: the
+    module named ``...layers.<layer>`` (the transformers naming of every decoder-only family)."""
+    found = [m for name, m in model.named_modules() if re.search(rf"(^|\.)(layers|h)\.{layer}$", name)]
+    if not found:
+        raise ConfigError(f"the model has no decoder layer {layer}")
+    return found[0]
+
+
+def hidden_states(model, input_ids, attention_mask, layer: int) -> torch.Tensor:
+    """The output of decoder layer ``layer`` on these inputs (a forward hook; the pass itself runs
+    through the model so that DDP, DeepSpeed and FSDP do their part)."""
+    cache: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        cache.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = decoder_layer(model, layer).register_forward_hook(keep)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    finally:
+        handle.remove()
+    return cache[0]
+
+
 @dataclass(frozen=True)
 class Term:
     """One loss term: ``fn(view, **args)`` → 0-dim tensor."""
@@ -105,11 +143,15 @@ class Term:
     doc: str = ""
     label: str = ""  # name of this term in logs; default "<name> forget term" / "<name> regulariser"
     source: str = ""  # the paper that defines it
+    trainable: Callable[..., list[str]] | None = None  # args -> regexes of the only parameters that train
+    task_vector: bool = False  # the trained weights are then negated: θ − α (θ_trained − θ)
 
     @property
     def needs(self) -> list[str]:
         """What the term needs beyond the model: reference NLLs, a frozen model, refusals, a retain set."""
         out = {"nll": ["reference NLLs (cached)"], "logits": ["a frozen reference model"]}.get(self.ref, [])
+        if self.trainable is not None:
+            out.append("hidden states of one layer; trains only some parameters")
         if any(p.endswith("_idk") for p in self.parts):
             out.append("refusals")
         if any(p.startswith("retain") or p == "forget_mismatch" for p in self.parts):
@@ -125,6 +167,28 @@ def _me(v: BatchView, pad_to: int) -> torch.Tensor:
         return losses.max_entropy(v.logits("forget"), v.labels("forget"))
     logits, p = v.padded_logits("forget", pad_to)
     return losses.max_entropy(logits, p["labels"])
+
+
+def _rmu_vector(v: BatchView, size: int, steering_coeff: float, like: torch.Tensor) -> torch.Tensor:
+    """RMU's control vector: uniform in [0, 1)^H, unit norm, times the steering coefficient; drawn
+    from the run's seed, so a resumed run (same seed) draws the same one."""
+    g = torch.Generator().manual_seed(v.seed)
+    u = torch.rand(size, generator=g)
+    return (u / u.norm() * steering_coeff).to(device=like.device, dtype=torch.float32)
+
+
+def _rmu(v: BatchView, layer: int, steering_coeff: float, alpha: float, layers: str) -> torch.Tensor:
+    """RMU's whole objective: forget activations steered to the control vector, plus alpha times the
+    retain activations' distance to the frozen model's (both at ``layer``)."""
+    h = v.hidden("forget", layer)
+    forget = losses.activation_distance(h, _rmu_vector(v, h.shape[-1], steering_coeff, h), v.labels("forget"))
+    r = v.hidden("retain", layer)
+    return forget + alpha * losses.activation_distance(r, v.hidden("retain", layer, frozen=True), v.labels("retain"))
+
+
+def _rmu_trainable(layer: int, steering_coeff: float, alpha: float, layers: str) -> list[str]:
+    ids = "|".join(x.strip() for x in str(layers).split(",") if x.strip())
+    return [rf"(^|\.)(layers|h)\.({ids})\.mlp\.down_proj\."]
 
 
 def _kl(v: BatchView, pad_to: int) -> torch.Tensor:
@@ -171,6 +235,16 @@ FORGET_TERMS: dict[str, Term] = {
              ("forget",), ref="logits", args={"beta": 10.0},
              doc="self-distillation towards the frozen model with the true token's logit lowered by beta",
              source="Dong et al. 2024, arXiv 2402.10052"),
+        Term("RMU", _rmu, ("forget", "retain"), ref="logits", trainable=_rmu_trainable,
+             args={"layer": 7, "steering_coeff": 6.5, "alpha": 1200.0, "layers": "5,6,7"},
+             doc="representation misdirection: steer layer `layer`'s activations on forget text towards a fixed "
+                 "random vector, keep the retain activations (weight `alpha`); only the MLP down-projections of "
+                 "`layers` train",
+             source="Li et al. 2024, arXiv 2403.03218"),
+        Term("TV", lambda v, alpha: v.mean_nll("forget"), ("forget",), args={"alpha": 1.0}, task_vector=True,
+             doc="task-vector negation: fine-tune on the forget set (this loss), then move the weights the other "
+                 "way: θ − alpha (θ_fine-tuned − θ)",
+             source="Ilharco et al. 2023, arXiv 2212.04089 (a MUSE baseline)"),
         Term("CE-U", lambda v, ignore_first: losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first),
              ("forget",), args={"ignore_first": 1},
              doc="cross-entropy towards the model's own distribution with the true token removed",
@@ -232,6 +306,14 @@ class Objective:
         return any(t.ref == "logits" for t in self.terms)
 
     @property
+    def trainable_patterns(self) -> list[str] | None:
+        """Regexes of the only parameters that train (RMU), or None: every trainable weight trains."""
+        for t in self.terms:
+            if t.trainable is not None:
+                return t.trainable(**(self.forget_args if t is self.forget else self.reg_args))
+        return None
+
+    @property
     def method_args(self) -> dict[str, Any]:
         """Every argument of both terms, qualified (``NPO.beta``): what ``config.yaml`` records."""
         return {**{f"{self.forget.name}.{k}": v for k, v in self.forget_args.items()},
@@ -249,7 +331,20 @@ class Objective:
 
 
 def valid_method_names() -> list[str]:
-    return list(FORGET_TERMS) + [f"{f}+{r}" for f in FORGET_TERMS if f not in DEFAULT_REG for r in REGULARIZERS]
+    return list(FORGET_TERMS) + [f"{f}+{r}" for f, t in FORGET_TERMS.items()
+                                 if f not in DEFAULT_REG and not t.task_vector for r in REGULARIZERS]
+
+
+def negate_task_vector(model, original: dict[str, torch.Tensor], alpha: float) -> None:
+    """Task-vector negation in place: every trained weight θ_ft becomes θ − α (θ_ft − θ), with θ the
+    weights before training (``original``, by name). A LoRA model's delta is its adapter: scaling
+    ``lora_B`` by −α turns ``W + BA`` into ``W − α BA``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.mul_(-alpha)
+            elif p.requires_grad and name in original:
+                p.copy_((1 + alpha) * original[name].to(p.device, p.dtype) - alpha * p)
 
 
 def parse_method(name: str) -> tuple[Term, Term | None]:
@@ -263,6 +358,8 @@ def parse_method(name: str) -> tuple[Term, Term | None]:
             f"{', '.join(REGULARIZERS)}; write FORGET or FORGET+REG (e.g. ME+GD, IDK+AP, NPO+KL) or LLMU "
             "(`unlearn methods` describes each)")
     forget = forgets[pieces[0]]
+    if forget.task_vector and len(pieces) == 2:
+        raise ConfigError(f"{forget.name} takes no regulariser: its fine-tuning step learns the forget set only")
     if len(pieces) == 2:
         reg = regs[pieces[1]]
     else:

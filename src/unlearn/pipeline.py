@@ -198,8 +198,11 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.parts, refusals,
                                 cfg.max_length, mask_forget=cfg.mask)
     _warn_truncated(dataset, cfg)
+    original = _before_task_vector(objective, model, accelerator)
     trained = fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
                   ref_stats=ref_stats, texts=texts)
+    if original is not None:
+        methods.negate_task_vector(trained.model, original, objective.forget_args["alpha"])
     model = save_trained(trained, out, tokenizer, cfg)
     if main:
         atomic_write_json(out.data, {"layout": data.layout, "source": data.source, "forget": len(data.forget),
@@ -210,6 +213,20 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         out.discard_previous()
     return RunResult(out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from,
                      summary, main)
+
+
+def _before_task_vector(objective, model, accelerator) -> dict | None:
+    """The weights before training, for task-vector negation (None for other methods); a LoRA model
+    needs none (its adapter is the delta)."""
+    if not objective.forget.task_vector:
+        return None
+    if distributed.is_sharded(accelerator):
+        raise ConfigError(f"{objective.name}: task-vector negation needs whole weights; run it without ZeRO-3/FSDP")
+    from .lora import is_peft
+
+    if is_peft(model):
+        return {}
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _evaluate(plan, model, tokenizer, fmt, out: RunDir) -> dict | None:

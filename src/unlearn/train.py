@@ -219,6 +219,7 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
     # The loader's own generator (unused without workers) keeps iteration off the global RNG.
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         generator=torch.Generator().manual_seed(cfg.seed), collate_fn=make_collate(pad_id(tokenizer)))
+    _train_only(model, objective.trainable_patterns)
     optimizer = distributed.build_optimizer(model, cfg)
     model, optimizer, loader, ref = reference.prepare(
         accelerator, model, optimizer, loader, objective=objective, cfg=cfg, dataset=dataset, tokenizer=tokenizer,
@@ -238,6 +239,22 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
                  checkpoint.path(out_dir))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
                    schedule, save_every, desc, state.step if saved is not None else None)
+
+
+def _train_only(model, patterns: list[str] | None) -> None:
+    """Freeze every weight but those the objective trains (RMU: some MLPs); the others stay as they
+    are (under LoRA only the adapters of those modules train)."""
+    if patterns is None:
+        return
+    import re
+
+    chosen = [n for n, p in model.named_parameters() if p.requires_grad and any(re.search(x, n) for x in patterns)]
+    if not chosen:
+        raise DataError(f"no trainable parameter of the model matches {patterns}; check the method's layers")
+    keep = set(chosen)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in keep)
+    log.info("training only %d parameter tensors: %s", len(chosen), ", ".join(chosen[:6]) + (" ..." if len(chosen) > 6 else ""))
 
 
 def train(run: Session, objective: Objective) -> TrainResult:
@@ -261,7 +278,7 @@ def train(run: Session, objective: Objective) -> TrainResult:
                 acc.step = run.schedule.accum - 1 if run.schedule.ends_step(
                     st.micro_steps, st.batches_done, len(run.loader)) else 0
                 with acc.accumulate(model):
-                    loss, parts = objective(BatchView(model, batch, run.reference))
+                    loss, parts = objective(BatchView(model, batch, run.reference, run.settings["seed"]))
                     if not _all_finite(loss, acc):
                         kept = f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(run.out_dir)}"
                         raise DivergenceError(f"non-finite loss at step {st.step + 1}: {objective.name}: "
