@@ -199,3 +199,15 @@ def test_continual_with_lora_goes_on_from_the_merged_model(tmp_path):
         torch.testing.assert_close(task2(input_ids=IDS).logits, expected, rtol=1e-5, atol=1e-5)
         first, _ = load_model(root / "task_1" / "model")
         assert not torch.allclose(first(input_ids=IDS).logits, expected, atol=1e-4)  # task 2 did train
+
+
+def test_rmu_with_lora_trains_only_the_chosen_layers_adapters(tmp_path, tiny):
+    tok, fmt, _ = tiny
+    model = apply_lora(build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg(tmp_path, "RMU", method_args={"layer": 1, "layers": "1", "steering_coeff": 20})
+    obj = build_objective("RMU", cfg.method_args)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
+    trained = fit(model, tok, ds, obj, cfg, tmp_path).model
+    changed = sorted(n for n, p in trained.named_parameters() if not torch.equal(p.detach(), before[n]))
+    assert changed and all("layers.1.mlp.down_proj.lora_" in n for n in changed), changed

@@ -119,7 +119,9 @@ def hidden_states(model, input_ids, attention_mask, layer: int) -> torch.Tensor:
     def keep(module, args, output):
         cache.append(output[0] if isinstance(output, tuple) else output)
 
-    handle = decoder_layer(model, layer).register_forward_hook(keep)
+    # A LoRA model's reference (AdapterOff) is a callable over the model itself: hook that model.
+    owner = model if isinstance(model, torch.nn.Module) else model.model
+    handle = decoder_layer(owner, layer).register_forward_hook(keep)
     try:
         model(input_ids=input_ids, attention_mask=attention_mask)
     finally:
