@@ -5,15 +5,8 @@
 # restores the official behaviour. Results: experiments/results/parity_effects.csv (resumable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-U=${UNLEARN:-.venv/bin/unlearn}
 R=experiments/runs/parity
-[ -f demo_out/target/model/config.json ] || $U demo --out demo_out --overwrite
-common=(--model demo_out/target/model --data demo_out/data --retain-model demo_out/retain_model --split forget05
-        --task-id 1 --epochs 10 --lr 1e-3 --batch-size 4 --grad-accum 1 --max-length 128 --nli none)
-run() {  # name, args...
-  local name=$1; shift
-  [ -f "$R/$name/summary.json" ] || $U run "${common[@]}" "$@" --out "$R/$name" --overwrite
-}
+source experiments/demo_task.sh
 run me_gd_real_tokens --method ME+GD
 run me_gd_padded_128 --method ME+GD --method-arg ME.pad_to=128
 run ga_kl_real_tokens --method GA+KL
