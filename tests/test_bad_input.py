@@ -280,3 +280,39 @@ def test_a_bug_shows_its_traceback_and_a_user_error_one_line(ws, tmp_path, monke
     assert main(argv[:-1] + [str(tmp_path / "user"), "--method-arg", "beta=1"]) == 2  # GA takes no arguments
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["unlearn: error: unknown method argument 'beta' for GA (its arguments: none)"]
+
+
+# ------------------------------------------------------------------------------- help and placeholders
+
+
+def test_help_says_each_default_once_and_every_command_describes_itself(capsys):
+    from unlearn.__main__ import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([*name.split(" "), "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        flags = re.split(r"\s(?=--[a-z])", text)
+        assert not [f for f in flags if f.count("(default:") > 1], name
+        assert "options:" in text and len(text.split("options:")[0]) > len("usage: unlearn " + name) + 20, name
+
+
+def test_shipped_placeholders_are_refused_before_anything_runs(tmp_path, capsys):
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert main(["run", "--config", str(configs / "tofu_me_gd.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "'retain_model' is still the placeholder RETAIN_MODEL_DIR" in capsys.readouterr().err
+    assert main(["sweep", "--config", str(configs / "tofu_baselines.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "tofu_baselines.yaml: 'model' is still the placeholder TARGET_MODEL_DIR" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_task_id_all_selects_every_task():
+    from unlearn.__main__ import build_parser
+    from unlearn.config import config_from_args
+
+    args = build_parser().parse_args(["run", "--task-id", "all"])
+    assert config_from_args(args).task_id is None
+    assert config_from_args(build_parser().parse_args(["run", "--task-id", "3"])).task_id == 3

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
             if group not in groups:
                 gp = sub.add_parser(group, help=f"{group} commands")
                 groups[group] = gp.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-            p = groups[group].add_parser(leaf, help=help_text)
+            p = groups[group].add_parser(leaf, help=help_text, description=help_text)
         else:
             p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

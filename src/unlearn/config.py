@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ class Config:
     lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (paper's code: 32)", "lora", True, lo=0, above=True)
     lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (paper's code: 0.05)", "lora", True, lo=0, hi=1)
     # --- optimisation ---
-    epochs: float = _f(5, "epochs over the forget set", "train", True, lo=0, above=True)
+    epochs: float = _f(5, "passes over the training data (unlearning: over the forget set)", "train", True, lo=0,
+                       above=True)
     lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True, lo=0)
     batch_size: int = _f(4, "examples per device per micro-step", "train", True, lo=1)
     effective_batch: int = _f(32, "examples per optimiser step over all processes, when --grad-accum is not given: "
@@ -83,8 +85,9 @@ class Config:
     # --- data ---
     data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU", "data", True)
     split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)
-    task_id: int | None = _f(None, "task of the split to unlearn (default, as officially: TOFU task 1; the real-world "
-                             "layout every person at once)", "data", True, lo=1)
+    task_id: int | None = _f(None, "task of the split (TOFU 1..10; real world: one person, or all), as a number or "
+                             "'all' (default, as officially: TOFU task 1; the real-world layout every person at "
+                             "once)", "data", True, lo=1)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
@@ -210,6 +213,25 @@ def _method_arg(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def _help(f) -> str:
+    """A field's help with its default said once: not when the text already says it or it is None."""
+    text = f.metadata["help"]
+    if "default" in text or f.default is None:
+        return text
+    if isinstance(f.default, bool):
+        return f"{text} (default: {'on' if f.default else 'off'})"
+    return f"{text} (default: {f.default})"
+
+
+def _task_id(text: str) -> int | None:
+    if text.strip().lower() in ("all", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a task number or 'all', got {text!r}") from None
+
+
 def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], exclude: tuple[str, ...] = ()) -> None:
     """Add ``--flag`` for each field of ``groups``; defaults are suppressed so we know what was given."""
     by_name = {f.name: f for f in fields(Config)}
@@ -217,7 +239,7 @@ def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], ex
     for name in fields_of(*groups, exclude=exclude):
         f = by_name[name]
         flag = "--" + name.replace("_", "-")
-        help_text = f.metadata["help"]
+        help_text = _help(f)
         if name == "method_args":
             parser.add_argument("--method-arg", dest=name, type=_method_arg, action="append",
                                 default=argparse.SUPPRESS, metavar="NAME=VALUE", help=help_text)
@@ -226,8 +248,8 @@ def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], ex
                                 default=argparse.SUPPRESS, help=help_text)
         else:
             typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
-                                help=f"{help_text} (default: {f.default})")
+            parser.add_argument(flag, dest=name, type=_task_id if name == "task_id" else typ,
+                                default=argparse.SUPPRESS, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
@@ -242,6 +264,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     values.update(given)
     values.update(overrides)
     cfg = Config(**values)
+    check_placeholders(cfg, getattr(args, "config", None))
     try:
         _check_types(cfg)
     except ConfigError as e:
@@ -250,6 +273,22 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
             raise ConfigError(f"{args.config}: {str(e).removeprefix('config: ')}") from None
         raise
     return cfg
+
+
+PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder",
+               "downstream_include", "out")
+_PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
+
+
+def check_placeholders(cfg: Config, where: str | None = None) -> None:
+    """A shipped config's unfilled placeholder (``model: TARGET_MODEL_DIR``) is refused before
+    anything runs, naming the key to set, instead of being looked up on the hub after training."""
+    for name in PATH_FIELDS:
+        value = getattr(cfg, name)
+        if isinstance(value, str) and _PLACEHOLDER.match(value) and not Path(value).exists():
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}'{name}' is still the placeholder {value}: set it in the file or with "
+                              f"--{name.replace('_', '-')} PATH")
 
 
 def _mapping(value: Any, name: str) -> dict:

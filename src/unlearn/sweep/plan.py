@@ -154,7 +154,10 @@ def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[Pla
     runs, names, cache = [], {}, {}
     for combo in itertools.product(*grid.values()):
         given = dict(zip(grid, combo))
-        cfg = config_from_args(argparse.Namespace(), **base, **given)
+        try:
+            cfg = config_from_args(argparse.Namespace(), **base, **given)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {str(e).removeprefix('config: ')}") from None
         values = {k: getattr(cfg, k) for k in grid}
         name = run_name(values)
         if name in names:
