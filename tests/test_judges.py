@@ -334,3 +334,18 @@ def test_distinct_nli_judges_each_pair_once_and_keeps_order():
     assert nli.predict([], []) == [] and len(asked) == 2
     with pytest.raises(ValueError, match="premises"):
         nli.predict(["a"], [])
+
+
+def test_the_default_nli_judge_offline_is_unavailable_at_once(caplog, monkeypatch):
+    """Offline (HF_HUB_OFFLINE, as in the suite) and not cached: one line, no download retries."""
+    import time
+
+    from unlearn.evals.judges import load_nli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="unlearn"):
+        judge = load_nli("unlearn-tests/not-cached-nli")
+    assert time.perf_counter() - start < 1.0
+    assert isinstance(judge, Unavailable) and "offline" in judge.reason and "--nli none" in judge.reason
+    assert len([r for r in caplog.records if "Entailment Score unavailable" in r.getMessage()]) == 1

@@ -13,6 +13,7 @@ never invented.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -177,7 +178,10 @@ class HFNLIJudge(NLIJudge):
         # Longest first, so each batch pads to a similar length; results go back in input order.
         order = sorted(range(len(premises)), key=lambda i: -(len(premises[i]) + len(hypotheses[i])))
         out: list[str] = [""] * len(premises)
-        for start in range(0, len(order), self.batch_size):
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(order), self.batch_size), desc="entailment judge", unit="batch",
+                          leave=False, disable=None if len(order) > self.batch_size else True):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer(
                 [premises[i] for i in idx],
@@ -229,8 +233,16 @@ def load_nli(
         spec = DEFAULT_NLI
     if spec.strip().lower() == "none":
         return Unavailable("entailment judge disabled (--nli none)")
+    local_only = False
+    if not _looks_local(spec) and not os.path.isdir(os.path.expanduser(spec)) and hub_offline():
+        if not _cached(spec):
+            reason = (f"{spec!r} is a hub model and this machine is offline (no cached copy); pass a local "
+                      "folder with --nli, or --nli none")
+            logger.warning("Entailment Score unavailable: %s", reason)
+            return Unavailable(reason)
+        local_only = True  # the cached copy, without asking the hub (no retries)
     try:
-        judge = _load_hf_nli(spec, device, batch_size)
+        judge = _load_hf_nli(spec, device, batch_size, local_only)
     except Exception as err:
         reason = f"could not load NLI model {spec!r}: {_first_line(err)}"
         logger.warning("Entailment Score unavailable: %s", reason)
@@ -238,11 +250,43 @@ def load_nli(
     return judge
 
 
-def _load_hf_nli(spec: str, device: str | None, batch_size: int) -> HFNLIJudge:
+def hub_offline() -> bool:
+    """True when the hub cannot be asked: ``HF_HUB_OFFLINE`` is set, or its host does not answer
+    within a second (a closed network fails at once)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    return not _answers(host)
+
+
+@functools.lru_cache(maxsize=4)
+def _answers(host: str) -> bool:
+    """Whether ``host`` accepts a connection on port 443 (asked once per process)."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub library refuses is not cached either
+        return False
+
+
+def _load_hf_nli(spec: str, device: str | None, batch_size: int, local_only: bool = False) -> HFNLIJudge:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     _check_local_folder(spec)
-    config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ValueError(f"not a sequence classifier (architectures: {', '.join(archs)})")
@@ -250,19 +294,24 @@ def _load_hf_nli(spec: str, device: str | None, batch_size: int) -> HFNLIJudge:
     if ENTAILMENT not in labels.values():
         raise ValueError(f"no label called 'entailment' in id2label {sorted(labels.values())}")
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        spec, config=config, trust_remote_code=False, output_loading_info=True
+        spec, config=config, trust_remote_code=False, output_loading_info=True, local_files_only=local_only
     )
     # Weights missing outside the base model are a freshly initialised (random) head.
     prefix = getattr(model, "base_model_prefix", "")
     head_missing = [k for k in info.get("missing_keys", []) if not (prefix and k.startswith(prefix))]
     if head_missing:
         raise ValueError(f"checkpoint has no classification head (missing {head_missing[0]})")
-    tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
     return HFNLIJudge(model, tokenizer, batch_size=batch_size, device=device)
 
 
 def _labels(config) -> dict[int, str]:
     return {int(i): str(name).lower() for i, name in config.id2label.items()}
+
+
+def _looks_local(spec: str) -> bool:
+    """A spec that can only be a path: hub ids are ``name`` or ``owner/name``."""
+    return os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1
 
 
 def _check_local_folder(spec: str) -> None:
@@ -271,8 +320,7 @@ def _check_local_folder(spec: str) -> None:
     Without this, a mistyped folder reaches the hub client and fails with a message about repo
     ids instead of the missing folder.
     """
-    looks_local = os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(spec)):
+    if _looks_local(spec) and not os.path.isdir(os.path.expanduser(spec)):
         raise FileNotFoundError(f"no such folder: {spec}")
 
 

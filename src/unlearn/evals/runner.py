@@ -123,7 +123,7 @@ def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: l
 
 
 def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
-                batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH) -> np.ndarray:
+                batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH, desc: str = "answer NLLs") -> np.ndarray:
     """Per-item mean token NLL of ``answer + EOS`` after ``fmt.prompt(question)``, shape ``(N,)``.
 
     As officially, prompt + answer are cut at ``max_length`` tokens (the generation limit), and a
@@ -140,12 +140,16 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     device = model_device(model)
     out = np.zeros(len(seqs), dtype=np.float64)
     keep = supports_logits_to_keep(model)  # once per call, not per batch
-    with inference(model):
+    from ..distributed import is_main_process
+
+    with inference(model), tqdm(total=len(seqs), desc=desc, unit="seq", leave=False,
+                                disable=None if is_main_process() else True) as bar:
         for idx in _batches(order, batch_size):
             batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
             logits, labels = answer_logits(model, batch, keep)
             nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
             out[idx] = nll.double().cpu().numpy()
+            bar.update(len(idx))
     return out
 
 

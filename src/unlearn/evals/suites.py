@@ -55,7 +55,7 @@ def set_nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: b
     answers = s.answers if with_answers or para is None else []
     texts = answers + (para or []) + [p for row in pert for p in row]
     questions = q[: len(answers)] + (q if para else []) + [x for x in q for _ in range(k)]
-    nll = answer_nlls(model, tokenizer, fmt, questions, texts, batch_size)
+    nll = answer_nlls(model, tokenizer, fmt, questions, texts, batch_size, desc=f"{s.name}: answer NLLs")
     a = nll[: len(answers)]
     p = nll[len(answers): len(answers) + n] if para else a
     return a, p, nll[len(nll) - n * k:].reshape(n, k)
