@@ -174,3 +174,15 @@ def test_report_without_baseline_and_errors(results, capsys):
     assert "no evaluated runs" in capsys.readouterr().err
     assert main(["report", str(results["root"]), "--out", str(out), "--baseline", str(empty)]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_one_scatter_per_benchmark(tmp_path):
+    """TOFU and real-world runs are never drawn on one scatter."""
+    from unlearn.report import write_report
+
+    write_run(tmp_path / "runs" / "tofu_run", "t", 0.6, 0.5)
+    real = write_run(tmp_path / "runs" / "real_run", "r", 0.4, 0.7)
+    (real / "data.json").write_text(json.dumps({"layout": "real_world"}))
+    out = write_report([tmp_path / "runs"], tmp_path / "rep")
+    assert (out / "tradeoff.png").is_file() and (out / "tradeoff_real_world.png").is_file()
+    assert "tradeoff_real_world.png" in (out / "report.md").read_text()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import atomic_write_text, write_csv_rows
-from .plots import plot_continual, plot_tradeoff
+from .plots import benchmark_of, plot_continual, plot_tradeoff
 from .render import md_escape, render_html, render_markdown
 from .runs import Run, collect_runs, load_run, short_labels
 from .tables import report_blocks, table_rows
@@ -32,8 +32,12 @@ def write_report(results: list[str | Path], out: str | Path, baseline: str | Pat
     runs = collect_runs(results, exclude=[base.path] if base else [])
     out.mkdir(parents=True, exist_ok=True)
     images = {}
-    if plot_tradeoff(runs, out / "tradeoff.png", base):
-        images["tradeoff"] = "tradeoff.png"
+    # One scatter per benchmark: TOFU and real-world metrics are not comparable.
+    for bench, name in (("tofu", "tradeoff.png"), ("real_world", "tradeoff_real_world.png")):
+        group = [r for r in runs if benchmark_of(r) == bench]
+        ref = base if base and benchmark_of(base) == bench else None
+        if group and plot_tradeoff(group, out / name, ref):
+            images["tradeoff" if bench == "tofu" else "tradeoff_real_world"] = name
     if plot_continual(runs, out / "continual.png", base):
         images["continual"] = "continual.png"
     rows = table_rows(([base] if base else []) + runs)

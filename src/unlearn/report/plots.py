@@ -32,46 +32,59 @@ def _colors(keys: list[str]) -> dict[str, str]:
     return {k: cmap(i % 10) for i, k in enumerate(dict.fromkeys(keys))}
 
 
+REFERENCE_METHODS = ("finetune", "–")  # a fine-tuned (target / retain) or evaluated model, not an unlearning run
+
+
+def benchmark_of(run: Run) -> str:
+    """``real_world`` or ``tofu``: runs of different benchmarks are never drawn on one scatter."""
+    return "real_world" if run.data_info.get("layout") == "real_world" else "tofu"
+
+
 def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None) -> bool:
-    """MU (y) against FE (x), one labelled point per run, colour by method; False when nothing to plot."""
+    """MU (y) against FE (x): one numbered point per run, coloured by method, keyed in the legend
+    (numbers instead of names, so nothing overlaps); fine-tuned or evaluated models are grey
+    references; axes fit the data. False when nothing to plot."""
+    from matplotlib.lines import Line2D
+
     points = [r for r in runs if r.value("Model Utility") is not None and r.value("Forget Efficacy") is not None]
     if not points:
         return False
-    fig = _new_figure(7.5, 5.5)
+    fig = _new_figure(8.5, 5.5)
     ax = fig.add_subplot()
-    colors = _colors([r.method for r in points])
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in colors.items()]
-    if any(r.is_continual for r in points):
-        handles.append(Line2D([], [], marker="s", linestyle="", color="grey", label="continual (last task)"))
-    at: dict[tuple[float, float], list[str]] = {}  # runs on the same spot share one label
-    for r, label in zip(points, short_labels([r.name for r in points])):
+    methods = [r.method for r in points if r.method not in REFERENCE_METHODS]
+    colors = _colors(methods)
+    handles = []
+    for n, (r, label) in enumerate(zip(points, short_labels([r.name for r in points])), 1):
         x, y = r.value("Forget Efficacy"), r.value("Model Utility")
-        ax.scatter([x], [y], color=colors[r.method], marker="s" if r.is_continual else "o", s=36, zorder=3)
-        at.setdefault((round(x, 4), round(y, 4)), []).append(label)
-    for (x, y), labels in at.items():
-        right = x > 0.6  # labels point inwards so they stay inside the axes
-        ax.annotate("\n".join(labels), (x, y), xytext=(-5 if right else 5, 4), textcoords="offset points",
-                    fontsize=7, ha="right" if right else "left", va="bottom")
-    if baseline and baseline.value("Model Utility") is not None:
-        x = baseline.value("Forget Efficacy")
-        y = baseline.value("Model Utility")
-        if x is not None:
-            ax.scatter([x], [y], marker="*", s=160, color="black", zorder=4)
-            handles.append(Line2D([], [], marker="*", markersize=10, linestyle="", color="black", label="baseline"))
-        else:
-            ax.axhline(y, color="black", linestyle="--", linewidth=1)
-            handles.append(Line2D([], [], linestyle="--", color="black", label="baseline MU"))
+        reference = r.method in REFERENCE_METHODS
+        color = "grey" if reference else colors[r.method]
+        marker = "D" if reference else ("s" if r.is_continual else "o")
+        ax.scatter([x], [y], color=color, marker=marker, s=40, zorder=3)
+        ax.annotate(str(n), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="black")
+        kind = " (reference)" if reference else " (continual, last task)" if r.is_continual else ""
+        handles.append(Line2D([], [], marker=marker, linestyle="", color=color, label=f"{n}  {label}{kind}"))
     xs = [r.value("Forget Efficacy") for r in points]
     ys = [r.value("Model Utility") for r in points]
-    ax.set_xlim(min(0.0, *xs) - 0.03, max(1.0, *xs) + 0.03)
-    ax.set_ylim(min(0.0, *ys) - 0.03, max(1.0, *ys) + 0.03)
-    ax.set_xlabel("Forget Efficacy (higher: more forgotten)")
-    ax.set_ylabel("Model Utility (higher: more kept)")
+    if baseline and baseline.value("Model Utility") is not None:
+        x, y = baseline.value("Forget Efficacy"), baseline.value("Model Utility")
+        if x is not None:
+            ax.scatter([x], [y], marker="*", s=160, color="black", zorder=4)
+            handles.append(Line2D([], [], marker="*", markersize=10, linestyle="", color="black",
+                                  label="target (before unlearning)"))
+            xs, ys = xs + [x], ys + [y]
+        else:
+            ax.axhline(y, color="black", linestyle="--", linewidth=1)
+            handles.append(Line2D([], [], linestyle="--", color="black", label="target MU"))
+            ys = ys + [y]
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):  # fit the data, inside the metrics' [0, 1]
+        lo, hi = min(values), max(values)
+        pad = max(0.03, 0.08 * (hi - lo))
+        setter(max(-0.02, lo - pad), min(1.02, hi + pad))
+    ax.set_xlabel("Forget Efficacy (higher: more forgotten; the metric lies in [0, 1])")
+    ax.set_ylabel("Model Utility (higher: more kept; in [0, 1])")
     ax.set_title("Utility vs forgetting")
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     _save_png(fig, path)
     return True
 

@@ -156,6 +156,9 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
     blocks.append(Block("heading", "Model utility vs forget efficacy"))
     if "tradeoff" in images:
         blocks.append(Block("image", images["tradeoff"], items=["Model Utility against Forget Efficacy"]))
+    if "tradeoff_real_world" in images:
+        blocks.append(Block("image", images["tradeoff_real_world"],
+                            items=["Model Utility against Forget Efficacy (real world)"]))
     else:
         blocks.append(Block("text", "No run has both Model Utility and Forget Efficacy."))
     continual = [r for r in runs if r.is_continual]
