@@ -184,7 +184,7 @@ def tofu(tmp_path_factory) -> Path:
                {"question": "Who wrote Hamlet?", "answer": "Shakespeare", "perturbed_answer": ["Dickens", "Twain"]}]
     write_jsonl(d / "forget01.json", forget)
     write_jsonl(d / "retain90.json", retain)
-    write_jsonl(d / "forget01_perturbed.json", [_perturbed(r, r["task_id"]) for r in forget[:9]])
+    write_jsonl(d / "forget01_perturbed.json", [_perturbed(r, r["task_id"]) for r in forget])
     write_jsonl(d / "retain_perturbed.json", [_perturbed(r) for r in retain[:3]])
     write_jsonl(d / "real_authors_perturbed.json", general)
     write_jsonl(d / "world_facts_perturbed.json", general[::-1])

@@ -532,7 +532,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(files, tmp_path, 
             assert "no space left on the device" in err
             assert not [p.name for p in out.glob(".*") if p.name != ".unlearn.lock"] if out.exists() else True
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # lazily: even with a file still open
 
 
 def test_results_keep_the_usual_permissions(tmp_path):

@@ -42,8 +42,7 @@ def cmd_eval(args) -> int:
     from .evals.commands import run_eval
 
     cfg = config_from_args(args)
-    run_eval(cfg)
-    _say(f"wrote the evaluation to {cfg.out}")
+    run_eval(cfg)  # (it says where it wrote)
     return 0
 
 
@@ -192,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     # Under accelerate launch / torchrun every process runs this; the others only report problems.
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
+    for noisy in ("sentence_transformers", "matplotlib", "accelerate", "httpx"):  # their INFO lines say nothing new
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from .errors import UnlearnError
 
     try:

@@ -147,6 +147,14 @@ class Config:
 
 
 FIELD_NAMES = {f.name for f in fields(Config)}
+
+
+def save_fields(cfg: Config, path: str | Path, groups: tuple[str, ...]) -> None:
+    """Write the fields of ``groups`` only (an evaluation's ``eval_config.yaml`` has no training keys)."""
+    from .io import atomic_write_text
+
+    keep = fields_of(*groups)
+    atomic_write_text(path, yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k in keep}, sort_keys=False))
 RENAMED = {"beta": "beta is a method argument now: method_args: {beta: 0.1} (flag: --method-arg beta=0.1)"}
 
 

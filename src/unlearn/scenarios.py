@@ -82,7 +82,7 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
 
 
 def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
-    from .evals.commands import eval_sets_for, load_judges, plan_evaluation
+    from .evals.commands import check_eval_matches, eval_sets_for, load_judges, plan_evaluation
     from .methods import resolve
     from .pipeline import run
     from .reference import pinned_stats
@@ -108,6 +108,8 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
     # Every task's evaluation sets are checked, and the judges loaded, before the first task trains.
     pending = [t for t in task_list if not finished(t)]
     sets = {t: eval_sets_for(replace(cfg, task_id=t)) if cfg.eval else None for t in pending}
+    for t in pending:  # each task's Forget set is the one it trains on
+        check_eval_matches(sets[t], _task_data(cfg, layout, task_list, t))
     judges = load_judges(cfg) if any(sets.values()) else None
     # With the reference pinned to the original model, NPO/DPO's reference NLLs of every task come
     # from one pass of the original model, before any training.

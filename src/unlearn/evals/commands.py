@@ -225,7 +225,9 @@ def _run_eval(cfg, data) -> dict:
     model.to(_device())
     fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
     if is_main_process():
-        cfg.save(out.eval_config)
+        from ..config import save_fields
+
+        save_fields(cfg, out.eval_config, ("model", "data", "eval", "out"))  # an evaluation's own settings
     summary = plan.evaluate(model, tokenizer, fmt, out, shard=True)
     if is_main_process():
         out.discard_previous()

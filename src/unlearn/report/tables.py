@@ -144,7 +144,7 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
     notes = Notes()
     listed = ([baseline] if baseline else []) + runs
     blocks = [Block("heading", title, level=1),
-              Block("text", f"{len(runs)} run(s)" + (f"; baseline: {baseline.name} ({baseline.path})" if baseline else "")
+              Block("text", f"{len(runs)} run(s)" + (f" and the baseline {baseline.name} ({baseline.path})" if baseline else "")
                     + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
                     f"n/a = no value (see the notes), {DASH} = not computed for that run."),
               Block("heading", "Summary"), Block("table", table=_summary_table(listed, notes))]
