@@ -84,8 +84,9 @@ def test_bad_input_is_one_line(target, tmp_path, capsys, argv, needle):
     base = ["run", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(retain),
             "--out", str(tmp_path / "o"), "--epochs", "1"]
     assert main(base + argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("unlearn: error")]  # (loading bars may come first)
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
 
 
 def test_shipped_configs_parse():
@@ -136,3 +137,26 @@ def test_the_new_methods_raise_the_forget_nll(target, method):
     assert code == 0
     after = _nlls(out / "model", FORGET)
     assert after.mean() > before.mean() + 0.1, (method, before, after)
+
+
+def test_own_files_are_evaluated(target, tmp_path):
+    """`run --forget F --retain R` evaluates those files; `eval --forget F --retain R` does it for
+    any model. Truth Ratio where the rows carry paraphrased and perturbed answers, else n/a with why."""
+    import json
+
+    root, forget, retain = target
+    graded = [{**r, "paraphrased_answer": r["answer"].replace("born in", "a native of"),
+               "perturbed_answer": [r["answer"].replace(r["answer"].split()[-1], w) for w in ("Oslo.", "Lima.")]}
+              for r in RETAIN]
+    retain_graded = write_jsonl(tmp_path / "retain_graded.jsonl", graded)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain",
+                 str(retain_graded), "--nli", "none", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["Forget ROUGE"] > 0.5 and summary["Retain Truth Ratio"] is not None
+    assert summary["Forget Truth Ratio"] is None and "Forget" in summary["unavailable"]["Truth Ratio"]
+    assert summary["Model Utility"] is not None and summary["Forget Efficacy"] is not None
+    assert (out / "eval_Forget.jsonl").is_file() and (out / "eval_Retain.jsonl").is_file()
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", graded[:1] + RETAIN[1:])
+    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(mixed),
+                 "--nli", "none", "--out", str(tmp_path / "mixed")]) == 2

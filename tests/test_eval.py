@@ -551,8 +551,10 @@ def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
     from unlearn.config import Config
     from unlearn.evals.commands import eval_sets_for
 
+    own_file = write_jsonl(tmp_path / "own.jsonl", [{"question": "Q?", "answer": "A."}])
+    own_sets = eval_sets_for(Config(forget=str(own_file)))  # your own files are evaluated themselves
+    assert [(s.name, s.layout, s.truth) for s in own_sets] == [("Forget", "files", False)]
     with caplog.at_level(logging.INFO, logger="unlearn"):
-        assert eval_sets_for(Config(forget=str(tmp_path / "own.jsonl"))) is None
         assert eval_sets_for(Config(data="locuslab/TOFU")) is None
     assert "skipping the evaluation" in caplog.text
     assert [s.name for s in eval_sets_for(Config(data=str(tofu_dir)))][:4] == [

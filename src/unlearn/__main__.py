@@ -111,7 +111,7 @@ def _run_parser(p):
 
 
 def _eval_parser(p):
-    add_config_args(p, ("model", "data", "eval", "out"), exclude=("eval",))
+    add_config_args(p, ("model", "data", "eval", "out"), exclude=("eval",), extra=("forget", "retain"))
 
 
 def _continual_parser(p):

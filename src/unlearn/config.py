@@ -240,11 +240,14 @@ def _task_id(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a task number or 'all', got {text!r}") from None
 
 
-def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], exclude: tuple[str, ...] = ()) -> None:
-    """Add ``--flag`` for each field of ``groups``; defaults are suppressed so we know what was given."""
+def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], exclude: tuple[str, ...] = (),
+                    extra: tuple[str, ...] = ()) -> None:
+    """Add ``--flag`` for each field of ``groups`` (and the ``extra`` fields); defaults are
+    suppressed so we know what was given."""
     by_name = {f.name: f for f in fields(Config)}
     parser.add_argument("--config", help="YAML file with any of these keys; flags override it")
-    for name in fields_of(*groups, exclude=exclude):
+    names = fields_of(*groups, exclude=exclude)
+    for name in names + [n for n in fields_of(*GROUPS) if n in extra and n not in names]:
         f = by_name[name]
         flag = "--" + name.replace("_", "-")
         help_text = _help(f)

@@ -93,9 +93,14 @@ def _device():
 
 
 def eval_sets_for(cfg) -> list[EvalSet] | None:
-    """The eval sets of a run (validated now), or None when the run has no evaluation data."""
+    """The eval sets of a run (validated now), or None when the run has no evaluation data. Your own
+    ``--forget``/``--retain`` files are evaluated themselves unless ``--eval-data`` names a folder."""
     data = cfg.eval_data
-    if data is None and cfg.forget is None and cfg.data and Path(cfg.data).is_dir():
+    if data is None and cfg.forget is not None:
+        from .sets import file_sets
+
+        return file_sets(cfg.forget, cfg.retain)
+    if data is None and cfg.data and Path(cfg.data).is_dir():
         data = cfg.data
     if data is None:
         log.info("no evaluation data for this run (give --eval-data DIR with the *_perturbed.json "
@@ -134,6 +139,9 @@ def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
 def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
     if not cfg.retain_model:
         return None
+    if not forget_set(sets).truth:
+        raise DataError("Forget Quality (--retain-model) needs paraphrased_answer and perturbed_answer in every "
+                        "forget row")
     return retain_ratios_from(cfg.retain_model, forget_set(sets), dtype=cfg.dtype,
                               trust_remote_code=cfg.trust_remote_code,
                               attn_implementation=cfg.attn_implementation,
@@ -199,8 +207,9 @@ def run_eval(cfg) -> dict:
     from ..distributed import is_main_process
 
     data = cfg.eval_data or cfg.data
-    if not data:
-        raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder)")
+    if not data and not cfg.forget:
+        raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder) or --forget FILE "
+                        "[--retain FILE]")
     if not cfg.out:
         raise DataError("no output folder: give --out DIR")
     with RunDir(cfg.out).locked(is_main_process()):
@@ -214,7 +223,12 @@ def _run_eval(cfg, data) -> dict:
     from ..prompts import detect_prompt_format
 
     validate_model_settings(cfg)
-    sets = load_eval_sets(data, cfg.split, cfg.task_id)
+    if data:
+        sets = load_eval_sets(data, cfg.split, cfg.task_id)
+    else:
+        from .sets import file_sets
+
+        sets = file_sets(cfg.forget, cfg.retain)
     plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=None), sets=sets)
     out = RunDir(cfg.out)
     out.prepare(overwrite=cfg.overwrite, main_process=is_main_process(), inputs=inputs_of(cfg), scope="eval")

@@ -21,8 +21,9 @@ class EvalSet:
     rows: list[dict]
     kind: str
     answer_key: str = "answer"
-    layout: str = "tofu"  # tofu | real_world
+    layout: str = "tofu"  # tofu | real_world | files
     question_key: str = "question"
+    truth: bool = True  # the rows carry paraphrased and perturbed answers (Truth Ratio, Forget Quality)
 
     @property
     def questions(self) -> list[str]:
@@ -35,11 +36,11 @@ class EvalSet:
     @property
     def paraphrases(self) -> list[str] | None:
         """Paraphrased answers; None for general sets, which use the answer itself."""
-        return None if self.kind == "general" else [r["paraphrased_answer"] for r in self.rows]
+        return None if self.kind == "general" or not self.truth else [r["paraphrased_answer"] for r in self.rows]
 
     @property
     def perturbed(self) -> list[list[str]]:
-        return [list(r["perturbed_answer"]) for r in self.rows]
+        return [list(r["perturbed_answer"]) if self.truth else [] for r in self.rows]
 
     @property
     def references(self) -> list[str]:
@@ -126,6 +127,28 @@ def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[Ev
     forget = _select(_read_set(forget_path, "forget", key), task_id, forget_path)
     return [EvalSet("Retain", _read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
             EvalSet("Forget", forget, "forget", key, "real_world")]
+
+
+def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[EvalSet]:
+    """Forget (and Retain) sets from your own JSON-lines files: ROUGE, Probability, Token Entropy,
+    Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
+    also carries ``paraphrased_answer`` and ``perturbed_answer``."""
+    sets = []
+    for name, kind, path in (("Retain", "retain", retain), ("Forget", "forget", forget)):
+        if path is None:
+            continue
+        rows = read_records(path)
+        has = [isinstance(r.get("paraphrased_answer"), str) and isinstance(r.get("perturbed_answer"), list)
+               for r in rows]
+        truth = all(has)
+        if truth:
+            rows = _read_set(Path(path), kind)  # every field checked, as for the official files
+        elif any(has):
+            first = rows[has.index(False)]["_source"]
+            raise DataError(f"{first}: some rows carry paraphrased_answer and perturbed_answer and this one does "
+                            "not; give them for every row (for Truth Ratio) or for none")
+        sets.append(EvalSet(name, rows, kind, layout="files", truth=truth))
+    return sets
 
 
 def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = None) -> list[EvalSet]:

@@ -49,6 +49,9 @@ class Evaluation:
 def set_nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: bool = True):
     """(answer, paraphrase, perturbed (N, K)) NLLs of a set from ONE sorted pass over all pairs."""
     q, n = s.questions, len(s.rows)
+    if not s.truth:  # answers only: no Truth Ratio for this set
+        a = answer_nlls(model, tokenizer, fmt, q, s.answers, batch_size, desc=f"{s.name}: answer NLLs")
+        return a, a, np.zeros((n, 0))
     pert = s.perturbed
     k = len(pert[0])
     para = s.paraphrases
@@ -100,7 +103,7 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, 
     values = {"ROUGE": M.rouge_l_recall_items(gens, answers)}
     values["Probability"] = (M.normalized_probability_items(a_nll, k_nll) if s.kind == "general"
                              else M.probability_items(a_nll))
-    values["Truth Ratio"] = M.truth_ratio_items(p_nll, k_nll, forget)
+    values["Truth Ratio"] = M.truth_ratio_items(p_nll, k_nll, forget) if s.truth else None
     values["Token Entropy"] = np.array([M.token_entropy(tokenizer.tokenize(g)) for g in gens])
     values["Cosine Similarity"] = cosine_similarity_batch(embedder, gens, cos_refs)
     labels = None
@@ -119,7 +122,7 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, 
             for i, label in zip(judged, nli.predict([premises[i] for i in judged], [hypotheses[i] for i in judged])):
                 labels[i] = label
         values["Entailment Score"] = M.entailment_items(["" if x is None else x for x in labels], values["ROUGE"])
-    ratios = M.truth_ratios(p_nll, k_nll)
+    ratios = M.truth_ratios(p_nll, k_nll) if s.truth else [None] * len(s.rows)
     records = []
     for i, row in enumerate(s.rows):
         rec = {"question": row[s.question_key], "generation": gens[i], "ground_truth": answers[i]}
@@ -129,10 +132,10 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, 
             rec["cosine_reference"] = cos_refs[i]
         for metric, key in ITEM_KEYS.items():
             rec[key] = None if values[metric] is None else float(values[metric][i])
-        rec["truth_ratio_r"] = float(ratios[i])
+        rec["truth_ratio_r"] = None if ratios[i] is None else float(ratios[i])
         rec["nli_label"] = None if labels is None else labels[i]
         rec["answer_nll"] = float(a_nll[i])
-        if s.kind != "general":
+        if s.kind != "general" and s.truth:
             rec["paraphrased_nll"] = float(p_nll[i])
         rec["perturbed_nll"] = [float(x) for x in k_nll[i]]
         records.append(rec)
@@ -173,14 +176,21 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
         summary["Model Utility Retain"] = M.model_utility(summary[f"Retain {m}"] for m in METRICS)
     if "Forget" in names:
         summary["Forget Efficacy"] = M.forget_efficacy(summary[f"Forget {m}"] for m in FORGET_EFFICACY_METRICS)
-        if retain_ratios is not None:
+        if retain_ratios is not None and all(st.truth for st in sets if st.name == "Forget"):
             ratios = ev.truth_ratios("Forget")
             if len(retain_ratios) != len(ratios):
                 raise ValueError(f"{len(retain_ratios)} retain-model truth ratios for {len(ratios)} forget items")
             summary["Forget Quality"], summary["Forget Quality KS statistic"] = \
                 M.forget_quality_from_ratios(ratios, retain_ratios)
+    missing = {}
     if unavailable:
-        summary["unavailable"] = {"Entailment Score": unavailable}
+        missing["Entailment Score"] = unavailable
+    no_truth = [st.name for st in sets if not st.truth]
+    if no_truth:
+        missing["Truth Ratio"] = (f"the rows of {', '.join(no_truth)} carry no paraphrased_answer and "
+                                  "perturbed_answer")
+    if missing:
+        summary["unavailable"] = missing
     return ev
 
 
