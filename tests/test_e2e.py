@@ -160,3 +160,20 @@ def test_own_files_are_evaluated(target, tmp_path):
     mixed = write_jsonl(tmp_path / "mixed.jsonl", graded[:1] + RETAIN[1:])
     assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(mixed),
                  "--nli", "none", "--out", str(tmp_path / "mixed")]) == 2
+
+
+def test_holdout_adds_membership_inference(target, tmp_path):
+    """The target memorised FORGET: its answers are far likelier than unseen ones (AUC near 1)."""
+    import json
+
+    root, forget, _ = target
+    holdout = write_jsonl(tmp_path / "holdout.jsonl",
+                          [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
+                           for n, b in [("Rhea Molt", "Amber Gate"), ("Ivo Strand", "Low Tide"),
+                                        ("Cass Merrow", "Glass Fields"), ("Dane Ulric", "Cold Forge")]])
+    out = tmp_path / "mia"
+    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--holdout",
+                 str(holdout), "--nli", "none", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["MIA AUC LOSS"] > 0.9
+    assert all(0.0 <= summary[f"MIA AUC {k}"] <= 1.0 for k in ("LOSS", "ZLib", "Min-K%", "Min-K%++"))

@@ -117,6 +117,9 @@ class Config:
     nli: str | None = _f(DEFAULT_NLI, "NLI model for the Entailment Score: a folder or hub id; none disables it "
                          "(the default is reported unavailable when it cannot be loaded; any other that cannot is "
                          "an error)", "eval")
+    holdout: str | None = _f(None, "JSON-lines rows like the forget set's (question, answer) that were never "
+                             "trained on: adds membership-inference AUCs, forget against holdout (LOSS, ZLib, "
+                             "Min-K%, Min-K%++; 0.5 = indistinguishable)", "eval")
     eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval", lo=1)
     retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
                                   "evaluation (eval_Forget.jsonl)", "eval")
@@ -286,7 +289,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     return cfg
 
 
-PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder",
+PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout",
                "downstream_include", "out")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
 

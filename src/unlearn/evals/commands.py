@@ -159,6 +159,7 @@ class EvalPlan:
     batch_size: int = EVAL_BATCH_SIZE
     downstream_limit: int | None = None
     downstream_include: str | None = None
+    holdout: list[dict] | None = None  # rows never trained on, for membership inference
 
     def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False) -> dict | None:
         """The six metrics on every set (every process its share with ``shard``; the main one
@@ -169,6 +170,8 @@ class EvalPlan:
         if self.sets:
             ev = evaluate(model, tokenizer, fmt, self.sets, self.judges.embedder, self.judges.nli, self.batch_size,
                           self.retain_ratios, shard=shard)
+            if self.holdout:
+                ev.summary.update(self.membership(model, tokenizer, fmt))
             summary = ev.summary
             if is_main_process():  # one writer when several processes evaluated together
                 write_evaluation(ev, out.path)
@@ -183,6 +186,18 @@ class EvalPlan:
         return summary
 
 
+    def membership(self, model, tokenizer, fmt) -> dict[str, float]:
+        """``MIA AUC <score>``: the forget items against the holdout items (:mod:`unlearn.evals.mia`)."""
+        from .mia import mia_aucs
+        from .runner import token_stats
+
+        forget = forget_set(self.sets)
+        members = token_stats(model, tokenizer, fmt, forget.questions, forget.answers, self.batch_size)
+        others = token_stats(model, tokenizer, fmt, [r["question"] for r in self.holdout],
+                             [r["answer"] for r in self.holdout], self.batch_size)
+        return {f"MIA AUC {name}": value for name, value in mia_aucs(members, others).items()}
+
+
 def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | None = None) -> EvalPlan:
     """Everything ``cfg``'s run evaluates after training, checked now (see the module docstring).
 
@@ -195,6 +210,9 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
     if plan.sets:
         plan.judges = judges or load_judges(cfg)
         plan.retain_ratios = _retain_ratios(cfg, plan.sets)
+        if cfg.holdout:
+            forget_set(plan.sets)  # (the forget set is what the holdout is compared with)
+            plan.holdout = read_records(cfg.holdout)
     if cfg.downstream:
         from .downstream import downstream_tasks_for
 

@@ -185,3 +185,34 @@ def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.T
     n = min(t, t - first + 1)  # position first - 1 predicts it
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=n).logits
     return logits, labels[:, t - n :]
+
+
+def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
+                batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH) -> list:
+    """Per item, for membership inference (:mod:`unlearn.evals.mia`): the answer tokens' log p, and
+    the mean and spread of log p under each position's own next-token distribution."""
+    import torch.nn.functional as F
+
+    from .mia import TokenStats
+
+    seqs = [encode_qa(tokenizer, fmt.prompt(q), fmt.answer_prefix + a, max_length, True, fmt.add_special_tokens)
+            for q, a in zip(questions, answers)]
+    pad = pad_id(tokenizer)
+    device = model_device(model)
+    keep = supports_logits_to_keep(model)
+    out: list = [None] * len(seqs)
+    with inference(model):
+        for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size):
+            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
+            logits, labels = answer_logits(model, batch, keep)
+            logp_all = F.log_softmax(logits.float(), dim=-1)
+            target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            p = logp_all.exp()
+            mu = (p * logp_all).sum(-1)
+            sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
+            for row, i in enumerate(idx):
+                pos = (target[row] != IGNORE_INDEX).nonzero().squeeze(-1)
+                tok = target[row, pos]
+                out[i] = TokenStats(logp_all[row, pos, tok].double().cpu().numpy(), mu[row, pos].double().cpu().numpy(),
+                                    sigma[row, pos].double().cpu().numpy(), answers[i])
+    return out

@@ -234,5 +234,7 @@ def print_table(summary: dict) -> None:
     for key in ("Model Utility", "Model Utility Retain", "Forget Efficacy", "Forget Quality"):
         if key in summary:
             console.print(f"{key}: {fmt(summary[key])}")
+    for key in (k for k in summary if k.startswith("MIA AUC")):
+        console.print(f"{key} (forget vs holdout; 0.5: indistinguishable): {fmt(summary[key])}")
     for metric, reason in summary.get("unavailable", {}).items():
         console.print(f"{metric} unavailable: {reason}")
