@@ -157,6 +157,13 @@ def test_own_files_are_evaluated(target, tmp_path):
     assert summary["Forget Truth Ratio"] is None and "Forget" in summary["unavailable"]["Truth Ratio"]
     assert summary["Model Utility"] is not None and summary["Forget Efficacy"] is not None
     assert (out / "eval_Forget.jsonl").is_file() and (out / "eval_Retain.jsonl").is_file()
+    # against a baseline: the before/after table and a report
+    assert main(["run", "--model", str(root / "target" / "model"), "--method", "GA+GD", "--forget", str(forget),
+                 "--retain", str(retain_graded), "--nli", "none", "--baseline", str(out), "--epochs", "2",
+                 "--lr", "3e-3", "--batch-size", "2", "--grad-accum", "1", "--out", str(tmp_path / "after")]) == 0
+    assert (tmp_path / "after" / "report" / "report.md").is_file()
+    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--baseline",
+                 str(tmp_path / "nowhere"), "--nli", "none", "--out", str(tmp_path / "x")]) == 2
     mixed = write_jsonl(tmp_path / "mixed.jsonl", graded[:1] + RETAIN[1:])
     assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(mixed),
                  "--nli", "none", "--out", str(tmp_path / "mixed")]) == 2

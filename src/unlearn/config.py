@@ -120,6 +120,9 @@ class Config:
     holdout: str | None = _f(None, "JSON-lines rows like the forget set's (question, answer) that were never "
                              "trained on: adds membership-inference AUCs, forget against holdout (LOSS, ZLib, "
                              "Min-K%, Min-K%++; 0.5 = indistinguishable)", "eval")
+    baseline: str | None = _f(None, "the evaluation of the model before unlearning (an `unlearn eval` output "
+                              "folder): the evaluation then prints a before/after table and writes OUT/report",
+                              "eval")
     eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval", lo=1)
     retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
                                   "evaluation (eval_Forget.jsonl)", "eval")
@@ -289,7 +292,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     return cfg
 
 
-PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout",
+PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout", "baseline",
                "downstream_include", "out")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
 

@@ -160,6 +160,7 @@ class EvalPlan:
     downstream_limit: int | None = None
     downstream_include: str | None = None
     holdout: list[dict] | None = None  # rows never trained on, for membership inference
+    baseline: str | None = None  # an evaluation of the model before unlearning: before/after table and report
 
     def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False) -> dict | None:
         """The six metrics on every set (every process its share with ``shard``; the main one
@@ -177,6 +178,8 @@ class EvalPlan:
                 write_evaluation(ev, out.path)
                 print_table(ev.summary)
                 log.info("wrote the evaluation to %s", out.summary)
+                if self.baseline:
+                    self.before_after(ev.summary, out)
         if self.downstream and is_main_process():
             from .downstream import downstream_after_unlearning
 
@@ -185,6 +188,24 @@ class EvalPlan:
             summary = out.read_summary() or summary
         return summary
 
+
+    def before_after(self, summary: dict, out: RunDir) -> None:
+        """The before/after table against the baseline's summary, and a short report in OUT/report."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ..report import write_report
+
+        before = RunDir(self.baseline).read_summary() or {}
+        keys = [k for k, v in summary.items() if isinstance(v, (int, float)) and isinstance(before.get(k), (int, float))]
+        table = Table(title="Before and after unlearning")
+        for column in ("metric", "before", "after", "change"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for k in keys:
+            table.add_row(k, f"{before[k]:.4f}", f"{summary[k]:.4f}", f"{summary[k] - before[k]:+.4f}")
+        Console(width=110).print(table)
+        report = write_report([out.path], out.path / "report", baseline=self.baseline, title="Unlearning report")
+        print(f"report: {report / 'report.md'}")
 
     def membership(self, model, tokenizer, fmt) -> dict[str, float]:
         """``MIA AUC <score>``: the forget items against the holdout items (:mod:`unlearn.evals.mia`)."""
@@ -213,6 +234,11 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
         if cfg.holdout:
             forget_set(plan.sets)  # (the forget set is what the holdout is compared with)
             plan.holdout = read_records(cfg.holdout)
+        if cfg.baseline:
+            if RunDir(cfg.baseline).read_summary() is None:
+                raise DataError(f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
+                                "or not readable; make one with unlearn eval)")
+            plan.baseline = cfg.baseline
     if cfg.downstream:
         from .downstream import downstream_tasks_for
 
