@@ -256,7 +256,7 @@ def add_config_args(parser: argparse.ArgumentParser, groups: tuple[str, ...], ex
     for name in names + [n for n in fields_of(*GROUPS) if n in extra and n not in names]:
         f = by_name[name]
         flag = "--" + name.replace("_", "-")
-        help_text = _help(f)
+        help_text = _help(f).replace("%", "%%")  # argparse formats help with %
         if name == "method_args":
             parser.add_argument("--method-arg", dest=name, type=_method_arg, action="append",
                                 default=argparse.SUPPRESS, metavar="NAME=VALUE", help=help_text)
