@@ -316,7 +316,8 @@ def _mapping(value: Any, name: str) -> dict:
     return {str(k): v for k, v in value.items()}
 
 
-def _as_int(value: Any) -> int:
+def as_int(value: Any) -> int:
+    """``value`` as an integer; a bool or a fractional number is refused (``ValueError``), not truncated."""
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(value)
     return int(value)
@@ -351,7 +352,7 @@ def _check_types(cfg: Config) -> None:
         elif t.startswith(("int", "float")):
             kind = "an integer" if t.startswith("int") else "a number"
             try:
-                number = (_as_int if t.startswith("int") else _as_float)(value)
+                number = (as_int if t.startswith("int") else _as_float)(value)
             except (TypeError, ValueError, OverflowError):
                 raise ConfigError(f"config: '{f.name}' must be {kind}, got {value!r}") from None
             _check_domain(f, number)

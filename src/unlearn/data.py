@@ -166,11 +166,11 @@ def with_scenario_defaults(cfg):
 
 def task_of(row: dict) -> int:
     """A row's ``task_id`` as an integer, or a clear error naming the row."""
+    from .config import as_int
+
     value = row.get("task_id")
     try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(value)
-        return int(value)
+        return as_int(value)
     except (TypeError, ValueError):
         raise DataError(f"{row.get('_source', 'a row')}: field 'task_id' must be an integer, got {value!r}") from None
 
