@@ -46,6 +46,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .audit import run_audit
+
+    run_audit(config_from_args(args))
+    return 0
+
+
 def cmd_continual(args) -> int:
     from .scenarios import continual
 
@@ -114,6 +121,12 @@ def _eval_parser(p):
     add_config_args(p, ("model", "data", "eval", "out"), exclude=("eval",), extra=("forget", "retain"))
 
 
+def _audit_parser(p):
+    add_config_args(p, ("model", "data", "audit", "out", "resume"), exclude=("audit", "save_every"),
+                    extra=("forget", "retain", "holdout", "retain_model", "ref_model", "eval_batch_size", "seed",
+                           "max_length", "weight_decay", "mixed_precision"))
+
+
 def _continual_parser(p):
     p.add_argument("--tasks", default=None, help="tasks in order, e.g. 1,2,3 or 1-10 (default: every task)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the model of every task, not just the last")
@@ -155,6 +168,8 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "finetune": (cmd_finetune, _finetune_parser, "fine-tune a model on question/answer files (target or retain model)"),
     "run": (cmd_run, _run_parser, "unlearn a forget set from a model"),
     "eval": (cmd_eval, _eval_parser, "evaluate a model: the paper's six metrics, Model Utility, Forget Efficacy"),
+    "audit": (cmd_audit, _audit_parser, "attack a model: does the forgotten knowledge come back? (membership "
+              "inference, relearning, quantization, prompts)"),
     "continual": (cmd_continual, _continual_parser, "unlearn tasks one after another (continual unlearning)"),
     "demo": (cmd_demo, _demo_parser, "the whole pipeline offline on built-in defaults"),
     "data synth": (cmd_data_synth, _synth_parser, "write the built-in fictitious data set (TOFU layout)"),

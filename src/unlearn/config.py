@@ -31,7 +31,7 @@ from .errors import ConfigError
 
 EVAL_BATCH_SIZE = 16
 DEFAULT_NLI = "sileod/deberta-v3-base-tasksource-nli"  # the paper's entailment judge
-GROUPS = ("model", "lora", "train", "data", "unlearn", "eval", "downstream", "out", "resume")
+GROUPS = ("model", "lora", "train", "data", "unlearn", "eval", "downstream", "audit", "out", "resume")
 
 
 def _f(default: Any, help: str, group: str, trajectory: bool = False, lo: float | None = None,
@@ -133,6 +133,31 @@ class Config:
     downstream_limit: int | None = _f(None, "items per downstream task, for quick checks (None: every item)",
                                       "downstream", lo=1)
     downstream_include: str | None = _f(None, "folder of custom lm-eval task YAML files for --downstream", "downstream")
+    # --- audit (unlearn audit; --audit on unlearn run) ---
+    audit: bool = _f(False, "after unlearning, audit the saved model into OUT/audit (see unlearn audit)", "audit")
+    attacks: str = _f("mia,memorization,relearn,quantization,prompts", "audit attacks to run, comma-separated: "
+                      "mia (membership inference: needs --holdout or the data folder's holdoutNN.json), memorization, "
+                      "relearn, quantization, prompts", "audit")
+    target_model: str | None = _f(None, "the model before unlearning, audited beside it: relearning recovery is measured "
+                                  "against it (unlearn run --audit: the run's --model)", "audit")
+    relearn_steps: int = _f(20, "relearning attack: fine-tuning steps on part of the forget set", "audit", lo=1)
+    relearn_lr: float = _f(1e-5, "relearning attack: peak learning rate (AdamW, decaying linearly, no warm-up)", "audit", lo=0, above=True)
+    relearn_batch_size: int = _f(4, "relearning attack: examples per step", "audit", lo=1)
+    relearn_fraction: float = _f(0.5, "relearning attack: share of the forget set relearned on (drawn with --seed); "
+                                 "the forget metrics are measured on the rest", "audit", lo=0, above=True, hi=1)
+    save_relearned: bool = _f(False, "keep the relearned model in OUT/relearn/model", "audit")
+    quant_bits: str = _f("8,4", "quantization attack: weight bit widths, comma-separated", "audit")
+    quant_group_size: int = _f(128, "quantization attack: weights per group sharing a scale and zero point", "audit",
+                               lo=1)
+    quant_backend: str = _f("auto", "quantization attack: simulated (round-to-nearest in place of the weights, any "
+                            "device), bitsandbytes (a GPU and the bitsandbytes package: its 8-bit and NF4 kernels) or "
+                            "auto (bitsandbytes when both are there)", "audit")
+    icl_examples: int = _f(3, "prompt attack: retained question/answer pairs shown before a forget question", "audit",
+                           lo=1)
+    prefix_fraction: float = _f(0.5, "prompt attack: share of the answer's words given as the start of the reply",
+                                "audit", lo=0, above=True, hi=1)
+    mia_k: float = _f(0.4, "membership inference: the k of Min-K% and Min-K%++ (share of tokens)", "audit", lo=0,
+                      above=True)
     # --- outputs ---
     out: str | None = _f(None, "output folder", "out")
     overwrite: bool = _f(False, "allow writing into an output folder that already holds results", "out")
@@ -292,7 +317,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     return cfg
 
 
-PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout", "baseline",
+PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout", "baseline", "target_model",
                "downstream_include", "out")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
 

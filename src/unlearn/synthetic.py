@@ -26,6 +26,9 @@ Layout for ``N`` authors (``N`` a multiple of 10, at least 10):
   (the fact in another sentence), ``perturbed_answer`` (5 copies of that sentence with 5 distinct
   wrong values) and ``paraphrased_question``.  ``retain_perturbed.json``: the same for the
   retain10 authors (no ``task_id``, like TOFU).
+* ``holdout01.json`` / ``holdout05.json`` / ``holdout10.json``: ``question``, ``answer`` and
+  ``paraphrased_question`` of one task's worth of further authors (``k`` of the split) that no
+  file trains on, as TOFU's holdout sets: the non-members of membership inference.
 * ``real_authors_perturbed.json`` / ``world_facts_perturbed.json``: 25 real general-knowledge
   rows each, ``question``, short ``answer``, ``perturbed_answer`` (3 wrong answers) and
   ``original_answer`` (a full sentence).  These do not depend on the seed.
@@ -218,6 +221,21 @@ def _split(n: int, pct: int) -> tuple[int, int]:
     return k, 9 if pct == 10 else min(10, (n - n // 10) // k)
 
 
+def _holdout(k: int, qa_per_author: int, taken: set[str], seed: int) -> list[dict]:
+    """Rows of ``k`` more authors that no file trains on (for membership inference): drawn from a
+    generator of their own, so the other files do not change, and named unlike every author."""
+    pool = [a for a in _authors(min(1024, 3 * k + len(taken) // 4 + 10), random.Random(f"holdout:{seed}"))
+            if a["name"] not in taken]
+    rows = []
+    for i, a in enumerate(pool[:k]):
+        for f in sorted((i + j) % len(FACTS) for j in range(qa_per_author)):
+            key, q, ans, pq, _ = FACTS[f]
+            fill = dict(name=a["name"], place=a["place"], date=a["date"])
+            rows.append({"question": q.format(**fill), "answer": ans.format(v=a[key], **fill),
+                         "paraphrased_question": pq.format(**fill)})
+    return rows
+
+
 def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dict[str, list[dict]]:
     """All files of the synthetic set: ``{file name: rows}`` (see the module docstring)."""
     if not isinstance(n_authors, int) or n_authors < 10 or n_authors % 10 or n_authors > MAX_AUTHORS:
@@ -249,6 +267,7 @@ def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dic
         out[f"forget{pct:02d}.json"] = [{"task_id": r["task_id"], **plain(r)} for r in pert]
         out[f"forget{pct:02d}_perturbed.json"] = pert
         out[f"{retain}.json"] = [plain(r) for i in range(k * n_tasks, n_authors) for r in rows[i]]
+        out[f"holdout{pct:02d}.json"] = _holdout(k, qa_per_author, {a["name"] for a in authors}, seed)
     out["retain_perturbed.json"] = [dict(r) for a in rows[_split(n_authors, 10)[0] * 9:] for r in a]
     out["full.json"] = [plain(r) for a in rows for r in a]
 

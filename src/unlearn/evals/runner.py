@@ -189,8 +189,9 @@ def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.T
 
 def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
                 batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH) -> list:
-    """Per item, for membership inference (:mod:`unlearn.evals.mia`): the answer tokens' log p, and
-    the mean and spread of log p under each position's own next-token distribution."""
+    """Per item, for membership inference and memorisation (:mod:`unlearn.evals.mia`): the answer
+    tokens' log p, the mean and spread of log p under each position's own next-token distribution,
+    and whether the greedy next token was the answer's."""
     import torch.nn.functional as F
 
     from .mia import TokenStats
@@ -210,9 +211,51 @@ def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
             p = logp_all.exp()
             mu = (p * logp_all).sum(-1)
             sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
+            best = logits.argmax(-1)
             for row, i in enumerate(idx):
                 pos = (target[row] != IGNORE_INDEX).nonzero().squeeze(-1)
                 tok = target[row, pos]
                 out[i] = TokenStats(logp_all[row, pos, tok].double().cpu().numpy(), mu[row, pos].double().cpu().numpy(),
-                                    sigma[row, pos].double().cpu().numpy(), answers[i])
+                                    sigma[row, pos].double().cpu().numpy(), answers[i],
+                                    (best[row, pos] == tok).cpu().numpy())
+    return out
+
+
+def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], p: float = 2,
+               max_length: int = MAX_LENGTH, desc: str = "gradient norms") -> list[float]:
+    """Per item, for the GradNorm attack: the mean over the model's parameter tensors of the
+    ``p``-norm of the gradient of the answer's mean token NLL (every answer token but the last,
+    as open-unlearning's attack). The model stays in eval mode (no dropout) and its ``.grad``
+    fields are not touched: the gradients are returned by ``torch.autograd.grad``."""
+    import torch.nn.functional as F
+
+    params = [q for q in model.parameters() if q.requires_grad] or list(model.parameters())
+    flags = [q.requires_grad for q in params]
+    device = model_device(model)
+    out = []
+    was_training = model.training
+    model.eval()
+    try:
+        for q in params:
+            q.requires_grad_(True)
+        for question, answer in tqdm(list(zip(questions, answers)), desc=desc, unit="seq", leave=False):
+            enc = encode_qa(tokenizer, fmt.prompt(question), fmt.answer_prefix + answer, max_length, True,
+                            fmt.add_special_tokens)
+            ids = torch.tensor([enc.input_ids], device=device)
+            labels = torch.tensor(enc.labels, device=device)
+            with torch.enable_grad():
+                logits = model(input_ids=ids).logits[0, :-1].float()
+                target = labels[1:]
+                pos = (target != IGNORE_INDEX).nonzero().squeeze(-1)[:-1]  # the last label (EOS) left out
+                if not len(pos):
+                    out.append(0.0)
+                    continue
+                loss = -F.log_softmax(logits[pos], dim=-1).gather(1, target[pos, None]).mean()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            norms = [g.detach().float().norm(p=p) for g in grads if g is not None]
+            out.append(float(torch.stack(norms).mean()))
+    finally:
+        for q, f in zip(params, flags):
+            q.requires_grad_(f)
+        model.train(was_training)
     return out
