@@ -114,7 +114,7 @@ def _finetune_parser(p):
 
 
 def _run_parser(p):
-    add_config_args(p, UNLEARNING + ("eval", "downstream", "out", "resume"))
+    add_config_args(p, UNLEARNING + ("eval", "downstream", "audit", "out", "resume"))
 
 
 def _eval_parser(p):

@@ -186,12 +186,15 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
         raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
     refusals = read_refusals(cfg.idk)
+    audit = check_audit(cfg)
     plan = plan if plan is not None else plan_evaluation(cfg)
     check_eval_matches(plan.sets, data)
     out, mode = prepare_out(cfg, evaluated=bool(plan.sets or plan.downstream))
     main = distributed.is_main_process()
     if mode == "evaluate":
-        return _evaluate_saved(cfg, out, data, plan, main)
+        result = _evaluate_saved(cfg, out, data, plan, main)
+        audit_saved(cfg, out, audit)
+        return result
     texts = [r["question"] + " " + r["answer"] for r in data.forget + data.retain] + refusals
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, texts)
@@ -209,10 +212,44 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
                                      "retain": len(data.retain), **data.info})
         print(f"saved the unlearned model to {out.model}")
     summary = _evaluate(plan, model, tokenizer, fmt, out)
+    audit_saved(cfg, out, audit)
     if main:
         out.discard_previous()
     return RunResult(out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from,
                      summary, main)
+
+
+def audit_config(cfg: Config, out: RunDir, resume: bool = False) -> Config:
+    """The settings of ``--audit``: the saved model audited into ``OUT/audit``, beside the model it
+    was unlearned from (``--target-model``, else the run's ``--model``)."""
+    from .rundir import AUDIT
+
+    target = cfg.target_model or (None if cfg.model == "tiny" else cfg.model)
+    return dataclasses.replace(cfg, model=str(out.model), target_model=target, out=str(out / AUDIT),
+                               resume=resume, overwrite=cfg.overwrite and not resume)
+
+
+def check_audit(cfg: Config):
+    """``--audit``: the audit's inputs checked before training (None without ``--audit``)."""
+    if not cfg.audit:
+        return None
+    from .audit import check_inputs
+
+    return check_inputs(audit_config(cfg, _require_out(cfg)))
+
+
+def audit_saved(cfg: Config, out: RunDir, inputs=None, resume: bool = False) -> None:
+    """Run ``--audit`` on the saved model (one process: checked before training)."""
+    if not cfg.audit:
+        return
+    from .audit import run_audit
+
+    acfg = audit_config(cfg, out, resume)
+    try:
+        run_audit(acfg, inputs)
+    except UnlearnError as e:
+        raise type(e)(f"{e} (the model is saved in {out.model}; finish its audit with unlearn audit --model "
+                      f"{out.model} --out {acfg.out} --resume and the same data flags)") from e
 
 
 def _before_task_vector(objective, model, accelerator) -> dict | None:

@@ -11,6 +11,7 @@
     eval_<Set>.jsonl   per-item evaluation records, one file per set
     summary.json       every metric; written last, it marks an evaluated run complete
     downstream.json    lm-eval scores, with --downstream
+    audit/             the attacks on the saved model, with --audit (audit.json, audit.png)
 
 ``unlearn eval`` writes the evaluation files and ``eval_config.yaml``; ``unlearn continual``
 writes ``continual.csv`` and one run folder per task (``task_<k>``). No module imports torch here,
@@ -47,7 +48,8 @@ CONTINUAL = "continual.csv"
 MODEL_CONFIG = "unlearn_config.yaml"  # inside model/: the config the model was trained with
 LOCK = ".unlearn.lock"
 PREVIOUS = ".previous-"  # earlier results moved aside by --overwrite until the new ones are complete
-RUN_RESULTS = (MODEL, ADAPTER, CHECKPOINT, SUMMARY, TRAIN_LOG, CONFIG, DATA, DOWNSTREAM, EVAL_CONFIG)
+AUDIT = "audit"  # unlearn run --audit: the audit of the saved model (unlearn.audit)
+RUN_RESULTS = (MODEL, ADAPTER, CHECKPOINT, SUMMARY, TRAIN_LOG, CONFIG, DATA, DOWNSTREAM, EVAL_CONFIG, AUDIT)
 EVAL_RESULTS = (SUMMARY, EVAL_CONFIG, DOWNSTREAM)
 
 FINISHED, PARTIAL, ABSENT = "finished", "partial", "absent"
@@ -109,6 +111,10 @@ class RunDir:
         if CHECKPOINT not in found and self.has_checkpoint():
             found.append(CHECKPOINT)
         return found
+
+    @property
+    def audited(self) -> bool:
+        return (self.path / AUDIT / "audit.json").is_file()
 
     def status(self, evaluated: bool = True, downstream: bool = False) -> str:
         """``finished``: the run's last output is there (``summary.json`` when it is evaluated, else

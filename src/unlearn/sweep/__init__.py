@@ -110,6 +110,12 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
     rows, failed = [], set()
     for i, (run, state) in enumerate(zip(runs, states), 1):
         prefix = f"[{i}/{n}] {run.name}"
+        if state == FINISHED and run.cfg.audit and not run.out.audited:
+            from ..pipeline import audit_saved
+
+            print(f"{prefix}: finished; auditing it", flush=True)
+            audit_saved(run.cfg, run.out, resume=True)  # (an interrupted audit goes on where it stopped)
+            state = FINISHED
         if state == FINISHED:
             summary = run.out.read_summary()
             print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)

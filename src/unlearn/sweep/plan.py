@@ -9,6 +9,9 @@ The sweep file is YAML with three keys::
       method: [ME+GD, IDK+AP]
       lr: [1e-5, 5e-6]
     out: sweeps/tofu   # root folder: one sub-folder per run, plus sweep.csv
+    audit:             # optional: audit every run's model (unlearn audit) into <run>/audit
+      attacks: mia,relearn
+      holdout: data/holdout.jsonl
 
 Runs go in a fixed order (``itertools.product`` over the grid keys as written, the first key varying
 slowest) into ``OUT/<key>=<value>,...``. The whole grid is validated (keys, types, methods and their
@@ -31,7 +34,7 @@ from ..data import with_scenario_defaults
 from ..errors import ConfigError, UnlearnError
 from ..rundir import RunDir
 
-TOP_KEYS = ("base", "grid", "out")
+TOP_KEYS = ("base", "grid", "out", "audit")
 MANAGED = ("out",)  # set by the sweep for each run
 MAX_NAME = 150
 
@@ -87,8 +90,25 @@ def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
         if key in base:
             raise ConfigError(f"{path}: '{key}' is in both base and grid; keep it in one")
         grid[key] = values
+    audit = raw.get("audit")
+    if audit is not None and audit is not False:
+        base.update(_audit_keys(audit, path), audit=True)
     out = raw.get("out")
     return base, grid, None if out is None else str(out)
+
+
+def _audit_keys(section, path: Path) -> dict:
+    """The ``audit:`` section: ``true`` (every attack, the defaults) or a mapping of audit settings."""
+    from ..config import fields_of
+
+    if section is True:
+        return {}
+    allowed = set(fields_of("audit")) | {"holdout", "ref_model", "target_model", "retain_model"}
+    keys = _keys(section, "audit", path)
+    wrong = [k for k in keys if k not in allowed]
+    if wrong:
+        raise ConfigError(f"{path}: audit: '{wrong[0]}' is not an audit setting (valid: {', '.join(sorted(allowed))})")
+    return keys
 
 
 def _text(value) -> str:
