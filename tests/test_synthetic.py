@@ -12,6 +12,7 @@ FILES = {
     "forget01_perturbed.json", "forget05_perturbed.json", "forget10_perturbed.json",
     "retain90.json", "retain50.json", "retain10.json", "retain_perturbed.json",
     "real_authors_perturbed.json", "world_facts_perturbed.json", "full.json", "general.json",
+    "holdout01.json", "holdout05.json", "holdout10.json",
 }
 PAIRS = (("01", "retain90"), ("05", "retain50"), ("10", "retain10"))
 
@@ -36,6 +37,7 @@ def test_files_and_default_counts(default):
         "retain90.json": 360, "retain50.json": 200, "retain10.json": 40,
         "retain_perturbed.json": 40, "full.json": 400,
         "real_authors_perturbed.json": 25, "world_facts_perturbed.json": 25, "general.json": 50,
+        "holdout01.json": 4, "holdout05.json": 20, "holdout10.json": 40,  # one task's worth of unseen authors
     }
     for name, n in expected.items():
         assert len(default[name]) == n, name
