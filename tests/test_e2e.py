@@ -127,16 +127,22 @@ NEW_METHODS = {"SimNPO+GD": [], "WGA+GD": [], "SatImp+GD": [], "UNDIAL+GD": [], 
 
 @pytest.mark.parametrize("method", list(NEW_METHODS))
 def test_the_new_methods_raise_the_forget_nll(target, method):
-    """The methods since the paper, on the tiny memorising target: the forget NLL rises."""
+    """The methods since the paper, on the tiny memorising target: the forget NLL rises; each run
+    goes on through --audit."""
+    import json
+
     root, forget, retain = target
     before = _nlls(root / "target" / "model", FORGET)
     out = root / method.replace("+", "_")
     code = main(["run", "--model", str(root / "target" / "model"), "--method", method, "--forget", str(forget),
                  "--retain", str(retain), "--out", str(out), "--epochs", "8", "--lr", "3e-3", "--batch-size", "2",
-                 "--grad-accum", "1", "--seed", "1", *NEW_METHODS[method]])
+                 "--grad-accum", "1", "--seed", "1", *NEW_METHODS[method], "--audit", "--attacks",
+                 "memorization,quantization", "--quant-bits", "4"])
     assert code == 0
     after = _nlls(out / "model", FORGET)
     assert after.mean() > before.mean() + 0.1, (method, before, after)
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert set(audit["memorization"]) == {"unlearned", "target"} and "4-bit" in audit["quantization"]["unlearned"]
 
 
 def test_own_files_are_evaluated(target, tmp_path):

@@ -189,6 +189,26 @@ def test_resume_reuses_cached_reference_and_original_kl_reference(files, tmp_pat
     assert log_text(out) == log_text(reference)
 
 
+def test_rmu_resume_uses_the_saved_control_vector(files, tmp_path, monkeypatch):
+    """RMU's control vector is drawn once and saved in the checkpoint: a resumed run uses it (a new
+    draw on resume, forced different here, is never made)."""
+    import unlearn.methods
+
+    args = run_args(files, "RMU", epochs=2) + ["--method-arg", "layer=1", "--method-arg", "layers=0,1"]
+    reference = tmp_path / "reference"
+    assert main(args + ["--out", str(reference)]) == 0
+    out = tmp_path / "resumed"
+    _interrupt_after_step(monkeypatch, 2)
+    assert main(args + ["--out", str(out), "--save-every", "1"]) == 130
+    monkeypatch.undo()
+    saved = load_file(str(checkpoint.path(out) / checkpoint.REF_STATS))
+    vector = saved[unlearn.methods.RMU_CONTROL]
+    assert vector.norm().item() == pytest.approx(6.5, rel=1e-5)  # unit norm x the default steering coefficient
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a new draw")))
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert_same_weights(out, reference)
+
+
 def test_method_args_are_saved_and_guard_the_resume(files, tmp_path, monkeypatch, capsys):
     """--method-arg reaches config.yaml (qualified, with every default written in); a resume under
     another value is refused, one under the same value continues."""

@@ -171,12 +171,22 @@ def _me(v: BatchView, pad_to: int) -> torch.Tensor:
     return losses.max_entropy(logits, p["labels"])
 
 
+RMU_CONTROL = "rmu_control"  # the control vector's key among the reference statistics (saved in checkpoints)
+
+
 def _rmu_vector(v: BatchView, size: int, steering_coeff: float, like: torch.Tensor) -> torch.Tensor:
-    """RMU's control vector: uniform in [0, 1)^H, unit norm, times the steering coefficient; drawn
-    from the run's seed, so a resumed run (same seed) draws the same one."""
-    g = torch.Generator().manual_seed(v.seed)
-    u = torch.rand(size, generator=g)
-    return (u / u.norm() * steering_coeff).to(device=like.device, dtype=torch.float32)
+    """RMU's control vector: uniform in [0, 1)^H, unit norm, times the steering coefficient. Drawn
+    from the run's seed at the first step and kept with the reference statistics, which every
+    checkpoint saves: a resumed run uses the saved vector, not a new draw."""
+    ref = v.reference
+    stats = getattr(ref, "stats", None) or {}
+    if RMU_CONTROL not in stats:
+        g = torch.Generator().manual_seed(v.seed)
+        u = torch.rand(size, generator=g)
+        stats = {**stats, RMU_CONTROL: u / u.norm() * steering_coeff}
+        if ref is not None:
+            ref.stats = stats
+    return stats[RMU_CONTROL].to(device=like.device, dtype=torch.float32)
 
 
 def _rmu(v: BatchView, layer: int, steering_coeff: float, alpha: float, layers: str) -> torch.Tensor:

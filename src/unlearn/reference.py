@@ -49,7 +49,7 @@ log = logging.getLogger("unlearn")
 class Reference:
     """What the loss terms read of the reference: cached per-item NLLs and/or a frozen model."""
 
-    stats: dict[str, torch.Tensor] | None = None  # part -> (N,) summed answer NLL per item
+    stats: dict[str, torch.Tensor] | None = None  # part -> (N,) summed answer NLL per item; RMU's control vector
     model: object | None = None  # frozen; called under no_grad
     source: str = "none"  # where it came from, for logs
 

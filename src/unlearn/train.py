@@ -208,8 +208,8 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
         accelerator.wait_for_everyone()
         saved, saved_stats = checkpoint.load(out_dir)
         _check_settings(saved["settings"], settings, checkpoint.path(out_dir))
-        if objective.ref_nll_parts:  # the original model's: the model in hand is not the reference any more
-            ref_stats = saved_stats
+        if saved_stats is not None:  # the original model's NLLs (the model in hand is not the reference any
+            ref_stats = saved_stats  # more), RMU's control vector
     if cfg.gradient_checkpointing:
         # transformers 5 renamed it; older releases only have the first name.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
