@@ -285,3 +285,33 @@ def test_synthetic_holdout_is_never_trained_on():
         assert not {r["answer"] for r in rows} & names
     assert generate(100, 4, seed=0) == files
     assert np.all([isinstance(r["paraphrased_question"], str) for r in files["holdout05.json"]])
+
+
+def test_bitsandbytes_backend_wiring(models, tmp_path, monkeypatch, capsys):
+    """Without a GPU, auto is the simulation and bitsandbytes is refused before any model loads; with
+    it, each bit width is loaded from the model's files by bitsandbytes (stubbed here: no GPU)."""
+    import unlearn.audit.quantize as Q
+
+    assert Q.backend("auto") == "simulated"
+    root, forget, retain, holdout = models
+    base = ["audit", "--model", str(root / "ga" / "model"), "--forget", str(forget), "--retain", str(retain),
+            "--attacks", "quantization"]
+    assert main(base + ["--quant-backend", "bitsandbytes", "--out", str(tmp_path / "x")]) == 2
+    assert "CUDA GPU and the bitsandbytes package" in capsys.readouterr().err
+    monkeypatch.setattr(Q, "bitsandbytes_available", lambda: True)
+    assert main(base + ["--quant-backend", "bitsandbytes", "--quant-bits", "8,3", "--out", str(tmp_path / "y")]) == 2
+    assert "8 or 4 bits only" in capsys.readouterr().err
+    loaded = []
+
+    def fake_bnb(path, bits, trust_remote_code=False):
+        from unlearn.models import load_model
+
+        loaded.append((path, bits))
+        return Q.quantized_copy(load_model(path)[0], bits, 64)
+
+    monkeypatch.setattr(Q, "load_bitsandbytes", fake_bnb)
+    assert main(base + ["--out", str(tmp_path / "z")]) == 0  # auto: bitsandbytes when it is there
+    audit = json.loads((tmp_path / "z" / "audit.json").read_text())
+    assert audit["quantization"]["backend"] == "bitsandbytes" and set(audit["quantization"]["unlearned"]) == {
+        "full precision", "8-bit", "4-bit"}
+    assert loaded == [(str(root / "ga" / "model"), 8), (str(root / "ga" / "model"), 4)]

@@ -295,3 +295,28 @@ def test_accelerate_launch_finetune_then_continual_with_lora(tofu, tmp_path):
         assert len(_log(cont / f"task_{t}" / "train_log.jsonl")) == 2  # 8 items, 4 per step
         for name in ("adapter/adapter_model.safetensors", "model/model.safetensors", "summary.json"):
             assert (cont / f"task_{t}" / name).is_file()
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_two_processes_audit_like_one(tofu, tmp_path, monkeypatch, one_thread):
+    """unlearn audit under torchrun: each process attacks its share of the items, one writes; the
+    numbers equal a one-process audit's (relearning trains data-parallel, like a run)."""
+    from unlearn.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model_run"
+    assert main(["run", "--data", str(tofu), "--out", str(model), "--batch-size", "8", "--no-eval", *RUN]) == 0
+    holdout = write_jsonl(tmp_path / "holdout.jsonl", [_qa("Stranger", i, i % 4) for i in range(6)])
+    audit = ["audit", "--model", str(model / "model"), "--data", str(tofu), "--holdout", str(holdout),
+             "--eval-batch-size", "1", "--quant-bits", "4", "--relearn-steps", "2", "--relearn-batch-size", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    eval_only = "mia,memorization,prompts,quantization"
+    assert main(audit + ["--attacks", eval_only, "--out", str(one)]) == 0
+    proc = _torchrun(audit + ["--attacks", eval_only + ",relearn", "--out", str(two)], tmp_path)
+    assert proc.stdout.count("audit: wrote") == 1  # one process speaks and writes
+    a1, a2 = json.loads((one / "audit.json").read_text()), json.loads((two / "audit.json").read_text())
+    for section in ("mia", "memorization", "prompts", "quantization"):
+        _close(a2[section], a1[section], rel=1e-5, abs_=1e-7, where=section)
+    assert len(_log(two / "relearn" / "train_log.jsonl")) == 2
+    items = lambda d: [json.loads(x) for x in (d / "items" / "prompts.unlearned.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["generation"] for r in items(two)] == [r["generation"] for r in items(one)]  # gathered in order

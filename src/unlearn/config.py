@@ -142,7 +142,7 @@ class Config:
                                   "against it (unlearn run --audit: the run's --model)", "audit")
     relearn_steps: int = _f(20, "relearning attack: fine-tuning steps on part of the forget set", "audit", lo=1)
     relearn_lr: float = _f(1e-5, "relearning attack: peak learning rate (AdamW, decaying linearly, no warm-up)", "audit", lo=0, above=True)
-    relearn_batch_size: int = _f(4, "relearning attack: examples per step", "audit", lo=1)
+    relearn_batch_size: int = _f(4, "relearning attack: examples per step (per process, under several)", "audit", lo=1)
     relearn_fraction: float = _f(0.5, "relearning attack: share of the forget set relearned on (drawn with --seed); "
                                  "the forget metrics are measured on the rest", "audit", lo=0, above=True, hi=1)
     save_relearned: bool = _f(False, "keep the relearned model in OUT/relearn/model", "audit")

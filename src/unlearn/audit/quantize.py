@@ -61,11 +61,15 @@ def quantized_copy(model, bits: int, group_size: int = 128):
     return q
 
 
+def bitsandbytes_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
 def backend(name: str) -> str:
     """The backend ``name`` asks for, resolved: ``auto`` is bitsandbytes on a GPU that has it."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown --quant-backend {name!r} (valid: {', '.join(BACKENDS)})")
-    has_bnb = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    has_bnb = bitsandbytes_available()
     if name == "bitsandbytes" and not has_bnb:
         raise DependencyError("--quant-backend bitsandbytes needs a CUDA GPU and the bitsandbytes package "
                               "(pip install bitsandbytes); --quant-backend simulated runs anywhere")
@@ -93,5 +97,6 @@ def load_bitsandbytes(path, bits: int, trust_remote_code: bool = False):
 
     config = (BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
               BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, device_map={"": 0},
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config,
+                                                device_map={"": torch.cuda.current_device()},
                                                 trust_remote_code=trust_remote_code)

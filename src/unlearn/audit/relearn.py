@@ -4,7 +4,8 @@ Hu et al. 2024 ("Jogging the memory of unlearned LLMs through targeted relearnin
 Lynch et al. 2024 ("Eight methods to evaluate robust unlearning in LLMs") show that knowledge only
 hidden by unlearning returns after a few steps of fine-tuning on related data. Here: the forget
 rows are split by the seed into a relearned part (``--relearn-fraction``) and a measured part; a
-copy of the model, loaded anew from its files, is fine-tuned by the one training loop
+copy of the model, loaded anew from its files, is fine-tuned by the one training loop (under
+several processes, data-parallel like any run)
 (:func:`unlearn.train.fit`, plain NLL, AdamW at ``--relearn-lr`` decaying linearly, no warm-up)
 for ``--relearn-steps`` steps of ``--relearn-batch-size`` rows, and the measured part is scored
 before and after. The audited model's files are never written; the copy is saved only with
@@ -41,11 +42,13 @@ def epochs_for(steps: int, batch_size: int, n: int) -> float:
 def relearn_config(cfg, model_path: str, n_rows: int):
     """The settings of the relearning fine-tune, from the audit's."""
     from ..data import DEFAULT_MAX_LENGTH
+    from ..distributed import state
 
+    per_step = cfg.relearn_batch_size * state().num_processes  # each process its batch (data-parallel)
     return dataclasses.replace(
         cfg, model=str(model_path), method="finetune", lr=cfg.relearn_lr, batch_size=cfg.relearn_batch_size,
         grad_accum=1, effective_batch=cfg.relearn_batch_size, warmup=0,
-        epochs=epochs_for(cfg.relearn_steps, cfg.relearn_batch_size, n_rows), lora=False, save_every=None,
+        epochs=epochs_for(cfg.relearn_steps, per_step, n_rows), lora=False, save_every=None,
         resume=False, max_length=cfg.max_length or DEFAULT_MAX_LENGTH, gradient_checkpointing=False)
 
 
@@ -68,7 +71,9 @@ def relearn(cfg, model_path: str, rows: list[dict], answer_key: str, out_dir: Pa
     dataset = QADataset(pairs, tokenizer, fmt, rcfg.max_length)
     trained = fit(model, tokenizer, dataset, methods.FINETUNE, rcfg, out_dir, desc="relearning")
     after = measure(trained.model, tokenizer, fmt)
-    if cfg.save_relearned:
+    from ..distributed import is_main_process
+
+    if cfg.save_relearned and is_main_process():
         from ..models import save_model
 
         save_model(trained.model, tokenizer, out_dir / "model")

@@ -112,12 +112,7 @@ def check_inputs(cfg) -> AuditInputs:
     from ..evals.commands import eval_sets_for
     from ..evals.sets import forget_set
 
-    from ..distributed import state
-
     attacks = parse_attacks(cfg.attacks)
-    if state().num_processes > 1:
-        raise ConfigError("the audit runs in one process: run unlearn audit on the saved model after the "
-                          "distributed run (without accelerate launch / torchrun)")
     if not cfg.out:
         raise OutputError("no output folder: give --out DIR")
     if cfg.model == "tiny":
@@ -153,7 +148,8 @@ def check_inputs(cfg) -> AuditInputs:
 
 def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_size: int) -> list[dict]:
     """Per item of a prompt variant: the generation, its ROUGE-L recall against the reference, and
-    the probability of the target text after the prompt."""
+    the probability of the target text after the prompt (each process its share, when several)."""
+    from ..distributed import sharded_map
     from ..evals import metrics as M
     from ..evals.runner import MAX_LENGTH, answer_nlls, generate
     from .prompts import Rendered
@@ -163,10 +159,12 @@ def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_siz
     extra = max(len(tokenizer(p)["input_ids"]) for p in variant.prompts) - min(
         len(tokenizer(p)["input_ids"]) for p in variant.prompts)
     limit = MAX_LENGTH + max(0, extra)
-    gens = generate(model, tokenizer, fmt, variant.prompts, max_length=limit, batch_size=batch_size,
-                    desc=variant.name)
-    nll = answer_nlls(model, tokenizer, fmt, variant.prompts, variant.targets, batch_size, max_length=limit,
-                      desc=f"{variant.name}: NLLs")
+    gens = sharded_map(lambda ps: generate(model, tokenizer, fmt, ps, max_length=limit, batch_size=batch_size,
+                                           desc=variant.name), variant.prompts)
+    pairs = list(zip(variant.prompts, variant.targets))
+    nll = np.array(sharded_map(lambda ps: list(answer_nlls(
+        model, tokenizer, fmt, [p for p, _ in ps], [t for _, t in ps], batch_size, max_length=limit,
+        desc=f"{variant.name}: NLLs")), pairs))
     rouge = M.rouge_l_recall_items(gens, variant.references)
     prob = M.probability_items(nll)
     return [{"question": q, "generation": g, "reference": r, "rouge": float(x), "probability": float(p)}
@@ -192,12 +190,17 @@ class Subject:
     def token_stats(self, name: str, questions, answers, batch_size: int):
         from ..evals.runner import token_stats
 
+        from ..distributed import sharded_map
+
         if name not in self.memo:
-            self.memo[name] = token_stats(self.model, self.tokenizer, self.fmt, questions, answers, batch_size)
+            self.memo[name] = sharded_map(lambda qa: token_stats(
+                self.model, self.tokenizer, self.fmt, [q for q, _ in qa], [a for _, a in qa], batch_size),
+                list(zip(questions, answers)))
         return self.memo[name]
 
 
 def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
+    from ..distributed import sharded_map
     from ..evals import mia
     from ..evals.runner import answer_nlls, grad_norms
 
@@ -214,13 +217,19 @@ def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, l
         ref.to(s.model.device)
         if ref_tok.get_vocab() != s.tokenizer.get_vocab():
             raise DataError(f"--ref-model {inputs.ref_model}: its tokenizer differs from the audited model's")
-        rf = answer_nlls(ref, s.tokenizer, s.fmt, f.questions, f.answers, cfg.eval_batch_size, desc="reference NLLs")
-        rh = answer_nlls(ref, s.tokenizer, s.fmt, hq, ha, cfg.eval_batch_size, desc="reference NLLs")
+        def ref_nlls(qa):
+            return list(answer_nlls(ref, s.tokenizer, s.fmt, [q for q, _ in qa], [a for _, a in qa],
+                                    cfg.eval_batch_size, desc="reference NLLs"))
+
+        rf, rh = sharded_map(ref_nlls, list(zip(f.questions, f.answers))), sharded_map(ref_nlls, list(zip(hq, ha)))
         del ref
         f_scores["Reference"] = mia.reference_scores([x.avg_loss for x in fs], rf)
         h_scores["Reference"] = mia.reference_scores([x.avg_loss for x in hs], rh)
-    f_scores["GradNorm"] = [-x for x in grad_norms(s.model, s.tokenizer, s.fmt, f.questions, f.answers)]
-    h_scores["GradNorm"] = [-x for x in grad_norms(s.model, s.tokenizer, s.fmt, hq, ha)]
+    def norms(qa):
+        return [-x for x in grad_norms(s.model, s.tokenizer, s.fmt, [q for q, _ in qa], [a for _, a in qa])]
+
+    f_scores["GradNorm"] = sharded_map(norms, list(zip(f.questions, f.answers)))
+    h_scores["GradNorm"] = sharded_map(norms, list(zip(hq, ha)))
     aucs = {name: mia.auc(f_scores[name], h_scores[name]) for name in f_scores}
     items = ([{"set": "forget", "question": q, **{k: v[i] for k, v in f_scores.items()}}
               for i, q in enumerate(f.questions)]
@@ -381,11 +390,18 @@ def _done(out: Path, attack: str, role: str, settings: dict) -> dict | None:
 def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
     """``unlearn audit``: every attack of ``cfg.attacks`` on ``cfg.model`` (and ``cfg.target_model``,
     ``cfg.retain_model``), written to ``cfg.out``; returns ``audit.json``'s content."""
+    from ..distributed import is_main_process, wait_for_everyone
+
     inputs = inputs or check_inputs(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunDir(out).locked():
-        _prepare(out, cfg)
+    main = is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    wait_for_everyone()
+    with RunDir(out).locked(main):
+        if main:
+            _prepare(out, cfg)
+        wait_for_everyone()
         results: dict[str, dict[str, dict]] = {a: {} for a in inputs.attacks}
         for role, path in inputs.models.items():
             pending = []
@@ -398,11 +414,13 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
             if pending:
                 subject = _load(cfg, role, path)
                 for attack in pending:
-                    print(f"audit: {attack} on the {role} model ({path})")
+                    if main:
+                        print(f"audit: {attack} on the {role} model ({path})")
                     summary, items = RUNNERS[attack](cfg, inputs, subject, out)
-                    atomic_write_jsonl(out / "items" / f"{attack}.{role}.jsonl", _finite(items))
-                    atomic_write_json(out / "attacks" / f"{attack}.{role}.json",
-                                      _finite({"settings": _settings(cfg, inputs, attack, role), "result": summary}))
+                    if main:  # every process computed the same results (gathered): one writes
+                        atomic_write_jsonl(out / "items" / f"{attack}.{role}.jsonl", _finite(items))
+                        atomic_write_json(out / "attacks" / f"{attack}.{role}.json",
+                                          _finite({"settings": _settings(cfg, inputs, attack, role), "result": summary}))
                     results[attack][role] = summary
                 del subject
         if inputs.saved_retain is not None:
@@ -411,12 +429,15 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
                 if saved is not None:
                     results[attack]["retain"] = saved
         audit = assemble(cfg, inputs, results)
-        atomic_write_json(out / AUDIT, _finite(audit))
-        from ..report.plots import audit_plot
+        if main:
+            atomic_write_json(out / AUDIT, _finite(audit))
+            from ..report.plots import audit_plot
 
-        audit_plot(audit, out / PLOT)
-    print_audit(audit)
-    print(f"audit: wrote {out / AUDIT} and {out / PLOT}")
+            audit_plot(audit, out / PLOT)
+        wait_for_everyone()
+    if main:
+        print_audit(audit)
+        print(f"audit: wrote {out / AUDIT} and {out / PLOT}")
     return audit
 
 
