@@ -82,6 +82,10 @@ class Config:
     mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
                               "that supports it, else none), no, bf16 or fp16", "train", True)
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations", "train")
+    chunked_logits: bool | None = _f(None, "compute the loss terms' logits a chunk of positions at a time, never the "
+                                     "whole batch x length x vocabulary tensor (same values; default: on when the "
+                                     "vocabulary has 32,000 tokens or more and the output head is not sharded)",
+                                     "train")
     # --- data ---
     data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU", "data", True)
     split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)

@@ -32,11 +32,18 @@ PAPER = "https://arxiv.org/abs/2410.08109"
 
 
 class BatchView:
-    """Model outputs for one batch, computed once per part and shared by every term."""
+    """Model outputs for one batch, computed once per part and shared by every term.
 
-    def __init__(self, model, batch: dict, reference=None, seed: int = 0):
+    ``chunk``: rows per chunk when the logits are chunked (:mod:`unlearn.chunked`): the terms then
+    get per-position values from :meth:`rows` and never a (B, T, V) tensor; ``autocast``: the
+    mixed-precision context the head runs under then (the model's own forward has it already)."""
+
+    def __init__(self, model, batch: dict, reference=None, seed: int = 0, chunk: int | None = None,
+                 autocast=contextlib.nullcontext):
         self.model, self.batch, self.reference, self.seed = model, batch, reference, seed
+        self.chunk, self.autocast = chunk, autocast
         self._logits: dict[str, torch.Tensor] = {}
+        self._hidden: dict[tuple, tuple] = {}
 
     def labels(self, part: str) -> torch.Tensor:
         return self.batch[part]["labels"]
@@ -47,12 +54,49 @@ class BatchView:
             self._logits[part] = self.model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits
         return self._logits[part]
 
+    def _final_hidden(self, part: str, frozen: bool = False):
+        from . import chunked
+
+        if (part, frozen) not in self._hidden:
+            if frozen:
+                model = getattr(self.reference, "model", None)
+                if model is None:
+                    raise RuntimeError("this method needs a reference model but none was loaded")
+                with torch.no_grad():
+                    self._hidden[part, frozen] = chunked.final_hidden(model, self.batch[part])
+            else:
+                self._hidden[part, frozen] = chunked.final_hidden(self.model, self.batch[part])
+        return self._hidden[part, frozen]
+
+    def rows(self, part: str, fn, select: str = "labels", ref: bool = False, labels: torch.Tensor | None = None,
+             **args) -> torch.Tensor:
+        """``fn(logits, target[, ref_logits], **args)`` at the counted positions of ``part``, chunked, (N,)."""
+        from . import chunked
+
+        mask, target = chunked.positions(self.batch[part], select, labels)
+        hidden, head = self._final_hidden(part)
+        frozen = self._final_hidden(part, frozen=True) if ref else None
+        row_fn = (lambda z, y, *r: fn(z, y, *r, **args)) if args else fn
+        with self.autocast():
+            return chunked.rows(hidden, head, mask, target, row_fn, self.chunk, frozen)
+
+    def rows_mean(self, part: str, fn, select: str = "labels", ref: bool = False, labels=None, **args):
+        """The mean of :meth:`rows` (0, still connected to the graph, when no position counts)."""
+        values = self.rows(part, fn, select, ref, labels, **args)
+        return values.mean() if values.numel() else self._final_hidden(part)[0].float().sum() * 0.0
+
     def nll(self, part: str) -> torch.Tensor:
         """Summed answer NLL per sequence, (B,)."""
-        return losses.sequence_nll(self.logits(part), self.labels(part))
+        if not self.chunk:
+            return losses.sequence_nll(self.logits(part), self.labels(part))
+        mask, _ = _chunk_positions(self.batch[part])
+        values = self.rows(part, losses.nll_rows)
+        return values.new_zeros(mask.shape[0]).index_add(0, mask.nonzero()[:, 0], values)
 
     def mean_nll(self, part: str) -> torch.Tensor:
-        return losses.mean_nll(self.logits(part), self.labels(part))
+        if not self.chunk:
+            return losses.mean_nll(self.logits(part), self.labels(part))
+        return self.nll(part).sum() / losses.token_counts(self.labels(part)).sum().clamp(min=1)
 
     def ref_nll(self, part: str) -> torch.Tensor:
         """Cached reference NLLs of this batch's items (:class:`unlearn.reference.Reference`)."""
@@ -100,6 +144,12 @@ class BatchView:
     def padded_logits(self, part: str, length: int) -> tuple[torch.Tensor, dict]:
         p = self.padded(part, length)
         return self.model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits, p
+
+
+def _chunk_positions(batch: dict):
+    from . import chunked
+
+    return chunked.positions(batch, "labels")
 
 
 def decoder_layer(model, layer: int) -> torch.nn.Module:
@@ -165,6 +215,8 @@ BETA = {"beta": 0.1}  # inverse temperature of the preference losses (docs/metho
 
 
 def _me(v: BatchView, pad_to: int) -> torch.Tensor:
+    if not pad_to and v.chunk:
+        return v.rows_mean("forget", losses.uniform_kl_rows)
     if not pad_to:  # real tokens only: question, answer, one EOS
         return losses.max_entropy(v.logits("forget"), v.labels("forget"))
     logits, p = v.padded_logits("forget", pad_to)
@@ -204,10 +256,36 @@ def _rmu_trainable(layer: int, steering_coeff: float, alpha: float, layers: str)
 
 
 def _kl(v: BatchView, pad_to: int) -> torch.Tensor:
+    if not pad_to and v.chunk:
+        return v.rows_mean("retain", losses.kl_rows, select="attention", ref=True)
     if not pad_to:  # real tokens only
         return losses.kl(v.logits("retain"), v.ref_logits("retain"), v.batch["retain"]["attention_mask"].bool())
     logits, p = v.padded_logits("retain", pad_to)
     return losses.kl(logits, v._ref_logits(p), torch.ones_like(p["attention_mask"], dtype=torch.bool))
+
+def _wga(v: BatchView, beta: float) -> torch.Tensor:
+    if v.chunk:
+        return v.rows_mean("forget", losses.wga_rows, beta=beta)
+    return losses.wga(v.logits("forget"), v.labels("forget"), beta)
+
+
+def _satimp(v: BatchView, beta1: float, beta2: float) -> torch.Tensor:
+    if v.chunk:
+        return v.rows_mean("forget", losses.satimp_rows, beta1=beta1, beta2=beta2)
+    return losses.satimp(v.logits("forget"), v.labels("forget"), beta1, beta2)
+
+
+def _undial(v: BatchView, beta: float) -> torch.Tensor:
+    if v.chunk:
+        return v.rows_mean("forget", losses.undial_rows, ref=True, beta=beta)
+    return losses.undial(v.logits("forget"), v.ref_logits("forget"), v.labels("forget"), beta)
+
+
+def _ce_u(v: BatchView, ignore_first: int) -> torch.Tensor:
+    if v.chunk:
+        return v.rows_mean("forget", losses.ce_u_rows, labels=losses.ce_u_labels(v.labels("forget"), ignore_first))
+    return losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first)
+
 
 FORGET_TERMS: dict[str, Term] = {
     t.name: t
@@ -235,16 +313,13 @@ FORGET_TERMS: dict[str, Term] = {
              ("forget",), args={"beta": 2.5, "gamma": 0.0}, coeff=0.1375,
              doc="NPO without a reference, on the length-normalised NLL with a margin gamma",
              source="Fan et al. 2024, arXiv 2410.07163"),
-        Term("WGA", lambda v, beta: losses.wga(v.logits("forget"), v.labels("forget"), beta), ("forget",),
+        Term("WGA", _wga, ("forget",),
              args={"beta": 1.0}, doc="gradient ascent with each token weighted by its probability to the power beta",
              source="Wang et al. 2025, arXiv 2502.19301"),
-        Term("SatImp", lambda v, beta1, beta2: losses.satimp(v.logits("forget"), v.labels("forget"), beta1, beta2),
-             ("forget",), args={"beta1": 5.0, "beta2": 1.0}, coeff=0.1,
+        Term("SatImp", _satimp, ("forget",), args={"beta1": 5.0, "beta2": 1.0}, coeff=0.1,
              doc="gradient ascent with token weights p^beta1 (1 - p)^beta2 (saturation x importance)",
              source="Yang et al. 2025, arXiv 2505.11953"),
-        Term("UNDIAL", lambda v, beta: losses.undial(v.logits("forget"), v.ref_logits("forget"), v.labels("forget"),
-                                                     beta),
-             ("forget",), ref="logits", args={"beta": 10.0},
+        Term("UNDIAL", _undial, ("forget",), ref="logits", args={"beta": 10.0},
              doc="self-distillation towards the frozen model with the true token's logit lowered by beta",
              source="Dong et al. 2024, arXiv 2402.10052"),
         Term("RMU", _rmu, ("forget", "retain"), ref="logits", trainable=_rmu_trainable,
@@ -257,8 +332,7 @@ FORGET_TERMS: dict[str, Term] = {
              doc="task-vector negation: fine-tune on the forget set (this loss), then move the weights the other "
                  "way: θ − alpha (θ_fine-tuned − θ)",
              source="Ilharco et al. 2023, arXiv 2212.04089 (a MUSE baseline)"),
-        Term("CE-U", lambda v, ignore_first: losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first),
-             ("forget",), args={"ignore_first": 1},
+        Term("CE-U", _ce_u, ("forget",), args={"ignore_first": 1},
              doc="cross-entropy towards the model's own distribution with the true token removed",
              source="Yang et al. 2025, arXiv 2503.01224"),
     ]

@@ -127,6 +127,7 @@ class Session:
     save_every: int | None = None
     desc: str = "unlearning"
     resumed_from: int | None = None
+    chunk: int | None = None  # rows per chunk of the logits (unlearn.chunked), or None: whole logits
 
     def log_step(self, micro_parts: list[dict], lr: float) -> dict:
         """One row of ``train_log.jsonl``: the step's mean losses over its micro-steps and processes."""
@@ -237,8 +238,11 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
             atomic_write_jsonl(out_dir / TRAIN_LOG, state.history)  # drop the rows logged after it
         log.info("resuming from the checkpoint of step %d of %d in %s", state.step, schedule.total,
                  checkpoint.path(out_dir))
+    from .chunked import chunk_rows
+
+    chunk = chunk_rows(model, cfg.chunked_logits, distributed.is_sharded(accelerator))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
-                   schedule, save_every, desc, state.step if saved is not None else None)
+                   schedule, save_every, desc, state.step if saved is not None else None, chunk)
 
 
 def _train_only(model, patterns: list[str] | None) -> None:
@@ -278,7 +282,8 @@ def train(run: Session, objective: Objective) -> TrainResult:
                 acc.step = run.schedule.accum - 1 if run.schedule.ends_step(
                     st.micro_steps, st.batches_done, len(run.loader)) else 0
                 with acc.accumulate(model):
-                    loss, parts = objective(BatchView(model, batch, run.reference, run.settings["seed"]))
+                    loss, parts = objective(BatchView(model, batch, run.reference, run.settings["seed"], run.chunk,
+                                                           acc.autocast))
                     if not _all_finite(loss, acc):
                         kept = f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(run.out_dir)}"
                         raise DivergenceError(f"non-finite loss at step {st.step + 1}: {objective.name}: "
