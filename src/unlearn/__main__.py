@@ -94,6 +94,19 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .plan import Setting, model_shape, parse_size, print_plan
+
+    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    setting = Setting(method=args.method, batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
+                      lora_r=args.lora_r, zero=args.zero, processes=args.processes, optim=args.optim,
+                      mixed_precision=args.mixed_precision and args.device != "cpu",
+                      gradient_checkpointing=args.gradient_checkpointing, chunked_logits=args.chunked_logits,
+                      attention=args.attn_implementation)
+    print_plan(model_shape(args.model, args.trust_remote_code), setting, args.device, budget)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -158,6 +171,29 @@ def _report_parser(p):
     p.add_argument("--examples", type=int, default=3, help="forget and retain questions shown before/after (default: 3)")
 
 
+def _plan_parser(p):
+    p.add_argument("--model", required=True, help="a model folder, its config.json, a hub id or a preset (only the "
+                   "config is read), e.g. configs/architectures/llama-3-8b")
+    p.add_argument("--method", default="ME+GD", help="unlearning method (default: ME+GD)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per device per micro-step (default: 4)")
+    p.add_argument("--max-length", type=int, default=500, help="tokens per sequence (default: 500, the paper's)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of every weight")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage 0-3 (default: 0, no sharding)")
+    p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is sharded over (default: 1)")
+    p.add_argument("--optim", default="adamw", help="adamw or adamw_8bit (default: adamw)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--chunked-logits", action=argparse.BooleanOptionalAction, default=None,
+                   help="chunked logits (default: on for vocabularies of 32k+ unless ZeRO-3)")
+    p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast activations (default: on; off on --device cpu)")
+    p.add_argument("--attn-implementation", default="sdpa", help="sdpa, flash_attention_2 or eager (adds the "
+                   "attention score matrices)")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="where it runs (default: cuda)")
+    p.add_argument("--gpu-memory", help="memory per device, e.g. 80GiB: says whether it fits, and what does")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own code")
+
+
 def _sweep_parser(p):
     p.add_argument("--config", required=True, help="sweep YAML: base (config keys), grid (key: [values]), out (root)")
     p.add_argument("--out", help="root folder for the runs (overrides 'out:' of the file)")
@@ -174,6 +210,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "demo": (cmd_demo, _demo_parser, "the whole pipeline offline on built-in defaults"),
     "data synth": (cmd_data_synth, _synth_parser, "write the built-in fictitious data set (TOFU layout)"),
     "sweep": (cmd_sweep, _sweep_parser, "run a grid of unlearning runs (one folder each, resumable)"),
+    "plan": (cmd_plan, _plan_parser, "estimate the peak training memory per device from the model's config alone"),
     "report": (cmd_report, _report_parser, "tables, plots and before/after examples from result folders"),
     "methods": (cmd_methods, lambda p: None, "list the unlearning methods: what each needs, its arguments and source"),
 }
