@@ -35,6 +35,9 @@ from .errors import ConfigError, ModelError
 
 GiB = 2 ** 30
 ACT_PER_TOKEN_LAYER = (14, 5)  # elements saved per token per layer: 14 × hidden + 5 × intermediate
+LORA_ACTIVATIONS = 1.8  # measured: peft's adapters save about 0.8× more (benchmarks/plan_check.py)
+LOGITS_KEPT = {"ME": 1, "KL": 3, "UNDIAL": 3, "CE-U": 3, "LLMU": 2}  # (B, T, V) float32 tensors a term keeps
+# per part it reads (the logits and what its loss saves for backward); the others keep 2
 
 
 @dataclass(frozen=True)
@@ -162,20 +165,22 @@ def estimate(shape: Shape, s: Setting, device: str = "cuda") -> Estimate:
     tokens = sequences * s.max_length
     a, b = ACT_PER_TOKEN_LAYER
     per_layer = tokens * (a * shape.hidden + b * shape.intermediate) * act_bytes
+    if s.lora:
+        per_layer *= LORA_ACTIVATIONS
     if s.attention == "eager":
         per_layer += sequences * shape.heads * s.max_length ** 2 * act_bytes * 2
     if s.gradient_checkpointing:
         activations = tokens * shape.hidden * act_bytes * shape.layers + per_layer
     else:
         activations = per_layer * shape.layers
+    activations += per_layer  # the gradients of one layer's activations, in the backward pass
     chunk = s.chunked_logits if s.chunked_logits is not None else (shape.vocab >= MIN_VOCAB and s.zero != 3)
     if chunk:
         logits = 3 * min(tokens, max(1, CHUNK_ELEMENTS // shape.vocab)) * shape.vocab * 4
     else:
         per_part = s.batch_size * s.max_length * shape.vocab * 4
-        logits = (2 * len(objective.parts) + 1) * per_part
-        if objective.needs_ref_model:
-            logits += per_part  # the reference's logits of the part being regularised
+        kept = sum(LOGITS_KEPT.get(t.name, 2) * len(t.parts) for t in objective.terms)
+        logits = (kept + (3 if objective.needs_ref_model else 1)) * per_part  # + the backward's own buffers
     return Estimate({"weights": weights, "gradients": grads, "optimiser states": states, "reference": reference,
                      "activations": activations, "logits": logits})
 
