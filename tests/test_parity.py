@@ -227,6 +227,8 @@ def test_tofu_sets_are_cut_at_300_rows(shared_data):
 class _View:
     """Stands in for a BatchView: fixed NLLs and logits, to check how terms combine."""
 
+    chunk = None  # whole logits
+
     def __init__(self):
         g = torch.Generator().manual_seed(0)
         self.z, self.ref = torch.randn(1, 3, 5, generator=g), torch.randn(1, 3, 5, generator=g)
