@@ -152,7 +152,10 @@ def test_text_is_escaped(report):
 
 def test_short_labels_drop_shared_parts():
     names = ["sw/method=ME+GD,lr=1e-05,split=forget01", "sw/method=GA+GD,lr=1e-05,split=forget01"]
-    assert short_labels(names) == ["method=ME+GD", "method=GA+GD"]
+    assert short_labels(names) == ["method=ME+GD", "method=GA+GD"]  # sweeps named the old way
+    names = ["sw/method-ME+GD__lr-1e-05__split-forget01", "sw/method-GA+GD__lr-1e-05__split-forget01",
+             "sw/method-GA+GD__lr-5e-06__split-forget01"]
+    assert short_labels(names) == ["method-ME+GD__lr-1e-05", "method-GA+GD__lr-1e-05", "method-GA+GD__lr-5e-06"]
     names = ["cont", "sw/method=ME+GD,lr=1e-05,split=forget01", "sw/method=GA+GD,lr=1e-05,split=forget01",
              "sw/method=GA+GD,lr=5e-06,split=forget01"]
     assert short_labels(names) == ["cont", "sw/method=ME+GD,lr=1e-05", "sw/method=GA+GD,lr=1e-05",

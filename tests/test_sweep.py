@@ -51,8 +51,8 @@ def grid_file(tmp_path, synth_dir) -> Path:
     return write_sweep(tmp_path / "sweep.yaml", base, grid, tmp_path / "sw")
 
 
-NAMES = ["method=ME+GD,lr=1e-05,split=forget01", "method=ME+GD,lr=5e-06,split=forget01",
-         "method=IDK+AP,lr=1e-05,split=forget01", "method=IDK+AP,lr=5e-06,split=forget01"]
+NAMES = ["method-ME+GD__lr-1e-05__split-forget01", "method-ME+GD__lr-5e-06__split-forget01",
+         "method-IDK+AP__lr-1e-05__split-forget01", "method-IDK+AP__lr-5e-06__split-forget01"]
 
 
 def test_grid_order_folder_names_and_csv(grid_file, calls, capsys, tmp_path):
@@ -64,8 +64,8 @@ def test_grid_order_folder_names_and_csv(grid_file, calls, capsys, tmp_path):
     assert calls[0]["sets"][:4] == ["Retain", "Real Authors", "Real World", "Forget"]  # validated up front
     assert not any(c["overwrite"] for c in calls)
     out = capsys.readouterr().out
-    assert "[1/4] method=ME+GD,lr=1e-05,split=forget01: running" in out
-    assert "[4/4] method=IDK+AP,lr=5e-06,split=forget01: done in" in out and "MU 0.5, FE 0.75" in out
+    assert "[1/4] method-ME+GD__lr-1e-05__split-forget01: running" in out
+    assert "[4/4] method-IDK+AP__lr-5e-06__split-forget01: done in" in out and "MU 0.5, FE 0.75" in out
     assert all(str(root / n) in out for n in NAMES)  # the final list of run folders
     rows = read_csv_rows(root / "sweep.csv")
     assert [r["run"] for r in rows] == NAMES and {r["status"] for r in rows} == {"done"}
@@ -79,7 +79,7 @@ def test_rerun_skips_finished_and_redoes_half_finished(grid_file, calls, capsys,
     capsys.readouterr()
     assert main(["sweep", "--config", str(grid_file)]) == 0
     assert calls == []  # everything finished: nothing runs
-    assert "[2/4] method=ME+GD,lr=5e-06,split=forget01: finished, skipped: MU 0.5, FE 0.25" in capsys.readouterr().out
+    assert "[2/4] method-ME+GD__lr-5e-06__split-forget01: finished, skipped: MU 0.5, FE 0.25" in capsys.readouterr().out
     assert {r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")} == {"skipped"}
 
     half = tmp_path / "sw" / NAMES[2]
@@ -132,13 +132,30 @@ def test_a_failed_run_does_not_stop_the_sweep(tmp_path, synth_dir, calls, capsys
                        {"method": ["NPO+KL", "ME+GD"]}, tmp_path / "sw")
     assert main(["sweep", "--config", str(path)]) == 1
     assert [c["method"] for c in calls] == ["NPO+KL", "ME+GD"]
-    assert "[1/2] method=NPO+KL: failed: non-finite loss at step 3" in capsys.readouterr().out
+    assert "[1/2] method-NPO+KL: failed: non-finite loss at step 3" in capsys.readouterr().out
     rows = read_csv_rows(tmp_path / "sw" / "sweep.csv")
     assert [r["status"] for r in rows] == ["failed", "done"] and "non-finite" in rows[0]["error"]
 
 
+def test_a_sweep_started_under_the_old_names_goes_on_there(grid_file, calls, capsys, tmp_path):
+    """Sweeps from before the folder names changed (``method=ME+GD,lr=...``) resume in their folders."""
+    assert main(["sweep", "--config", str(grid_file)]) == 0
+    root = tmp_path / "sw"
+    for new in NAMES:  # as an earlier version laid the sweep out
+        old = new.replace("__", ",").replace("method-", "method=").replace("lr-", "lr=").replace("split-", "split=")
+        (root / new).rename(root / old)
+    calls.clear()
+    assert main(["sweep", "--config", str(grid_file)]) == 0
+    assert calls == [] and capsys.readouterr().out.count("finished, skipped") == 4
+    assert not any((root / n).exists() for n in NAMES)
+
+
 def test_run_names_are_safe_folder_names():
-    assert sweep.run_name({"model": "/models/my model:v2", "lr": 1e-05}) == "model=_models_my_model_v2,lr=1e-05"
+    assert sweep.run_name({"model": "/models/my model:v2", "lr": 1e-05}) == "model-_models_my_model_v2__lr-1e-05"
+    assert sweep.run_name({"method": "ME+GD", "forget_coeff": None}) == "method-ME+GD__forget_coeff-none"
+    assert not set(sweep.run_name({"data": "a=b,c d/e", "lr": 0.5})) & set("=, /")  # nothing a shell minds
+    assert sweep.run_name({"model": "/models/my model:v2", "lr": 1e-05}, legacy=True) == \
+        "model=_models_my_model_v2,lr=1e-05"
     assert sweep.run_name({}) == "run"
     long = sweep.run_name({"model": "x" * 400})
     assert len(long) == sweep.MAX_NAME and long != sweep.run_name({"model": "x" * 399})
@@ -156,13 +173,13 @@ def test_real_sweep_on_a_tiny_model(tmp_path, capsys):
             "batch_size": 2, "grad_accum": 1, "lr": 1e-3}
     path = write_sweep(tmp_path / "s.yaml", base, {"method": ["GA+GD", "ME+GD"]}, tmp_path / "sw")
     assert main(["sweep", "--config", str(path)]) == 0
-    for name in ("method=GA+GD", "method=ME+GD"):
+    for name in ("method-GA+GD", "method-ME+GD"):
         run = tmp_path / "sw" / name
         assert (run / "model").is_dir() and (run / "config.yaml").is_file(), name
-        assert yaml.safe_load((run / "config.yaml").read_text())["method"] == name.split("=")[1]
+        assert yaml.safe_load((run / "config.yaml").read_text())["method"] == name.split("-", 1)[1]
         assert (run / "train_log.jsonl").read_text().strip()
     rows = read_csv_rows(tmp_path / "sw" / "sweep.csv")
-    assert [(r["run"], r["status"]) for r in rows] == [("method=GA+GD", "done"), ("method=ME+GD", "done")]
+    assert [(r["run"], r["status"]) for r in rows] == [("method-GA+GD", "done"), ("method-ME+GD", "done")]
     capsys.readouterr()
     assert main(["sweep", "--config", str(path)]) == 0  # resumes: both finished (no evaluation: model saved)
     assert capsys.readouterr().out.count("finished, skipped") == 2

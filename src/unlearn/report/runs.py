@@ -225,23 +225,24 @@ def collect_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()
 
 
 def short_labels(names: list[str]) -> list[str]:
-    """Plot labels: names without the parts (split at ``/`` and ``,``) that carry no information.
+    """Plot labels: names without the parts (split at ``/``, ``__`` and ``,``) that carry no information.
 
-    Dropped: a part every name has, and a ``key=value`` part whose key has that one value in every
-    name that has the key (``split=forget01`` in a sweep over methods).
+    Dropped: a part every name has, and a ``key-value`` (or ``key=value``) part whose key has that
+    one value in every name that has the key (``split-forget01`` in a sweep over methods).
     """
-    tokens = [re.split(r"([/,])", n) for n in names]
+    tokens = [re.split(r"(/|__|,)", n) for n in names]
     parts = [t[::2] for t in tokens]
     values: dict[str, set[str]] = {}
     for p in parts:
         for x in p:
-            if "=" in x:
-                values.setdefault(x.split("=", 1)[0], set()).add(x)
+            key = re.match(r"^([a-z][a-z0-9_]*)[=-]", x)
+            if key:
+                values.setdefault(key.group(1), set()).add(x)
     shared = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
     shared |= {next(iter(v)) for v in values.values() if len(v) == 1} if len(parts) > 1 else set()
     labels = []
     for name, t in zip(names, tokens):
         kept = [(t[i - 1] if i else "", t[i]) for i in range(0, len(t), 2) if t[i] not in shared]
-        label = "".join(sep + x for sep, x in kept).lstrip("/,")
+        label = "".join(sep + x for sep, x in kept).lstrip("/,_")
         labels.append(label or name)
     return labels

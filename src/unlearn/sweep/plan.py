@@ -14,7 +14,7 @@ The sweep file is YAML with three keys::
       holdout: data/holdout.jsonl
 
 Runs go in a fixed order (``itertools.product`` over the grid keys as written, the first key varying
-slowest) into ``OUT/<key>=<value>,...``. The whole grid is validated (keys, types, methods and their
+slowest) into ``OUT/<key>-<value>__...`` (e.g. ``method-ME+GD__lr-1e-05``). The whole grid is validated (keys, types, methods and their
 arguments, data and evaluation files, downstream tasks) before the first model is loaded. Paths in
 the file are relative to the current directory, as in ``unlearn run --config``.
 """
@@ -115,12 +115,19 @@ def _text(value) -> str:
     return "none" if value is None else str(value)
 
 
-def run_name(values: dict) -> str:
-    """``method=ME+GD,lr=1e-05`` with every character a file system may refuse replaced by '_'."""
+def run_name(values: dict, legacy: bool = False) -> str:
+    """``method-ME+GD__lr-1e-05``: ``key-value`` parts joined by ``__``, every character a shell or
+    file system may mind replaced by '_'. ``legacy``: the name earlier versions gave
+    (``method=ME+GD,lr=1e-05``), which a sweep still resumes."""
     if not values:
         return "run"
-    name = ",".join(f"{k}={_text(v)}" for k, v in values.items())
-    name = re.sub(r"[^A-Za-z0-9._+=,-]", "_", name).lstrip(".-") or "run"
+    if legacy:
+        name = ",".join(f"{k}={_text(v)}" for k, v in values.items())
+        name = re.sub(r"[^A-Za-z0-9._+=,-]", "_", name)
+    else:
+        name = "__".join(f"{k}-{re.sub(r'_+', '_', re.sub(r'[^A-Za-z0-9.+-]', '_', _text(v)))}"
+                         for k, v in values.items())
+    name = name.lstrip(".-") or "run"
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
@@ -180,6 +187,8 @@ def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[Pla
             raise ConfigError(f"{path}: {str(e).removeprefix('config: ')}") from None
         values = {k: getattr(cfg, k) for k in grid}
         name = run_name(values)
+        if not (root_path / name).exists() and (root_path / run_name(values, legacy=True)).is_dir():
+            name = run_name(values, legacy=True)  # a sweep started before the names changed goes on there
         if name in names:
             raise ConfigError(f"{path}: runs {names[name]} and {given} get the same folder name '{name}'")
         names[name] = given
