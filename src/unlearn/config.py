@@ -128,6 +128,16 @@ class Config:
                               "folder): the evaluation then prints a before/after table and writes OUT/report",
                               "eval")
     eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval", lo=1)
+    eval_every: int | None = _f(None, "also evaluate every N optimiser steps while unlearning (and before the first): "
+                                "one row per evaluation in OUT/eval_log.jsonl, drawn against steps by unlearn report",
+                                "eval", True, lo=1)
+    eval_sets: str | None = _f(None, "the sets --eval-every evaluates, comma-separated (e.g. forget,retain; default: "
+                               "every set)", "eval", True)
+    keep: str = _f("last", "the model saved: last (the final weights), or best (with --eval-every: the evaluated "
+                   "weights with the highest Forget Efficacy among those whose Model Utility is at least --mu-floor "
+                   "times the starting one)", "eval", True)
+    mu_floor: float = _f(0.9, "--keep best: the share of the starting Model Utility a kept model must keep", "eval",
+                         True, lo=0)
     retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
                                   "evaluation (eval_Forget.jsonl)", "eval")
     # --- downstream ---

@@ -189,6 +189,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     audit = check_audit(cfg)
     plan = plan if plan is not None else plan_evaluation(cfg)
     check_eval_matches(plan.sets, data)
+    check_training_eval(cfg, plan, objective)
     out, mode = prepare_out(cfg, evaluated=bool(plan.sets or plan.downstream))
     main = distributed.is_main_process()
     if mode == "evaluate":
@@ -202,11 +203,16 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
                                 cfg.max_length, mask_forget=cfg.mask)
     _warn_truncated(dataset, cfg)
     original = _before_task_vector(objective, model, accelerator)
+    evaluator = _training_eval(cfg, plan, tokenizer, fmt, out, accelerator)
     trained = fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
-                  ref_stats=ref_stats, texts=texts)
+                  ref_stats=ref_stats, texts=texts, evaluator=evaluator)
     if original is not None:
         methods.negate_task_vector(trained.model, original, objective.forget_args["alpha"])
+    if evaluator is not None:
+        evaluator.finish(trained.model)  # --keep best: the best evaluated weights are the ones saved
     model = save_trained(trained, out, tokenizer, cfg)
+    if evaluator is not None:
+        evaluator.cleanup()
     if main:
         atomic_write_json(out.data, {"layout": data.layout, "source": data.source, "forget": len(data.forget),
                                      "retain": len(data.retain), **data.info})
@@ -217,6 +223,47 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         out.discard_previous()
     return RunResult(out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from,
                      summary, main)
+
+
+def check_training_eval(cfg: Config, plan, objective) -> None:
+    """``--eval-every``, ``--eval-sets``, ``--keep``, ``--mu-floor`` checked before anything loads."""
+    from .evals.during import select_sets
+
+    if cfg.keep not in ("last", "best"):
+        raise ConfigError(f"--keep: last or best, got {cfg.keep!r}")
+    if cfg.mu_floor > 1:
+        raise ConfigError(f"--mu-floor: a share of the starting Model Utility, at most 1, got {cfg.mu_floor}")
+    if cfg.eval_every is None:
+        if cfg.keep == "best":
+            raise ConfigError("--keep best chooses among the evaluations while unlearning: add --eval-every N")
+        if cfg.eval_sets:
+            raise ConfigError("--eval-sets chooses what --eval-every evaluates: add --eval-every N")
+        return
+    if not plan.sets:
+        raise ConfigError("--eval-every needs evaluation data (a data folder with *_perturbed.json files, or "
+                          "--forget/--retain files); this run has none")
+    chosen = select_sets(plan.sets, cfg.eval_sets)
+    if cfg.keep == "best":
+        names = {s.name for s in chosen}
+        if "Forget" not in names or not any(s.kind in ("retain", "general") for s in chosen):
+            raise ConfigError("--keep best compares Forget Efficacy and Model Utility: --eval-sets must include "
+                              "forget and a retain or general set")
+        if objective.forget.task_vector:
+            raise ConfigError(f"--keep best: {objective.name} is negated after training; its evaluations while "
+                              "training are of the fine-tuned model, not of the one saved")
+
+
+def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
+    """The evaluator ``--eval-every`` hands the training loop (None without it)."""
+    if cfg.eval_every is None:
+        return None
+    if distributed.is_sharded(accelerator):
+        raise ConfigError("--eval-every evaluates the weights as they train, which ZeRO-3 / FSDP hold in pieces; "
+                          "run it with DDP or on one device")
+    from .evals.during import TrainingEval, select_sets
+
+    return TrainingEval(plan, select_sets(plan.sets, cfg.eval_sets), tokenizer, fmt, out.path, cfg.eval_every,
+                        keep_best=cfg.keep == "best", mu_floor=cfg.mu_floor, checkpointing=bool(cfg.save_every))
 
 
 def audit_config(cfg: Config, out: RunDir, resume: bool = False) -> Config:

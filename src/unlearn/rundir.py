@@ -7,6 +7,7 @@
     config.yaml        the resolved configuration (reusable as --config)
     data.json          what was forgotten and kept (layout, sizes)
     train_log.jsonl    one row per optimiser step
+    eval_log.jsonl     one row per evaluation while unlearning, with --eval-every (kept.json: --keep best)
     checkpoint/        the resumable state, while the run trains with --save-every
     eval_<Set>.jsonl   per-item evaluation records, one file per set
     summary.json       every metric; written last, it marks an evaluated run complete
@@ -49,7 +50,10 @@ MODEL_CONFIG = "unlearn_config.yaml"  # inside model/: the config the model was 
 LOCK = ".unlearn.lock"
 PREVIOUS = ".previous-"  # earlier results moved aside by --overwrite until the new ones are complete
 AUDIT = "audit"  # unlearn run --audit: the audit of the saved model (unlearn.audit)
-RUN_RESULTS = (MODEL, ADAPTER, CHECKPOINT, SUMMARY, TRAIN_LOG, CONFIG, DATA, DOWNSTREAM, EVAL_CONFIG, AUDIT)
+EVAL_LOG = "eval_log.jsonl"  # --eval-every: one row per evaluation while unlearning
+KEPT = "kept.json"  # --keep best: the step whose weights were kept
+RUN_RESULTS = (MODEL, ADAPTER, CHECKPOINT, SUMMARY, TRAIN_LOG, CONFIG, DATA, DOWNSTREAM, EVAL_CONFIG, AUDIT, EVAL_LOG,
+               KEPT)
 EVAL_RESULTS = (SUMMARY, EVAL_CONFIG, DOWNSTREAM)
 
 FINISHED, PARTIAL, ABSENT = "finished", "partial", "absent"
@@ -178,7 +182,7 @@ class RunDir:
         """What an earlier run (``scope="run"``) or evaluation (``"eval"``) left here."""
         names = EVAL_RESULTS if scope == "eval" else RUN_RESULTS
         found = [self.path / n for n in names if (self.path / n).exists()]
-        found += sorted(self.path.glob("eval_*.jsonl"))
+        found += [p for p in sorted(self.path.glob("eval_*.jsonl")) if p not in found]
         if scope == "run":
             found += [p for p in (self.path / f".{CHECKPOINT}.tmp", self.path / f".{CHECKPOINT}.old") if p.exists()]
         return found
@@ -200,7 +204,7 @@ class RunDir:
         for p in self.path.glob(".*"):
             if p.name == LOCK or p.name.startswith(PREVIOUS):
                 continue
-            if re.match(r"^\.(model|adapter)\.tmp-|^\..*\.tmp$|^\.checkpoint\.trash$", p.name):
+            if re.match(r"^\.(model|adapter)\.tmp-|^\..*\.tmp$|^\.checkpoint\.trash$|^\.best-", p.name):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def prepare(self, *, resume: bool = False, overwrite: bool = False, main_process: bool = True,

@@ -128,6 +128,13 @@ class Session:
     desc: str = "unlearning"
     resumed_from: int | None = None
     chunk: int | None = None  # rows per chunk of the logits (unlearn.chunked), or None: whole logits
+    evaluator: object | None = None  # --eval-every (unlearn.evals.during.TrainingEval)
+
+    def evaluate_if_due(self) -> None:
+        """``--eval-every``: evaluate the model at this step (before the first, and every N steps)."""
+        ev, st = self.evaluator, self.state
+        if ev is not None and ev.due(st.step):
+            ev(st.step, round(st.micro_steps / len(self.loader), 4), self.accelerator.unwrap_model(self.model))
 
     def log_step(self, micro_parts: list[dict], lr: float) -> dict:
         """One row of ``train_log.jsonl``: the step's mean losses over its micro-steps and processes."""
@@ -145,6 +152,8 @@ class Session:
         checkpoint.save(self.out_dir, self.accelerator, {
             **asdict(self.state), "total_steps": self.schedule.total, "scheduler": self.scheduler.state_dict(),
             "settings": self.settings}, self.reference.stats)
+        if self.evaluator is not None:
+            self.evaluator.prune()  # a resume from here needs the current best only
 
 
 @dataclass
@@ -189,7 +198,7 @@ def _check_finite_weights(model, step: int, name: str) -> None:
 def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path, *,
                      accelerator: Accelerator | None = None, ref_stats: dict | None = None, texts=None,
                      desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None,
-                     finetune: bool = False) -> Session:
+                     finetune: bool = False, evaluator=None) -> Session:
     """Set up a run of :func:`train`: data order, optimiser, reference, scheduler, resume state.
 
     ``save_every`` and ``resume`` default to ``cfg``'s. On resume, ``model`` must be the model the
@@ -238,11 +247,13 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
             atomic_write_jsonl(out_dir / TRAIN_LOG, state.history)  # drop the rows logged after it
         log.info("resuming from the checkpoint of step %d of %d in %s", state.step, schedule.total,
                  checkpoint.path(out_dir))
+        if evaluator is not None:
+            evaluator.resume(state.step)
     from .chunked import chunk_rows
 
     chunk = chunk_rows(model, cfg.chunked_logits, distributed.is_sharded(accelerator))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
-                   schedule, save_every, desc, state.step if saved is not None else None, chunk)
+                   schedule, save_every, desc, state.step if saved is not None else None, chunk, evaluator)
 
 
 def _train_only(model, patterns: list[str] | None) -> None:
@@ -271,6 +282,7 @@ def train(run: Session, objective: Objective) -> TrainResult:
     last_saved, total = run.resumed_from, run.schedule.total
     model.train()
     bar = tqdm(total=total, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
+    run.evaluate_if_due()  # --eval-every: the model before the first step
     try:
         micro_parts: list[dict] = []
         while st.step < total:
@@ -301,6 +313,7 @@ def train(run: Session, objective: Objective) -> TrainResult:
                     micro_parts = []
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
+                    run.evaluate_if_due()
                     if run.save_every and st.step % run.save_every == 0 and st.step < total:
                         run.save_checkpoint(objective.name)
                         last_saved = st.step

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import atomic_write_text, write_csv_rows
-from .plots import benchmark_of, plot_continual, plot_tradeoff
+from .plots import benchmark_of, plot_continual, plot_tradeoff, plot_trajectories
 from .render import md_escape, render_html, render_markdown
 from .runs import Run, collect_runs, load_run, short_labels
 from .tables import report_blocks, table_rows
@@ -40,6 +40,8 @@ def write_report(results: list[str | Path], out: str | Path, baseline: str | Pat
             images["tradeoff" if bench == "tofu" else "tradeoff_real_world"] = name
     if plot_continual(runs, out / "continual.png", base):
         images["continual"] = "continual.png"
+    if plot_trajectories(runs, out / "trajectory.png"):
+        images["trajectory"] = "trajectory.png"
     rows = table_rows(([base] if base else []) + runs)
     write_csv_rows(out / "table.csv", rows)
     blocks = report_blocks(runs, base, title, images, examples)

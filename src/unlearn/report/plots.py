@@ -121,6 +121,52 @@ def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = Non
     return True
 
 
+def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", "Forget Efficacy")) -> bool:
+    """MU and FE (or ``keys``) against optimiser steps, one line per run evaluated while it trained
+    (``--eval-every``); a marked point where a run looked collapsed, a star at a kept step."""
+    traced = [r for r in runs if r.trajectory]
+    if not traced:
+        return False
+    fig = _new_figure(5.5 * len(keys), 4.2)
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    colors = _colors([r.name for r in traced])
+    labels = dict(zip([r.name for r in traced], short_labels([r.name for r in traced])))
+    for ax, key in zip(axes, keys):
+        for r in traced:
+            pts = [(row["step"], row.get(key)) for row in r.trajectory if row.get(key) is not None]
+            if not pts:
+                continue
+            ax.plot(*zip(*pts), marker="o", markersize=3, color=colors[r.name], label=labels[r.name])
+            bad = [(row["step"], row.get(key)) for row in r.trajectory if row.get("collapse") and row.get(key) is not None]
+            if bad:
+                ax.scatter(*zip(*bad), marker="x", s=40, color="red", zorder=3)
+            kept = _kept_step(r)
+            if kept is not None:
+                y = next((row.get(key) for row in r.trajectory if row["step"] == kept), None)
+                if y is not None:
+                    ax.scatter([kept], [y], marker="*", s=120, color=colors[r.name], edgecolor="black", zorder=4)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(key)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"{key} while unlearning")
+    axes[0].legend(fontsize=8, loc="best")
+    _save_png(fig, path)
+    return True
+
+
+def _kept_step(run: Run) -> int | None:
+    import json
+
+    from ..rundir import KEPT
+
+    path = Path(run.path) / KEPT
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["step"] if path.is_file() else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def audit_plot(audit: dict, path: str | Path) -> None:
     """The audit's plot: forget-set ROUGE under each attack, one bar per model audited (the
     unlearned model beside the target and retain models), and the MIA AUCs when measured."""

@@ -36,6 +36,7 @@ class Run:
     data_info: dict = field(default_factory=dict)
     curve: list[dict] | None = None
     eval_dir: Path | None = None  # where the eval_<Set>.jsonl files are (continual: the last task)
+    trajectory: list[dict] | None = None  # --eval-every: eval_log.jsonl, one row per evaluation while unlearning
     _records: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -189,8 +190,12 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
                    eval_dir=last if last is not None else folder)
     if not summary_path.is_file():
         raise DataError(f"{folder}: no summary.json (evaluate the model first: unlearn eval)")
+    from ..io import read_jsonl_log
+    from ..rundir import EVAL_LOG
+
     return Run(name or folder.name, folder, _read_mapping(summary_path, json.loads, required=True), _read_config(folder),
-               _read_mapping(folder / DATA, json.loads), eval_dir=folder)
+               _read_mapping(folder / DATA, json.loads), eval_dir=folder,
+               trajectory=read_jsonl_log(folder / EVAL_LOG) or None)
 
 
 def _inside(path: Path, parents: Iterable[Path]) -> bool:

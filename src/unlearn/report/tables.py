@@ -168,6 +168,19 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
             blocks.append(Block("image", images["continual"], items=["MU and FE against tasks unlearned"]))
         for r in continual:
             blocks += [Block("heading", r.name, level=3), Block("table", table=_curve_table(r))]
+    traced = [r for r in runs if r.trajectory]
+    if traced:
+        blocks.append(Block("heading", "While unlearning"))
+        if "trajectory" in images:
+            blocks.append(Block("image", images["trajectory"], items=["MU and FE against optimiser steps "
+                                                                      "(x: collapse, star: the step kept)"]))
+        warnings = [f"{r.name}, step {row['step']}: {'; '.join(row['collapse'])}"
+                    for r in traced for row in r.trajectory if row.get("collapse")]
+        if warnings:
+            blocks += [Block("text", "Collapse: these evaluations fell below half of the starting Retain ROUGE or "
+                                     "Forget Token Entropy (the model stops answering or repeats itself):"),
+                       Block("list", items=warnings[:20] + ([f"... {len(warnings) - 20} more"] if len(warnings) > 20
+                                                            else []))]
     blocks.append(Block("heading", "Before / after"))
     blocks += example_blocks(runs, baseline, examples)
     return blocks

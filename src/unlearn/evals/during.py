@@ -1,0 +1,227 @@
+"""Evaluation while unlearning (``--eval-every N``): the paper's trajectories, collapse warnings, ``--keep best``.
+
+Before the first step and every ``N`` optimiser steps the training loop hands the model to
+:class:`TrainingEval`, which evaluates the chosen sets (``--eval-sets``) with the evaluation of
+:mod:`unlearn.evals.suites` and appends one row to ``OUT/eval_log.jsonl``: the step, the epoch
+and every summary value. ``unlearn report`` draws Model Utility and Forget Efficacy (and any
+metric of the log) against steps.
+
+**Collapse.** A row whose Retain ROUGE or Forget Token Entropy has fallen below half its value
+before training is marked (``collapse``: what fell) and said in the log, once per metric: a
+model that answers nothing, or repeats one token, forgets "perfectly" and is useless.
+
+**--keep best.** Among the evaluated weights whose Model Utility is at least ``--mu-floor``
+times the starting one, the model saved is the one with the highest Forget Efficacy (ties: the
+earlier step). Each new best is written to ``OUT/.best-<step>`` (safetensors); older ones are
+deleted once no checkpoint can need them, so a resumed run (whose log is cut back to its
+checkpoint) still finds the weights of its best step. The run says which step it kept, and
+``OUT/kept.json`` records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_log
+from ..rundir import EVAL_LOG, KEPT
+
+log = logging.getLogger("unlearn")
+
+BEST = ".best-"
+COLLAPSE = {"Retain ROUGE": 0.5, "Forget Token Entropy": 0.5}  # a value below this share of its start
+
+
+def select_sets(sets: list, names: str | None) -> list:
+    """The sets ``--eval-sets`` names (``forget,retain``, ``real_authors``, any case; default every set)."""
+    if not names:
+        return list(sets)
+    by = {s.name.lower().replace(" ", "_"): s for s in sets}
+    chosen = []
+    for raw in str(names).split(","):
+        key = raw.strip().lower().replace(" ", "_").replace("-", "_")
+        if key not in by:
+            raise ConfigError(f"--eval-sets: no set '{raw.strip()}' (this data has: {', '.join(by)})")
+        chosen.append(by[key])
+    return chosen
+
+
+def best_row(rows: list[dict], mu_floor: float) -> dict | None:
+    """The row ``--keep best`` keeps: the highest Forget Efficacy among the rows whose Model Utility is
+    at least ``mu_floor`` × the first row's (ties: the earliest); None when no row qualifies."""
+    if not rows:
+        return None
+    floor = mu_floor * rows[0]["Model Utility"]
+    fit = [r for r in rows if r.get("Model Utility") is not None and r["Model Utility"] >= floor - 1e-12
+           and r.get("Forget Efficacy") is not None]
+    return max(fit, key=lambda r: (r["Forget Efficacy"], -r["step"])) if fit else None
+
+
+def collapse(row: dict, start: dict) -> list[str]:
+    """What fell below its collapse share of the starting value (:data:`COLLAPSE`)."""
+    out = []
+    for key, share in COLLAPSE.items():
+        if row.get(key) is not None and start.get(key) and row[key] < share * start[key]:
+            out.append(f"{key} {row[key]:.3f} < {share:g} × {start[key]:.3f}")
+    return out
+
+
+@dataclass
+class TrainingEval:
+    """The evaluation the training loop calls (:func:`unlearn.train.train`)."""
+
+    plan: object  # EvalPlan: judges, retain ratios, batch size
+    sets: list
+    tokenizer: object
+    fmt: object
+    out_dir: Path
+    every: int
+    keep_best: bool = False
+    mu_floor: float = 0.9
+    checkpointing: bool = False  # the run writes checkpoints: saved bests are pruned when one is written
+    rows: list[dict] = field(default_factory=list)
+    warned: set = field(default_factory=set)
+    best: dict | None = None
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+
+    def resume(self, step: int) -> None:
+        """A run resumed from its checkpoint at ``step``: the rows after it are dropped."""
+        from ..distributed import is_main_process
+
+        self.rows = [r for r in read_jsonl_log(self.out_dir / EVAL_LOG) if r["step"] <= step]
+        if is_main_process():
+            atomic_write_jsonl(self.out_dir / EVAL_LOG, self.rows)
+        self.best = best_row(self.rows, self.mu_floor) if self.keep_best else None
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 and not any(r["step"] == step for r in self.rows)
+
+    def __call__(self, step: int, epoch: float, model) -> dict:
+        from ..distributed import is_main_process
+        from .suites import evaluate
+
+        was_training = model.training
+        ev = evaluate(model, self.tokenizer, self.fmt, self.sets, self.plan.judges.embedder, self.plan.judges.nli,
+                      self.plan.batch_size, self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets)
+                      else None, shard=True)
+        model.train(was_training)
+        row = {"step": step, "epoch": epoch, **{k: v for k, v in ev.summary.items() if k != "unavailable"}}
+        fell = collapse(row, self.rows[0]) if self.rows else []
+        if fell:
+            row["collapse"] = fell
+            for what in fell:
+                key = what.split(" ")[0] + " " + what.split(" ")[1]
+                if key not in self.warned:
+                    self.warned.add(key)
+                    log.warning("step %d: the model may be collapsing: %s", step, what)
+        self.rows.append(row)
+        if is_main_process():
+            append_jsonl(self.out_dir / EVAL_LOG, row)
+        if self.keep_best:
+            best = best_row(self.rows, self.mu_floor)
+            if best is not None and best is row:
+                self.best = row
+                self._save_best(model, step)
+        return row
+
+    def _save_best(self, model, step: int) -> None:
+        from safetensors.torch import save_file
+
+        from ..distributed import is_main_process, wait_for_everyone
+
+        if is_main_process():
+            tmp = self.out_dir / f".{BEST}{step}.tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+            save_file(_untied(state), str(tmp / "weights.safetensors"))
+            target = self.out_dir / f"{BEST}{step}"
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        wait_for_everyone()
+        if not self.checkpointing:
+            self.prune()
+
+    def prune(self) -> None:
+        """Delete the saved bests older than the current one (call when a checkpoint is written:
+        a resume from it needs the current best only)."""
+        from ..distributed import is_main_process
+
+        if not is_main_process() or self.best is None:
+            return
+        for p in self.out_dir.glob(f"{BEST}*"):
+            tail = p.name[len(BEST):]
+            if tail.isdigit() and int(tail) != self.best["step"]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def finish(self, model) -> dict | None:
+        """``--keep best``: the best weights put back into ``model``; returns the kept row."""
+        from safetensors.torch import load_file
+
+        from ..distributed import is_main_process, wait_for_everyone
+
+        if not self.keep_best:
+            return None
+        best = best_row(self.rows, self.mu_floor)
+        if best is None:
+            log.warning("--keep best: no evaluation kept Model Utility at %.0f%% of its start; keeping the last "
+                        "weights", 100 * self.mu_floor)
+            return None
+        weights = load_file(str(self.out_dir / f"{BEST}{best['step']}" / "weights.safetensors"))
+        target = _unwrap(model)
+        missing, unexpected = target.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if m not in _tied_names(target)]:
+            raise RuntimeError(f"--keep best: the saved weights do not fit the model ({missing[:3]} {unexpected[:3]})")
+        kept = {"step": best["step"], "Forget Efficacy": best["Forget Efficacy"], "Model Utility": best["Model Utility"],
+                "mu_floor": self.mu_floor, "starting Model Utility": self.rows[0]["Model Utility"]}
+        if is_main_process():
+            atomic_write_json(self.out_dir / KEPT, kept)
+            log.info("--keep best: kept the weights of step %d (Forget Efficacy %.4f, Model Utility %.4f)",
+                     best["step"], best["Forget Efficacy"], best["Model Utility"])
+        wait_for_everyone()
+        return kept
+
+    def cleanup(self) -> None:
+        from ..distributed import is_main_process
+
+        if is_main_process():
+            for p in self.out_dir.glob(f"{BEST}*"):
+                shutil.rmtree(p, ignore_errors=True)
+            for p in self.out_dir.glob(f".{BEST}*"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _tied_names(model) -> set[str]:
+    """Parameter names that share storage with another (tied embeddings): saved once."""
+    seen, tied = {}, set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict without the second name of tied tensors (safetensors refuses shared storage)."""
+    out, seen = {}, set()
+    for name, t in state.items():
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t
+    return out
