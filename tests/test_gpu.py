@@ -89,3 +89,45 @@ def test_evaluation_passes_match_the_cpu(tiny):
     nll_cpu = answer_nlls(cpu_model, tok, fmt, questions, answers, batch_size=5)
     assert nll_gpu.shape == (len(questions),)
     assert abs(nll_gpu - nll_cpu).max() < 1e-4 * max(1.0, abs(nll_cpu).max())
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None, reason="needs deepspeed")
+def test_rmu_under_zero3_trains_only_its_layers_like_one_gpu(tmp_path):
+    """RMU's hidden states of a ZeRO-3-sharded model (``accelerate launch`` with the shipped zero3
+    config, one process): the same selected MLPs change, and only they; the losses follow a
+    single-GPU run closely (bf16 autocast on both)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import write_jsonl
+    from unlearn.__main__ import main
+
+    root = Path(__file__).resolve().parents[1]
+    forget, retain = write_jsonl(tmp_path / "f.jsonl", FORGET), write_jsonl(tmp_path / "r.jsonl", RETAIN)
+    assert main(["finetune", "--model", "tiny", "--train", str(forget), str(retain), "--epochs", "2",
+                 "--out", str(tmp_path / "target")]) == 0
+    args = ["run", "--model", str(tmp_path / "target" / "model"), "--forget", str(forget), "--retain", str(retain),
+            "--method", "RMU", "--method-arg", "layer=1", "--method-arg", "layers=0,1", "--epochs", "2",
+            "--batch-size", "3", "--grad-accum", "1", "--lr", "1e-3", "--no-eval", "--seed", "0"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([accelerate, "launch", "--config_file", str(root / "configs/accelerate/zero3.yaml"),
+                           "--num_processes", "1", "-m", "unlearn", *args, "--out", str(tmp_path / "z3")],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    before = load_file(str(tmp_path / "target" / "model" / "model.safetensors"))
+    for run in ("one", "z3"):
+        after = load_file(str(tmp_path / run / "model" / "model.safetensors"))
+        # ZeRO-3 saves 16-bit weights: a change is one larger than bf16's rounding
+        changed = {k for k in before
+                   if (after[k].float() - before[k].float()).abs().max() > 8e-3 * before[k].abs().max() + 1e-6}
+        assert changed and all(".mlp.down_proj." in k for k in changed), (run, sorted(changed))
+    logs = [[json.loads(x) for x in (tmp_path / r / "train_log.jsonl").read_text().splitlines()] for r in ("one", "z3")]
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=5e-2)
