@@ -167,18 +167,24 @@ def test_resume_in_process_truncates_the_log(files, finetuned, tmp_path, monkeyp
     assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False  # reusable as --config
 
 
+def _whole_and_interrupted(args: list[str], tmp_path, monkeypatch):
+    """``(reference, resumed)``: the run whole, and the same run killed after step 2 with a
+    checkpoint every step (to be resumed by the caller)."""
+    reference, out = tmp_path / "reference", tmp_path / "resumed"
+    assert main(args + ["--out", str(reference)]) == 0
+    _interrupt_after_step(monkeypatch, 2)
+    assert main(args + ["--out", str(out), "--save-every", "1"]) == 130
+    monkeypatch.undo()
+    return reference, out
+
+
 def test_resume_reuses_cached_reference_and_original_kl_reference(files, tmp_path, monkeypatch):
     """NPO+KL needs both: reference NLLs of the original model (cached) and the original model
     itself (KL). Neither may come from the half-trained weights."""
     import unlearn.reference
 
     args = run_args(files, "NPO+KL", epochs=2)
-    reference = tmp_path / "reference"
-    assert main(args + ["--out", str(reference)]) == 0
-    out = tmp_path / "resumed"
-    _interrupt_after_step(monkeypatch, 2)
-    assert main(args + ["--out", str(out), "--save-every", "1"]) == 130
-    monkeypatch.undo()
+    reference, out = _whole_and_interrupted(args, tmp_path, monkeypatch)
 
     calls = []
     real = unlearn.reference.reference_nlls
@@ -195,12 +201,7 @@ def test_rmu_resume_uses_the_saved_control_vector(files, tmp_path, monkeypatch):
     import unlearn.methods
 
     args = run_args(files, "RMU", epochs=2) + ["--method-arg", "layer=1", "--method-arg", "layers=0,1"]
-    reference = tmp_path / "reference"
-    assert main(args + ["--out", str(reference)]) == 0
-    out = tmp_path / "resumed"
-    _interrupt_after_step(monkeypatch, 2)
-    assert main(args + ["--out", str(out), "--save-every", "1"]) == 130
-    monkeypatch.undo()
+    reference, out = _whole_and_interrupted(args, tmp_path, monkeypatch)
     saved = load_file(str(checkpoint.path(out) / checkpoint.REF_STATS))
     vector = saved[unlearn.methods.RMU_CONTROL]
     assert vector.norm().item() == pytest.approx(6.5, rel=1e-5)  # unit norm x the default steering coefficient

@@ -89,7 +89,9 @@ class BatchView:
         """Summed answer NLL per sequence, (B,)."""
         if not self.chunk:
             return losses.sequence_nll(self.logits(part), self.labels(part))
-        mask, _ = _chunk_positions(self.batch[part])
+        from . import chunked
+
+        mask, _ = chunked.positions(self.batch[part], "labels")
         values = self.rows(part, losses.nll_rows)
         return values.new_zeros(mask.shape[0]).index_add(0, mask.nonzero()[:, 0], values)
 
@@ -144,12 +146,6 @@ class BatchView:
     def padded_logits(self, part: str, length: int) -> tuple[torch.Tensor, dict]:
         p = self.padded(part, length)
         return self.model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits, p
-
-
-def _chunk_positions(batch: dict):
-    from . import chunked
-
-    return chunked.positions(batch, "labels")
 
 
 def decoder_layer(model, layer: int) -> torch.nn.Module:

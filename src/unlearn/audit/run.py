@@ -25,6 +25,7 @@ import numpy as np
 from ..data import read_records
 from ..errors import ConfigError, DataError, OutputError
 from ..io import atomic_write_json, atomic_write_jsonl
+from ..evals.suites import _finite
 from ..rundir import MODEL, RunDir
 from . import quantize
 
@@ -156,9 +157,8 @@ def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_siz
 
     fmt = Rendered(add_special_tokens)
     # A longer prompt than the evaluation's gets as many more tokens: the reply's budget is unchanged.
-    extra = max(len(tokenizer(p)["input_ids"]) for p in variant.prompts) - min(
-        len(tokenizer(p)["input_ids"]) for p in variant.prompts)
-    limit = MAX_LENGTH + max(0, extra)
+    lengths = [len(ids) for ids in tokenizer(variant.prompts)["input_ids"]]
+    limit = MAX_LENGTH + max(lengths) - min(lengths)
     gens = sharded_map(lambda ps: generate(model, tokenizer, fmt, ps, max_length=limit, batch_size=batch_size,
                                            desc=variant.name), variant.prompts)
     pairs = list(zip(variant.prompts, variant.targets))
@@ -461,12 +461,6 @@ def _load(cfg, role: str, path: str) -> Subject:
                                   attn_implementation=cfg.attn_implementation)
     model.to(state().device)
     return Subject(role, path, model, tokenizer, detect_prompt_format(tokenizer, path, cfg.prompt_format))
-
-
-def _finite(obj):
-    from ..evals.suites import _finite as finite
-
-    return finite(obj)
 
 
 # --------------------------------------------------------------------------- audit.json

@@ -25,8 +25,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
 from ..io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_log
 from ..rundir import EVAL_LOG, KEPT
@@ -132,15 +130,14 @@ class TrainingEval:
         return row
 
     def _save_best(self, model, step: int) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         from ..distributed import is_main_process, wait_for_everyone
 
         if is_main_process():
             tmp = self.out_dir / f".{BEST}{step}.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
-            save_file(_untied(state), str(tmp / "weights.safetensors"))
+            save_model(model, str(tmp / "weights.safetensors"))  # (tied weights stored once)
             target = self.out_dir / f"{BEST}{step}"
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
@@ -162,7 +159,7 @@ class TrainingEval:
 
     def finish(self, model) -> dict | None:
         """``--keep best``: the best weights put back into ``model``; returns the kept row."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         from ..distributed import is_main_process, wait_for_everyone
 
@@ -173,11 +170,8 @@ class TrainingEval:
             log.warning("--keep best: no evaluation kept Model Utility at %.0f%% of its start; keeping the last "
                         "weights", 100 * self.mu_floor)
             return None
-        weights = load_file(str(self.out_dir / f"{BEST}{best['step']}" / "weights.safetensors"))
-        target = _unwrap(model)
-        missing, unexpected = target.load_state_dict(weights, strict=False)
-        if unexpected or [m for m in missing if m not in _tied_names(target)]:
-            raise RuntimeError(f"--keep best: the saved weights do not fit the model ({missing[:3]} {unexpected[:3]})")
+        load_model(model, str(self.out_dir / f"{BEST}{best['step']}" / "weights.safetensors"),
+                   device=str(next(model.parameters()).device))
         kept = {"step": best["step"], "Forget Efficacy": best["Forget Efficacy"], "Model Utility": best["Model Utility"],
                 "mu_floor": self.mu_floor, "starting Model Utility": self.rows[0]["Model Utility"]}
         if is_main_process():
@@ -196,32 +190,3 @@ class TrainingEval:
             for p in self.out_dir.glob(f".{BEST}*"):
                 shutil.rmtree(p, ignore_errors=True)
 
-
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def _tied_names(model) -> set[str]:
-    """Parameter names that share storage with another (tied embeddings): saved once."""
-    seen, tied = {}, set()
-    for name, t in model.state_dict(keep_vars=True).items():
-        key = (t.data_ptr(), tuple(t.shape))
-        if key in seen:
-            tied.add(name)
-        else:
-            seen[key] = name
-    return tied
-
-
-def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict without the second name of tied tensors (safetensors refuses shared storage)."""
-    out, seen = {}, set()
-    for name, t in state.items():
-        key = (t.data_ptr(), tuple(t.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = t
-    return out
