@@ -92,6 +92,10 @@ class Config:
     task_id: int | None = _f(None, "task of the split (TOFU 1..10; real world: one person, or all), as a number or "
                              "'all' (default, as officially: TOFU task 1; the real-world layout every person at "
                              "once)", "data", True, lo=1)
+    benchmark: str = _f("closer-look", "evaluation protocol: closer-look (the paper's: its task layout, 18-value Model "
+                        "Utility, Forget Efficacy) or tofu (the TOFU standard as open-unlearning computes it: the hub "
+                        "configs of locuslab/TOFU or a snapshot folder of them, 9-value Model Utility, Forget Quality, "
+                        "privleak; prompts, lengths and encoding as its configs)", "data", True)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
@@ -140,6 +144,9 @@ class Config:
                          True, lo=0)
     retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
                                   "evaluation (eval_Forget.jsonl)", "eval")
+    retain_logs: str | None = _f(None, "--benchmark tofu: a retain model's TOFU_EVAL.json (open-unlearning's or unlearn's, "
+                                 "or the folder holding it) for Forget Quality and privleak, without re-evaluating it",
+                                 "eval")
     # --- downstream ---
     downstream: str | None = _f(None, "lm-eval tasks to run after unlearning, comma-separated; the paper's: "
                                 "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval",
@@ -331,7 +338,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     return cfg
 
 
-PATH_FIELDS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout", "baseline", "target_model",
+PATH_FIELDS = ("model", "ref_model", "retain_model", "retain_logs", "data", "eval_data", "forget", "retain", "idk", "embedder", "holdout", "baseline", "target_model",
                "downstream_include", "out")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
 

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .encoding import IGNORE_INDEX, Encoded, encode_qa, make_collate  # noqa: F401 (make_collate: re-exported)
+from .encoding import IGNORE_INDEX, Encoded, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
 from .errors import DataError
 
 SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
@@ -130,6 +130,7 @@ def detect_layout(data: str | Path) -> str:
 
 
 SCENARIO_MAX_LENGTH = {"real_world": 300}  # official real_world_unlearn.py; forget.py uses 500
+TOFU_STANDARD_MAX_LENGTH = 512  # open-unlearning's TOFU datasets (--benchmark tofu)
 IDK_FILE = "idontknow.jsonl"  # the official refusals, beside the official data folders
 
 
@@ -137,6 +138,8 @@ def layout_of(cfg) -> str:
     """``tofu`` | ``real_world`` | ``hub`` | ``files`` (``--forget``), or ``none`` without data."""
     if cfg.forget is not None:
         return "files"
+    if getattr(cfg, "benchmark", None) == "tofu" and cfg.data:
+        return "hub"  # the TOFU standard: the hub's configs (or a snapshot folder of them)
     return detect_layout(cfg.data) if cfg.data else "none"
 
 
@@ -145,7 +148,8 @@ def with_scenario_defaults(cfg):
 
     * ``task_id``: TOFU task 1 (the standard benchmark); the real-world layout unlearns every
       person at once (left unset);
-    * ``max_length``: 300 tokens for the real-world layout, 500 otherwise;
+    * ``max_length``: 300 tokens for the real-world layout, 512 for the TOFU standard (``--benchmark
+      tofu``, open-unlearning's), 500 otherwise;
     * ``idk``: the official ``idontknow.jsonl`` when it sits in the data folder or its parent.
     """
     import dataclasses
@@ -155,7 +159,8 @@ def with_scenario_defaults(cfg):
     if cfg.task_id is None and layout == "tofu":
         changes["task_id"] = 1
     if cfg.max_length is None:
-        changes["max_length"] = SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH)
+        changes["max_length"] = (TOFU_STANDARD_MAX_LENGTH if getattr(cfg, "benchmark", None) == "tofu"
+                                 else SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH))
     if cfg.idk is None and layout in ("tofu", "real_world"):
         here = Path(cfg.data)
         found = next((d / IDK_FILE for d in (here, here.parent) if (d / IDK_FILE).is_file()), None)
@@ -235,13 +240,19 @@ def load_hub_tofu(split: str) -> UnlearningData:
 
 def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int | None = 1,
                          forget: str | None = None, retain: str | None = None,
-                         unlearned: Sequence[int] = ()) -> UnlearningData:
+                         unlearned: Sequence[int] = (), benchmark: str = "closer-look") -> UnlearningData:
     if forget is not None:
         forget_rows = read_records(forget)
         retain_rows = read_records(retain) if retain else []
         return UnlearningData(forget_rows, retain_rows, "files", str(forget))
     if data is None:
         raise DataError("no data: give --data FOLDER (or locuslab/TOFU) or --forget FILE [--retain FILE]")
+    if benchmark == "tofu":  # the TOFU standard: forgetXX against retain(100-XX), from the hub or a snapshot
+        from .evals.tofu import training_rows
+
+        forget_rows, retain_rows = training_rows(data, split)
+        return UnlearningData(forget_rows, retain_rows, "hub", str(data),
+                              {"split": split, "retain_file": HUB_RETAIN[split], "benchmark": "tofu"})
     layout = detect_layout(data)
     if layout == "tofu":
         return load_tofu(data, split, 1 if task_id is None else task_id, unlearned)
@@ -326,8 +337,7 @@ class _Encoder:
         self.tok, self.fmt, self.max_length, self.truncated = tokenizer, prompt_format, max_length, 0
 
     def __call__(self, question: str, answer: str, mask_question: bool = True) -> Encoded:
-        e = encode_qa(self.tok, self.fmt.prompt(question), self.fmt.answer_prefix + answer, self.max_length,
-                      mask_question, self.fmt.add_special_tokens)
+        e = encode_pair(self.tok, self.fmt, question, answer, self.max_length, mask_question)
         if all(t == IGNORE_INDEX for t in e.labels[1:]):  # nothing to learn or unlearn: every loss would be 0
             raise DataError(f"--max-length {self.max_length} leaves no answer token after the question "
                             f"{question[:60]!r}; raise --max-length")

@@ -67,6 +67,25 @@ def encode_qa(
     return Encoded(ids, labels, truncated)
 
 
+def encode_question(tokenizer, fmt, question: str) -> list[int]:
+    """A question's prompt ids in the prompt format ``fmt`` (the TOFU standard's template encodes its own)."""
+    own = getattr(fmt, "encode_prompt_ids", None)
+    if own is not None:
+        return own(tokenizer, question)
+    return encode_prompt(tokenizer, fmt.prompt(question), fmt.add_special_tokens)
+
+
+def encode_pair(tokenizer, fmt, question: str, answer: str, max_length: int | None = None,
+                mask_question: bool = True) -> Encoded:
+    """``question`` and ``answer`` encoded in the prompt format ``fmt`` (:func:`encode_qa`, or the TOFU
+    standard's template's own encoding)."""
+    own = getattr(fmt, "encode_pair", None)
+    if own is not None:
+        return own(tokenizer, question, answer, max_length, mask_question)
+    return encode_qa(tokenizer, fmt.prompt(question), fmt.answer_prefix + answer, max_length, mask_question,
+                     fmt.add_special_tokens)
+
+
 def pad_batch(seqs: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
     """Pad to the longest sequence of the batch (dynamic padding, never a fixed length)."""
     width = max(len(s) for s in seqs)

@@ -42,7 +42,7 @@ class RunResult:
     is_main_process: bool = True
 
 
-INPUT_FLAGS = ("model", "ref_model", "retain_model", "data", "eval_data", "forget", "retain", "idk",
+INPUT_FLAGS = ("model", "ref_model", "retain_model", "retain_logs", "data", "eval_data", "forget", "retain", "idk",
                "downstream_include")
 
 
@@ -71,13 +71,13 @@ def load_for_training(cfg: Config, texts: list[str]):
     """``(model, tokenizer, prompt format, cfg)``: the model to train (with a fresh LoRA adapter
     with ``--lora``), and ``cfg`` with the prompt format it uses written in, so it is saved."""
     from .models import load_model
-    from .prompts import detect_prompt_format, prompt_format_spec
+    from .prompts import prompt_format_for, prompt_format_spec
 
     distributed.check_optim(cfg.optim)
     model, tokenizer = load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
                                   trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
-    fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
+    fmt = prompt_format_for(tokenizer, cfg)
     cfg = dataclasses.replace(cfg, prompt_format=prompt_format_spec(fmt))
     if cfg.lora:
         from .lora import apply_lora
@@ -158,7 +158,7 @@ def _finetune(cfg: Config, train_files: list[str]) -> Path:
 
 
 def load_data(cfg: Config, unlearned=()) -> UnlearningData:
-    return load_unlearning_data(cfg.data, cfg.split, cfg.task_id, cfg.forget, cfg.retain, unlearned)
+    return load_unlearning_data(cfg.data, cfg.split, cfg.task_id, cfg.forget, cfg.retain, unlearned, cfg.benchmark)
 
 
 def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | None = None, plan=None) -> RunResult:
@@ -190,7 +190,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     plan = plan if plan is not None else plan_evaluation(cfg)
     check_eval_matches(plan.sets, data)
     check_training_eval(cfg, plan, objective)
-    out, mode = prepare_out(cfg, evaluated=bool(plan.sets or plan.downstream))
+    out, mode = prepare_out(cfg, evaluated=bool(plan.sets or plan.downstream or plan.tofu))
     main = distributed.is_main_process()
     if mode == "evaluate":
         result = _evaluate_saved(cfg, out, data, plan, main)
@@ -239,6 +239,9 @@ def check_training_eval(cfg: Config, plan, objective) -> None:
         if cfg.eval_sets:
             raise ConfigError("--eval-sets chooses what --eval-every evaluates: add --eval-every N")
         return
+    if plan.tofu is not None:
+        raise ConfigError("--eval-every evaluates with the closer-look protocol's sets; it does not run with "
+                          "--benchmark tofu (evaluate the saved model with unlearn eval --benchmark tofu)")
     if not plan.sets:
         raise ConfigError("--eval-every needs evaluation data (a data folder with *_perturbed.json files, or "
                           "--forget/--retain files); this run has none")
@@ -324,13 +327,13 @@ def _evaluate(plan, model, tokenizer, fmt, out: RunDir) -> dict | None:
 def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResult:
     """``--resume`` of a run whose model is saved but whose evaluation is missing."""
     from .models import load_model
-    from .prompts import detect_prompt_format
+    from .prompts import prompt_format_for
 
     log.info("%s: the model is saved; evaluating it", out.model)
     model, tokenizer = load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation)
     model.to(distributed.state().device)
-    fmt = detect_prompt_format(tokenizer, str(out.model), cfg.prompt_format)
+    fmt = prompt_format_for(tokenizer, cfg, str(out.model))
     summary = _evaluate(plan, model, tokenizer, fmt, out)
     return RunResult(out, model, tokenizer, fmt, cfg, data, 0, [], None, summary, main)
 

@@ -113,6 +113,14 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
     return PromptFormat("plain", tokenizer=tokenizer)
 
 
+def prompt_format_for(tokenizer, cfg, model_name: str | None = None):
+    """The prompt format a run or evaluation of ``cfg`` uses: the model's own
+    (:func:`detect_prompt_format`), or the TOFU standard's template of that family with
+    ``--benchmark tofu``."""
+    fmt = detect_prompt_format(tokenizer, model_name or cfg.model, cfg.prompt_format)
+    return tofu_template(fmt) if getattr(cfg, "benchmark", None) == "tofu" else fmt
+
+
 def check_prompt_format(spec: str | None) -> None:
     """A ``--prompt-format`` that can be used, checked before any model is loaded."""
     if spec is not None and spec not in PROMPT_FORMATS and PLACEHOLDER not in spec:
@@ -120,8 +128,10 @@ def check_prompt_format(spec: str | None) -> None:
                           f"or give a template containing {PLACEHOLDER}")
 
 
-def prompt_format_spec(fmt: PromptFormat) -> str:
-    """The string that recreates ``fmt`` through ``detect_prompt_format(..., override=...)``."""
+def prompt_format_spec(fmt) -> str:
+    """The string that recreates ``fmt`` through ``detect_prompt_format(..., override=...)`` (a
+    TOFU template: the format it was made from)."""
+    fmt = getattr(fmt, "base", fmt)
     return fmt.template if fmt.kind == "custom" else fmt.kind
 
 
@@ -137,3 +147,116 @@ def saved_prompt_format(model_name) -> str | None:
         return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("prompt_format")
     except (OSError, yaml.YAMLError):
         return None
+
+
+# --------------------------------------------------------------------------- the TOFU standard's templates
+
+TOFU_SYSTEM_PROMPT = "You are a helpful assistant."
+TOFU_DATE_STRING = "10 Apr 2025"  # what open-unlearning's Llama-3 and zephyr configs pass to the chat template
+
+
+@dataclass
+class TofuTemplate:
+    """The prompt of the TOFU standard (``--benchmark tofu``): open-unlearning's ``template_args`` and
+    its ``preprocess_chat_instance``, reproduced.
+
+    Without a chat template, ``user_start_tag + question + user_end_tag + asst_start_tag`` is the
+    prompt; prompt + answer are tokenised as one string (BOS added, cut at ``max_length``), an EOS
+    is appended unless the last token is one, and the first ``len(tokenize(prompt))`` labels are
+    masked. With a chat template, the whole conversation (system prompt, question, answer) is
+    rendered by the tokenizer's template and the prompt is the conversation without the answer,
+    with the generation prompt; nothing is cut. Which family gets which template follows
+    open-unlearning's model configs (:func:`tofu_template`).
+    """
+
+    base: PromptFormat
+    apply_chat_template: bool = False
+    user_start_tag: str = ""
+    user_end_tag: str = ""
+    asst_start_tag: str = ""
+    system_prompt: str | None = None
+    date_string: str | None = None
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+    kind: str = "tofu"
+    template: str | None = None
+
+    answer_prefix = ""
+
+    @property
+    def add_special_tokens(self) -> bool:
+        return True if not self.apply_chat_template else self.base.add_special_tokens
+
+    def _chat(self, question: str, answer: str | None) -> list[dict]:
+        chat = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        chat.append({"role": "user", "content": question})
+        if answer is not None:
+            chat.append({"role": "assistant", "content": answer})
+        return chat
+
+    def _render(self, chat: list[dict], tokenize: bool, generation_prompt: bool):
+        extra = {"date_string": self.date_string} if self.date_string is not None else {}
+        out = self.tokenizer.apply_chat_template(chat, tokenize=tokenize, add_generation_prompt=generation_prompt,
+                                                 **extra)
+        if tokenize and not isinstance(out, list):
+            out = out["input_ids"]  # transformers 5 returns a BatchEncoding
+        return list(out) if tokenize else out
+
+    def prompt(self, question: str) -> str:
+        if self.apply_chat_template:
+            return self._render(self._chat(question, None), False, True)
+        return self.user_start_tag + question + self.user_end_tag + self.asst_start_tag
+
+    def encode_prompt_ids(self, tokenizer, question: str, max_length: int | None = None) -> list[int]:
+        if self.apply_chat_template:
+            return self._render(self._chat(question, None), True, True)
+        enc = tokenizer(self.prompt(question), add_special_tokens=True,
+                        **({"max_length": max_length, "truncation": True} if max_length else {}))
+        return list(enc["input_ids"])
+
+    def encode_pair(self, tokenizer, question: str, answer: str, max_length: int | None = None,
+                    mask_question: bool = True):
+        from .encoding import IGNORE_INDEX, Encoded
+
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")
+        truncated = False
+        if self.apply_chat_template:
+            ids = self._render(self._chat(question, answer), True, False)
+        else:
+            ids = list(tokenizer(self.prompt(question) + answer, add_special_tokens=True)["input_ids"])
+            if max_length is not None and len(ids) > max_length:
+                ids, truncated = ids[:max_length], True
+        n_prompt = len(self.encode_prompt_ids(tokenizer, question, max_length))
+        if ids[-1] != tokenizer.eos_token_id:
+            ids.append(tokenizer.eos_token_id)
+        labels = [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:] if mask_question else list(ids)
+        return Encoded(ids, labels, truncated)
+
+
+def tofu_template(fmt: PromptFormat) -> TofuTemplate:
+    """The TOFU standard's template for a model whose own prompt format is ``fmt`` (the family's
+    open-unlearning config): ``plain`` → ``Question: …\\nAnswer: `` (phi-1_5, Llama-2-7b-hf);
+    ``llama2`` → ``[INST] … [/INST]`` (Llama-2-7b-chat-hf); ``llama3`` and ``chat_template`` → the
+    tokenizer's chat template with the system prompt "You are a helpful assistant." (and Llama 3's
+    date string); a custom template → its text before and after ``{question}``."""
+    if isinstance(fmt, TofuTemplate):
+        return fmt
+    tok = fmt.tokenizer
+    if fmt.kind == "plain":
+        return TofuTemplate(fmt, False, "Question: ", "\n", "Answer: ", tokenizer=tok)
+    if fmt.kind == "llama2":
+        return TofuTemplate(fmt, False, "[INST] ", " [/INST]", "", tokenizer=tok)
+    if fmt.kind == "custom":
+        before, after = fmt.template.split(PLACEHOLDER, 1)
+        return TofuTemplate(fmt, False, before, "", after, tokenizer=tok)
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError(f"the TOFU benchmark renders {fmt.kind} prompts with the tokenizer's chat template, and "
+                          "this tokenizer has none; pass --prompt-format plain")
+    template = TofuTemplate(fmt, True, system_prompt=TOFU_SYSTEM_PROMPT, date_string=TOFU_DATE_STRING, tokenizer=tok)
+    from jinja2 import TemplateError
+
+    try:
+        template.prompt("?")
+    except TemplateError:  # a template without a system role (gemma): open-unlearning's config gives none
+        template.system_prompt = None
+    return template

@@ -210,7 +210,7 @@ def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
     from .data import UnlearningDataset, read_refusals
     from .methods import resolve
     from .models import load_model
-    from .prompts import detect_prompt_format
+    from .prompts import prompt_format_for
 
     objective, c = resolve(cfg)
     if not objective.ref_nll_parts or not task_data:
@@ -219,7 +219,7 @@ def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
     accelerator = distributed.make_accelerator(c)
     model, tokenizer = load_model(c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
                                   attn_implementation=c.attn_implementation)
-    fmt = detect_prompt_format(tokenizer, c.model, c.prompt_format)
+    fmt = prompt_format_for(tokenizer, c)
     model = freeze(model, accelerator)
     stats = {}
     for task, data in task_data.items():

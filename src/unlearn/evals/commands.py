@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_NLI, EVAL_BATCH_SIZE
 from ..data import read_records
-from ..errors import DataError, ModelError
+from ..errors import ConfigError, DataError, ModelError
 from ..rundir import MODEL, RunDir, eval_file
 from . import metrics as M
 from .judges import Unavailable
@@ -161,6 +161,8 @@ class EvalPlan:
     downstream_include: str | None = None
     holdout: list[dict] | None = None  # rows never trained on, for membership inference
     baseline: str | None = None  # an evaluation of the model before unlearning: before/after table and report
+    tofu: object | None = None  # --benchmark tofu: its sets (evals.tofu.TofuSets), instead of ``sets``
+    retain_logs: object | None = None  # --benchmark tofu: the retain model's logs (evals.tofu.RetainLogs)
 
     def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False) -> dict | None:
         """The six metrics on every set (every process its share with ``shard``; the main one
@@ -168,6 +170,8 @@ class EvalPlan:
         from ..distributed import is_main_process
 
         summary = None
+        if self.tofu is not None:
+            summary = self.evaluate_tofu(model, tokenizer, fmt, out, shard)
         if self.sets:
             ev = evaluate(model, tokenizer, fmt, self.sets, self.judges.embedder, self.judges.nli, self.batch_size,
                           self.retain_ratios, shard=shard)
@@ -188,6 +192,22 @@ class EvalPlan:
             summary = out.read_summary() or summary
         return summary
 
+
+    def evaluate_tofu(self, model, tokenizer, fmt, out: RunDir, shard: bool) -> dict:
+        """The TOFU standard (:mod:`unlearn.evals.tofu`); the main process writes its files."""
+        from ..distributed import is_main_process
+        from ..prompts import tofu_template
+        from .tofu import evaluate_tofu, print_tofu, write_tofu
+
+        result = evaluate_tofu(model, tokenizer, tofu_template(fmt), self.tofu, self.batch_size, self.retain_logs,
+                               shard=shard)
+        if is_main_process():
+            write_tofu(result, out.path)
+            print_tofu(result.summary)
+            log.info("wrote the TOFU evaluation to %s (open-unlearning's TOFU_EVAL.json beside it)", out.summary)
+            if self.baseline:
+                self.before_after(result.summary, out)
+        return result.summary
 
     def before_after(self, summary: dict, out: RunDir) -> None:
         """The before/after table against the baseline's summary, and a short report in OUT/report."""
@@ -224,8 +244,14 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
 
     ``judges``: already loaded ones (continual runs and sweeps load them once); ``sets``: already
     validated ones."""
+    from .tofu import check_benchmark
+
+    check_benchmark(cfg.benchmark)
+    _check_retain_logs(cfg)
     plan = EvalPlan(batch_size=cfg.eval_batch_size, downstream_limit=cfg.downstream_limit,
                     downstream_include=cfg.downstream_include)
+    if cfg.eval and cfg.benchmark == "tofu":
+        return _plan_tofu(cfg, plan)
     if cfg.eval:
         plan.sets = sets if sets is not None else eval_sets_for(cfg)
     if plan.sets:
@@ -246,10 +272,69 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
     return plan
 
 
+def _check_retain_logs(cfg) -> None:
+    if cfg.retain_logs and cfg.benchmark != "tofu":
+        raise ConfigError("--retain-logs reads a TOFU_EVAL.json for the TOFU standard: add --benchmark tofu "
+                          "(the closer-look protocol takes --retain-model)")
+
+
+def _plan_tofu(cfg, plan: EvalPlan) -> EvalPlan:
+    """``--benchmark tofu``: its sets and the retain model's logs, read and checked now."""
+    from .tofu import check_benchmark, load_tofu_sets, read_retain_logs
+
+    check_benchmark(cfg.benchmark)
+    if cfg.forget is not None or not cfg.data:
+        raise DataError("--benchmark tofu evaluates the configs of locuslab/TOFU: give --data locuslab/TOFU or a "
+                        "snapshot folder of them (not --forget/--retain files)")
+    for flag, value in (("--holdout", cfg.holdout), ("--eval-data", cfg.eval_data)):
+        if value:
+            raise ConfigError(f"{flag} belongs to the closer-look protocol; --benchmark tofu reads the holdout and "
+                              "evaluation configs from --data")
+    if cfg.retain_logs and cfg.retain_model:
+        raise ConfigError("give --retain-logs or --retain-model, not both")
+    plan.tofu = load_tofu_sets(cfg.data, cfg.split)
+    if cfg.retain_logs:
+        plan.retain_logs = read_retain_logs(cfg.retain_logs)
+    elif cfg.retain_model:
+        plan.retain_logs = _tofu_retain_logs_from_model(cfg, plan.tofu)
+    if cfg.baseline:
+        if RunDir(cfg.baseline).read_summary() is None:
+            raise DataError(f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
+                            "or not readable; make one with unlearn eval)")
+        plan.baseline = cfg.baseline
+    if cfg.downstream:
+        from .downstream import downstream_tasks_for
+
+        plan.downstream = downstream_tasks_for(cfg)
+    return plan
+
+
+def _tofu_retain_logs_from_model(cfg, sets):
+    """A retain model's forget truth ratios and Min-K% AUC under the TOFU standard, computed now."""
+    from ..models import load_model
+    from ..prompts import prompt_format_for
+    from .tofu import retain_logs_from_model
+
+    path = Path(cfg.retain_model)
+    if (path / MODEL).is_dir() and not (path / "config.json").exists():
+        path = path / MODEL
+    model, tokenizer = load_model(str(path) if path.exists() else cfg.retain_model, dtype=cfg.dtype,
+                                  trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+    model.to(_device())
+    fmt = prompt_format_for(tokenizer, cfg, str(path) if path.exists() else cfg.retain_model)
+    logs = retain_logs_from_model(model, tokenizer, fmt, sets, cfg.eval_batch_size, str(cfg.retain_model))
+    del model
+    return logs
+
+
 def run_eval(cfg) -> dict:
     """``unlearn eval``: evaluate ``cfg.model`` on the sets of ``cfg.eval_data or cfg.data``."""
     from ..distributed import is_main_process
 
+    from .tofu import check_benchmark
+
+    check_benchmark(cfg.benchmark)
+    _check_retain_logs(cfg)
     data = cfg.eval_data or cfg.data
     if not data and not cfg.forget:
         raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder) or --forget FILE "
@@ -264,24 +349,31 @@ def _run_eval(cfg, data) -> dict:
     from ..distributed import is_main_process, wait_for_everyone
     from ..models import load_model
     from ..pipeline import inputs_of, validate_model_settings
-    from ..prompts import detect_prompt_format
+    from ..prompts import prompt_format_for
 
     validate_model_settings(cfg)
-    if data:
+    texts = None
+    if cfg.benchmark == "tofu":
+        sets = None
+    elif data:
         sets = load_eval_sets(data, cfg.split, cfg.task_id)
     else:
         from .sets import file_sets
 
         sets = file_sets(cfg.forget, cfg.retain)
     plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=None), sets=sets)
+    if plan.tofu is not None:
+        t = plan.tofu
+        texts = [r["question"] + " " + r["answer"] for rows in (t.forget, t.retain, t.ra, t.wf) for r in rows]
     out = RunDir(cfg.out)
     out.prepare(overwrite=cfg.overwrite, main_process=is_main_process(), inputs=inputs_of(cfg), scope="eval")
     wait_for_everyone()
-    texts = [q + " " + a for s in sets for q, a in zip(s.questions, s.answers)]
+    if sets is not None:
+        texts = [q + " " + a for s in sets for q, a in zip(s.questions, s.answers)]
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     model.to(_device())
-    fmt = detect_prompt_format(tokenizer, cfg.model, cfg.prompt_format)
+    fmt = prompt_format_for(tokenizer, cfg)
     if is_main_process():
         from ..config import save_fields
 

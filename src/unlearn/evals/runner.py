@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import EVAL_BATCH_SIZE
-from ..encoding import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch, pad_id
+from ..encoding import IGNORE_INDEX, encode_pair, encode_question, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
@@ -57,7 +57,9 @@ FIRST_ROUND = 64
 
 
 def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_LENGTH,
-             batch_size: int = EVAL_BATCH_SIZE, desc: str | None = None, first_round: int = FIRST_ROUND) -> list[str]:
+             batch_size: int = EVAL_BATCH_SIZE, desc: str | None = None, first_round: int = FIRST_ROUND,
+             max_new_tokens: int | None = None, stop: list[int] | None = None, mask_pad: bool = False,
+             decode: dict | None = None) -> list[str]:
     """Greedy answers to ``questions``, in their order (new tokens only, specials skipped, stripped).
 
     Each answer may grow to ``max_length`` tokens in total, prompt included (the paper's 200-token
@@ -70,13 +72,19 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     its longest answer ends, so without rounds one long answer keeps its whole batch decoding to
     the limit; with them the few long answers share batches of their own. Greedy decoding goes on
     from the same tokens to the same next token.
+
+    The TOFU standard (open-unlearning) instead gives every answer ``max_new_tokens`` new tokens
+    whatever its prompt's length, stops at the model's generation-config EOS only (``stop``),
+    masks every pad-token id out of the attention (``mask_pad``: its collator's
+    ``input_ids != pad``, which also hides a pad id inside a prompt) and decodes with ``decode``.
     """
-    prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
+    prompts = [encode_question(tokenizer, fmt, q) for q in questions]
     pad = pad_id(tokenizer)
-    eos = eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer) if stop is None else list(stop)
     eos_set = set(eos)
     device = model_device(model)
-    budget = [max(max_length - len(p), 1) for p in prompts]
+    budget = ([max_new_tokens] * len(prompts) if max_new_tokens is not None
+              else [max(max_length - len(p), 1) for p in prompts])
     new: list[list[int]] = [[] for _ in prompts]
     from ..distributed import is_main_process
 
@@ -89,7 +97,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
             active = []
             for idx in _batches(order, batch_size):
                 steps = [min(chunk, budget[i] - len(new[i])) for i in idx]
-                rows = _generate_batch(model, [prompts[i] + new[i] for i in idx], max(steps), pad, eos, device)
+                rows = _generate_batch(model, [prompts[i] + new[i] for i in idx], max(steps), pad, eos, device, mask_pad)
                 for i, row, k in zip(idx, rows, steps):
                     row = row[:k]
                     end = next((j for j, t in enumerate(row) if t in eos_set), None)
@@ -100,10 +108,11 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
                         bar.update(1)
             chunk = max_length  # the next round runs every answer left to its end
     bar.close()
-    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True, **(decode or {}))]
 
 
-def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: list[int], device) -> list[list[int]]:
+def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: list[int], device,
+                    mask_pad: bool = False) -> list[list[int]]:
     """Greedy continuations (``max_new`` tokens, fewer where EOS ends a whole batch) of ``seqs``, left-padded."""
     from transformers import GenerationConfig
 
@@ -113,11 +122,13 @@ def _generate_batch(model, seqs: list[list[int]], max_new: int, pad: int, eos: l
     for row, x in enumerate(seqs):  # left padding: the prompt ends at the last column
         ids[row, width - len(x) :] = torch.tensor(x)
         mask[row, width - len(x) :] = 1
+    if mask_pad:
+        mask = (ids != pad).long()
     # Explicit greedy settings: a model's own generation config may ask for sampling or a
     # repetition penalty, which would change the answers.
     config = GenerationConfig(
         max_new_tokens=max_new, do_sample=False, num_beams=1, repetition_penalty=1.0, temperature=1.0,
-        top_p=1.0, top_k=50, use_cache=True, eos_token_id=eos, pad_token_id=pad)
+        top_p=1.0, top_k=50, use_cache=True, eos_token_id=eos or None, pad_token_id=pad)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
     return out[:, width:].tolist()
 
@@ -133,8 +144,7 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     """
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    seqs = [encode_qa(tokenizer, fmt.prompt(q), fmt.answer_prefix + a, max_length, True, fmt.add_special_tokens)
-            for q, a in zip(questions, answers)]
+    seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     pad = pad_id(tokenizer)
     device = model_device(model)
@@ -151,6 +161,52 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
             out[idx] = nll.double().cpu().numpy()
             bar.update(len(idx))
     return out
+
+
+def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_SIZE, mask_pad: bool = False,
+                    stats_for=(), texts: list[str] | None = None, desc: str = "scoring") -> tuple[np.ndarray, dict]:
+    """``(avg_loss (N,), {i: TokenStats})`` of encoded sequences in ONE length-sorted pass: every
+    sequence's mean label NLL, and for the indices in ``stats_for`` the per-token statistics of
+    :func:`token_stats` (``texts[i]`` their text). ``mask_pad``: attention ``input_ids != pad``, as
+    open-unlearning's collator."""
+    import torch.nn.functional as F
+
+    from .mia import TokenStats
+
+    want = set(stats_for)
+    pad = pad_id(tokenizer)
+    device = model_device(model)
+    keep = supports_logits_to_keep(model)
+    losses = np.zeros(len(seqs), dtype=np.float64)
+    stats: dict = {}
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    from ..distributed import is_main_process
+
+    with inference(model), tqdm(total=len(seqs), desc=desc, unit="seq", leave=False,
+                                disable=None if is_main_process() else True) as bar:
+        for idx in _batches(order, batch_size):
+            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
+            if mask_pad:
+                batch["attention_mask"] = (batch["input_ids"] != pad).long()
+            logits, labels = answer_logits(model, batch, keep)
+            nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
+            losses[idx] = nll.double().cpu().numpy()
+            rows = [r for r, i in enumerate(idx) if i in want]
+            if rows:
+                logp_all = F.log_softmax(logits[rows].float(), dim=-1)
+                target = F.pad(labels[rows, 1:], (0, 1), value=IGNORE_INDEX)
+                p = logp_all.exp()
+                mu = (p * logp_all).sum(-1)
+                sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
+                best = logits[rows].argmax(-1)
+                for j, r in enumerate(rows):
+                    pos = (target[j] != IGNORE_INDEX).nonzero().squeeze(-1)
+                    tok = target[j, pos]
+                    stats[idx[r]] = TokenStats(logp_all[j, pos, tok].double().cpu().numpy(),
+                                               mu[j, pos].double().cpu().numpy(), sigma[j, pos].double().cpu().numpy(),
+                                               texts[idx[r]] if texts else "", (best[j, pos] == tok).cpu().numpy())
+            bar.update(len(idx))
+    return losses, stats
 
 
 def supports_logits_to_keep(model) -> bool:
@@ -196,8 +252,7 @@ def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
 
     from .mia import TokenStats
 
-    seqs = [encode_qa(tokenizer, fmt.prompt(q), fmt.answer_prefix + a, max_length, True, fmt.add_special_tokens)
-            for q, a in zip(questions, answers)]
+    seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
     pad = pad_id(tokenizer)
     device = model_device(model)
     keep = supports_logits_to_keep(model)
@@ -239,8 +294,7 @@ def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], 
         for q in params:
             q.requires_grad_(True)
         for question, answer in tqdm(list(zip(questions, answers)), desc=desc, unit="seq", leave=False):
-            enc = encode_qa(tokenizer, fmt.prompt(question), fmt.answer_prefix + answer, max_length, True,
-                            fmt.add_special_tokens)
+            enc = encode_pair(tokenizer, fmt, question, answer, max_length)
             ids = torch.tensor([enc.input_ids], device=device)
             labels = torch.tensor(enc.labels, device=device)
             with torch.enable_grad():

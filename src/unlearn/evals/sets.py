@@ -60,7 +60,12 @@ class EvalSet:
 
 def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
     """Rows of a perturbed file, every field the metrics need checked (file:line: field ...)."""
-    rows = read_records(path, required=("question", answer_key))
+    return check_rows(read_records(path, required=("question", answer_key)), kind)
+
+
+def check_rows(rows: list[dict], kind: str) -> list[dict]:
+    """The fields Truth Ratio needs, checked on rows read already (each has its ``_source``):
+    ``paraphrased_answer`` (but on general sets) and as many ``perturbed_answer`` strings in every row."""
     first = None
     for r in rows:
         at = r["_source"]

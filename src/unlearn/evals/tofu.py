@@ -1,0 +1,509 @@
+"""The TOFU standard (``--benchmark tofu``): open-unlearning's TOFU evaluation, value for value.
+
+The closer-look protocol (:mod:`unlearn.evals.suites`) is the paper's; most papers and the
+open-unlearning leaderboards report this one instead. Its definitions are open-unlearning's
+(``src/evals/metrics/``, ``configs/eval/tofu*.yaml``), reproduced here:
+
+* **data**: the hub configs of ``locuslab/TOFU`` (or a local snapshot folder with one JSON-lines
+  ``<config>.json`` per config): the forget set is ``<split>_perturbed`` (every row), the retain
+  set ``retain_perturbed`` (all 400 rows), ``real_authors_perturbed``, ``world_facts_perturbed``,
+  and ``holdoutXX`` for membership inference;
+* **encoding**: the family's template (:class:`unlearn.prompts.TofuTemplate`), sequences cut at
+  512 tokens with an EOS appended; the attention mask is ``input_ids != pad`` as open-unlearning's
+  collator makes it (a pad id inside a prompt is masked too);
+* **Probability** (``*_Q_A_Prob``): ``exp(-avg_loss)``, the mean label NLL (EOS included);
+  ``*_Q_A_PARA_Prob`` / ``*_Q_A_PERT_Prob`` the same for the paraphrased / each perturbed answer;
+* **Truth Ratio**: ``tr = exp(-mean_k avg_loss_pert) / (exp(-avg_loss_correct) + 1e-10)`` (the
+  correct answer is the paraphrase on the forget and retain sets, the answer itself on real
+  authors and world facts); forget: ``mean(min(tr, 1/(tr + 1e-10)))``; others:
+  ``mean(max(0, 1 - tr))``;
+* **normalised Probability** (real authors, world facts): ``p / (p + Σ_k p_k + 1e-10)``;
+* **ROUGE** (``*_Q_A_ROUGE``): ROUGE-L recall (stemmer on) of the greedy answer (200 new tokens,
+  stopping at the model's EOS) against the answer as its tokens decode;
+* **Model Utility**: ``scipy.stats.hmean`` of the 9 values Probability, ROUGE, Truth Ratio on retain
+  (plain Probability), real authors and world facts (normalised Probability);
+* **Forget Quality**: ``ks_2samp`` p-value of the forget-set truth ratios against a retain model's
+  (``--retain-logs``: its ``TOFU_EVAL.json``);
+* **privleak**: Min-K% (k = 0.4) AUC of forget against holdout, relative to the retain model's
+  AUC (0.5 without retain logs, as open-unlearning);
+* **exact_memorization**, **extraction_strength**: on the forget answers (:mod:`unlearn.evals.mia`).
+
+Each answer is scored in ONE pass over all sets (the metrics that share a sequence share its
+forward), and generation runs once over every question, sorted by length; an answer does not
+depend on its batch. Results: ``summary.json`` (the keys above), ``TOFU_EVAL.json`` (open-unlearning's
+per-metric logs, readable by either toolkit as retain logs) and ``TOFU_SUMMARY.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import EVAL_BATCH_SIZE
+from ..data import HUB_RETAIN, read_records
+from ..errors import DataError
+from ..io import atomic_write_json
+from . import mia
+from .sets import check_rows
+
+log = logging.getLogger("unlearn")
+
+BENCHMARKS = ("closer-look", "tofu")
+HUB = "locuslab/TOFU"
+HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
+MAX_LENGTH = 512  # open-unlearning's TOFU datasets
+MAX_NEW_TOKENS = 200  # its generation config
+MIN_K = 0.4  # its mia_min_k
+EPS = 1e-10
+TOFU_EVAL = "TOFU_EVAL.json"
+TOFU_SUMMARY = "TOFU_SUMMARY.json"
+SUMMARY_METRICS = ("forget_truth_ratio", "forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
+                   "privleak", "extraction_strength")
+"""The metrics of open-unlearning's default TOFU evaluation (its ``TOFU_SUMMARY.json``)."""
+SETS = {"forget": "forget", "retain": "retain", "ra": "real_authors_perturbed", "wf": "world_facts_perturbed"}
+UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
+           "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
+
+
+def check_benchmark(name: str) -> str:
+    if name not in BENCHMARKS:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--benchmark: one of {', '.join(BENCHMARKS)}, got {name!r}")
+    return name
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TofuSource:
+    """The configs of ``locuslab/TOFU``: from the hub, or from a local snapshot folder holding one
+    JSON-lines file per config (``forget01.json``, ``forget01_perturbed.json``, ``holdout01.json``,
+    ``retain99.json``, ``retain_perturbed.json``, ...)."""
+
+    def __init__(self, data: str | Path):
+        self.data = str(data)
+        self.folder = Path(self.data) if Path(self.data).is_dir() else None
+        if self.folder is None and self.data != HUB:
+            raise DataError(f"{self.data}: the TOFU benchmark reads {HUB} (hub) or a snapshot folder of its configs "
+                            "(<config>.json files); not found")
+
+    def has(self, config: str) -> bool:
+        return self.folder is None or (self.folder / f"{config}.json").is_file()
+
+    def rows(self, config: str, required=("question", "answer")) -> list[dict]:
+        if self.folder is not None:
+            path = self.folder / f"{config}.json"
+            if not path.is_file():
+                raise DataError(f"{path}: missing; a TOFU snapshot folder holds one JSON-lines file per config of "
+                                f"{HUB} (named <config>.json)")
+            return read_records(path, required=required)
+        from ..data import _hub_rows
+
+        rows = _hub_rows(HUB, config)
+        for i, r in enumerate(rows):
+            r["_source"] = f"{HUB}/{config}[{i}]"
+            for key in required:
+                if not isinstance(r.get(key), str):
+                    raise DataError(f"{r['_source']}: missing field '{key}'")
+        return rows
+
+
+def check_split(split: str) -> None:
+    if split not in HOLDOUT:
+        raise DataError(f"unknown split '{split}' (valid: {', '.join(HOLDOUT)})")
+
+
+def training_rows(data: str, split: str) -> tuple[list[dict], list[dict]]:
+    """``(forget, retain)`` training rows of the TOFU standard: ``<split>`` and ``retain(100-XX)``."""
+    check_split(split)
+    src = TofuSource(data)
+    return src.rows(split), src.rows(HUB_RETAIN[split])
+
+
+@dataclass
+class TofuSets:
+    forget: list[dict]
+    retain: list[dict]
+    ra: list[dict]
+    wf: list[dict]
+    holdout: list[dict] | None  # None: privleak unavailable (no holdoutXX config)
+    split: str
+    source: str
+
+    def of(self, name: str) -> list[dict]:
+        return getattr(self, name)
+
+
+def load_tofu_sets(data: str | Path, split: str = "forget01") -> TofuSets:
+    """The evaluation sets, every field the metrics need checked (file:line: field ...)."""
+    check_split(split)
+    src = TofuSource(data)
+    holdout = src.rows(HOLDOUT[split]) if src.has(HOLDOUT[split]) else None
+    if holdout is None:
+        log.warning("%s: no %s config; privleak (forget against holdout) is left out", data, HOLDOUT[split])
+    return TofuSets(check_rows(src.rows(f"{split}_perturbed"), "forget"),
+                    check_rows(src.rows("retain_perturbed"), "retain"),
+                    check_rows(src.rows("real_authors_perturbed"), "general"),
+                    check_rows(src.rows("world_facts_perturbed"), "general"), holdout, split, str(data))
+
+
+# --------------------------------------------------------------------------- retain logs
+
+
+@dataclass
+class RetainLogs:
+    """What Forget Quality and privleak need of a retain model: its forget-set truth ratios
+    (open-unlearning's orientation, wrong / correct) and its Min-K% AUC."""
+
+    truth_ratios: list[float]
+    mia_min_k: float | None
+    source: str
+
+
+def read_retain_logs(path: str | Path) -> RetainLogs:
+    """A retain model's evaluation: an open-unlearning ``TOFU_EVAL.json`` (or the folder holding one,
+    as ``unlearn eval --benchmark tofu`` writes it), or a closer-look evaluation folder (its
+    ``eval_Forget.jsonl``: ``1 / truth_ratio_r``, and ``MIA AUC Min-K%`` when it was measured)."""
+    p = Path(path)
+    if p.is_dir() and (p / TOFU_EVAL).is_file():
+        p = p / TOFU_EVAL
+    if p.is_file():
+        try:
+            logs = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{p}: not a JSON file ({e})") from None
+        entry = logs.get("forget_truth_ratio") if isinstance(logs, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("value_by_index"), dict):
+            raise DataError(f"{p}: missing field 'forget_truth_ratio' (with 'value_by_index'): not the TOFU_EVAL.json "
+                            "of a TOFU evaluation")
+        ratios = []
+        for idx, v in entry["value_by_index"].items():
+            score = v.get("score") if isinstance(v, dict) else None
+            if not isinstance(score, (int, float)):
+                raise DataError(f"{p}: field 'forget_truth_ratio.value_by_index.{idx}.score' must be a number")
+            ratios.append(float(score))
+        auc = (logs.get("mia_min_k") or {}).get("agg_value")
+        return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(p))
+    from ..rundir import SUMMARY, eval_file
+
+    saved = p / eval_file("Forget")
+    if saved.is_file():
+        rows = read_records(saved, required=("question",))
+        ratios = []
+        for r in rows:
+            value = r.get("truth_ratio_r")
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise DataError(f"{r['_source']}: field 'truth_ratio_r' must be a positive number")
+            ratios.append(1.0 / float(value))
+        summary = json.loads((p / SUMMARY).read_text()) if (p / SUMMARY).is_file() else {}
+        auc = summary.get("MIA AUC Min-K%")
+        return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(saved))
+    raise DataError(f"{path}: --retain-logs needs a TOFU_EVAL.json (open-unlearning's or unlearn's), a folder holding "
+                    "one, or an unlearn evaluation folder (eval_Forget.jsonl)")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _generation_stop(model) -> list[int]:
+    """The model's generation-config EOS ids: where ``model.generate`` stops in open-unlearning."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _cut(text: str, stopwords: list[str]) -> str:
+    for word in stopwords:
+        if word and word in text:
+            text = text.split(word)[0]
+    return text.strip()
+
+
+def _clean(tokenizer, text: str) -> str:
+    """open-unlearning decodes with ``clean_up_tokenization_spaces=True`` (under transformers 4.45 it
+    applies to every tokenizer; transformers 5 ignores it for BPE ones): the same clean-up, applied here."""
+    return tokenizer.clean_up_tokenization(text)
+
+
+def _decode(tokenizer, ids) -> str:
+    return _clean(tokenizer, tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def ground_truth(tokenizer, template, question: str, answer: str) -> str:
+    """The reference ROUGE compares with: the whole encoded conversation decoded, with the decoded
+    prompt taken out (open-unlearning's ``eval_text_similarity``)."""
+    full = template.encode_pair(tokenizer, question, answer, MAX_LENGTH)
+    prompt = template.encode_prompt_ids(tokenizer, question, MAX_LENGTH)
+    return _decode(tokenizer, full.input_ids).replace(_decode(tokenizer, prompt), "").strip()
+
+
+@dataclass
+class _Pair:
+    set: str  # forget | retain | ra | wf | holdout
+    item: int
+    kind: str  # answer | para | pert
+    question: str
+    text: str
+
+
+def _pairs(sets: TofuSets, parts=("forget", "retain", "ra", "wf", "holdout")) -> list[_Pair]:
+    out = []
+    for name in parts:
+        rows = sets.holdout if name == "holdout" else sets.of(name)
+        for i, r in enumerate(rows or []):
+            out.append(_Pair(name, i, "answer", r["question"], r["answer"]))
+            if name in ("forget", "retain"):
+                out.append(_Pair(name, i, "para", r["question"], r["paraphrased_answer"]))
+            if name != "holdout":
+                out += [_Pair(name, i, "pert", r["question"], p) for p in r["perturbed_answer"]]
+    return out
+
+
+def score_pairs(model, tokenizer, template, pairs: list[_Pair], batch_size: int, shard: bool = False) -> list[tuple]:
+    """``(avg_loss, TokenStats or None)`` per pair, from one sorted pass (token statistics for the
+    forget and holdout answers)."""
+    from ..distributed import sharded_map
+    from .runner import score_sequences
+
+    def score(ps: list[_Pair]) -> list[tuple]:
+        seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
+        want = [i for i, p in enumerate(ps) if p.kind == "answer" and p.set in ("forget", "holdout")]
+        losses, stats = score_sequences(model, tokenizer, seqs, batch_size, mask_pad=True, stats_for=want,
+                                        texts=[p.text for p in ps], desc="TOFU: answer NLLs")
+        return [(float(losses[i]), stats.get(i)) for i in range(len(ps))]
+
+    return sharded_map(score, pairs) if shard else score(pairs)
+
+
+def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
+    from ..distributed import sharded_map
+    from .runner import generate
+
+    stopwords = [tokenizer.decode([tokenizer.eos_token_id])]
+
+    def answer(qs):
+        gens = generate(model, tokenizer, template, qs, batch_size=batch_size, desc="TOFU: generating",
+                        max_new_tokens=MAX_NEW_TOKENS, stop=_generation_stop(model), mask_pad=True,
+                        decode={"clean_up_tokenization_spaces": False})
+        return [_cut(_clean(tokenizer, g), stopwords) for g in gens]
+
+    return sharded_map(answer, questions) if shard else answer(questions)
+
+
+def _prob_entry(losses: list) -> dict:
+    """open-unlearning's ``probability`` result: per item ``prob``/``avg_loss`` (lists for several answers)."""
+    arr = np.asarray(losses, dtype=np.float64)
+    probs = np.exp(-arr)
+    if arr.ndim == 1:
+        by = {str(i): {"prob": float(p), "avg_loss": float(a)} for i, (p, a) in enumerate(zip(probs, arr))}
+        agg = float(np.mean(probs))
+    else:
+        by = {str(i): {"prob": [float(x) for x in p], "avg_loss": [float(x) for x in a]}
+              for i, (p, a) in enumerate(zip(probs, arr))}
+        agg = float(np.mean(probs.mean(axis=1)))
+    return {"agg_value": agg, "value_by_index": by}
+
+
+def truth_ratio_values(correct_loss, wrong_losses) -> np.ndarray:
+    """Per-item ``wrong / correct`` with open-unlearning's epsilon: the perturbed answers' mean NLL
+    taken first (``aggregate_to_1D``), then ``exp(-·)``."""
+    correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
+    wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64).mean(axis=1))
+    return wrong / (correct + EPS)
+
+
+def truth_ratio_entry(correct_loss, wrong_losses, forget: bool) -> dict:
+    tr = truth_ratio_values(correct_loss, wrong_losses)
+    agg = float(np.mean(np.minimum(tr, 1 / (tr + EPS)))) if forget else float(np.mean(np.maximum(0, 1 - tr)))
+    return {"agg_value": agg, "value_by_index": {str(i): {"score": float(v)} for i, v in enumerate(tr)}}
+
+
+def normalised_prob_entry(correct_loss, wrong_losses) -> dict:
+    correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
+    wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64)).sum(axis=1)
+    probs = correct / (correct + wrong + EPS)
+    return {"agg_value": float(np.mean(probs)), "value_by_index": {str(i): {"prob": float(p)} for i, p in enumerate(probs)}}
+
+
+def rouge_entry(tokenizer, template, rows: list[dict], gens: list[str]) -> dict:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    by = {}
+    for i, (r, g) in enumerate(zip(rows, gens)):
+        gt = ground_truth(tokenizer, template, r["question"], r["answer"])
+        sc = scorer.score(gt, g)
+        prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, r["question"], MAX_LENGTH))
+        by[str(i)] = {"rouge1_recall": sc["rouge1"].recall, "rougeL_f1": sc["rougeL"].fmeasure,
+                      "rougeL_recall": sc["rougeL"].recall, "input": prompt, "ground_truth": gt, "generation": g}
+    return {"agg_value": float(np.mean([v["rougeL_recall"] for v in by.values()])), "value_by_index": by}
+
+
+def hmean(values: list[float]) -> float:
+    """``scipy.stats.hmean`` (open-unlearning's ``hm_aggregate``): 0 when a value is 0."""
+    from scipy import stats
+
+    return float(stats.hmean(values))
+
+
+def min_k_entry(forget_stats: list, holdout_stats: list, k: float = MIN_K) -> dict:
+    """open-unlearning's ``mia_min_k`` result: per-item scores (the negated mean of the lowest
+    ``max(1, int(k·n))`` token log-probabilities, the EOS left out) and the AUC with the holdout
+    labelled 1 (0.5: indistinguishable; above: forget items look like training data)."""
+    def side(stats):
+        scores = [-mia.scores(s, k)["Min-K%"] for s in stats]
+        return {"agg_value": float(np.mean(scores)), "value_by_index": {str(i): {"score": float(v)}
+                                                                        for i, v in enumerate(scores)}}
+
+    f, h = side(forget_stats), side(holdout_stats)
+    members = [-v["score"] for v in f["value_by_index"].values()]
+    others = [-v["score"] for v in h["value_by_index"].values()]
+    auc = mia.auc(members, others)
+    return {"forget": f, "holdout": h, "auc": auc, "agg_value": auc}
+
+
+def _score_entry(values: list[float | None]) -> dict:
+    kept = [v for v in values if v is not None]
+    return {"agg_value": float(np.mean(kept)) if kept else None,
+            "value_by_index": {str(i): {"score": v} for i, v in enumerate(values)}}
+
+
+@dataclass
+class TofuResult:
+    logs: dict  # open-unlearning's TOFU_EVAL.json
+    summary: dict  # summary.json
+
+
+def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = EVAL_BATCH_SIZE,
+                  retain_logs: RetainLogs | None = None, shard: bool = False) -> TofuResult:
+    """Every metric of the TOFU standard on ``model`` (see the module docstring)."""
+    questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
+    flat = [q for qs in questions.values() for q in qs]
+    gens_flat = generate_answers(model, tokenizer, template, flat, batch_size, shard)
+    gens, start = {}, 0
+    for name, qs in questions.items():
+        gens[name], start = gens_flat[start:start + len(qs)], start + len(qs)
+    pairs = _pairs(sets)
+    scored = score_pairs(model, tokenizer, template, pairs, batch_size, shard)
+    loss: dict = {}
+    stats: dict = {}
+    for p, (value, st) in zip(pairs, scored):
+        loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
+        if st is not None:
+            stats.setdefault(p.set, {})[p.item] = st
+
+    def losses(name, kind):
+        by = loss.get((name, kind), {})
+        values = [by[i] for i in range(len(by))]
+        return [v[0] for v in values] if kind != "pert" else values
+
+    logs: dict = {}
+    for name in ("forget", "retain", "ra", "wf"):
+        logs[f"{name}_Q_A_Prob"] = _prob_entry(losses(name, "answer"))
+        logs[f"{name}_Q_A_PERT_Prob"] = _prob_entry(losses(name, "pert"))
+        logs[f"{name}_Q_A_ROUGE"] = rouge_entry(tokenizer, template, sets.of(name), gens[name])
+    for name in ("forget", "retain"):
+        logs[f"{name}_Q_A_PARA_Prob"] = _prob_entry(losses(name, "para"))
+    logs["forget_truth_ratio"] = truth_ratio_entry(losses("forget", "para"), losses("forget", "pert"), True)
+    logs["retain_Truth_Ratio"] = truth_ratio_entry(losses("retain", "para"), losses("retain", "pert"), False)
+    for name in ("ra", "wf"):
+        logs[f"{name}_Truth_Ratio"] = truth_ratio_entry(losses(name, "answer"), losses(name, "pert"), False)
+        logs[f"{name}_Q_A_Prob_normalised"] = normalised_prob_entry(losses(name, "answer"), losses(name, "pert"))
+    logs["model_utility"] = {"agg_value": hmean([logs[k]["agg_value"] for k in UTILITY])}
+    forget_stats = [stats["forget"][i] for i in range(len(sets.forget))]
+    logs["exact_memorization"] = _score_entry([mia.exact_memorization(s) for s in forget_stats])
+    logs["extraction_strength"] = _score_entry([mia.extraction_strength(s) for s in forget_stats])
+    unavailable = {}
+    if retain_logs is not None:
+        from scipy.stats import ks_2samp
+
+        forget_tr = [v["score"] for v in logs["forget_truth_ratio"]["value_by_index"].values()]
+        logs["forget_quality"] = {"agg_value": float(ks_2samp(forget_tr, retain_logs.truth_ratios).pvalue)}
+    else:
+        logs["forget_quality"] = {"agg_value": None}
+        unavailable["forget_quality"] = "no retain model's evaluation (give --retain-logs TOFU_EVAL.json)"
+    if sets.holdout:
+        logs["mia_min_k"] = min_k_entry(forget_stats, [stats["holdout"][i] for i in range(len(sets.holdout))])
+        ref = retain_logs.mia_min_k if retain_logs is not None and retain_logs.mia_min_k is not None else 0.5
+        if ref == 0.5 and (retain_logs is None or retain_logs.mia_min_k is None):
+            unavailable["privleak_reference"] = "no retain model's Min-K% AUC: privleak against 0.5, as open-unlearning"
+        score, ref = 1 - logs["mia_min_k"]["agg_value"], 1 - ref
+        logs["privleak"] = {"agg_value": (score - ref) / (ref + EPS) * 100}
+    else:
+        unavailable["privleak"] = f"no {HOLDOUT[sets.split]} config in {sets.source}"
+    summary = {"benchmark": "tofu", "split": sets.split}
+    for key in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+                "forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob", "exact_memorization", "extraction_strength",
+                "privleak", "mia_min_k", *UTILITY):
+        if key in logs:
+            summary[key] = logs[key]["agg_value"]
+    if unavailable:
+        summary["unavailable"] = unavailable
+    return TofuResult(logs, summary)
+
+
+def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_size: int, source: str) -> RetainLogs:
+    """A retain model's forget truth ratios and Min-K% AUC, computed (no generation)."""
+    pairs = _pairs(sets, ("forget", "holdout"))
+    scored = score_pairs(model, tokenizer, template, pairs, batch_size)
+    loss: dict = {}
+    stats: dict = {}
+    for p, (value, st) in zip(pairs, scored):
+        loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
+        if st is not None:
+            stats.setdefault(p.set, {})[p.item] = st
+    n = len(sets.forget)
+    para = [loss[("forget", "para")][i][0] for i in range(n)]
+    pert = [loss[("forget", "pert")][i] for i in range(n)]
+    auc = None
+    if sets.holdout:
+        auc = min_k_entry([stats["forget"][i] for i in range(n)],
+                          [stats["holdout"][i] for i in range(len(sets.holdout))])["agg_value"]
+    return RetainLogs([float(x) for x in truth_ratio_values(para, pert)], auc, source)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
+    """``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (open-unlearning's files), then ``summary.json``."""
+    from ..rundir import SUMMARY
+
+    out = Path(out_dir)
+    atomic_write_json(out / TOFU_EVAL, _finite(dict(sorted(result.logs.items()))))
+    ou_summary = {k: result.logs[k]["agg_value"] for k in SUMMARY_METRICS
+                  if k in result.logs and result.logs[k].get("agg_value") is not None}
+    atomic_write_json(out / TOFU_SUMMARY, _finite(dict(sorted(ou_summary.items()))))
+    atomic_write_json(out / SUMMARY, _finite(result.summary))  # last: it marks a complete result
+    return out
+
+
+def print_tofu(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TOFU standard ({summary.get('split', '')})")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            table.add_row(key, f"{value:.4g}")
+    console = Console()
+    console.print(table)
+    for key, reason in summary.get("unavailable", {}).items():
+        console.print(f"{key}: {reason}")
