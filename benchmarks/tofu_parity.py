@@ -119,11 +119,10 @@ def run_ou(args, model: Path, work: Path, chat: bool) -> tuple[Path, float]:
     out = work / "saves" / "eval" / name
     if out.exists():
         shutil.rmtree(out)
-    overrides = ["--config-name=eval.yaml", "model=phi-1_5", f"model.model_args.pretrained_model_name_or_path={model}",
+    overrides = ["--config-name=eval.yaml", f"--config-dir={_ou_eval_config(work)}", "model=phi-1_5", f"model.model_args.pretrained_model_name_or_path={model}",
                  f"model.tokenizer_args.pretrained_model_name_or_path={model}", "model.model_args.device_map=cpu",
                  "eval.tofu.forget_split=forget01", "eval.tofu.holdout_split=holdout01",
-                 f"eval.tofu.batch_size={args.batch_size}", f"task_name={name}", "eval=tofu_parity",
-                 f"--config-dir={_ou_eval_config(work)}"]
+                 f"eval.tofu.batch_size={args.batch_size}", f"task_name={name}", "eval=tofu_parity"]
     if chat:  # open-unlearning's configs of chat models: the chat template with this system prompt
         overrides += ["model.template_args.apply_chat_template=true",
                       "+model.template_args.system_prompt='You are a helpful assistant.'",

@@ -394,3 +394,7 @@ def test_run_unlearns_the_hub_split_and_evaluates_it(saved, snapshot, tmp_path):
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["benchmark"] == "tofu" and cfg["max_length"] == 512 and cfg["prompt_format"] == "llama2"
+    report = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    text = (report / "report.md").read_text()
+    assert "TOFU standard" in text and f"{summary['model_utility']:.4f}" in text

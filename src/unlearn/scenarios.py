@@ -77,6 +77,11 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
     """Unlearn ``tasks`` in order under ``cfg.out``; returns the rows of ``continual.csv``."""
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")
+    if cfg.benchmark == "tofu":
+        from .errors import ConfigError
+
+        raise ConfigError("continual unlearning runs the closer-look protocol's tasks (task_id in the forget files); "
+                          "the TOFU standard (--benchmark tofu) has none: unlearn each split with unlearn run")
     with RunDir(cfg.out).locked(is_main_process()):
         return _continual(cfg, tasks, keep_checkpoints)
 

@@ -118,7 +118,16 @@ def check_inputs(cfg) -> AuditInputs:
         raise OutputError("no output folder: give --out DIR")
     if cfg.model == "tiny":
         raise ConfigError("--model: give the folder of the model to audit (the tiny preset is an untrained model)")
-    sets = eval_sets_for(dataclasses.replace(cfg, eval=True))
+    tofu_holdout = None
+    if cfg.benchmark == "tofu":  # the TOFU standard's sets: <split>_perturbed, retain_perturbed, holdoutXX
+        from ..evals.sets import EvalSet
+        from ..evals.tofu import check_benchmark, load_tofu_sets
+
+        check_benchmark(cfg.benchmark)
+        t = load_tofu_sets(cfg.data, cfg.split)
+        sets, tofu_holdout = [EvalSet("Retain", t.retain, "retain"), EvalSet("Forget", t.forget, "forget")], t.holdout
+    else:
+        sets = eval_sets_for(dataclasses.replace(cfg, eval=True))
     if not sets:
         raise DataError("no forget set to audit: give --data DIR (TOFU or real-world layout) or --forget FILE")
     forget = forget_set(sets)
@@ -137,7 +146,8 @@ def check_inputs(cfg) -> AuditInputs:
             models["retain"] = _model_folder(cfg.retain_model)
     backend = quantize.backend(cfg.quant_backend) if "quantization" in attacks else "simulated"
     bits = quantize.check_bits(cfg.quant_bits, backend) if "quantization" in attacks else []
-    inputs = AuditInputs(attacks, forget, retain, _holdout(cfg, attacks), models, saved, cfg.ref_model, bits, backend)
+    holdout = tofu_holdout if tofu_holdout is not None and not cfg.holdout and "mia" in attacks else _holdout(cfg, attacks)
+    inputs = AuditInputs(attacks, forget, retain, holdout, models, saved, cfg.ref_model, bits, backend)
     if saved is not None and saved.get("data", {}).get("key") != inputs.data_key:
         raise DataError(f"{saved['_source']}: that audit was run on other forget or holdout items than this one; "
                         "audit the retain model on the same data, or give its model folder")
@@ -455,12 +465,12 @@ def _from_saved(saved: dict, attack: str) -> dict | None:
 def _load(cfg, role: str, path: str) -> Subject:
     from ..distributed import state
     from ..models import load_model
-    from ..prompts import detect_prompt_format
+    from ..prompts import prompt_format_for
 
     model, tokenizer = load_model(path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation)
     model.to(state().device)
-    return Subject(role, path, model, tokenizer, detect_prompt_format(tokenizer, path, cfg.prompt_format))
+    return Subject(role, path, model, tokenizer, prompt_format_for(tokenizer, cfg, path))
 
 
 # --------------------------------------------------------------------------- audit.json

@@ -92,6 +92,17 @@ def _summary_table(runs: list[Run], notes: Notes) -> Table:
     return Table(header, rows)
 
 
+TOFU_HEADLINE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+                 "privleak", "extraction_strength")
+
+
+def _tofu_table(runs: list[Run]) -> Table:
+    """Runs evaluated with ``--benchmark tofu``: the metrics of open-unlearning's TOFU summary."""
+    rows = [[r.name, r.method, r.lr, r.split, *(fmt_value(r.value(k)) if r.value(k) is not None else DASH
+                                               for k in TOFU_HEADLINE)] for r in runs]
+    return Table(["run", "method", "lr", "split", *TOFU_HEADLINE], rows)
+
+
 def _set_table(runs: list[Run], set_name: str, notes: Notes) -> Table:
     header = ["run", *METRICS]
     rows = [[r.name, *(notes.cell(r, f"{set_name} {m}") for m in METRICS)]
@@ -147,7 +158,14 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
               Block("text", f"{len(runs)} run(s)" + (f" and the baseline {baseline.name} ({baseline.path})" if baseline else "")
                     + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
                     f"n/a = no value (see the notes), {DASH} = not computed for that run."),
-              Block("heading", "Summary"), Block("table", table=_summary_table(listed, notes))]
+              Block("heading", "Summary")]
+    tofu = [r for r in listed if r.summary.get("benchmark") == "tofu"]
+    closer = [r for r in listed if r not in tofu]
+    if closer:
+        blocks.append(Block("table", table=_summary_table(closer, notes)))
+    if tofu:
+        blocks += [Block("heading", "TOFU standard (open-unlearning's metrics)", level=3),
+                   Block("table", table=_tofu_table(tofu))]
     blocks.append(Block("heading", "Metrics by evaluation set"))
     for s in sets_present(listed):
         blocks += [Block("heading", s, level=3), Block("table", table=_set_table(listed, s, notes))]
