@@ -30,7 +30,11 @@ def task_dir(tmp_path_factory) -> Path:
     """The fixture tasks with absolute ``data_files`` (``datasets`` resolves relative ones against
     the working directory) and a private ``datasets`` cache."""
     pytest.importorskip("lm_eval")
-    root = tmp_path_factory.mktemp("lm_eval_task")
+    return prepare_tasks(tmp_path_factory.mktemp("lm_eval_task"))
+
+
+def prepare_tasks(root: Path) -> Path:
+    """The fixture tasks copied into ``root``, made runnable from any working directory."""
     for src in FIXTURE.iterdir():
         shutil.copy(src, root / src.name)
     for yml in root.glob("*.yaml"):

@@ -131,7 +131,7 @@ def _run_parser(p):
 
 
 def _eval_parser(p):
-    add_config_args(p, ("model", "data", "eval", "out"), exclude=("eval",), extra=("forget", "retain"))
+    add_config_args(p, ("model", "data", "eval", "downstream", "out"), exclude=("eval",), extra=("forget", "retain"))
 
 
 def _audit_parser(p):

@@ -95,7 +95,9 @@ class Config:
     benchmark: str = _f("closer-look", "evaluation protocol: closer-look (the paper's: its task layout, 18-value Model "
                         "Utility, Forget Efficacy) or tofu (the TOFU standard as open-unlearning computes it: the hub "
                         "configs of locuslab/TOFU or a snapshot folder of them, 9-value Model Utility, Forget Quality, "
-                        "privleak; prompts, lengths and encoding as its configs)", "data", True)
+                        "privleak; prompts, lengths and encoding as its configs), muse (raw-text unlearning of "
+                        "muse-bench/MUSE-News or -Books or a snapshot folder: VerbMem, KnowMem, PrivLeak) or wmdp "
+                        "(lm-eval's wmdp_bio, wmdp_cyber and mmlu after unlearning --forget/--retain text)", "data", True)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)

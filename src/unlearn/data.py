@@ -17,6 +17,7 @@ Every bad record is reported as ``file:line: field 'x' ...`` before any model is
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -108,9 +109,58 @@ def read_refusals(path: str | Path | None) -> list[str]:
 class UnlearningData:
     forget: list[dict]
     retain: list[dict]
-    layout: str  # "tofu" | "real_world" | "hub" | "files"
+    layout: str  # "tofu" | "real_world" | "hub" | "files" | "muse"
     source: str
     info: dict = field(default_factory=dict)
+
+    @property
+    def is_text(self) -> bool:
+        """Raw text (rows with ``text``, no question): unlearned as MUSE does, in chunks."""
+        return is_text_rows(self.forget)
+
+
+def is_text_rows(rows: list[dict]) -> bool:
+    return bool(rows) and "text" in rows[0] and "question" not in rows[0]
+
+
+def row_text(row: dict) -> str:
+    """The text of a row: its raw ``text``, or question and answer."""
+    return row["text"] if "question" not in row and "text" in row else row["question"] + " " + row["answer"]
+
+
+TEXT_PARTS = ("forget", "retain")
+"""The batch parts raw text has: the forget and retain chunks (no question to refuse or mismatch)."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+GATED = {"cais/wmdp-bio-forget-corpus": "request access on https://huggingface.co/datasets/cais/wmdp-bio-forget-corpus, "
+         "log in with `huggingface-cli login`, then pass it again (or save it as JSON lines with a text field and "
+         "pass the file)"}
+
+
+def read_rows(spec: str | Path) -> list[dict]:
+    """Your own forget or retain rows: a JSON-lines file of ``question``/``answer`` pairs or of raw
+    ``text``, or a hub data set ``owner/name[:config]`` (its train split) with a ``text`` field."""
+    path = Path(spec)
+    if (not path.exists() and HUB_ID.match(str(spec)) and not path.parent.exists()
+            and path.suffix.lower() not in (".json", ".jsonl", ".txt", ".csv", ".parquet")):
+        return _hub_text_rows(str(spec))
+    first = read_records(path, required=())[0]
+    text = "text" in first and "question" not in first
+    return read_records(path, required=("text",) if text else ("question", "answer"))
+
+
+def _hub_text_rows(spec: str) -> list[dict]:
+    name, _, config = spec.partition(":")
+    try:
+        rows = _hub_rows(name, config or None)
+    except Exception as e:  # the hub's own errors: gated, missing, offline
+        hint = GATED.get(name, "check the name, your network and `huggingface-cli login` for gated sets")
+        raise DataError(f"{spec}: could not load it from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                        f"{hint}") from None
+    for i, r in enumerate(rows):
+        r["_source"] = f"{spec}[{i}]"
+        if not isinstance(r.get("text"), str):
+            raise DataError(f"{r['_source']}: missing field 'text'")
+    return rows
 
 
 def detect_layout(data: str | Path) -> str:
@@ -129,7 +179,7 @@ def detect_layout(data: str | Path) -> str:
     raise DataError(f"{data}: data folder not found")
 
 
-SCENARIO_MAX_LENGTH = {"real_world": 300}  # official real_world_unlearn.py; forget.py uses 500
+SCENARIO_MAX_LENGTH = {"real_world": 300, "muse": 2048}  # official real_world_unlearn.py; forget.py 500; MUSE 2048
 TOFU_STANDARD_MAX_LENGTH = 512  # open-unlearning's TOFU datasets (--benchmark tofu)
 IDK_FILE = "idontknow.jsonl"  # the official refusals, beside the official data folders
 
@@ -140,6 +190,8 @@ def layout_of(cfg) -> str:
         return "files"
     if getattr(cfg, "benchmark", None) == "tofu" and cfg.data:
         return "hub"  # the TOFU standard: the hub's configs (or a snapshot folder of them)
+    if getattr(cfg, "benchmark", None) == "muse" and cfg.data:
+        return "muse"
     return detect_layout(cfg.data) if cfg.data else "none"
 
 
@@ -149,7 +201,8 @@ def with_scenario_defaults(cfg):
     * ``task_id``: TOFU task 1 (the standard benchmark); the real-world layout unlearns every
       person at once (left unset);
     * ``max_length``: 300 tokens for the real-world layout, 512 for the TOFU standard (``--benchmark
-      tofu``, open-unlearning's), 500 otherwise;
+      tofu``, open-unlearning's), 2048 for MUSE's text chunks, 500 otherwise;
+    * ``split``: MUSE's ``forget`` for ``--benchmark muse`` (TOFU's default ``forget01`` reads as it);
     * ``idk``: the official ``idontknow.jsonl`` when it sits in the data folder or its parent.
     """
     import dataclasses
@@ -161,6 +214,10 @@ def with_scenario_defaults(cfg):
     if cfg.max_length is None:
         changes["max_length"] = (TOFU_STANDARD_MAX_LENGTH if getattr(cfg, "benchmark", None) == "tofu"
                                  else SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH))
+    if layout == "muse":
+        from .evals.muse import muse_split
+
+        changes["split"] = muse_split(cfg.split)
     if cfg.idk is None and layout in ("tofu", "real_world"):
         here = Path(cfg.data)
         found = next((d / IDK_FILE for d in (here, here.parent) if (d / IDK_FILE).is_file()), None)
@@ -242,11 +299,19 @@ def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int
                          forget: str | None = None, retain: str | None = None,
                          unlearned: Sequence[int] = (), benchmark: str = "closer-look") -> UnlearningData:
     if forget is not None:
-        forget_rows = read_records(forget)
-        retain_rows = read_records(retain) if retain else []
+        forget_rows = read_rows(forget)
+        retain_rows = read_rows(retain) if retain else []
+        if retain_rows and is_text_rows(forget_rows) != is_text_rows(retain_rows):
+            raise DataError(f"{retain}: the forget rows are {'raw text' if is_text_rows(forget_rows) else 'questions'} "
+                            "and these are not; give both as text or both as question/answer pairs")
         return UnlearningData(forget_rows, retain_rows, "files", str(forget))
     if data is None:
         raise DataError("no data: give --data FOLDER (or locuslab/TOFU) or --forget FILE [--retain FILE]")
+    if benchmark == "muse":  # MUSE: raw text, the split's forget corpus against retain1
+        from .evals.muse import training_rows as muse_rows
+
+        forget_rows, retain_rows = muse_rows(data, split)
+        return UnlearningData(forget_rows, retain_rows, "muse", str(data), {"split": split, "benchmark": "muse"})
     if benchmark == "tofu":  # the TOFU standard: forgetXX against retain(100-XX), from the hub or a snapshot
         from .evals.tofu import training_rows
 
@@ -288,6 +353,9 @@ class UnlearningDataset(torch.utils.data.Dataset):
             raise DataError("this method needs a retain set: give --retain FILE or a data folder")
         self.parts = tuple(parts)
         self.truncated = 0
+        if is_text_rows(forget):
+            self._text(forget, retain, tokenizer, max_length)
+            return
         enc = _Encoder(tokenizer, prompt_format, max_length)
         self.items: list[dict[str, Encoded]] = []
         for i, row in enumerate(forget):
@@ -308,6 +376,29 @@ class UnlearningDataset(torch.utils.data.Dataset):
                 item["retain_idk"] = enc(partner["question"], refusal)
             self.items.append(item)
         self.truncated = enc.truncated
+
+    def _text(self, forget, retain, tokenizer, max_length) -> None:
+        """Raw text: one item per forget chunk (:func:`unlearn.encoding.chunk_texts`), its retain
+        partner drawn as for question/answer pairs."""
+        from .encoding import chunk_texts
+
+        other = [p for p in self.parts if p not in TEXT_PARTS]
+        if other:
+            raise DataError(f"raw text has no questions, and this method needs {', '.join(other)} (refusals or "
+                            "mismatched answers): on text use GA, NPO, SimNPO, ME, RMU, WGA, SatImp, UNDIAL, CE-U "
+                            "or TV, with GD or KL")
+        f_chunks = chunk_texts(tokenizer, [r["text"] for r in forget], max_length)
+        r_chunks = chunk_texts(tokenizer, [r["text"] for r in retain], max_length) if retain else []
+        if not f_chunks:
+            raise DataError(f"{forget[0].get('_source', 'the forget set')}: the forget text is empty")
+        self.items = []
+        for i, chunk in enumerate(f_chunks):
+            g = torch.Generator().manual_seed(i)
+            partner = (i + int(torch.randint(0, max(1, len(r_chunks)), (1,), generator=g))) % max(1, len(r_chunks))
+            item = {"forget": chunk}
+            if "retain" in self.parts:
+                item["retain"] = r_chunks[partner]
+            self.items.append(item)
 
     def __len__(self) -> int:
         return len(self.items)

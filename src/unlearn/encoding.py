@@ -86,6 +86,26 @@ def encode_pair(tokenizer, fmt, question: str, answer: str, max_length: int | No
                      fmt.add_special_tokens)
 
 
+def chunk_texts(tokenizer, texts: list[str], max_length: int) -> list[Encoded]:
+    """Raw text as MUSE trains on it: the texts joined by a blank line, tokenised without special
+    tokens and cut into pieces of ``max_length - 1`` tokens, each preceded by BOS (``max_length``
+    tokens, no BOS, for a tokenizer without one); the last piece is filled up with the first tokens
+    (MUSE's rotation), so every piece has ``max_length`` tokens when the text is long enough. Every
+    token is a label (no question to mask, no EOS)."""
+    if max_length < 2:
+        raise ValueError("--max-length must be at least 2 tokens for raw text")
+    ids = list(tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"])
+    if not ids:
+        return []
+    bos = tokenizer.bos_token_id
+    step = max_length - 1 if bos is not None else max_length
+    pieces = [ids[i:i + step] for i in range(0, len(ids), step)]
+    if len(pieces[-1]) < step:
+        pieces[-1] = (pieces[-1] + ids)[:step]
+    head = [bos] if bos is not None else []
+    return [Encoded(head + p, head + p, False) for p in pieces]
+
+
 def pad_batch(seqs: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
     """Pad to the longest sequence of the batch (dynamic padding, never a fixed length)."""
     width = max(len(s) for s in seqs)

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import distributed, methods
 from .config import Config
 from .data import (DEFAULT_MAX_LENGTH, QADataset, UnlearningData, UnlearningDataset, layout_of, load_unlearning_data, read_records,
-                   read_refusals, with_scenario_defaults)
+                   read_refusals, row_text, with_scenario_defaults)
 from .errors import ConfigError, DataError, OutputError, UnlearnError
 from .io import atomic_write_json
 from .rundir import MODEL_CONFIG, RunDir
@@ -183,6 +183,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     objective, cfg = methods.resolve(cfg, "real_world" if layout_of(cfg) == "real_world" else None)
     validate_model_settings(cfg)
     data = data or load_data(cfg)
+    check_text_parts(data, objective)
     if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
         raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
     refusals = read_refusals(cfg.idk)
@@ -196,7 +197,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         result = _evaluate_saved(cfg, out, data, plan, main)
         audit_saved(cfg, out, audit)
         return result
-    texts = [r["question"] + " " + r["answer"] for r in data.forget + data.retain] + refusals
+    texts = [row_text(r) for r in data.forget + data.retain] + refusals
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, texts)
     dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.parts, refusals,
@@ -223,6 +224,18 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         out.discard_previous()
     return RunResult(out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from,
                      summary, main)
+
+
+def check_text_parts(data: UnlearningData, objective) -> None:
+    """Raw text has forget and retain chunks only: a method that needs refusals or mismatched answers
+    is refused before any model loads."""
+    from .data import TEXT_PARTS
+
+    other = [p for p in objective.parts if p not in TEXT_PARTS]
+    if data.is_text and other:
+        raise DataError(f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
+                        "mismatched answers): on text use GA, NPO, SimNPO, ME, RMU, WGA, SatImp, UNDIAL, CE-U or TV, "
+                        "with GD or KL")
 
 
 def check_training_eval(cfg: Config, plan, objective) -> None:

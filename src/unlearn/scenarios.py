@@ -55,8 +55,20 @@ def parse_tasks(text: str | list | None, available: list[int]) -> list[int]:
     return tasks
 
 
+MUSE_SUSTAINABILITY = "sust/forget_{}"  # MUSE's successive unlearning requests: task N forgets sust/forget_N
+
+
+def _layout(cfg: Config) -> str:
+    return "muse" if cfg.benchmark == "muse" else detect_layout(cfg.data)
+
+
 def _available_tasks(cfg: Config) -> list[int]:
-    layout = detect_layout(cfg.data)
+    layout = _layout(cfg)
+    if layout == "muse":  # sustainability: the four successive forget sets
+        from .evals.muse import MuseSource
+
+        src = MuseSource(cfg.data)
+        return [n for n in range(1, 5) if src.has("sust", f"forget_{n}")]
     if layout == "tofu":
         if cfg.split not in SPLITS:
             raise DataError(f"unknown split '{cfg.split}' (valid: {', '.join(SPLITS)})")
@@ -70,6 +82,13 @@ def _task_data(cfg: Config, layout: str, task_list: list[int], task: int):
     """Task ``task``'s forget rows, and a retain set holding the tasks not unlearned before it."""
     if layout == "tofu":
         return load_tofu(cfg.data, cfg.split, task, unlearned=task_list[: task_list.index(task)])
+    if layout == "muse":
+        from .data import load_unlearning_data
+
+        split = MUSE_SUSTAINABILITY.format(task)
+        data = load_unlearning_data(cfg.data, split, benchmark="muse")
+        data.info["task_id"] = task
+        return data
     return load_real_world(cfg.data, task)
 
 
@@ -98,7 +117,7 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
     # defaults written in (ME+GD's forget weight is 1.0 in the official continual script).
     _, cfg = resolve(with_scenario_defaults(cfg), "continual")
     task_list = parse_tasks(tasks, _available_tasks(cfg))
-    layout = detect_layout(cfg.data)
+    layout = _layout(cfg)
     root = RunDir(cfg.out)
     root.path.mkdir(parents=True, exist_ok=True)
     csv_path = root / CONTINUAL
@@ -112,7 +131,7 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
 
     # Every task's evaluation sets are checked, and the judges loaded, before the first task trains.
     pending = [t for t in task_list if not finished(t)]
-    sets = {t: eval_sets_for(replace(cfg, task_id=t)) if cfg.eval else None for t in pending}
+    sets = {t: eval_sets_for(replace(cfg, task_id=t)) if cfg.eval and layout != "muse" else None for t in pending}
     for t in pending:  # each task's Forget set is the one it trains on
         check_eval_matches(sets[t], _task_data(cfg, layout, task_list, t))
     judges = load_judges(cfg) if any(sets.values()) else None

@@ -163,6 +163,9 @@ class EvalPlan:
     baseline: str | None = None  # an evaluation of the model before unlearning: before/after table and report
     tofu: object | None = None  # --benchmark tofu: its sets (evals.tofu.TofuSets), instead of ``sets``
     retain_logs: object | None = None  # --benchmark tofu: the retain model's logs (evals.tofu.RetainLogs)
+    muse: object | None = None  # --benchmark muse: its sets (evals.muse.MuseSets)
+    retain_auc: float | None = None  # --benchmark muse: the retain model's Min-40% AUC
+    wmdp: bool = False  # --benchmark wmdp: the downstream tasks are the evaluation
 
     def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False) -> dict | None:
         """The six metrics on every set (every process its share with ``shard``; the main one
@@ -172,6 +175,17 @@ class EvalPlan:
         summary = None
         if self.tofu is not None:
             summary = self.evaluate_tofu(model, tokenizer, fmt, out, shard)
+        if self.muse is not None and is_main_process():
+            from .muse import evaluate_muse, print_muse, write_muse
+
+            result = evaluate_muse(model, tokenizer, self.muse, self.batch_size, self.retain_auc)
+            write_muse(result, out.path)
+            print_muse(result.summary)
+            summary = result.summary
+        if self.wmdp and is_main_process():
+            from ..io import atomic_write_json
+
+            atomic_write_json(out.summary, {"benchmark": "wmdp"})  # the tasks' accuracies are added to it
         if self.sets:
             ev = evaluate(model, tokenizer, fmt, self.sets, self.judges.embedder, self.judges.nli, self.batch_size,
                           self.retain_ratios, shard=shard)
@@ -252,6 +266,8 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
                     downstream_include=cfg.downstream_include)
     if cfg.eval and cfg.benchmark == "tofu":
         return _plan_tofu(cfg, plan)
+    if cfg.eval and cfg.benchmark in ("muse", "wmdp"):
+        return _plan_text(cfg, plan)
     if cfg.eval:
         plan.sets = sets if sets is not None else eval_sets_for(cfg)
     if plan.sets:
@@ -273,7 +289,7 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
 
 
 def _check_retain_logs(cfg) -> None:
-    if cfg.retain_logs and cfg.benchmark != "tofu":
+    if cfg.retain_logs and cfg.benchmark not in ("tofu", "muse"):
         raise ConfigError("--retain-logs reads a TOFU_EVAL.json for the TOFU standard: add --benchmark tofu "
                           "(the closer-look protocol takes --retain-model)")
 
@@ -309,6 +325,37 @@ def _plan_tofu(cfg, plan: EvalPlan) -> EvalPlan:
     return plan
 
 
+def _plan_text(cfg, plan: EvalPlan) -> EvalPlan:
+    """``--benchmark muse`` (its sets and the retain model's AUC) or ``wmdp`` (lm-eval tasks), checked now."""
+    if cfg.holdout or cfg.eval_data or cfg.retain_model:
+        raise ConfigError(f"--holdout, --eval-data and --retain-model belong to the closer-look protocol; --benchmark "
+                          f"{cfg.benchmark} reads its own sets" + (" (and --retain-logs MUSE_EVAL.json)"
+                                                                   if cfg.benchmark == "muse" else ""))
+    if cfg.benchmark == "muse":
+        from .muse import load_muse_sets, read_retain_auc
+
+        if cfg.forget is not None or not cfg.data:
+            raise DataError("--benchmark muse evaluates a MUSE corpus: give --data muse-bench/MUSE-News (or -Books) "
+                            "or a snapshot folder of it")
+        plan.muse = load_muse_sets(cfg.data)
+        if cfg.retain_logs:
+            plan.retain_auc = read_retain_auc(cfg.retain_logs)
+        if cfg.downstream:
+            from .downstream import downstream_tasks_for
+
+            plan.downstream = downstream_tasks_for(cfg)
+        return plan
+    from .downstream import check_downstream, parse_tasks
+    from .tofu import WMDP_TASKS
+
+    if cfg.retain_logs:
+        raise ConfigError("--retain-logs: --benchmark wmdp compares accuracies, not a retain model's logs")
+    plan.wmdp = True
+    plan.downstream = parse_tasks(cfg.downstream or WMDP_TASKS)
+    check_downstream(plan.downstream, cfg.downstream_include)
+    return plan
+
+
 def _tofu_retain_logs_from_model(cfg, sets):
     """A retain model's forget truth ratios and Min-K% AUC under the TOFU standard, computed now."""
     from ..models import load_model
@@ -336,7 +383,7 @@ def run_eval(cfg) -> dict:
     check_benchmark(cfg.benchmark)
     _check_retain_logs(cfg)
     data = cfg.eval_data or cfg.data
-    if not data and not cfg.forget:
+    if not data and not cfg.forget and cfg.benchmark != "wmdp":
         raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder) or --forget FILE "
                         "[--retain FILE]")
     if not cfg.out:
@@ -353,7 +400,7 @@ def _run_eval(cfg, data) -> dict:
 
     validate_model_settings(cfg)
     texts = None
-    if cfg.benchmark == "tofu":
+    if cfg.benchmark in ("tofu", "muse", "wmdp"):
         sets = None
     elif data:
         sets = load_eval_sets(data, cfg.split, cfg.task_id)
@@ -361,7 +408,12 @@ def _run_eval(cfg, data) -> dict:
         from .sets import file_sets
 
         sets = file_sets(cfg.forget, cfg.retain)
-    plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=None), sets=sets)
+    plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=cfg.downstream
+                                               if cfg.benchmark in ("wmdp", "muse") else None), sets=sets)
+    if plan.muse is not None:
+        m = plan.muse
+        texts = [r.get("prompt", r.get("question", r.get("text", ""))) + " " + r.get("gt", r.get("answer", ""))
+                 for rows in (m.verbmem, m.forget_qa, m.retain_qa, m.privleak_forget) for r in rows or []]
     if plan.tofu is not None:
         t = plan.tofu
         texts = [r["question"] + " " + r["answer"] for rows in (t.forget, t.retain, t.ra, t.wf) for r in rows]

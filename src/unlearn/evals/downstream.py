@@ -122,9 +122,16 @@ def downstream_after_unlearning(model, tokenizer, out, tasks: list[str], batch_s
                             include_path=include_path)
     summary = out.read_summary()
     if summary is not None:
-        atomic_write_json(out.summary, {**summary, **summary_entries(result)})
+        extra = {task: value for task, value in _short_entries(result).items()} if summary.get("benchmark") == "wmdp" else {}
+        atomic_write_json(out.summary, {**summary, **summary_entries(result), **extra})
     log.info("wrote the downstream evaluation to %s", out.downstream)
     return result
+
+
+def _short_entries(downstream: dict[str, Any]) -> dict[str, float]:
+    """``--benchmark wmdp``: each task's headline metric under the task's own name (``wmdp_bio``, ``mmlu``)."""
+    return {task: metrics[_headline_key(task, metrics)] for task, metrics in downstream.items()
+            if task != "average" and metrics}
 
 
 def summary_entries(downstream: dict[str, Any]) -> dict[str, float]:

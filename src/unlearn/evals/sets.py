@@ -138,6 +138,15 @@ def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[Eval
     """Forget (and Retain) sets from your own JSON-lines files: ROUGE, Probability, Token Entropy,
     Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
     also carries ``paraphrased_answer`` and ``perturbed_answer``."""
+    from ..data import is_text_rows, read_rows
+
+    if forget is not None and is_text_rows(read_rows(forget)):
+        import logging
+
+        logging.getLogger("unlearn").info(
+            "raw-text forget set: no question/answer metrics; evaluate with --benchmark muse (a MUSE corpus), "
+            "--benchmark wmdp or --downstream TASKS")
+        return []
     sets = []
     for name, kind, path in (("Retain", "retain", retain), ("Forget", "forget", forget)):
         if path is None:

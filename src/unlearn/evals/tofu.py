@@ -53,7 +53,8 @@ from .sets import check_rows
 
 log = logging.getLogger("unlearn")
 
-BENCHMARKS = ("closer-look", "tofu")
+BENCHMARKS = ("closer-look", "tofu", "muse", "wmdp")
+WMDP_TASKS = "wmdp_bio,wmdp_cyber,mmlu"  # --benchmark wmdp: the lm-eval tasks run unless --downstream names others
 HUB = "locuslab/TOFU"
 HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 MAX_LENGTH = 512  # open-unlearning's TOFU datasets

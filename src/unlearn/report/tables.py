@@ -92,15 +92,28 @@ def _summary_table(runs: list[Run], notes: Notes) -> Table:
     return Table(header, rows)
 
 
-TOFU_HEADLINE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-                 "privleak", "extraction_strength")
+BENCHMARK_TABLES = {
+    "tofu": ("TOFU standard (open-unlearning's metrics)",
+             ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+              "privleak", "extraction_strength")),
+    "muse": ("MUSE, one column per criterion (VerbMem and KnowMem on the forget set: lower is better; KnowMem on "
+             "the retain set: higher; PrivLeak: near 0)",
+             ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak")),
+    "wmdp": ("WMDP (accuracy on hazardous knowledge: lower is better; MMLU: higher)",
+             ("wmdp_bio", "wmdp_cyber", "mmlu")),
+}
+"""Benchmarks whose runs get their own table: (title, the summary keys shown)."""
 
 
-def _tofu_table(runs: list[Run]) -> Table:
-    """Runs evaluated with ``--benchmark tofu``: the metrics of open-unlearning's TOFU summary."""
+def _benchmark_table(runs: list[Run], benchmark: str) -> Table:
+    """Runs evaluated with ``--benchmark tofu|muse|wmdp``: that benchmark's own metrics."""
+    keys = BENCHMARK_TABLES[benchmark][1]
+    if benchmark == "wmdp":  # the tasks run (a stand-in task may replace the defaults)
+        keys = list(dict.fromkeys(k for r in runs for k in r.summary if not k.startswith(("Downstream", "benchmark",
+                                                                                          "unavailable"))))
     rows = [[r.name, r.method, r.lr, r.split, *(fmt_value(r.value(k)) if r.value(k) is not None else DASH
-                                               for k in TOFU_HEADLINE)] for r in runs]
-    return Table(["run", "method", "lr", "split", *TOFU_HEADLINE], rows)
+                                               for k in keys)] for r in runs]
+    return Table(["run", "method", "lr", "split", *keys], rows)
 
 
 def _set_table(runs: list[Run], set_name: str, notes: Notes) -> Table:
@@ -159,13 +172,13 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
                     + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
                     f"n/a = no value (see the notes), {DASH} = not computed for that run."),
               Block("heading", "Summary")]
-    tofu = [r for r in listed if r.summary.get("benchmark") == "tofu"]
-    closer = [r for r in listed if r not in tofu]
+    other = {name: [r for r in listed if r.summary.get("benchmark") == name] for name in BENCHMARK_TABLES}
+    closer = [r for r in listed if r.summary.get("benchmark") not in BENCHMARK_TABLES]
     if closer:
         blocks.append(Block("table", table=_summary_table(closer, notes)))
-    if tofu:
-        blocks += [Block("heading", "TOFU standard (open-unlearning's metrics)", level=3),
-                   Block("table", table=_tofu_table(tofu))]
+    for name, (title, _) in BENCHMARK_TABLES.items():
+        if other[name]:
+            blocks += [Block("heading", title, level=3), Block("table", table=_benchmark_table(other[name], name))]
     blocks.append(Block("heading", "Metrics by evaluation set"))
     for s in sets_present(listed):
         blocks += [Block("heading", s, level=3), Block("table", table=_set_table(listed, s, notes))]

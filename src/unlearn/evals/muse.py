@@ -1,0 +1,318 @@
+"""MUSE (``--benchmark muse``): unlearning raw text, with the benchmark's own metrics.
+
+Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models" (arXiv
+2407.06460); the definitions are those of its code (``swj0419/muse_bench``: ``eval.py``,
+``metrics/{verbmem,knowmem,privleak,logger}.py``), reproduced:
+
+* **data**: the hub sets ``muse-bench/MUSE-News`` / ``MUSE-Books`` (configs ``raw``, ``verbmem``,
+  ``knowmem``, ``privleak``, ``scal``, ``sust``) or a local snapshot folder holding one JSON-lines file
+  per config and split (``raw/forget.json``, ``raw/retain1.json``, ``raw/holdout.json``,
+  ``verbmem/forget.json``, ``knowmem/forget_qa.json``, ``knowmem/forget_qa_icl.json``,
+  ``knowmem/retain_qa.json``, ``knowmem/retain_qa_icl.json``, optionally ``privleak/*.json``,
+  ``scal/forget_N.json``, ``sust/forget_N.json``);
+* **training**: the split's forget corpus (``--split forget``, ``scal/forget_N``, ``sust/forget_N``)
+  against ``raw/retain1``, as text chunked to ``--max-length`` tokens
+  (:func:`unlearn.encoding.chunk_texts`);
+* **VerbMem** (``forget_verbmem_ROUGE``): the greedy continuation (128 new tokens) of each
+  ``verbmem/forget`` prompt (BOS added) against the first 128 tokens of its ``gt`` (BOS counted),
+  ROUGE-L F1 without stemming;
+* **KnowMem** (``forget_knowmem_ROUGE``, ``retain_knowmem_ROUGE``): the answer (32 new tokens, cut at
+  ``"\\n\\n"``, ``"\\nQuestion"``, ``"Question:"``) to ``Question: …\\nAnswer: `` after the ICL
+  examples ``Question: q\\nAnswer: a\\n\\n``, ROUGE-L F1 without stemming;
+* **PrivLeak** (``privleak``): Min-40% (the mean of the ``int(0.4·n)`` lowest log-probabilities of a
+  text's tokens after BOS) AUC of the forget texts against the holdout texts, relative to the retain
+  model's: ``(AUC − AUC_retain) / AUC_retain × 100`` in MUSE's orientation (the holdout labelled
+  member); ``mia_min_k`` keeps open-unlearning's orientation (``1 − MUSE's``). Without a retain model's
+  AUC the reference is 0.5, as open-unlearning.
+
+ROUGE values are in [0, 1] (MUSE prints them ×100). Results: ``summary.json`` and
+``MUSE_EVAL.json`` (open-unlearning's per-metric layout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import EVAL_BATCH_SIZE
+from ..data import read_records
+from ..errors import DataError
+from ..io import atomic_write_json
+
+log = logging.getLogger("unlearn")
+
+HUB_SETS = ("muse-bench/MUSE-News", "muse-bench/MUSE-Books")
+SPLITS = ("forget",) + tuple(f"{g}/forget_{i}" for g in ("scal", "sust") for i in range(1, 5))
+RETAIN_SPLIT = "retain1"  # MUSE's and open-unlearning's training retain corpus
+VERBMEM_NEW_TOKENS = 128
+KNOWMEM_NEW_TOKENS = 32
+KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
+MIN_K = 0.4
+MAX_LENGTH = 2048  # texts scored for PrivLeak are cut here (MUSE scores them whole)
+MUSE_EVAL = "MUSE_EVAL.json"
+
+
+def muse_split(split: str) -> str:
+    """``--split`` under MUSE: ``forget`` (the default; TOFU's default ``forget01`` reads as it),
+    ``scal/forget_N`` or ``sust/forget_N`` (N = 1..4)."""
+    split = "forget" if split == "forget01" else split
+    if split not in SPLITS:
+        raise DataError(f"unknown MUSE split '{split}' (valid: {', '.join(SPLITS)})")
+    return split
+
+
+class MuseSource:
+    """A MUSE corpus: a hub id (``muse-bench/MUSE-News``) or a snapshot folder (``config/split.json``)."""
+
+    def __init__(self, data: str | Path):
+        self.data = str(data)
+        self.folder = Path(self.data) if Path(self.data).is_dir() else None
+        if self.folder is None and self.data not in HUB_SETS:
+            raise DataError(f"{self.data}: MUSE reads {' or '.join(HUB_SETS)} (hub) or a snapshot folder of their "
+                            "configs (raw/forget.json, knowmem/forget_qa.json, ...); not found")
+
+    def has(self, config: str, split: str) -> bool:
+        return self.folder is None or (self.folder / config / f"{split}.json").is_file()
+
+    def rows(self, config: str, split: str, required=("text",)) -> list[dict]:
+        if self.folder is not None:
+            path = self.folder / config / f"{split}.json"
+            if not path.is_file():
+                raise DataError(f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
+                                "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)")
+            return read_records(path, required=required)
+        from datasets import load_dataset
+
+        rows = [dict(r) for r in load_dataset(self.data, config, split=split)]
+        for i, r in enumerate(rows):
+            r["_source"] = f"{self.data}/{config}/{split}[{i}]"
+            for key in required:
+                if not isinstance(r.get(key), str):
+                    raise DataError(f"{r['_source']}: missing field '{key}'")
+        return rows
+
+
+def training_rows(data: str, split: str) -> tuple[list[dict], list[dict]]:
+    """``(forget, retain)`` text rows: the split's forget corpus and ``raw/retain1``."""
+    config, _, name = muse_split(split).rpartition("/")
+    src = MuseSource(data)
+    return src.rows(config or "raw", name), src.rows("raw", RETAIN_SPLIT)
+
+
+@dataclass
+class MuseSets:
+    verbmem: list[dict] | None
+    forget_qa: list[dict] | None
+    forget_icl: list[dict]
+    retain_qa: list[dict] | None
+    retain_icl: list[dict]
+    privleak_forget: list[dict] | None
+    privleak_holdout: list[dict] | None
+    source: str
+    missing: dict
+
+
+def load_muse_sets(data: str | Path) -> MuseSets:
+    """The evaluation sets, checked; a criterion whose files are absent is left out with its reason."""
+    src = MuseSource(data)
+    missing = {}
+
+    def get(config, split, required):
+        if src.has(config, split):
+            return src.rows(config, split, required)
+        missing[f"{config}/{split}"] = f"no {config}/{split}.json in {data}"
+        return None
+
+    verbmem = get("verbmem", "forget", ("prompt", "gt"))
+    qa = ("question", "answer")
+    forget_qa, retain_qa = get("knowmem", "forget_qa", qa), get("knowmem", "retain_qa", qa)
+    forget_icl = (get("knowmem", "forget_qa_icl", qa) or []) if forget_qa else []
+    retain_icl = (get("knowmem", "retain_qa_icl", qa) or []) if retain_qa else []
+    if src.has("privleak", "forget") and src.has("privleak", "holdout"):
+        pf, ph = src.rows("privleak", "forget"), src.rows("privleak", "holdout")
+    else:
+        pf, ph = get("raw", "forget", ("text",)), get("raw", "holdout", ("text",))
+    if not any((verbmem, forget_qa, retain_qa, pf and ph)):
+        raise DataError(f"{data}: no MUSE evaluation files (verbmem/forget.json, knowmem/*_qa.json, raw/holdout.json)")
+    return MuseSets(verbmem, forget_qa, forget_icl, retain_qa, retain_icl, pf if ph else None, ph if pf else None,
+                    str(data), missing)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class _Plain:
+    """Prompts given as text, encoded with the tokenizer's BOS (MUSE's ``add_special_tokens=True``)."""
+
+    add_special_tokens = True
+    answer_prefix = ""
+
+    def prompt(self, text: str) -> str:
+        return text
+
+
+def rouge_l(gt: str, output: str) -> tuple[float, float]:
+    """MUSE's ROUGE-L (no stemmer): ``(F1, recall)``."""
+    from rouge_score import rouge_scorer
+
+    score = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(gt, output)["rougeL"]
+    return score.fmeasure, score.recall
+
+
+def _generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int, desc: str) -> list[str]:
+    from .runner import generate
+    from .tofu import _generation_stop
+
+    out = generate(model, tokenizer, _Plain(), prompts, batch_size=batch_size, desc=desc, max_new_tokens=new_tokens,
+                   stop=_generation_stop(model), decode={"clean_up_tokenization_spaces": False})
+    return [tokenizer.clean_up_tokenization(g) for g in out]
+
+
+def verbmem(model, tokenizer, rows: list[dict], batch_size: int) -> dict:
+    gens = _generate(model, tokenizer, [r["prompt"] for r in rows], VERBMEM_NEW_TOKENS, batch_size, "MUSE: verbmem")
+    by = {}
+    for i, (r, g) in enumerate(zip(rows, gens)):
+        gt_ids = tokenizer(r["gt"], add_special_tokens=True)["input_ids"][:VERBMEM_NEW_TOKENS]
+        gt = tokenizer.clean_up_tokenization(tokenizer.decode(gt_ids, skip_special_tokens=True))
+        f1, recall = rouge_l(gt, g)
+        by[str(i)] = {"rougeL_f1": f1, "rougeL_recall": recall, "input": r["prompt"], "ground_truth": gt, "generation": g}
+    return {"agg_value": float(np.mean([v["rougeL_f1"] for v in by.values()])), "value_by_index": by}
+
+
+def knowmem_prompt(question: str, icl: list[dict]) -> str:
+    shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl)
+    return shots + f"Question: {question}\nAnswer: "
+
+
+def knowmem(model, tokenizer, rows: list[dict], icl: list[dict], batch_size: int, desc: str) -> dict:
+    prompts = [knowmem_prompt(r["question"], icl) for r in rows]
+    gens = _generate(model, tokenizer, prompts, KNOWMEM_NEW_TOKENS, batch_size, desc)
+    by = {}
+    for i, (r, g) in enumerate(zip(rows, gens)):
+        for word in KNOWMEM_STOP:
+            g = g.split(word)[0]
+        f1, recall = rouge_l(r["answer"], g)
+        by[str(i)] = {"rougeL_f1": f1, "rougeL_recall": recall, "input": r["question"], "ground_truth": r["answer"],
+                      "generation": g}
+    return {"agg_value": float(np.mean([v["rougeL_f1"] for v in by.values()])), "value_by_index": by}
+
+
+def min_k_score(logp: np.ndarray, k: float = MIN_K) -> float:
+    """MUSE's Min-k% Prob: ``-mean`` of the ``int(k·n)`` lowest token log-probabilities (every token
+    after BOS; NaN when ``int(k·n)`` is 0, as MUSE)."""
+    n = int(len(logp) * k)
+    return float(-np.mean(np.sort(logp)[:n])) if n else float("nan")
+
+
+def text_logps(model, tokenizer, texts: list[str], batch_size: int, desc: str) -> list[np.ndarray]:
+    """Per text, ``log p`` of each token after the first (BOS added), the text cut at :data:`MAX_LENGTH`."""
+    from ..encoding import Encoded
+    from .runner import score_sequences
+
+    seqs = []
+    for t in texts:
+        ids = list(tokenizer(t, add_special_tokens=True)["input_ids"])[:MAX_LENGTH]
+        seqs.append(Encoded(ids, [-100] + ids[1:]))
+    _, stats = score_sequences(model, tokenizer, seqs, batch_size, stats_for=range(len(seqs)), texts=texts, desc=desc)
+    return [stats[i].logp for i in range(len(seqs))]
+
+
+def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch_size: int) -> dict:
+    """Min-40% scores (loss-like) of the forget and holdout texts, and the AUC with the holdout labelled 1
+    (open-unlearning's orientation: above 0.5, the forget texts look more like training data)."""
+    from . import mia
+
+    def side(rows, desc):
+        scores = [min_k_score(lp) for lp in text_logps(model, tokenizer, [r["text"] for r in rows], batch_size, desc)]
+        return {"agg_value": float(np.nanmean(scores)), "value_by_index": {str(i): {"score": s} for i, s in enumerate(scores)}}
+
+    f, h = side(forget, "MUSE: privleak forget"), side(holdout, "MUSE: privleak holdout")
+    auc = mia.auc([-v["score"] for v in f["value_by_index"].values()], [-v["score"] for v in h["value_by_index"].values()])
+    return {"forget": f, "holdout": h, "auc": auc, "agg_value": auc}
+
+
+def privleak(auc: float, ref: float) -> float:
+    """MUSE's PrivLeak from AUCs in open-unlearning's orientation (MUSE's AUC is ``1 − auc``)."""
+    return ((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100
+
+
+def read_retain_auc(path: str | Path) -> float:
+    """A retain model's Min-40% AUC: its ``MUSE_EVAL.json`` (ours or open-unlearning's), or the folder holding it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MUSE_EVAL
+    if not p.is_file():
+        raise DataError(f"{path}: --retain-logs needs a retain model's MUSE_EVAL.json (or the folder holding it)")
+    try:
+        logs = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{p}: not a JSON file ({e})") from None
+    value = (logs.get("mia_min_k") or {}).get("agg_value") if isinstance(logs, dict) else None
+    if not isinstance(value, (int, float)):
+        raise DataError(f"{p}: missing field 'mia_min_k.agg_value'")
+    return float(value)
+
+
+@dataclass
+class MuseResult:
+    logs: dict
+    summary: dict
+
+
+def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH_SIZE,
+                  retain_auc: float | None = None) -> MuseResult:
+    logs: dict = {}
+    if sets.verbmem:
+        logs["forget_verbmem_ROUGE"] = verbmem(model, tokenizer, sets.verbmem, batch_size)
+    if sets.forget_qa:
+        logs["forget_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.forget_qa, sets.forget_icl, batch_size,
+                                               "MUSE: knowmem forget")
+    if sets.retain_qa:
+        logs["retain_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.retain_qa, sets.retain_icl, batch_size,
+                                               "MUSE: knowmem retain")
+    unavailable = dict(sets.missing)
+    if sets.privleak_forget and sets.privleak_holdout:
+        logs["mia_min_k"] = min_k_entry(model, tokenizer, sets.privleak_forget, sets.privleak_holdout, batch_size)
+        if retain_auc is None:
+            unavailable["privleak_reference"] = "no retain model's AUC (--retain-logs): PrivLeak against 0.5"
+        logs["privleak"] = {"agg_value": privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None
+                                                  else retain_auc)}
+    summary = {"benchmark": "muse"}
+    for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k"):
+        if key in logs:
+            summary[key] = logs[key]["agg_value"]
+    if unavailable:
+        summary["unavailable"] = unavailable
+    return MuseResult(logs, summary)
+
+
+def write_muse(result: MuseResult, out_dir: str | Path) -> Path:
+    from ..rundir import SUMMARY
+    from .tofu import _finite
+
+    out = Path(out_dir)
+    atomic_write_json(out / MUSE_EVAL, _finite(dict(sorted(result.logs.items()))))
+    atomic_write_json(out / SUMMARY, _finite(result.summary))
+    return out
+
+
+def print_muse(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="MUSE")
+    for column in ("criterion", "metric", "value"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    rows = (("no verbatim memorisation", "forget_verbmem_ROUGE"), ("no knowledge memorisation", "forget_knowmem_ROUGE"),
+            ("utility preserved", "retain_knowmem_ROUGE"), ("no privacy leakage (0 = retain model)", "privleak"))
+    for criterion, key in rows:
+        if key in summary:
+            table.add_row(criterion, key, f"{summary[key]:.4f}")
+    console = Console()
+    console.print(table)
+    for key, reason in summary.get("unavailable", {}).items():
+        console.print(f"{key}: {reason}")
