@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The paper's findings on a real pretrained model, SmolLM2-135M-Instruct, on 2 CPU cores (issue: evidence
+# on a real model). Resumable: every stage is skipped when its result exists, so it can run in parts
+# (STAGES="data target retain" bash experiments/smollm2/run.sh runs some). Wall time per stage is
+# appended to experiments/results/smollm2/times.csv; the report goes to experiments/results/smollm2/.
+#
+# Sizes (chosen to fit 2 CPU cores; TOFU's full 4,000 QA would take days here):
+#   - forget: forget01 tasks 1-5 of the release (5 x 40 QA): task 1 for the ten methods, 1-5 for continual;
+#   - retain: the first 100 QA of retain_perturbed (the Retain evaluation set is those same 100);
+#   - Real Authors (100) and World Facts (117) as they are: a pretrained model knows some of them, so
+#     Model Utility means what it means in the paper;
+#   - target: 300 QA, 8 epochs at lr 1e-4 (batch 8); retain model: the 100 retain QA only, same settings.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+U=${UNLEARN:-.venv/bin/unlearn}
+SRC=${DATA:-../shared/data/tofu}
+R=experiments/runs/smollm2
+OUT=experiments/results/smollm2
+STAGES=${STAGES:-"data target retain evals methods continual report"}
+mkdir -p "$R" "$OUT"
+[ -f "$OUT/times.csv" ] || echo "stage,seconds" > "$OUT/times.csv"
+
+timed() {  # timed NAME CMD...: run CMD, append its wall time
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  "$@"
+  echo "$name,$(( $(date +%s) - t0 ))" >> "$OUT/times.csv"
+}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if want data && [ ! -f "$R/data/world_facts_perturbed.json" ]; then
+  D=$R/data; mkdir -p "$D"
+  python3 - "$SRC" "$D" <<'PY'
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+rows = lambda name: [json.loads(x) for x in open(f"{src}/{name}.json") if x.strip()]
+tasks = {"1", "2", "3", "4", "5"}
+for name in ("forget01", "forget01_perturbed"):
+    with open(f"{dst}/{name}.json", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows(name) if str(r["task_id"]) in tasks)
+retain = rows("retain_perturbed")[:100]
+with open(f"{dst}/retain_perturbed.json", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in retain)
+with open(f"{dst}/retain90.json", "w") as f:
+    f.writelines(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in retain)
+for name in ("real_authors_perturbed", "world_facts_perturbed"):
+    with open(f"{dst}/{name}.json", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows(name))
+PY
+  cp "$SRC/../idontknow.jsonl" "$R/idontknow.jsonl"
+  cat "$R/data/forget01.json" "$R/data/retain90.json" > "$R/target_train.jsonl"
+fi
+
+ft=(--model smollm2-135m --epochs 8 --lr 1e-4 --batch-size 8 --grad-accum 1 --warmup 10 --max-length 192)
+if want target && [ ! -f "$R/target/model/config.json" ]; then
+  timed target_finetune $U finetune "${ft[@]}" --train "$R/target_train.jsonl" --out "$R/target" --overwrite
+fi
+if want retain && [ ! -f "$R/retain_model/model/config.json" ]; then
+  timed retain_finetune $U finetune "${ft[@]}" --train "$R/data/retain90.json" --out "$R/retain_model" --overwrite
+fi
+ev=(--data "$R/data" --split forget01 --task-id 1 --nli none --eval-batch-size 32)
+if want evals; then
+  [ -f "$R/target_eval/summary.json" ] || timed target_eval $U eval --model "$R/target/model" "${ev[@]}" \
+      --retain-model "$R/retain_model/model" --out "$R/target_eval" --overwrite
+  [ -f "$R/retain_eval/summary.json" ] || timed retain_eval $U eval --model "$R/retain_model/model" "${ev[@]}" \
+      --retain-model "$R/retain_model/model" --out "$R/retain_eval" --overwrite
+fi
+if want methods; then
+  timed methods $U sweep --config experiments/smollm2/methods.yaml
+fi
+if want continual; then
+  common=(--model "$R/target/model" --data "$R/data" --split forget01 --tasks 1-5 --epochs 5 --lr 5e-5
+          --batch-size 4 --grad-accum 1 --max-length 192 --nli none --eval-batch-size 32)
+  for m in GA+GD NPO+GD ME+GD IDK+AP; do
+    timed "continual_$m" $U continual "${common[@]}" --method "$m" --out "$R/continual/$m"
+  done
+  timed "continual_NPO+GD-fixed-ref" $U continual "${common[@]}" --method NPO+GD --fix-ref-model \
+      --out "$R/continual/NPO+GD-fixed-ref"
+fi
+if want report; then
+  $U report "$R/methods" "$R/continual" "$R/retain_eval" --baseline "$R/target_eval" --out "$OUT" \
+      --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
+  # the numbers behind the report, small enough to keep: every summary and training-time log
+  python3 - "$R" "$OUT" <<'PY'
+import json, pathlib, shutil, sys
+runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for f in list(runs.rglob("summary.json")) + list(runs.rglob("eval_log.jsonl")) + list(runs.rglob("continual.csv")) \
+        + list(runs.rglob("kept.json")):
+    if "/model/" in str(f) or "/data/" in str(f):
+        continue
+    dest = out / "runs" / f.relative_to(runs)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(f, dest)
+PY
+fi
+echo "results: $OUT"
