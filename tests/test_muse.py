@@ -137,6 +137,41 @@ def test_knowmem_prompt_min_k_privleak_and_rouge_by_hand():
     assert recall == pytest.approx(1 / 4) and f1 == pytest.approx(2 * (1 / 3) * (1 / 4) / (1 / 3 + 1 / 4))
 
 
+def test_knowmem_and_verbmem_rouge_by_hand(monkeypatch, tiny):
+    """Generations stubbed: KnowMem cuts at MUSE's stop words, then ROUGE-L F1 without stemming."""
+    _, tok = tiny
+    gens = iter([["Velmora\n\nQuestion: next", "the lighthouse keeper Ona Brisk"]])
+    monkeypatch.setattr(M, "_generate", lambda *a, **k: next(gens))
+    e = M.knowmem(None, tok, FORGET_QA, ICL, 2, "x")
+    # item 1: "Velmora" exactly (F1 1); item 2: LCS "ona brisk" = 2 of 2 reference and 5 predicted words
+    assert e["value_by_index"]["0"]["generation"] == "Velmora"
+    assert e["agg_value"] == pytest.approx((1.0 + 2 * (2 / 5) * 1.0 / (2 / 5 + 1.0)) / 2)
+    monkeypatch.setattr(M, "_generate", lambda *a, **k: ["ninety years of service ."])
+    rows = [{"prompt": "The town voted after", "gt": "ninety years of service."}]
+    v = M.verbmem(None, tok, rows, 1)
+    assert v["agg_value"] == pytest.approx(1.0) and v["value_by_index"]["0"]["ground_truth"] == "ninety years of service."
+
+
+def test_hub_corpus_goes_through_the_loader(monkeypatch, snapshot):
+    import unlearn.data as D
+
+    seen = []
+
+    def fake(name, config, split="train"):
+        seen.append((name, config, split))
+        folder = "raw" if config == "privleak" else config  # the snapshot keeps its privleak texts in raw/
+        return [json.loads(x) for x in (snapshot / folder / f"{split}.json").read_text().splitlines()]
+
+    monkeypatch.setattr(D, "_hub_rows", fake)
+    forget, retain = M.training_rows("muse-bench/MUSE-News", "sust/forget_2")
+    assert [r["text"] for r in forget] == [FORGET[1]] and len(retain) == len(RETAIN)
+    assert forget[0]["_source"] == "muse-bench/MUSE-News/sust/forget_2[0]"
+    sets = M.load_muse_sets("muse-bench/MUSE-News")
+    assert len(sets.forget_qa) == len(FORGET_QA) and ("muse-bench/MUSE-News", "knowmem", "retain_qa_icl") in seen
+    with pytest.raises(DataError, match="MUSE reads"):
+        M.MuseSource("muse-bench/MUSE-Nope")
+
+
 def test_evaluate_muse_equals_unbatched_generation(tiny, snapshot):
     model, tok = tiny
     sets = M.load_muse_sets(snapshot)
@@ -238,3 +273,16 @@ def test_wmdp_benchmark_runs_lm_eval_tasks(saved, tmp_path):
                  str(tasks), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "wmdp" and 0 <= summary[MC] <= 1 and f"Downstream {MC}" in summary
+
+
+@pytest.mark.parametrize("method, extra", [("SimNPO+GD", []), ("TV", []), ("WGA+KL", []),
+                                           ("RMU", ["--method-arg", "layer=1", "--method-arg", "layers=0,1"])])
+def test_methods_without_questions_unlearn_text(saved, tmp_path, method, extra):
+    from unlearn.__main__ import main
+
+    f = write_jsonl(tmp_path / "f.jsonl", [{"text": t} for t in FORGET])
+    r = write_jsonl(tmp_path / "r.jsonl", [{"text": t} for t in RETAIN])
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(saved), "--forget", str(f), "--retain", str(r), "--method", method, *extra,
+                 "--max-length", "24", "--epochs", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    assert (out / "model" / "config.json").is_file()

@@ -277,11 +277,11 @@ def load_real_world(data_dir: str | Path, task_id: int | None = None) -> Unlearn
     return UnlearningData(forget, retain, "real_world", str(data_dir), {"task_id": task_id})
 
 
-def _hub_rows(name: str, config: str) -> list[dict]:
+def _hub_rows(name: str, config: str | None, split: str = "train") -> list[dict]:
     """Rows of a hub data set (network). Tests monkeypatch this function."""
     from datasets import load_dataset
 
-    return [dict(r) for r in load_dataset(name, config, split="train")]
+    return [dict(r) for r in load_dataset(name, config, split=split)]
 
 
 def load_hub_tofu(split: str) -> UnlearningData:

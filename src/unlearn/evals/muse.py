@@ -85,9 +85,9 @@ class MuseSource:
                 raise DataError(f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
                                 "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)")
             return read_records(path, required=required)
-        from datasets import load_dataset
+        from ..data import _hub_rows
 
-        rows = [dict(r) for r in load_dataset(self.data, config, split=split)]
+        rows = _hub_rows(self.data, config, split)
         for i, r in enumerate(rows):
             r["_source"] = f"{self.data}/{config}/{split}[{i}]"
             for key in required:
