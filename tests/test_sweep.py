@@ -31,7 +31,7 @@ def calls(monkeypatch) -> list[dict]:
     def fake_run_one(cfg, plan):
         out = Path(cfg.out)
         seen.append({"out": out, "method": cfg.method, "lr": cfg.lr, "overwrite": cfg.overwrite,
-                     "sets": [s.name for s in plan.sets or []]})
+                     "resume": cfg.resume, "sets": [s.name for s in plan.sets or []]})
         if cfg.method == "NPO+KL":
             raise RuntimeError("non-finite loss at step 3")
         (out / "model").mkdir(parents=True, exist_ok=True)
@@ -89,6 +89,21 @@ def test_rerun_skips_finished_and_redoes_half_finished(grid_file, calls, capsys,
     assert "redoing" in capsys.readouterr().out
     assert [r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")] == ["skipped", "skipped", "done",
                                                                                    "skipped"]
+
+
+def test_a_run_stopped_with_a_checkpoint_resumes_from_it(grid_file, calls, capsys, tmp_path, monkeypatch):
+    from unlearn.rundir import RunDir
+
+    assert main(["sweep", "--config", str(grid_file)]) == 0
+    calls.clear()
+    half = tmp_path / "sw" / NAMES[1]
+    (half / "summary.json").unlink()
+    (half / "model").rmdir()  # stopped while training, after writing a checkpoint
+    monkeypatch.setattr(RunDir, "resumable", lambda self: self.path == half)
+    capsys.readouterr()
+    assert main(["sweep", "--config", str(grid_file)]) == 0
+    assert [(c["out"], c["overwrite"], c["resume"]) for c in calls] == [(half, False, True)]
+    assert "resuming from its checkpoint" in capsys.readouterr().out
 
 
 def test_dry_run_plans_without_running(grid_file, calls, capsys, tmp_path):

@@ -4,7 +4,8 @@ The grid is read and every run validated first (:mod:`unlearn.sweep.plan`); then
 loaded once and each pending run's evaluation is planned (the retain model's truth ratios computed
 once per forget set), so nothing a later run needs can fail after the first one trained. A
 finished run (``summary.json``, or the model when the run has no evaluation) is skipped, so an
-interrupted sweep resumes where it stopped; a run that stopped half-way is redone from scratch.
+interrupted sweep resumes where it stopped; a run that stopped half-way goes on from its checkpoint
+(with ``save_every``), else it is redone from scratch.
 ``overwrite: true`` in ``base`` redoes every run. Each run goes through
 :func:`unlearn.pipeline.run`, like ``unlearn run``.
 """
@@ -121,8 +122,11 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
             print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
             rows.append(_csv_row(run, "skipped", summary, None))
         else:
-            cfg = dataclasses.replace(run.cfg, overwrite=True) if state == PARTIAL else run.cfg
-            print(f"{prefix}: {'redoing' if state == PARTIAL else 'running'} -> {run.out.path}", flush=True)
+            resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
+            cfg = (dataclasses.replace(run.cfg, resume=True, overwrite=False) if resume
+                   else dataclasses.replace(run.cfg, overwrite=True) if state == PARTIAL else run.cfg)
+            doing = "resuming from its checkpoint" if resume else "redoing" if state == PARTIAL else "running"
+            print(f"{prefix}: {doing} -> {run.out.path}", flush=True)
             start = time.perf_counter()
             try:
                 summary = run_one(cfg, plans[run.name])
