@@ -363,6 +363,18 @@ def test_cli_eval_writes_both_toolkits_files_and_reads_retain_logs(saved, snapsh
     assert s2["forget_Q_A_Prob"] == pytest.approx(summary["forget_Q_A_Prob"], abs=1e-6)  # batch size: same numbers
 
 
+def test_cli_retain_model_gives_forget_quality_without_logs(saved, snapshot, tmp_path):
+    """--retain-model: its forget truth ratios and Min-K% AUC computed (no generation); the same model
+    as the retain model is indistinguishable from it."""
+    from unlearn.__main__ import main
+
+    out = tmp_path / "ev"
+    assert main(["eval", "--benchmark", "tofu", "--model", str(saved), "--data", str(snapshot), "--out", str(out),
+                 "--prompt-format", "llama2", "--retain-model", str(saved)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["forget_quality"] == pytest.approx(1.0) and s["privleak"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_cli_refuses_bad_settings_before_loading_a_model(snapshot, tmp_path, monkeypatch, capsys):
     import unlearn.models as models
     from unlearn.__main__ import main
