@@ -410,3 +410,20 @@ def test_run_unlearns_the_hub_split_and_evaluates_it(saved, snapshot, tmp_path):
     assert main(["report", str(out), "--out", str(report)]) == 0
     text = (report / "report.md").read_text()
     assert "TOFU standard" in text and f"{summary['model_utility']:.4f}" in text
+
+
+def test_sweep_runs_the_tofu_standard(saved, snapshot, tmp_path):
+    import yaml
+
+    from unlearn.__main__ import main
+
+    doc = {"base": {"benchmark": "tofu", "model": str(saved), "data": str(snapshot), "prompt_format": "llama2",
+                    "epochs": 1, "batch_size": 2, "lr": 1e-3, "eval_batch_size": 4,
+                    "retain_model": str(saved)},
+           "grid": {"method": ["GA+GD", "NPO+GD"]}, "out": str(tmp_path / "sw")}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["sweep", "--config", str(path)]) == 0
+    for name in ("method-GA+GD", "method-NPO+GD"):
+        s = json.loads((tmp_path / "sw" / name / "summary.json").read_text())
+        assert s["benchmark"] == "tofu" and isinstance(s["forget_quality"], float)  # the retain model's, computed once

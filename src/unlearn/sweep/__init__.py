@@ -51,16 +51,22 @@ def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
     judges, ratios, plans = None, {}, {}
     for r in todo:
         c = r.cfg
-        if r.evaluated and judges is None:
+        closer = c.benchmark == "closer-look"
+        if r.evaluated and closer and judges is None:
             judges = load_judges(c)
-        key = (c.retain_model, c.eval_data, c.data, c.split, c.task_id)
+        key = (c.benchmark, c.retain_model, c.eval_data, c.data, c.split, c.task_id)
         plan = plan_evaluation(dataclasses.replace(c, retain_model=None if key in ratios else c.retain_model,
-                                                   downstream=None), judges=judges, sets=r.sets)
-        if key in ratios:
-            plan.retain_ratios = ratios[key]
+                                                   downstream=None if closer or c.benchmark == "tofu" else c.downstream),
+                               judges=judges, sets=r.sets)
+        if key in ratios:  # the retain model's numbers, computed once per forget set
+            if closer:
+                plan.retain_ratios = ratios[key]
+            elif plan.retain_logs is None:
+                plan.retain_logs = ratios[key]
         elif r.evaluated:
-            ratios[key] = plan.retain_ratios
-        plan.downstream = r.downstream  # validated when the sweep was planned
+            ratios[key] = plan.retain_ratios if closer else plan.retain_logs
+        if closer or c.benchmark == "tofu":
+            plan.downstream = r.downstream  # validated when the sweep was planned
         plans[r.name] = plan
     return plans
 

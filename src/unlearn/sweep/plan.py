@@ -57,7 +57,7 @@ class PlannedRun:
 
     @property
     def evaluated(self) -> bool:
-        return bool(self.sets)
+        return bool(self.sets) or (self.cfg.eval and self.cfg.benchmark in ("tofu", "muse"))
 
 
 # --------------------------------------------------------------------------- planning
@@ -152,7 +152,12 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
             read_refusals(cfg.idk)
             cache[("idk", cfg.idk)] = None
         sets = downstream = None
-        if cfg.eval:
+        if cfg.eval and cfg.benchmark != "closer-look":
+            key = ("benchmark", cfg.benchmark, cfg.data, cfg.split, cfg.downstream, cfg.downstream_include)
+            if key not in cache:
+                _check_benchmark(cfg)
+                cache[key] = None
+        elif cfg.eval:
             key = ("eval", cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id)
             if key not in cache:
                 from ..evals.commands import eval_sets_for
@@ -169,6 +174,30 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         return sets, downstream
     except UnlearnError as e:
         raise type(e)(f"{name}: {e}") from None
+
+
+def _check_benchmark(cfg: Config) -> None:
+    """The sets of ``--benchmark tofu|muse`` (or wmdp's tasks) read and checked, nothing loaded."""
+    from ..evals.tofu import check_benchmark
+
+    check_benchmark(cfg.benchmark)
+    if cfg.benchmark == "tofu":
+        from ..evals.tofu import load_tofu_sets, read_retain_logs
+
+        load_tofu_sets(cfg.data, cfg.split)
+        if cfg.retain_logs:
+            read_retain_logs(cfg.retain_logs)
+    elif cfg.benchmark == "muse":
+        from ..evals.muse import load_muse_sets, read_retain_auc
+
+        load_muse_sets(cfg.data)
+        if cfg.retain_logs:
+            read_retain_auc(cfg.retain_logs)
+    else:
+        from ..evals.downstream import check_downstream, parse_tasks
+        from ..evals.tofu import WMDP_TASKS
+
+        check_downstream(parse_tasks(cfg.downstream or WMDP_TASKS), cfg.downstream_include)
 
 
 def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[PlannedRun]]:
