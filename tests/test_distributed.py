@@ -320,3 +320,28 @@ def test_two_processes_audit_like_one(tofu, tmp_path, monkeypatch, one_thread):
     assert len(_log(two / "relearn" / "train_log.jsonl")) == 2
     items = lambda d: [json.loads(x) for x in (d / "items" / "prompts.unlearned.jsonl").read_text().splitlines()]  # noqa: E731
     assert [r["generation"] for r in items(two)] == [r["generation"] for r in items(one)]  # gathered in order
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_two_processes_evaluate_the_tofu_standard_like_one(tofu, tmp_path, monkeypatch, one_thread):
+    """unlearn eval --benchmark tofu under torchrun: each process generates and scores its share,
+    one writes; TOFU_EVAL.json equals a one-process evaluation's."""
+    from unlearn.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model_run"
+    assert main(["run", "--data", str(tofu), "--out", str(model), "--batch-size", "8", "--no-eval", *RUN]) == 0
+    snap = tmp_path / "snapshot"  # the hub's configs: task 1 as forget01, task 2 as holdout01
+    snap.mkdir()
+    rows = [json.loads(x) for x in (tofu / "forget01_perturbed.json").read_text().splitlines()]
+    write_jsonl(snap / "forget01_perturbed.json", [{k: v for k, v in r.items() if k != "task_id"}
+                                                   for r in rows if r["task_id"] == 1])
+    write_jsonl(snap / "holdout01.json", [r for r in rows if r["task_id"] == 2])
+    for name in ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        (snap / f"{name}.json").write_bytes((tofu / f"{name}.json").read_bytes())
+    ev = ["eval", "--benchmark", "tofu", "--model", str(model / "model"), "--data", str(snap), "--eval-batch-size", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(ev + ["--out", str(one)]) == 0
+    _torchrun(ev + ["--out", str(two)], tmp_path)
+    l1, l2 = (json.loads((d / "TOFU_EVAL.json").read_text()) for d in (one, two))
+    _close(l2, l1, rel=1e-5, abs_=1e-7, where="TOFU_EVAL")
