@@ -133,6 +133,11 @@ def test_knowmem_prompt_min_k_privleak_and_rouge_by_hand():
     assert math.isnan(M.min_k_score(np.array([-1.0, -2.0])))  # int(0.8) = 0 tokens: MUSE's NaN
     # MUSE: (AUC - AUC_retain) / AUC_retain * 100 with its AUC = 1 - ours
     assert M.privleak(auc=0.9, ref=0.6) == pytest.approx(((1 - 0.9) - (1 - 0.6)) / (1 - 0.6) * 100)
+    from unlearn.evals.mia import TokenStats
+
+    st = TokenStats(lp, np.full(5, -1.0), np.array([1.0, 2.0, 0.5, 1.0, 0.0]), "x")
+    z = [(-0.5 + 1) / 1, (-3 + 1) / 2, (-1 + 1) / 0.5, (-0.1 + 1) / 1, (-2 + 1) / 1e-3]  # sigma 0 -> sqrt(1e-6)
+    assert M.min_k_plus_plus_score(st) == pytest.approx(-np.mean(sorted(z)[:2]))
     f1, recall = M.rouge_l("the boats were running", "the boat runs")  # no stemmer: only "the" matches
     assert recall == pytest.approx(1 / 4) and f1 == pytest.approx(2 * (1 / 3) * (1 / 4) / (1 / 3 + 1 / 4))
 
@@ -178,7 +183,8 @@ def test_evaluate_muse_equals_unbatched_generation(tiny, snapshot):
     result = M.evaluate_muse(model, tok, sets, batch_size=2)
     s = result.summary
     assert s["benchmark"] == "muse"
-    for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k"):
+    for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k",
+                "mia_min_k_plus_plus"):
         assert isinstance(s[key], float), key
     items = result.logs["forget_verbmem_ROUGE"]["value_by_index"]
     for i, r in enumerate(sets.verbmem):  # each prompt alone, greedy, 128 new tokens, as MUSE runs it

@@ -23,7 +23,8 @@ Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Model
   text's tokens after BOS) AUC of the forget texts against the holdout texts, relative to the retain
   model's: ``(AUC − AUC_retain) / AUC_retain × 100`` in MUSE's orientation (the holdout labelled
   member); ``mia_min_k`` keeps open-unlearning's orientation (``1 − MUSE's``). Without a retain model's
-  AUC the reference is 0.5, as open-unlearning.
+  AUC the reference is 0.5, as open-unlearning. ``mia_min_k_plus_plus``: the Min-K%++ AUC of the same
+  texts, for reference.
 
 ROUGE values are in [0, 1] (MUSE prints them ×100). Results: ``summary.json`` and
 ``MUSE_EVAL.json`` (open-unlearning's per-metric layout).
@@ -208,8 +209,9 @@ def min_k_score(logp: np.ndarray, k: float = MIN_K) -> float:
     return float(-np.mean(np.sort(logp)[:n])) if n else float("nan")
 
 
-def text_logps(model, tokenizer, texts: list[str], batch_size: int, desc: str) -> list[np.ndarray]:
-    """Per text, ``log p`` of each token after the first (BOS added), the text cut at :data:`MAX_LENGTH`."""
+def text_stats(model, tokenizer, texts: list[str], batch_size: int, desc: str) -> list:
+    """Per text, the token statistics (:class:`unlearn.evals.mia.TokenStats`) of each token after the
+    first (BOS added), the text cut at :data:`MAX_LENGTH`."""
     from ..encoding import Encoded
     from .runner import score_sequences
 
@@ -218,7 +220,16 @@ def text_logps(model, tokenizer, texts: list[str], batch_size: int, desc: str) -
         ids = list(tokenizer(t, add_special_tokens=True)["input_ids"])[:MAX_LENGTH]
         seqs.append(Encoded(ids, [-100] + ids[1:]))
     _, stats = score_sequences(model, tokenizer, seqs, batch_size, stats_for=range(len(seqs)), texts=texts, desc=desc)
-    return [stats[i].logp for i in range(len(seqs))]
+    return [stats[i] for i in range(len(seqs))]
+
+
+def min_k_plus_plus_score(st, k: float = MIN_K) -> float:
+    """Min-K%++ (Zhang et al. 2024) over the same tokens and ``int(k·n)`` count: ``-mean`` of the lowest
+    ``(log p − μ) / σ`` (σ² at least 1e-6, as open-unlearning)."""
+    from .mia import VARIANCE_FLOOR
+
+    sigma = np.sqrt(np.maximum(np.asarray(st.sigma, dtype=np.float64) ** 2, VARIANCE_FLOOR))
+    return min_k_score((st.logp.astype(np.float64) - st.mu) / sigma, k)
 
 
 def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch_size: int) -> dict:
@@ -227,12 +238,18 @@ def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch
     from . import mia
 
     def side(rows, desc):
-        scores = [min_k_score(lp) for lp in text_logps(model, tokenizer, [r["text"] for r in rows], batch_size, desc)]
-        return {"agg_value": float(np.nanmean(scores)), "value_by_index": {str(i): {"score": s} for i, s in enumerate(scores)}}
+        stats = text_stats(model, tokenizer, [r["text"] for r in rows], batch_size, desc)
+        scores = [min_k_score(st.logp) for st in stats]
+        plus = [min_k_plus_plus_score(st) for st in stats]
+        return {"agg_value": float(np.nanmean(scores)),
+                "value_by_index": {str(i): {"score": s, "min_k_plus_plus": p} for i, (s, p) in enumerate(zip(scores, plus))}}
+
+    def auc(f, h, key):
+        return mia.auc([-v[key] for v in f["value_by_index"].values()], [-v[key] for v in h["value_by_index"].values()])
 
     f, h = side(forget, "MUSE: privleak forget"), side(holdout, "MUSE: privleak holdout")
-    auc = mia.auc([-v["score"] for v in f["value_by_index"].values()], [-v["score"] for v in h["value_by_index"].values()])
-    return {"forget": f, "holdout": h, "auc": auc, "agg_value": auc}
+    value = auc(f, h, "score")
+    return {"forget": f, "holdout": h, "auc": value, "agg_value": value, "auc_min_k_plus_plus": auc(f, h, "min_k_plus_plus")}
 
 
 def privleak(auc: float, ref: float) -> float:
@@ -285,6 +302,8 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
     for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k"):
         if key in logs:
             summary[key] = logs[key]["agg_value"]
+    if "mia_min_k" in logs:  # Min-K%++ on the same texts, for reference (PrivLeak uses Min-40%, as MUSE)
+        summary["mia_min_k_plus_plus"] = logs["mia_min_k"]["auc_min_k_plus_plus"]
     if unavailable:
         summary["unavailable"] = unavailable
     return MuseResult(logs, summary)
