@@ -32,8 +32,9 @@ OU_METRICS = ("forget_Truth_Ratio", "forget_quality", "forget_Q_A_Prob", "forget
               "privleak", "extraction_strength", "exact_memorization")
 
 
-def build_snapshot(shared: Path, dest: Path) -> Path:
-    """``dest/locuslab/TOFU``: one JSON-lines file per config and the README that lists them."""
+def build_snapshot(shared: Path, dest: Path, retain_rows: int | None = None) -> Path:
+    """``dest/locuslab/TOFU``: one JSON-lines file per config and the README that lists them
+    (``retain_rows``: only the first rows of each utility set, for a quicker run)."""
     src = shared / "tofu"
     folder = dest / "locuslab" / "TOFU"
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ def build_snapshot(shared: Path, dest: Path) -> Path:
     write("forget01_perturbed", task("1"))
     write("holdout01", task("2"))
     for name in CONFIGS[2:]:
-        write(name, [json.loads(x) for x in (src / f"{name}.json").read_text().splitlines() if x.strip()])
+        write(name, [json.loads(x) for x in (src / f"{name}.json").read_text().splitlines() if x.strip()][:retain_rows])
     header = ["---", "configs:"]
     for name in CONFIGS:
         header += [f"- config_name: {name}", "  data_files:", "  - split: train", f"    path: {name}.json"]
@@ -88,7 +89,9 @@ def tiny_model(snapshot: Path, dest: Path) -> Path:
 
 def ou_copy(model: Path, dest: Path) -> Path:
     """The model folder as transformers 4.45 (open-unlearning's pin) reads it: the tokenizer class
-    named ``PreTrainedTokenizerFast`` and the chat template inlined (weights unchanged)."""
+    named ``PreTrainedTokenizerFast``, the chat template inlined and the RoPE base as ``rope_theta``
+    (transformers 5 writes ``rope_parameters``, which 4.45 ignores: it would fall back to 10,000);
+    weights unchanged."""
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(model, dest)
@@ -99,6 +102,14 @@ def ou_copy(model: Path, dest: Path) -> Path:
     if jinja.is_file():
         cfg["chat_template"] = jinja.read_text()
     cfg_path.write_text(json.dumps(cfg, indent=1))
+    model_cfg_path = dest / "config.json"  # transformers 5 writes RoPE settings as rope_parameters
+    model_cfg = json.loads(model_cfg_path.read_text())
+    rope = model_cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in model_cfg:
+        model_cfg["rope_theta"] = rope.get("rope_theta", 10000.0)
+        if rope.get("rope_type", "default") != "default":
+            model_cfg["rope_scaling"] = rope
+    model_cfg_path.write_text(json.dumps(model_cfg, indent=1))
     return dest
 
 
@@ -179,11 +190,13 @@ def main() -> int:
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "tofu_parity"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rows", type=int, default=None, help="only the first ROWS of retain_perturbed, real authors "
+                   "and world facts (both toolkits read the same cut files; default: all)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    snapshot = build_snapshot(Path(args.data), work)
+    snapshot = build_snapshot(Path(args.data), work, args.rows)
     if args.model == "tiny":
         model = tiny_model(snapshot, work / "tiny-model")
     elif args.model == "smollm2-135m":
@@ -200,7 +213,7 @@ def main() -> int:
     ours = json.loads((our_out / "TOFU_EVAL.json").read_text())
     rows = compare(ours, theirs)
     width = max(len(r[0]) for r in rows)
-    print(f"model: {args.model}   data: {snapshot}")
+    print(f"model: {args.model}   data: {snapshot}" + (f" (utility sets cut to {args.rows} rows)" if args.rows else ""))
     print(f"{'metric':<{width}}  {'unlearn':>12}  {'open-unlearning':>15}  {'|diff|':>9}  note")
     for key, a, b, d, note in rows:
         print(f"{key:<{width}}  {a:>12.6g}  {b:>15.6g}  {d:>9.2e}  {note}")
