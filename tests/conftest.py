@@ -46,6 +46,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def teach(model, batch: dict, steps: int = 120, lr: float = 3e-3):
+    """Full-batch AdamW on ``batch`` (a padded batch with labels), seeded: a tiny model memorises it."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -36,7 +36,7 @@ def test_real_world_layout(shared_data):
 def test_hub_loader_is_monkeypatchable(monkeypatch):
     calls = []
 
-    def fake(name, config):
+    def fake(name, config, split="train"):
         calls.append((name, config))
         return [{"question": f"{config} q{i}", "answer": "a"} for i in range(3)]
 

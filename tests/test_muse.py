@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import write_jsonl
+from .conftest import teach, write_jsonl
 from unlearn.data import DataError, UnlearningDataset, read_rows
 from unlearn.encoding import chunk_texts
 from unlearn.evals import muse as M
@@ -57,16 +57,7 @@ def tiny():
     model = build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
     from unlearn.encoding import pad_batch
 
-    batch = pad_batch(chunk_texts(tok, FORGET, 48), tok.pad_token_id)
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    model.train()
-    for _ in range(120):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), tok
+    return teach(model, pad_batch(chunk_texts(tok, FORGET, 48), tok.pad_token_id)), tok
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +101,10 @@ def test_read_rows_takes_text_files_and_hub_ids(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "a"}, {"text": 3}])
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'text' must be a string"):
         read_rows(tmp_path / "bad.jsonl")
-    monkeypatch.setattr(D, "_hub_rows", lambda name, config: [{"text": f"{name}:{config}"}])
+    monkeypatch.setattr(D, "_hub_rows", lambda name, config, split="train": [{"text": f"{name}:{config}"}])
     assert read_rows("cais/wmdp-corpora:cyber-forget-corpus")[0]["text"] == "cais/wmdp-corpora:cyber-forget-corpus"
 
-    def gated(name, config):
+    def gated(name, config, split="train"):
         raise ConnectionError("401 Client Error: this dataset is gated")
 
     monkeypatch.setattr(D, "_hub_rows", gated)
@@ -132,7 +123,9 @@ def test_knowmem_prompt_min_k_privleak_and_rouge_by_hand():
     assert M.min_k_score(lp) == pytest.approx((3.0 + 2.0) / 2)  # int(0.4 * 5) = 2 lowest
     assert math.isnan(M.min_k_score(np.array([-1.0, -2.0])))  # int(0.8) = 0 tokens: MUSE's NaN
     # MUSE: (AUC - AUC_retain) / AUC_retain * 100 with its AUC = 1 - ours
-    assert M.privleak(auc=0.9, ref=0.6) == pytest.approx(((1 - 0.9) - (1 - 0.6)) / (1 - 0.6) * 100)
+    from unlearn.evals.mia import privleak
+
+    assert privleak(0.9, 0.6) == pytest.approx(((1 - 0.9) - (1 - 0.6)) / (1 - 0.6) * 100)
     from unlearn.evals.mia import TokenStats
 
     st = TokenStats(lp, np.full(5, -1.0), np.array([1.0, 2.0, 0.5, 1.0, 0.0]), "x")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from .conftest import write_jsonl
+from .conftest import teach, write_jsonl
 from .test_eval import FORGET, GENERAL, RETAIN
 from unlearn.errors import ConfigError, DataError
 from unlearn.evals import tofu as T
@@ -56,16 +56,7 @@ def tiny():
 
     batch = pad_batch([template.encode_pair(tok, r["question"], r["answer"], 512) for r in FORGET + RETAIN],
                       tok.pad_token_id)
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    model.train()
-    for _ in range(120):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model, tok, template
+    return teach(model, batch), tok, template
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +300,7 @@ def test_hub_loader_is_used_for_locuslab_tofu(monkeypatch, snapshot):
 
     seen = []
 
-    def fake(name, config):
+    def fake(name, config, split="train"):
         seen.append((name, config))
         return [{k: v for k, v in json.loads(x).items()} for x in (snapshot / f"{config}.json").read_text().splitlines()]
 

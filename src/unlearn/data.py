@@ -151,16 +151,13 @@ def read_rows(spec: str | Path) -> list[dict]:
 def _hub_text_rows(spec: str) -> list[dict]:
     name, _, config = spec.partition(":")
     try:
-        rows = _hub_rows(name, config or None)
+        return hub_records(name, config or None, required=("text",), label=spec)
+    except DataError:
+        raise
     except Exception as e:  # the hub's own errors: gated, missing, offline
         hint = GATED.get(name, "check the name, your network and `huggingface-cli login` for gated sets")
         raise DataError(f"{spec}: could not load it from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                         f"{hint}") from None
-    for i, r in enumerate(rows):
-        r["_source"] = f"{spec}[{i}]"
-        if not isinstance(r.get("text"), str):
-            raise DataError(f"{r['_source']}: missing field 'text'")
-    return rows
 
 
 def detect_layout(data: str | Path) -> str:
@@ -284,14 +281,25 @@ def _hub_rows(name: str, config: str | None, split: str = "train") -> list[dict]
     return [dict(r) for r in load_dataset(name, config, split=split)]
 
 
+def hub_records(name: str, config: str | None, split: str = "train", required: Sequence[str] = (),
+                label: str | None = None) -> list[dict]:
+    """Rows of a hub data set, each with its ``_source`` (``label[i]``) and the string fields
+    ``required`` checked, as :func:`read_records` does for files."""
+    rows = _hub_rows(name, config, split)
+    label = label or name
+    for i, r in enumerate(rows):
+        r["_source"] = f"{label}[{i}]"
+        for key in required:
+            if not isinstance(r.get(key), str):
+                raise DataError(f"{r['_source']}: missing field '{key}'")
+    return rows
+
+
 def load_hub_tofu(split: str) -> UnlearningData:
     if split not in HUB_RETAIN:
         raise DataError(f"unknown split '{split}' (valid: {', '.join(HUB_RETAIN)})")
-    forget = _hub_rows("locuslab/TOFU", split)
-    retain = _hub_rows("locuslab/TOFU", HUB_RETAIN[split])
-    for name, rows in (("forget", forget), ("retain", retain)):
-        for i, r in enumerate(rows):
-            r["_source"] = f"locuslab/TOFU/{name}[{i}]"
+    forget = hub_records("locuslab/TOFU", split, label="locuslab/TOFU/forget")
+    retain = hub_records("locuslab/TOFU", HUB_RETAIN[split], label="locuslab/TOFU/retain")
     return UnlearningData(forget, retain, "hub", "locuslab/TOFU", {"split": split})
 
 

@@ -179,6 +179,8 @@ class TofuTemplate:
     tokenizer: Any = field(default=None, repr=False, compare=False)
     kind: str = "tofu"
     template: str | None = None
+    _prompt_ids: dict = field(default_factory=dict, repr=False, compare=False)  # question -> ids: a question
+    # is encoded with its answer, its paraphrase and each perturbed answer; its prompt is tokenised once
 
     answer_prefix = ""
 
@@ -207,11 +209,15 @@ class TofuTemplate:
         return self.user_start_tag + question + self.user_end_tag + self.asst_start_tag
 
     def encode_prompt_ids(self, tokenizer, question: str, max_length: int | None = None) -> list[int]:
-        if self.apply_chat_template:
-            return self._render(self._chat(question, None), True, True)
-        enc = tokenizer(self.prompt(question), add_special_tokens=True,
-                        **({"max_length": max_length, "truncation": True} if max_length else {}))
-        return list(enc["input_ids"])
+        key = (question, None if self.apply_chat_template else max_length)
+        if key not in self._prompt_ids:
+            if self.apply_chat_template:
+                ids = self._render(self._chat(question, None), True, True)
+            else:
+                ids = tokenizer(self.prompt(question), add_special_tokens=True,
+                                **({"max_length": max_length, "truncation": True} if max_length else {}))["input_ids"]
+            self._prompt_ids[key] = list(ids)
+        return list(self._prompt_ids[key])
 
     def encode_pair(self, tokenizer, question: str, answer: str, max_length: int | None = None,
                     mask_question: bool = True):

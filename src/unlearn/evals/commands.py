@@ -276,11 +276,19 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
         if cfg.holdout:
             forget_set(plan.sets)  # (the forget set is what the holdout is compared with)
             plan.holdout = read_records(cfg.holdout)
-        if cfg.baseline:
-            if RunDir(cfg.baseline).read_summary() is None:
-                raise DataError(f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
-                                "or not readable; make one with unlearn eval)")
-            plan.baseline = cfg.baseline
+        _plan_baseline(cfg, plan)
+    return _plan_downstream(cfg, plan)
+
+
+def _plan_baseline(cfg, plan: EvalPlan) -> None:
+    if cfg.baseline:
+        if RunDir(cfg.baseline).read_summary() is None:
+            raise DataError(f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
+                            "or not readable; make one with unlearn eval)")
+        plan.baseline = cfg.baseline
+
+
+def _plan_downstream(cfg, plan: EvalPlan) -> EvalPlan:
     if cfg.downstream:
         from .downstream import downstream_tasks_for
 
@@ -313,16 +321,8 @@ def _plan_tofu(cfg, plan: EvalPlan) -> EvalPlan:
         plan.retain_logs = read_retain_logs(cfg.retain_logs)
     elif cfg.retain_model:
         plan.retain_logs = _tofu_retain_logs_from_model(cfg, plan.tofu)
-    if cfg.baseline:
-        if RunDir(cfg.baseline).read_summary() is None:
-            raise DataError(f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
-                            "or not readable; make one with unlearn eval)")
-        plan.baseline = cfg.baseline
-    if cfg.downstream:
-        from .downstream import downstream_tasks_for
-
-        plan.downstream = downstream_tasks_for(cfg)
-    return plan
+    _plan_baseline(cfg, plan)
+    return _plan_downstream(cfg, plan)
 
 
 def _plan_text(cfg, plan: EvalPlan) -> EvalPlan:
@@ -340,11 +340,7 @@ def _plan_text(cfg, plan: EvalPlan) -> EvalPlan:
         plan.muse = load_muse_sets(cfg.data)
         if cfg.retain_logs:
             plan.retain_auc = read_retain_auc(cfg.retain_logs)
-        if cfg.downstream:
-            from .downstream import downstream_tasks_for
-
-            plan.downstream = downstream_tasks_for(cfg)
-        return plan
+        return _plan_downstream(cfg, plan)
     from .downstream import check_downstream, parse_tasks
     from .tofu import WMDP_TASKS
 

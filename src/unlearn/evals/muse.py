@@ -32,6 +32,7 @@ ROUGE values are in [0, 1] (MUSE prints them ×100). Results: ``summary.json`` a
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -86,15 +87,9 @@ class MuseSource:
                 raise DataError(f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
                                 "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)")
             return read_records(path, required=required)
-        from ..data import _hub_rows
+        from ..data import hub_records
 
-        rows = _hub_rows(self.data, config, split)
-        for i, r in enumerate(rows):
-            r["_source"] = f"{self.data}/{config}/{split}[{i}]"
-            for key in required:
-                if not isinstance(r.get(key), str):
-                    raise DataError(f"{r['_source']}: missing field '{key}'")
-        return rows
+        return hub_records(self.data, config, split, required, label=f"{self.data}/{config}/{split}")
 
 
 def training_rows(data: str, split: str) -> tuple[list[dict], list[dict]]:
@@ -156,11 +151,16 @@ class _Plain:
         return text
 
 
-def rouge_l(gt: str, output: str) -> tuple[float, float]:
-    """MUSE's ROUGE-L (no stemmer): ``(F1, recall)``."""
+@functools.lru_cache(maxsize=1)
+def _scorer():
     from rouge_score import rouge_scorer
 
-    score = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(gt, output)["rougeL"]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)  # built once: it is slow to make
+
+
+def rouge_l(gt: str, output: str) -> tuple[float, float]:
+    """MUSE's ROUGE-L (no stemmer): ``(F1, recall)``."""
+    score = _scorer().score(gt, output)["rougeL"]
     return score.fmeasure, score.recall
 
 
@@ -252,11 +252,6 @@ def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch
     return {"forget": f, "holdout": h, "auc": value, "agg_value": value, "auc_min_k_plus_plus": auc(f, h, "min_k_plus_plus")}
 
 
-def privleak(auc: float, ref: float) -> float:
-    """MUSE's PrivLeak from AUCs in open-unlearning's orientation (MUSE's AUC is ``1 − auc``)."""
-    return ((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100
-
-
 def read_retain_auc(path: str | Path) -> float:
     """A retain model's Min-40% AUC: its ``MUSE_EVAL.json`` (ours or open-unlearning's), or the folder holding it."""
     p = Path(path)
@@ -296,6 +291,8 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
         logs["mia_min_k"] = min_k_entry(model, tokenizer, sets.privleak_forget, sets.privleak_holdout, batch_size)
         if retain_auc is None:
             unavailable["privleak_reference"] = "no retain model's AUC (--retain-logs): PrivLeak against 0.5"
+        from .mia import privleak
+
         logs["privleak"] = {"agg_value": privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None
                                                   else retain_auc)}
     summary = {"benchmark": "muse"}
@@ -311,7 +308,7 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
 
 def write_muse(result: MuseResult, out_dir: str | Path) -> Path:
     from ..rundir import SUMMARY
-    from .tofu import _finite
+    from .suites import _finite
 
     out = Path(out_dir)
     atomic_write_json(out / MUSE_EVAL, _finite(dict(sorted(result.logs.items()))))

@@ -104,15 +104,9 @@ class TofuSource:
                 raise DataError(f"{path}: missing; a TOFU snapshot folder holds one JSON-lines file per config of "
                                 f"{HUB} (named <config>.json)")
             return read_records(path, required=required)
-        from ..data import _hub_rows
+        from ..data import hub_records
 
-        rows = _hub_rows(HUB, config)
-        for i, r in enumerate(rows):
-            r["_source"] = f"{HUB}/{config}[{i}]"
-            for key in required:
-                if not isinstance(r.get(key), str):
-                    raise DataError(f"{r['_source']}: missing field '{key}'")
-        return rows
+        return hub_records(HUB, config, required=required, label=f"{HUB}/{config}")
 
 
 def check_split(split: str) -> None:
@@ -235,12 +229,12 @@ def _decode(tokenizer, ids) -> str:
     return _clean(tokenizer, tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
-def ground_truth(tokenizer, template, question: str, answer: str) -> str:
-    """The reference ROUGE compares with: the whole encoded conversation decoded, with the decoded
-    prompt taken out (open-unlearning's ``eval_text_similarity``)."""
+def ground_truth(tokenizer, template, question: str, answer: str) -> tuple[str, str]:
+    """``(reference, decoded prompt)``: the reference ROUGE compares with is the whole encoded
+    conversation decoded, with the decoded prompt taken out (open-unlearning's ``eval_text_similarity``)."""
     full = template.encode_pair(tokenizer, question, answer, MAX_LENGTH)
-    prompt = template.encode_prompt_ids(tokenizer, question, MAX_LENGTH)
-    return _decode(tokenizer, full.input_ids).replace(_decode(tokenizer, prompt), "").strip()
+    prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, question, MAX_LENGTH))
+    return _decode(tokenizer, full.input_ids).replace(prompt, "").strip(), prompt
 
 
 @dataclass
@@ -279,6 +273,27 @@ def score_pairs(model, tokenizer, template, pairs: list[_Pair], batch_size: int,
         return [(float(losses[i]), stats.get(i)) for i in range(len(ps))]
 
     return sharded_map(score, pairs) if shard else score(pairs)
+
+
+class _Scored:
+    """The scored pairs by set, kind and item: ``losses(set, kind)`` (one list per item for ``pert``),
+    ``stats(set, n)`` the token statistics of the set's answers."""
+
+    def __init__(self, pairs: list[_Pair], scored: list[tuple]):
+        self.loss: dict = {}
+        self.token: dict = {}
+        for p, (value, st) in zip(pairs, scored):
+            self.loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
+            if st is not None:
+                self.token.setdefault(p.set, {})[p.item] = st
+
+    def losses(self, name: str, kind: str) -> list:
+        by = self.loss.get((name, kind), {})
+        values = [by[i] for i in range(len(by))]
+        return values if kind == "pert" else [v[0] for v in values]
+
+    def stats(self, name: str, n: int) -> list:
+        return [self.token[name][i] for i in range(n)]
 
 
 def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
@@ -337,9 +352,8 @@ def rouge_entry(tokenizer, template, rows: list[dict], gens: list[str]) -> dict:
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     by = {}
     for i, (r, g) in enumerate(zip(rows, gens)):
-        gt = ground_truth(tokenizer, template, r["question"], r["answer"])
+        gt, prompt = ground_truth(tokenizer, template, r["question"], r["answer"])
         sc = scorer.score(gt, g)
-        prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, r["question"], MAX_LENGTH))
         by[str(i)] = {"rouge1_recall": sc["rouge1"].recall, "rougeL_f1": sc["rougeL"].fmeasure,
                       "rougeL_recall": sc["rougeL"].recall, "input": prompt, "ground_truth": gt, "generation": g}
     return {"agg_value": float(np.mean([v["rougeL_recall"] for v in by.values()])), "value_by_index": by}
@@ -390,19 +404,8 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
     for name, qs in questions.items():
         gens[name], start = gens_flat[start:start + len(qs)], start + len(qs)
     pairs = _pairs(sets)
-    scored = score_pairs(model, tokenizer, template, pairs, batch_size, shard)
-    loss: dict = {}
-    stats: dict = {}
-    for p, (value, st) in zip(pairs, scored):
-        loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
-        if st is not None:
-            stats.setdefault(p.set, {})[p.item] = st
-
-    def losses(name, kind):
-        by = loss.get((name, kind), {})
-        values = [by[i] for i in range(len(by))]
-        return [v[0] for v in values] if kind != "pert" else values
-
+    scored = _Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size, shard))
+    losses = scored.losses
     logs: dict = {}
     for name in ("forget", "retain", "ra", "wf"):
         logs[f"{name}_Q_A_Prob"] = _prob_entry(losses(name, "answer"))
@@ -416,7 +419,7 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
         logs[f"{name}_Truth_Ratio"] = truth_ratio_entry(losses(name, "answer"), losses(name, "pert"), False)
         logs[f"{name}_Q_A_Prob_normalised"] = normalised_prob_entry(losses(name, "answer"), losses(name, "pert"))
     logs["model_utility"] = {"agg_value": hmean([logs[k]["agg_value"] for k in UTILITY])}
-    forget_stats = [stats["forget"][i] for i in range(len(sets.forget))]
+    forget_stats = scored.stats("forget", len(sets.forget))
     logs["exact_memorization"] = _score_entry([mia.exact_memorization(s) for s in forget_stats])
     logs["extraction_strength"] = _score_entry([mia.extraction_strength(s) for s in forget_stats])
     unavailable = {}
@@ -429,12 +432,11 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
         logs["forget_quality"] = {"agg_value": None}
         unavailable["forget_quality"] = "no retain model's evaluation (give --retain-logs TOFU_EVAL.json)"
     if sets.holdout:
-        logs["mia_min_k"] = min_k_entry(forget_stats, [stats["holdout"][i] for i in range(len(sets.holdout))])
+        logs["mia_min_k"] = min_k_entry(forget_stats, scored.stats("holdout", len(sets.holdout)))
         ref = retain_logs.mia_min_k if retain_logs is not None and retain_logs.mia_min_k is not None else 0.5
         if ref == 0.5 and (retain_logs is None or retain_logs.mia_min_k is None):
             unavailable["privleak_reference"] = "no retain model's Min-K% AUC: privleak against 0.5, as open-unlearning"
-        score, ref = 1 - logs["mia_min_k"]["agg_value"], 1 - ref
-        logs["privleak"] = {"agg_value": (score - ref) / (ref + EPS) * 100}
+        logs["privleak"] = {"agg_value": mia.privleak(logs["mia_min_k"]["agg_value"], ref)}
     else:
         unavailable["privleak"] = f"no {HOLDOUT[sets.split]} config in {sets.source}"
     summary = {"benchmark": "tofu", "split": sets.split}
@@ -451,39 +453,22 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
 def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_size: int, source: str) -> RetainLogs:
     """A retain model's forget truth ratios and Min-K% AUC, computed (no generation)."""
     pairs = _pairs(sets, ("forget", "holdout"))
-    scored = score_pairs(model, tokenizer, template, pairs, batch_size)
-    loss: dict = {}
-    stats: dict = {}
-    for p, (value, st) in zip(pairs, scored):
-        loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
-        if st is not None:
-            stats.setdefault(p.set, {})[p.item] = st
-    n = len(sets.forget)
-    para = [loss[("forget", "para")][i][0] for i in range(n)]
-    pert = [loss[("forget", "pert")][i] for i in range(n)]
+    scored = _Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))
     auc = None
     if sets.holdout:
-        auc = min_k_entry([stats["forget"][i] for i in range(n)],
-                          [stats["holdout"][i] for i in range(len(sets.holdout))])["agg_value"]
-    return RetainLogs([float(x) for x in truth_ratio_values(para, pert)], auc, source)
+        auc = min_k_entry(scored.stats("forget", len(sets.forget)),
+                          scored.stats("holdout", len(sets.holdout)))["agg_value"]
+    ratios = truth_ratio_values(scored.losses("forget", "para"), scored.losses("forget", "pert"))
+    return RetainLogs([float(x) for x in ratios], auc, source)
 
 
 # --------------------------------------------------------------------------- output
 
 
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
     """``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (open-unlearning's files), then ``summary.json``."""
     from ..rundir import SUMMARY
+    from .suites import _finite
 
     out = Path(out_dir)
     atomic_write_json(out / TOFU_EVAL, _finite(dict(sorted(result.logs.items()))))
