@@ -566,15 +566,46 @@ def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
         eval_sets_for(Config(data=str(bad)))
 
 
-def test_generation_in_rounds_equals_one_round(tiny):
-    """Answers that go on in a second round (from their prompt and tokens so far) are the answers
-    of one uninterrupted round, also where they run to the length limit."""
+def test_greedy_decode_equals_transformers_generate(tiny):
+    """Rows that leave the batch as they end give model.generate's tokens for the same left-padded
+    batch: plain left padding, and open-unlearning's ``input_ids != pad`` mask with a pad id inside
+    a prompt; each row to its own budget, ending with its first EOS."""
+    from transformers import GenerationConfig
+
+    from unlearn.evals.runner import decode_greedy
+
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL] + ["Who?", "Where is it?"]
-    one_round = generate(model, tok, fmt, questions, batch_size=3, first_round=10_000)
-    assert any(len(tok(a, add_special_tokens=False)["input_ids"]) > 2 for a in one_round)
-    for first in (1, 2, 5):
-        assert generate(model, tok, fmt, questions, batch_size=3, first_round=first) == one_round
-    limit = max(len(encode_prompt(tok, fmt.prompt(q), fmt.add_special_tokens)) for q in questions) + 3
-    assert generate(model, tok, fmt, questions, max_length=limit, batch_size=4, first_round=2) == \
-        generate(model, tok, fmt, questions, max_length=limit, batch_size=4, first_round=10_000)
+    seqs = [encode_prompt(tok, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
+    pad, eos = tok.pad_token_id, [tok.eos_token_id]
+    seqs[1] = seqs[1][:2] + [pad] + seqs[1][2:]  # a pad id inside a prompt
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs])
+    config = GenerationConfig(max_new_tokens=12, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad)
+    for mask_pad in (False, True):
+        mask = (ids != pad).long() if mask_pad else torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs])
+        with torch.no_grad():
+            ref = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist()
+        budgets = [12 if i % 3 else 5 for i in range(len(seqs))]
+        done = []
+        with torch.no_grad():
+            ours = decode_greedy(model, seqs, budgets, pad, eos, mask_pad=mask_pad, on_done=lambda: done.append(1))
+        assert len(done) == len(seqs)
+        for row, want, budget in zip(ours, ref, budgets):
+            end = next((j + 1 for j, t in enumerate(want) if t in eos), len(want))
+            assert row == want[: min(end, budget)]
+        assert any(row[-1] == tok.eos_token_id for row in ours)  # some end at EOS, others at their budget
+        assert any(len(row) == 12 and row[-1] != tok.eos_token_id for row in ours)
+
+
+def test_generation_batch_follows_its_flag(tiny):
+    from unlearn.config import Config
+    from unlearn.evals.commands import plan_evaluation
+    from unlearn.evals.runner import generation_batch
+
+    assert generation_batch(16) == 64 and generation_batch(16, 5) == 5
+    assert plan_evaluation(Config(eval=False, gen_batch_size=7)).gen_batch_size == 7
+    model, tok, fmt = tiny
+    questions = [r["question"] for r in FORGET + RETAIN + GENERAL]
+    assert generate(model, tok, fmt, questions, batch_size=len(questions)) == generate(model, tok, fmt, questions,
+                                                                                       batch_size=2)

@@ -136,7 +136,7 @@ def _eval_parser(p):
 
 def _audit_parser(p):
     add_config_args(p, ("model", "data", "audit", "out", "resume"), exclude=("audit", "save_every"),
-                    extra=("forget", "retain", "holdout", "retain_model", "ref_model", "eval_batch_size", "seed",
+                    extra=("forget", "retain", "holdout", "retain_model", "ref_model", "eval_batch_size", "gen_batch_size", "seed",
                            "max_length", "weight_decay", "mixed_precision"))
 
 

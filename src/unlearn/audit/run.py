@@ -157,19 +157,21 @@ def check_inputs(cfg) -> AuditInputs:
 # --------------------------------------------------------------------------- measuring
 
 
-def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_size: int) -> list[dict]:
+def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_size: int,
+                  gen_batch_size: int | None = None) -> list[dict]:
     """Per item of a prompt variant: the generation, its ROUGE-L recall against the reference, and
     the probability of the target text after the prompt (each process its share, when several)."""
     from ..distributed import sharded_map
     from ..evals import metrics as M
-    from ..evals.runner import MAX_LENGTH, answer_nlls, generate
+    from ..evals.runner import MAX_LENGTH, answer_nlls, generate, generation_batch
     from .prompts import Rendered
 
     fmt = Rendered(add_special_tokens)
     # A longer prompt than the evaluation's gets as many more tokens: the reply's budget is unchanged.
     lengths = [len(ids) for ids in tokenizer(variant.prompts)["input_ids"]]
     limit = MAX_LENGTH + max(lengths) - min(lengths)
-    gens = sharded_map(lambda ps: generate(model, tokenizer, fmt, ps, max_length=limit, batch_size=batch_size,
+    gens = sharded_map(lambda ps: generate(model, tokenizer, fmt, ps, max_length=limit,
+                                           batch_size=generation_batch(batch_size, gen_batch_size),
                                            desc=variant.name), variant.prompts)
     pairs = list(zip(variant.prompts, variant.targets))
     nll = np.array(sharded_map(lambda ps: list(answer_nlls(
@@ -273,7 +275,8 @@ def _plain(cfg, inputs: AuditInputs, s: Subject, key: str, rows) -> list[dict]:
     """The plain questions of ``rows`` scored on the subject (memoised: prompts and quantization share it)."""
     if key not in s.memo:
         v, _ = _prompt_variants(cfg, inputs, s.fmt, rows)
-        s.memo[key] = score_variant(s.model, s.tokenizer, v[0], s.fmt.add_special_tokens, cfg.eval_batch_size)
+        s.memo[key] = score_variant(s.model, s.tokenizer, v[0], s.fmt.add_special_tokens, cfg.eval_batch_size,
+                                    cfg.gen_batch_size)
     return s.memo[key]
 
 
@@ -282,7 +285,7 @@ def attack_prompts(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dic
     summary, items = {}, []
     for v in found:
         scored = (_plain(cfg, inputs, s, "plain:forget", inputs.forget.rows) if v.name == "plain" else
-                  score_variant(s.model, s.tokenizer, v, s.fmt.add_special_tokens, cfg.eval_batch_size))
+                  score_variant(s.model, s.tokenizer, v, s.fmt.add_special_tokens, cfg.eval_batch_size, cfg.gen_batch_size))
         summary[v.name] = _means(scored)
         items += [{"variant": v.name, **i} for i in scored]
     if missing:
@@ -298,7 +301,7 @@ def _sets_scores(cfg, inputs: AuditInputs, model, s: Subject) -> tuple[dict, lis
         if es is None:
             continue
         v = variants(s.fmt, es.rows, es.answer_key, None)[0][0]
-        scored = score_variant(model, s.tokenizer, v, s.fmt.add_special_tokens, cfg.eval_batch_size)
+        scored = score_variant(model, s.tokenizer, v, s.fmt.add_special_tokens, cfg.eval_batch_size, cfg.gen_batch_size)
         summary[name] = _means(scored)
         items += [{"set": name, **i} for i in scored]
     return summary, items
@@ -335,7 +338,7 @@ def attack_relearn(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dic
 
     def measure(model, tokenizer, fmt):
         v = variants(fmt, rows, f.answer_key, None)[0][0]
-        return score_variant(model, tokenizer, v, fmt.add_special_tokens, cfg.eval_batch_size)
+        return score_variant(model, tokenizer, v, fmt.add_special_tokens, cfg.eval_batch_size, cfg.gen_batch_size)
 
     info = {"relearned_rows": len(trained_on), "measured_rows": len(measured)}
     if s.role != "unlearned":  # the target's (and retain model's) knowledge of the measured part: no training

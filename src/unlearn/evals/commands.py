@@ -157,6 +157,7 @@ class EvalPlan:
     retain_ratios: list[float] | None = None
     downstream: list[str] | None = None
     batch_size: int = EVAL_BATCH_SIZE
+    gen_batch_size: int | None = None  # prompts decoded together (default: evals.runner.generation_batch)
     downstream_limit: int | None = None
     downstream_include: str | None = None
     holdout: list[dict] | None = None  # rows never trained on, for membership inference
@@ -178,7 +179,7 @@ class EvalPlan:
         if self.muse is not None and is_main_process():
             from .muse import evaluate_muse, print_muse, write_muse
 
-            result = evaluate_muse(model, tokenizer, self.muse, self.batch_size, self.retain_auc)
+            result = evaluate_muse(model, tokenizer, self.muse, self.batch_size, self.retain_auc, self.gen_batch_size)
             write_muse(result, out.path)
             print_muse(result.summary)
             summary = result.summary
@@ -188,7 +189,7 @@ class EvalPlan:
             atomic_write_json(out.summary, {"benchmark": "wmdp"})  # the tasks' accuracies are added to it
         if self.sets:
             ev = evaluate(model, tokenizer, fmt, self.sets, self.judges.embedder, self.judges.nli, self.batch_size,
-                          self.retain_ratios, shard=shard)
+                          self.retain_ratios, shard=shard, gen_batch_size=self.gen_batch_size)
             if self.holdout:
                 ev.summary.update(self.membership(model, tokenizer, fmt))
             summary = ev.summary
@@ -214,7 +215,7 @@ class EvalPlan:
         from .tofu import evaluate_tofu, print_tofu, write_tofu
 
         result = evaluate_tofu(model, tokenizer, tofu_template(fmt), self.tofu, self.batch_size, self.retain_logs,
-                               shard=shard)
+                               shard=shard, gen_batch_size=self.gen_batch_size)
         if is_main_process():
             write_tofu(result, out.path)
             print_tofu(result.summary)
@@ -262,7 +263,7 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
 
     check_benchmark(cfg.benchmark)
     _check_retain_logs(cfg)
-    plan = EvalPlan(batch_size=cfg.eval_batch_size, downstream_limit=cfg.downstream_limit,
+    plan = EvalPlan(batch_size=cfg.eval_batch_size, gen_batch_size=cfg.gen_batch_size, downstream_limit=cfg.downstream_limit,
                     downstream_include=cfg.downstream_include)
     if cfg.eval and cfg.benchmark == "tofu":
         return _plan_tofu(cfg, plan)

@@ -108,7 +108,7 @@ class TrainingEval:
         was_training = model.training
         ev = evaluate(model, self.tokenizer, self.fmt, self.sets, self.plan.judges.embedder, self.plan.judges.nli,
                       self.plan.batch_size, self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets)
-                      else None, shard=True)
+                      else None, shard=True, gen_batch_size=self.plan.gen_batch_size)
         model.train(was_training)
         row = {"step": step, "epoch": epoch, **{k: v for k, v in ev.summary.items() if k != "unavailable"}}
         fell = collapse(row, self.rows[0]) if self.rows else []

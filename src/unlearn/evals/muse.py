@@ -276,15 +276,18 @@ class MuseResult:
 
 
 def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH_SIZE,
-                  retain_auc: float | None = None) -> MuseResult:
+                  retain_auc: float | None = None, gen_batch_size: int | None = None) -> MuseResult:
+    from .runner import generation_batch
+
     logs: dict = {}
+    rows = generation_batch(batch_size, gen_batch_size)
     if sets.verbmem:
-        logs["forget_verbmem_ROUGE"] = verbmem(model, tokenizer, sets.verbmem, batch_size)
+        logs["forget_verbmem_ROUGE"] = verbmem(model, tokenizer, sets.verbmem, rows)
     if sets.forget_qa:
-        logs["forget_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.forget_qa, sets.forget_icl, batch_size,
+        logs["forget_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.forget_qa, sets.forget_icl, rows,
                                                "MUSE: knowmem forget")
     if sets.retain_qa:
-        logs["retain_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.retain_qa, sets.retain_icl, batch_size,
+        logs["retain_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.retain_qa, sets.retain_icl, rows,
                                                "MUSE: knowmem retain")
     unavailable = dict(sets.missing)
     if sets.privleak_forget and sets.privleak_holdout:

@@ -23,7 +23,7 @@ from ..io import atomic_write_json, atomic_write_jsonl
 from ..rundir import SUMMARY, eval_file
 from . import metrics as M
 from .judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
-from .runner import answer_nlls, generate
+from .runner import answer_nlls, generate, generation_batch
 from .sets import EvalSet
 
 log = logging.getLogger("unlearn")
@@ -148,7 +148,7 @@ def _mean(records: list[dict], key: str) -> float | None:
 
 
 def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = EVAL_BATCH_SIZE,
-             retain_ratios=None, shard: bool = False) -> Evaluation:
+             retain_ratios=None, shard: bool = False, gen_batch_size: int | None = None) -> Evaluation:
     """Run every set once and compute the six metrics, Model Utility, Forget Efficacy and, with
     ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality.
 
@@ -158,7 +158,7 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
     unavailable = nli.reason if isinstance(nli, Unavailable) else None  # (said once, when it was loaded)
     embedder, nli = _distinct_judges(embedder, nli)
     ev = Evaluation(summary={})
-    generations = _generate_sets(model, tokenizer, fmt, sets, batch_size, shard)
+    generations = _generate_sets(model, tokenizer, fmt, sets, generation_batch(batch_size, gen_batch_size), shard)
     for s, gens in zip(sets, generations):
         if shard:
             ev.items[s.name] = sharded_map(lambda idx, s=s, gens=gens: _evaluate_set(

@@ -395,11 +395,14 @@ class TofuResult:
 
 
 def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = EVAL_BATCH_SIZE,
-                  retain_logs: RetainLogs | None = None, shard: bool = False) -> TofuResult:
+                  retain_logs: RetainLogs | None = None, shard: bool = False,
+                  gen_batch_size: int | None = None) -> TofuResult:
     """Every metric of the TOFU standard on ``model`` (see the module docstring)."""
+    from .runner import generation_batch
+
     questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
     flat = [q for qs in questions.values() for q in qs]
-    gens_flat = generate_answers(model, tokenizer, template, flat, batch_size, shard)
+    gens_flat = generate_answers(model, tokenizer, template, flat, generation_batch(batch_size, gen_batch_size), shard)
     gens, start = {}, 0
     for name, qs in questions.items():
         gens[name], start = gens_flat[start:start + len(qs)], start + len(qs)
