@@ -217,6 +217,40 @@ def test_values_equal_an_independent_unbatched_computation(tiny, snapshot, resul
         np.mean([scorer.score(r["answer"], v["generation"])["rougeL"].recall for r, v in zip(forget, items.values())]))
 
 
+def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
+    """A question's answers scored on its prompt's KV cache give the whole-sequence values: losses and
+    token statistics, with open-unlearning's pad mask, a pad id inside a prompt, batches that split a
+    question's answers, and sequences without a prompt to share."""
+    from unlearn.encoding import Encoded
+    from unlearn.evals.runner import score_sequences
+
+    model, tok, template = tiny
+    pairs = T._pairs(T.load_tofu_sets(snapshot, "forget01"))
+    seqs = [template.encode_pair(tok, p.question, p.text, 512) for p in pairs]
+    inner = seqs[0].input_ids[:2] + [tok.pad_token_id] + seqs[0].input_ids[2:]
+    seqs += [Encoded(inner, [-100] * 3 + seqs[0].labels[2:]),  # a pad id inside the prompt
+             Encoded(seqs[1].input_ids, list(seqs[1].input_ids)),  # every token a label: nothing to share
+             Encoded(seqs[2].input_ids, [-100] * len(seqs[2].input_ids))]  # no label at all
+    want = list(range(0, len(seqs), 3))
+    tokens = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True)
+    for batch_size in (4, 7):
+        tokens.clear()
+        shared, s_stats = score_sequences(model, tok, seqs, batch_size, mask_pad=True, stats_for=want,
+                                          share_prompts=True)
+        shared_tokens = sum(tokens)
+        tokens.clear()
+        whole, w_stats = score_sequences(model, tok, seqs, batch_size, mask_pad=True, stats_for=want)
+        assert shared_tokens < 0.8 * sum(tokens)  # the prompts ran once per batch, not once per answer
+        np.testing.assert_allclose(shared, whole, rtol=0, atol=2e-6)
+        assert shared[-1] == whole[-1] == 0.0
+        for i in want:
+            np.testing.assert_allclose(s_stats[i].logp, w_stats[i].logp, atol=2e-6)
+            np.testing.assert_allclose(s_stats[i].mu, w_stats[i].mu, atol=2e-6)
+            assert (s_stats[i].hit == w_stats[i].hit).all()
+    hook.remove()
+
+
 def test_memorised_model_scores_high_and_generates_its_answers(result):
     s = result.summary
     assert s["forget_Q_A_Prob"] > 0.8 and s["forget_Q_A_ROUGE"] > 0.8

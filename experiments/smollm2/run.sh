@@ -79,8 +79,9 @@ if want continual; then
   timed "continual_NPO+GD-fixed-ref" $U continual "${common[@]}" --method NPO+GD --fix-ref-model \
       --out "$R/continual/NPO+GD-fixed-ref"
 fi
-if want report; then
-  $U report "$R/methods" "$R/continual" "$R/retain_eval" --baseline "$R/target_eval" --out "$OUT" \
+if want report; then  # also on partial results: the stages done so far
+  done_runs=(); for d in "$R/methods" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
+  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   # the numbers behind the report, small enough to keep: every summary and training-time log
   python3 - "$R" "$OUT" <<'PY'

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import EVAL_BATCH_SIZE
-from ..encoding import IGNORE_INDEX, encode_pair, encode_question, pad_batch, pad_id
+from ..encoding import IGNORE_INDEX, Encoded, encode_pair, encode_question, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
@@ -193,13 +193,17 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
 
 
 def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_SIZE, mask_pad: bool = False,
-                    stats_for=(), texts: list[str] | None = None, desc: str = "scoring") -> tuple[np.ndarray, dict]:
+                    stats_for=(), texts: list[str] | None = None, desc: str = "scoring",
+                    share_prompts: bool = False) -> tuple[np.ndarray, dict]:
     """``(avg_loss (N,), {i: TokenStats})`` of encoded sequences in ONE length-sorted pass: every
     sequence's mean label NLL, and for the indices in ``stats_for`` the per-token statistics of
     :func:`token_stats` (``texts[i]`` their text). ``mask_pad``: attention ``input_ids != pad``, as
-    open-unlearning's collator."""
-    import torch.nn.functional as F
+    open-unlearning's collator.
 
+    ``share_prompts``: sequences whose tokens before their answer are the same (a question's answer,
+    paraphrase and perturbed answers) run that prompt once per batch and their answers on its KV
+    cache (:func:`_prompt_shared_batches`): the same values up to float rounding, with the prompts'
+    share of the work done once instead of once per answer."""
     from .mia import TokenStats
 
     want = set(stats_for)
@@ -208,34 +212,123 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
     keep = supports_logits_to_keep(model)
     losses = np.zeros(len(seqs), dtype=np.float64)
     stats: dict = {}
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    if share_prompts:
+        batches = _prompt_shared_batches(seqs, batch_size)
+    else:
+        batches = [(idx, None) for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size)]
     from ..distributed import is_main_process
 
     with inference(model), tqdm(total=len(seqs), desc=desc, unit="seq", leave=False,
                                 disable=None if is_main_process() else True) as bar:
-        for idx in _batches(order, batch_size):
-            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
-            if mask_pad:
-                batch["attention_mask"] = (batch["input_ids"] != pad).long()
-            logits, labels = answer_logits(model, batch, keep)
+        for idx, cut in batches:
+            out = _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device) if cut else None
+            if out is None:
+                batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
+                if mask_pad:
+                    batch["attention_mask"] = (batch["input_ids"] != pad).long()
+                out = answer_logits(model, batch, keep)
+            logits, labels = out
             nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
             losses[idx] = nll.double().cpu().numpy()
             rows = [r for r, i in enumerate(idx) if i in want]
             if rows:
-                logp_all = F.log_softmax(logits[rows].float(), dim=-1)
-                target = F.pad(labels[rows, 1:], (0, 1), value=IGNORE_INDEX)
-                p = logp_all.exp()
-                mu = (p * logp_all).sum(-1)
-                sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
-                best = logits[rows].argmax(-1)
-                for j, r in enumerate(rows):
-                    pos = (target[j] != IGNORE_INDEX).nonzero().squeeze(-1)
-                    tok = target[j, pos]
-                    stats[idx[r]] = TokenStats(logp_all[j, pos, tok].double().cpu().numpy(),
-                                               mu[j, pos].double().cpu().numpy(), sigma[j, pos].double().cpu().numpy(),
-                                               texts[idx[r]] if texts else "", (best[j, pos] == tok).cpu().numpy())
+                for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows])):
+                    stats[idx[r]] = TokenStats(*st[:3], texts[idx[r]] if texts else "", st[3])
             bar.update(len(idx))
     return losses, stats
+
+
+def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple]:
+    """Per row ``(log p of each label token, mean and spread of log p under the position's own
+    distribution, whether the greedy token was the label)`` as numpy arrays."""
+    import torch.nn.functional as F
+
+    logp_all = F.log_softmax(logits.float(), dim=-1)
+    target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    p = logp_all.exp()
+    mu = (p * logp_all).sum(-1)
+    sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
+    best = logits.argmax(-1)
+    out = []
+    for j in range(logits.shape[0]):
+        pos = (target[j] != IGNORE_INDEX).nonzero().squeeze(-1)
+        tok = target[j, pos]
+        out.append((logp_all[j, pos, tok].double().cpu().numpy(), mu[j, pos].double().cpu().numpy(),
+                    sigma[j, pos].double().cpu().numpy(), (best[j, pos] == tok).cpu().numpy()))
+    return out
+
+
+def _prompt_shared_batches(seqs: list, batch_size: int) -> list[tuple[list[int], list[int] | None]]:
+    """Batches of ``(indices, cuts)``: each sequence is cut before the last token of its prompt
+    (the position that predicts its first answer token); sequences with the same tokens before the
+    cut share that prefix. Prefixes sorted by length, longest first, each one's sequences kept
+    together (a batch holds at most ``batch_size`` sequences). Sequences without an answer token
+    or without a prompt to share go in batches of their own (``cuts`` None)."""
+    groups: dict[tuple, list[int]] = {}
+    plain = []
+    for i, s in enumerate(seqs):
+        first = next((j for j, t in enumerate(s.labels) if t != IGNORE_INDEX), None)
+        if first is None or first < 2:
+            plain.append(i)
+        else:
+            groups.setdefault(tuple(s.input_ids[: first - 1]), []).append(i)
+    out: list = []
+    batch: list[int] = []
+    for prefix in sorted(groups, key=lambda k: -len(k)):
+        for i in sorted(groups[prefix], key=lambda i: -len(seqs[i])):
+            batch.append(i)
+            if len(batch) == batch_size:
+                out.append(batch)
+                batch = []
+    if batch:
+        out.append(batch)
+    out = [(b, [_cut(seqs[i]) for i in b]) for b in out]
+    plain.sort(key=lambda i: -len(seqs[i]))
+    return out + [(b, None) for b in _batches(plain, batch_size)]
+
+
+def _cut(s) -> int:
+    """Where a sequence's answer part starts: one before its first label (that position predicts it)."""
+    return next(j for j, t in enumerate(s.labels) if t != IGNORE_INDEX) - 1
+
+
+def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad: bool, device):
+    """``(logits, labels)`` of ``seqs`` from their parts after ``cuts``, run on the KV cache of their
+    (deduplicated) parts before: what one forward over the whole right-padded batch gives, at the
+    positions after the cuts. Positions count from each sequence's first token, as in a right-padded
+    forward; the mask is ``input_ids != pad`` with ``mask_pad``, else the real tokens. None when the
+    model's cache cannot select rows (the caller then runs the whole sequences)."""
+    prefixes = list(dict.fromkeys(tuple(s.input_ids[:c]) for s, c in zip(seqs, cuts)))
+    which = {p: u for u, p in enumerate(prefixes)}
+    rows = [which[tuple(s.input_ids[:c])] for s, c in zip(seqs, cuts)]
+    width = max(map(len, prefixes))
+    ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    position = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for u, p in enumerate(prefixes):  # left padding: every prefix ends at the last column
+        ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[u, width - len(p):] = 1
+        position[u, width - len(p):] = torch.arange(len(p))
+    if mask_pad:
+        mask = mask * (ids != pad).long()
+    ids, mask, position = ids.to(device), mask.to(device), position.to(device)
+    extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    result = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
+    cache_arg = "cache" if getattr(result, "cache", None) is not None else "past_key_values"
+    cache = getattr(result, cache_arg, None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    select = torch.tensor(rows, device=device)
+    cache.batch_select_indices(select)
+    tails = [Encoded(s.input_ids[c:], s.labels[c:]) for s, c in zip(seqs, cuts)]
+    batch = pad_batch(tails, pad)
+    tail_mask = batch["attention_mask"] * (batch["input_ids"] != pad).long() if mask_pad else batch["attention_mask"]
+    lengths = torch.tensor([len(prefixes[u]) for u in rows])
+    tail_position = lengths[:, None] + torch.arange(batch["input_ids"].shape[1])[None, :]
+    out = model(input_ids=batch["input_ids"].to(device),
+                attention_mask=torch.cat([mask[select], tail_mask.to(device)], dim=-1),
+                position_ids=tail_position.to(device), use_cache=True, **{cache_arg: cache})
+    return out.logits, batch["labels"].to(device)
 
 
 def supports_logits_to_keep(model) -> bool:

@@ -268,7 +268,7 @@ def score_pairs(model, tokenizer, template, pairs: list[_Pair], batch_size: int,
     def score(ps: list[_Pair]) -> list[tuple]:
         seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
         want = [i for i, p in enumerate(ps) if p.kind == "answer" and p.set in ("forget", "holdout")]
-        losses, stats = score_sequences(model, tokenizer, seqs, batch_size, mask_pad=True, stats_for=want,
+        losses, stats = score_sequences(model, tokenizer, seqs, batch_size, mask_pad=True, stats_for=want, share_prompts=True,
                                         texts=[p.text for p in ps], desc="TOFU: answer NLLs")
         return [(float(losses[i]), stats.get(i)) for i in range(len(ps))]
 
