@@ -9,7 +9,9 @@
 #   - retain: the first 100 QA of retain_perturbed (the Retain evaluation set is those same 100);
 #   - Real Authors (100) and World Facts (117) as they are: a pretrained model knows some of them, so
 #     Model Utility means what it means in the paper;
-#   - target: 300 QA, 5 epochs at lr 1e-4 (batch 8); retain model: the 100 retain QA only, same settings.
+#   - target: 300 QA, 5 epochs at lr 1e-4 (batch 8); retain model: the 100 retain QA only, same settings;
+#   - unlearning (methods.yaml, new_methods.yaml, continual): 5 epochs, batch 4 (50 steps on a 40-QA task) at
+#     lr 5e-5: each forget QA is seen 5 times, at about the step size with which the SmolLM2 demo forgot.
 # Every training stage writes a checkpoint every few steps and resumes from it when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +19,7 @@ U=${UNLEARN:-.venv/bin/unlearn}
 SRC=${DATA:-../shared/data/tofu}
 R=experiments/runs/smollm2
 OUT=experiments/results/smollm2
-STAGES=${STAGES:-"data target retain evals methods continual report"}
+STAGES=${STAGES:-"data target retain evals methods new_methods continual report"}
 mkdir -p "$R" "$OUT"
 [ -f "$OUT/times.csv" ] || echo "stage,seconds" > "$OUT/times.csv"
 
@@ -70,6 +72,9 @@ fi
 if want methods; then
   timed methods $U sweep --config experiments/smollm2/methods.yaml
 fi
+if want new_methods; then
+  timed new_methods $U sweep --config experiments/smollm2/new_methods.yaml
+fi
 if want continual; then
   common=(--model "$R/target/model" --data "$R/data" --split forget01 --tasks 1-5 --epochs 5 --lr 5e-5
           --batch-size 4 --grad-accum 1 --max-length 192 --nli none --eval-batch-size 32 --save-every 10)
@@ -80,7 +85,7 @@ if want continual; then
       --out "$R/continual/NPO+GD-fixed-ref"
 fi
 if want report; then  # also on partial results: the stages done so far
-  done_runs=(); for d in "$R/methods" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
+  done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
   $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   # the numbers behind the report, small enough to keep: every summary and training-time log
