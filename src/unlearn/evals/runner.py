@@ -204,7 +204,6 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
     paraphrase and perturbed answers) run that prompt once per batch and their answers on its KV
     cache (:func:`_prompt_shared_batches`): the same values up to float rounding, with the prompts'
     share of the work done once instead of once per answer."""
-    from .mia import TokenStats
 
     want = set(stats_for)
     pad = pad_id(tokenizer)
@@ -221,7 +220,7 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
     with inference(model), tqdm(total=len(seqs), desc=desc, unit="seq", leave=False,
                                 disable=None if is_main_process() else True) as bar:
         for idx, cut in batches:
-            out = _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device) if cut else None
+            out = _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device, keep) if cut else None
             if out is None:
                 batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
                 if mask_pad:
@@ -232,16 +231,19 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
             losses[idx] = nll.double().cpu().numpy()
             rows = [r for r, i in enumerate(idx) if i in want]
             if rows:
-                for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows])):
-                    stats[idx[r]] = TokenStats(*st[:3], texts[idx[r]] if texts else "", st[3])
+                names = [texts[idx[r]] if texts else "" for r in rows]
+                for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows], names)):
+                    stats[idx[r]] = st
             bar.update(len(idx))
     return losses, stats
 
 
-def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple]:
-    """Per row ``(log p of each label token, mean and spread of log p under the position's own
-    distribution, whether the greedy token was the label)`` as numpy arrays."""
+def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor, texts: list[str]) -> list:
+    """Per row a :class:`~unlearn.evals.mia.TokenStats`: the label tokens' log p, the mean and spread
+    of log p under each position's own distribution, whether the greedy token was the label."""
     import torch.nn.functional as F
+
+    from .mia import TokenStats
 
     logp_all = F.log_softmax(logits.float(), dim=-1)
     target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
@@ -253,8 +255,8 @@ def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple]
     for j in range(logits.shape[0]):
         pos = (target[j] != IGNORE_INDEX).nonzero().squeeze(-1)
         tok = target[j, pos]
-        out.append((logp_all[j, pos, tok].double().cpu().numpy(), mu[j, pos].double().cpu().numpy(),
-                    sigma[j, pos].double().cpu().numpy(), (best[j, pos] == tok).cpu().numpy()))
+        out.append(TokenStats(logp_all[j, pos, tok].double().cpu().numpy(), mu[j, pos].double().cpu().numpy(),
+                              sigma[j, pos].double().cpu().numpy(), texts[j], (best[j, pos] == tok).cpu().numpy()))
     return out
 
 
@@ -266,11 +268,13 @@ def _prompt_shared_batches(seqs: list, batch_size: int) -> list[tuple[list[int],
     or without a prompt to share go in batches of their own (``cuts`` None)."""
     groups: dict[tuple, list[int]] = {}
     plain = []
+    cut: dict[int, int] = {}
     for i, s in enumerate(seqs):
         first = next((j for j, t in enumerate(s.labels) if t != IGNORE_INDEX), None)
         if first is None or first < 2:
             plain.append(i)
         else:
+            cut[i] = first - 1  # that position predicts the first answer token
             groups.setdefault(tuple(s.input_ids[: first - 1]), []).append(i)
     out: list = []
     batch: list[int] = []
@@ -282,17 +286,12 @@ def _prompt_shared_batches(seqs: list, batch_size: int) -> list[tuple[list[int],
                 batch = []
     if batch:
         out.append(batch)
-    out = [(b, [_cut(seqs[i]) for i in b]) for b in out]
+    out = [(b, [cut[i] for i in b]) for b in out]
     plain.sort(key=lambda i: -len(seqs[i]))
     return out + [(b, None) for b in _batches(plain, batch_size)]
 
 
-def _cut(s) -> int:
-    """Where a sequence's answer part starts: one before its first label (that position predicts it)."""
-    return next(j for j, t in enumerate(s.labels) if t != IGNORE_INDEX) - 1
-
-
-def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad: bool, device):
+def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad: bool, device, keep: bool):
     """``(logits, labels)`` of ``seqs`` from their parts after ``cuts``, run on the KV cache of their
     (deduplicated) parts before: what one forward over the whole right-padded batch gives, at the
     positions after the cuts. Positions count from each sequence's first token, as in a right-padded
@@ -312,7 +311,7 @@ def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad
     if mask_pad:
         mask = mask * (ids != pad).long()
     ids, mask, position = ids.to(device), mask.to(device), position.to(device)
-    extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": 1} if keep else {}
     result = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
     cache_arg = "cache" if getattr(result, "cache", None) is not None else "past_key_values"
     cache = getattr(result, cache_arg, None)
@@ -370,10 +369,6 @@ def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
     """Per item, for membership inference and memorisation (:mod:`unlearn.evals.mia`): the answer
     tokens' log p, the mean and spread of log p under each position's own next-token distribution,
     and whether the greedy next token was the answer's."""
-    import torch.nn.functional as F
-
-    from .mia import TokenStats
-
     seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
     pad = pad_id(tokenizer)
     device = model_device(model)
@@ -383,18 +378,8 @@ def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
         for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size):
             batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
             logits, labels = answer_logits(model, batch, keep)
-            logp_all = F.log_softmax(logits.float(), dim=-1)
-            target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-            p = logp_all.exp()
-            mu = (p * logp_all).sum(-1)
-            sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
-            best = logits.argmax(-1)
-            for row, i in enumerate(idx):
-                pos = (target[row] != IGNORE_INDEX).nonzero().squeeze(-1)
-                tok = target[row, pos]
-                out[i] = TokenStats(logp_all[row, pos, tok].double().cpu().numpy(), mu[row, pos].double().cpu().numpy(),
-                                    sigma[row, pos].double().cpu().numpy(), answers[i],
-                                    (best[row, pos] == tok).cpu().numpy())
+            for i, st in zip(idx, _token_stats_rows(logits, labels, [answers[i] for i in idx])):
+                out[i] = st
     return out
 
 
