@@ -161,6 +161,23 @@ def test_short_labels_drop_shared_parts():
     assert short_labels(names) == ["cont", "sw/method=ME+GD,lr=1e-05", "sw/method=GA+GD,lr=1e-05",
                                    "sw/method=GA+GD,lr=5e-06"]
     assert short_labels(["only"]) == ["only"]
+    # one run of a sweep beside a reference: the key only it has is what names it
+    assert short_labels(["methods/method-GA+GD", "retain_eval"]) == ["methods/method-GA+GD", "retain_eval"]
+
+
+def test_report_names_relative_paths_and_the_scatter(tmp_path, monkeypatch):
+    """A report written in a project names its runs by project path, and a TOFU-only scatter is not
+    followed by "No run has both ..."."""
+    from unlearn.report import write_report
+
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "runs" / "sw" / "method-GA+GD", "GA", 0.3, 0.8, method="GA+GD")
+    base = write_run(tmp_path / "base", "B", 0.6, 0.1, method=None)
+    out = write_report([tmp_path / "runs"], tmp_path / "rep", baseline=base)
+    md = (out / "report.md").read_text()
+    assert "(base)" in md and str(tmp_path) not in md
+    assert "tradeoff.png" in md and "No run has both" not in md
+    assert str(tmp_path) not in (out / "table.csv").read_text()
 
 
 def test_report_without_baseline_and_errors(results, capsys):

@@ -198,6 +198,15 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
                trajectory=read_jsonl_log(folder / EVAL_LOG) or None)
 
 
+def shown_path(path: Path) -> str:
+    """A run's folder as the report prints it: relative to the working directory when inside it (a report
+    committed beside its runs names no machine's absolute path), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _inside(path: Path, parents: Iterable[Path]) -> bool:
     return any(p == path or p in path.parents for p in parents)
 
@@ -233,18 +242,22 @@ def short_labels(names: list[str]) -> list[str]:
     """Plot labels: names without the parts (split at ``/``, ``__`` and ``,``) that carry no information.
 
     Dropped: a part every name has, and a ``key-value`` (or ``key=value``) part whose key has that
-    one value in every name that has the key (``split-forget01`` in a sweep over methods).
+    one value in every name (two or more) that has the key (``split-forget01`` in a sweep over methods).
+    A key only one name has stays: it is what tells that run apart (``method-GA+GD`` beside a reference).
     """
     tokens = [re.split(r"(/|__|,)", n) for n in names]
     parts = [t[::2] for t in tokens]
     values: dict[str, set[str]] = {}
+    holders: dict[str, int] = {}
     for p in parts:
         for x in p:
             key = re.match(r"^([a-z][a-z0-9_]*)[=-]", x)
             if key:
                 values.setdefault(key.group(1), set()).add(x)
+                holders[key.group(1)] = holders.get(key.group(1), 0) + 1
     shared = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
-    shared |= {next(iter(v)) for v in values.values() if len(v) == 1} if len(parts) > 1 else set()
+    shared |= {next(iter(v)) for k, v in values.items() if len(v) == 1 and holders[k] > 1} if len(parts) > 1 \
+        else set()
     labels = []
     for name, t in zip(names, tokens):
         kept = [(t[i - 1] if i else "", t[i]) for i in range(0, len(t), 2) if t[i] not in shared]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .runs import DASH, EXAMPLE_SETS, HEADLINE, MAX_ANSWER_CHARS, METRICS, SETS, Run, fmt_short
+from .runs import DASH, EXAMPLE_SETS, HEADLINE, MAX_ANSWER_CHARS, METRICS, SETS, Run, fmt_short, shown_path
 
 
 def fmt_value(v: float | None) -> str:
@@ -31,7 +31,7 @@ def table_rows(runs: list[Run]) -> list[dict]:
     rows = []
     sets, extra = sets_present(runs), downstream_keys(runs)
     for r in runs:
-        row = {"run": r.name, "path": str(r.path), "method": r.method, "lr": r.lr, "split": r.split,
+        row = {"run": r.name, "path": shown_path(r.path), "method": r.method, "lr": r.lr, "split": r.split,
                "task": r.task}
         row.update({k: r.value(k) for k in HEADLINE})
         row.update({f"{s} {m}": r.value(f"{s} {m}") for s in sets for m in METRICS})
@@ -168,7 +168,7 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
     notes = Notes()
     listed = ([baseline] if baseline else []) + runs
     blocks = [Block("heading", title, level=1),
-              Block("text", f"{len(runs)} run(s)" + (f" and the baseline {baseline.name} ({baseline.path})" if baseline else "")
+              Block("text", f"{len(runs)} run(s)" + (f" and the baseline {baseline.name} ({shown_path(baseline.path)})" if baseline else "")
                     + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
                     f"n/a = no value (see the notes), {DASH} = not computed for that run."),
               Block("heading", "Summary")]
@@ -190,7 +190,7 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
     if "tradeoff_real_world" in images:
         blocks.append(Block("image", images["tradeoff_real_world"],
                             items=["Model Utility against Forget Efficacy (real world)"]))
-    else:
+    if "tradeoff" not in images and "tradeoff_real_world" not in images:
         blocks.append(Block("text", "No run has both Model Utility and Forget Efficacy."))
     continual = [r for r in runs if r.is_continual]
     if continual:
