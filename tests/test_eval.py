@@ -609,3 +609,17 @@ def test_generation_batch_follows_its_flag(tiny):
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL]
     assert generate(model, tok, fmt, questions, batch_size=len(questions)) == generate(model, tok, fmt, questions,
                                                                                        batch_size=2)
+
+
+def test_evaluation_progress_reaches_a_log_file(tiny, capsys):
+    """Generation and scoring bars are written when stderr is a file (a run under nohup), as the
+    training bar is: a long evaluation does not look hung."""
+    from unlearn.evals.runner import answer_nlls
+
+    model, tok, fmt = tiny
+    questions = [r["question"] for r in FORGET]
+    generate(model, tok, fmt, questions, batch_size=2, desc="generating")
+    answer_nlls(model, tok, fmt, questions, [r["answer"] for r in FORGET], 2, desc="Forget: answer NLLs")
+    err = capsys.readouterr().err
+    assert f"generating:   0%|          | 0/{len(questions)}" in err
+    assert f"Forget: answer NLLs:   0%|          | 0/{len(questions)}" in err

@@ -48,6 +48,16 @@ def is_main_process() -> bool:
     return state().is_main_process
 
 
+def progress(iterable=None, **kw):
+    """A tqdm bar on the main process only, shown wherever the training bar is (a log file too, so a
+    long evaluation under ``nohup`` is not silent); ``leave=False`` unless told."""
+    from tqdm.auto import tqdm
+
+    kw.setdefault("leave", False)
+    kw["disable"] = kw.get("disable") or not is_main_process()
+    return tqdm(iterable, **kw)
+
+
 def wait_for_everyone() -> None:
     state().wait_for_everyone()
 

@@ -178,10 +178,10 @@ class HFNLIJudge(NLIJudge):
         # Longest first, so each batch pads to a similar length; results go back in input order.
         order = sorted(range(len(premises)), key=lambda i: -(len(premises[i]) + len(hypotheses[i])))
         out: list[str] = [""] * len(premises)
-        from tqdm.auto import tqdm
+        from ..distributed import progress
 
-        for start in tqdm(range(0, len(order), self.batch_size), desc="entailment judge", unit="batch",
-                          leave=False, disable=None if len(order) > self.batch_size else True):
+        for start in progress(range(0, len(order), self.batch_size), desc="entailment judge", unit="batch",
+                              disable=len(order) <= self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer(
                 [premises[i] for i in idx],

@@ -13,9 +13,9 @@ import inspect
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import EVAL_BATCH_SIZE
+from ..distributed import progress
 from ..encoding import IGNORE_INDEX, Encoded, encode_pair, encode_question, pad_batch, pad_id
 from ..losses import sequence_nll, token_counts
 
@@ -87,10 +87,7 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
               else [max(max_length - len(p), 1) for p in prompts])
     new: list[list[int]] = [[] for _ in prompts]
     keep = supports_logits_to_keep(model)
-    from ..distributed import is_main_process
-
-    bar = tqdm(total=len(prompts), desc=desc or "generating", unit="q", leave=False,
-               disable=None if is_main_process() else True)  # one bar when several processes share the work
+    bar = progress(total=len(prompts), desc=desc or "generating", unit="q")  # one bar for all processes
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     with inference(model):
         for idx in _batches(order, batch_size):
@@ -179,10 +176,7 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     device = model_device(model)
     out = np.zeros(len(seqs), dtype=np.float64)
     keep = supports_logits_to_keep(model)  # once per call, not per batch
-    from ..distributed import is_main_process
-
-    with inference(model), tqdm(total=len(seqs), desc=desc, unit="seq", leave=False,
-                                disable=None if is_main_process() else True) as bar:
+    with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
         for idx in _batches(order, batch_size):
             batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
             logits, labels = answer_logits(model, batch, keep)
@@ -215,10 +209,7 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
         batches = _prompt_shared_batches(seqs, batch_size)
     else:
         batches = [(idx, None) for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size)]
-    from ..distributed import is_main_process
-
-    with inference(model), tqdm(total=len(seqs), desc=desc, unit="seq", leave=False,
-                                disable=None if is_main_process() else True) as bar:
+    with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
         for idx, cut in batches:
             out = _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device, keep) if cut else None
             if out is None:
@@ -400,7 +391,7 @@ def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], 
     try:
         for q in params:
             q.requires_grad_(True)
-        for question, answer in tqdm(list(zip(questions, answers)), desc=desc, unit="seq", leave=False):
+        for question, answer in progress(list(zip(questions, answers)), desc=desc, unit="seq"):
             enc = encode_pair(tokenizer, fmt, question, answer, max_length)
             ids = torch.tensor([enc.input_ids], device=device)
             labels = torch.tensor(enc.labels, device=device)
