@@ -175,6 +175,25 @@ def test_answer_nlls_keep_only_the_answer_logits(tiny, monkeypatch):
     np.testing.assert_allclose(short, full, rtol=1e-5, atol=1e-6)
 
 
+def test_answer_nlls_on_shared_prompts_equal_whole_sequences(tiny, monkeypatch):
+    """Models large enough score a question's answers on its prompt's KV cache: the same NLLs."""
+    import unlearn.evals.runner as runner
+
+    model, tok, fmt = tiny
+    assert not runner.shares_prompts(model)  # the tiny model scores whole sequences
+    rows = FORGET + RETAIN
+    qs = [r["question"] for r in rows for _ in range(3)]
+    ans = [a for r in rows for a in (r["answer"], r["answer"][::-1], "I do not know.")]
+    whole = answer_nlls(model, tok, fmt, qs, ans, batch_size=4)
+    calls = []
+    real = runner._prompt_cached_logits
+    monkeypatch.setattr(runner, "_prompt_cached_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(runner, "shares_prompts", lambda m: True)
+    shared = answer_nlls(model, tok, fmt, qs, ans, batch_size=4)
+    assert calls
+    np.testing.assert_allclose(shared, whole, rtol=1e-5, atol=2e-6)
+
+
 def test_logits_to_keep_is_found_through_wrappers(tiny):
     from unlearn.evals.runner import supports_logits_to_keep
 

@@ -171,19 +171,17 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
     seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    pad = pad_id(tokenizer)
-    device = model_device(model)
-    out = np.zeros(len(seqs), dtype=np.float64)
-    keep = supports_logits_to_keep(model)  # once per call, not per batch
-    with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
-        for idx in _batches(order, batch_size):
-            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
-            logits, labels = answer_logits(model, batch, keep)
-            nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
-            out[idx] = nll.double().cpu().numpy()
-            bar.update(len(idx))
-    return out
+    return score_sequences(model, tokenizer, seqs, batch_size, desc=desc, share_prompts=shares_prompts(model))[0]
+
+
+SHARE_PROMPTS_FROM = 20_000_000
+"""Parameters from which a question's answers are scored on its prompt's KV cache: where the saved
+compute outweighs one more forward call per batch (measured on SmolLM2-135M: faster; on a
+0.2M-parameter Llama: slower; benchmarks/tofu_parity.py)."""
+
+
+def shares_prompts(model) -> bool:
+    return sum(p.numel() for p in model.parameters()) >= SHARE_PROMPTS_FROM
 
 
 def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_SIZE, mask_pad: bool = False,

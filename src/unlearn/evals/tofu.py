@@ -259,20 +259,13 @@ def _pairs(sets: TofuSets, parts=("forget", "retain", "ra", "wf", "holdout")) ->
     return out
 
 
-SHARE_PROMPTS_FROM = 20_000_000
-"""Parameters from which a question's answers are scored on its prompt's KV cache."""
-
-
 def score_pairs(model, tokenizer, template, pairs: list[_Pair], batch_size: int, shard: bool = False) -> list[tuple]:
     """``(avg_loss, TokenStats or None)`` per pair, from one sorted pass (token statistics for the
     forget and holdout answers)."""
     from ..distributed import sharded_map
-    from .runner import score_sequences
+    from .runner import score_sequences, shares_prompts
 
-    # A question's answers share its prompt's forward (runner.score_sequences) where the saved compute
-    # outweighs one more forward call per batch: measured on SmolLM2-135M (faster) and a 0.2M-parameter
-    # Llama (slower), benchmarks/tofu_parity.py.
-    share = sum(p.numel() for p in model.parameters()) >= SHARE_PROMPTS_FROM
+    share = shares_prompts(model)  # a question's answers on its prompt's KV cache (large enough models)
 
     def score(ps: list[_Pair]) -> list[tuple]:
         seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
