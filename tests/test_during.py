@@ -64,6 +64,8 @@ def test_eval_every_writes_a_row_per_evaluation(target, tmp_path):
     summary = json.loads((out / "summary.json").read_text())  # the final evaluation, every set
     assert summary["Forget ROUGE"] == pytest.approx(rows[-1]["Forget ROUGE"])
     assert not (out / "kept.json").exists() and not list(out.glob(".best-*"))
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert "Evaluated while unlearning: Forget; no utility set" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_keep_best_saves_the_best_evaluated_weights(target, tmp_path):
