@@ -359,17 +359,9 @@ def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
     tokens' log p, the mean and spread of log p under each position's own next-token distribution,
     and whether the greedy next token was the answer's."""
     seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
-    pad = pad_id(tokenizer)
-    device = model_device(model)
-    keep = supports_logits_to_keep(model)
-    out: list = [None] * len(seqs)
-    with inference(model):
-        for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size):
-            batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
-            logits, labels = answer_logits(model, batch, keep)
-            for i, st in zip(idx, _token_stats_rows(logits, labels, [answers[i] for i in idx])):
-                out[i] = st
-    return out
+    _, stats = score_sequences(model, tokenizer, seqs, batch_size, stats_for=range(len(seqs)), texts=answers,
+                               desc="token statistics")
+    return [stats[i] for i in range(len(seqs))]
 
 
 def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], p: float = 2,

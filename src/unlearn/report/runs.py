@@ -247,17 +247,14 @@ def short_labels(names: list[str]) -> list[str]:
     """
     tokens = [re.split(r"(/|__|,)", n) for n in names]
     parts = [t[::2] for t in tokens]
-    values: dict[str, set[str]] = {}
-    holders: dict[str, int] = {}
+    values: dict[str, list[str]] = {}  # key -> its part in each name that has the key
     for p in parts:
         for x in p:
             key = re.match(r"^([a-z][a-z0-9_]*)[=-]", x)
             if key:
-                values.setdefault(key.group(1), set()).add(x)
-                holders[key.group(1)] = holders.get(key.group(1), 0) + 1
+                values.setdefault(key.group(1), []).append(x)
     shared = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
-    shared |= {next(iter(v)) for k, v in values.items() if len(v) == 1 and holders[k] > 1} if len(parts) > 1 \
-        else set()
+    shared |= {v[0] for v in values.values() if len(v) > 1 and len(set(v)) == 1}
     labels = []
     for name, t in zip(names, tokens):
         kept = [(t[i - 1] if i else "", t[i]) for i in range(0, len(t), 2) if t[i] not in shared]

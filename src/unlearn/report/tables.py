@@ -207,7 +207,7 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
                                                                       "(x: collapse, star: the step kept)"]))
         covered = [s for s in SETS if any(f"{s} ROUGE" in row for r in traced for row in r.trajectory)]
         if set(covered) != set(SETS):
-            utility = [s for s in covered if s != "Forget" and not s.startswith("Forget ")]
+            utility = [s for s in covered if not s.startswith("Forget")]
             said = (f"Model Utility there is over {', '.join(utility)} alone (the final evaluation's is over every "
                     "utility set)" if utility else "no utility set, so no Model Utility there")
             blocks.append(Block("text", f"Evaluated while unlearning: {', '.join(covered)}; {said}."))
