@@ -68,6 +68,32 @@ def test_eval_every_writes_a_row_per_evaluation(target, tmp_path):
     assert "Evaluated while unlearning: Forget; no utility set" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_the_last_evaluation_while_training_is_not_done_twice(target, tmp_path, monkeypatch):
+    """When the last step is evaluated, the final evaluation takes those sets' records instead of scoring
+    them again, and its numbers are those of evaluating the saved model afresh."""
+    import unlearn.evals.suites as suites
+
+    scored, real = [], suites._evaluate_set
+    monkeypatch.setattr(suites, "_evaluate_set", lambda model, tok, fmt, s, *a: scored.append(s.name) or
+                        real(model, tok, fmt, s, *a))
+    root, forget, retain = target
+    out = tmp_path / "ga"
+    assert _run(target, out, "--method", "GA+GD", "--epochs", "4", "--lr", "1e-3", "--eval-every", "2",
+                "--eval-sets", "forget") == 0  # 8 steps: evaluated at 0, 2, 4, 6, 8
+    assert scored.count("Forget") == 5 and scored.count("Retain") == 1
+    assert main(["eval", "--model", str(out / "model"), "--forget", str(forget), "--retain", str(retain),
+                 "--out", str(tmp_path / "again"), "--nli", "none"]) == 0
+    summary, again = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "again"))
+    for key, value in again.items():
+        if isinstance(value, float):
+            assert summary[key] == pytest.approx(value, abs=1e-6), key
+    assert (out / "eval_Forget.jsonl").read_text() == (tmp_path / "again" / "eval_Forget.jsonl").read_text()
+    scored.clear()
+    assert _run(target, tmp_path / "every3", "--method", "GA+GD", "--epochs", "4", "--lr", "1e-3", "--eval-every",
+                "3", "--eval-sets", "forget") == 0  # evaluated at 0, 3, 6: step 8 is not, so the final one scores it
+    assert scored.count("Forget") == 4
+
+
 def test_keep_best_saves_the_best_evaluated_weights(target, tmp_path):
     out = tmp_path / "best"
     assert _run(target, out, "--method", "GA+GD", "--epochs", "6", "--lr", "3e-3", "--eval-every", "2",

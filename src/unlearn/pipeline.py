@@ -209,16 +209,18 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
                   ref_stats=ref_stats, texts=texts, evaluator=evaluator)
     if original is not None:
         methods.negate_task_vector(trained.model, original, objective.forget_args["alpha"])
-    if evaluator is not None:
-        evaluator.finish(trained.model)  # --keep best: the best evaluated weights are the ones saved
+    kept = evaluator.finish(trained.model) if evaluator is not None else None  # --keep best: the best weights
     model = save_trained(trained, out, tokenizer, cfg)
+    done = None
     if evaluator is not None:
         evaluator.cleanup()
+        if original is None and model is trained.model:  # evaluated as trained (not negated, merged or reloaded)
+            done = evaluator.reusable(trained.steps, kept)
     if main:
         atomic_write_json(out.data, {"layout": data.layout, "source": data.source, "forget": len(data.forget),
                                      "retain": len(data.retain), **data.info})
         print(f"saved the unlearned model to {out.model}")
-    summary = _evaluate(plan, model, tokenizer, fmt, out)
+    summary = _evaluate(plan, model, tokenizer, fmt, out, done)
     audit_saved(cfg, out, audit)
     if main:
         out.discard_previous()
@@ -329,10 +331,11 @@ def _before_task_vector(objective, model, accelerator) -> dict | None:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _evaluate(plan, model, tokenizer, fmt, out: RunDir) -> dict | None:
-    """The evaluation after training; a failure says how to finish it without training again."""
+def _evaluate(plan, model, tokenizer, fmt, out: RunDir, done: dict | None = None) -> dict | None:
+    """The evaluation after training (``done``: sets the last evaluation while training already
+    scored on these weights); a failure says how to finish it without training again."""
     try:
-        return plan.evaluate(model, tokenizer, fmt, out, shard=True)
+        return plan.evaluate(model, tokenizer, fmt, out, shard=True, done=done)
     except UnlearnError as e:
         raise type(e)(f"{e} (the model is saved in {out.model}; finish its evaluation with --resume)") from e
 

@@ -168,9 +168,10 @@ class EvalPlan:
     retain_auc: float | None = None  # --benchmark muse: the retain model's Min-40% AUC
     wmdp: bool = False  # --benchmark wmdp: the downstream tasks are the evaluation
 
-    def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False) -> dict | None:
+    def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False, done: dict | None = None) -> dict | None:
         """The six metrics on every set (every process its share with ``shard``; the main one
-        writes), then the downstream tasks (main process). Returns the summary, or None."""
+        writes; ``done``: per-item records of sets already scored on this model, taken as they
+        are), then the downstream tasks (main process). Returns the summary, or None."""
         from ..distributed import is_main_process
 
         summary = None
@@ -189,7 +190,7 @@ class EvalPlan:
             atomic_write_json(out.summary, {"benchmark": "wmdp"})  # the tasks' accuracies are added to it
         if self.sets:
             ev = evaluate(model, tokenizer, fmt, self.sets, self.judges.embedder, self.judges.nli, self.batch_size,
-                          self.retain_ratios, shard=shard, gen_batch_size=self.gen_batch_size)
+                          self.retain_ratios, shard=shard, gen_batch_size=self.gen_batch_size, done=done)
             if self.holdout:
                 ev.summary.update(self.membership(model, tokenizer, fmt))
             summary = ev.summary

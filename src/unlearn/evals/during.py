@@ -16,6 +16,10 @@ earlier step). Each new best is written to ``OUT/.best-<step>`` (safetensors); o
 deleted once no checkpoint can need them, so a resumed run (whose log is cut back to its
 checkpoint) still finds the weights of its best step. The run says which step it kept, and
 ``OUT/kept.json`` records it.
+
+**The last step.** When the last optimiser step is evaluated and its weights are the ones saved
+(not negated, merged or reloaded), the evaluation after training takes those sets' records
+(:meth:`TrainingEval.reusable`) instead of scoring them a second time.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class TrainingEval:
     rows: list[dict] = field(default_factory=list)
     warned: set = field(default_factory=set)
     best: dict | None = None
+    last: tuple[int, dict] | None = None  # (step, per-item records by set) of the latest evaluation
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -110,6 +115,7 @@ class TrainingEval:
                       self.plan.batch_size, self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets)
                       else None, shard=True, gen_batch_size=self.plan.gen_batch_size)
         model.train(was_training)
+        self.last = (step, ev.items)
         row = {"step": step, "epoch": epoch, **{k: v for k, v in ev.summary.items() if k != "unavailable"}}
         fell = collapse(row, self.rows[0]) if self.rows else []
         if fell:
@@ -180,6 +186,14 @@ class TrainingEval:
                      best["step"], best["Forget Efficacy"], best["Model Utility"])
         wait_for_everyone()
         return kept
+
+    def reusable(self, step: int, kept: dict | None = None) -> dict[str, list[dict]] | None:
+        """The per-item records of the evaluation at ``step``, the run's last, when the weights saved
+        are the ones it evaluated (``kept``: what :meth:`finish` returned): the final evaluation
+        takes them instead of evaluating those sets again. None otherwise."""
+        if self.last is None or self.last[0] != step or (kept is not None and kept["step"] != step):
+            return None
+        return self.last[1]
 
     def cleanup(self) -> None:
         from ..distributed import is_main_process

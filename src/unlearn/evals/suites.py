@@ -148,24 +148,35 @@ def _mean(records: list[dict], key: str) -> float | None:
 
 
 def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = EVAL_BATCH_SIZE,
-             retain_ratios=None, shard: bool = False, gen_batch_size: int | None = None) -> Evaluation:
+             retain_ratios=None, shard: bool = False, gen_batch_size: int | None = None,
+             done: dict[str, list[dict]] | None = None) -> Evaluation:
     """Run every set once and compute the six metrics, Model Utility, Forget Efficacy and, with
     ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality.
 
     ``shard``: with several processes (``accelerate launch``), each evaluates its share of every
     set and the per-item records are gathered, so every process gets the whole evaluation. All
-    processes must then call it."""
+    processes must then call it.
+
+    ``done``: per-item records of some sets already evaluated on this very model with these
+    settings (the last evaluation while unlearning, :mod:`unlearn.evals.during`): they are taken
+    as they are, not computed again (an answer and a score do not depend on what else is batched)."""
     unavailable = nli.reason if isinstance(nli, Unavailable) else None  # (said once, when it was loaded)
     embedder, nli = _distinct_judges(embedder, nli)
     ev = Evaluation(summary={})
-    generations = _generate_sets(model, tokenizer, fmt, sets, generation_batch(batch_size, gen_batch_size), shard)
-    for s, gens in zip(sets, generations):
-        if shard:
+    done = done or {}
+    todo = [s for s in sets if s.name not in done]
+    generated = dict(zip((s.name for s in todo), _generate_sets(
+        model, tokenizer, fmt, todo, generation_batch(batch_size, gen_batch_size), shard))) if todo else {}
+    for s in sets:
+        if s.name in done:
+            ev.items[s.name] = done[s.name]
+        elif shard:
+            gens = generated[s.name]
             ev.items[s.name] = sharded_map(lambda idx, s=s, gens=gens: _evaluate_set(
                 model, tokenizer, fmt, replace(s, rows=[s.rows[i] for i in idx]), [gens[i] for i in idx],
                 embedder, nli, batch_size), list(range(len(s.rows))))
         else:
-            ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, gens, embedder, nli, batch_size)
+            ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, generated[s.name], embedder, nli, batch_size)
         for metric, key in ITEM_KEYS.items():
             ev.summary[f"{s.name} {metric}"] = _mean(ev.items[s.name], key)
     summary, names = ev.summary, [s.name for s in sets]
