@@ -71,6 +71,7 @@ def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
     saved = read_csv_rows(tmp_path / "c" / "continual.csv")
     assert [(r["task"], r["n_unlearned"]) for r in saved] == [("1", "1"), ("2", "2")]
     assert "Model Utility" in saved[0] and "Forget Efficacy" in saved[1]
+    assert all(float(r["seconds"]) > 0 for r in saved)  # each task's wall time
     for t in (1, 2):
         summary = json.loads((tmp_path / "c" / f"task_{t}" / "summary.json").read_text())
         assert summary["Forget ROUGE"] is not None

@@ -75,12 +75,15 @@ def test_grid_order_folder_names_and_csv(grid_file, calls, capsys, tmp_path):
 
 def test_rerun_skips_finished_and_redoes_half_finished(grid_file, calls, capsys, tmp_path):
     assert main(["sweep", "--config", str(grid_file)]) == 0
+    first = {r["run"]: r["seconds"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")}
     calls.clear()
     capsys.readouterr()
     assert main(["sweep", "--config", str(grid_file)]) == 0
     assert calls == []  # everything finished: nothing runs
     assert "[2/4] method-ME+GD__lr-5e-06__split-forget01: finished, skipped: MU 0.5, FE 0.25" in capsys.readouterr().out
-    assert {r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")} == {"skipped"}
+    rows = read_csv_rows(tmp_path / "sw" / "sweep.csv")
+    assert {r["status"] for r in rows} == {"skipped"}
+    assert {r["run"]: r["seconds"] for r in rows} == first and all(first.values())  # a skipped run keeps its time
 
     half = tmp_path / "sw" / NAMES[2]
     (half / "summary.json").unlink()  # trained, then stopped during the evaluation
@@ -104,6 +107,7 @@ def test_a_run_stopped_with_a_checkpoint_resumes_from_it(grid_file, calls, capsy
     assert main(["sweep", "--config", str(grid_file)]) == 0
     assert [(c["out"], c["overwrite"], c["resume"]) for c in calls] == [(half, False, True)]
     assert "resuming from its checkpoint" in capsys.readouterr().out
+    assert [r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")][1] == "done (resumed)"
 
 
 def test_dry_run_plans_without_running(grid_file, calls, capsys, tmp_path):

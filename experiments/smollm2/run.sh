@@ -83,11 +83,12 @@ fi
 if want continual; then
   common=(--model "$R/target/model" --data "$R/data" --split forget01 --tasks 1-5 --epochs 5 --lr 5e-5
           --batch-size 4 --grad-accum 1 --max-length 192 --nli none --eval-batch-size 32 --save-every 10)
+  finished() { [ -f "$1/continual.csv" ] && [ "$(tail -n +2 "$1/continual.csv" | wc -l)" -ge 5 ]; }  # 5 tasks done
   for m in GA+GD NPO+GD ME+GD IDK+AP; do
-    timed "continual_$m" $U continual "${common[@]}" --method "$m" --out "$R/continual/$m"
+    finished "$R/continual/$m" || timed "continual_$m" $U continual "${common[@]}" --method "$m" --out "$R/continual/$m"
   done
-  timed "continual_NPO+GD-fixed-ref" $U continual "${common[@]}" --method NPO+GD --fix-ref-model \
-      --out "$R/continual/NPO+GD-fixed-ref"
+  finished "$R/continual/NPO+GD-fixed-ref" || timed "continual_NPO+GD-fixed-ref" $U continual "${common[@]}" \
+      --method NPO+GD --fix-ref-model --out "$R/continual/NPO+GD-fixed-ref"
 fi
 if want report; then  # also on partial results: the stages done so far
   done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -93,6 +94,20 @@ def read_jsonl_log(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def as_number(v) -> float | None:
+    """A finite float, or None (null, missing, NaN, text that is not a number)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return None
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return None
 
 
 def write_csv_rows(path: str | Path, rows: list[dict]) -> None:

@@ -4,13 +4,15 @@ Task k starts from the model unlearned at task k-1. Its retain set is ``retain(1
 plus the forget rows of the tasks not unlearned yet. The reference model is the previous
 checkpoint (the model itself when the task starts), unless ``--fix-ref-model`` pins it to the
 original model. After every task the model is evaluated and one row is added to
-``continual.csv``; rerunning the command resumes at the first unfinished task.
+``continual.csv`` (the metrics, and ``seconds``: the wall time of the attempt that finished the
+task); rerunning the command resumes at the first unfinished task.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,10 +157,13 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
         data = _task_data(cfg, layout, task_list, task)
         log.info("continual: task %s (%d of %d), %d forget / %d retain rows",
                  task, i + 1, len(task_list), len(data.forget), len(data.retain))
+        start = time.perf_counter()
         result = run(sub, data=data, ref_stats=ref_stats.get(task),
                      plan=plan_evaluation(sub, judges=judges, sets=sets[task]))
         done_rows[task] = {"task": task, "n_unlearned": i + 1,
-                           **{k: v for k, v in (result.summary or {}).items() if not isinstance(v, (dict, list))}}
+                           **{k: v for k, v in (result.summary or {}).items() if not isinstance(v, (dict, list))},
+                           # wall time of the attempt that finished the task (from its checkpoint when resumed)
+                           "seconds": round(time.perf_counter() - start, 1)}
         if is_main_process():
             write_csv_rows(csv_path, [done_rows[t] for t in task_list if t in done_rows])
             # Only the latest model is needed to go on; older ones are removed unless asked to keep them.

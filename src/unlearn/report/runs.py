@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import Iterable
 import yaml
 
 from ..errors import DataError
-from ..io import read_csv_rows
+from ..io import as_number, read_csv_rows
 from ..rundir import CONFIG, CONTINUAL, DATA, EVAL_CONFIG, SUMMARY, eval_file
 
 # The evaluation's vocabulary (evals.suites), repeated here so a report never imports torch.
@@ -96,20 +95,6 @@ class Run:
         return self._records[set_name]
 
 
-def as_number(v) -> float | None:
-    """A finite float, or None (null, missing, NaN, text that is not a number)."""
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            return None
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return float(v)
-    return None
-
-
 def fmt_short(v) -> str:
     """``1e-05``, ``3``: a learning rate or a count in its shortest form."""
     n = as_number(v)
@@ -182,7 +167,8 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
         elif last is not None:
             summary = _read_mapping(last / SUMMARY, json.loads, required=True)
         else:
-            summary = {k: v for k, v in (curve[-1] if curve else {}).items() if k not in ("task", "n_unlearned")}
+            summary = {k: v for k, v in (curve[-1] if curve else {}).items()
+                       if k not in ("task", "n_unlearned", "seconds")}
         config = _read_config(folder) or (_read_config(tasks[0]) if tasks else {})
         info = _read_mapping(folder / DATA, json.loads) or (
             _read_mapping(tasks[0] / DATA, json.loads) if tasks else {})

@@ -6,7 +6,9 @@ once per forget set), so nothing a later run needs can fail after the first one 
 finished run (``summary.json``, or the model when the run has no evaluation) is skipped, so an
 interrupted sweep resumes where it stopped; a run that stopped half-way goes on from its checkpoint
 (with ``save_every``), else it is redone from scratch.
-``overwrite: true`` in ``base`` redoes every run. Each run goes through
+``overwrite: true`` in ``base`` redoes every run. ``sweep.csv`` has a row per run: its status, key
+metrics and wall time in ``seconds`` (a skipped run keeps the time its run took; a run resumed from
+its checkpoint, status ``done (resumed)``, counts from the resume). Each run goes through
 :func:`unlearn.pipeline.run`, like ``unlearn run``.
 """
 
@@ -17,7 +19,7 @@ import gc
 import time
 from pathlib import Path
 
-from ..io import atomic_write_text, write_csv_rows
+from ..io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
 from ..rundir import FINISHED, PARTIAL
 from .plan import MAX_NAME, PlannedRun, plan_sweep, read_sweep, run_name  # noqa: F401 (the sweep's API)
 
@@ -115,6 +117,7 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
     if main:
         atomic_write_text(root / "sweep.yaml", Path(path).read_text(encoding="utf-8"))
     rows, failed = [], set()
+    earlier = {r.get("run"): r for r in read_csv_rows(root / "sweep.csv")}  # a skipped run keeps its time
     for i, (run, state) in enumerate(zip(runs, states), 1):
         prefix = f"[{i}/{n}] {run.name}"
         if state == FINISHED and run.cfg.audit and not run.out.audited:
@@ -126,7 +129,7 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
         if state == FINISHED:
             summary = run.out.read_summary()
             print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
-            rows.append(_csv_row(run, "skipped", summary, None))
+            rows.append(_csv_row(run, "skipped", summary, as_number(earlier.get(run.name, {}).get("seconds"))))
         else:
             resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
             cfg = (dataclasses.replace(run.cfg, resume=True, overwrite=False) if resume
@@ -147,7 +150,7 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
             else:
                 seconds = time.perf_counter() - start
                 print(f"{prefix}: done in {seconds:.0f}s{_metrics_text(summary)}", flush=True)
-                rows.append(_csv_row(run, "done", summary, seconds))
+                rows.append(_csv_row(run, "done (resumed)" if resume else "done", summary, seconds))
         if main:
             write_csv_rows(root / "sweep.csv", rows)
     print(f"sweep finished: {n - len(failed)}/{n} run(s) complete; summary in {root / 'sweep.csv'}")
