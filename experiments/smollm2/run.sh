@@ -99,7 +99,7 @@ if want report; then  # also on partial results: the stages done so far
 import json, pathlib, shutil, sys
 runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 for f in list(runs.rglob("summary.json")) + list(runs.rglob("eval_log.jsonl")) + list(runs.rglob("continual.csv")) \
-        + list(runs.rglob("kept.json")):
+        + list(runs.rglob("kept.json")) + list(runs.rglob("sweep.csv")):
     if "/model/" in str(f) or "/data/" in str(f):
         continue
     dest = out / "runs" / f.relative_to(runs)
