@@ -4,7 +4,7 @@
 
 Prints markdown: the single-task table (final model of each method, plus the step ``--keep best
 --mu-floor 0.9`` would keep from its training-time log), the continual table (MU and FE after each
-task) and the wall time of each stage. Whatever stages are done so far are printed.
+task) and the wall time of each stage and run. Whatever stages are done so far are printed.
 """
 
 from __future__ import annotations
@@ -79,6 +79,25 @@ def continual(root: Path) -> list[str]:
     return out
 
 
+def run_times(root: Path) -> list[str]:
+    """Minutes per run: a sweep's ``seconds`` (a run resumed from its checkpoint counts from the resume,
+    so it is marked) and the sum of a continual run's per-task ``seconds``."""
+    out = []
+    for stage in ("methods", "new_methods"):
+        f = root / stage / "sweep.csv"
+        for r in csv.DictReader(f.open()) if f.is_file() else []:
+            if r.get("seconds"):
+                note = " (from a checkpoint on)" if "resumed" in r.get("status", "") else ""
+                out.append(f"| {r['method']} | {float(r['seconds']) / 60:.0f}{note} |")
+    for m in CONTINUAL:
+        f = root / "continual" / m / "continual.csv"
+        rows = list(csv.DictReader(f.open())) if f.is_file() else []
+        timed = [float(r["seconds"]) for r in rows if r.get("seconds")]
+        if timed:
+            out.append(f"| continual {m}, {len(timed)} of {len(rows)} tasks | {sum(timed) / 60:.0f} |")
+    return ["| run | minutes |", "|---|---|", *out, ""] if out else []
+
+
 def main(argv: list[str]) -> int:
     results = Path(argv[0] if argv else "experiments/results/smollm2")
     root = results / "runs"
@@ -90,6 +109,9 @@ def main(argv: list[str]) -> int:
     if times.is_file():
         lines += ["## Wall time per stage (2 CPU cores)", "", "| stage | minutes |", "|---|---|"]
         lines += [f"| {r['stage']} | {int(r['seconds']) / 60:.0f} |" for r in csv.DictReader(times.open())]
+    per_run = run_times(root)
+    if per_run:
+        lines += ["", "Per run (training, evaluations while training and the final evaluation):", "", *per_run]
     print("\n".join(lines))
     return 0
 
