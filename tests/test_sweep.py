@@ -108,6 +108,8 @@ def test_a_run_stopped_with_a_checkpoint_resumes_from_it(grid_file, calls, capsy
     assert [(c["out"], c["overwrite"], c["resume"]) for c in calls] == [(half, False, True)]
     assert "resuming from its checkpoint" in capsys.readouterr().out
     assert [r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")][1] == "done (resumed)"
+    assert main(["sweep", "--config", str(grid_file)]) == 0  # its time counts from the resume: still said
+    assert [r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")][1] == "skipped (resumed)"
 
 
 def test_dry_run_plans_without_running(grid_file, calls, capsys, tmp_path):

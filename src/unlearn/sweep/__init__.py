@@ -8,7 +8,7 @@ interrupted sweep resumes where it stopped; a run that stopped half-way goes on 
 (with ``save_every``), else it is redone from scratch.
 ``overwrite: true`` in ``base`` redoes every run. ``sweep.csv`` has a row per run: its status, key
 metrics and wall time in ``seconds`` (a skipped run keeps the time its run took; a run resumed from
-its checkpoint, status ``done (resumed)``, counts from the resume). Each run goes through
+its checkpoint, status ``done (resumed)``, later ``skipped (resumed)``, counts from the resume). Each run goes through
 :func:`unlearn.pipeline.run`, like ``unlearn run``.
 """
 
@@ -129,7 +129,9 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
         if state == FINISHED:
             summary = run.out.read_summary()
             print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
-            rows.append(_csv_row(run, "skipped", summary, as_number(earlier.get(run.name, {}).get("seconds"))))
+            before = earlier.get(run.name, {})
+            rows.append(_csv_row(run, "skipped (resumed)" if "resumed" in before.get("status", "") else "skipped",
+                                 summary, as_number(before.get("seconds"))))
         else:
             resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
             cfg = (dataclasses.replace(run.cfg, resume=True, overwrite=False) if resume
