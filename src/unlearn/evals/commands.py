@@ -168,7 +168,8 @@ class EvalPlan:
     retain_auc: float | None = None  # --benchmark muse: the retain model's Min-40% AUC
     wmdp: bool = False  # --benchmark wmdp: the downstream tasks are the evaluation
 
-    def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False, done: dict | None = None) -> dict | None:
+    def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False,
+                 done: dict | None = None) -> dict | None:
         """The six metrics on every set (every process its share with ``shard``; the main one
         writes; ``done``: per-item records of sets already scored on this model, taken as they
         are), then the downstream tasks (main process). Returns the summary, or None."""

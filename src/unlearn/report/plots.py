@@ -150,19 +150,14 @@ def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", 
         ax.set_ylim(-0.03, 1.03)
         ax.grid(True, alpha=0.3)
         ax.set_title(f"{key} while unlearning")
-        if not _drawn(ax):
+        if not ax.get_lines():
             ax.text(0.5, 0.5, "not evaluated while unlearning", ha="center", va="center", transform=ax.transAxes,
                     fontsize=9, color="grey")
-    legend_ax = next((ax for ax in axes if _drawn(ax)), None)
+    legend_ax = next((ax for ax in axes if ax.get_lines()), None)
     if legend_ax is not None:
         legend_ax.legend(fontsize=8, loc="best")
     _save_png(fig, path)
     return True
-
-
-def _drawn(ax) -> bool:
-    """Whether ``ax`` has a line drawn."""
-    return bool(ax.get_lines())
 
 
 def _kept_step(run: Run) -> int | None:

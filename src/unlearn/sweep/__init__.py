@@ -6,10 +6,10 @@ once per forget set), so nothing a later run needs can fail after the first one 
 finished run (``summary.json``, or the model when the run has no evaluation) is skipped, so an
 interrupted sweep resumes where it stopped; a run that stopped half-way goes on from its checkpoint
 (with ``save_every``), else it is redone from scratch.
-``overwrite: true`` in ``base`` redoes every run. ``sweep.csv`` has a row per run: its status, key
-metrics and wall time in ``seconds`` (a skipped run keeps the time its run took; a run resumed from
-its checkpoint, status ``done (resumed)``, later ``skipped (resumed)``, counts from the resume). Each run goes through
-:func:`unlearn.pipeline.run`, like ``unlearn run``.
+``overwrite: true`` in ``base`` redoes every run. Each run goes through :func:`unlearn.pipeline.run`,
+like ``unlearn run``. ``sweep.csv`` has a row per run: its status, key metrics and wall time in
+``seconds`` (a skipped run keeps the time its run took; a run resumed from its checkpoint, status
+``done (resumed)``, later ``skipped (resumed)``, counts from the resume).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
             summary = run.out.read_summary()
             print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
             before = earlier.get(run.name, {})
-            rows.append(_csv_row(run, "skipped (resumed)" if "resumed" in before.get("status", "") else "skipped",
+            rows.append(_csv_row(run, "skipped (resumed)" if "resumed" in (before.get("status") or "") else "skipped",
                                  summary, as_number(before.get("seconds"))))
         else:
             resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
