@@ -139,7 +139,9 @@ def test_shipped_accelerate_config_parses(name, monkeypatch):
         zero = plugin.deepspeed_config["zero_optimization"]
         assert plugin.zero_stage == raw["deepspeed_config"]["zero_stage"]
         assert plugin.gradient_accumulation_steps == "auto"  # filled from unlearn's --grad-accum
-        assert "gradient_clipping" not in plugin.deepspeed_config  # no clipping, like DDP
+        # no clipping, like DDP: DeepSpeed reads an absent or 0.0 gradient_clipping as off (accelerate < 1.16
+        # leaves the key out when it is 0.0, 1.16 writes it)
+        assert plugin.deepspeed_config.get("gradient_clipping", 0.0) == 0.0
         if plugin.zero_stage == 3:
             assert plugin.zero3_init_flag and zero["stage3_gather_16bit_weights_on_model_save"] is True
         offload = "cpu" if "offload" in name else "none"
@@ -149,9 +151,15 @@ def test_shipped_accelerate_config_parses(name, monkeypatch):
         from accelerate.utils.launch import prepare_multi_gpu_env
 
         env = prepare_multi_gpu_env(args)
+        import accelerate.utils.dataclasses as acc_dataclasses
+
+        # the plugin asks whether a GPU is there (sync_module_states): answer yes, as on the GPU machine
+        # (accelerate < 1.16 asks is_cuda_available, 1.16 get_torch_accelerator_backend)
+        gpu = (mock.patch.object(acc_dataclasses, "get_torch_accelerator_backend", return_value=("cuda", torch.cuda))
+               if hasattr(acc_dataclasses, "get_torch_accelerator_backend")
+               else mock.patch.object(acc_dataclasses, "is_cuda_available", return_value=True))
         with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith(("ACCELERATE", "FSDP"))}), \
-                mock.patch("accelerate.utils.dataclasses.is_cuda_available", return_value=True), \
-                mock.patch("torch.cuda.current_device", return_value=0):
+                gpu, mock.patch("torch.cuda.current_device", return_value=0):
             plugin = FullyShardedDataParallelPlugin()
         assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD
         assert plugin.auto_wrap_policy is not None and not plugin.cpu_ram_efficient_loading
