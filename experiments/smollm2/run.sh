@@ -28,6 +28,30 @@ STAGES=${STAGES:-"data target retain evals methods new_methods continual report"
 mkdir -p "$R" "$OUT"
 [ -f "$OUT/times.csv" ] || echo "stage,seconds" > "$OUT/times.csv"
 
+# The finished runs' small files (summary, configs, training-time log, continual curve) are kept in
+# $OUT/runs (committed); the run folders with their models are not. On a fresh checkout they are put
+# back into $R, so that a finished run is not run again and the report covers every run. A run that
+# stopped half-way is not restored (its checkpoint is gone): it runs again from the start.
+python3 - "$R" "$OUT" <<'PY'
+import csv, pathlib, shutil, sys
+runs, kept = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]) / "runs"
+if kept.is_dir():
+    for f in kept.rglob("*"):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(kept)
+        top = rel.parts[0] if len(rel.parts) > 2 else None  # continual/<method>/...: the curve decides
+        if top == "continual":
+            curve = kept / rel.parts[0] / rel.parts[1] / "continual.csv"
+            finished = curve.is_file() and len(list(csv.DictReader(curve.open()))) >= 5
+        else:
+            finished = (f.parent / "summary.json").is_file() or f.name == "sweep.csv"
+        dest = runs / rel
+        if finished and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest)
+PY
+
 timed() {  # timed NAME CMD...: run CMD, append its wall time
   local name=$1; shift
   local t0; t0=$(date +%s)
@@ -98,8 +122,8 @@ if want report; then  # also on partial results: the stages done so far
   python3 - "$R" "$OUT" <<'PY'
 import json, pathlib, shutil, sys
 runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-for f in list(runs.rglob("summary.json")) + list(runs.rglob("eval_log.jsonl")) + list(runs.rglob("continual.csv")) \
-        + list(runs.rglob("kept.json")) + list(runs.rglob("sweep.csv")):
+names = ("summary.json", "eval_log.jsonl", "continual.csv", "kept.json", "sweep.csv", "config.yaml", "eval_config.yaml")
+for f in (f for name in names for f in runs.rglob(name)):
     if "/model/" in str(f) or "/data/" in str(f):
         continue
     dest = out / "runs" / f.relative_to(runs)
