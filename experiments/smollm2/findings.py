@@ -108,10 +108,14 @@ def main(argv: list[str]) -> int:
     times = results / "times.csv"
     if times.is_file():
         lines += ["## Wall time per stage (2 CPU cores)", "", "| stage | minutes |", "|---|---|"]
-        lines += [f"| {r['stage']} | {int(r['seconds']) / 60:.0f} |" for r in csv.DictReader(times.open())]
+        seen = set()
+        for r in csv.DictReader(times.open()):  # a stage run again (its folder lost with a checkout) is marked
+            lines.append(f"| {r['stage']}{' (again)' if r['stage'] in seen else ''} | {int(r['seconds']) / 60:.0f} |")
+            seen.add(r["stage"])
     per_run = run_times(root)
     if per_run:
-        lines += ["", "Per run (training, evaluations while training and the final evaluation):", "", *per_run]
+        lines += ["", "Per run (the paper's methods: training, evaluations while training and the final evaluation; "
+                  "the newer methods: training and the final evaluation):", "", *per_run]
     print("\n".join(lines))
     return 0
 
