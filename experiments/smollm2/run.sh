@@ -35,21 +35,18 @@ mkdir -p "$R" "$OUT"
 python3 - "$R" "$OUT" <<'PY'
 import csv, pathlib, shutil, sys
 runs, kept = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]) / "runs"
-if kept.is_dir():
-    for f in kept.rglob("*"):
-        if not f.is_file():
-            continue
-        rel = f.relative_to(kept)
-        top = rel.parts[0] if len(rel.parts) > 2 else None  # continual/<method>/...: the curve decides
-        if top == "continual":
-            curve = kept / rel.parts[0] / rel.parts[1] / "continual.csv"
-            finished = curve.is_file() and len(list(csv.DictReader(curve.open()))) >= 5
-        else:
-            finished = (f.parent / "summary.json").is_file() or f.name == "sweep.csv"
-        dest = runs / rel
-        if finished and not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(f, dest)
+for f in kept.rglob("*") if kept.is_dir() else []:
+    rel = f.relative_to(kept)
+    if not f.is_file() or (runs / rel).exists():
+        continue
+    if rel.parts[0] == "continual" and len(rel.parts) > 2:  # continual/<method>/...: finished after 5 tasks
+        curve = kept.joinpath(*rel.parts[:2], "continual.csv")
+        finished = curve.is_file() and sum(1 for _ in csv.DictReader(curve.open())) >= 5
+    else:
+        finished = f.name == "sweep.csv" or (f.parent / "summary.json").is_file()
+    if finished:
+        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, runs / rel)
 PY
 
 timed() {  # timed NAME CMD...: run CMD, append its wall time
