@@ -53,7 +53,8 @@ def single_task(root: Path) -> list[str]:
            "|---" * (len(COLUMNS) + 2) + "|"]
     refs = [("target (before)", root / "target_eval"), ("retain model", root / "retain_eval")]
     runs = [(m, root / "methods" / f"method-{m}") for m in PAPER] + \
-           [(m, root / "new_methods" / f"method-{m}") for m in NEW]
+           [(m, root / "new_methods" / f"method-{m}") for m in NEW] + \
+           [(f"RMU (c 300, α 1000, lr {lr})", root / "rmu_scaled" / f"method-RMU__lr-{lr}") for lr in ("5e-05", "0.001")]
     for name, folder in refs + runs:
         s = read_json(folder / "summary.json")
         if s is None:
@@ -83,12 +84,13 @@ def run_times(root: Path) -> list[str]:
     """Minutes per run: a sweep's ``seconds`` (a run resumed from its checkpoint counts from the resume,
     so it is marked) and the sum of a continual run's per-task ``seconds``."""
     out = []
-    for stage in ("methods", "new_methods"):
+    for stage in ("methods", "new_methods", "rmu_scaled"):
         f = root / stage / "sweep.csv"
         for r in csv.DictReader(f.open()) if f.is_file() else []:
             if r.get("seconds"):
                 note = " (from a checkpoint on)" if "resumed" in r.get("status", "") else ""
-                out.append(f"| {r['method']} | {float(r['seconds']) / 60:.0f}{note} |")
+                name = r["method"] if stage != "rmu_scaled" else f"{r['method']} (c 300, α 1000, {r['run'].split('__')[-1].replace('lr-', 'lr ')})"
+                out.append(f"| {name} | {float(r['seconds']) / 60:.0f}{note} |")
     for m in CONTINUAL:
         f = root / "continual" / m / "continual.csv"
         rows = list(csv.DictReader(f.open())) if f.is_file() else []

@@ -11,7 +11,9 @@
 #     Model Utility means what it means in the paper;
 #   - target: 300 QA, 5 epochs at lr 1e-4 (batch 8); retain model: the 100 retain QA only, same settings;
 #   - unlearning (methods.yaml, new_methods.yaml, continual): 5 epochs, batch 4 (50 steps on a 40-QA task) at
-#     lr 5e-5: each forget QA is seen 5 times, at about the step size with which the SmolLM2 demo forgot.
+#     lr 5e-5: each forget QA is seen 5 times, at about the step size with which the SmolLM2 demo forgot;
+#     RMU also with c and alpha on this model's scale (rmu_scaled.yaml, part of the new_methods stage;
+#     experiments/smollm2/rmu_scale.py measures why).
 # Every training stage writes a checkpoint every few steps and resumes from it when rerun.
 # On 2 cores, two stages side by side with one thread each do about 1.2x the work of one stage on two
 # (measured: a training step and a generation batch, one 2-thread process vs two 1-thread ones), e.g.
@@ -100,6 +102,7 @@ if want methods; then
 fi
 if want new_methods; then
   timed new_methods $U sweep --config experiments/smollm2/new_methods.yaml
+  timed rmu_scaled $U sweep --config experiments/smollm2/rmu_scaled.yaml  # RMU with c on this model's scale
 fi
 if want continual; then
   common=(--model "$R/target/model" --data "$R/data" --split forget01 --tasks 1-5 --epochs 5 --lr 5e-5
@@ -112,7 +115,7 @@ if want continual; then
       --method NPO+GD --fix-ref-model --out "$R/continual/NPO+GD-fixed-ref"
 fi
 if want report; then  # also on partial results: the stages done so far
-  done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
+  done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/rmu_scaled" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
   $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   # the numbers behind the report, small enough to keep: every summary and training-time log
