@@ -210,6 +210,25 @@ def test_rmu_trains_only_the_chosen_layers_and_its_vector_is_the_seeds(tmp_path,
     assert not torch.equal(a, _rmu_vector(BatchView(None, {}, None, 6), 32, 20.0, like))
 
 
+def test_rmu_logs_its_two_distances_beside_its_objective(tmp_path, tiny):
+    """RMU's one term is forget distance + alpha x retain distance; the log shows both parts."""
+    import json
+
+    tok, fmt, make = tiny
+    cfg = _cfg(tmp_path, "RMU", method_args={"layer": 0, "layers": "0", "steering_coeff": 20, "alpha": 7.0})
+    obj = build_objective("RMU", cfg.method_args)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
+    fit(make(), tok, ds, obj, cfg, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        forget, retain = row["RMU forget distance"], row["RMU retain distance"]
+        assert forget > 0 and retain >= 0
+        assert row["RMU forget term"] == pytest.approx(forget + 7.0 * retain, rel=1e-5)
+    assert rows[0]["RMU retain distance"] == pytest.approx(0.0, abs=1e-6)  # the model is the frozen copy at step 1
+    assert rows[1]["RMU retain distance"] > 0
+
+
 def test_task_vector_negation_is_exact(tiny):
     from unlearn.methods import negate_task_vector
 

@@ -44,6 +44,12 @@ class BatchView:
         self.chunk, self.autocast = chunk, autocast
         self._logits: dict[str, torch.Tensor] = {}
         self._hidden: dict[tuple, tuple] = {}
+        self.notes: dict[str, float] = {}  # parts of a term's value that the training log shows beside it
+
+    def note(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """Show ``value`` (a part of a term) in the training log under ``name``; returns ``value``."""
+        self.notes[name] = value.detach().float().item()
+        return value
 
     def labels(self, part: str) -> torch.Tensor:
         return self.batch[part]["labels"]
@@ -243,7 +249,10 @@ def _rmu(v: BatchView, layer: int, steering_coeff: float, alpha: float, layers: 
     h = v.hidden("forget", layer)
     forget = losses.activation_distance(h, _rmu_vector(v, h.shape[-1], steering_coeff, h), v.labels("forget"))
     r = v.hidden("retain", layer)
-    return forget + alpha * losses.activation_distance(r, v.hidden("retain", layer, frozen=True), v.labels("retain"))
+    retain = losses.activation_distance(r, v.hidden("retain", layer, frozen=True), v.labels("retain"))
+    v.note("RMU forget distance", forget)
+    v.note("RMU retain distance", retain)  # unweighted: the objective adds alpha times it
+    return forget + alpha * retain
 
 
 def _rmu_trainable(layer: int, steering_coeff: float, alpha: float, layers: str) -> list[str]:
@@ -409,7 +418,7 @@ class Objective:
             r = self.reg.fn(view, **self.reg_args)
             loss = loss + self.reg_coeff * r
             parts[self.reg.label or f"{self.reg.name} regulariser"] = r.detach().float().item()
-        return loss, parts
+        return loss, {**parts, **getattr(view, "notes", {})}
 
 
 def valid_method_names() -> list[str]:
