@@ -21,6 +21,7 @@ COLUMNS = [("MU", "Model Utility"), ("FE", "Forget Efficacy"), ("Forget Quality"
 PAPER = ["GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+KL", "ME+GD", "IDK+AP"]
 NEW = ["SimNPO+GD", "WGA+GD", "SatImp+GD", "UNDIAL+GD", "CE-U", "TV", "RMU"]
 CONTINUAL = ["GA+GD", "NPO+GD", "NPO+GD-fixed-ref", "ME+GD", "IDK+AP"]
+SCALED = "RMU (c 300, α 1000, lr {})"  # rmu_scaled.yaml's runs, one per lr
 
 
 def fmt(v) -> str:
@@ -54,7 +55,7 @@ def single_task(root: Path) -> list[str]:
     refs = [("target (before)", root / "target_eval"), ("retain model", root / "retain_eval")]
     runs = [(m, root / "methods" / f"method-{m}") for m in PAPER] + \
            [(m, root / "new_methods" / f"method-{m}") for m in NEW] + \
-           [(f"RMU (c 300, α 1000, lr {lr})", root / "rmu_scaled" / f"method-RMU__lr-{lr}") for lr in ("5e-05", "0.001")]
+           [(SCALED.format(lr), root / "rmu_scaled" / f"method-RMU__lr-{lr}") for lr in ("5e-05", "0.001")]
     for name, folder in refs + runs:
         s = read_json(folder / "summary.json")
         if s is None:
@@ -89,7 +90,7 @@ def run_times(root: Path) -> list[str]:
         for r in csv.DictReader(f.open()) if f.is_file() else []:
             if r.get("seconds"):
                 note = " (from a checkpoint on)" if "resumed" in r.get("status", "") else ""
-                name = r["method"] if stage != "rmu_scaled" else f"{r['method']} (c 300, α 1000, {r['run'].split('__')[-1].replace('lr-', 'lr ')})"
+                name = SCALED.format(r["lr"]) if stage == "rmu_scaled" else r["method"]
                 out.append(f"| {name} | {float(r['seconds']) / 60:.0f}{note} |")
     for m in CONTINUAL:
         f = root / "continual" / m / "continual.csv"

@@ -21,19 +21,13 @@ import yaml
 from unlearn.data import read_records
 from unlearn.encoding import encode_pair, pad_batch, pad_id
 from unlearn.losses import activation_distance
-from unlearn.methods import hidden_states
+from unlearn.methods import FORGET_TERMS, BatchView, _rmu_vector, hidden_states
 from unlearn.models import load_model
 from unlearn.prompts import detect_prompt_format
 
 
 def batch(tok, fmt, rows: list[dict]) -> dict:
     return pad_batch([encode_pair(tok, fmt, r["question"], r["answer"], 192) for r in rows], pad_id(tok))
-
-
-def control(seed: int, size: int, coeff: float) -> torch.Tensor:
-    """The control vector as RMU draws it (unlearn.methods._rmu_vector): uniform, unit norm, × coeff."""
-    u = torch.rand(size, generator=torch.Generator().manual_seed(seed))
-    return u / u.norm() * coeff
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +40,7 @@ def main(argv: list[str]) -> int:
     forget = [r for r in read_records(runs / "data" / "forget01.json") if str(r.get("task_id")) == "1"]
     retain = read_records(runs / "data" / "retain90.json")[:40]
     fb, rb = batch(tok, fmt, forget), batch(tok, fmt, retain)
-    layer = 7
+    layer = FORGET_TERMS["RMU"].args["layer"]  # every run here uses RMU's default layer
     with torch.no_grad():
         hf = hidden_states(model, fb["input_ids"], fb["attention_mask"], layer)
         hr = hidden_states(model, rb["input_ids"], rb["attention_mask"], layer)
@@ -64,7 +58,7 @@ def main(argv: list[str]) -> int:
     print(f"RMU's forget term with a zero control vector: {zero:.2f} (the mean squared activation).\n")
     print("## Each RMU run\n")
     print("| run | c | alpha | lr | forget term: target → unlearned | retain distance after (× alpha) "
-          "| activations moved (relative L2): forget / retain | down_proj weights changed (relative, layers 5/6/7) |")
+          "| activations moved (relative L2): forget / retain | down_proj weights changed (relative, per trained layer) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ("new_methods/method-RMU", "rmu_scaled/method-RMU__lr-5e-05", "rmu_scaled/method-RMU__lr-0.001"):
         folder = runs / name
@@ -72,7 +66,9 @@ def main(argv: list[str]) -> int:
             continue
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
         args = {k.split(".")[-1]: v for k, v in (cfg.get("method_args") or {}).items()}  # RMU.alpha -> alpha
-        c = control(int(cfg.get("seed", 0)), hf.shape[-1], float(args["steering_coeff"]))
+        assert int(args["layer"]) == layer, f"{name}: RMU at layer {args['layer']}, not {layer}"
+        # the control vector as training draws it: from the run's seed
+        c = _rmu_vector(BatchView(None, {}, None, int(cfg["seed"])), hf.shape[-1], float(args["steering_coeff"]), hf)
         after, _ = load_model(str(folder / "model"), dtype="float32")
         after.eval()
         with torch.no_grad():
@@ -85,7 +81,7 @@ def main(argv: list[str]) -> int:
         y = hr[rb["labels"] != -100]
         moved_r = float((hr2 - hr)[rb["labels"] != -100].norm() / y.norm())
         changes = []
-        for i in (5, 6, 7):
+        for i in (int(x) for x in str(args["layers"]).split(",")):
             a, b = model.model.layers[i].mlp.down_proj.weight.detach(), after.model.layers[i].mlp.down_proj.weight.detach()
             changes.append(f"{float((a - b).norm() / a.norm()):.1e}")
         print(f"| {name} | {args['steering_coeff']:g} | {args['alpha']:g} | {float(cfg['lr']):g} | {before_f:.2f} → {after_f:.2f} "

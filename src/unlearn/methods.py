@@ -46,10 +46,9 @@ class BatchView:
         self._hidden: dict[tuple, tuple] = {}
         self.notes: dict[str, float] = {}  # parts of a term's value that the training log shows beside it
 
-    def note(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """Show ``value`` (a part of a term) in the training log under ``name``; returns ``value``."""
+    def note(self, name: str, value: torch.Tensor) -> None:
+        """Show ``value`` (a part of a term) in the training log under ``name``."""
         self.notes[name] = value.detach().float().item()
-        return value
 
     def labels(self, part: str) -> torch.Tensor:
         return self.batch[part]["labels"]
