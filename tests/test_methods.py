@@ -229,6 +229,47 @@ def test_rmu_logs_its_two_distances_beside_its_objective(tmp_path, tiny):
     assert rows[1]["RMU retain distance"] > 0
 
 
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_lr_schedule_decays_or_holds_the_rate(tmp_path, tiny, schedule):
+    """After a warm-up of 1 step: linear decays to 0 at the last step; constant (WMDP's RMU) holds lr."""
+    import json
+
+    tok, fmt, make = tiny
+    cfg = _cfg(tmp_path, "GA+GD", epochs=2, warmup=1, lr=1e-3, lr_schedule=schedule)
+    obj = build_objective("GA+GD")
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
+    fit(make(), tok, ds, obj, cfg, tmp_path)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    # 4 steps; the rate each step used: 0 (warm-up), then 1e-3 x (4 - s) / 3 or 1e-3
+    want = [0.0, 1e-3, 2e-3 / 3, 1e-3 / 3] if schedule == "linear" else [0.0, 1e-3, 1e-3, 1e-3]
+    assert lrs == pytest.approx(want)
+
+
+def test_an_unknown_lr_schedule_is_one_line_before_any_model_loads(tmp_path, capsys):
+    from unlearn.__main__ import main
+    from unlearn.pipeline import validate_model_settings
+
+    with pytest.raises(ConfigError, match="unknown --lr-schedule 'cosine' \\(valid: linear, constant\\)"):
+        validate_model_settings(Config(lr_schedule="cosine"))
+    # a sweep checks every run's settings before the first one starts
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {{method: GA+GD, epochs: 1}}\ngrid: {{lr_schedule: [linear, cosine]}}\nout: {tmp_path / 'o'}\n")
+    assert main(["sweep", "--config", str(sweep), "--dry-run"]) == 2
+    assert "unknown --lr-schedule 'cosine'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_under_its_default(tmp_path):
+    """A checkpoint written before ``lr_schedule`` existed ran with the linear schedule."""
+    from unlearn.errors import DataError
+    from unlearn.train import _check_settings
+
+    old = {"lr": 1e-5, "method": "GA"}
+    _check_settings(old, {**old, "lr_schedule": "linear"}, tmp_path)
+    with pytest.raises(DataError, match="lr_schedule = 'linear', this run has lr_schedule = 'constant'"):
+        _check_settings(old, {**old, "lr_schedule": "constant"}, tmp_path)
+
+
 def test_task_vector_negation_is_exact(tiny):
     from unlearn.methods import negate_task_vector
 

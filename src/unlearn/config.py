@@ -76,6 +76,8 @@ class Config:
                     "train", True)
     warmup: int | None = _f(None, "linear warm-up steps (default, as officially: unlearning one epoch of steps when an "
                             "epoch has more than one, else none; fine-tuning max(1, steps / epochs))", "train", True, lo=0)
+    lr_schedule: str = _f("linear", "learning rate after the warm-up: linear (decays to 0 at the last step, as "
+                          "officially) or constant (WMDP's RMU)", "train", True)
     seed: int = _f(1001, "random seed", "train", True)
     max_length: int | None = _f(None, "longest training sequence in tokens (default, as officially: 500; 300 for the "
                                 "real-world layout)", "train", True, lo=2)

@@ -355,11 +355,14 @@ def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResu
 
 
 def validate_model_settings(cfg: Config) -> None:
-    """Model settings checked before anything is written: dtype, attention kernel, prompt format."""
+    """Model settings checked before anything is written: dtype, attention kernel, prompt format, and
+    the learning-rate schedule."""
     from .models import ATTN_IMPLEMENTATIONS, resolve_dtype
     from .prompts import check_prompt_format
+    from .train import check_lr_schedule
 
     resolve_dtype(cfg.dtype)
+    check_lr_schedule(cfg.lr_schedule)
     if cfg.attn_implementation is not None and cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ConfigError(f"unknown --attn-implementation {cfg.attn_implementation!r} "
                           f"(valid: {', '.join(ATTN_IMPLEMENTATIONS)})")

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -25,17 +25,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from . import checkpoint, distributed, reference
-from .config import Config, trajectory_fields
+from .config import Config, default, trajectory_fields
 from .encoding import make_collate, pad_id
-from .errors import DataError, DivergenceError
+from .errors import ConfigError, DataError, DivergenceError
 from .io import append_jsonl, atomic_write_jsonl
 from .methods import BatchView, Objective
 from .rundir import TRAIN_LOG
 
 log = logging.getLogger("unlearn")
+LR_SCHEDULES = ("linear", "constant")  # after the warm-up: decay to 0 at the last step, or hold the rate
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -181,7 +182,15 @@ def run_settings(cfg: Config, objective: Objective, n_items: int, accelerator: A
     return json.loads(json.dumps(settings, default=str))  # as it reads back from the checkpoint
 
 
+def check_lr_schedule(name: str) -> None:
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"unknown --lr-schedule {name!r} (valid: {', '.join(LR_SCHEDULES)})")
+
+
 def _check_settings(saved: dict, current: dict, where: Path) -> None:
+    # A setting added since the checkpoint was written had one behaviour then: its default's.
+    known = {f.name for f in fields(Config)}
+    saved = {**{k: default(k) for k in current if k in known and k not in saved}, **saved}
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
             raise DataError(f"{where}: the checkpoint was written with {key} = {saved.get(key)!r}, this run has "
@@ -237,7 +246,8 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
     set_seed(cfg.seed)  # nothing above draws from the global generators
     schedule = Schedule.of(cfg, len(dataset), accelerator.gradient_accumulation_steps, accelerator.num_processes,
                            finetune)
-    scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup, schedule.total)
+    scheduler = (get_constant_schedule_with_warmup(optimizer, schedule.warmup) if cfg.lr_schedule == "constant"
+                 else get_linear_schedule_with_warmup(optimizer, schedule.warmup, schedule.total))
     state = TrainState()
     if saved is not None:
         checkpoint.restore(out_dir, accelerator)  # weights, optimiser, RNG states

@@ -134,15 +134,16 @@ def run_name(values: dict, legacy: bool = False) -> str:
 
 
 def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] | None]:
-    """Validate one run before anything runs: method and its arguments, training data, refusals,
+    """Validate one run before anything runs: method and its arguments, model settings, training data, refusals,
     evaluation sets and downstream tasks. Returns (evaluation sets, downstream tasks), None where
     there are none. An error names the run."""
     from ..data import read_refusals
     from ..methods import resolve
-    from ..pipeline import load_data
+    from ..pipeline import load_data, validate_model_settings
 
     try:
         resolve(cfg)
+        validate_model_settings(cfg)
         local = cfg.forget or (cfg.data and Path(cfg.data).exists())
         key = ("data", cfg.data, cfg.forget, cfg.retain, cfg.split, cfg.task_id)
         if local and key not in cache:
