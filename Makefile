@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(VENV)/bin/unlearn demo --out $(DEMO_OUT) --overwrite
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) perf/run.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -8,7 +8,7 @@ import pytest
 from unlearn.config import Config
 from unlearn.data import DataError
 from unlearn.io import read_csv_rows
-from unlearn.scenarios import continual, parse_tasks
+from unlearn.continual import continual, parse_tasks
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_parse_tasks():
 
 
 def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
-    import unlearn.evals.commands as commands
+    import unlearn.protocols.plan as commands
     import unlearn.pipeline as pipeline
 
     calls = []

@@ -66,8 +66,8 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     """A process that is not the main one neither creates the output folder nor writes an evaluation."""
     import unlearn.distributed as dist
     from unlearn.config import Config
-    import unlearn.evals.commands as commands
-    from unlearn.evals.suites import Evaluation
+    import unlearn.protocols.plan as commands
+    from unlearn.evaluation.six_metrics import Evaluation
     from unlearn.pipeline import prepare_out
     from unlearn.rundir import RunDir
 

@@ -14,7 +14,7 @@ import pytest
 from unlearn.errors import ConfigError, DependencyError
 import yaml
 
-from unlearn.evals.downstream import PAPER_TASKS, _task_scores, parse_tasks, run_downstream, summary_entries
+from unlearn.evaluation.downstream import PAPER_TASKS, _task_scores, parse_tasks, run_downstream, summary_entries
 
 from .conftest import write_jsonl
 
@@ -117,7 +117,7 @@ def test_cli_run_writes_downstream_and_merges_summary(task_dir, tmp_path):
     assert 0.0 <= down[MC]["acc"] <= 1.0 and down["average"] == down[MC]["acc"]
 
     # A run with an evaluation: its summary.json gains the downstream entries.
-    from unlearn.evals.downstream import downstream_after_unlearning
+    from unlearn.evaluation.downstream import downstream_after_unlearning
     from unlearn.models import load_model
     from unlearn.rundir import RunDir
 
@@ -131,7 +131,7 @@ def test_cli_run_writes_downstream_and_merges_summary(task_dir, tmp_path):
 
 def test_cli_unknown_task_fails_before_training(task_dir, tmp_path, capsys, monkeypatch):
     from unlearn.__main__ import main
-    from unlearn.evals import downstream
+    from unlearn.evaluation import downstream
 
     # keep lm-eval's ~10 s scan of its built-in tasks out of this test
     monkeypatch.setattr(downstream, "_task_manager", _local_only_manager)
@@ -149,7 +149,7 @@ def test_cli_unknown_task_fails_before_training(task_dir, tmp_path, capsys, monk
 def _local_only_manager(tasks, include_path):
     from lm_eval.tasks import TaskManager
 
-    from unlearn.evals.downstream import _check_known
+    from unlearn.evaluation.downstream import _check_known
 
     manager = TaskManager(include_path=include_path, include_defaults=False)
     _check_known(tasks, manager, include_path)

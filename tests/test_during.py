@@ -5,7 +5,7 @@ import json
 import pytest
 
 from unlearn.__main__ import main
-from unlearn.evals.during import best_row, collapse, select_sets
+from unlearn.evaluation.during import best_row, collapse, select_sets
 
 from .conftest import write_jsonl
 
@@ -71,7 +71,7 @@ def test_eval_every_writes_a_row_per_evaluation(target, tmp_path):
 def test_the_last_evaluation_while_training_is_not_done_twice(target, tmp_path, monkeypatch):
     """When the last step is evaluated, the final evaluation takes those sets' records instead of scoring
     them again, and its numbers are those of evaluating the saved model afresh."""
-    import unlearn.evals.suites as suites
+    import unlearn.evaluation.six_metrics as suites
 
     scored, real = [], suites._evaluate_set
     monkeypatch.setattr(suites, "_evaluate_set", lambda model, tok, fmt, s, *a: scored.append(s.name) or
@@ -164,7 +164,7 @@ def test_bad_settings_are_refused_before_training(target, tmp_path, capsys):
 
 
 def test_select_sets_names():
-    from unlearn.evals.sets import EvalSet
+    from unlearn.evaluation.sets import EvalSet
 
     sets = [EvalSet(n, [], k) for n, k in (("Retain", "retain"), ("Real Authors", "general"), ("Forget", "forget"))]
     assert [s.name for s in select_sets(sets, "forget, real-authors")] == ["Forget", "Real Authors"]

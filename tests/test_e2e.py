@@ -29,7 +29,7 @@ def target(tmp_path_factory):
 
 
 def _nlls(model_dir, rows):
-    from unlearn.evals.runner import answer_nlls
+    from unlearn.evaluation.scoring import answer_nlls
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format
 

@@ -15,12 +15,12 @@ import torch
 from .conftest import write_jsonl
 from unlearn.data import DataError
 from unlearn.encoding import encode_prompt
-from unlearn.evals import metrics as M
-from unlearn.evals.judges import Unavailable, cosine_similarity_batch
-from unlearn.evals.runner import answer_nlls, generate
-from unlearn.evals.commands import retain_ratios_from
-from unlearn.evals.suites import METRICS, evaluate, write_evaluation
-from unlearn.evals.sets import load_eval_sets, real_world_sets, tofu_sets
+from unlearn.evaluation import metrics as M
+from unlearn.evaluation.judges import Unavailable, cosine_similarity_batch
+from unlearn.evaluation.scoring import answer_nlls, generate
+from unlearn.protocols.plan import retain_ratios_from
+from unlearn.evaluation.six_metrics import METRICS, evaluate, write_evaluation
+from unlearn.evaluation.sets import load_eval_sets, real_world_sets, tofu_sets
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat
 
@@ -151,7 +151,7 @@ def official_keys(sets):
 
 def test_answer_nlls_keep_only_the_answer_logits(tiny, monkeypatch):
     """The head runs over the answer positions only, and the NLLs equal those of full logits."""
-    import unlearn.evals.runner as runner
+    import unlearn.evaluation.scoring as runner
 
     model, tok, fmt = tiny
     qs = [r["question"] for r in FORGET + RETAIN]
@@ -177,7 +177,7 @@ def test_answer_nlls_keep_only_the_answer_logits(tiny, monkeypatch):
 
 def test_answer_nlls_on_shared_prompts_equal_whole_sequences(tiny, monkeypatch):
     """Models large enough score a question's answers on its prompt's KV cache: the same NLLs."""
-    import unlearn.evals.runner as runner
+    import unlearn.evaluation.scoring as runner
 
     model, tok, fmt = tiny
     assert not runner.shares_prompts(model)  # the tiny model scores whole sequences
@@ -195,7 +195,7 @@ def test_answer_nlls_on_shared_prompts_equal_whole_sequences(tiny, monkeypatch):
 
 
 def test_logits_to_keep_is_found_through_wrappers(tiny):
-    from unlearn.evals.runner import supports_logits_to_keep
+    from unlearn.evaluation.scoring import supports_logits_to_keep
 
     model = tiny[0]
 
@@ -382,7 +382,7 @@ def test_tiny_hf_nli_classifier_end_to_end(tiny, tofu_dir, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-    from unlearn.evals.judges import HFNLIJudge, load_nli
+    from unlearn.evaluation.judges import HFNLIJudge, load_nli
 
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])}
     wl = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -568,7 +568,7 @@ def test_cli_bad_perturbed_file_exits_2_before_loading_a_model(tmp_path, capsys)
 
 def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
     from unlearn.config import Config
-    from unlearn.evals.commands import eval_sets_for
+    from unlearn.protocols.plan import eval_sets_for
 
     own_file = write_jsonl(tmp_path / "own.jsonl", [{"question": "Q?", "answer": "A."}])
     own_sets = eval_sets_for(Config(forget=str(own_file)))  # your own files are evaluated themselves
@@ -591,7 +591,7 @@ def test_greedy_decode_equals_transformers_generate(tiny):
     a prompt; each row to its own budget, ending with its first EOS."""
     from transformers import GenerationConfig
 
-    from unlearn.evals.runner import decode_greedy
+    from unlearn.evaluation.scoring import decode_greedy
 
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL] + ["Who?", "Where is it?"]
@@ -619,8 +619,8 @@ def test_greedy_decode_equals_transformers_generate(tiny):
 
 def test_generation_batch_follows_its_flag(tiny):
     from unlearn.config import Config
-    from unlearn.evals.commands import plan_evaluation
-    from unlearn.evals.runner import generation_batch
+    from unlearn.protocols.plan import plan_evaluation
+    from unlearn.evaluation.scoring import generation_batch
 
     assert generation_batch(16) == 64 and generation_batch(16, 5) == 5
     assert plan_evaluation(Config(eval=False, gen_batch_size=7)).gen_batch_size == 7
@@ -633,7 +633,7 @@ def test_generation_batch_follows_its_flag(tiny):
 def test_evaluation_progress_reaches_a_log_file(tiny, capsys):
     """Generation and scoring bars are written when stderr is a file (a run under nohup), as the
     training bar is: a long evaluation does not look hung."""
-    from unlearn.evals.runner import answer_nlls
+    from unlearn.evaluation.scoring import answer_nlls
 
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET]

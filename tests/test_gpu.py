@@ -19,7 +19,7 @@ from tests.test_methods import FORGET, RETAIN
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
 from unlearn.distributed import training_mixed_precision
-from unlearn.evals.runner import answer_nlls, generate
+from unlearn.evaluation.scoring import answer_nlls, generate
 from unlearn.methods import build_objective, resolve
 from unlearn.reference import reference_nlls
 from unlearn.train import fit

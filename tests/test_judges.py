@@ -13,8 +13,8 @@ import pytest
 from unlearn.errors import DependencyError, ModelError
 import torch
 
-from unlearn.evals import judges
-from unlearn.evals.judges import (
+from unlearn.evaluation import judges
+from unlearn.evaluation.judges import (
     HFNLIJudge,
     SentenceEmbedder,
     Unavailable,
@@ -340,7 +340,7 @@ def test_the_default_nli_judge_offline_is_unavailable_at_once(caplog, monkeypatc
     """Offline (HF_HUB_OFFLINE, as in the suite) and not cached: one line, no download retries."""
     import time
 
-    from unlearn.evals.judges import load_nli
+    from unlearn.evaluation.judges import load_nli
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()

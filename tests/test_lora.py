@@ -180,7 +180,7 @@ def test_continual_with_lora_goes_on_from_the_merged_model(tmp_path):
     """Task 2 puts a fresh adapter on task 1's merged model: task_2/model = task_1/model + task_2/adapter."""
     from peft import PeftModel
 
-    from unlearn.scenarios import continual
+    from unlearn.continual import continual
 
     data = _write_data(tmp_path / "data")
     cfg = Config(model="tiny", data=str(data), out=str(tmp_path / "cont"), method="NPO+KL", epochs=1, lr=1e-2,

@@ -1,4 +1,4 @@
-"""Tests for unlearn.evals.metrics: hand-derived numbers (worked out in the comments) and ranges."""
+"""Tests for unlearn.evaluation.metrics: hand-derived numbers (worked out in the comments) and ranges."""
 
 import math
 import warnings
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from unlearn.evals import metrics as m
+from unlearn.evaluation import metrics as m
 
 E_INV = math.exp(-1.0)
 

@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from unlearn.evals.mia import TokenStats, auc, mia_aucs, scores
+from unlearn.evaluation.mia import TokenStats, auc, mia_aucs, scores
 
 
 def test_auc_counts_pairs_and_half_ties():
@@ -45,7 +45,7 @@ def test_auc_equals_open_unlearnings_orientation():
 
 
 def test_privleak_reference_and_memorization_by_hand():
-    from unlearn.evals.mia import exact_memorization, extraction_strength, privleak, reference_scores
+    from unlearn.evaluation.mia import exact_memorization, extraction_strength, privleak, reference_scores
 
     assert privleak(0.9, 0.5) == pytest.approx(((1 - 0.9) - (1 - 0.5)) / (1 - 0.5) * 100)  # -80: under-unlearned
     assert privleak(0.5, 0.5) == pytest.approx(0.0)

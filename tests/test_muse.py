@@ -14,7 +14,7 @@ import torch
 from .conftest import teach, write_jsonl
 from unlearn.data import DataError, UnlearningDataset, read_rows
 from unlearn.encoding import chunk_texts
-from unlearn.evals import muse as M
+from unlearn.protocols import muse as M
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 
 FORGET = ["The harbour town of Velmora voted on Tuesday to close its old lighthouse after ninety years of service.",
@@ -123,10 +123,10 @@ def test_knowmem_prompt_min_k_privleak_and_rouge_by_hand():
     assert M.min_k_score(lp) == pytest.approx((3.0 + 2.0) / 2)  # int(0.4 * 5) = 2 lowest
     assert math.isnan(M.min_k_score(np.array([-1.0, -2.0])))  # int(0.8) = 0 tokens: MUSE's NaN
     # MUSE: (AUC - AUC_retain) / AUC_retain * 100 with its AUC = 1 - ours
-    from unlearn.evals.mia import privleak
+    from unlearn.evaluation.mia import privleak
 
     assert privleak(0.9, 0.6) == pytest.approx(((1 - 0.9) - (1 - 0.6)) / (1 - 0.6) * 100)
-    from unlearn.evals.mia import TokenStats
+    from unlearn.evaluation.mia import TokenStats
 
     st = TokenStats(lp, np.full(5, -1.0), np.array([1.0, 2.0, 0.5, 1.0, 0.0]), "x")
     z = [(-0.5 + 1) / 1, (-3 + 1) / 2, (-1 + 1) / 0.5, (-0.1 + 1) / 1, (-2 + 1) / 1e-3]  # sigma 0 -> sqrt(1e-6)

@@ -182,7 +182,7 @@ def test_me_forget_weight_per_scenario():
 
 def test_continual_picks_the_continual_weight(tmp_path, monkeypatch, synth_dir):
     import unlearn.pipeline as pipeline
-    from unlearn.scenarios import continual
+    from unlearn.continual import continual
 
     class Seen(Exception):
         pass
@@ -202,7 +202,7 @@ def test_continual_picks_the_continual_weight(tmp_path, monkeypatch, synth_dir):
 
 
 def test_real_world_cosine_reference_is_the_long_answer(shared_data):
-    from unlearn.evals.sets import load_eval_sets
+    from unlearn.evaluation.sets import load_eval_sets
 
     sets = {s.name: s for s in load_eval_sets(shared_data / "real_world")}
     forget = sets["Forget"]
@@ -213,7 +213,7 @@ def test_real_world_cosine_reference_is_the_long_answer(shared_data):
 
 
 def test_tofu_sets_are_cut_at_300_rows(shared_data):
-    from unlearn.evals.sets import tofu_sets
+    from unlearn.evaluation.sets import tofu_sets
 
     sets = {s.name: s for s in tofu_sets(shared_data / "tofu", "forget10", 1)}
     assert len(sets["Forget"].rows) == 300  # the task has 400 rows; the official ds_size is 300
@@ -278,7 +278,7 @@ def test_weight_decay_skips_biases_and_norms():
 def test_answer_nlls_score_at_most_200_tokens_without_eos_when_cut():
     """metrics.py builds its NLL inputs with max_length = generation.max_length = 200: a longer
     prompt + answer is cut there and has no EOS label."""
-    from unlearn.evals.runner import answer_nlls
+    from unlearn.evaluation.scoring import answer_nlls
 
     long_answer = " ".join(["word"] * 400)
     tok = build_tiny_tokenizer(["Question: Q?\nAnswer: " + long_answer], vocab_size=300)

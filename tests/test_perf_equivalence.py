@@ -94,7 +94,7 @@ def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path,
     import unlearn.models
     import unlearn.train
     from unlearn.io import read_jsonl_log
-    from unlearn.scenarios import continual
+    from unlearn.continual import continual
     from unlearn.synthetic import write_synthetic
 
     data = write_synthetic(tmp_path / "data", n_authors=20, qa_per_author=2)
@@ -190,7 +190,7 @@ def test_max_entropy_gradient_flows_through_a_model(tiny):
 def test_generation_cut_at_the_length_limit_does_not_depend_on_the_batch(tiny):
     """A model with random weights rarely says EOS: answers run to their own 40-token budget
     (prompt included), whatever prompts share their batch and whatever the batch size."""
-    from unlearn.evals.runner import generate
+    from unlearn.evaluation.scoring import generate
 
     tok, fmt, make = tiny
     model = make()

@@ -6,7 +6,7 @@ import pytest
 
 from unlearn.__main__ import main
 from unlearn.errors import ConfigError
-from unlearn.plan import GiB, Setting, Shape, alternatives, estimate, model_shape, parse_size
+from unlearn.memory import GiB, Setting, Shape, alternatives, estimate, model_shape, parse_size
 
 ARCH = Path(__file__).resolve().parents[1] / "configs" / "architectures"
 

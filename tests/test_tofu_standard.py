@@ -15,7 +15,7 @@ from scipy import stats
 from .conftest import teach, write_jsonl
 from .test_eval import FORGET, GENERAL, RETAIN
 from unlearn.errors import ConfigError, DataError
-from unlearn.evals import tofu as T
+from unlearn.protocols import tofu as T
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat, TofuTemplate, tofu_template
 
@@ -146,7 +146,7 @@ def test_model_utility_is_the_harmonic_mean_of_nine():
 
 
 def test_min_k_auc_and_privleak_by_hand():
-    from unlearn.evals.mia import TokenStats
+    from unlearn.evaluation.mia import TokenStats
 
     def item(logp):  # the last token (EOS) is left out of Min-K%
         logp = np.array(logp + [-0.1])
@@ -222,7 +222,7 @@ def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
     token statistics, with open-unlearning's pad mask, a pad id inside a prompt, batches that split a
     question's answers, and sequences without a prompt to share."""
     from unlearn.encoding import Encoded
-    from unlearn.evals.runner import score_sequences
+    from unlearn.evaluation.scoring import score_sequences
 
     model, tok, template = tiny
     pairs = T._pairs(T.load_tofu_sets(snapshot, "forget01"))

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable
 
-from .config import add_config_args, config_from_args
+from unlearn.config import add_config_args, config_from_args
 
 TRAINING = ("model", "lora", "train")  # flag groups of config.py
 UNLEARNING = TRAINING + ("data", "unlearn")
@@ -16,14 +16,14 @@ UNLEARNING = TRAINING + ("data", "unlearn")
 
 def _say(text: str) -> None:
     """Print once, from the main process, when several processes run the command."""
-    from .distributed import is_main_process
+    from unlearn.distributed import is_main_process
 
     if is_main_process():
         print(text)
 
 
 def cmd_finetune(args) -> int:
-    from .pipeline import finetune
+    from unlearn.pipeline import finetune
 
     cfg = config_from_args(args)
     path = finetune(cfg, args.train)
@@ -32,14 +32,14 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run
+    from unlearn.pipeline import run
 
     run(config_from_args(args))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .evals.commands import run_eval
+    from unlearn.protocols.plan import run_eval
 
     cfg = config_from_args(args)
     run_eval(cfg)  # (it says where it wrote)
@@ -47,14 +47,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import run_audit
+    from unlearn.audit import run_audit
 
     run_audit(config_from_args(args))
     return 0
 
 
 def cmd_continual(args) -> int:
-    from .scenarios import continual
+    from unlearn.continual import continual
 
     cfg = config_from_args(args)
     rows = continual(cfg, args.tasks, keep_checkpoints=args.keep_checkpoints)
@@ -63,14 +63,14 @@ def cmd_continual(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import check_demo, run_demo
+    from unlearn.demo import check_demo, run_demo
 
     summaries = run_demo(args.out, model=args.model, overwrite=args.overwrite, nli=args.nli)
     return 1 if check_demo(summaries) and args.strict else 0
 
 
 def cmd_data_synth(args) -> int:
-    from .synthetic import write_synthetic
+    from unlearn.synthetic import write_synthetic
 
     path = write_synthetic(args.out, n_authors=args.authors, qa_per_author=args.qa_per_author, seed=args.seed)
     print(f"wrote the synthetic fictitious-author data set to {path}")
@@ -81,7 +81,7 @@ def cmd_methods(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .methods import describe
+    from unlearn.methods import describe
 
     table = Table(title="Forget terms and regularisers: --method FORGET[+REG], --method-arg [TERM.]NAME=VALUE")
     for column in ("term", "kind", "what it does", "needs", "arguments (defaults)", "default weight", "source"):
@@ -95,7 +95,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import Setting, model_shape, parse_size, print_plan
+    from unlearn.memory import Setting, model_shape, parse_size, print_plan
 
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
     setting = Setting(method=args.method, batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
@@ -108,7 +108,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from unlearn.report import write_report
 
     out = write_report(args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'table.csv'} and the plots")
@@ -116,7 +116,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import run_sweep
+    from unlearn.sweep import run_sweep
 
     return run_sweep(args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False))
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
     for noisy in ("sentence_transformers", "matplotlib", "accelerate", "httpx"):  # their INFO lines say nothing new
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from .errors import UnlearnError
+    from unlearn.errors import UnlearnError
 
     try:
         return args.func(args)

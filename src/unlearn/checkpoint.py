@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import OutputError
-from .rundir import CHECKPOINT
+from unlearn.errors import OutputError
+from unlearn.rundir import CHECKPOINT
 
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"  # every file of the checkpoint with its size and SHA-256
@@ -166,7 +166,7 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
     except Exception as e:  # (re-raised unless the disk is full)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        from .io import raise_if_disk_full
+        from unlearn.io import raise_if_disk_full
 
         raise_if_disk_full(e, path(out_dir))
         raise

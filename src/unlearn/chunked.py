@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .encoding import IGNORE_INDEX
-from .errors import ConfigError
+from unlearn.encoding import IGNORE_INDEX
+from unlearn.errors import ConfigError
 
 log = logging.getLogger("unlearn")
 

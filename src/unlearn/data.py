@@ -24,8 +24,8 @@ from typing import Sequence
 
 import torch
 
-from .encoding import IGNORE_INDEX, Encoded, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
-from .errors import DataError
+from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
+from unlearn.errors import DataError
 
 SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
 HUB_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -92,7 +92,7 @@ def _decode(path: Path, raw: bytes, lineno: int) -> str:
 def read_refusals(path: str | Path | None) -> list[str]:
     """Refusal sentences, one per line; the built-in list when ``path`` is None."""
     if path is None:
-        from .refusals import REFUSALS
+        from unlearn.refusals import REFUSALS
 
         return list(REFUSALS)
     path = Path(path)
@@ -212,7 +212,7 @@ def with_scenario_defaults(cfg):
         changes["max_length"] = (TOFU_STANDARD_MAX_LENGTH if getattr(cfg, "benchmark", None) == "tofu"
                                  else SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH))
     if layout == "muse":
-        from .evals.muse import muse_split
+        from unlearn.protocols.muse import muse_split
 
         changes["split"] = muse_split(cfg.split)
     if cfg.idk is None and layout in ("tofu", "real_world"):
@@ -225,7 +225,7 @@ def with_scenario_defaults(cfg):
 
 def task_of(row: dict) -> int:
     """A row's ``task_id`` as an integer, or a clear error naming the row."""
-    from .config import as_int
+    from unlearn.config import as_int
 
     value = row.get("task_id")
     try:
@@ -316,12 +316,12 @@ def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int
     if data is None:
         raise DataError("no data: give --data FOLDER (or locuslab/TOFU) or --forget FILE [--retain FILE]")
     if benchmark == "muse":  # MUSE: raw text, the split's forget corpus against retain1
-        from .evals.muse import training_rows as muse_rows
+        from unlearn.protocols.muse import training_rows as muse_rows
 
         forget_rows, retain_rows = muse_rows(data, split)
         return UnlearningData(forget_rows, retain_rows, "muse", str(data), {"split": split, "benchmark": "muse"})
     if benchmark == "tofu":  # the TOFU standard: forgetXX against retain(100-XX), from the hub or a snapshot
-        from .evals.tofu import training_rows
+        from unlearn.protocols.tofu import training_rows
 
         forget_rows, retain_rows = training_rows(data, split)
         return UnlearningData(forget_rows, retain_rows, "hub", str(data),
@@ -388,7 +388,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
     def _text(self, forget, retain, tokenizer, max_length) -> None:
         """Raw text: one item per forget chunk (:func:`unlearn.encoding.chunk_texts`), its retain
         partner drawn as for question/answer pairs."""
-        from .encoding import chunk_texts
+        from unlearn.encoding import chunk_texts
 
         other = [p for p in self.parts if p not in TEXT_PARTS]
         if other:

@@ -12,10 +12,10 @@ import logging
 import time
 from pathlib import Path
 
-from .config import Config
-from .data import read_records
-from .errors import DataError, OutputError
-from .rundir import RunDir
+from unlearn.config import Config
+from unlearn.data import read_records
+from unlearn.errors import DataError, OutputError
+from unlearn.rundir import RunDir
 
 log = logging.getLogger("unlearn")
 
@@ -56,12 +56,12 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
 
 
 def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int, scale: float) -> dict:
-    from .evals.commands import EvalPlan, Judges, retain_ratios_from
-    from .evals.judges import load_embedder, load_nli
-    from .evals.sets import forget_set, load_eval_sets
-    from .evals.suites import evaluate, write_evaluation
-    from .pipeline import finetune, load_for_training, run
-    from .synthetic import write_synthetic
+    from unlearn.protocols.plan import EvalPlan, Judges, retain_ratios_from
+    from unlearn.evaluation.judges import load_embedder, load_nli
+    from unlearn.evaluation.sets import forget_set, load_eval_sets
+    from unlearn.evaluation.six_metrics import evaluate, write_evaluation
+    from unlearn.pipeline import finetune, load_for_training, run
+    from unlearn.synthetic import write_synthetic
 
     if model not in SETTINGS:
         raise DataError(f"unknown demo model '{model}' (choose: {', '.join(SETTINGS)})")
@@ -93,7 +93,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
                    if int(r["task_id"]) == task}
     keep = [r for r in read_records(data / "full.json") if (r["question"], r["answer"]) not in forget_rows]
     retain_file = out / "data" / "retain_model_train.json"
-    from .io import atomic_write_jsonl
+    from unlearn.io import atomic_write_jsonl
 
     atomic_write_jsonl(retain_file, [{"question": r["question"], "answer": r["answer"]} for r in keep])
     rt = dataclasses.replace(ft, out=str(out / "retain_model"))
@@ -117,7 +117,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
                                   **{**s["unlearn"], **overrides})
         summaries[name] = run(cfg, plan=plan).summary
 
-    from .report import write_report
+    from unlearn.report import write_report
 
     write_report([out / "unlearned", out / "idk_ap", out / "retain_model"], out / "report",
                  baseline=out / "target", title="unlearn demo")

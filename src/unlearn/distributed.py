@@ -257,7 +257,7 @@ def full_state_dict(accelerator, prepared, model=None) -> dict | None:
 
 def check_optim(name: str) -> None:
     """A clear error before any model is loaded: unknown optimiser, or bitsandbytes missing."""
-    from .errors import ConfigError, DependencyError
+    from unlearn.errors import ConfigError, DependencyError
 
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown --optim {name!r} (valid: {', '.join(OPTIMIZERS)})")

@@ -47,7 +47,7 @@ def raise_if_disk_full(error: BaseException, path: str | Path) -> None:
     """A full disk (or quota) while writing ``path`` as a one-line :class:`OutputError`."""
     import errno
 
-    from .errors import OutputError
+    from unlearn.errors import OutputError
 
     full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
     if not full and isinstance(error, Exception):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, ModelError
+from unlearn.errors import ConfigError, ModelError
 
 log = logging.getLogger("unlearn")
 
@@ -128,7 +128,7 @@ def save_adapter(model, state_dict: dict[str, torch.Tensor] | None, out: str | P
     ``state_dict``: the full LoRA model's weights when they had to be gathered (ZeRO-3, FSDP);
     None reads them from ``model``.
     """
-    from .io import publish_dir, temp_dir_next_to
+    from unlearn.io import publish_dir, temp_dir_next_to
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

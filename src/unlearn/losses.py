@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .encoding import IGNORE_INDEX
+from unlearn.encoding import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -197,7 +197,7 @@ def max_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     (``z`` the logits) is ``log_softmax(z).mean(-1)`` without keeping a (B, T, V) log-probability
     tensor for the backward pass, whose gradient ``softmax(z) − 1/V`` is written in place into
     the one (B, T, V) buffer that becomes the logits' gradient (:class:`_UniformKL`): the peak
-    memory is below a cross-entropy's over the same logits (``benchmarks/memory.py``). The
+    memory is below a cross-entropy's over the same logits (``perf/memory.py``). The
     official code takes ``log(p + 1e-12)``; we use the exact log-probabilities, which differ
     only where some ``p_v`` is below ~1e-12.
 

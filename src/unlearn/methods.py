@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import torch
 
-from . import losses
-from .errors import ConfigError
+from unlearn import losses
+from unlearn.errors import ConfigError
 
 PAPER = "https://arxiv.org/abs/2410.08109"
 
@@ -60,7 +60,7 @@ class BatchView:
         return self._logits[part]
 
     def _final_hidden(self, part: str, frozen: bool = False):
-        from . import chunked
+        from unlearn import chunked
 
         if (part, frozen) not in self._hidden:
             if frozen:
@@ -76,7 +76,7 @@ class BatchView:
     def rows(self, part: str, fn, select: str = "labels", ref: bool = False, labels: torch.Tensor | None = None,
              **args) -> torch.Tensor:
         """``fn(logits, target[, ref_logits], **args)`` at the counted positions of ``part``, chunked, (N,)."""
-        from . import chunked
+        from unlearn import chunked
 
         mask, target = chunked.positions(self.batch[part], select, labels)
         hidden, head = self._final_hidden(part)
@@ -94,7 +94,7 @@ class BatchView:
         """Summed answer NLL per sequence, (B,)."""
         if not self.chunk:
             return losses.sequence_nll(self.logits(part), self.labels(part))
-        from . import chunked
+        from unlearn import chunked
 
         mask, _ = chunked.positions(self.batch[part], "labels")
         values = self.rows(part, losses.nll_rows)

@@ -20,10 +20,9 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .errors import ConfigError, ModelError
-from .io import publish_dir, raise_if_disk_full, temp_dir_next_to
-from .presets import (PRESETS, build_tiny_model, build_tiny_tokenizer, cache_dir,  # noqa: F401 (re-exported)
-                      smollm2_path)
+from unlearn.errors import ConfigError, ModelError
+from unlearn.io import publish_dir, raise_if_disk_full, temp_dir_next_to
+from unlearn.presets import PRESETS, build_tiny_model, build_tiny_tokenizer, cache_dir, smollm2_path
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import distributed, methods
-from .config import Config
-from .data import (DEFAULT_MAX_LENGTH, QADataset, UnlearningData, UnlearningDataset, layout_of, load_unlearning_data, read_records,
-                   read_refusals, row_text, with_scenario_defaults)
-from .errors import ConfigError, DataError, OutputError, UnlearnError
-from .io import atomic_write_json
-from .rundir import MODEL_CONFIG, RunDir
+from unlearn import distributed, methods
+from unlearn.config import Config
+from unlearn.data import DEFAULT_MAX_LENGTH, QADataset, UnlearningData, UnlearningDataset, layout_of, load_unlearning_data, read_records, read_refusals, row_text, with_scenario_defaults
+from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
+from unlearn.io import atomic_write_json
+from unlearn.rundir import MODEL_CONFIG, RunDir
 
 log = logging.getLogger("unlearn")
 
@@ -70,8 +69,8 @@ def _require_out(cfg: Config) -> RunDir:
 def load_for_training(cfg: Config, texts: list[str]):
     """``(model, tokenizer, prompt format, cfg)``: the model to train (with a fresh LoRA adapter
     with ``--lora``), and ``cfg`` with the prompt format it uses written in, so it is saved."""
-    from .models import load_model
-    from .prompts import prompt_format_for, prompt_format_spec
+    from unlearn.models import load_model
+    from unlearn.prompts import prompt_format_for, prompt_format_spec
 
     distributed.check_optim(cfg.optim)
     model, tokenizer = load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
@@ -80,7 +79,7 @@ def load_for_training(cfg: Config, texts: list[str]):
     fmt = prompt_format_for(tokenizer, cfg)
     cfg = dataclasses.replace(cfg, prompt_format=prompt_format_spec(fmt))
     if cfg.lora:
-        from .lora import apply_lora
+        from unlearn.lora import apply_lora
 
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.gradient_checkpointing, cfg.seed)
     return model, tokenizer, fmt, cfg
@@ -95,8 +94,8 @@ def save_trained(result, out: RunDir, tokenizer, cfg: Config):
     merged one for LoRA, and under ZeRO-3/FSDP the saved model loaded whole (the trained one
     exists only in pieces).
     """
-    from . import checkpoint, lora
-    from .models import load_model, save_model
+    from unlearn import checkpoint, lora
+    from unlearn.models import load_model, save_model
 
     acc, model = result.accelerator, result.model
     state_dict = distributed.full_state_dict(acc, result.prepared_model, model)
@@ -138,7 +137,7 @@ def finetune(cfg: Config, train_files: list[str]) -> Path:
 
 
 def _finetune(cfg: Config, train_files: list[str]) -> Path:
-    from .train import fit
+    from unlearn.train import fit
 
     rows = [r for f in train_files for r in read_records(f)]
     # what the saved config.yaml (and reports) call this run; TOFU's fine-tuning length
@@ -164,7 +163,7 @@ def load_data(cfg: Config, unlearned=()) -> UnlearningData:
 def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | None = None, plan=None) -> RunResult:
     """Unlearn, save, evaluate: ``cfg.data`` (or ``data``) forgotten by ``cfg.model`` into ``cfg.out``.
 
-    ``plan``: the evaluation, checked already (:func:`unlearn.evals.commands.plan_evaluation`;
+    ``plan``: the evaluation, checked already (:func:`unlearn.protocols.plan.plan_evaluation`;
     made from ``cfg`` when not given). ``ref_stats``: reference NLLs known already (continual runs
     with ``--fix-ref-model``). With ``cfg.save_every`` a checkpoint is written as it trains; with
     ``cfg.resume`` the run continues from it (same settings, same ``cfg.model``: the original
@@ -176,8 +175,8 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
 
 
 def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
-    from .evals.commands import check_eval_matches, plan_evaluation
-    from .train import fit
+    from unlearn.protocols.plan import check_eval_matches, plan_evaluation
+    from unlearn.train import fit
 
     cfg = with_scenario_defaults(cfg)
     objective, cfg = methods.resolve(cfg, "real_world" if layout_of(cfg) == "real_world" else None)
@@ -231,7 +230,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
 def check_text_parts(data: UnlearningData, objective) -> None:
     """Raw text has forget and retain chunks only: a method that needs refusals or mismatched answers
     is refused before any model loads."""
-    from .data import TEXT_PARTS
+    from unlearn.data import TEXT_PARTS
 
     other = [p for p in objective.parts if p not in TEXT_PARTS]
     if data.is_text and other:
@@ -242,7 +241,7 @@ def check_text_parts(data: UnlearningData, objective) -> None:
 
 def check_training_eval(cfg: Config, plan, objective) -> None:
     """``--eval-every``, ``--eval-sets``, ``--keep``, ``--mu-floor`` checked before anything loads."""
-    from .evals.during import select_sets
+    from unlearn.evaluation.during import select_sets
 
     if cfg.keep not in ("last", "best"):
         raise ConfigError(f"--keep: last or best, got {cfg.keep!r}")
@@ -278,7 +277,7 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
     if distributed.is_sharded(accelerator):
         raise ConfigError("--eval-every evaluates the weights as they train, which ZeRO-3 / FSDP hold in pieces; "
                           "run it with DDP or on one device")
-    from .evals.during import TrainingEval, select_sets
+    from unlearn.evaluation.during import TrainingEval, select_sets
 
     return TrainingEval(plan, select_sets(plan.sets, cfg.eval_sets), tokenizer, fmt, out.path, cfg.eval_every,
                         keep_best=cfg.keep == "best", mu_floor=cfg.mu_floor, checkpointing=bool(cfg.save_every))
@@ -287,7 +286,7 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
 def audit_config(cfg: Config, out: RunDir, resume: bool = False) -> Config:
     """The settings of ``--audit``: the saved model audited into ``OUT/audit``, beside the model it
     was unlearned from (``--target-model``, else the run's ``--model``)."""
-    from .rundir import AUDIT
+    from unlearn.rundir import AUDIT
 
     target = cfg.target_model or (None if cfg.model == "tiny" else cfg.model)
     return dataclasses.replace(cfg, model=str(out.model), target_model=target, out=str(out / AUDIT),
@@ -298,7 +297,7 @@ def check_audit(cfg: Config):
     """``--audit``: the audit's inputs checked before training (None without ``--audit``)."""
     if not cfg.audit:
         return None
-    from .audit import check_inputs
+    from unlearn.audit import check_inputs
 
     return check_inputs(audit_config(cfg, _require_out(cfg)))
 
@@ -307,7 +306,7 @@ def audit_saved(cfg: Config, out: RunDir, inputs=None, resume: bool = False) -> 
     """Run ``--audit`` on the saved model (one process: checked before training)."""
     if not cfg.audit:
         return
-    from .audit import run_audit
+    from unlearn.audit import run_audit
 
     acfg = audit_config(cfg, out, resume)
     try:
@@ -324,7 +323,7 @@ def _before_task_vector(objective, model, accelerator) -> dict | None:
         return None
     if distributed.is_sharded(accelerator):
         raise ConfigError(f"{objective.name}: task-vector negation needs whole weights; run it without ZeRO-3/FSDP")
-    from .lora import is_peft
+    from unlearn.lora import is_peft
 
     if is_peft(model):
         return {}
@@ -342,8 +341,8 @@ def _evaluate(plan, model, tokenizer, fmt, out: RunDir, done: dict | None = None
 
 def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResult:
     """``--resume`` of a run whose model is saved but whose evaluation is missing."""
-    from .models import load_model
-    from .prompts import prompt_format_for
+    from unlearn.models import load_model
+    from unlearn.prompts import prompt_format_for
 
     log.info("%s: the model is saved; evaluating it", out.model)
     model, tokenizer = load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
@@ -357,9 +356,9 @@ def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResu
 def validate_model_settings(cfg: Config) -> None:
     """Model settings checked before anything is written: dtype, attention kernel, prompt format, and
     the learning-rate schedule."""
-    from .models import ATTN_IMPLEMENTATIONS, resolve_dtype
-    from .prompts import check_prompt_format
-    from .train import check_lr_schedule
+    from unlearn.models import ATTN_IMPLEMENTATIONS, resolve_dtype
+    from unlearn.prompts import check_prompt_format
+    from unlearn.train import check_lr_schedule
 
     resolve_dtype(cfg.dtype)
     check_lr_schedule(cfg.lr_schedule)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .errors import DependencyError
-from .io import publish_dir, temp_dir_next_to
+from unlearn.errors import DependencyError
+from unlearn.io import publish_dir, temp_dir_next_to
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from unlearn.errors import ConfigError
 
 PROMPT_FORMATS = ("llama2", "llama3", "chat_template", "plain")
 KINDS = PROMPT_FORMATS + ("custom",)
@@ -221,7 +221,7 @@ class TofuTemplate:
 
     def encode_pair(self, tokenizer, question: str, answer: str, max_length: int | None = None,
                     mask_question: bool = True):
-        from .encoding import IGNORE_INDEX, Encoded
+        from unlearn.encoding import IGNORE_INDEX, Encoded
 
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, lora, losses
-from .encoding import make_collate
+from unlearn import distributed, lora, losses
+from unlearn.encoding import make_collate
 
 log = logging.getLogger("unlearn")
 
@@ -85,7 +85,7 @@ def reference_nlls(model, dataset, parts, tokenizer, batch_size: int = 8, accele
     sharded model needs) and the shares are gathered: every process holds the whole table.
     A LoRA model is evaluated with its adapter off: the base model is the reference.
     """
-    from .encoding import pad_id
+    from unlearn.encoding import pad_id
 
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
@@ -148,7 +148,7 @@ def freeze(ref, accelerator, prepared=None):
 
 
 def _load(cfg, name: str, texts=None):
-    from .models import load_model
+    from unlearn.models import load_model
 
     return load_model(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, texts=texts)[0]
 
@@ -207,10 +207,10 @@ def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
     ``--ref-model`` would compute. The original model is loaded once, never per task, and never
     beside a model being trained.
     """
-    from .data import UnlearningDataset, read_refusals
-    from .methods import resolve
-    from .models import load_model
-    from .prompts import prompt_format_for
+    from unlearn.data import UnlearningDataset, read_refusals
+    from unlearn.methods import resolve
+    from unlearn.models import load_model
+    from unlearn.prompts import prompt_format_for
 
     objective, c = resolve(cfg)
     if not objective.ref_nll_parts or not task_data:

@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import OutputError
+from unlearn.errors import OutputError
 
 log = logging.getLogger("unlearn")
 
@@ -105,7 +105,7 @@ class RunDir:
     # ----------------------------------------------------------------- state
 
     def has_checkpoint(self) -> bool:
-        from . import checkpoint
+        from unlearn import checkpoint
 
         return checkpoint.exists(self.path)
 
@@ -218,7 +218,7 @@ class RunDir:
         (:meth:`discard_previous`); nothing an input path points into is ever replaced. Only the main
         process changes the folder (callers make the others wait); call it holding :meth:`locked`.
         """
-        from . import checkpoint
+        from unlearn import checkpoint
 
         existing = self.results() if scope == "run" else [SUMMARY] if self.summary.exists() else []
         if resume:

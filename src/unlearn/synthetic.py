@@ -42,8 +42,8 @@ import json
 import random
 from pathlib import Path
 
-from .errors import ConfigError
-from .io import atomic_write_text
+from unlearn.errors import ConfigError
+from unlearn.io import atomic_write_text
 
 MAX_QA_PER_AUTHOR = 10
 MAX_AUTHORS = 1000

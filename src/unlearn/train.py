@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from . import checkpoint, distributed, reference
-from .config import Config, default, trajectory_fields
-from .encoding import make_collate, pad_id
-from .errors import ConfigError, DataError, DivergenceError
-from .io import append_jsonl, atomic_write_jsonl
-from .methods import BatchView, Objective
-from .rundir import TRAIN_LOG
+from unlearn import checkpoint, distributed, reference
+from unlearn.config import Config, default, trajectory_fields
+from unlearn.encoding import make_collate, pad_id
+from unlearn.errors import ConfigError, DataError, DivergenceError
+from unlearn.io import append_jsonl, atomic_write_jsonl
+from unlearn.methods import BatchView, Objective
+from unlearn.rundir import TRAIN_LOG
 
 log = logging.getLogger("unlearn")
 LR_SCHEDULES = ("linear", "constant")  # after the warm-up: decay to 0 at the last step, or hold the rate
@@ -129,7 +129,7 @@ class Session:
     desc: str = "unlearning"
     resumed_from: int | None = None
     chunk: int | None = None  # rows per chunk of the logits (unlearn.chunked), or None: whole logits
-    evaluator: object | None = None  # --eval-every (unlearn.evals.during.TrainingEval)
+    evaluator: object | None = None  # --eval-every (unlearn.evaluation.during.TrainingEval)
 
     def evaluate_if_due(self) -> None:
         """``--eval-every``: evaluate the model at this step (before the first, and every N steps)."""
@@ -259,7 +259,7 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
                  checkpoint.path(out_dir))
         if evaluator is not None:
             evaluator.resume(state.step)
-    from .chunked import chunk_rows
+    from unlearn.chunked import chunk_rows
 
     chunk = chunk_rows(model, cfg.chunked_logits, distributed.is_sharded(accelerator))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,

@@ -5,7 +5,7 @@ forgetting, on the unlearned model and, when given, on the target (before unlear
 (never trained on the forget set) models beside it:
 
 * ``mia``: membership inference, forget against holdout items (LOSS, ZLib, Min-K%, Min-K%++,
-  Reference, GradNorm; AUC) and MUSE's PrivLeak against the retain model (:mod:`unlearn.evals.mia`);
+  Reference, GradNorm; AUC) and MUSE's PrivLeak against the retain model (:mod:`unlearn.evaluation.mia`);
 * ``memorization``: exact memorisation and extraction strength on the forget set;
 * ``relearn``: a few fine-tuning steps on part of the forget set (:mod:`.relearn`);
 * ``quantization``: 8- and 4-bit weights (:mod:`.quantize`);
@@ -14,6 +14,6 @@ forgetting, on the unlearned model and, when given, on the target (before unlear
 :func:`run_audit` runs them (:mod:`.run`).
 """
 
-from .run import ATTACKS, check_inputs, run_audit
+from unlearn.audit.run import ATTACKS, check_inputs, run_audit
 
 __all__ = ["ATTACKS", "check_inputs", "run_audit"]

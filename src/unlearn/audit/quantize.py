@@ -18,7 +18,7 @@ import importlib.util
 
 import torch
 
-from ..errors import ConfigError, DependencyError
+from unlearn.errors import ConfigError, DependencyError
 
 BACKENDS = ("auto", "simulated", "bitsandbytes")
 

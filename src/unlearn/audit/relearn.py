@@ -41,8 +41,8 @@ def epochs_for(steps: int, batch_size: int, n: int) -> float:
 
 def relearn_config(cfg, model_path: str, n_rows: int):
     """The settings of the relearning fine-tune, from the audit's."""
-    from ..data import DEFAULT_MAX_LENGTH
-    from ..distributed import state
+    from unlearn.data import DEFAULT_MAX_LENGTH
+    from unlearn.distributed import state
 
     per_step = cfg.relearn_batch_size * state().num_processes  # each process its batch (data-parallel)
     return dataclasses.replace(
@@ -56,25 +56,25 @@ def relearn(cfg, model_path: str, rows: list[dict], answer_key: str, out_dir: Pa
     """Fine-tune a fresh copy of ``model_path`` on ``rows``; returns ``(before, after)``, what
     ``measure(model, tokenizer, fmt)`` gives on the copy before and after (the copy stays in
     memory only, unless ``cfg.save_relearned``)."""
-    from .. import methods
-    from ..data import QADataset
-    from ..pipeline import load_for_training
-    from ..train import fit
+    from unlearn import methods
+    from unlearn.data import QADataset
+    from unlearn.pipeline import load_for_training
+    from unlearn.train import fit
 
     rcfg = relearn_config(cfg, model_path, len(rows))
     pairs = [{"question": r["question"], "answer": r[answer_key]} for r in rows]
     model, tokenizer, fmt, rcfg = load_for_training(rcfg, [p["question"] + " " + p["answer"] for p in pairs])
-    from ..distributed import state
+    from unlearn.distributed import state
 
     model.to(state().device)
     before = measure(model, tokenizer, fmt)
     dataset = QADataset(pairs, tokenizer, fmt, rcfg.max_length)
     trained = fit(model, tokenizer, dataset, methods.FINETUNE, rcfg, out_dir, desc="relearning")
     after = measure(trained.model, tokenizer, fmt)
-    from ..distributed import is_main_process
+    from unlearn.distributed import is_main_process
 
     if cfg.save_relearned and is_main_process():
-        from ..models import save_model
+        from unlearn.models import save_model
 
         save_model(trained.model, tokenizer, out_dir / "model")
     return before, after

@@ -7,7 +7,7 @@ settings it was computed under, and its per-item records to ``DIR/items/<attack>
 so ``--resume`` skips what is finished. ``DIR/audit.json`` (the sections ``mia``, ``memorization``,
 ``relearn``, ``quantization``, ``prompts``), ``DIR/audit.png`` and the terminal table are made
 from those files at the end. Every model pass goes through the evaluation runner
-(:mod:`unlearn.evals.runner`: batched, length-sorted); the audited models' files are only read.
+(:mod:`unlearn.evaluation.scoring`: batched, length-sorted); the audited models' files are only read.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import read_records
-from ..errors import ConfigError, DataError, OutputError
-from ..io import atomic_write_json, atomic_write_jsonl
-from ..evals.suites import _finite
-from ..rundir import MODEL, RunDir
-from . import quantize
+from unlearn.data import read_records
+from unlearn.errors import ConfigError, DataError, OutputError
+from unlearn.io import atomic_write_json, atomic_write_jsonl
+from unlearn.evaluation.six_metrics import _finite
+from unlearn.rundir import MODEL, RunDir
+from unlearn.audit import quantize
 
 log = logging.getLogger("unlearn")
 
@@ -110,8 +110,8 @@ def _holdout(cfg, attacks: list[str]) -> list[dict] | None:
 
 def check_inputs(cfg) -> AuditInputs:
     """Everything the audit needs, checked before any model loads."""
-    from ..evals.commands import eval_sets_for
-    from ..evals.sets import forget_set
+    from unlearn.protocols.plan import eval_sets_for
+    from unlearn.evaluation.sets import forget_set
 
     attacks = parse_attacks(cfg.attacks)
     if not cfg.out:
@@ -120,8 +120,8 @@ def check_inputs(cfg) -> AuditInputs:
         raise ConfigError("--model: give the folder of the model to audit (the tiny preset is an untrained model)")
     tofu_holdout = None
     if cfg.benchmark == "tofu":  # the TOFU standard's sets: <split>_perturbed, retain_perturbed, holdoutXX
-        from ..evals.sets import EvalSet
-        from ..evals.tofu import check_benchmark, load_tofu_sets
+        from unlearn.evaluation.sets import EvalSet
+        from unlearn.protocols.tofu import check_benchmark, load_tofu_sets
 
         check_benchmark(cfg.benchmark)
         t = load_tofu_sets(cfg.data, cfg.split)
@@ -161,10 +161,10 @@ def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_siz
                   gen_batch_size: int | None = None) -> list[dict]:
     """Per item of a prompt variant: the generation, its ROUGE-L recall against the reference, and
     the probability of the target text after the prompt (each process its share, when several)."""
-    from ..distributed import sharded_map
-    from ..evals import metrics as M
-    from ..evals.runner import MAX_LENGTH, answer_nlls, generate, generation_batch
-    from .prompts import Rendered
+    from unlearn.distributed import sharded_map
+    from unlearn.evaluation import metrics as M
+    from unlearn.evaluation.scoring import MAX_LENGTH, answer_nlls, generate, generation_batch
+    from unlearn.audit.prompts import Rendered
 
     fmt = Rendered(add_special_tokens)
     # A longer prompt than the evaluation's gets as many more tokens: the reply's budget is unchanged.
@@ -200,9 +200,9 @@ class Subject:
     memo: dict = field(default_factory=dict)
 
     def token_stats(self, name: str, questions, answers, batch_size: int):
-        from ..evals.runner import token_stats
+        from unlearn.evaluation.scoring import token_stats
 
-        from ..distributed import sharded_map
+        from unlearn.distributed import sharded_map
 
         if name not in self.memo:
             self.memo[name] = sharded_map(lambda qa: token_stats(
@@ -212,9 +212,9 @@ class Subject:
 
 
 def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
-    from ..distributed import sharded_map
-    from ..evals import mia
-    from ..evals.runner import answer_nlls, grad_norms
+    from unlearn.distributed import sharded_map
+    from unlearn.evaluation import mia
+    from unlearn.evaluation.scoring import answer_nlls, grad_norms
 
     f, h = inputs.forget, inputs.holdout
     hq, ha = [r["question"] for r in h], [r["answer"] for r in h]
@@ -222,7 +222,7 @@ def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, l
     hs = s.token_stats("holdout", hq, ha, cfg.eval_batch_size)
     f_scores, h_scores = mia.item_scores(fs, cfg.mia_k), mia.item_scores(hs, cfg.mia_k)
     if inputs.ref_model:
-        from ..models import load_model
+        from unlearn.models import load_model
 
         ref, ref_tok = load_model(_model_folder(inputs.ref_model), dtype=cfg.dtype,
                                   trust_remote_code=cfg.trust_remote_code)
@@ -250,7 +250,7 @@ def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, l
 
 
 def attack_memorization(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
-    from ..evals import mia
+    from unlearn.evaluation import mia
 
     f = inputs.forget
     fs = s.token_stats("forget", f.questions, f.answers, cfg.eval_batch_size)
@@ -264,7 +264,7 @@ def attack_memorization(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tupl
 
 
 def _prompt_variants(cfg, inputs: AuditInputs, fmt, rows=None):
-    from .prompts import variants
+    from unlearn.audit.prompts import variants
 
     f = inputs.forget
     return variants(fmt, f.rows if rows is None else rows, f.answer_key, inputs.retain.rows if inputs.retain else None,
@@ -294,7 +294,7 @@ def attack_prompts(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dic
 
 
 def _sets_scores(cfg, inputs: AuditInputs, model, s: Subject) -> tuple[dict, list[dict]]:
-    from .prompts import variants
+    from unlearn.audit.prompts import variants
 
     summary, items = {}, []
     for name, es in (("forget", inputs.forget), ("retain", inputs.retain)):
@@ -329,8 +329,8 @@ def attack_quantization(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tupl
 
 
 def attack_relearn(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
-    from . import relearn as R
-    from .prompts import variants
+    from unlearn.audit import relearn as R
+    from unlearn.audit.prompts import variants
 
     f = inputs.forget
     trained_on, measured = R.split(len(f.rows), cfg.relearn_fraction, cfg.seed)
@@ -403,7 +403,7 @@ def _done(out: Path, attack: str, role: str, settings: dict) -> dict | None:
 def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
     """``unlearn audit``: every attack of ``cfg.attacks`` on ``cfg.model`` (and ``cfg.target_model``,
     ``cfg.retain_model``), written to ``cfg.out``; returns ``audit.json``'s content."""
-    from ..distributed import is_main_process, wait_for_everyone
+    from unlearn.distributed import is_main_process, wait_for_everyone
 
     inputs = inputs or check_inputs(cfg)
     out = Path(cfg.out)
@@ -444,7 +444,7 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
         audit = assemble(cfg, inputs, results)
         if main:
             atomic_write_json(out / AUDIT, _finite(audit))
-            from ..report.plots import audit_plot
+            from unlearn.report.plots import audit_plot
 
             audit_plot(audit, out / PLOT)
         wait_for_everyone()
@@ -466,9 +466,9 @@ def _from_saved(saved: dict, attack: str) -> dict | None:
 
 
 def _load(cfg, role: str, path: str) -> Subject:
-    from ..distributed import state
-    from ..models import load_model
-    from ..prompts import prompt_format_for
+    from unlearn.distributed import state
+    from unlearn.models import load_model
+    from unlearn.prompts import prompt_format_for
 
     model, tokenizer = load_model(path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation)
@@ -486,7 +486,7 @@ def _recovery(before: float, after: float, target: float) -> float | None:
 
 def assemble(cfg, inputs: AuditInputs, results: dict) -> dict:
     """``audit.json``: one section per attack, each with the value of every model audited."""
-    from ..evals import mia
+    from unlearn.evaluation import mia
 
     models = dict(inputs.models)
     if inputs.saved_retain is not None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import atomic_write_text, write_csv_rows
-from .plots import benchmark_of, plot_continual, plot_tradeoff, plot_trajectories
-from .render import md_escape, render_html, render_markdown
-from .runs import Run, collect_runs, load_run, short_labels
-from .tables import report_blocks, table_rows
+from unlearn.io import atomic_write_text, write_csv_rows
+from unlearn.report.plots import benchmark_of, plot_continual, plot_tradeoff, plot_trajectories
+from unlearn.report.render import md_escape, render_html, render_markdown
+from unlearn.report.runs import Run, collect_runs, load_run, short_labels
+from unlearn.report.tables import report_blocks, table_rows
 
 __all__ = ["Run", "collect_runs", "load_run", "md_escape", "plot_continual", "plot_tradeoff", "render_html",
            "render_markdown", "report_blocks", "short_labels", "table_rows", "write_report"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..io import atomic_write_bytes
-from .runs import Run, short_labels
+from unlearn.io import atomic_write_bytes
+from unlearn.report.runs import Run, short_labels
 
 
 def _new_figure(width: float, height: float):
@@ -163,7 +163,7 @@ def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", 
 def _kept_step(run: Run) -> int | None:
     import json
 
-    from ..rundir import KEPT
+    from unlearn.rundir import KEPT
 
     path = Path(run.path) / KEPT
     try:
@@ -175,7 +175,7 @@ def _kept_step(run: Run) -> int | None:
 def audit_plot(audit: dict, path: str | Path) -> None:
     """The audit's plot: forget-set ROUGE under each attack, one bar per model audited (the
     unlearned model beside the target and retain models), and the MIA AUCs when measured."""
-    from ..audit.run import ROLES, forget_scores
+    from unlearn.audit.run import ROLES, forget_scores
 
     rows = forget_scores(audit)
     aucs = (audit.get("mia") or {}).get("auc", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from .tables import Block
+from unlearn.report.tables import Block
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#])")

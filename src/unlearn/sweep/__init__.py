@@ -19,9 +19,9 @@ import gc
 import time
 from pathlib import Path
 
-from ..io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
-from ..rundir import FINISHED, PARTIAL
-from .plan import MAX_NAME, PlannedRun, plan_sweep, read_sweep, run_name  # noqa: F401 (the sweep's API)
+from unlearn.io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
+from unlearn.rundir import FINISHED, PARTIAL
+from unlearn.sweep.plan import MAX_NAME, PlannedRun, plan_sweep, read_sweep, run_name  # noqa: F401 (the sweep's API)
 
 KEY_METRICS = ("Model Utility", "Model Utility Retain", "Forget Efficacy", "Forget Quality")
 STATE_TEXT = {FINISHED: "finished, skip", PARTIAL: "unfinished, redo", "absent": "run"}
@@ -37,7 +37,7 @@ def _free_memory() -> None:
 
 def run_one(cfg, plan) -> dict | None:
     """What ``unlearn run`` does for one run: unlearn, save, evaluate. Returns the summary (or None)."""
-    from ..pipeline import run
+    from unlearn.pipeline import run
 
     try:
         return run(cfg, plan=plan).summary
@@ -47,7 +47,7 @@ def run_one(cfg, plan) -> dict | None:
 
 def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
     """The evaluation plan of every run that will run: judges loaded once, ratios once per forget set."""
-    from ..evals.commands import load_judges, plan_evaluation
+    from unlearn.protocols.plan import load_judges, plan_evaluation
 
     todo = [r for r, s in zip(runs, states) if s != FINISHED]
     judges, ratios, plans = None, {}, {}
@@ -74,7 +74,7 @@ def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
 
 
 def _is_main_process() -> bool:
-    from ..distributed import is_main_process
+    from unlearn.distributed import is_main_process
 
     return is_main_process()
 
@@ -104,7 +104,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, out: str | None = None, d
         for i, (r, state) in enumerate(zip(runs, states), 1):
             print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
         return 0
-    from ..rundir import RunDir
+    from unlearn.rundir import RunDir
 
     main = _is_main_process()
     with RunDir(root).locked(main):
@@ -121,7 +121,7 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
     for i, (run, state) in enumerate(zip(runs, states), 1):
         prefix = f"[{i}/{n}] {run.name}"
         if state == FINISHED and run.cfg.audit and not run.out.audited:
-            from ..pipeline import audit_saved
+            from unlearn.pipeline import audit_saved
 
             print(f"{prefix}: finished; auditing it", flush=True)
             audit_saved(run.cfg, run.out, resume=True)  # (an interrupted audit goes on where it stopped)

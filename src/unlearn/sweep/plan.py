@@ -29,10 +29,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, config_from_args, config_keys, read_yaml_mapping
-from ..data import with_scenario_defaults
-from ..errors import ConfigError, UnlearnError
-from ..rundir import RunDir
+from unlearn.config import Config, config_from_args, config_keys, read_yaml_mapping
+from unlearn.data import with_scenario_defaults
+from unlearn.errors import ConfigError, UnlearnError
+from unlearn.rundir import RunDir
 
 TOP_KEYS = ("base", "grid", "out", "audit")
 MANAGED = ("out",)  # set by the sweep for each run
@@ -99,7 +99,7 @@ def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
 
 def _audit_keys(section, path: Path) -> dict:
     """The ``audit:`` section: ``true`` (every attack, the defaults) or a mapping of audit settings."""
-    from ..config import fields_of
+    from unlearn.config import fields_of
 
     if section is True:
         return {}
@@ -137,9 +137,9 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
     """Validate one run before anything runs: method and its arguments, model settings, training data, refusals,
     evaluation sets and downstream tasks. Returns (evaluation sets, downstream tasks), None where
     there are none. An error names the run."""
-    from ..data import read_refusals
-    from ..methods import resolve
-    from ..pipeline import load_data, validate_model_settings
+    from unlearn.data import read_refusals
+    from unlearn.methods import resolve
+    from unlearn.pipeline import load_data, validate_model_settings
 
     try:
         resolve(cfg)
@@ -161,14 +161,14 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         elif cfg.eval:
             key = ("eval", cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id)
             if key not in cache:
-                from ..evals.commands import eval_sets_for
+                from unlearn.protocols.plan import eval_sets_for
 
                 cache[key] = eval_sets_for(cfg)
             sets = cache[key]
         if cfg.downstream:
             key = ("downstream", cfg.downstream, cfg.downstream_include)
             if key not in cache:
-                from ..evals.downstream import downstream_tasks_for
+                from unlearn.evaluation.downstream import downstream_tasks_for
 
                 cache[key] = downstream_tasks_for(cfg)
             downstream = cache[key]
@@ -179,24 +179,24 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
 
 def _check_benchmark(cfg: Config) -> None:
     """The sets of ``--benchmark tofu|muse`` (or wmdp's tasks) read and checked, nothing loaded."""
-    from ..evals.tofu import check_benchmark
+    from unlearn.protocols.tofu import check_benchmark
 
     check_benchmark(cfg.benchmark)
     if cfg.benchmark == "tofu":
-        from ..evals.tofu import load_tofu_sets, read_retain_logs
+        from unlearn.protocols.tofu import load_tofu_sets, read_retain_logs
 
         load_tofu_sets(cfg.data, cfg.split)
         if cfg.retain_logs:
             read_retain_logs(cfg.retain_logs)
     elif cfg.benchmark == "muse":
-        from ..evals.muse import load_muse_sets, read_retain_auc
+        from unlearn.protocols.muse import load_muse_sets, read_retain_auc
 
         load_muse_sets(cfg.data)
         if cfg.retain_logs:
             read_retain_auc(cfg.retain_logs)
     else:
-        from ..evals.downstream import check_downstream, parse_tasks
-        from ..evals.tofu import WMDP_TASKS
+        from unlearn.evaluation.downstream import check_downstream, parse_tasks
+        from unlearn.protocols.tofu import WMDP_TASKS
 
         check_downstream(parse_tasks(cfg.downstream or WMDP_TASKS), cfg.downstream_include)
 

@@ -6,9 +6,9 @@ without gradient checkpointing, fp32 weights under bf16 autocast, and each atten
 available (eager, sdpa, flash_attention_2 when ``flash-attn`` is installed). One warm-up epoch
 is run first and not counted; tokens are the real (unpadded) tokens of every sequence trained on.
 
-    python benchmarks/gpu_train.py                   # on a machine with a CUDA GPU
-    python benchmarks/gpu_train.py --device cpu --model tiny --epochs 1   # smoke test of the script
-    python benchmarks/gpu_train.py --init-from-config FOLDER   # random weights, FOLDER's architecture
+    python perf/gpu_train.py                   # on a machine with a CUDA GPU
+    python perf/gpu_train.py --device cpu --model tiny --epochs 1   # smoke test of the script
+    python perf/gpu_train.py --init-from-config FOLDER   # random weights, FOLDER's architecture
 
 ``--init-from-config`` builds the model from a folder's ``config.json`` and tokenizer with random
 weights (seed 0): speed and memory do not depend on the weights' values, and a machine that cannot

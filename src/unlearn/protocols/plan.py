@@ -15,14 +15,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_NLI, EVAL_BATCH_SIZE
-from ..data import read_records
-from ..errors import ConfigError, DataError, ModelError
-from ..rundir import MODEL, RunDir, eval_file
-from . import metrics as M
-from .judges import Unavailable
-from .sets import EvalSet, forget_set, load_eval_sets
-from .suites import evaluate, print_table, set_nlls, write_evaluation
+from unlearn.config import DEFAULT_NLI, EVAL_BATCH_SIZE
+from unlearn.data import read_records
+from unlearn.errors import ConfigError, DataError, ModelError
+from unlearn.rundir import MODEL, RunDir, eval_file
+from unlearn.evaluation import metrics as M
+from unlearn.evaluation.judges import Unavailable
+from unlearn.evaluation.sets import EvalSet, forget_set, load_eval_sets
+from unlearn.evaluation.six_metrics import evaluate, print_table, set_nlls, write_evaluation
 
 log = logging.getLogger("unlearn")
 
@@ -42,7 +42,7 @@ def load_judges(cfg) -> Judges:
     and the Entailment Score is left out. Any other ``--nli`` that cannot be loaded is an error
     (``--nli none`` disables the judge).
     """
-    from .judges import load_embedder, load_nli
+    from unlearn.evaluation.judges import load_embedder, load_nli
 
     embedder = load_embedder(cfg.embedder)
     nli = load_nli(cfg.nli)
@@ -74,8 +74,8 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
         return [float(r["truth_ratio_r"]) for r in rows]
     if (path / MODEL).is_dir() and not (path / "config.json").exists():
         path = path / MODEL  # the output folder of a fine-tuning run
-    from ..models import load_model
-    from ..prompts import detect_prompt_format
+    from unlearn.models import load_model
+    from unlearn.prompts import detect_prompt_format
 
     model, tokenizer = load_model(str(path) if path.exists() else str(source), dtype=dtype,
                                   trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
@@ -87,7 +87,7 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
 
 
 def _device():
-    from ..distributed import state
+    from unlearn.distributed import state
 
     return state().device  # this process's GPU under accelerate launch / torchrun
 
@@ -97,7 +97,7 @@ def eval_sets_for(cfg) -> list[EvalSet] | None:
     ``--forget``/``--retain`` files are evaluated themselves unless ``--eval-data`` names a folder."""
     data = cfg.eval_data
     if data is None and cfg.forget is not None:
-        from .sets import file_sets
+        from unlearn.evaluation.sets import file_sets
 
         return file_sets(cfg.forget, cfg.retain)
     if data is None and cfg.data and Path(cfg.data).is_dir():
@@ -116,7 +116,7 @@ def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
     """The Forget set evaluated must be the forget set trained on: the same questions, in order
     (TOFU: its first 300, the official ds_size). A perturbed file with some of the task's rows, or
     another task's, is refused before anything loads; with your own --forget files it is said."""
-    from .sets import TOFU_EVAL_ROWS
+    from unlearn.evaluation.sets import TOFU_EVAL_ROWS
 
     forget = next((s for s in sets or [] if s.name == "Forget"), None)
     if forget is None:
@@ -157,14 +157,14 @@ class EvalPlan:
     retain_ratios: list[float] | None = None
     downstream: list[str] | None = None
     batch_size: int = EVAL_BATCH_SIZE
-    gen_batch_size: int | None = None  # prompts decoded together (default: evals.runner.generation_batch)
+    gen_batch_size: int | None = None  # prompts decoded together (default: unlearn.evaluation.scoring.generation_batch)
     downstream_limit: int | None = None
     downstream_include: str | None = None
     holdout: list[dict] | None = None  # rows never trained on, for membership inference
     baseline: str | None = None  # an evaluation of the model before unlearning: before/after table and report
-    tofu: object | None = None  # --benchmark tofu: its sets (evals.tofu.TofuSets), instead of ``sets``
-    retain_logs: object | None = None  # --benchmark tofu: the retain model's logs (evals.tofu.RetainLogs)
-    muse: object | None = None  # --benchmark muse: its sets (evals.muse.MuseSets)
+    tofu: object | None = None  # --benchmark tofu: its sets (protocols.tofu.TofuSets), instead of ``sets``
+    retain_logs: object | None = None  # --benchmark tofu: the retain model's logs (protocols.tofu.RetainLogs)
+    muse: object | None = None  # --benchmark muse: its sets (protocols.muse.MuseSets)
     retain_auc: float | None = None  # --benchmark muse: the retain model's Min-40% AUC
     wmdp: bool = False  # --benchmark wmdp: the downstream tasks are the evaluation
 
@@ -173,20 +173,20 @@ class EvalPlan:
         """The six metrics on every set (every process its share with ``shard``; the main one
         writes; ``done``: per-item records of sets already scored on this model, taken as they
         are), then the downstream tasks (main process). Returns the summary, or None."""
-        from ..distributed import is_main_process
+        from unlearn.distributed import is_main_process
 
         summary = None
         if self.tofu is not None:
             summary = self.evaluate_tofu(model, tokenizer, fmt, out, shard)
         if self.muse is not None and is_main_process():
-            from .muse import evaluate_muse, print_muse, write_muse
+            from unlearn.protocols.muse import evaluate_muse, print_muse, write_muse
 
             result = evaluate_muse(model, tokenizer, self.muse, self.batch_size, self.retain_auc, self.gen_batch_size)
             write_muse(result, out.path)
             print_muse(result.summary)
             summary = result.summary
         if self.wmdp and is_main_process():
-            from ..io import atomic_write_json
+            from unlearn.io import atomic_write_json
 
             atomic_write_json(out.summary, {"benchmark": "wmdp"})  # the tasks' accuracies are added to it
         if self.sets:
@@ -202,7 +202,7 @@ class EvalPlan:
                 if self.baseline:
                     self.before_after(ev.summary, out)
         if self.downstream and is_main_process():
-            from .downstream import downstream_after_unlearning
+            from unlearn.evaluation.downstream import downstream_after_unlearning
 
             downstream_after_unlearning(model, tokenizer, out, self.downstream, self.batch_size,
                                         self.downstream_limit, self.downstream_include)
@@ -211,10 +211,10 @@ class EvalPlan:
 
 
     def evaluate_tofu(self, model, tokenizer, fmt, out: RunDir, shard: bool) -> dict:
-        """The TOFU standard (:mod:`unlearn.evals.tofu`); the main process writes its files."""
-        from ..distributed import is_main_process
-        from ..prompts import tofu_template
-        from .tofu import evaluate_tofu, print_tofu, write_tofu
+        """The TOFU standard (:mod:`unlearn.protocols.tofu`); the main process writes its files."""
+        from unlearn.distributed import is_main_process
+        from unlearn.prompts import tofu_template
+        from unlearn.protocols.tofu import evaluate_tofu, print_tofu, write_tofu
 
         result = evaluate_tofu(model, tokenizer, tofu_template(fmt), self.tofu, self.batch_size, self.retain_logs,
                                shard=shard, gen_batch_size=self.gen_batch_size)
@@ -231,7 +231,7 @@ class EvalPlan:
         from rich.console import Console
         from rich.table import Table
 
-        from ..report import write_report
+        from unlearn.report import write_report
 
         before = RunDir(self.baseline).read_summary() or {}
         keys = [k for k, v in summary.items() if isinstance(v, (int, float)) and isinstance(before.get(k), (int, float))]
@@ -245,9 +245,9 @@ class EvalPlan:
         print(f"report: {report / 'report.md'}")
 
     def membership(self, model, tokenizer, fmt) -> dict[str, float]:
-        """``MIA AUC <score>``: the forget items against the holdout items (:mod:`unlearn.evals.mia`)."""
-        from .mia import mia_aucs
-        from .runner import token_stats
+        """``MIA AUC <score>``: the forget items against the holdout items (:mod:`unlearn.evaluation.mia`)."""
+        from unlearn.evaluation.mia import mia_aucs
+        from unlearn.evaluation.scoring import token_stats
 
         forget = forget_set(self.sets)
         members = token_stats(model, tokenizer, fmt, forget.questions, forget.answers, self.batch_size)
@@ -261,7 +261,7 @@ def plan_evaluation(cfg, judges: Judges | None = None, sets: list[EvalSet] | Non
 
     ``judges``: already loaded ones (continual runs and sweeps load them once); ``sets``: already
     validated ones."""
-    from .tofu import check_benchmark
+    from unlearn.protocols.tofu import check_benchmark
 
     check_benchmark(cfg.benchmark)
     _check_retain_logs(cfg)
@@ -293,7 +293,7 @@ def _plan_baseline(cfg, plan: EvalPlan) -> None:
 
 def _plan_downstream(cfg, plan: EvalPlan) -> EvalPlan:
     if cfg.downstream:
-        from .downstream import downstream_tasks_for
+        from unlearn.evaluation.downstream import downstream_tasks_for
 
         plan.downstream = downstream_tasks_for(cfg)
     return plan
@@ -307,7 +307,7 @@ def _check_retain_logs(cfg) -> None:
 
 def _plan_tofu(cfg, plan: EvalPlan) -> EvalPlan:
     """``--benchmark tofu``: its sets and the retain model's logs, read and checked now."""
-    from .tofu import check_benchmark, load_tofu_sets, read_retain_logs
+    from unlearn.protocols.tofu import check_benchmark, load_tofu_sets, read_retain_logs
 
     check_benchmark(cfg.benchmark)
     if cfg.forget is not None or not cfg.data:
@@ -335,7 +335,7 @@ def _plan_text(cfg, plan: EvalPlan) -> EvalPlan:
                           f"{cfg.benchmark} reads its own sets" + (" (and --retain-logs MUSE_EVAL.json)"
                                                                    if cfg.benchmark == "muse" else ""))
     if cfg.benchmark == "muse":
-        from .muse import load_muse_sets, read_retain_auc
+        from unlearn.protocols.muse import load_muse_sets, read_retain_auc
 
         if cfg.forget is not None or not cfg.data:
             raise DataError("--benchmark muse evaluates a MUSE corpus: give --data muse-bench/MUSE-News (or -Books) "
@@ -344,8 +344,8 @@ def _plan_text(cfg, plan: EvalPlan) -> EvalPlan:
         if cfg.retain_logs:
             plan.retain_auc = read_retain_auc(cfg.retain_logs)
         return _plan_downstream(cfg, plan)
-    from .downstream import check_downstream, parse_tasks
-    from .tofu import WMDP_TASKS
+    from unlearn.evaluation.downstream import check_downstream, parse_tasks
+    from unlearn.protocols.tofu import WMDP_TASKS
 
     if cfg.retain_logs:
         raise ConfigError("--retain-logs: --benchmark wmdp compares accuracies, not a retain model's logs")
@@ -357,9 +357,9 @@ def _plan_text(cfg, plan: EvalPlan) -> EvalPlan:
 
 def _tofu_retain_logs_from_model(cfg, sets):
     """A retain model's forget truth ratios and Min-K% AUC under the TOFU standard, computed now."""
-    from ..models import load_model
-    from ..prompts import prompt_format_for
-    from .tofu import retain_logs_from_model
+    from unlearn.models import load_model
+    from unlearn.prompts import prompt_format_for
+    from unlearn.protocols.tofu import retain_logs_from_model
 
     path = Path(cfg.retain_model)
     if (path / MODEL).is_dir() and not (path / "config.json").exists():
@@ -375,9 +375,9 @@ def _tofu_retain_logs_from_model(cfg, sets):
 
 def run_eval(cfg) -> dict:
     """``unlearn eval``: evaluate ``cfg.model`` on the sets of ``cfg.eval_data or cfg.data``."""
-    from ..distributed import is_main_process
+    from unlearn.distributed import is_main_process
 
-    from .tofu import check_benchmark
+    from unlearn.protocols.tofu import check_benchmark
 
     check_benchmark(cfg.benchmark)
     _check_retain_logs(cfg)
@@ -392,10 +392,10 @@ def run_eval(cfg) -> dict:
 
 
 def _run_eval(cfg, data) -> dict:
-    from ..distributed import is_main_process, wait_for_everyone
-    from ..models import load_model
-    from ..pipeline import inputs_of, validate_model_settings
-    from ..prompts import prompt_format_for
+    from unlearn.distributed import is_main_process, wait_for_everyone
+    from unlearn.models import load_model
+    from unlearn.pipeline import inputs_of, validate_model_settings
+    from unlearn.prompts import prompt_format_for
 
     validate_model_settings(cfg)
     texts = None
@@ -404,7 +404,7 @@ def _run_eval(cfg, data) -> dict:
     elif data:
         sets = load_eval_sets(data, cfg.split, cfg.task_id)
     else:
-        from .sets import file_sets
+        from unlearn.evaluation.sets import file_sets
 
         sets = file_sets(cfg.forget, cfg.retain)
     plan = plan_evaluation(dataclasses.replace(cfg, eval=True, downstream=cfg.downstream
@@ -426,7 +426,7 @@ def _run_eval(cfg, data) -> dict:
     model.to(_device())
     fmt = prompt_format_for(tokenizer, cfg)
     if is_main_process():
-        from ..config import save_fields
+        from unlearn.config import save_fields
 
         save_fields(cfg, out.eval_config, ("model", "data", "eval", "out"))  # an evaluation's own settings
     summary = plan.evaluate(model, tokenizer, fmt, out, shard=True)

@@ -23,9 +23,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError, DependencyError, ModelError
-from ..io import atomic_write_json
-from ..rundir import DOWNSTREAM
+from unlearn.errors import ConfigError, DataError, DependencyError, ModelError
+from unlearn.io import atomic_write_json
+from unlearn.rundir import DOWNSTREAM
 
 log = logging.getLogger(__name__)
 

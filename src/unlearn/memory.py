@@ -21,7 +21,7 @@ the first (when the optimiser states exist):
   batch × length × vocabulary tensors per part, plus one during the backward); with chunked
   logits, three chunks' worth.
 
-``benchmarks/plan_check.py`` measures real peaks on CPU for small models against these
+``perf/plan_check.py`` measures real peaks on CPU for small models against these
 estimates; docs/performance.md gives the error.
 """
 
@@ -31,11 +31,11 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import ConfigError, ModelError
+from unlearn.errors import ConfigError, ModelError
 
 GiB = 2 ** 30
 ACT_PER_TOKEN_LAYER = (14, 5)  # elements saved per token per layer: 14 × hidden + 5 × intermediate
-LORA_ACTIVATIONS = 1.8  # measured: peft's adapters save about 0.8× more (benchmarks/plan_check.py)
+LORA_ACTIVATIONS = 1.8  # measured: peft's adapters save about 0.8× more (perf/plan_check.py)
 LOGITS_KEPT = {"ME": 1, "KL": 3, "UNDIAL": 3, "CE-U": 3, "LLMU": 2}  # (B, T, V) float32 tensors a term keeps
 # per part it reads (the logits and what its loss saves for backward); the others keep 2
 
@@ -92,7 +92,7 @@ def model_config(name: str, trust_remote_code: bool = False):
                            num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
     try:
         if name == "smollm2-135m":
-            from .presets import cache_dir, smollm2_gguf
+            from unlearn.presets import cache_dir, smollm2_gguf
 
             cached = cache_dir() / "smollm2-135m"
             if (cached / "config.json").is_file():
@@ -140,8 +140,8 @@ class Estimate:
 
 def estimate(shape: Shape, s: Setting, device: str = "cuda") -> Estimate:
     """Peak memory per device of one training step of ``s`` on ``shape`` (bytes, see the module docstring)."""
-    from .chunked import CHUNK_ELEMENTS, MIN_VOCAB
-    from .methods import build_objective
+    from unlearn.chunked import CHUNK_ELEMENTS, MIN_VOCAB
+    from unlearn.methods import build_objective
 
     if s.zero not in (0, 1, 2, 3):
         raise ConfigError(f"--zero: 0, 1, 2 or 3, got {s.zero}")

@@ -3,12 +3,12 @@
 A Llama with Llama-3's 128,256-token vocabulary and a small body (hidden 64, 2 layers), ME+GD and
 NPO+KL (NPO's cached reference NLLs, KL's frozen model in memory), batch 4 × 256 tokens (the
 first 64 of each a masked question), AdamW steps. Each configuration runs in its own process
-(``python benchmarks/chunked_logits.py --probe METHOD CHUNK``), alternating, best of ``--repeats``:
+(``python perf/chunked_logits.py --probe METHOD CHUNK``), alternating, best of ``--repeats``:
 the process's peak resident memory above its memory just before the first step (model, optimiser
 and reference in place), and the best step time over ``--steps`` steps after a warm-up step.
 Targets: peak ≤ 0.5× and step time ≤ 1.1× of whole logits.
 
-    python benchmarks/chunked_logits.py [--repeats 2] [--steps 3]
+    python perf/chunked_logits.py [--repeats 2] [--steps 3]
 """
 
 from __future__ import annotations

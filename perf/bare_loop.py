@@ -6,7 +6,7 @@ dynamic padding, and the model saved at the end. No progress bar, no log file, n
 It imports nothing from ``unlearn`` and prints its per-step losses as one JSON line, so the
 benchmark can check that both processes did the same optimisation.
 
-    python benchmarks/bare_loop.py MODEL_DIR DATA_DIR OUT_DIR --split forget05 --task 1
+    python perf/bare_loop.py MODEL_DIR DATA_DIR OUT_DIR --split forget05 --task 1
 """
 
 from __future__ import annotations

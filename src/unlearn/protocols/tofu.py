@@ -1,6 +1,6 @@
 """The TOFU standard (``--benchmark tofu``): open-unlearning's TOFU evaluation, value for value.
 
-The closer-look protocol (:mod:`unlearn.evals.suites`) is the paper's; most papers and the
+The closer-look protocol (:mod:`unlearn.evaluation.six_metrics`) is the paper's; most papers and the
 open-unlearning leaderboards report this one instead. Its definitions are open-unlearning's
 (``src/evals/metrics/``, ``configs/eval/tofu*.yaml``), reproduced here:
 
@@ -26,7 +26,7 @@ open-unlearning leaderboards report this one instead. Its definitions are open-u
   (``--retain-logs``: its ``TOFU_EVAL.json``);
 * **privleak**: Min-K% (k = 0.4) AUC of forget against holdout, relative to the retain model's
   AUC (0.5 without retain logs, as open-unlearning);
-* **exact_memorization**, **extraction_strength**: on the forget answers (:mod:`unlearn.evals.mia`).
+* **exact_memorization**, **extraction_strength**: on the forget answers (:mod:`unlearn.evaluation.mia`).
 
 Each answer is scored in ONE pass over all sets (the metrics that share a sequence share its
 forward), and generation runs once over every question, sorted by length; an answer does not
@@ -44,12 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import EVAL_BATCH_SIZE
-from ..data import HUB_RETAIN, read_records
-from ..errors import DataError
-from ..io import atomic_write_json
-from . import mia
-from .sets import check_rows
+from unlearn.config import EVAL_BATCH_SIZE
+from unlearn.data import HUB_RETAIN, read_records
+from unlearn.errors import DataError
+from unlearn.io import atomic_write_json
+from unlearn.evaluation import mia
+from unlearn.evaluation.sets import check_rows
 
 log = logging.getLogger("unlearn")
 
@@ -73,7 +73,7 @@ UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_
 
 def check_benchmark(name: str) -> str:
     if name not in BENCHMARKS:
-        from ..errors import ConfigError
+        from unlearn.errors import ConfigError
 
         raise ConfigError(f"--benchmark: one of {', '.join(BENCHMARKS)}, got {name!r}")
     return name
@@ -104,7 +104,7 @@ class TofuSource:
                 raise DataError(f"{path}: missing; a TOFU snapshot folder holds one JSON-lines file per config of "
                                 f"{HUB} (named <config>.json)")
             return read_records(path, required=required)
-        from ..data import hub_records
+        from unlearn.data import hub_records
 
         return hub_records(HUB, config, required=required, label=f"{HUB}/{config}")
 
@@ -185,7 +185,7 @@ def read_retain_logs(path: str | Path) -> RetainLogs:
             ratios.append(float(score))
         auc = (logs.get("mia_min_k") or {}).get("agg_value")
         return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(p))
-    from ..rundir import SUMMARY, eval_file
+    from unlearn.rundir import SUMMARY, eval_file
 
     saved = p / eval_file("Forget")
     if saved.is_file():
@@ -262,8 +262,8 @@ def _pairs(sets: TofuSets, parts=("forget", "retain", "ra", "wf", "holdout")) ->
 def score_pairs(model, tokenizer, template, pairs: list[_Pair], batch_size: int, shard: bool = False) -> list[tuple]:
     """``(avg_loss, TokenStats or None)`` per pair, from one sorted pass (token statistics for the
     forget and holdout answers)."""
-    from ..distributed import sharded_map
-    from .runner import score_sequences, shares_prompts
+    from unlearn.distributed import sharded_map
+    from unlearn.evaluation.scoring import score_sequences, shares_prompts
 
     share = shares_prompts(model)  # a question's answers on its prompt's KV cache (large enough models)
 
@@ -300,8 +300,8 @@ class _Scored:
 
 
 def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
-    from ..distributed import sharded_map
-    from .runner import generate
+    from unlearn.distributed import sharded_map
+    from unlearn.evaluation.scoring import generate
 
     stopwords = [tokenizer.decode([tokenizer.eos_token_id])]
 
@@ -401,7 +401,7 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
                   retain_logs: RetainLogs | None = None, shard: bool = False,
                   gen_batch_size: int | None = None) -> TofuResult:
     """Every metric of the TOFU standard on ``model`` (see the module docstring)."""
-    from .runner import generation_batch
+    from unlearn.evaluation.scoring import generation_batch
 
     questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
     flat = [q for qs in questions.values() for q in qs]
@@ -473,8 +473,8 @@ def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_siz
 
 def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
     """``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (open-unlearning's files), then ``summary.json``."""
-    from ..rundir import SUMMARY
-    from .suites import _finite
+    from unlearn.rundir import SUMMARY
+    from unlearn.evaluation.six_metrics import _finite
 
     out = Path(out_dir)
     atomic_write_json(out / TOFU_EVAL, _finite(dict(sorted(result.logs.items()))))

@@ -1,6 +1,6 @@
 """Run `unlearn run` under each distributed engine on CPU and compare them with one process.
 
-    python benchmarks/cpu_engines.py [--work DIR] [--lora]
+    python perf/cpu_engines.py [--work DIR] [--lora]
 
 Variants: one process (--batch-size 2), and two processes (--batch-size 1 each) under DDP
 (torchrun, gloo), DeepSpeed ZeRO-2 and ZeRO-3 (DeepSpeed's CPU accelerator; skipped when

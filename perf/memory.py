@@ -12,7 +12,7 @@
    logits themselves. The official formulation (a V-wide uniform tensor, ``log(p + 1e-12)``) is
    shown for scale.
 
-    python benchmarks/memory.py [--quick] [--repeats 2] [--work DIR] [--only ref|me]
+    python perf/memory.py [--quick] [--repeats 2] [--work DIR] [--only ref|me]
 """
 
 from __future__ import annotations

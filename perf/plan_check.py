@@ -5,9 +5,9 @@ method on batch × length random tokens per batch part (the first quarter a mask
 through the same objective and BatchView as ``unlearn run``, float32 on one thread, in its own
 process (``--probe``), and reports the process's peak resident memory above its memory after the
 imports (so weights, optimiser states, reference, activations and logits all count), beside
-:func:`unlearn.plan.estimate` for the same settings on ``--device cpu``.
+:func:`unlearn.memory.estimate` for the same settings on ``--device cpu``.
 
-    python benchmarks/plan_check.py
+    python perf/plan_check.py
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CASES = {
     "8k-vocab GA+GD deep": (8000, 512, 1376, 8, 8, "GA+GD", 4, 256, False, False, False),
     "8k-vocab GA+GD deep, checkpointing": (8000, 512, 1376, 8, 8, "GA+GD", 4, 256, False, True, False),
     "8k-vocab IDK+AP LoRA": (8000, 512, 1376, 8, 8, "IDK+AP", 2, 256, True, False, False),
-    # held out: not looked at when the constants of unlearn.plan were set
+    # held out: not looked at when the constants of unlearn.memory were set
     "16k-vocab UNDIAL+GD": (16000, 384, 1024, 6, 6, "UNDIAL+GD", 4, 192, False, False, False),
     "32k-vocab DPO+KL": (32000, 256, 688, 4, 4, "DPO+KL", 2, 256, False, False, False),
     "8k-vocab SimNPO+GD LoRA, checkpointing": (8000, 512, 1376, 8, 8, "SimNPO+GD", 4, 256, True, True, False),
@@ -110,7 +110,7 @@ def estimate_mib(name: str) -> float:
     import torch
     from transformers import LlamaForCausalLM
 
-    from unlearn.plan import Setting, Shape, estimate
+    from unlearn.memory import Setting, Shape, estimate
 
     case = CASES[name]
     config = _config(case)

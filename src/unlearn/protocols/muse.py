@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import EVAL_BATCH_SIZE
-from ..data import read_records
-from ..errors import DataError
-from ..io import atomic_write_json
+from unlearn.config import EVAL_BATCH_SIZE
+from unlearn.data import read_records
+from unlearn.errors import DataError
+from unlearn.io import atomic_write_json
 
 log = logging.getLogger("unlearn")
 
@@ -87,7 +87,7 @@ class MuseSource:
                 raise DataError(f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
                                 "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)")
             return read_records(path, required=required)
-        from ..data import hub_records
+        from unlearn.data import hub_records
 
         return hub_records(self.data, config, split, required, label=f"{self.data}/{config}/{split}")
 
@@ -165,8 +165,8 @@ def rouge_l(gt: str, output: str) -> tuple[float, float]:
 
 
 def _generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int, desc: str) -> list[str]:
-    from .runner import generate
-    from .tofu import _generation_stop
+    from unlearn.evaluation.scoring import generate
+    from unlearn.protocols.tofu import _generation_stop
 
     out = generate(model, tokenizer, _Plain(), prompts, batch_size=batch_size, desc=desc, max_new_tokens=new_tokens,
                    stop=_generation_stop(model), decode={"clean_up_tokenization_spaces": False})
@@ -210,10 +210,10 @@ def min_k_score(logp: np.ndarray, k: float = MIN_K) -> float:
 
 
 def text_stats(model, tokenizer, texts: list[str], batch_size: int, desc: str) -> list:
-    """Per text, the token statistics (:class:`unlearn.evals.mia.TokenStats`) of each token after the
+    """Per text, the token statistics (:class:`unlearn.evaluation.mia.TokenStats`) of each token after the
     first (BOS added), the text cut at :data:`MAX_LENGTH`."""
-    from ..encoding import Encoded
-    from .runner import score_sequences
+    from unlearn.encoding import Encoded
+    from unlearn.evaluation.scoring import score_sequences
 
     seqs = []
     for t in texts:
@@ -226,7 +226,7 @@ def text_stats(model, tokenizer, texts: list[str], batch_size: int, desc: str) -
 def min_k_plus_plus_score(st, k: float = MIN_K) -> float:
     """Min-K%++ (Zhang et al. 2024) over the same tokens and ``int(k·n)`` count: ``-mean`` of the lowest
     ``(log p − μ) / σ`` (σ² at least 1e-6, as open-unlearning)."""
-    from .mia import VARIANCE_FLOOR
+    from unlearn.evaluation.mia import VARIANCE_FLOOR
 
     sigma = np.sqrt(np.maximum(np.asarray(st.sigma, dtype=np.float64) ** 2, VARIANCE_FLOOR))
     return min_k_score((st.logp.astype(np.float64) - st.mu) / sigma, k)
@@ -235,7 +235,7 @@ def min_k_plus_plus_score(st, k: float = MIN_K) -> float:
 def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch_size: int) -> dict:
     """Min-40% scores (loss-like) of the forget and holdout texts, and the AUC with the holdout labelled 1
     (open-unlearning's orientation: above 0.5, the forget texts look more like training data)."""
-    from . import mia
+    from unlearn.evaluation import mia
 
     def side(rows, desc):
         stats = text_stats(model, tokenizer, [r["text"] for r in rows], batch_size, desc)
@@ -277,7 +277,7 @@ class MuseResult:
 
 def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH_SIZE,
                   retain_auc: float | None = None, gen_batch_size: int | None = None) -> MuseResult:
-    from .runner import generation_batch
+    from unlearn.evaluation.scoring import generation_batch
 
     logs: dict = {}
     rows = generation_batch(batch_size, gen_batch_size)
@@ -294,7 +294,7 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
         logs["mia_min_k"] = min_k_entry(model, tokenizer, sets.privleak_forget, sets.privleak_holdout, batch_size)
         if retain_auc is None:
             unavailable["privleak_reference"] = "no retain model's AUC (--retain-logs): PrivLeak against 0.5"
-        from .mia import privleak
+        from unlearn.evaluation.mia import privleak
 
         logs["privleak"] = {"agg_value": privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None
                                                   else retain_auc)}
@@ -310,8 +310,8 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
 
 
 def write_muse(result: MuseResult, out_dir: str | Path) -> Path:
-    from ..rundir import SUMMARY
-    from .suites import _finite
+    from unlearn.rundir import SUMMARY
+    from unlearn.evaluation.six_metrics import _finite
 
     out = Path(out_dir)
     atomic_write_json(out / MUSE_EVAL, _finite(dict(sorted(result.logs.items()))))

@@ -14,10 +14,10 @@ import inspect
 import numpy as np
 import torch
 
-from ..config import EVAL_BATCH_SIZE
-from ..distributed import progress
-from ..encoding import IGNORE_INDEX, Encoded, encode_pair, encode_question, pad_batch, pad_id
-from ..losses import sequence_nll, token_counts
+from unlearn.config import EVAL_BATCH_SIZE
+from unlearn.distributed import progress
+from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, encode_question, pad_batch, pad_id
+from unlearn.losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
 """Longest prompt + generation, and prompt + answer scored, in tokens (docs/methods.md §4)."""
@@ -177,7 +177,7 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
 SHARE_PROMPTS_FROM = 20_000_000
 """Parameters from which a question's answers are scored on its prompt's KV cache: where the saved
 compute outweighs one more forward call per batch (measured on SmolLM2-135M: faster; on a
-0.2M-parameter Llama: slower; benchmarks/tofu_parity.py)."""
+0.2M-parameter Llama: slower; perf/tofu_parity.py)."""
 
 
 def shares_prompts(model) -> bool:
@@ -228,11 +228,11 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
 
 
 def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor, texts: list[str]) -> list:
-    """Per row a :class:`~unlearn.evals.mia.TokenStats`: the label tokens' log p, the mean and spread
+    """Per row a :class:`~unlearn.evaluation.mia.TokenStats`: the label tokens' log p, the mean and spread
     of log p under each position's own distribution, whether the greedy token was the label."""
     import torch.nn.functional as F
 
-    from .mia import TokenStats
+    from unlearn.evaluation.mia import TokenStats
 
     logp_all = F.log_softmax(logits.float(), dim=-1)
     target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
@@ -355,7 +355,7 @@ def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.T
 
 def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
                 batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH) -> list:
-    """Per item, for membership inference and memorisation (:mod:`unlearn.evals.mia`): the answer
+    """Per item, for membership inference and memorisation (:mod:`unlearn.evaluation.mia`): the answer
     tokens' log p, the mean and spread of log p under each position's own next-token distribution,
     and whether the greedy next token was the answer's."""
     seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]

@@ -1,8 +1,8 @@
 """Every benchmark of the performance targets, side by side on this machine; prints every ratio.
 
-    python benchmarks/run.py            # the full measurement (20 min on 2 idle cores, an hour when busy)
-    python benchmarks/run.py --quick    # small models, one run each: a smoke test in a few minutes
-    python benchmarks/run.py --only train,eval --work /tmp/bench   # some of them; models kept in --work
+    python perf/run.py            # the full measurement (20 min on 2 idle cores, an hour when busy)
+    python perf/run.py --quick    # small models, one run each: a smoke test in a few minutes
+    python perf/run.py --only train,eval --work /tmp/bench   # some of them; models kept in --work
 
 1. training overhead: ``unlearn run --method GA+GD`` vs a bare PyTorch loop (train_overhead.py)
 2. reference statistics: NPO+GD vs GA+GD, DPO+GD vs IDK+AP, memory and time (memory.py)

@@ -16,12 +16,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config
-from .distributed import is_main_process, wait_for_everyone
-from .data import SPLITS, detect_layout, load_real_world, load_tofu, read_records, task_ids_of, with_scenario_defaults
-from .errors import DataError
-from .io import read_csv_rows, write_csv_rows
-from .rundir import CONTINUAL, FINISHED, RunDir
+from unlearn.config import Config
+from unlearn.distributed import is_main_process, wait_for_everyone
+from unlearn.data import SPLITS, detect_layout, load_real_world, load_tofu, read_records, task_ids_of, with_scenario_defaults
+from unlearn.errors import DataError
+from unlearn.io import read_csv_rows, write_csv_rows
+from unlearn.rundir import CONTINUAL, FINISHED, RunDir
 
 log = logging.getLogger("unlearn")
 
@@ -67,7 +67,7 @@ def _layout(cfg: Config) -> str:
 def _available_tasks(cfg: Config) -> list[int]:
     layout = _layout(cfg)
     if layout == "muse":  # sustainability: the four successive forget sets
-        from .evals.muse import MuseSource
+        from unlearn.protocols.muse import MuseSource
 
         src = MuseSource(cfg.data)
         return [n for n in range(1, 5) if src.has("sust", f"forget_{n}")]
@@ -85,7 +85,7 @@ def _task_data(cfg: Config, layout: str, task_list: list[int], task: int):
     if layout == "tofu":
         return load_tofu(cfg.data, cfg.split, task, unlearned=task_list[: task_list.index(task)])
     if layout == "muse":
-        from .data import load_unlearning_data
+        from unlearn.data import load_unlearning_data
 
         split = MUSE_SUSTAINABILITY.format(task)
         data = load_unlearning_data(cfg.data, split, benchmark="muse")
@@ -99,7 +99,7 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")
     if cfg.benchmark == "tofu":
-        from .errors import ConfigError
+        from unlearn.errors import ConfigError
 
         raise ConfigError("continual unlearning runs the closer-look protocol's tasks (task_id in the forget files); "
                           "the TOFU standard (--benchmark tofu) has none: unlearn each split with unlearn run")
@@ -108,10 +108,10 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
 
 
 def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
-    from .evals.commands import check_eval_matches, eval_sets_for, load_judges, plan_evaluation
-    from .methods import resolve
-    from .pipeline import run
-    from .reference import pinned_stats
+    from unlearn.protocols.plan import check_eval_matches, eval_sets_for, load_judges, plan_evaluation
+    from unlearn.methods import resolve
+    from unlearn.pipeline import run
+    from unlearn.reference import pinned_stats
 
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")

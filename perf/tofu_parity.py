@@ -1,7 +1,7 @@
 """Parity with open-unlearning's TOFU evaluator: the same model and data through both toolkits,
 every shared metric side by side, the largest difference, and both wall times.
 
-    python benchmarks/tofu_parity.py --ou PATH/TO/open-unlearning --ou-python PATH/TO/venv/bin/python \\
+    python perf/tofu_parity.py --ou PATH/TO/open-unlearning --ou-python PATH/TO/venv/bin/python \\
         --model tiny            # or smollm2-135m, or a model folder
 
 open-unlearning is an external reference: a local checkout given by path, run with its own Python

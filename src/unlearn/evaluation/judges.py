@@ -22,9 +22,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..config import DEFAULT_NLI
-from ..errors import DependencyError, ModelError
-from .metrics import cosine_items
+from unlearn.config import DEFAULT_NLI
+from unlearn.errors import DependencyError, ModelError
+from unlearn.evaluation.metrics import cosine_items
 
 logger = logging.getLogger("unlearn")
 
@@ -64,7 +64,7 @@ class SentenceEmbedder(Embedder):
 class DistinctEmbedder(Embedder):
     """Wraps an embedder so that each distinct text is embedded once over its lifetime.
 
-    :func:`unlearn.evals.suites.evaluate` wraps its embedder for one evaluation: a memorised
+    :func:`unlearn.evaluation.six_metrics.evaluate` wraps its embedder for one evaluation: a memorised
     generation that repeats its answer word for word, and the answers shared by the Forget and
     Forget Paraphrased sets, are embedded once. An embedding does not depend on the other texts of
     its call, so the values are those of the wrapped embedder.
@@ -178,7 +178,7 @@ class HFNLIJudge(NLIJudge):
         # Longest first, so each batch pads to a similar length; results go back in input order.
         order = sorted(range(len(premises)), key=lambda i: -(len(premises[i]) + len(hypotheses[i])))
         out: list[str] = [""] * len(premises)
-        from ..distributed import progress
+        from unlearn.distributed import progress
 
         for start in progress(range(0, len(order), self.batch_size), desc="entailment judge", unit="batch",
                               disable=len(order) <= self.batch_size):

@@ -5,7 +5,7 @@ after the loss, minus the resident memory just before it (logits and labels allo
 the loss itself needed. Tensors this large are ``mmap``-ed by the allocator and handed back to
 the system when freed, so resident memory follows the live tensors.
 
-    python benchmarks/me_memory_probe.py {ce,me,me_official,none} B T V
+    python perf/me_memory_probe.py {ce,me,me_official,none} B T V
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ items, batch 4, AdamW, one epoch = 5 optimiser steps here), pad each batch to it
 sequence and save the model at the end. They alternate A B A B A B; the best wall time of each
 is kept. The per-step losses of the two must agree: it is the same optimisation.
 
-    python benchmarks/train_overhead.py [--quick] [--repeats 3] [--work DIR]
+    python perf/train_overhead.py [--quick] [--repeats 3] [--work DIR]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Before the first step and every ``N`` optimiser steps the training loop hands the model to
 :class:`TrainingEval`, which evaluates the chosen sets (``--eval-sets``) with the evaluation of
-:mod:`unlearn.evals.suites` and appends one row to ``OUT/eval_log.jsonl``: the step, the epoch
+:mod:`unlearn.evaluation.six_metrics` and appends one row to ``OUT/eval_log.jsonl``: the step, the epoch
 and every summary value. ``unlearn report`` draws Model Utility and Forget Efficacy (and any
 metric of the log) against steps.
 
@@ -29,9 +29,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_log
-from ..rundir import EVAL_LOG, KEPT
+from unlearn.errors import ConfigError
+from unlearn.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_log
+from unlearn.rundir import EVAL_LOG, KEPT
 
 log = logging.getLogger("unlearn")
 
@@ -96,7 +96,7 @@ class TrainingEval:
 
     def resume(self, step: int) -> None:
         """A run resumed from its checkpoint at ``step``: the rows after it are dropped."""
-        from ..distributed import is_main_process
+        from unlearn.distributed import is_main_process
 
         self.rows = [r for r in read_jsonl_log(self.out_dir / EVAL_LOG) if r["step"] <= step]
         if is_main_process():
@@ -107,8 +107,8 @@ class TrainingEval:
         return step % self.every == 0 and not any(r["step"] == step for r in self.rows)
 
     def __call__(self, step: int, epoch: float, model) -> dict:
-        from ..distributed import is_main_process
-        from .suites import evaluate
+        from unlearn.distributed import is_main_process
+        from unlearn.evaluation.six_metrics import evaluate
 
         was_training = model.training
         ev = evaluate(model, self.tokenizer, self.fmt, self.sets, self.plan.judges.embedder, self.plan.judges.nli,
@@ -138,7 +138,7 @@ class TrainingEval:
     def _save_best(self, model, step: int) -> None:
         from safetensors.torch import save_model
 
-        from ..distributed import is_main_process, wait_for_everyone
+        from unlearn.distributed import is_main_process, wait_for_everyone
 
         if is_main_process():
             tmp = self.out_dir / f".{BEST}{step}.tmp"
@@ -154,7 +154,7 @@ class TrainingEval:
     def prune(self) -> None:
         """Delete the saved bests older than the current one (call when a checkpoint is written:
         a resume from it needs the current best only)."""
-        from ..distributed import is_main_process
+        from unlearn.distributed import is_main_process
 
         if not is_main_process() or self.best is None:
             return
@@ -167,7 +167,7 @@ class TrainingEval:
         """``--keep best``: the best weights put back into ``model``; returns the kept row."""
         from safetensors.torch import load_model
 
-        from ..distributed import is_main_process, wait_for_everyone
+        from unlearn.distributed import is_main_process, wait_for_everyone
 
         if not self.keep_best:
             return None
@@ -196,7 +196,7 @@ class TrainingEval:
         return self.last[1]
 
     def cleanup(self) -> None:
-        from ..distributed import is_main_process
+        from unlearn.distributed import is_main_process
 
         if is_main_process():
             for p in self.out_dir.glob(f"{BEST}*"):

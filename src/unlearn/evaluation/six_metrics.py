@@ -1,6 +1,6 @@
 """The evaluation of docs/methods.md §4: which metrics, which summary keys, which output files.
 
-The sets come from :mod:`unlearn.evals.sets`. ``evaluate`` generates the
+The sets come from :mod:`unlearn.evaluation.sets`. ``evaluate`` generates the
 answers of every set in one length-sorted pass, runs one NLL pass per set over the answers,
 paraphrases and perturbed answers together, calls each judge at most once per set (each distinct
 text embedded, each distinct pair judged, once per evaluation; no NLI for items under the ROUGE
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import EVAL_BATCH_SIZE
-from ..distributed import sharded_map
-from ..io import atomic_write_json, atomic_write_jsonl
-from ..rundir import SUMMARY, eval_file
-from . import metrics as M
-from .judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
-from .runner import answer_nlls, generate, generation_batch
-from .sets import EvalSet
+from unlearn.config import EVAL_BATCH_SIZE
+from unlearn.distributed import sharded_map
+from unlearn.io import atomic_write_json, atomic_write_jsonl
+from unlearn.rundir import SUMMARY, eval_file
+from unlearn.evaluation import metrics as M
+from unlearn.evaluation.judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
+from unlearn.evaluation.scoring import answer_nlls, generate, generation_batch
+from unlearn.evaluation.sets import EvalSet
 
 log = logging.getLogger("unlearn")
 
@@ -82,7 +82,7 @@ def _distinct_judges(embedder, nli):
 def _generate_sets(model, tokenizer, fmt, sets: list[EvalSet], batch_size: int, shard: bool) -> list[list[str]]:
     """Greedy answers to every set's questions, from ONE length-sorted pass over all of them:
     batches are full even when a set is small. An answer does not depend on its batch (see
-    :func:`unlearn.evals.runner.generate`). ``shard``: each process answers its share."""
+    :func:`unlearn.evaluation.scoring.generate`). ``shard``: each process answers its share."""
     questions = [q for s in sets for q in s.questions]
 
     def answer(qs):
@@ -158,7 +158,7 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
     processes must then call it.
 
     ``done``: per-item records of some sets already evaluated on this very model with these
-    settings (the last evaluation while unlearning, :mod:`unlearn.evals.during`): they are taken
+    settings (the last evaluation while unlearning, :mod:`unlearn.evaluation.during`): they are taken
     as they are, not computed again (an answer and a score do not depend on what else is batched)."""
     unavailable = nli.reason if isinstance(nli, Unavailable) else None  # (said once, when it was loaded)
     embedder, nli = _distinct_judges(embedder, nli)

@@ -9,8 +9,8 @@ metrics; this is how the official code runs the models):
 * the sentence embedder is called once per sentence;
 * the embedder and the NLI judge are loaded again for every set.
 
-The metrics are computed by the same functions (:mod:`unlearn.evals.metrics`) on both sides, so
-any difference comes from running the models differently. Ours is ``unlearn.evals.evaluate``
+The metrics are computed by the same functions (:mod:`unlearn.evaluation.metrics`) on both sides, so
+any difference comes from running the models differently. Ours is ``unlearn.evaluation.evaluate``
 with the judges loaded once and ``--eval-batch-size`` at its default (16).
 
 ``--model smollm2-135m --items 20`` measures the same on a model of realistic shape (SmolLM2-135M-
@@ -23,7 +23,7 @@ downloaded here, so a randomly initialised BERT sequence classifier of MiniLM-L6
 packaged embedder's tokenizer, labels entailment/neutral/contradiction) takes its place. Both
 procedures run it the same way, batched; only the official one reloads it per set.
 
-    python benchmarks/official_eval.py [--quick] [--repeats 2] [--work DIR]
+    python perf/official_eval.py [--quick] [--repeats 2] [--work DIR]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, b
     from transformers import GenerationConfig
 
     from unlearn.encoding import encode_prompt
-    from unlearn.evals.runner import eos_ids
+    from unlearn.evaluation.scoring import eos_ids
 
     pad_id = tokenizer.pad_token_id
     out = []
@@ -116,7 +116,7 @@ class ReloadingEmbedder:
 
 
 def official_cosine(embedder: ReloadingEmbedder, generations, references):
-    from unlearn.evals.judges import load_embedder
+    from unlearn.evaluation.judges import load_embedder
 
     fresh = load_embedder(embedder.spec)
     out = []
@@ -135,7 +135,7 @@ class ReloadingNLI:
         self.spec = spec
 
     def predict(self, premises, hypotheses):
-        from unlearn.evals.judges import load_nli
+        from unlearn.evaluation.judges import load_nli
 
         return load_nli(self.spec).predict(premises, hypotheses)
 
@@ -148,13 +148,13 @@ class NullEmbedder:
 
 
 def _no_nli():
-    from unlearn.evals.judges import Unavailable
+    from unlearn.evaluation.judges import Unavailable
 
     return Unavailable("no judges: timing the model passes alone")
 
 
 def official_evaluate(model, tokenizer, fmt, sets, nli_path, judges=True):
-    from unlearn.evals import suites
+    from unlearn.evaluation import six_metrics as suites
 
     patches = [mock.patch.object(suites, "_generate_sets", official_generate_sets),
                mock.patch.object(suites, "set_nlls", official_nlls),
@@ -171,8 +171,8 @@ def official_evaluate(model, tokenizer, fmt, sets, nli_path, judges=True):
 
 
 def ours_evaluate(model, tokenizer, fmt, sets, nli_path, judges=True, batch_size=16):
-    from unlearn.evals.judges import load_embedder, load_nli
-    from unlearn.evals.suites import evaluate
+    from unlearn.evaluation.judges import load_embedder, load_nli
+    from unlearn.evaluation.six_metrics import evaluate
 
     embedder, nli = (load_embedder(None), load_nli(nli_path)) if judges else (NullEmbedder(), _no_nli())  # once
     return evaluate(model, tokenizer, fmt, sets, embedder, nli, batch_size)
@@ -189,7 +189,7 @@ def write_nli_standin(out: Path) -> Path:
         return out
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from unlearn.evals.judges import packaged_embedder_path
+    from unlearn.evaluation.judges import packaged_embedder_path
 
     tok = AutoTokenizer.from_pretrained(packaged_embedder_path())
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -260,7 +260,7 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
     threads, the same on one thread, the model passes alone."""
     from dataclasses import replace
 
-    from unlearn.evals.sets import load_eval_sets
+    from unlearn.evaluation.sets import load_eval_sets
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import SPLITS, read_records, select_task
-from ..errors import DataError
+from unlearn.data import SPLITS, read_records, select_task
+from unlearn.errors import DataError
 
 TOFU_EVAL_ROWS = 300  # the official ds_size: every TOFU set is cut to its first 300 rows (forget10's task too)
 
@@ -138,7 +138,7 @@ def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[Eval
     """Forget (and Retain) sets from your own JSON-lines files: ROUGE, Probability, Token Entropy,
     Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
     also carries ``paraphrased_answer`` and ``perturbed_answer``."""
-    from ..data import is_text_rows, read_rows
+    from unlearn.data import is_text_rows, read_rows
 
     if forget is not None and is_text_rows(read_rows(forget)):
         import logging

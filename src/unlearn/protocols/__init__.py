@@ -1,0 +1,1 @@
+"""Benchmark protocols: one module each, one registry (see docs/architecture.md)."""
