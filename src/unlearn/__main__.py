@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from unlearn.protocols.plan import run_eval
+    from unlearn.evaluate import run_eval
 
     cfg = config_from_args(args)
     run_eval(cfg)  # (it says where it wrote)

@@ -30,30 +30,18 @@ from pathlib import Path
 import torch
 
 from unlearn.errors import OutputError
-from unlearn.rundir import CHECKPOINT
+from unlearn.rundir import CHECKPOINT, CHECKPOINT_STATE as STATE
+from unlearn.rundir import checkpoint_complete as _complete
+from unlearn.rundir import checkpoint_exists as exists
+from unlearn.rundir import checkpoint_new as _tmp
+from unlearn.rundir import checkpoint_old as _old
+from unlearn.rundir import checkpoint_path as path
 
-STATE = "trainer_state.json"
 MANIFEST = "manifest.json"  # every file of the checkpoint with its size and SHA-256
 REF_STATS = "ref_stats.safetensors"
 VERSION = 2  # 2: the state counts micro-steps across epochs (accumulation spans epoch boundaries)
 
 log = logging.getLogger("unlearn")
-
-
-def path(out_dir: str | os.PathLike) -> Path:
-    return Path(out_dir) / CHECKPOINT
-
-
-def _tmp(out_dir) -> Path:
-    return Path(out_dir) / f".{CHECKPOINT}.tmp"
-
-
-def _old(out_dir) -> Path:
-    return Path(out_dir) / f".{CHECKPOINT}.old"
-
-
-def _complete(folder: Path) -> bool:
-    return (folder / STATE).is_file()
 
 
 def _trash(out_dir) -> Path:
@@ -86,11 +74,6 @@ def _discard(folder: Path, out_dir) -> None:
         shutil.rmtree(trash)
     os.rename(folder, trash)
     shutil.rmtree(trash)
-
-
-def exists(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds a complete checkpoint to resume from (read-only)."""
-    return any(_complete(f) for f in (path(out_dir), _tmp(out_dir), _old(out_dir)))
 
 
 def step_of(out_dir: str | os.PathLike) -> int | None:

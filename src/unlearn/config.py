@@ -420,3 +420,12 @@ def _check_domain(f, number: float) -> None:
         raise ConfigError(f"config: '{f.name}' must be {'above' if above else 'at least'} {lo:g}, got {number:g}")
     if hi is not None and number >= hi:
         raise ConfigError(f"config: '{f.name}' must be below {hi:g}, got {number:g}")
+
+
+INPUT_FLAGS = ("model", "ref_model", "retain_model", "retain_logs", "data", "eval_data", "forget", "retain", "idk",
+               "downstream_include")
+
+
+def inputs_of(cfg: Config) -> dict[str, str | None]:
+    """The paths a run reads, by flag: ``--overwrite`` never replaces anything they point into."""
+    return {"--" + name.replace("_", "-"): getattr(cfg, name) for name in INPUT_FLAGS}

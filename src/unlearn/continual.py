@@ -18,8 +18,13 @@ from pathlib import Path
 
 from unlearn.config import Config
 from unlearn.distributed import is_main_process, wait_for_everyone
-from unlearn.data import SPLITS, detect_layout, load_real_world, load_tofu, read_records, task_ids_of, with_scenario_defaults
 from unlearn.errors import DataError
+from unlearn.methods import resolve
+from unlearn.pipeline import run
+from unlearn.protocols import protocol_of
+from unlearn.protocols.closer_look import check_eval_matches, load_judges
+from unlearn.protocols.plan import plan_evaluation
+from unlearn.reference import pinned_stats
 from unlearn.io import read_csv_rows, write_csv_rows
 from unlearn.rundir import CONTINUAL, FINISHED, RunDir
 
@@ -57,69 +62,23 @@ def parse_tasks(text: str | list | None, available: list[int]) -> list[int]:
     return tasks
 
 
-MUSE_SUSTAINABILITY = "sust/forget_{}"  # MUSE's successive unlearning requests: task N forgets sust/forget_N
-
-
-def _layout(cfg: Config) -> str:
-    return "muse" if cfg.benchmark == "muse" else detect_layout(cfg.data)
-
-
-def _available_tasks(cfg: Config) -> list[int]:
-    layout = _layout(cfg)
-    if layout == "muse":  # sustainability: the four successive forget sets
-        from unlearn.protocols.muse import MuseSource
-
-        src = MuseSource(cfg.data)
-        return [n for n in range(1, 5) if src.has("sust", f"forget_{n}")]
-    if layout == "tofu":
-        if cfg.split not in SPLITS:
-            raise DataError(f"unknown split '{cfg.split}' (valid: {', '.join(SPLITS)})")
-        return task_ids_of(read_records(Path(cfg.data) / f"{cfg.split}.json"))
-    if layout == "real_world":
-        return task_ids_of(read_records(Path(cfg.data) / "forget.json"))
-    raise DataError("continual unlearning needs a TOFU or real-world folder with task ids")
-
-
-def _task_data(cfg: Config, layout: str, task_list: list[int], task: int):
-    """Task ``task``'s forget rows, and a retain set holding the tasks not unlearned before it."""
-    if layout == "tofu":
-        return load_tofu(cfg.data, cfg.split, task, unlearned=task_list[: task_list.index(task)])
-    if layout == "muse":
-        from unlearn.data import load_unlearning_data
-
-        split = MUSE_SUSTAINABILITY.format(task)
-        data = load_unlearning_data(cfg.data, split, benchmark="muse")
-        data.info["task_id"] = task
-        return data
-    return load_real_world(cfg.data, task)
-
-
 def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bool = False) -> list[dict]:
     """Unlearn ``tasks`` in order under ``cfg.out``; returns the rows of ``continual.csv``."""
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")
-    if cfg.benchmark == "tofu":
-        from unlearn.errors import ConfigError
-
-        raise ConfigError("continual unlearning runs the closer-look protocol's tasks (task_id in the forget files); "
-                          "the TOFU standard (--benchmark tofu) has none: unlearn each split with unlearn run")
+    protocol_of(cfg).continual_tasks(cfg)  # a protocol without tasks says so before anything is written
     with RunDir(cfg.out).locked(is_main_process()):
         return _continual(cfg, tasks, keep_checkpoints)
 
 
 def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
-    from unlearn.protocols.plan import check_eval_matches, eval_sets_for, load_judges, plan_evaluation
-    from unlearn.methods import resolve
-    from unlearn.pipeline import run
-    from unlearn.reference import pinned_stats
-
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")
     # The method and its arguments checked before anything runs, with the official continual
     # defaults written in (ME+GD's forget weight is 1.0 in the official continual script).
-    _, cfg = resolve(with_scenario_defaults(cfg), "continual")
-    task_list = parse_tasks(tasks, _available_tasks(cfg))
-    layout = _layout(cfg)
+    protocol = protocol_of(cfg)
+    _, cfg = resolve(protocol.with_defaults(cfg), "continual")
+    task_list = parse_tasks(tasks, protocol.continual_tasks(cfg))
     root = RunDir(cfg.out)
     root.path.mkdir(parents=True, exist_ok=True)
     csv_path = root / CONTINUAL
@@ -133,14 +92,15 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
 
     # Every task's evaluation sets are checked, and the judges loaded, before the first task trains.
     pending = [t for t in task_list if not finished(t)]
-    sets = {t: eval_sets_for(replace(cfg, task_id=t)) if cfg.eval and layout != "muse" else None for t in pending}
+    sets = {t: protocol.check(replace(cfg, task_id=t)) if cfg.eval and protocol.six_metrics else None
+            for t in pending}
     for t in pending:  # each task's Forget set is the one it trains on
-        check_eval_matches(sets[t], _task_data(cfg, layout, task_list, t))
+        check_eval_matches(sets[t], protocol.task_data(cfg, task_list, t))
     judges = load_judges(cfg) if any(sets.values()) else None
     # With the reference pinned to the original model, NPO/DPO's reference NLLs of every task come
     # from one pass of the original model, before any training.
-    ref_stats = pinned_stats(cfg, {t: _task_data(cfg, layout, task_list, t) for t in pending}) \
-        if cfg.fix_ref_model else {}
+    ref_stats = pinned_stats(cfg, {t: protocol.task_data(cfg, task_list, t) for t in pending},
+                             template=protocol.template) if cfg.fix_ref_model else {}
 
     previous = original
     for i, task in enumerate(task_list):
@@ -154,7 +114,7 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
         resume = task_dir.resumable()
         sub = replace(cfg, model=previous, out=str(task_dir.path), task_id=task, resume=resume, overwrite=not resume,
                       ref_model=original if cfg.fix_ref_model else cfg.ref_model)
-        data = _task_data(cfg, layout, task_list, task)
+        data = protocol.task_data(cfg, task_list, task)
         log.info("continual: task %s (%d of %d), %d forget / %d retain rows",
                  task, i + 1, len(task_list), len(data.forget), len(data.retain))
         start = time.perf_counter()

@@ -25,7 +25,9 @@ from typing import Sequence
 import torch
 
 from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
+from unlearn.config import as_int
 from unlearn.errors import DataError
+from unlearn.refusals import REFUSALS
 
 SPLITS = {"forget01": "retain90", "forget05": "retain50", "forget10": "retain10"}
 HUB_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
@@ -92,8 +94,6 @@ def _decode(path: Path, raw: bytes, lineno: int) -> str:
 def read_refusals(path: str | Path | None) -> list[str]:
     """Refusal sentences, one per line; the built-in list when ``path`` is None."""
     if path is None:
-        from unlearn.refusals import REFUSALS
-
         return list(REFUSALS)
     path = Path(path)
     if not path.is_file():
@@ -130,6 +130,8 @@ def row_text(row: dict) -> str:
 
 TEXT_PARTS = ("forget", "retain")
 """The batch parts raw text has: the forget and retain chunks (no question to refuse or mismatch)."""
+TEXT_METHODS = "GA, NPO, SimNPO, ME, RMU, WGA, SatImp, UNDIAL, CE-U or TV, with GD or KL"
+"""The methods whose parts raw text has, as the error messages name them."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 GATED = {"cais/wmdp-bio-forget-corpus": "request access on https://huggingface.co/datasets/cais/wmdp-bio-forget-corpus, "
          "log in with `huggingface-cli login`, then pass it again (or save it as JSON lines with a text field and "
@@ -176,57 +178,12 @@ def detect_layout(data: str | Path) -> str:
     raise DataError(f"{data}: data folder not found")
 
 
-SCENARIO_MAX_LENGTH = {"real_world": 300, "muse": 2048}  # official real_world_unlearn.py; forget.py 500; MUSE 2048
-TOFU_STANDARD_MAX_LENGTH = 512  # open-unlearning's TOFU datasets (--benchmark tofu)
+SCENARIO_MAX_LENGTH = {"real_world": 300}  # official real_world_unlearn.py (forget.py: 500)
 IDK_FILE = "idontknow.jsonl"  # the official refusals, beside the official data folders
-
-
-def layout_of(cfg) -> str:
-    """``tofu`` | ``real_world`` | ``hub`` | ``files`` (``--forget``), or ``none`` without data."""
-    if cfg.forget is not None:
-        return "files"
-    if getattr(cfg, "benchmark", None) == "tofu" and cfg.data:
-        return "hub"  # the TOFU standard: the hub's configs (or a snapshot folder of them)
-    if getattr(cfg, "benchmark", None) == "muse" and cfg.data:
-        return "muse"
-    return detect_layout(cfg.data) if cfg.data else "none"
-
-
-def with_scenario_defaults(cfg):
-    """``cfg`` with what the official code sets per data layout written in (a copy):
-
-    * ``task_id``: TOFU task 1 (the standard benchmark); the real-world layout unlearns every
-      person at once (left unset);
-    * ``max_length``: 300 tokens for the real-world layout, 512 for the TOFU standard (``--benchmark
-      tofu``, open-unlearning's), 2048 for MUSE's text chunks, 500 otherwise;
-    * ``split``: MUSE's ``forget`` for ``--benchmark muse`` (TOFU's default ``forget01`` reads as it);
-    * ``idk``: the official ``idontknow.jsonl`` when it sits in the data folder or its parent.
-    """
-    import dataclasses
-
-    layout = layout_of(cfg)
-    changes = {}
-    if cfg.task_id is None and layout == "tofu":
-        changes["task_id"] = 1
-    if cfg.max_length is None:
-        changes["max_length"] = (TOFU_STANDARD_MAX_LENGTH if getattr(cfg, "benchmark", None) == "tofu"
-                                 else SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH))
-    if layout == "muse":
-        from unlearn.protocols.muse import muse_split
-
-        changes["split"] = muse_split(cfg.split)
-    if cfg.idk is None and layout in ("tofu", "real_world"):
-        here = Path(cfg.data)
-        found = next((d / IDK_FILE for d in (here, here.parent) if (d / IDK_FILE).is_file()), None)
-        if found is not None:
-            changes["idk"] = str(found)
-    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def task_of(row: dict) -> int:
     """A row's ``task_id`` as an integer, or a clear error naming the row."""
-    from unlearn.config import as_int
-
     value = row.get("task_id")
     try:
         return as_int(value)
@@ -305,7 +262,9 @@ def load_hub_tofu(split: str) -> UnlearningData:
 
 def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int | None = 1,
                          forget: str | None = None, retain: str | None = None,
-                         unlearned: Sequence[int] = (), benchmark: str = "closer-look") -> UnlearningData:
+                         unlearned: Sequence[int] = ()) -> UnlearningData:
+    """The rows of a data folder (TOFU, real-world, ``locuslab/TOFU`` as the closer-look protocol reads
+    it) or of your own ``forget``/``retain`` files."""
     if forget is not None:
         forget_rows = read_rows(forget)
         retain_rows = read_rows(retain) if retain else []
@@ -315,23 +274,31 @@ def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int
         return UnlearningData(forget_rows, retain_rows, "files", str(forget))
     if data is None:
         raise DataError("no data: give --data FOLDER (or locuslab/TOFU) or --forget FILE [--retain FILE]")
-    if benchmark == "muse":  # MUSE: raw text, the split's forget corpus against retain1
-        from unlearn.protocols.muse import training_rows as muse_rows
-
-        forget_rows, retain_rows = muse_rows(data, split)
-        return UnlearningData(forget_rows, retain_rows, "muse", str(data), {"split": split, "benchmark": "muse"})
-    if benchmark == "tofu":  # the TOFU standard: forgetXX against retain(100-XX), from the hub or a snapshot
-        from unlearn.protocols.tofu import training_rows
-
-        forget_rows, retain_rows = training_rows(data, split)
-        return UnlearningData(forget_rows, retain_rows, "hub", str(data),
-                              {"split": split, "retain_file": HUB_RETAIN[split], "benchmark": "tofu"})
     layout = detect_layout(data)
     if layout == "tofu":
         return load_tofu(data, split, 1 if task_id is None else task_id, unlearned)
     if layout == "real_world":
         return load_real_world(data, task_id)
     return load_hub_tofu(split)
+
+
+def continual_tasks(data: str | Path, split: str) -> list[int]:
+    """The task ids of a TOFU split's forget file or of a real-world folder."""
+    layout = detect_layout(data)
+    if layout == "tofu":
+        if split not in SPLITS:
+            raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+        return task_ids_of(read_records(Path(data) / f"{split}.json"))
+    if layout == "real_world":
+        return task_ids_of(read_records(Path(data) / "forget.json"))
+    raise DataError("continual unlearning needs a TOFU or real-world folder with task ids")
+
+
+def continual_task_data(data: str | Path, split: str, order: list[int], task: int) -> UnlearningData:
+    """Task ``task``'s forget rows, and a retain set holding the tasks not unlearned before it in ``order``."""
+    if detect_layout(data) == "tofu":
+        return load_tofu(data, split, task, unlearned=order[: order.index(task)])
+    return load_real_world(data, task)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -393,8 +360,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
         other = [p for p in self.parts if p not in TEXT_PARTS]
         if other:
             raise DataError(f"raw text has no questions, and this method needs {', '.join(other)} (refusals or "
-                            "mismatched answers): on text use GA, NPO, SimNPO, ME, RMU, WGA, SatImp, UNDIAL, CE-U "
-                            "or TV, with GD or KL")
+                            f"mismatched answers): on text use {TEXT_METHODS}")
         f_chunks = chunk_texts(tokenizer, [r["text"] for r in forget], max_length)
         r_chunks = chunk_texts(tokenizer, [r["text"] for r in retain], max_length) if retain else []
         if not f_chunks:

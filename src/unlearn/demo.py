@@ -56,11 +56,13 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
 
 
 def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int, scale: float) -> dict:
-    from unlearn.protocols.plan import EvalPlan, Judges, retain_ratios_from
     from unlearn.evaluation.judges import load_embedder, load_nli
-    from unlearn.evaluation.sets import forget_set, load_eval_sets
+    from unlearn.evaluation.sets import forget_set
     from unlearn.evaluation.six_metrics import evaluate, write_evaluation
-    from unlearn.pipeline import finetune, load_for_training, run
+    from unlearn.loading import load_for_training
+    from unlearn.pipeline import finetune, run
+    from unlearn.protocols.closer_look import Judges, load_eval_sets, retain_ratios_from
+    from unlearn.protocols.plan import EvalPlan
     from unlearn.synthetic import write_synthetic
 
     if model not in SETTINGS:

@@ -163,3 +163,14 @@ def publish_dir(tmp: Path, target: Path, keep_marker: str | None = None) -> bool
         raise
     shutil.rmtree(old, ignore_errors=True)
     return True
+
+
+def json_safe(obj):
+    """JSON has no NaN/inf: such values are written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj

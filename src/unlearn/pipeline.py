@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlearn import distributed, methods
-from unlearn.config import Config
-from unlearn.data import DEFAULT_MAX_LENGTH, QADataset, UnlearningData, UnlearningDataset, layout_of, load_unlearning_data, read_records, read_refusals, row_text, with_scenario_defaults
+from unlearn.config import Config, inputs_of
+from unlearn.data import DEFAULT_MAX_LENGTH, TEXT_METHODS, QADataset, UnlearningData, UnlearningDataset, read_records
+from unlearn.data import read_refusals, row_text
 from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
 from unlearn.io import atomic_write_json
+from unlearn.loading import load_for_training, validate_model_settings
+from unlearn.protocols import prompt_format_for, protocol_of, with_defaults
+from unlearn.protocols.closer_look import check_eval_matches
+from unlearn.protocols.plan import EvalPlan
+from unlearn.report.before_after import before_after
 from unlearn.rundir import MODEL_CONFIG, RunDir
 
 log = logging.getLogger("unlearn")
@@ -41,15 +47,6 @@ class RunResult:
     is_main_process: bool = True
 
 
-INPUT_FLAGS = ("model", "ref_model", "retain_model", "retain_logs", "data", "eval_data", "forget", "retain", "idk",
-               "downstream_include")
-
-
-def inputs_of(cfg: Config) -> dict[str, str | None]:
-    """The paths a run reads, by flag: ``--overwrite`` never replaces anything they point into."""
-    return {"--" + name.replace("_", "-"): getattr(cfg, name) for name in INPUT_FLAGS}
-
-
 def prepare_out(cfg: Config, evaluated: bool = False, scope: str = "run") -> tuple[RunDir, str]:
     """``(folder, mode)``: ``cfg.out`` checked and made ready (:meth:`RunDir.prepare`); every
     process waits for it. Call it holding the folder's lock."""
@@ -64,25 +61,6 @@ def _require_out(cfg: Config) -> RunDir:
     if not cfg.out:
         raise OutputError("no output folder: give --out DIR")
     return RunDir(cfg.out)
-
-
-def load_for_training(cfg: Config, texts: list[str]):
-    """``(model, tokenizer, prompt format, cfg)``: the model to train (with a fresh LoRA adapter
-    with ``--lora``), and ``cfg`` with the prompt format it uses written in, so it is saved."""
-    from unlearn.models import load_model
-    from unlearn.prompts import prompt_format_for, prompt_format_spec
-
-    distributed.check_optim(cfg.optim)
-    model, tokenizer = load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
-                                  trust_remote_code=cfg.trust_remote_code,
-                                  attn_implementation=cfg.attn_implementation, texts=texts)
-    fmt = prompt_format_for(tokenizer, cfg)
-    cfg = dataclasses.replace(cfg, prompt_format=prompt_format_spec(fmt))
-    if cfg.lora:
-        from unlearn.lora import apply_lora
-
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.gradient_checkpointing, cfg.seed)
-    return model, tokenizer, fmt, cfg
 
 
 def save_trained(result, out: RunDir, tokenizer, cfg: Config):
@@ -157,7 +135,8 @@ def _finetune(cfg: Config, train_files: list[str]) -> Path:
 
 
 def load_data(cfg: Config, unlearned=()) -> UnlearningData:
-    return load_unlearning_data(cfg.data, cfg.split, cfg.task_id, cfg.forget, cfg.retain, unlearned, cfg.benchmark)
+    """The rows ``cfg``'s run trains on, as its protocol reads them."""
+    return protocol_of(cfg).training_data(cfg, unlearned)
 
 
 def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | None = None, plan=None) -> RunResult:
@@ -175,11 +154,11 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
 
 
 def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
-    from unlearn.protocols.plan import check_eval_matches, plan_evaluation
+    from unlearn.protocols.plan import plan_evaluation
     from unlearn.train import fit
 
-    cfg = with_scenario_defaults(cfg)
-    objective, cfg = methods.resolve(cfg, "real_world" if layout_of(cfg) == "real_world" else None)
+    cfg = with_defaults(cfg)
+    objective, cfg = methods.resolve(cfg, "real_world" if protocol_of(cfg).layout(cfg) == "real_world" else None)
     validate_model_settings(cfg)
     data = data or load_data(cfg)
     check_text_parts(data, objective)
@@ -190,7 +169,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     plan = plan if plan is not None else plan_evaluation(cfg)
     check_eval_matches(plan.sets, data)
     check_training_eval(cfg, plan, objective)
-    out, mode = prepare_out(cfg, evaluated=bool(plan.sets or plan.downstream or plan.tofu))
+    out, mode = prepare_out(cfg, evaluated=plan.evaluates)
     main = distributed.is_main_process()
     if mode == "evaluate":
         result = _evaluate_saved(cfg, out, data, plan, main)
@@ -235,8 +214,7 @@ def check_text_parts(data: UnlearningData, objective) -> None:
     other = [p for p in objective.parts if p not in TEXT_PARTS]
     if data.is_text and other:
         raise DataError(f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
-                        "mismatched answers): on text use GA, NPO, SimNPO, ME, RMU, WGA, SatImp, UNDIAL, CE-U or TV, "
-                        "with GD or KL")
+                        f"mismatched answers): on text use {TEXT_METHODS}")
 
 
 def check_training_eval(cfg: Config, plan, objective) -> None:
@@ -253,9 +231,10 @@ def check_training_eval(cfg: Config, plan, objective) -> None:
         if cfg.eval_sets:
             raise ConfigError("--eval-sets chooses what --eval-every evaluates: add --eval-every N")
         return
-    if plan.tofu is not None:
-        raise ConfigError("--eval-every evaluates with the closer-look protocol's sets; it does not run with "
-                          "--benchmark tofu (evaluate the saved model with unlearn eval --benchmark tofu)")
+    name = plan.protocol.name
+    if not plan.protocol.six_metrics:
+        raise ConfigError(f"--eval-every evaluates with the closer-look protocol's sets; it does not run with "
+                          f"--benchmark {name} (evaluate the saved model with unlearn eval --benchmark {name})")
     if not plan.sets:
         raise ConfigError("--eval-every needs evaluation data (a data folder with *_perturbed.json files, or "
                           "--forget/--retain files); this run has none")
@@ -330,19 +309,21 @@ def _before_task_vector(objective, model, accelerator) -> dict | None:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _evaluate(plan, model, tokenizer, fmt, out: RunDir, done: dict | None = None) -> dict | None:
+def _evaluate(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, done: dict | None = None) -> dict | None:
     """The evaluation after training (``done``: sets the last evaluation while training already
     scored on these weights); a failure says how to finish it without training again."""
     try:
-        return plan.evaluate(model, tokenizer, fmt, out, shard=True, done=done)
+        summary = plan.evaluate(model, tokenizer, fmt, out, shard=True, done=done)
     except UnlearnError as e:
         raise type(e)(f"{e} (the model is saved in {out.model}; finish its evaluation with --resume)") from e
+    if plan.baseline and summary is not None and distributed.is_main_process():
+        before_after(summary, out, plan.baseline)
+    return summary
 
 
 def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResult:
     """``--resume`` of a run whose model is saved but whose evaluation is missing."""
     from unlearn.models import load_model
-    from unlearn.prompts import prompt_format_for
 
     log.info("%s: the model is saved; evaluating it", out.model)
     model, tokenizer = load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
@@ -351,18 +332,3 @@ def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResu
     fmt = prompt_format_for(tokenizer, cfg, str(out.model))
     summary = _evaluate(plan, model, tokenizer, fmt, out)
     return RunResult(out, model, tokenizer, fmt, cfg, data, 0, [], None, summary, main)
-
-
-def validate_model_settings(cfg: Config) -> None:
-    """Model settings checked before anything is written: dtype, attention kernel, prompt format, and
-    the learning-rate schedule."""
-    from unlearn.models import ATTN_IMPLEMENTATIONS, resolve_dtype
-    from unlearn.prompts import check_prompt_format
-    from unlearn.train import check_lr_schedule
-
-    resolve_dtype(cfg.dtype)
-    check_lr_schedule(cfg.lr_schedule)
-    if cfg.attn_implementation is not None and cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"unknown --attn-implementation {cfg.attn_implementation!r} "
-                          f"(valid: {', '.join(ATTN_IMPLEMENTATIONS)})")
-    check_prompt_format(cfg.prompt_format)

@@ -113,14 +113,6 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
     return PromptFormat("plain", tokenizer=tokenizer)
 
 
-def prompt_format_for(tokenizer, cfg, model_name: str | None = None):
-    """The prompt format a run or evaluation of ``cfg`` uses: the model's own
-    (:func:`detect_prompt_format`), or the TOFU standard's template of that family with
-    ``--benchmark tofu``."""
-    fmt = detect_prompt_format(tokenizer, model_name or cfg.model, cfg.prompt_format)
-    return tofu_template(fmt) if getattr(cfg, "benchmark", None) == "tofu" else fmt
-
-
 def check_prompt_format(spec: str | None) -> None:
     """A ``--prompt-format`` that can be used, checked before any model is loaded."""
     if spec is not None and spec not in PROMPT_FORMATS and PLACEHOLDER not in spec:

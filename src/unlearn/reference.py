@@ -197,7 +197,7 @@ def prepare(accelerator, model, optimizer, loader, *, objective, cfg, dataset, t
     return model, optimizer, loader, ref
 
 
-def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
+def pinned_stats(cfg, task_data: dict, template=None) -> dict[int, dict]:
     """``{task: reference NLLs}`` of the original model ``cfg.model`` for NPO/DPO (continual runs
     with ``--fix-ref-model``); ``{}`` for other methods.
 
@@ -205,12 +205,13 @@ def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
     refusal), which do not depend on the retain set (a refusal is drawn before the retain
     partner), so each task's are those a run of the task with the original model as
     ``--ref-model`` would compute. The original model is loaded once, never per task, and never
-    beside a model being trained.
+    beside a model being trained. ``template``: the protocol's prompt format from the model's own
+    (:meth:`unlearn.protocols.base.Protocol.template`).
     """
     from unlearn.data import UnlearningDataset, read_refusals
     from unlearn.methods import resolve
     from unlearn.models import load_model
-    from unlearn.prompts import prompt_format_for
+    from unlearn.prompts import detect_prompt_format
 
     objective, c = resolve(cfg)
     if not objective.ref_nll_parts or not task_data:
@@ -219,7 +220,8 @@ def pinned_stats(cfg, task_data: dict) -> dict[int, dict]:
     accelerator = distributed.make_accelerator(c)
     model, tokenizer = load_model(c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
                                   attn_implementation=c.attn_implementation)
-    fmt = prompt_format_for(tokenizer, c)
+    fmt = detect_prompt_format(tokenizer, c.model, c.prompt_format)
+    fmt = template(fmt) if template is not None else fmt
     model = freeze(model, accelerator)
     stats = {}
     for task, data in task_data.items():

@@ -64,6 +64,34 @@ def eval_file(set_name: str) -> str:
     return f"eval_{set_name.replace(' ', '_')}.jsonl"
 
 
+
+# The checkpoint's folders, as far as a run folder needs to know them (unlearn.checkpoint writes them).
+CHECKPOINT_STATE = "trainer_state.json"  # written last: a folder holding it is complete
+
+
+def checkpoint_path(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / CHECKPOINT
+
+
+def checkpoint_new(out_dir) -> Path:
+    """Where a checkpoint is written before it replaces the last one."""
+    return Path(out_dir) / f".{CHECKPOINT}.tmp"
+
+
+def checkpoint_old(out_dir) -> Path:
+    """Where the last checkpoint waits while a new one replaces it."""
+    return Path(out_dir) / f".{CHECKPOINT}.old"
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    return (folder / CHECKPOINT_STATE).is_file()
+
+
+def checkpoint_exists(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds a complete checkpoint to resume from (read-only)."""
+    return any(checkpoint_complete(f) for f in (checkpoint_path(out_dir), checkpoint_new(out_dir),
+                                                checkpoint_old(out_dir)))
+
 class RunDir:
     """The output folder of one run."""
 
@@ -105,9 +133,7 @@ class RunDir:
     # ----------------------------------------------------------------- state
 
     def has_checkpoint(self) -> bool:
-        from unlearn import checkpoint
-
-        return checkpoint.exists(self.path)
+        return checkpoint_exists(self.path)
 
     def results(self) -> list[str]:
         """The results of an earlier run found here (a checkpoint caught between two renames included)."""
@@ -218,8 +244,6 @@ class RunDir:
         (:meth:`discard_previous`); nothing an input path points into is ever replaced. Only the main
         process changes the folder (callers make the others wait); call it holding :meth:`locked`.
         """
-        from unlearn import checkpoint
-
         existing = self.results() if scope == "run" else [SUMMARY] if self.summary.exists() else []
         if resume:
             if overwrite:
@@ -231,7 +255,7 @@ class RunDir:
                 raise OutputError(f"{self.path}: the run there has finished ({', '.join(finished)}); nothing to "
                                   "resume (pass --overwrite to run it again)")
             if not self.has_checkpoint():
-                raise OutputError(f"{self.path}: no checkpoint to resume from ({checkpoint.path(self.path)} is "
+                raise OutputError(f"{self.path}: no checkpoint to resume from ({checkpoint_path(self.path)} is "
                                   "missing or incomplete; runs write one with --save-every N)")
             return "resume"
         if existing and not overwrite:

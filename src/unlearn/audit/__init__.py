@@ -14,6 +14,7 @@ forgetting, on the unlearned model and, when given, on the target (before unlear
 :func:`run_audit` runs them (:mod:`.run`).
 """
 
-from unlearn.audit.run import ATTACKS, check_inputs, run_audit
+from unlearn.audit.inputs import ATTACKS, check_inputs
+from unlearn.audit.run import run_audit
 
 __all__ = ["ATTACKS", "check_inputs", "run_audit"]

@@ -58,7 +58,7 @@ def relearn(cfg, model_path: str, rows: list[dict], answer_key: str, out_dir: Pa
     memory only, unless ``cfg.save_relearned``)."""
     from unlearn import methods
     from unlearn.data import QADataset
-    from unlearn.pipeline import load_for_training
+    from unlearn.loading import load_for_training
     from unlearn.train import fit
 
     rcfg = relearn_config(cfg, model_path, len(rows))

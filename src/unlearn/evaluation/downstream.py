@@ -115,14 +115,16 @@ def downstream_tasks_for(cfg) -> list[str]:
 
 
 def downstream_after_unlearning(model, tokenizer, out, tasks: list[str], batch_size: int,
-                                limit: int | None = None, include_path: str | None = None) -> dict[str, Any]:
+                                limit: int | None = None, include_path: str | None = None,
+                                by_task: bool = False) -> dict[str, Any]:
     """After a run: write ``OUT/downstream.json`` and add its entries to ``OUT/summary.json``
-    (``out``: a :class:`unlearn.rundir.RunDir`)."""
+    (``out``: a :class:`unlearn.rundir.RunDir`); ``by_task``: each task's headline value under the
+    task's own name too (WMDP, whose tasks are its evaluation)."""
     result = run_downstream(model, tokenizer, tasks, out.path, batch_size=batch_size, limit=limit,
                             include_path=include_path)
     summary = out.read_summary()
     if summary is not None:
-        extra = {task: value for task, value in _short_entries(result).items()} if summary.get("benchmark") == "wmdp" else {}
+        extra = _short_entries(result) if by_task else {}
         atomic_write_json(out.summary, {**summary, **summary_entries(result), **extra})
     log.info("wrote the downstream evaluation to %s", out.downstream)
     return result

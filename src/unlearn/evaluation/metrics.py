@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
+from rouge_score.rouge_scorer import RougeScorer
 from scipy.special import logsumexp
 
 __all__ = [
@@ -162,12 +163,11 @@ def token_entropy(tokens: Sequence[str]) -> float:
     return 1.0 - s / (n * math.log2(n))
 
 
-@functools.lru_cache(maxsize=1)
-def _rouge_scorer():
-    # Built once per process: constructing the scorer (and importing nltk's stemmer) is slow.
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+@functools.lru_cache(maxsize=None)
+def rouge_scorer(types: tuple[str, ...] = ("rougeL",), stemmer: bool = True) -> RougeScorer:
+    """The one ROUGE scorer factory (``rouge_score``): one scorer per setting and process, since
+    constructing it (and nltk's stemmer) is slow. The paper and TOFU stem; MUSE does not."""
+    return RougeScorer(list(types), use_stemmer=stemmer)
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
@@ -175,7 +175,7 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
 
     Recall = LCS(prediction, reference) / len(reference) in words; 0 if the reference has no words.
     """
-    return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
+    return float(rouge_scorer().score(reference, prediction)["rougeL"].recall)
 
 
 def rouge_l_recall_items(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:

@@ -1,16 +1,15 @@
-"""The evaluation sets of docs/methods.md §4, read from ``*_perturbed.json`` files and checked before any
-model is loaded: TOFU (Retain, Real Authors, Real World, Forget, Forget Paraphrased) and the
-real-world layout (Retain = neighbours, Forget = the famous people)."""
+"""An evaluation set of the six metrics (docs/methods.md §4), and the checks of its rows' fields.
+
+Which sets a benchmark evaluates, and where it reads them, is its protocol's
+(:mod:`unlearn.protocols.closer_look`, :mod:`unlearn.protocols.tofu`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlearn.data import SPLITS, read_records, select_task
+from unlearn.data import read_records
 from unlearn.errors import DataError
-
-TOFU_EVAL_ROWS = 300  # the official ds_size: every TOFU set is cut to its first 300 rows (forget10's task too)
 
 
 @dataclass
@@ -58,7 +57,7 @@ class EvalSet:
         return self.references
 
 
-def _read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
+def read_set(path: Path, kind: str, answer_key: str = "answer") -> list[dict]:
     """Rows of a perturbed file, every field the metrics need checked (file:line: field ...)."""
     return check_rows(read_records(path, required=("question", answer_key)), kind)
 
@@ -93,89 +92,3 @@ def forget_set(sets: list[EvalSet]) -> EvalSet:
         if s.name == "Forget":
             return s
     raise DataError("the evaluation data has no Forget set")
-
-
-def _select(rows: list[dict], task_id: int | None, path: Path) -> list[dict]:
-    return rows if task_id is None else select_task(rows, task_id, path)
-
-
-def _paraphrased(forget: EvalSet) -> list[EvalSet]:
-    """The same forget items asked with ``paraphrased_question``, when every row has one."""
-    if not all(isinstance(r.get("paraphrased_question"), str) for r in forget.rows):
-        return []
-    return [EvalSet("Forget Paraphrased", forget.rows, "forget", forget.answer_key, forget.layout,
-                    question_key="paraphrased_question")]
-
-
-def tofu_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
-    """Retain, Real Authors, Real World, Forget (the task) [, Forget Paraphrased], each its first 300 rows."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
-    d = Path(data_dir)
-    forget_path = d / f"{split}_perturbed.json"
-    n = TOFU_EVAL_ROWS
-    forget = EvalSet("Forget", _select(_read_set(forget_path, "forget"), task_id, forget_path)[:n], "forget")
-    sets = [
-        EvalSet("Retain", _read_set(d / "retain_perturbed.json", "retain")[:n], "retain"),
-        EvalSet("Real Authors", _read_set(d / "real_authors_perturbed.json", "general")[:n], "general"),
-        EvalSet("Real World", _read_set(d / "world_facts_perturbed.json", "general")[:n], "general"),
-        forget,
-    ]
-    return sets + _paraphrased(forget)
-
-
-def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[EvalSet]:
-    """Retain = the neighbours, Forget = the famous people (one task or all); golden answers."""
-    d = Path(data_dir)
-    key = "golden_answer"
-    forget_path = d / "forget_perturbed.json"
-    forget = _select(_read_set(forget_path, "forget", key), task_id, forget_path)
-    return [EvalSet("Retain", _read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
-            EvalSet("Forget", forget, "forget", key, "real_world")]
-
-
-def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[EvalSet]:
-    """Forget (and Retain) sets from your own JSON-lines files: ROUGE, Probability, Token Entropy,
-    Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
-    also carries ``paraphrased_answer`` and ``perturbed_answer``."""
-    from unlearn.data import is_text_rows, read_rows
-
-    if forget is not None and is_text_rows(read_rows(forget)):
-        import logging
-
-        logging.getLogger("unlearn").info(
-            "raw-text forget set: no question/answer metrics; evaluate with --benchmark muse (a MUSE corpus), "
-            "--benchmark wmdp or --downstream TASKS")
-        return []
-    sets = []
-    for name, kind, path in (("Retain", "retain", retain), ("Forget", "forget", forget)):
-        if path is None:
-            continue
-        rows = read_records(path)
-        has = [isinstance(r.get("paraphrased_answer"), str) and isinstance(r.get("perturbed_answer"), list)
-               for r in rows]
-        truth = all(has)
-        if truth:
-            rows = _read_set(Path(path), kind)  # every field checked, as for the official files
-        elif any(has):
-            first = rows[has.index(False)]["_source"]
-            raise DataError(f"{first}: some rows carry paraphrased_answer and perturbed_answer and this one does "
-                            "not; give them for every row (for Truth Ratio) or for none")
-        sets.append(EvalSet(name, rows, kind, layout="files", truth=truth))
-    return sets
-
-
-def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = None) -> list[EvalSet]:
-    """The sets of a TOFU or real-world evaluation folder (``*_perturbed.json`` files); ``task_id``
-    None is TOFU's task 1, and every person of the real-world layout (as in training)."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        hint = "; the evaluation reads local *_perturbed.json files" if str(data_dir) == "locuslab/TOFU" else ""
-        raise DataError(f"{d}: evaluation data folder not found{hint}")
-    if (d / "forget_perturbed.json").exists():
-        return real_world_sets(d, task_id)
-    if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
-        return tofu_sets(d, split, 1 if task_id is None else task_id)  # TOFU's standard task, as in training
-    raise DataError(f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
-                    "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
-                    "forget_perturbed.json, neighbor_perturbed.json)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import sharded_map
-from unlearn.io import atomic_write_json, atomic_write_jsonl
+from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
 from unlearn.rundir import SUMMARY, eval_file
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation.judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
@@ -208,23 +208,12 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
 # --------------------------------------------------------------------------- output
 
 
-def _finite(obj):
-    """JSON has no NaN/inf: such values are written as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def write_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
     """``summary.json`` and one ``eval_<Set_Name>.jsonl`` per set, each written atomically."""
     out = Path(out_dir)
     for name, records in ev.items.items():
-        atomic_write_jsonl(out / eval_file(name), _finite(records))
-    atomic_write_json(out / SUMMARY, _finite(ev.summary))  # last: it marks a complete result
+        atomic_write_jsonl(out / eval_file(name), json_safe(records))
+    atomic_write_json(out / SUMMARY, json_safe(ev.summary))  # last: it marks a complete result
     return out
 
 

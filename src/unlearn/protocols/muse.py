@@ -32,7 +32,6 @@ ROUGE values are in [0, 1] (MUSE prints them ×100). Results: ``summary.json`` a
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -40,10 +39,23 @@ from pathlib import Path
 
 import numpy as np
 
+from rich.console import Console
+from rich.table import Table
+
 from unlearn.config import EVAL_BATCH_SIZE
-from unlearn.data import read_records
+from unlearn.data import UnlearningData, hub_records, read_records
+from unlearn.distributed import is_main_process
+from unlearn.encoding import Encoded
 from unlearn.errors import DataError
-from unlearn.io import atomic_write_json
+from unlearn.evaluation import mia
+from unlearn.evaluation.metrics import rouge_scorer
+from unlearn.evaluation.open_unlearning import generation_stop
+from unlearn.evaluation.scoring import generate, generation_batch, score_sequences
+from unlearn.io import atomic_write_json, json_safe
+from unlearn.protocols.base import Protocol
+from unlearn.protocols.closer_look import PROTOCOL as CLOSER_LOOK
+from unlearn.protocols.closer_look import refuse_closer_look_flags
+from unlearn.rundir import SUMMARY
 
 log = logging.getLogger("unlearn")
 
@@ -53,7 +65,7 @@ RETAIN_SPLIT = "retain1"  # MUSE's and open-unlearning's training retain corpus
 VERBMEM_NEW_TOKENS = 128
 KNOWMEM_NEW_TOKENS = 32
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
-MIN_K = 0.4
+MIN_K = mia.DEFAULT_K  # Min-40%
 MAX_LENGTH = 2048  # texts scored for PrivLeak are cut here (MUSE scores them whole)
 MUSE_EVAL = "MUSE_EVAL.json"
 
@@ -87,8 +99,6 @@ class MuseSource:
                 raise DataError(f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
                                 "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)")
             return read_records(path, required=required)
-        from unlearn.data import hub_records
-
         return hub_records(self.data, config, split, required, label=f"{self.data}/{config}/{split}")
 
 
@@ -151,25 +161,15 @@ class _Plain:
         return text
 
 
-@functools.lru_cache(maxsize=1)
-def _scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)  # built once: it is slow to make
-
-
 def rouge_l(gt: str, output: str) -> tuple[float, float]:
     """MUSE's ROUGE-L (no stemmer): ``(F1, recall)``."""
-    score = _scorer().score(gt, output)["rougeL"]
+    score = rouge_scorer(("rougeL",), stemmer=False).score(gt, output)["rougeL"]
     return score.fmeasure, score.recall
 
 
 def _generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int, desc: str) -> list[str]:
-    from unlearn.evaluation.scoring import generate
-    from unlearn.protocols.tofu import _generation_stop
-
     out = generate(model, tokenizer, _Plain(), prompts, batch_size=batch_size, desc=desc, max_new_tokens=new_tokens,
-                   stop=_generation_stop(model), decode={"clean_up_tokenization_spaces": False})
+                   stop=generation_stop(model), decode={"clean_up_tokenization_spaces": False})
     return [tokenizer.clean_up_tokenization(g) for g in out]
 
 
@@ -212,9 +212,6 @@ def min_k_score(logp: np.ndarray, k: float = MIN_K) -> float:
 def text_stats(model, tokenizer, texts: list[str], batch_size: int, desc: str) -> list:
     """Per text, the token statistics (:class:`unlearn.evaluation.mia.TokenStats`) of each token after the
     first (BOS added), the text cut at :data:`MAX_LENGTH`."""
-    from unlearn.encoding import Encoded
-    from unlearn.evaluation.scoring import score_sequences
-
     seqs = []
     for t in texts:
         ids = list(tokenizer(t, add_special_tokens=True)["input_ids"])[:MAX_LENGTH]
@@ -226,17 +223,13 @@ def text_stats(model, tokenizer, texts: list[str], batch_size: int, desc: str) -
 def min_k_plus_plus_score(st, k: float = MIN_K) -> float:
     """Min-K%++ (Zhang et al. 2024) over the same tokens and ``int(k·n)`` count: ``-mean`` of the lowest
     ``(log p − μ) / σ`` (σ² at least 1e-6, as open-unlearning)."""
-    from unlearn.evaluation.mia import VARIANCE_FLOOR
-
-    sigma = np.sqrt(np.maximum(np.asarray(st.sigma, dtype=np.float64) ** 2, VARIANCE_FLOOR))
+    sigma = np.sqrt(np.maximum(np.asarray(st.sigma, dtype=np.float64) ** 2, mia.VARIANCE_FLOOR))
     return min_k_score((st.logp.astype(np.float64) - st.mu) / sigma, k)
 
 
 def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch_size: int) -> dict:
     """Min-40% scores (loss-like) of the forget and holdout texts, and the AUC with the holdout labelled 1
     (open-unlearning's orientation: above 0.5, the forget texts look more like training data)."""
-    from unlearn.evaluation import mia
-
     def side(rows, desc):
         stats = text_stats(model, tokenizer, [r["text"] for r in rows], batch_size, desc)
         scores = [min_k_score(st.logp) for st in stats]
@@ -277,8 +270,6 @@ class MuseResult:
 
 def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH_SIZE,
                   retain_auc: float | None = None, gen_batch_size: int | None = None) -> MuseResult:
-    from unlearn.evaluation.scoring import generation_batch
-
     logs: dict = {}
     rows = generation_batch(batch_size, gen_batch_size)
     if sets.verbmem:
@@ -294,9 +285,7 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
         logs["mia_min_k"] = min_k_entry(model, tokenizer, sets.privleak_forget, sets.privleak_holdout, batch_size)
         if retain_auc is None:
             unavailable["privleak_reference"] = "no retain model's AUC (--retain-logs): PrivLeak against 0.5"
-        from unlearn.evaluation.mia import privleak
-
-        logs["privleak"] = {"agg_value": privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None
+        logs["privleak"] = {"agg_value": mia.privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None
                                                   else retain_auc)}
     summary = {"benchmark": "muse"}
     for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k"):
@@ -310,19 +299,14 @@ def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH
 
 
 def write_muse(result: MuseResult, out_dir: str | Path) -> Path:
-    from unlearn.rundir import SUMMARY
-    from unlearn.evaluation.six_metrics import _finite
 
     out = Path(out_dir)
-    atomic_write_json(out / MUSE_EVAL, _finite(dict(sorted(result.logs.items()))))
-    atomic_write_json(out / SUMMARY, _finite(result.summary))
+    atomic_write_json(out / MUSE_EVAL, json_safe(dict(sorted(result.logs.items()))))
+    atomic_write_json(out / SUMMARY, json_safe(result.summary))
     return out
 
 
 def print_muse(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="MUSE")
     for column in ("criterion", "metric", "value"):
         table.add_column(column, justify="right" if column == "value" else "left")
@@ -335,3 +319,81 @@ def print_muse(summary: dict) -> None:
     console.print(table)
     for key, reason in summary.get("unavailable", {}).items():
         console.print(f"{key}: {reason}")
+
+
+# --------------------------------------------------------------------------- the protocol
+
+SUSTAINABILITY = "sust/forget_{}"  # MUSE's successive unlearning requests: task N forgets sust/forget_N
+
+
+class Muse(Protocol):
+    name = "muse"
+    description = "MUSE on a raw-text corpus (muse-bench/MUSE-News or -Books, or a snapshot folder): VerbMem, KnowMem, PrivLeak"
+    max_length = MAX_LENGTH
+    reads_retain_logs = True
+    before_after = False
+    table = ("MUSE, one column per criterion (VerbMem and KnowMem on the forget set: lower is better; KnowMem on "
+             "the retain set: higher; PrivLeak: near 0)",
+             ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak"))
+
+    def layout(self, cfg) -> str:
+        return "files" if cfg.forget is not None else "muse" if cfg.data else "none"
+
+    def defaults(self, cfg) -> dict:
+        changes = {"max_length": MAX_LENGTH} if cfg.max_length is None else {}
+        if self.layout(cfg) == "muse":
+            changes["split"] = muse_split(cfg.split)
+        return changes
+
+    def training_data(self, cfg, unlearned=()) -> UnlearningData:
+        if cfg.forget is not None:
+            return super().training_data(cfg, unlearned)
+        return self._split_data(cfg.data, cfg.split)
+
+    def _split_data(self, data, split: str) -> UnlearningData:
+        forget, retain = training_rows(data, split)
+        return UnlearningData(forget, retain, "muse", str(data), {"split": split, "benchmark": self.name})
+
+    def continual_tasks(self, cfg) -> list[int]:
+        """Sustainability: the four successive forget sets."""
+        src = MuseSource(cfg.data)
+        return [n for n in range(1, 5) if src.has("sust", f"forget_{n}")]
+
+    def task_data(self, cfg, order: list[int], task: int) -> UnlearningData:
+        data = self._split_data(cfg.data, SUSTAINABILITY.format(task))
+        data.info["task_id"] = task
+        return data
+
+    def check(self, cfg):
+        load_muse_sets(cfg.data)
+        if cfg.retain_logs:
+            read_retain_auc(cfg.retain_logs)
+        return None
+
+    def plan(self, cfg, plan, judges=None, sets=None) -> None:
+        refuse_closer_look_flags(cfg, self.name, " (and --retain-logs MUSE_EVAL.json)")
+        if cfg.forget is not None or not cfg.data:
+            raise DataError("--benchmark muse evaluates a MUSE corpus: give --data muse-bench/MUSE-News (or -Books) "
+                            "or a snapshot folder of it")
+        plan.own = load_muse_sets(cfg.data)
+        if cfg.retain_logs:
+            plan.reference = read_retain_auc(cfg.retain_logs)
+
+    def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
+        if not is_main_process():
+            return None
+        result = evaluate_muse(model, tokenizer, plan.own, plan.batch_size, plan.reference, plan.gen_batch_size)
+        write_muse(result, out.path)
+        print_muse(result.summary)
+        return result.summary
+
+    def eval_texts(self, plan) -> list[str]:
+        m = plan.own
+        return [r.get("prompt", r.get("question", r.get("text", ""))) + " " + r.get("gt", r.get("answer", ""))
+                for rows in (m.verbmem, m.forget_qa, m.retain_qa, m.privleak_forget) for r in rows or []]
+
+    def audit_sets(self, cfg):
+        return CLOSER_LOOK.audit_sets(cfg)
+
+
+PROTOCOL = Muse()

@@ -44,23 +44,42 @@ from pathlib import Path
 
 import numpy as np
 
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import ks_2samp
+
 from unlearn.config import EVAL_BATCH_SIZE
-from unlearn.data import HUB_RETAIN, read_records
-from unlearn.errors import DataError
-from unlearn.io import atomic_write_json
+from unlearn.data import HUB_RETAIN, UnlearningData, hub_records, read_records
+from unlearn.distributed import is_main_process, state
+from unlearn.errors import ConfigError, DataError
 from unlearn.evaluation import mia
-from unlearn.evaluation.sets import check_rows
+from unlearn.evaluation.open_unlearning import (
+    MAX_LENGTH,
+    Scored,
+    generate_answers,
+    hmean,
+    min_k_entry,
+    normalised_prob_entry,
+    pairs_of,
+    prob_entry,
+    rouge_entry,
+    score_entry,
+    score_pairs,
+    truth_ratio_entry,
+    truth_ratio_values,
+)
+from unlearn.evaluation.scoring import generation_batch
+from unlearn.evaluation.sets import EvalSet, check_rows
+from unlearn.io import atomic_write_json, json_safe
+from unlearn.models import load_model
+from unlearn.prompts import detect_prompt_format, tofu_template
+from unlearn.protocols.base import Protocol
+from unlearn.rundir import MODEL, SUMMARY, eval_file
 
 log = logging.getLogger("unlearn")
 
-BENCHMARKS = ("closer-look", "tofu", "muse", "wmdp")
-WMDP_TASKS = "wmdp_bio,wmdp_cyber,mmlu"  # --benchmark wmdp: the lm-eval tasks run unless --downstream names others
 HUB = "locuslab/TOFU"
 HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
-MAX_LENGTH = 512  # open-unlearning's TOFU datasets
-MAX_NEW_TOKENS = 200  # its generation config
-MIN_K = 0.4  # its mia_min_k
-EPS = 1e-10
 TOFU_EVAL = "TOFU_EVAL.json"
 TOFU_SUMMARY = "TOFU_SUMMARY.json"
 SUMMARY_METRICS = ("forget_truth_ratio", "forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
@@ -69,14 +88,6 @@ SUMMARY_METRICS = ("forget_truth_ratio", "forget_quality", "forget_Q_A_Prob", "f
 SETS = {"forget": "forget", "retain": "retain", "ra": "real_authors_perturbed", "wf": "world_facts_perturbed"}
 UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
            "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
-
-
-def check_benchmark(name: str) -> str:
-    if name not in BENCHMARKS:
-        from unlearn.errors import ConfigError
-
-        raise ConfigError(f"--benchmark: one of {', '.join(BENCHMARKS)}, got {name!r}")
-    return name
 
 
 # --------------------------------------------------------------------------- data
@@ -104,8 +115,6 @@ class TofuSource:
                 raise DataError(f"{path}: missing; a TOFU snapshot folder holds one JSON-lines file per config of "
                                 f"{HUB} (named <config>.json)")
             return read_records(path, required=required)
-        from unlearn.data import hub_records
-
         return hub_records(HUB, config, required=required, label=f"{HUB}/{config}")
 
 
@@ -185,8 +194,6 @@ def read_retain_logs(path: str | Path) -> RetainLogs:
             ratios.append(float(score))
         auc = (logs.get("mia_min_k") or {}).get("agg_value")
         return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(p))
-    from unlearn.rundir import SUMMARY, eval_file
-
     saved = p / eval_file("Forget")
     if saved.is_file():
         rows = read_records(saved, required=("question",))
@@ -206,191 +213,6 @@ def read_retain_logs(path: str | Path) -> RetainLogs:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _generation_stop(model) -> list[int]:
-    """The model's generation-config EOS ids: where ``model.generate`` stops in open-unlearning."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
-def _cut(text: str, stopwords: list[str]) -> str:
-    for word in stopwords:
-        if word and word in text:
-            text = text.split(word)[0]
-    return text.strip()
-
-
-def _clean(tokenizer, text: str) -> str:
-    """open-unlearning decodes with ``clean_up_tokenization_spaces=True`` (under transformers 4.45 it
-    applies to every tokenizer; transformers 5 ignores it for BPE ones): the same clean-up, applied here."""
-    return tokenizer.clean_up_tokenization(text)
-
-
-def _decode(tokenizer, ids) -> str:
-    return _clean(tokenizer, tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-
-def ground_truth(tokenizer, template, question: str, answer: str) -> tuple[str, str]:
-    """``(reference, decoded prompt)``: the reference ROUGE compares with is the whole encoded
-    conversation decoded, with the decoded prompt taken out (open-unlearning's ``eval_text_similarity``)."""
-    full = template.encode_pair(tokenizer, question, answer, MAX_LENGTH)
-    prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, question, MAX_LENGTH))
-    return _decode(tokenizer, full.input_ids).replace(prompt, "").strip(), prompt
-
-
-@dataclass
-class _Pair:
-    set: str  # forget | retain | ra | wf | holdout
-    item: int
-    kind: str  # answer | para | pert
-    question: str
-    text: str
-
-
-def _pairs(sets: TofuSets, parts=("forget", "retain", "ra", "wf", "holdout")) -> list[_Pair]:
-    out = []
-    for name in parts:
-        rows = sets.holdout if name == "holdout" else sets.of(name)
-        for i, r in enumerate(rows or []):
-            out.append(_Pair(name, i, "answer", r["question"], r["answer"]))
-            if name in ("forget", "retain"):
-                out.append(_Pair(name, i, "para", r["question"], r["paraphrased_answer"]))
-            if name != "holdout":
-                out += [_Pair(name, i, "pert", r["question"], p) for p in r["perturbed_answer"]]
-    return out
-
-
-def score_pairs(model, tokenizer, template, pairs: list[_Pair], batch_size: int, shard: bool = False) -> list[tuple]:
-    """``(avg_loss, TokenStats or None)`` per pair, from one sorted pass (token statistics for the
-    forget and holdout answers)."""
-    from unlearn.distributed import sharded_map
-    from unlearn.evaluation.scoring import score_sequences, shares_prompts
-
-    share = shares_prompts(model)  # a question's answers on its prompt's KV cache (large enough models)
-
-    def score(ps: list[_Pair]) -> list[tuple]:
-        seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
-        want = [i for i, p in enumerate(ps) if p.kind == "answer" and p.set in ("forget", "holdout")]
-        losses, stats = score_sequences(model, tokenizer, seqs, batch_size, mask_pad=True, stats_for=want,
-                                        share_prompts=share,
-                                        texts=[p.text for p in ps], desc="TOFU: answer NLLs")
-        return [(float(losses[i]), stats.get(i)) for i in range(len(ps))]
-
-    return sharded_map(score, pairs) if shard else score(pairs)
-
-
-class _Scored:
-    """The scored pairs by set, kind and item: ``losses(set, kind)`` (one list per item for ``pert``),
-    ``stats(set, n)`` the token statistics of the set's answers."""
-
-    def __init__(self, pairs: list[_Pair], scored: list[tuple]):
-        self.loss: dict = {}
-        self.token: dict = {}
-        for p, (value, st) in zip(pairs, scored):
-            self.loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
-            if st is not None:
-                self.token.setdefault(p.set, {})[p.item] = st
-
-    def losses(self, name: str, kind: str) -> list:
-        by = self.loss.get((name, kind), {})
-        values = [by[i] for i in range(len(by))]
-        return values if kind == "pert" else [v[0] for v in values]
-
-    def stats(self, name: str, n: int) -> list:
-        return [self.token[name][i] for i in range(n)]
-
-
-def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
-    from unlearn.distributed import sharded_map
-    from unlearn.evaluation.scoring import generate
-
-    stopwords = [tokenizer.decode([tokenizer.eos_token_id])]
-
-    def answer(qs):
-        gens = generate(model, tokenizer, template, qs, batch_size=batch_size, desc="TOFU: generating",
-                        max_new_tokens=MAX_NEW_TOKENS, stop=_generation_stop(model), mask_pad=True,
-                        decode={"clean_up_tokenization_spaces": False})
-        return [_cut(_clean(tokenizer, g), stopwords) for g in gens]
-
-    return sharded_map(answer, questions) if shard else answer(questions)
-
-
-def _prob_entry(losses: list) -> dict:
-    """open-unlearning's ``probability`` result: per item ``prob``/``avg_loss`` (lists for several answers)."""
-    arr = np.asarray(losses, dtype=np.float64)
-    probs = np.exp(-arr)
-    if arr.ndim == 1:
-        by = {str(i): {"prob": float(p), "avg_loss": float(a)} for i, (p, a) in enumerate(zip(probs, arr))}
-        agg = float(np.mean(probs))
-    else:
-        by = {str(i): {"prob": [float(x) for x in p], "avg_loss": [float(x) for x in a]}
-              for i, (p, a) in enumerate(zip(probs, arr))}
-        agg = float(np.mean(probs.mean(axis=1)))
-    return {"agg_value": agg, "value_by_index": by}
-
-
-def truth_ratio_values(correct_loss, wrong_losses) -> np.ndarray:
-    """Per-item ``wrong / correct`` with open-unlearning's epsilon: the perturbed answers' mean NLL
-    taken first (``aggregate_to_1D``), then ``exp(-·)``."""
-    correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
-    wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64).mean(axis=1))
-    return wrong / (correct + EPS)
-
-
-def truth_ratio_entry(correct_loss, wrong_losses, forget: bool) -> dict:
-    tr = truth_ratio_values(correct_loss, wrong_losses)
-    agg = float(np.mean(np.minimum(tr, 1 / (tr + EPS)))) if forget else float(np.mean(np.maximum(0, 1 - tr)))
-    return {"agg_value": agg, "value_by_index": {str(i): {"score": float(v)} for i, v in enumerate(tr)}}
-
-
-def normalised_prob_entry(correct_loss, wrong_losses) -> dict:
-    correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
-    wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64)).sum(axis=1)
-    probs = correct / (correct + wrong + EPS)
-    return {"agg_value": float(np.mean(probs)), "value_by_index": {str(i): {"prob": float(p)} for i, p in enumerate(probs)}}
-
-
-def rouge_entry(tokenizer, template, rows: list[dict], gens: list[str]) -> dict:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    by = {}
-    for i, (r, g) in enumerate(zip(rows, gens)):
-        gt, prompt = ground_truth(tokenizer, template, r["question"], r["answer"])
-        sc = scorer.score(gt, g)
-        by[str(i)] = {"rouge1_recall": sc["rouge1"].recall, "rougeL_f1": sc["rougeL"].fmeasure,
-                      "rougeL_recall": sc["rougeL"].recall, "input": prompt, "ground_truth": gt, "generation": g}
-    return {"agg_value": float(np.mean([v["rougeL_recall"] for v in by.values()])), "value_by_index": by}
-
-
-def hmean(values: list[float]) -> float:
-    """``scipy.stats.hmean`` (open-unlearning's ``hm_aggregate``): 0 when a value is 0."""
-    from scipy import stats
-
-    return float(stats.hmean(values))
-
-
-def min_k_entry(forget_stats: list, holdout_stats: list, k: float = MIN_K) -> dict:
-    """open-unlearning's ``mia_min_k`` result: per-item scores (the negated mean of the lowest
-    ``max(1, int(k·n))`` token log-probabilities, the EOS left out) and the AUC with the holdout
-    labelled 1 (0.5: indistinguishable; above: forget items look like training data)."""
-    def side(stats):
-        scores = [-mia.scores(s, k)["Min-K%"] for s in stats]
-        return {"agg_value": float(np.mean(scores)), "value_by_index": {str(i): {"score": float(v)}
-                                                                        for i, v in enumerate(scores)}}
-
-    f, h = side(forget_stats), side(holdout_stats)
-    members = [-v["score"] for v in f["value_by_index"].values()]
-    others = [-v["score"] for v in h["value_by_index"].values()]
-    auc = mia.auc(members, others)
-    return {"forget": f, "holdout": h, "auc": auc, "agg_value": auc}
-
-
-def _score_entry(values: list[float | None]) -> dict:
-    kept = [v for v in values if v is not None]
-    return {"agg_value": float(np.mean(kept)) if kept else None,
-            "value_by_index": {str(i): {"score": v} for i, v in enumerate(values)}}
-
-
 @dataclass
 class TofuResult:
     logs: dict  # open-unlearning's TOFU_EVAL.json
@@ -401,24 +223,22 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
                   retain_logs: RetainLogs | None = None, shard: bool = False,
                   gen_batch_size: int | None = None) -> TofuResult:
     """Every metric of the TOFU standard on ``model`` (see the module docstring)."""
-    from unlearn.evaluation.scoring import generation_batch
-
     questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
     flat = [q for qs in questions.values() for q in qs]
     gens_flat = generate_answers(model, tokenizer, template, flat, generation_batch(batch_size, gen_batch_size), shard)
     gens, start = {}, 0
     for name, qs in questions.items():
         gens[name], start = gens_flat[start:start + len(qs)], start + len(qs)
-    pairs = _pairs(sets)
-    scored = _Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size, shard))
+    pairs = pairs_of(sets)
+    scored = Scored(pairs, scorepairs_of(model, tokenizer, template, pairs, batch_size, shard))
     losses = scored.losses
     logs: dict = {}
     for name in ("forget", "retain", "ra", "wf"):
-        logs[f"{name}_Q_A_Prob"] = _prob_entry(losses(name, "answer"))
-        logs[f"{name}_Q_A_PERT_Prob"] = _prob_entry(losses(name, "pert"))
+        logs[f"{name}_Q_A_Prob"] = prob_entry(losses(name, "answer"))
+        logs[f"{name}_Q_A_PERT_Prob"] = prob_entry(losses(name, "pert"))
         logs[f"{name}_Q_A_ROUGE"] = rouge_entry(tokenizer, template, sets.of(name), gens[name])
     for name in ("forget", "retain"):
-        logs[f"{name}_Q_A_PARA_Prob"] = _prob_entry(losses(name, "para"))
+        logs[f"{name}_Q_A_PARA_Prob"] = prob_entry(losses(name, "para"))
     logs["forget_truth_ratio"] = truth_ratio_entry(losses("forget", "para"), losses("forget", "pert"), True)
     logs["retain_Truth_Ratio"] = truth_ratio_entry(losses("retain", "para"), losses("retain", "pert"), False)
     for name in ("ra", "wf"):
@@ -426,12 +246,10 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
         logs[f"{name}_Q_A_Prob_normalised"] = normalised_prob_entry(losses(name, "answer"), losses(name, "pert"))
     logs["model_utility"] = {"agg_value": hmean([logs[k]["agg_value"] for k in UTILITY])}
     forget_stats = scored.stats("forget", len(sets.forget))
-    logs["exact_memorization"] = _score_entry([mia.exact_memorization(s) for s in forget_stats])
-    logs["extraction_strength"] = _score_entry([mia.extraction_strength(s) for s in forget_stats])
+    logs["exact_memorization"] = score_entry([mia.exact_memorization(s) for s in forget_stats])
+    logs["extraction_strength"] = score_entry([mia.extraction_strength(s) for s in forget_stats])
     unavailable = {}
     if retain_logs is not None:
-        from scipy.stats import ks_2samp
-
         forget_tr = [v["score"] for v in logs["forget_truth_ratio"]["value_by_index"].values()]
         logs["forget_quality"] = {"agg_value": float(ks_2samp(forget_tr, retain_logs.truth_ratios).pvalue)}
     else:
@@ -458,8 +276,8 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
 
 def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_size: int, source: str) -> RetainLogs:
     """A retain model's forget truth ratios and Min-K% AUC, computed (no generation)."""
-    pairs = _pairs(sets, ("forget", "holdout"))
-    scored = _Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))
+    pairs = pairs_of(sets, ("forget", "holdout"))
+    scored = Scored(pairs, scorepairs_of(model, tokenizer, template, pairs, batch_size))
     auc = None
     if sets.holdout:
         auc = min_k_entry(scored.stats("forget", len(sets.forget)),
@@ -473,22 +291,17 @@ def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_siz
 
 def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
     """``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (open-unlearning's files), then ``summary.json``."""
-    from unlearn.rundir import SUMMARY
-    from unlearn.evaluation.six_metrics import _finite
 
     out = Path(out_dir)
-    atomic_write_json(out / TOFU_EVAL, _finite(dict(sorted(result.logs.items()))))
+    atomic_write_json(out / TOFU_EVAL, json_safe(dict(sorted(result.logs.items()))))
     ou_summary = {k: result.logs[k]["agg_value"] for k in SUMMARY_METRICS
                   if k in result.logs and result.logs[k].get("agg_value") is not None}
-    atomic_write_json(out / TOFU_SUMMARY, _finite(dict(sorted(ou_summary.items()))))
-    atomic_write_json(out / SUMMARY, _finite(result.summary))  # last: it marks a complete result
+    atomic_write_json(out / TOFU_SUMMARY, json_safe(dict(sorted(ou_summary.items()))))
+    atomic_write_json(out / SUMMARY, json_safe(result.summary))  # last: it marks a complete result
     return out
 
 
 def print_tofu(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"TOFU standard ({summary.get('split', '')})")
     table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right")
@@ -499,3 +312,96 @@ def print_tofu(summary: dict) -> None:
     console.print(table)
     for key, reason in summary.get("unavailable", {}).items():
         console.print(f"{key}: {reason}")
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def _retain_logs_from_model(cfg, sets: TofuSets) -> RetainLogs:
+    """A retain model's forget truth ratios and Min-K% AUC under the TOFU standard, computed now."""
+    path = Path(cfg.retain_model)
+    if (path / MODEL).is_dir() and not (path / "config.json").exists():
+        path = path / MODEL
+    source = str(path) if path.exists() else cfg.retain_model
+    model, tokenizer = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                  attn_implementation=cfg.attn_implementation)
+    model.to(state().device)
+    fmt = tofu_template(detect_prompt_format(tokenizer, source, cfg.prompt_format))
+    logs = retain_logs_from_model(model, tokenizer, fmt, sets, cfg.eval_batch_size, str(cfg.retain_model))
+    del model
+    return logs
+
+
+class TofuStandard(Protocol):
+    name = "tofu"
+    description = ("the TOFU standard as open-unlearning evaluates it: locuslab/TOFU (hub or snapshot folder), "
+                   "forget_quality, model_utility, privleak ... and TOFU_EVAL.json")
+    max_length = MAX_LENGTH
+    reads_retain_logs = True
+    table = ("TOFU standard (open-unlearning's metrics)",
+             ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+              "privleak", "extraction_strength"))
+
+    def layout(self, cfg) -> str:
+        return "files" if cfg.forget is not None else "hub" if cfg.data else "none"
+
+    def defaults(self, cfg) -> dict:
+        return {"max_length": MAX_LENGTH} if cfg.max_length is None else {}
+
+    def training_data(self, cfg, unlearned=()) -> UnlearningData:
+        if cfg.forget is not None:
+            return super().training_data(cfg, unlearned)
+        forget, retain = training_rows(cfg.data, cfg.split)
+        return UnlearningData(forget, retain, "hub", str(cfg.data),
+                              {"split": cfg.split, "retain_file": HUB_RETAIN[cfg.split], "benchmark": self.name})
+
+    def continual_tasks(self, cfg) -> list[int]:
+        raise ConfigError("continual unlearning runs the closer-look protocol's tasks (task_id in the forget files); "
+                          "the TOFU standard (--benchmark tofu) has none: unlearn each split with unlearn run")
+
+    def template(self, fmt):
+        return tofu_template(fmt)
+
+    def check(self, cfg):
+        load_tofu_sets(cfg.data, cfg.split)
+        if cfg.retain_logs:
+            read_retain_logs(cfg.retain_logs)
+        return None
+
+    def plan(self, cfg, plan, judges=None, sets=None) -> None:
+        if cfg.forget is not None or not cfg.data:
+            raise DataError("--benchmark tofu evaluates the configs of locuslab/TOFU: give --data locuslab/TOFU or a "
+                            "snapshot folder of them (not --forget/--retain files)")
+        for flag, value in (("--holdout", cfg.holdout), ("--eval-data", cfg.eval_data)):
+            if value:
+                raise ConfigError(f"{flag} belongs to the closer-look protocol; --benchmark tofu reads the holdout and "
+                                  "evaluation configs from --data")
+        if cfg.retain_logs and cfg.retain_model:
+            raise ConfigError("give --retain-logs or --retain-model, not both")
+        plan.own = load_tofu_sets(cfg.data, cfg.split)
+        if cfg.retain_logs:
+            plan.reference = read_retain_logs(cfg.retain_logs)
+        elif cfg.retain_model:
+            plan.reference = _retain_logs_from_model(cfg, plan.own)
+        plan.check_baseline(cfg)
+
+    def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
+        result = evaluate_tofu(model, tokenizer, fmt, plan.own, plan.batch_size, plan.reference, shard=shard,
+                               gen_batch_size=plan.gen_batch_size)
+        if is_main_process():
+            write_tofu(result, out.path)
+            print_tofu(result.summary)
+            log.info("wrote the TOFU evaluation to %s (open-unlearning's TOFU_EVAL.json beside it)", out.summary)
+        return result.summary
+
+    def eval_texts(self, plan) -> list[str]:
+        t = plan.own
+        return [r["question"] + " " + r["answer"] for rows in (t.forget, t.retain, t.ra, t.wf) for r in rows]
+
+    def audit_sets(self, cfg):
+        """The TOFU standard's sets: ``<split>_perturbed``, ``retain_perturbed``, ``holdoutXX``."""
+        t = load_tofu_sets(cfg.data, cfg.split)
+        return [EvalSet("Retain", t.retain, "retain"), EvalSet("Forget", t.forget, "forget")], t.holdout
+
+
+PROTOCOL = TofuStandard()

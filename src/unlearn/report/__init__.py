@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearn.io import atomic_write_text, write_csv_rows
-from unlearn.report.plots import benchmark_of, plot_continual, plot_tradeoff, plot_trajectories
+from unlearn.report.plots import scenario_of, plot_continual, plot_tradeoff, plot_trajectories
 from unlearn.report.render import md_escape, render_html, render_markdown
 from unlearn.report.runs import Run, collect_runs, load_run, short_labels
 from unlearn.report.tables import report_blocks, table_rows
@@ -32,10 +32,10 @@ def write_report(results: list[str | Path], out: str | Path, baseline: str | Pat
     runs = collect_runs(results, exclude=[base.path] if base else [])
     out.mkdir(parents=True, exist_ok=True)
     images = {}
-    # One scatter per benchmark: TOFU and real-world metrics are not comparable.
+    # One scatter per scenario: TOFU and real-world metrics are not comparable.
     for bench, name in (("tofu", "tradeoff.png"), ("real_world", "tradeoff_real_world.png")):
-        group = [r for r in runs if benchmark_of(r) == bench]
-        ref = base if base and benchmark_of(base) == bench else None
+        group = [r for r in runs if scenario_of(r) == bench]
+        ref = base if base and scenario_of(base) == bench else None
         if group and plot_tradeoff(group, out / name, ref):
             images["tradeoff" if bench == "tofu" else "tradeoff_real_world"] = name
     if plot_continual(runs, out / "continual.png", base):

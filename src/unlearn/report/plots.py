@@ -9,7 +9,7 @@ from unlearn.io import atomic_write_bytes
 from unlearn.report.runs import Run, short_labels
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
     # The Agg canvas directly, not pyplot: no global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -19,13 +19,13 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save_png(fig, path: str | Path) -> None:
+def save_png(fig, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _colors(keys: list[str]) -> dict[str, str]:
+def colors_for(keys: list[str]) -> dict[str, str]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
@@ -35,8 +35,8 @@ def _colors(keys: list[str]) -> dict[str, str]:
 REFERENCE_METHODS = ("finetune", "–")  # a fine-tuned (target / retain) or evaluated model, not an unlearning run
 
 
-def benchmark_of(run: Run) -> str:
-    """``real_world`` or ``tofu``: runs of different benchmarks are never drawn on one scatter."""
+def scenario_of(run: Run) -> str:
+    """``real_world`` or ``tofu``: runs of different scenarios are never drawn on one scatter."""
     return "real_world" if run.data_info.get("layout") == "real_world" else "tofu"
 
 
@@ -49,10 +49,10 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     points = [r for r in runs if r.value("Model Utility") is not None and r.value("Forget Efficacy") is not None]
     if not points:
         return False
-    fig = _new_figure(8.5, 5.5)
+    fig = new_figure(8.5, 5.5)
     ax = fig.add_subplot()
     methods = [r.method for r in points if r.method not in REFERENCE_METHODS]
-    colors = _colors(methods)
+    colors = colors_for(methods)
     handles = []
     for n, (r, label) in enumerate(zip(points, short_labels([r.name for r in points])), 1):
         x, y = r.value("Forget Efficacy"), r.value("Model Utility")
@@ -85,7 +85,7 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     ax.set_title("Utility vs forgetting")
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -97,9 +97,9 @@ def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = Non
     curves = [r for r in runs if any(row.get(k) is not None for row in r.curve or [] for k in keys)]
     if not curves:
         return False
-    fig = _new_figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     axes = fig.subplots(1, 2)
-    colors = _colors([r.name for r in curves])
+    colors = colors_for([r.name for r in curves])
     labels = dict(zip([r.name for r in curves], short_labels([r.name for r in curves])))
     for ax, key in zip(axes, keys):
         for r in curves:
@@ -117,7 +117,7 @@ def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = Non
         ax.grid(True, alpha=0.3)
         ax.set_title(key)
     axes[0].legend(fontsize=8, loc="best")
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -127,9 +127,9 @@ def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", 
     traced = [r for r in runs if r.trajectory]
     if not traced:
         return False
-    fig = _new_figure(5.5 * len(keys), 4.2)
+    fig = new_figure(5.5 * len(keys), 4.2)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    colors = _colors([r.name for r in traced])
+    colors = colors_for([r.name for r in traced])
     labels = dict(zip([r.name for r in traced], short_labels([r.name for r in traced])))
     for ax, key in zip(axes, keys):
         for r in traced:
@@ -156,7 +156,7 @@ def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", 
     legend_ax = next((ax for ax in axes if ax.get_lines()), None)
     if legend_ax is not None:
         legend_ax.legend(fontsize=8, loc="best")
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -170,39 +170,3 @@ def _kept_step(run: Run) -> int | None:
         return json.loads(path.read_text(encoding="utf-8"))["step"] if path.is_file() else None
     except (OSError, ValueError, KeyError):
         return None
-
-
-def audit_plot(audit: dict, path: str | Path) -> None:
-    """The audit's plot: forget-set ROUGE under each attack, one bar per model audited (the
-    unlearned model beside the target and retain models), and the MIA AUCs when measured."""
-    from unlearn.audit.run import ROLES, forget_scores
-
-    rows = forget_scores(audit)
-    aucs = (audit.get("mia") or {}).get("auc", {})
-    roles = [r for r in ROLES if r in audit.get("models", {})]
-    panels = 1 + bool(aucs)
-    fig = _new_figure(max(7.0, 0.75 * len(rows) + 2) + (4.5 if aucs else 0), 4.2)
-    axes = fig.subplots(1, panels, squeeze=False, width_ratios=[max(len(rows), 1), 4][:panels])[0]
-    colors = _colors(roles)
-    width = 0.8 / max(len(roles), 1)
-    ax = axes[0]
-    for j, role in enumerate(roles):
-        xs = [i + (j - (len(roles) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, [v.get(role, float("nan")) for v in rows.values()], width, label=role, color=colors[role])
-    ax.set_xticks(range(len(rows)), list(rows), rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("forget-set ROUGE-L recall")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Forget set under each attack (higher: remembered)", fontsize=10)
-    ax.legend(fontsize=8)
-    if aucs:
-        ax = axes[1]
-        names = list(next(iter(aucs.values())))
-        for j, role in enumerate(r for r in roles if r in aucs):
-            xs = [i + (j - (len(roles) - 1) / 2) * width for i in range(len(names))]
-            ax.bar(xs, [aucs[role].get(n, float("nan")) for n in names], width, label=role, color=colors[role])
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("AUC forget vs holdout")
-        ax.set_title("Membership inference (0.5: never seen)", fontsize=10)
-    _save_png(fig, path)

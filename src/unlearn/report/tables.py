@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unlearn.protocols import PROTOCOLS
 from unlearn.report.runs import DASH, EXAMPLE_SETS, HEADLINE, MAX_ANSWER_CHARS, METRICS, SETS, Run, fmt_short, shown_path
 
 
@@ -92,25 +93,9 @@ def _summary_table(runs: list[Run], notes: Notes) -> Table:
     return Table(header, rows)
 
 
-BENCHMARK_TABLES = {
-    "tofu": ("TOFU standard (open-unlearning's metrics)",
-             ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-              "privleak", "extraction_strength")),
-    "muse": ("MUSE, one column per criterion (VerbMem and KnowMem on the forget set: lower is better; KnowMem on "
-             "the retain set: higher; PrivLeak: near 0)",
-             ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak")),
-    "wmdp": ("WMDP (accuracy on hazardous knowledge: lower is better; MMLU: higher)",
-             ("wmdp_bio", "wmdp_cyber", "mmlu")),
-}
-"""Benchmarks whose runs get their own table: (title, the summary keys shown)."""
-
-
-def _benchmark_table(runs: list[Run], benchmark: str) -> Table:
-    """Runs evaluated with ``--benchmark tofu|muse|wmdp``: that benchmark's own metrics."""
-    keys = BENCHMARK_TABLES[benchmark][1]
-    if benchmark == "wmdp":  # the tasks run (a stand-in task may replace the defaults)
-        keys = list(dict.fromkeys(k for r in runs for k in r.summary if not k.startswith(("Downstream", "benchmark",
-                                                                                          "unavailable"))))
+def _protocol_table(runs: list[Run], protocol) -> Table:
+    """Runs evaluated with a protocol that has its own table (``--benchmark tofu|muse|wmdp``): its metrics."""
+    keys = protocol.table_keys([r.summary for r in runs])
     rows = [[r.name, r.method, r.lr, r.split, *(fmt_value(r.value(k)) if r.value(k) is not None else DASH
                                                for k in keys)] for r in runs]
     return Table(["run", "method", "lr", "split", *keys], rows)
@@ -172,13 +157,15 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
                     + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
                     f"n/a = no value (see the notes), {DASH} = not computed for that run."),
               Block("heading", "Summary")]
-    other = {name: [r for r in listed if r.summary.get("benchmark") == name] for name in BENCHMARK_TABLES}
-    closer = [r for r in listed if r.summary.get("benchmark") not in BENCHMARK_TABLES]
+    tabled = {name: p for name, p in PROTOCOLS.items() if p.table}
+    other = {name: [r for r in listed if r.summary.get("benchmark") == name] for name in tabled}
+    closer = [r for r in listed if r.summary.get("benchmark") not in tabled]
     if closer:
         blocks.append(Block("table", table=_summary_table(closer, notes)))
-    for name, (title, _) in BENCHMARK_TABLES.items():
+    for name, protocol in tabled.items():
+        title = protocol.table[0]
         if other[name]:
-            blocks += [Block("heading", title, level=3), Block("table", table=_benchmark_table(other[name], name))]
+            blocks += [Block("heading", title, level=3), Block("table", table=_protocol_table(other[name], protocol))]
     blocks.append(Block("heading", "Metrics by evaluation set"))
     for s in sets_present(listed):
         blocks += [Block("heading", s, level=3), Block("table", table=_set_table(listed, s, notes))]

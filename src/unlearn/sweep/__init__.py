@@ -46,28 +46,30 @@ def run_one(cfg, plan) -> dict | None:
 
 
 def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
-    """The evaluation plan of every run that will run: judges loaded once, ratios once per forget set."""
-    from unlearn.protocols.plan import load_judges, plan_evaluation
+    """The evaluation plan of every run that will run: judges loaded once, the retain model's
+    numbers once per forget set."""
+    from unlearn.protocols import protocol_of
+    from unlearn.protocols.closer_look import load_judges
+    from unlearn.protocols.plan import plan_evaluation
 
     todo = [r for r, s in zip(runs, states) if s != FINISHED]
-    judges, ratios, plans = None, {}, {}
+    judges, references, plans = None, {}, {}
     for r in todo:
         c = r.cfg
-        closer = c.benchmark == "closer-look"
-        if r.evaluated and closer and judges is None:
+        protocol = protocol_of(c)
+        if r.evaluated and protocol.six_metrics and judges is None:
             judges = load_judges(c)
         key = (c.benchmark, c.retain_model, c.eval_data, c.data, c.split, c.task_id)
-        plan = plan_evaluation(dataclasses.replace(c, retain_model=None if key in ratios else c.retain_model,
-                                                   downstream=None if closer or c.benchmark == "tofu" else c.downstream),
+        own_tasks = protocol.downstream_is_evaluation  # its tasks are planned by the protocol itself
+        plan = plan_evaluation(dataclasses.replace(c, retain_model=None if key in references else c.retain_model,
+                                                   downstream=c.downstream if own_tasks else None),
                                judges=judges, sets=r.sets)
-        if key in ratios:  # the retain model's numbers, computed once per forget set
-            if closer:
-                plan.retain_ratios = ratios[key]
-            elif plan.retain_logs is None:
-                plan.retain_logs = ratios[key]
+        if key in references:  # the retain model's numbers, computed once per forget set
+            if protocol.reference(plan) is None:
+                protocol.set_reference(plan, references[key])
         elif r.evaluated:
-            ratios[key] = plan.retain_ratios if closer else plan.retain_logs
-        if closer or c.benchmark == "tofu":
+            references[key] = protocol.reference(plan)
+        if not own_tasks:
             plan.downstream = r.downstream  # validated when the sweep was planned
         plans[r.name] = plan
     return plans

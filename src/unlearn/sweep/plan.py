@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlearn.config import Config, config_from_args, config_keys, read_yaml_mapping
-from unlearn.data import with_scenario_defaults
+from unlearn.protocols import protocol_of, with_defaults
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.rundir import RunDir
 
@@ -57,7 +57,8 @@ class PlannedRun:
 
     @property
     def evaluated(self) -> bool:
-        return bool(self.sets) or (self.cfg.eval and self.cfg.benchmark in ("tofu", "muse"))
+        protocol = protocol_of(self.cfg)
+        return bool(self.sets) or bool(self.cfg.eval and not protocol.six_metrics and not protocol.downstream_is_evaluation)
 
 
 # --------------------------------------------------------------------------- planning
@@ -139,7 +140,8 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
     there are none. An error names the run."""
     from unlearn.data import read_refusals
     from unlearn.methods import resolve
-    from unlearn.pipeline import load_data, validate_model_settings
+    from unlearn.loading import validate_model_settings
+    from unlearn.pipeline import load_data
 
     try:
         resolve(cfg)
@@ -153,17 +155,11 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
             read_refusals(cfg.idk)
             cache[("idk", cfg.idk)] = None
         sets = downstream = None
-        if cfg.eval and cfg.benchmark != "closer-look":
-            key = ("benchmark", cfg.benchmark, cfg.data, cfg.split, cfg.downstream, cfg.downstream_include)
+        if cfg.eval:  # the protocol's sets (or tasks) read and checked, nothing loaded
+            key = ("eval", cfg.benchmark, cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id, cfg.retain_logs,
+                   cfg.downstream, cfg.downstream_include)
             if key not in cache:
-                _check_benchmark(cfg)
-                cache[key] = None
-        elif cfg.eval:
-            key = ("eval", cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id)
-            if key not in cache:
-                from unlearn.protocols.plan import eval_sets_for
-
-                cache[key] = eval_sets_for(cfg)
+                cache[key] = protocol_of(cfg).check(cfg)
             sets = cache[key]
         if cfg.downstream:
             key = ("downstream", cfg.downstream, cfg.downstream_include)
@@ -175,30 +171,6 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         return sets, downstream
     except UnlearnError as e:
         raise type(e)(f"{name}: {e}") from None
-
-
-def _check_benchmark(cfg: Config) -> None:
-    """The sets of ``--benchmark tofu|muse`` (or wmdp's tasks) read and checked, nothing loaded."""
-    from unlearn.protocols.tofu import check_benchmark
-
-    check_benchmark(cfg.benchmark)
-    if cfg.benchmark == "tofu":
-        from unlearn.protocols.tofu import load_tofu_sets, read_retain_logs
-
-        load_tofu_sets(cfg.data, cfg.split)
-        if cfg.retain_logs:
-            read_retain_logs(cfg.retain_logs)
-    elif cfg.benchmark == "muse":
-        from unlearn.protocols.muse import load_muse_sets, read_retain_auc
-
-        load_muse_sets(cfg.data)
-        if cfg.retain_logs:
-            read_retain_auc(cfg.retain_logs)
-    else:
-        from unlearn.evaluation.downstream import check_downstream, parse_tasks
-        from unlearn.protocols.tofu import WMDP_TASKS
-
-        check_downstream(parse_tasks(cfg.downstream or WMDP_TASKS), cfg.downstream_include)
 
 
 def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[PlannedRun]]:
@@ -224,7 +196,7 @@ def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[Pla
         names[name] = given
         cfg = dataclasses.replace(cfg, out=str(root_path / name))
         try:
-            cfg = with_scenario_defaults(cfg)
+            cfg = with_defaults(cfg)
         except UnlearnError as e:
             raise type(e)(f"{name}: {e}") from None
         runs.append(PlannedRun(name, values, cfg, *_check(cfg, name, cache)))

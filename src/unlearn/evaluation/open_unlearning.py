@@ -1,0 +1,195 @@
+"""open-unlearning's TOFU evaluation pieces, value for value (its ``src/evals/metrics/`` and
+``src/data/``): its greedy generation and ROUGE references, its one-pass answer scoring, and its
+metric entries (``agg_value`` and ``value_by_index``) over answer NLLs and token statistics. The
+TOFU standard protocol (:mod:`unlearn.protocols.tofu`) says which sets they run on."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from unlearn.evaluation import mia
+
+EPS = 1e-10  # open-unlearning's epsilon in its ratios
+MAX_LENGTH = 512  # its TOFU datasets cut sequences here
+MAX_NEW_TOKENS = 200  # its generation config
+
+def prob_entry(losses: list) -> dict:
+    """open-unlearning's ``probability`` result: per item ``prob``/``avg_loss`` (lists for several answers)."""
+    arr = np.asarray(losses, dtype=np.float64)
+    probs = np.exp(-arr)
+    if arr.ndim == 1:
+        by = {str(i): {"prob": float(p), "avg_loss": float(a)} for i, (p, a) in enumerate(zip(probs, arr))}
+        agg = float(np.mean(probs))
+    else:
+        by = {str(i): {"prob": [float(x) for x in p], "avg_loss": [float(x) for x in a]}
+              for i, (p, a) in enumerate(zip(probs, arr))}
+        agg = float(np.mean(probs.mean(axis=1)))
+    return {"agg_value": agg, "value_by_index": by}
+
+
+def truth_ratio_values(correct_loss, wrong_losses) -> np.ndarray:
+    """Per-item ``wrong / correct`` with open-unlearning's epsilon: the perturbed answers' mean NLL
+    taken first (``aggregate_to_1D``), then ``exp(-·)``."""
+    correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
+    wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64).mean(axis=1))
+    return wrong / (correct + EPS)
+
+
+def truth_ratio_entry(correct_loss, wrong_losses, forget: bool) -> dict:
+    tr = truth_ratio_values(correct_loss, wrong_losses)
+    agg = float(np.mean(np.minimum(tr, 1 / (tr + EPS)))) if forget else float(np.mean(np.maximum(0, 1 - tr)))
+    return {"agg_value": agg, "value_by_index": {str(i): {"score": float(v)} for i, v in enumerate(tr)}}
+
+
+def normalised_prob_entry(correct_loss, wrong_losses) -> dict:
+    correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
+    wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64)).sum(axis=1)
+    probs = correct / (correct + wrong + EPS)
+    return {"agg_value": float(np.mean(probs)), "value_by_index": {str(i): {"prob": float(p)} for i, p in enumerate(probs)}}
+
+
+def hmean(values: list[float]) -> float:
+    """``scipy.stats.hmean`` (open-unlearning's ``hm_aggregate``): 0 when a value is 0."""
+    return float(stats.hmean(values))
+
+
+def min_k_entry(forget_stats: list, holdout_stats: list, k: float = mia.DEFAULT_K) -> dict:
+    """open-unlearning's ``mia_min_k`` result: per-item scores (the negated mean of the lowest
+    ``max(1, int(k·n))`` token log-probabilities, the EOS left out) and the AUC with the holdout
+    labelled 1 (0.5: indistinguishable; above: forget items look like training data)."""
+    def side(stats):
+        scores = [-mia.scores(s, k)["Min-K%"] for s in stats]
+        return {"agg_value": float(np.mean(scores)), "value_by_index": {str(i): {"score": float(v)}
+                                                                        for i, v in enumerate(scores)}}
+
+    f, h = side(forget_stats), side(holdout_stats)
+    members = [-v["score"] for v in f["value_by_index"].values()]
+    others = [-v["score"] for v in h["value_by_index"].values()]
+    auc = mia.auc(members, others)
+    return {"forget": f, "holdout": h, "auc": auc, "agg_value": auc}
+
+
+def score_entry(values: list[float | None]) -> dict:
+    kept = [v for v in values if v is not None]
+    return {"agg_value": float(np.mean(kept)) if kept else None,
+            "value_by_index": {str(i): {"score": v} for i, v in enumerate(values)}}
+
+
+def generation_stop(model) -> list[int]:
+    """The model's generation-config EOS ids: where ``model.generate`` stops in open-unlearning."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _cut(text: str, stopwords: list[str]) -> str:
+    for word in stopwords:
+        if word and word in text:
+            text = text.split(word)[0]
+    return text.strip()
+
+
+def _clean(tokenizer, text: str) -> str:
+    """open-unlearning decodes with ``clean_up_tokenization_spaces=True`` (under transformers 4.45 it
+    applies to every tokenizer; transformers 5 ignores it for BPE ones): the same clean-up, applied here."""
+    return tokenizer.clean_up_tokenization(text)
+
+
+def _decode(tokenizer, ids) -> str:
+    return _clean(tokenizer, tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+
+def ground_truth(tokenizer, template, question: str, answer: str) -> tuple[str, str]:
+    """``(reference, decoded prompt)``: the reference ROUGE compares with is the whole encoded
+    conversation decoded, with the decoded prompt taken out (open-unlearning's ``eval_text_similarity``)."""
+    full = template.encode_pair(tokenizer, question, answer, MAX_LENGTH)
+    prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, question, MAX_LENGTH))
+    return _decode(tokenizer, full.input_ids).replace(prompt, "").strip(), prompt
+
+
+@dataclass
+class Pair:
+    set: str  # forget | retain | ra | wf | holdout
+    item: int
+    kind: str  # answer | para | pert
+    question: str
+    text: str
+
+
+def pairs_of(sets, parts=("forget", "retain", "ra", "wf", "holdout")) -> list[Pair]:
+    out = []
+    for name in parts:
+        rows = sets.holdout if name == "holdout" else sets.of(name)
+        for i, r in enumerate(rows or []):
+            out.append(Pair(name, i, "answer", r["question"], r["answer"]))
+            if name in ("forget", "retain"):
+                out.append(Pair(name, i, "para", r["question"], r["paraphrased_answer"]))
+            if name != "holdout":
+                out += [Pair(name, i, "pert", r["question"], p) for p in r["perturbed_answer"]]
+    return out
+
+
+def score_pairs(model, tokenizer, template, pairs: list[Pair], batch_size: int, shard: bool = False) -> list[tuple]:
+    """``(avg_loss, TokenStats or None)`` per pair, from one sorted pass (token statistics for the
+    forget and holdout answers)."""
+    from unlearn.distributed import sharded_map
+    from unlearn.evaluation.scoring import score_sequences, shares_prompts
+
+    share = shares_prompts(model)  # a question's answers on its prompt's KV cache (large enough models)
+
+    def score(ps: list[Pair]) -> list[tuple]:
+        seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
+        want = [i for i, p in enumerate(ps) if p.kind == "answer" and p.set in ("forget", "holdout")]
+        losses, stats = score_sequences(model, tokenizer, seqs, batch_size, mask_pad=True, stats_for=want,
+                                        share_prompts=share,
+                                        texts=[p.text for p in ps], desc="TOFU: answer NLLs")
+        return [(float(losses[i]), stats.get(i)) for i in range(len(ps))]
+
+    return sharded_map(score, pairs) if shard else score(pairs)
+
+
+class Scored:
+    """The scored pairs by set, kind and item: ``losses(set, kind)`` (one list per item for ``pert``),
+    ``stats(set, n)`` the token statistics of the set's answers."""
+
+    def __init__(self, pairs: list[Pair], scored: list[tuple]):
+        self.loss: dict = {}
+        self.token: dict = {}
+        for p, (value, st) in zip(pairs, scored):
+            self.loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
+            if st is not None:
+                self.token.setdefault(p.set, {})[p.item] = st
+
+    def losses(self, name: str, kind: str) -> list:
+        by = self.loss.get((name, kind), {})
+        values = [by[i] for i in range(len(by))]
+        return values if kind == "pert" else [v[0] for v in values]
+
+    def stats(self, name: str, n: int) -> list:
+        return [self.token[name][i] for i in range(n)]
+
+
+def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
+    from unlearn.distributed import sharded_map
+    from unlearn.evaluation.scoring import generate
+
+    stopwords = [tokenizer.decode([tokenizer.eos_token_id])]
+
+    def answer(qs):
+        gens = generate(model, tokenizer, template, qs, batch_size=batch_size, desc="TOFU: generating",
+                        max_new_tokens=MAX_NEW_TOKENS, stop=generation_stop(model), mask_pad=True,
+                        decode={"clean_up_tokenization_spaces": False})
+        return [_cut(_clean(tokenizer, g), stopwords) for g in gens]
+
+    return sharded_map(answer, questions) if shard else answer(questions)
+
+
+def rouge_entry(tokenizer, template, rows: list[dict], gens: list[str]) -> dict:
+    scorer = rouge_scorer(("rouge1", "rougeL"), stemmer=True)
+    by = {}
+    for i, (r, g) in enumerate(zip(rows, gens)):
+        gt, prompt = ground_truth(tokenizer, template, r["question"], r["answer"])
+        sc = scorer.score(gt, g)
+        by[str(i)] = {"rouge1_recall": sc["rouge1"].recall, "rougeL_f1": sc["rougeL"].fmeasure,
+                      "rougeL_recall": sc["rougeL"].recall, "input": prompt, "ground_truth": gt, "generation": g}
+    return {"agg_value": float(np.mean([v["rougeL_recall"] for v in by.values()])), "value_by_index": by}

@@ -1,0 +1,306 @@
+"""The closer-look protocol (``--benchmark closer-look``, the default): the paper's evaluation.
+
+Its scenarios are the data layouts of :mod:`unlearn.data`: the fictitious authors (a TOFU folder,
+one task of a split, continual over its tasks) and the real-world famous people (a folder with
+``forget.json`` + ``neighbor.json``), or your own JSON-lines files. It evaluates the six metrics
+(:mod:`unlearn.evaluation.six_metrics`) on the sets read here from ``*_perturbed.json`` files:
+TOFU's Retain, Real Authors, Real World, Forget (the task) [and Forget Paraphrased], each cut to
+its first 300 rows as officially; the real-world layout's Retain (the neighbours) and Forget. The
+judges (sentence embedder, NLI model) are loaded once and passed in; Forget Quality compares the
+forget truth ratios with a retain model's (``--retain-model``: a saved evaluation or the model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlearn.evaluation import metrics as M
+from unlearn.config import DEFAULT_NLI, EVAL_BATCH_SIZE
+from unlearn.data import SPLITS, is_text_rows, read_records, read_rows, select_task
+from unlearn.distributed import is_main_process, state
+from unlearn.errors import ConfigError, DataError, ModelError
+from unlearn.evaluation.judges import Unavailable, load_embedder, load_nli
+from unlearn.evaluation.mia import mia_aucs
+from unlearn.evaluation.scoring import token_stats
+from unlearn.evaluation.sets import EvalSet, forget_set, read_set
+from unlearn.evaluation.six_metrics import evaluate, print_table, set_nlls, write_evaluation
+from unlearn.models import load_model
+from unlearn.prompts import detect_prompt_format
+from unlearn.protocols.base import Protocol
+from unlearn.rundir import MODEL, eval_file
+
+log = logging.getLogger("unlearn")
+
+TOFU_EVAL_ROWS = 300  # the official ds_size: every TOFU set is cut to its first 300 rows (forget10's task too)
+
+
+# --------------------------------------------------------------------------- sets
+
+
+def _select(rows: list[dict], task_id: int | None, path: Path) -> list[dict]:
+    return rows if task_id is None else select_task(rows, task_id, path)
+
+
+def _paraphrased(forget: EvalSet) -> list[EvalSet]:
+    """The same forget items asked with ``paraphrased_question``, when every row has one."""
+    if not all(isinstance(r.get("paraphrased_question"), str) for r in forget.rows):
+        return []
+    return [EvalSet("Forget Paraphrased", forget.rows, "forget", forget.answer_key, forget.layout,
+                    question_key="paraphrased_question")]
+
+
+def tofu_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
+    """Retain, Real Authors, Real World, Forget (the task) [, Forget Paraphrased], each its first 300 rows."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+    d = Path(data_dir)
+    forget_path = d / f"{split}_perturbed.json"
+    n = TOFU_EVAL_ROWS
+    forget = EvalSet("Forget", _select(read_set(forget_path, "forget"), task_id, forget_path)[:n], "forget")
+    sets = [
+        EvalSet("Retain", read_set(d / "retain_perturbed.json", "retain")[:n], "retain"),
+        EvalSet("Real Authors", read_set(d / "real_authors_perturbed.json", "general")[:n], "general"),
+        EvalSet("Real World", read_set(d / "world_facts_perturbed.json", "general")[:n], "general"),
+        forget,
+    ]
+    return sets + _paraphrased(forget)
+
+
+def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[EvalSet]:
+    """Retain = the neighbours, Forget = the famous people (one task or all); golden answers."""
+    d = Path(data_dir)
+    key = "golden_answer"
+    forget_path = d / "forget_perturbed.json"
+    forget = _select(read_set(forget_path, "forget", key), task_id, forget_path)
+    return [EvalSet("Retain", read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
+            EvalSet("Forget", forget, "forget", key, "real_world")]
+
+
+def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[EvalSet]:
+    """Forget (and Retain) sets from your own JSON-lines files: ROUGE, Probability, Token Entropy,
+    Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
+    also carries ``paraphrased_answer`` and ``perturbed_answer``."""
+    if forget is not None and is_text_rows(read_rows(forget)):
+        log.info("raw-text forget set: no question/answer metrics; evaluate with --benchmark muse (a MUSE corpus), "
+                 "--benchmark wmdp or --downstream TASKS")
+        return []
+    sets = []
+    for name, kind, path in (("Retain", "retain", retain), ("Forget", "forget", forget)):
+        if path is None:
+            continue
+        rows = read_records(path)
+        has = [isinstance(r.get("paraphrased_answer"), str) and isinstance(r.get("perturbed_answer"), list)
+               for r in rows]
+        truth = all(has)
+        if truth:
+            rows = read_set(Path(path), kind)  # every field checked, as for the official files
+        elif any(has):
+            first = rows[has.index(False)]["_source"]
+            raise DataError(f"{first}: some rows carry paraphrased_answer and perturbed_answer and this one does "
+                            "not; give them for every row (for Truth Ratio) or for none")
+        sets.append(EvalSet(name, rows, kind, layout="files", truth=truth))
+    return sets
+
+
+def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = None) -> list[EvalSet]:
+    """The sets of a TOFU or real-world evaluation folder (``*_perturbed.json`` files); ``task_id``
+    None is TOFU's task 1, and every person of the real-world layout (as in training)."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        hint = "; the evaluation reads local *_perturbed.json files" if str(data_dir) == "locuslab/TOFU" else ""
+        raise DataError(f"{d}: evaluation data folder not found{hint}")
+    if (d / "forget_perturbed.json").exists():
+        return real_world_sets(d, task_id)
+    if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
+        return tofu_sets(d, split, 1 if task_id is None else task_id)  # TOFU's standard task, as in training
+    raise DataError(f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
+                    "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
+                    "forget_perturbed.json, neighbor_perturbed.json)")
+
+
+def eval_sets_for(cfg) -> list[EvalSet] | None:
+    """The eval sets of a run (validated now), or None when the run has no evaluation data. Your own
+    ``--forget``/``--retain`` files are evaluated themselves unless ``--eval-data`` names a folder."""
+    data = cfg.eval_data
+    if data is None and cfg.forget is not None:
+        return file_sets(cfg.forget, cfg.retain)
+    if data is None and cfg.data and Path(cfg.data).is_dir():
+        data = cfg.data
+    if data is None:
+        log.info("no evaluation data for this run (give --eval-data DIR with the *_perturbed.json "
+                 "files); skipping the evaluation")
+        return None
+    try:
+        return load_eval_sets(data, cfg.split, cfg.task_id)
+    except DataError as e:
+        raise DataError(f"{e} (pass --eval-data DIR or --no-eval)") from None
+
+
+def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
+    """The Forget set evaluated must be the forget set trained on: the same questions, in order
+    (TOFU: its first 300, the official ds_size). A perturbed file with some of the task's rows, or
+    another task's, is refused before anything loads; with your own --forget files it is said."""
+    forget = next((s for s in sets or [] if s.name == "Forget"), None)
+    if forget is None:
+        return
+    trained = [r["question"] for r in data.forget]
+    expected = trained[:TOFU_EVAL_ROWS] if data.layout in ("tofu", "hub") else trained
+    got = forget.questions
+    if got == expected:
+        return
+    diff = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    where = forget.rows[diff]["_source"] if diff < len(forget.rows) else forget.rows[-1]["_source"]
+    message = (f"{where}: the Forget set evaluated ({len(got)} rows) is not the forget set trained on "
+               f"({len(expected)} rows from {data.source}); first difference at row {diff + 1}")
+    if data.layout == "files":
+        log.warning("%s: the Forget metrics describe those rows, not the ones unlearned", message)
+        return
+    raise DataError(f"{message} (check the *_perturbed.json files, --split and --task-id)")
+
+
+# --------------------------------------------------------------------------- judges and Forget Quality
+
+
+@dataclass
+class Judges:
+    """The sentence embedder and the NLI judge (or why it is unavailable), loaded once."""
+
+    embedder: object
+    nli: object
+
+
+def load_judges(cfg) -> Judges:
+    """Load the embedder (an error when it cannot be) and the NLI judge.
+
+    The default NLI judge is a hub model: offline it is reported unavailable, with the reason,
+    and the Entailment Score is left out. Any other ``--nli`` that cannot be loaded is an error
+    (``--nli none`` disables the judge).
+    """
+    embedder = load_embedder(cfg.embedder)
+    nli = load_nli(cfg.nli)
+    if isinstance(nli, Unavailable) and cfg.nli not in (None, DEFAULT_NLI) and "disabled" not in nli.reason:
+        raise ModelError(f"--nli: {nli.reason} (pass --nli none to evaluate without it)")
+    return Judges(embedder, nli)
+
+
+def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "auto",
+                       trust_remote_code: bool = False, attn_implementation: str | None = None,
+                       prompt_format: str | None = None, batch_size: int | None = None) -> list[float]:
+    """A retain model's raw truth ratios on ``forget``, for Forget Quality.
+
+    ``source``: a folder with a saved evaluation (``eval_Forget.jsonl``, same questions in the same
+    order) or a retain model (folder or hub id), which is run on the forget NLLs only.
+    """
+    path = Path(source)
+    saved = path / eval_file("Forget")
+    if saved.is_file():
+        rows = read_records(saved, required=("question",))
+        if len(rows) != len(forget.rows):
+            raise DataError(f"{saved}: {len(rows)} items, but the Forget set has {len(forget.rows)}; "
+                            "evaluate the retain model on the same split and task")
+        for r, q in zip(rows, forget.questions):
+            if r["question"] != q:
+                raise DataError(f"{r['_source']}: field 'question' differs from the Forget set ({q!r})")
+            if not isinstance(r.get("truth_ratio_r"), (int, float)):
+                raise DataError(f"{r['_source']}: missing field 'truth_ratio_r'")
+        return [float(r["truth_ratio_r"]) for r in rows]
+    if (path / MODEL).is_dir() and not (path / "config.json").exists():
+        path = path / MODEL  # the output folder of a fine-tuning run
+    model, tokenizer = load_model(str(path) if path.exists() else str(source), dtype=dtype,
+                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+    model.to(state().device)  # this process's GPU under accelerate launch / torchrun
+    fmt = detect_prompt_format(tokenizer, str(source), prompt_format)
+    _, para, pert = set_nlls(model, tokenizer, fmt, forget, batch_size or EVAL_BATCH_SIZE, with_answers=False)
+    del model
+    return [float(x) for x in M.truth_ratios(para, pert)]
+
+
+def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
+    if not cfg.retain_model:
+        return None
+    if not forget_set(sets).truth:
+        raise DataError("Forget Quality (--retain-model) needs paraphrased_answer and perturbed_answer in every "
+                        "forget row")
+    return retain_ratios_from(cfg.retain_model, forget_set(sets), dtype=cfg.dtype,
+                              trust_remote_code=cfg.trust_remote_code,
+                              attn_implementation=cfg.attn_implementation,
+                              prompt_format=cfg.prompt_format, batch_size=cfg.eval_batch_size)
+
+
+def membership(plan, model, tokenizer, fmt) -> dict[str, float]:
+    """``MIA AUC <score>``: the forget items against the holdout items (:mod:`unlearn.evaluation.mia`)."""
+    forget = forget_set(plan.sets)
+    members = token_stats(model, tokenizer, fmt, forget.questions, forget.answers, plan.batch_size)
+    others = token_stats(model, tokenizer, fmt, [r["question"] for r in plan.holdout],
+                         [r["answer"] for r in plan.holdout], plan.batch_size)
+    return {f"MIA AUC {name}": value for name, value in mia_aucs(members, others).items()}
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+class CloserLook(Protocol):
+    name = "closer-look"
+    description = ("the paper's: its task layout, the six metrics on Retain / Real Authors / Real World / Forget, "
+                   "Model Utility, Forget Efficacy, Forget Quality")
+    six_metrics = True
+
+    def check(self, cfg):
+        return eval_sets_for(cfg)
+
+    def command_sets(self, cfg) -> list[EvalSet]:
+        """The sets ``unlearn eval`` evaluates: the folder's (``--eval-data``, else ``--data``), else your files."""
+        data = cfg.eval_data or cfg.data
+        return load_eval_sets(data, cfg.split, cfg.task_id) if data else file_sets(cfg.forget, cfg.retain)
+
+    def plan(self, cfg, plan, judges=None, sets=None) -> None:
+        plan.sets = sets if sets is not None else eval_sets_for(cfg)
+        if not plan.sets:
+            return
+        plan.judges = judges or load_judges(cfg)
+        plan.retain_ratios = _retain_ratios(cfg, plan.sets)
+        if cfg.holdout:
+            forget_set(plan.sets)  # (the forget set is what the holdout is compared with)
+            plan.holdout = read_records(cfg.holdout)
+        plan.check_baseline(cfg)
+
+    def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
+        """The six metrics on every set (every process its share with ``shard``; the main one writes;
+        ``done``: per-item records of sets already scored on this model, taken as they are)."""
+        if not plan.sets:
+            return None
+        ev = evaluate(model, tokenizer, fmt, plan.sets, plan.judges.embedder, plan.judges.nli, plan.batch_size,
+                      plan.retain_ratios, shard=shard, gen_batch_size=plan.gen_batch_size, done=done)
+        if plan.holdout:
+            ev.summary.update(membership(plan, model, tokenizer, fmt))
+        if is_main_process():  # one writer when several processes evaluated together
+            write_evaluation(ev, out.path)
+            print_table(ev.summary)
+            log.info("wrote the evaluation to %s", out.summary)
+        return ev.summary
+
+    def eval_texts(self, plan) -> list[str]:
+        return [q + " " + a for s in plan.sets or [] for q, a in zip(s.questions, s.answers)]
+
+    def audit_sets(self, cfg):
+        from dataclasses import replace
+
+        return eval_sets_for(replace(cfg, eval=True)), None
+
+    def reference(self, plan):
+        return plan.retain_ratios
+
+    def set_reference(self, plan, value) -> None:
+        plan.retain_ratios = value
+
+
+def refuse_closer_look_flags(cfg, name: str, extra: str = "") -> None:
+    """A protocol that reads its own sets refuses the closer-look protocol's evaluation flags."""
+    if cfg.holdout or cfg.eval_data or cfg.retain_model:
+        raise ConfigError(f"--holdout, --eval-data and --retain-model belong to the closer-look protocol; --benchmark "
+                          f"{name} reads its own sets{extra}")
+
+
+PROTOCOL = CloserLook()
