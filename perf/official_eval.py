@@ -260,7 +260,7 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
     threads, the same on one thread, the model passes alone."""
     from dataclasses import replace
 
-    from unlearn.evaluation.sets import load_eval_sets
+    from unlearn.protocols.closer_look import load_eval_sets
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format
 

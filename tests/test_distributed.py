@@ -67,6 +67,7 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     import unlearn.distributed as dist
     from unlearn.config import Config
     import unlearn.protocols.plan as commands
+    from unlearn.protocols import closer_look
     from unlearn.evaluation.six_metrics import Evaluation
     from unlearn.pipeline import prepare_out
     from unlearn.rundir import RunDir
@@ -76,8 +77,8 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     prepare_out(Config(out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
     (tmp_path / "ev").mkdir()
-    monkeypatch.setattr(commands, "evaluate", lambda *a, **kw: Evaluation({"Forget ROUGE": 0.5}, {"Forget": []}))
-    plan = commands.EvalPlan(sets=["a set"], judges=commands.Judges(None, None))
+    monkeypatch.setattr(closer_look, "evaluate", lambda *a, **kw: Evaluation({"Forget ROUGE": 0.5}, {"Forget": []}))
+    plan = commands.EvalPlan(sets=["a set"], judges=closer_look.Judges(None, None))
     assert plan.evaluate(None, None, None, RunDir(tmp_path / "ev"), shard=True) == {"Forget ROUGE": 0.5}
     assert list((tmp_path / "ev").iterdir()) == []
 

@@ -18,9 +18,9 @@ from unlearn.encoding import encode_prompt
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation.judges import Unavailable, cosine_similarity_batch
 from unlearn.evaluation.scoring import answer_nlls, generate
-from unlearn.protocols.plan import retain_ratios_from
+from unlearn.protocols.closer_look import retain_ratios_from
 from unlearn.evaluation.six_metrics import METRICS, evaluate, write_evaluation
-from unlearn.evaluation.sets import load_eval_sets, real_world_sets, tofu_sets
+from unlearn.protocols.closer_look import load_eval_sets, real_world_sets, tofu_sets
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat
 
@@ -568,7 +568,7 @@ def test_cli_bad_perturbed_file_exits_2_before_loading_a_model(tmp_path, capsys)
 
 def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
     from unlearn.config import Config
-    from unlearn.protocols.plan import eval_sets_for
+    from unlearn.protocols.closer_look import eval_sets_for
 
     own_file = write_jsonl(tmp_path / "own.jsonl", [{"question": "Q?", "answer": "A."}])
     own_sets = eval_sets_for(Config(forget=str(own_file)))  # your own files are evaluated themselves

@@ -247,7 +247,7 @@ def test_lr_schedule_decays_or_holds_the_rate(tmp_path, tiny, schedule):
 
 def test_an_unknown_lr_schedule_is_one_line_before_any_model_loads(tmp_path, capsys):
     from unlearn.__main__ import main
-    from unlearn.pipeline import validate_model_settings
+    from unlearn.loading import validate_model_settings
 
     with pytest.raises(ConfigError, match="unknown --lr-schedule 'cosine' \\(valid: linear, constant\\)"):
         validate_model_settings(Config(lr_schedule="cosine"))

@@ -151,7 +151,8 @@ def test_rouge_l_recall_uses_stemmer():
 def test_rouge_l_recall_items_and_cached_scorer():
     items = m.rouge_l_recall_items(["the cat", "a dog"], ["the cat sat down", "a dog"])
     np.testing.assert_allclose(items, [0.5, 1.0])
-    assert m._rouge_scorer() is m._rouge_scorer()
+    assert m.rouge_scorer() is m.rouge_scorer()  # one scorer per setting (the one factory)
+    assert m.rouge_scorer(("rougeL",), stemmer=False) is not m.rouge_scorer()
     with pytest.raises(ValueError):
         m.rouge_l_recall_items(["a"], ["a", "b"])
 

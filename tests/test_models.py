@@ -15,14 +15,8 @@ from unlearn.errors import ConfigError, DependencyError, ModelError
 
 from unlearn import presets
 from unlearn.io import publish_dir
-from unlearn.models import (
-    build_tiny_model,
-    build_tiny_tokenizer,
-    cache_dir,
-    load_model,
-    resolve_dtype,
-    save_model,
-)
+from unlearn.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_dtype, save_model
+from unlearn.presets import cache_dir
 from unlearn.prompts import PromptFormat, detect_prompt_format
 
 TEXTS = [

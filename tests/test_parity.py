@@ -149,7 +149,8 @@ def test_byte_level_plain_prompt_scores_the_first_answer_token():
 
 
 def test_official_refusals_and_scenario_defaults(shared_data):
-    from unlearn.data import read_refusals, with_scenario_defaults
+    from unlearn.data import read_refusals
+    from unlearn.protocols import with_defaults as with_scenario_defaults
 
     tofu = with_scenario_defaults(Config(data=str(shared_data / "tofu")))
     assert (tofu.task_id, tofu.max_length, tofu.idk) == (1, 500, str(shared_data / "idontknow.jsonl"))
@@ -163,7 +164,8 @@ def test_official_refusals_and_scenario_defaults(shared_data):
 
 
 def test_the_real_world_unlearns_all_400_rows(shared_data):
-    from unlearn.data import load_unlearning_data, with_scenario_defaults
+    from unlearn.data import load_unlearning_data
+    from unlearn.protocols import with_defaults as with_scenario_defaults
 
     c = with_scenario_defaults(Config(data=str(shared_data / "real_world")))
     data = load_unlearning_data(c.data, c.split, c.task_id)
@@ -202,7 +204,7 @@ def test_continual_picks_the_continual_weight(tmp_path, monkeypatch, synth_dir):
 
 
 def test_real_world_cosine_reference_is_the_long_answer(shared_data):
-    from unlearn.evaluation.sets import load_eval_sets
+    from unlearn.protocols.closer_look import load_eval_sets
 
     sets = {s.name: s for s in load_eval_sets(shared_data / "real_world")}
     forget = sets["Forget"]
@@ -213,7 +215,7 @@ def test_real_world_cosine_reference_is_the_long_answer(shared_data):
 
 
 def test_tofu_sets_are_cut_at_300_rows(shared_data):
-    from unlearn.evaluation.sets import tofu_sets
+    from unlearn.protocols.closer_look import tofu_sets
 
     sets = {s.name: s for s in tofu_sets(shared_data / "tofu", "forget10", 1)}
     assert len(sets["Forget"].rows) == 300  # the task has 400 rows; the official ds_size is 300

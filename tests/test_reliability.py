@@ -570,7 +570,7 @@ def test_results_keep_the_usual_permissions(tmp_path):
 def test_resume_finishes_a_missing_evaluation(tmp_path, synth_dir, capsys, monkeypatch):
     """Training finished, the evaluation failed: the message says how to finish it, and --resume
     evaluates the saved model without training again."""
-    import unlearn.protocols.plan as commands
+    import unlearn.protocols.closer_look as commands
     import unlearn.train
 
     args = ["run", "--model", "tiny", "--data", str(synth_dir), "--method", "GA", "--epochs", "1", "--nli", "none",

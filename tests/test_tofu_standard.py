@@ -131,7 +131,7 @@ def test_truth_ratio_as_open_unlearning():
 
 
 def test_probabilities_as_open_unlearning():
-    e = T._prob_entry([[1.0, 2.0], [0.0, 0.0]])  # several answers: the mean over them, then over items
+    e = T.prob_entry([[1.0, 2.0], [0.0, 0.0]])  # several answers: the mean over them, then over items
     assert e["agg_value"] == pytest.approx((math.exp(-1) + math.exp(-2)) / 4 + 0.5)
     assert e["value_by_index"]["0"]["avg_loss"] == [1.0, 2.0]
     n = T.normalised_prob_entry([1.0], [[1.0, 2.0, 3.0]])
@@ -225,7 +225,7 @@ def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
     from unlearn.evaluation.scoring import score_sequences
 
     model, tok, template = tiny
-    pairs = T._pairs(T.load_tofu_sets(snapshot, "forget01"))
+    pairs = T.pairs_of(T.load_tofu_sets(snapshot, "forget01"))
     seqs = [template.encode_pair(tok, p.question, p.text, 512) for p in pairs]
     inner = seqs[0].input_ids[:2] + [tok.pad_token_id] + seqs[0].input_ids[2:]
     seqs += [Encoded(inner, [-100] * 3 + seqs[0].labels[2:]),  # a pad id inside the prompt
@@ -325,7 +325,7 @@ def test_snapshot_built_from_the_shared_data(shared_data, tmp_path):
         (snap / f"{name}.json").write_bytes((src / f"{name}.json").read_bytes())
     sets = T.load_tofu_sets(snap, "forget01")
     assert (len(sets.forget), len(sets.holdout), len(sets.retain), len(sets.ra), len(sets.wf)) == (40, 40, 400, 100, 117)
-    pairs = T._pairs(sets)  # every answer, paraphrase and perturbed answer is scored once
+    pairs = T.pairs_of(sets)  # every answer, paraphrase and perturbed answer is scored once
     assert len(pairs) == 40 * 7 + 400 * 7 + 100 * 4 + 117 * 4 + 40
 
 

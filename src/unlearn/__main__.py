@@ -8,7 +8,23 @@ import os
 import sys
 from typing import Callable
 
+import torch.distributed as dist
+from rich.console import Console
+from rich.table import Table
+
+from unlearn import distributed, pipeline
+from unlearn.audit import run_audit
 from unlearn.config import add_config_args, config_from_args
+from unlearn.continual import continual
+from unlearn.demo import check_demo, run_demo
+from unlearn.errors import UnlearnError
+from unlearn.evaluate import run_eval
+from unlearn.memory import Setting, model_shape, parse_size, print_plan
+from unlearn.methods import describe
+from unlearn.pipeline import finetune
+from unlearn.report import write_report
+from unlearn.sweep import run_sweep
+from unlearn.synthetic import write_synthetic
 
 TRAINING = ("model", "lora", "train")  # flag groups of config.py
 UNLEARNING = TRAINING + ("data", "unlearn")
@@ -16,15 +32,11 @@ UNLEARNING = TRAINING + ("data", "unlearn")
 
 def _say(text: str) -> None:
     """Print once, from the main process, when several processes run the command."""
-    from unlearn.distributed import is_main_process
-
-    if is_main_process():
+    if distributed.is_main_process():
         print(text)
 
 
 def cmd_finetune(args) -> int:
-    from unlearn.pipeline import finetune
-
     cfg = config_from_args(args)
     path = finetune(cfg, args.train)
     _say(f"saved the fine-tuned model to {path}")
@@ -32,30 +44,22 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from unlearn.pipeline import run
-
-    run(config_from_args(args))
+    pipeline.run(config_from_args(args))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from unlearn.evaluate import run_eval
-
     cfg = config_from_args(args)
     run_eval(cfg)  # (it says where it wrote)
     return 0
 
 
 def cmd_audit(args) -> int:
-    from unlearn.audit import run_audit
-
     run_audit(config_from_args(args))
     return 0
 
 
 def cmd_continual(args) -> int:
-    from unlearn.continual import continual
-
     cfg = config_from_args(args)
     rows = continual(cfg, args.tasks, keep_checkpoints=args.keep_checkpoints)
     _say(f"unlearned {len(rows)} tasks one after another; results in {cfg.out}/continual.csv")
@@ -63,26 +67,17 @@ def cmd_continual(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from unlearn.demo import check_demo, run_demo
-
     summaries = run_demo(args.out, model=args.model, overwrite=args.overwrite, nli=args.nli)
     return 1 if check_demo(summaries) and args.strict else 0
 
 
 def cmd_data_synth(args) -> int:
-    from unlearn.synthetic import write_synthetic
-
     path = write_synthetic(args.out, n_authors=args.authors, qa_per_author=args.qa_per_author, seed=args.seed)
     print(f"wrote the synthetic fictitious-author data set to {path}")
     return 0
 
 
 def cmd_methods(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from unlearn.methods import describe
-
     table = Table(title="Forget terms and regularisers: --method FORGET[+REG], --method-arg [TERM.]NAME=VALUE")
     for column in ("term", "kind", "what it does", "needs", "arguments (defaults)", "default weight", "source"):
         table.add_column(column, overflow="fold")
@@ -95,8 +90,6 @@ def cmd_methods(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from unlearn.memory import Setting, model_shape, parse_size, print_plan
-
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
     setting = Setting(method=args.method, batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
                       lora_r=args.lora_r, zero=args.zero, processes=args.processes, optim=args.optim,
@@ -108,16 +101,12 @@ def cmd_plan(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from unlearn.report import write_report
-
     out = write_report(args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'table.csv'} and the plots")
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from unlearn.sweep import run_sweep
-
     return run_sweep(args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False))
 
 
@@ -245,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
     for noisy in ("sentence_transformers", "matplotlib", "accelerate", "httpx"):  # their INFO lines say nothing new
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from unlearn.errors import UnlearnError
-
     try:
         return args.func(args)
     except UnlearnError as e:  # the user's input or machine; anything else is a bug and keeps its traceback
@@ -264,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _close_process_group() -> None:
     """Leave the process group (accelerate launch / torchrun) cleanly: NCCL warns of a leak otherwise."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

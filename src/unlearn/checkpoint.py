@@ -21,6 +21,7 @@ between the two renames leaves no ``checkpoint`` but two complete candidates, an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,11 +29,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from unlearn.errors import OutputError
-from unlearn.rundir import CHECKPOINT, CHECKPOINT_STATE as STATE
+from unlearn.rundir import CHECKPOINT
+from unlearn.rundir import CHECKPOINT_STATE as STATE
 from unlearn.rundir import checkpoint_complete as _complete
-from unlearn.rundir import checkpoint_exists as exists
+from unlearn.rundir import checkpoint_exists as exists  # noqa: F401 (part of this module's API)
 from unlearn.rundir import checkpoint_new as _tmp
 from unlearn.rundir import checkpoint_old as _old
 from unlearn.rundir import checkpoint_path as path
@@ -132,8 +135,6 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
 
     Every process must call it (each saves its own RNG states); only the main process publishes.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     tmp = _tmp(out_dir)
     if accelerator.is_main_process:
@@ -158,8 +159,6 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
 
 
 def _manifest(folder: Path) -> dict:
-    import hashlib
-
     out = {}
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (STATE, MANIFEST)):
         digest = hashlib.sha256()
@@ -193,8 +192,6 @@ def _publish(out_dir: Path, tmp: Path, state: dict, ref_stats: dict | None, save
 def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
     """``(state, ref_stats)`` of the checkpoint in ``out_dir`` (model and optimiser are loaded by
     ``accelerator.load_state(path(out_dir))``)."""
-    from safetensors.torch import load_file
-
     folder = path(out_dir)
     if not _complete(folder):
         raise RuntimeError(f"{out_dir}: no checkpoint to resume from (call recover() first)")

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from unlearn.errors import ConfigError
+from unlearn.io import atomic_write_text
 
 EVAL_BATCH_SIZE = 16
 DEFAULT_NLI = "sileod/deberta-v3-base-tasksource-nli"  # the paper's entailment judge
@@ -200,8 +201,6 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        from unlearn.io import atomic_write_text
-
         atomic_write_text(path, self.to_yaml())
 
 
@@ -210,8 +209,6 @@ FIELD_NAMES = {f.name for f in fields(Config)}
 
 def save_fields(cfg: Config, path: str | Path, groups: tuple[str, ...]) -> None:
     """Write the fields of ``groups`` only (an evaluation's ``eval_config.yaml`` has no training keys)."""
-    from unlearn.io import atomic_write_text
-
     keep = fields_of(*groups)
     atomic_write_text(path, yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k in keep}, sort_keys=False))
 RENAMED = {"beta": "beta is a method argument now: method_args: {beta: 0.1} (flag: --method-arg beta=0.1)"}

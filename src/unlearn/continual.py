@@ -16,16 +16,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from unlearn import distributed, pipeline
 from unlearn.config import Config
-from unlearn.distributed import is_main_process, wait_for_everyone
 from unlearn.errors import DataError
+from unlearn.io import read_csv_rows, write_csv_rows
 from unlearn.methods import resolve
-from unlearn.pipeline import run
 from unlearn.protocols import protocol_of
 from unlearn.protocols.closer_look import check_eval_matches, load_judges
 from unlearn.protocols.plan import plan_evaluation
 from unlearn.reference import pinned_stats
-from unlearn.io import read_csv_rows, write_csv_rows
 from unlearn.rundir import CONTINUAL, FINISHED, RunDir
 
 log = logging.getLogger("unlearn")
@@ -67,7 +66,7 @@ def continual(cfg: Config, tasks: str | list | None = None, keep_checkpoints: bo
     if cfg.data is None or cfg.out is None:
         raise DataError("continual unlearning needs --data DIR and --out DIR")
     protocol_of(cfg).continual_tasks(cfg)  # a protocol without tasks says so before anything is written
-    with RunDir(cfg.out).locked(is_main_process()):
+    with RunDir(cfg.out).locked(distributed.is_main_process()):
         return _continual(cfg, tasks, keep_checkpoints)
 
 
@@ -118,20 +117,20 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
         log.info("continual: task %s (%d of %d), %d forget / %d retain rows",
                  task, i + 1, len(task_list), len(data.forget), len(data.retain))
         start = time.perf_counter()
-        result = run(sub, data=data, ref_stats=ref_stats.get(task),
+        result = pipeline.run(sub, data=data, ref_stats=ref_stats.get(task),
                      plan=plan_evaluation(sub, judges=judges, sets=sets[task]))
         done_rows[task] = {"task": task, "n_unlearned": i + 1,
                            **{k: v for k, v in (result.summary or {}).items() if not isinstance(v, (dict, list))},
                            # wall time of the attempt that finished the task (from its checkpoint when resumed)
                            "seconds": round(time.perf_counter() - start, 1)}
-        if is_main_process():
+        if distributed.is_main_process():
             write_csv_rows(csv_path, [done_rows[t] for t in task_list if t in done_rows])
             # Only the latest model is needed to go on; older ones are removed unless asked to keep them.
             if not keep_checkpoints and i > 0:
                 old = root.task(task_list[i - 1]).model
                 if old.exists() and str(old) != original:
                     shutil.rmtree(old)
-        wait_for_everyone()
+        distributed.wait_for_everyone()
         previous = str(task_dir.model)
         del result
     return [done_rows[t] for t in task_list if t in done_rows]

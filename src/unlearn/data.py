@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from datasets import load_dataset
 
-from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
 from unlearn.config import as_int
+from unlearn.encoding import IGNORE_INDEX, Encoded, chunk_texts, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
 from unlearn.errors import DataError
 from unlearn.refusals import REFUSALS
 
@@ -233,8 +234,6 @@ def load_real_world(data_dir: str | Path, task_id: int | None = None) -> Unlearn
 
 def _hub_rows(name: str, config: str | None, split: str = "train") -> list[dict]:
     """Rows of a hub data set (network). Tests monkeypatch this function."""
-    from datasets import load_dataset
-
     return [dict(r) for r in load_dataset(name, config, split=split)]
 
 
@@ -355,8 +354,6 @@ class UnlearningDataset(torch.utils.data.Dataset):
     def _text(self, forget, retain, tokenizer, max_length) -> None:
         """Raw text: one item per forget chunk (:func:`unlearn.encoding.chunk_texts`), its retain
         partner drawn as for question/answer pairs."""
-        from unlearn.encoding import chunk_texts
-
         other = [p for p in self.parts if p not in TEXT_PARTS]
         if other:
             raise DataError(f"raw text has no questions, and this method needs {', '.join(other)} (refusals or "

@@ -12,10 +12,25 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from unlearn import pipeline
 from unlearn.config import Config
 from unlearn.data import read_records
 from unlearn.errors import DataError, OutputError
+from unlearn.evaluation.judges import load_embedder, load_nli
+from unlearn.evaluation.sets import forget_set
+from unlearn.evaluation.six_metrics import evaluate, write_evaluation
+from unlearn.io import atomic_write_jsonl
+from unlearn.loading import load_for_training
+from unlearn.pipeline import finetune
+from unlearn.protocols.closer_look import Judges, load_eval_sets, retain_ratios_from
+from unlearn.protocols.plan import EvalPlan
+from unlearn.report import write_report
 from unlearn.rundir import RunDir
+from unlearn.synthetic import write_synthetic
 
 log = logging.getLogger("unlearn")
 
@@ -56,21 +71,10 @@ def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli:
 
 
 def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int, scale: float) -> dict:
-    from unlearn.evaluation.judges import load_embedder, load_nli
-    from unlearn.evaluation.sets import forget_set
-    from unlearn.evaluation.six_metrics import evaluate, write_evaluation
-    from unlearn.loading import load_for_training
-    from unlearn.pipeline import finetune, run
-    from unlearn.protocols.closer_look import Judges, load_eval_sets, retain_ratios_from
-    from unlearn.protocols.plan import EvalPlan
-    from unlearn.synthetic import write_synthetic
-
     if model not in SETTINGS:
         raise DataError(f"unknown demo model '{model}' (choose: {', '.join(SETTINGS)})")
     s = SETTINGS[model]
     if model == "tiny":
-        import torch
-
         # The tiny model's matrices are too small to gain from intra-op threads, and a second
         # thread that has to wait for a busy core slows every step down many times over.
         torch.set_num_threads(1)
@@ -95,8 +99,6 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
                    if int(r["task_id"]) == task}
     keep = [r for r in read_records(data / "full.json") if (r["question"], r["answer"]) not in forget_rows]
     retain_file = out / "data" / "retain_model_train.json"
-    from unlearn.io import atomic_write_jsonl
-
     atomic_write_jsonl(retain_file, [{"question": r["question"], "answer": r["answer"]} for r in keep])
     rt = dataclasses.replace(ft, out=str(out / "retain_model"))
     retain_model = finetune(rt, [str(retain_file), str(data / "general.json")])
@@ -117,9 +119,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         overrides = s.get("methods", {}).get(name, overrides)  # a model's own settings for the method
         cfg = dataclasses.replace(base, model=str(target), method=method, out=str(out / name),
                                   **{**s["unlearn"], **overrides})
-        summaries[name] = run(cfg, plan=plan).summary
-
-    from unlearn.report import write_report
+        summaries[name] = pipeline.run(cfg, plan=plan).summary
 
     write_report([out / "unlearned", out / "idk_ap", out / "retain_model"], out / "report",
                  baseline=out / "target", title="unlearn demo")
@@ -140,9 +140,6 @@ def check_demo(summaries: dict) -> list[str]:
 
 
 def print_before_after(summaries: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     names = [n for n in ("target", "retain_model", "unlearned", "idk_ap") if n in summaries]
     labels = {"target": "target (before)", "retain_model": "retain model", "unlearned": "ME+GD (after)",
               "idk_ap": "IDK+AP (after)"}

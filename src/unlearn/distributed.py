@@ -16,10 +16,21 @@ Nothing here needs a GPU: on CPU the processes talk over gloo, which is how the 
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 import os
 
 import torch
+import torch.distributed as dist
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, GradientAccumulationPlugin
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+from transformers.trainer_pt_utils import get_parameter_names
+
+from unlearn.errors import ConfigError, DependencyError
 
 OPTIMIZERS = ("adamw", "adamw_8bit")
 BNB_INSTALL = ("--optim adamw_8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes "
@@ -39,8 +50,6 @@ def _cpu_processes() -> bool:
 
 def state():
     """accelerate's process state (created from the launcher's environment on first use)."""
-    from accelerate import PartialState
-
     return PartialState(cpu=True) if _cpu_processes() else PartialState()
 
 
@@ -51,8 +60,6 @@ def is_main_process() -> bool:
 def progress(iterable=None, **kw):
     """A tqdm bar on the main process only, shown wherever the training bar is (a log file too, so a
     long evaluation under ``nohup`` is not silent); ``leave=False`` unless told."""
-    from tqdm.auto import tqdm
-
     kw.setdefault("leave", False)
     kw["disable"] = kw.get("disable") or not is_main_process()
     return tqdm(iterable, **kw)
@@ -71,8 +78,6 @@ def training_dtype(dtype: str) -> str:
 
 def training_mixed_precision(dtype: str) -> str:
     """``auto``: bf16 autocast over float32 weights on a GPU that supports it, none otherwise."""
-    import torch
-
     if training_dtype(dtype) == "float32" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "no"
@@ -87,15 +92,11 @@ def make_accelerator(cfg):
     final model is saved (``stage3_gather_16bit_weights_on_model_save``), whatever the config says.
     DeepSpeed clips gradients only when its config asks for it (as without DeepSpeed).
     """
-    from accelerate import Accelerator
-
     mixed = cfg.mixed_precision
     if mixed in (None, "", "no", "auto") and os.environ.get("ACCELERATE_MIXED_PRECISION"):
         mixed = None  # the launcher's config decides
     elif mixed == "auto":
         mixed = training_mixed_precision(cfg.dtype)
-    from accelerate.utils import GradientAccumulationPlugin
-
     processes = state().num_processes  # first, so that CPU processes join one group
     # Accumulation runs across epoch boundaries, as in the HF Trainer of the official code; the
     # loop decides which micro-steps end an optimiser step (unlearn.train).
@@ -124,8 +125,6 @@ def accumulation(cfg, processes: int) -> int:
     per_micro_step = cfg.batch_size * processes
     accum = max(1, cfg.effective_batch // per_micro_step)
     if accum * per_micro_step != cfg.effective_batch:
-        import logging
-
         logging.getLogger("unlearn").warning(
             "--effective-batch %d is not a multiple of --batch-size %d x %d process(es): optimiser steps take %d "
             "examples", cfg.effective_batch, cfg.batch_size, processes, accum * per_micro_step)
@@ -134,8 +133,6 @@ def accumulation(cfg, processes: int) -> int:
 
 def zero_stage(accelerator) -> int | None:
     """The DeepSpeed ZeRO stage, or None when DeepSpeed is not in use."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return None
     return int(accelerator.state.deepspeed_plugin.zero_stage)
@@ -143,8 +140,6 @@ def zero_stage(accelerator) -> int | None:
 
 def is_sharded(accelerator) -> bool:
     """True when no process holds all the weights (ZeRO-3 or FSDP): forward passes are collective."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type == DistributedType.FSDP or zero_stage(accelerator) == 3
 
 
@@ -165,8 +160,6 @@ def index_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 
 def all_gather_objects(obj) -> list:
     """``[obj of process 0, obj of process 1, ...]`` (``[obj]`` with one process)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [obj]
     out = [None] * dist.get_world_size()
@@ -225,8 +218,6 @@ def partitioned_loading(accelerator, on: bool) -> None:
     hf_config = getattr(plugin, "dschf", None)
     if hf_config is None:
         return
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
-
     if on:
         set_hf_deepspeed_config(hf_config)
     else:
@@ -257,13 +248,9 @@ def full_state_dict(accelerator, prepared, model=None) -> dict | None:
 
 def check_optim(name: str) -> None:
     """A clear error before any model is loaded: unknown optimiser, or bitsandbytes missing."""
-    from unlearn.errors import ConfigError, DependencyError
-
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown --optim {name!r} (valid: {', '.join(OPTIMIZERS)})")
     if name == "adamw_8bit":
-        import importlib.util
-
         if importlib.util.find_spec("bitsandbytes") is None:
             raise DependencyError(BNB_INSTALL)
 
@@ -271,9 +258,6 @@ def check_optim(name: str) -> None:
 def decay_groups(model, weight_decay: float) -> list[dict]:
     """The weights that train, in two AdamW groups as the HF Trainer of the official code makes them:
     weight decay on all but biases and normalisation weights (transformers' own name rules)."""
-    from torch import nn
-    from transformers.trainer_pt_utils import get_parameter_names
-
     # (the patterns of transformers.Trainer.get_decay_parameter_names)
     no_decay_names = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
     decay = set(get_parameter_names(model, [nn.LayerNorm], no_decay_names))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from unlearn import distributed, models
 from unlearn.config import inputs_of, save_fields
-from unlearn.distributed import is_main_process, state, wait_for_everyone
+from unlearn.distributed import state
 from unlearn.errors import DataError
 from unlearn.loading import validate_model_settings
-from unlearn.models import load_model
 from unlearn.protocols import prompt_format_for, protocol_of
 from unlearn.protocols.plan import plan_evaluation
 from unlearn.report.before_after import before_after
@@ -26,7 +26,7 @@ def run_eval(cfg) -> dict:
                         "[--retain FILE]")
     if not cfg.out:
         raise DataError("no output folder: give --out DIR")
-    with RunDir(cfg.out).locked(is_main_process()):
+    with RunDir(cfg.out).locked(distributed.is_main_process()):
         return _run_eval(cfg)
 
 
@@ -36,17 +36,17 @@ def _run_eval(cfg) -> dict:
     sets = protocol.command_sets(cfg) if protocol.six_metrics else None
     plan = plan_evaluation(dataclasses.replace(cfg, eval=True), sets=sets)
     out = RunDir(cfg.out)
-    out.prepare(overwrite=cfg.overwrite, main_process=is_main_process(), inputs=inputs_of(cfg), scope="eval")
-    wait_for_everyone()
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+    out.prepare(overwrite=cfg.overwrite, main_process=distributed.is_main_process(), inputs=inputs_of(cfg), scope="eval")
+    distributed.wait_for_everyone()
+    model, tokenizer = models.load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation,
                                   texts=plan.protocol.eval_texts(plan) or None)
     model.to(state().device)  # this process's GPU under accelerate launch / torchrun
     fmt = prompt_format_for(tokenizer, cfg)
-    if is_main_process():
+    if distributed.is_main_process():
         save_fields(cfg, out.eval_config, ("model", "data", "eval", "out"))  # an evaluation's own settings
     summary = plan.evaluate(model, tokenizer, fmt, out, shard=True)
-    if is_main_process():
+    if distributed.is_main_process():
         if plan.baseline and summary is not None:
             before_after(summary, out, plan.baseline)
         out.discard_previous()

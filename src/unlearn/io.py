@@ -7,6 +7,7 @@ renamed over the final name (``os.replace`` is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -16,6 +17,8 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
+
+from unlearn.errors import OutputError
 
 
 def _umask() -> int:
@@ -45,10 +48,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def raise_if_disk_full(error: BaseException, path: str | Path) -> None:
     """A full disk (or quota) while writing ``path`` as a one-line :class:`OutputError`."""
-    import errno
-
-    from unlearn.errors import OutputError
-
     full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
     if not full and isinstance(error, Exception):
         # torch's C++ writers report a full disk as a RuntimeError ("iostream error"), safetensors as

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from unlearn import distributed
+from unlearn import distributed, models
 from unlearn.config import Config
 from unlearn.errors import ConfigError
 from unlearn.lora import apply_lora
-from unlearn.models import ATTN_IMPLEMENTATIONS, load_model, resolve_dtype
+from unlearn.models import ATTN_IMPLEMENTATIONS, resolve_dtype
 from unlearn.prompts import check_prompt_format, prompt_format_spec
 from unlearn.protocols import prompt_format_for
 from unlearn.train import check_lr_schedule
@@ -19,7 +19,7 @@ def load_for_training(cfg: Config, texts: list[str]):
     """``(model, tokenizer, prompt format, cfg)``: the model to train (with a fresh LoRA adapter
     with ``--lora``), and ``cfg`` with the prompt format it uses written in, so it is saved."""
     distributed.check_optim(cfg.optim)
-    model, tokenizer = load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
+    model, tokenizer = models.load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
                                   trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation, texts=texts)
     fmt = prompt_format_for(tokenizer, cfg)

@@ -26,8 +26,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 
 from unlearn.errors import ConfigError, ModelError
+from unlearn.io import publish_dir, temp_dir_next_to
 
 log = logging.getLogger("unlearn")
 
@@ -57,8 +59,6 @@ def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradie
     process, which ZeRO-3 and FSDP need (they shard each process's own copy, broadcasting nothing),
     and the same from run to run. The caller's random stream is left untouched.
     """
-    from peft import LoraConfig, get_peft_model
-
     if r < 1:
         raise ConfigError(f"--lora-r must be at least 1, got {r}")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model),
@@ -128,8 +128,6 @@ def save_adapter(model, state_dict: dict[str, torch.Tensor] | None, out: str | P
     ``state_dict``: the full LoRA model's weights when they had to be gathered (ZeRO-3, FSDP);
     None reads them from ``model``.
     """
-    from unlearn.io import publish_dir, temp_dir_next_to
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_next_to(out)

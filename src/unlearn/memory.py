@@ -31,7 +31,14 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from unlearn.chunked import CHUNK_ELEMENTS, MIN_VOCAB
 from unlearn.errors import ConfigError, ModelError
+from unlearn.methods import build_objective
 
 GiB = 2 ** 30
 ACT_PER_TOKEN_LAYER = (14, 5)  # elements saved per token per layer: 14 × hidden + 5 × intermediate
@@ -85,8 +92,6 @@ class Setting:
 
 def model_config(name: str, trust_remote_code: bool = False):
     """The config of a model folder, a ``config.json`` file, a hub id or a preset, no weights read."""
-    from transformers import AutoConfig, LlamaConfig
-
     if name == "tiny":
         return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
@@ -109,9 +114,6 @@ def model_config(name: str, trust_remote_code: bool = False):
 
 def model_shape(name: str, trust_remote_code: bool = False) -> Shape:
     """Parameter counts of the model of ``name``, built on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     config = model_config(name, trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
@@ -140,9 +142,6 @@ class Estimate:
 
 def estimate(shape: Shape, s: Setting, device: str = "cuda") -> Estimate:
     """Peak memory per device of one training step of ``s`` on ``shape`` (bytes, see the module docstring)."""
-    from unlearn.chunked import CHUNK_ELEMENTS, MIN_VOCAB
-    from unlearn.methods import build_objective
-
     if s.zero not in (0, 1, 2, 3):
         raise ConfigError(f"--zero: 0, 1, 2 or 3, got {s.zero}")
     objective = build_objective(s.method)
@@ -220,9 +219,6 @@ def parse_size(text: str) -> float:
 
 
 def print_plan(shape: Shape, s: Setting, device: str, budget: float | None) -> Estimate:
-    from rich.console import Console
-    from rich.table import Table
-
     e = estimate(shape, s, device)
     console = Console(width=110)
     title = (f"{shape.name}: {shape.params / 1e9:.2f}B parameters, vocabulary {shape.vocab}, {shape.layers} layers; "

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from unlearn import losses
+from unlearn import chunked, losses
 from unlearn.errors import ConfigError
 
 PAPER = "https://arxiv.org/abs/2410.08109"
@@ -60,8 +60,6 @@ class BatchView:
         return self._logits[part]
 
     def _final_hidden(self, part: str, frozen: bool = False):
-        from unlearn import chunked
-
         if (part, frozen) not in self._hidden:
             if frozen:
                 model = getattr(self.reference, "model", None)
@@ -76,8 +74,6 @@ class BatchView:
     def rows(self, part: str, fn, select: str = "labels", ref: bool = False, labels: torch.Tensor | None = None,
              **args) -> torch.Tensor:
         """``fn(logits, target[, ref_logits], **args)`` at the counted positions of ``part``, chunked, (N,)."""
-        from unlearn import chunked
-
         mask, target = chunked.positions(self.batch[part], select, labels)
         hidden, head = self._final_hidden(part)
         frozen = self._final_hidden(part, frozen=True) if ref else None
@@ -94,8 +90,6 @@ class BatchView:
         """Summed answer NLL per sequence, (B,)."""
         if not self.chunk:
             return losses.sequence_nll(self.logits(part), self.labels(part))
-        from unlearn import chunked
-
         mask, _ = chunked.positions(self.batch[part], "labels")
         values = self.rows(part, losses.nll_rows)
         return values.new_zeros(mask.shape[0]).index_add(0, mask.nonzero()[:, 0], values)

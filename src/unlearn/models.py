@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from unlearn.errors import ConfigError, ModelError
 from unlearn.io import publish_dir, raise_if_disk_full, temp_dir_next_to
-from unlearn.presets import PRESETS, build_tiny_model, build_tiny_tokenizer, cache_dir, smollm2_path
+from unlearn.presets import build_tiny_model, build_tiny_tokenizer, smollm2_path
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def refuse_custom_code(path: Path) -> None:
     ``model_type`` transformers does not know and a ``.py`` file to supply it. Reading two JSON
     files imports nothing; with ``--trust-remote-code`` this check is skipped.
     """
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
     reasons, model_type = [], None
     for fname in ("config.json", "tokenizer_config.json"):
         f = path / fname

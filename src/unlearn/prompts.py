@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+from jinja2 import TemplateError
+
+from unlearn.encoding import IGNORE_INDEX, Encoded
 from unlearn.errors import ConfigError
 
 PROMPT_FORMATS = ("llama2", "llama3", "chat_template", "plain")
@@ -59,8 +64,6 @@ class PromptFormat:
         if self.kind == "plain":
             return "Question: " + question + "\nAnswer:"
         if self.kind == "chat_template":
-            from jinja2 import TemplateError
-
             try:
                 return self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
@@ -129,9 +132,6 @@ def prompt_format_spec(fmt) -> str:
 
 def saved_prompt_format(model_name) -> str | None:
     """The prompt format recorded in a model folder written by ``unlearn``, if any."""
-    import yaml
-    from pathlib import Path
-
     path = Path(str(model_name)) / "unlearn_config.yaml"
     if not path.is_file():
         return None
@@ -213,8 +213,6 @@ class TofuTemplate:
 
     def encode_pair(self, tokenizer, question: str, answer: str, max_length: int | None = None,
                     mask_question: bool = True):
-        from unlearn.encoding import IGNORE_INDEX, Encoded
-
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")
         truncated = False
@@ -251,8 +249,6 @@ def tofu_template(fmt: PromptFormat) -> TofuTemplate:
         raise ConfigError(f"the TOFU benchmark renders {fmt.kind} prompts with the tokenizer's chat template, and "
                           "this tokenizer has none; pass --prompt-format plain")
     template = TofuTemplate(fmt, True, system_prompt=TOFU_SYSTEM_PROMPT, date_string=TOFU_DATE_STRING, tokenizer=tok)
-    from jinja2 import TemplateError
-
     try:
         template.prompt("?")
     except TemplateError:  # a template without a system role (gemma): open-unlearning's config gives none

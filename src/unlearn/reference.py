@@ -37,10 +37,14 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from unlearn import distributed, lora, losses
-from unlearn.encoding import make_collate
+from unlearn import distributed, lora, losses, models
+from unlearn.data import UnlearningDataset, read_refusals
+from unlearn.encoding import make_collate, pad_id
+from unlearn.methods import resolve
+from unlearn.prompts import detect_prompt_format
 
 log = logging.getLogger("unlearn")
 
@@ -85,8 +89,6 @@ def reference_nlls(model, dataset, parts, tokenizer, batch_size: int = 8, accele
     sharded model needs) and the shares are gathered: every process holds the whole table.
     A LoRA model is evaluated with its adapter off: the base model is the reference.
     """
-    from unlearn.encoding import pad_id
-
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     was_training = model.training
@@ -125,8 +127,6 @@ def freeze(ref, accelerator, prepared=None):
     process's device. A LoRA model's reference (:class:`AdapterOff`) is the trained model itself,
     run through ``prepared`` (the trained model as prepared) when its weights are sharded.
     """
-    from accelerate.utils import DistributedType
-
     if isinstance(ref, AdapterOff):
         if prepared is not None and accelerator.distributed_type == DistributedType.FSDP:
             ref.runner = prepared  # (ZeRO-3 hooks every layer: the model itself gathers its weights)
@@ -148,9 +148,7 @@ def freeze(ref, accelerator, prepared=None):
 
 
 def _load(cfg, name: str, texts=None):
-    from unlearn.models import load_model
-
-    return load_model(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, texts=texts)[0]
+    return models.load_model(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, texts=texts)[0]
 
 
 def prepare(accelerator, model, optimizer, loader, *, objective, cfg, dataset, tokenizer,
@@ -208,17 +206,12 @@ def pinned_stats(cfg, task_data: dict, template=None) -> dict[int, dict]:
     beside a model being trained. ``template``: the protocol's prompt format from the model's own
     (:meth:`unlearn.protocols.base.Protocol.template`).
     """
-    from unlearn.data import UnlearningDataset, read_refusals
-    from unlearn.methods import resolve
-    from unlearn.models import load_model
-    from unlearn.prompts import detect_prompt_format
-
     objective, c = resolve(cfg)
     if not objective.ref_nll_parts or not task_data:
         return {}
     refusals = read_refusals(c.idk)
     accelerator = distributed.make_accelerator(c)
-    model, tokenizer = load_model(c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
+    model, tokenizer = models.load_model(c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
                                   attn_implementation=c.attn_implementation)
     fmt = detect_prompt_format(tokenizer, c.model, c.prompt_format)
     fmt = template(fmt) if template is not None else fmt

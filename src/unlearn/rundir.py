@@ -123,8 +123,6 @@ class RunDir:
         return RunDir(self.path / f"task_{task_id}")
 
     def read_summary(self) -> dict | None:
-        import json
-
         try:
             return json.loads(self.summary.read_text(encoding="utf-8"))
         except (OSError, ValueError):

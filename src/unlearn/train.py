@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from unlearn import checkpoint, distributed, reference
+from unlearn.chunked import chunk_rows
 from unlearn.config import Config, default, trajectory_fields
 from unlearn.encoding import make_collate, pad_id
 from unlearn.errors import ConfigError, DataError, DivergenceError
@@ -259,8 +261,6 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
                  checkpoint.path(out_dir))
         if evaluator is not None:
             evaluator.resume(state.step)
-    from unlearn.chunked import chunk_rows
-
     chunk = chunk_rows(model, cfg.chunked_logits, distributed.is_sharded(accelerator))
     return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
                    schedule, save_every, desc, state.step if saved is not None else None, chunk, evaluator)
@@ -271,8 +271,6 @@ def _train_only(model, patterns: list[str] | None) -> None:
     are (under LoRA only the adapters of those modules train)."""
     if patterns is None:
         return
-    import re
-
     chosen = [n for n, p in model.named_parameters() if p.requires_grad and any(re.search(x, n) for x in patterns)]
     if not chosen:
         raise DataError(f"no trainable parameter of the model matches {patterns}; check the method's layers")

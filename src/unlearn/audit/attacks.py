@@ -4,22 +4,22 @@ per-item records; :mod:`unlearn.audit.run` decides what runs and keeps the resul
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from unlearn.data import read_records
-from unlearn.errors import ConfigError, DataError, OutputError
-from unlearn.io import atomic_write_json, atomic_write_jsonl
-from unlearn.io import json_safe
-from unlearn.rundir import MODEL, RunDir
+from unlearn import models
 from unlearn.audit import quantize
+from unlearn.audit import relearn as R
+from unlearn.audit.inputs import AuditInputs, model_folder
+from unlearn.audit.prompts import Rendered, variants
+from unlearn.distributed import sharded_map
+from unlearn.errors import DataError
+from unlearn.evaluation import metrics as M
+from unlearn.evaluation import mia
+from unlearn.evaluation.scoring import MAX_LENGTH, answer_nlls, generate, generation_batch, grad_norms, token_stats
 
 log = logging.getLogger("unlearn")
 
@@ -30,11 +30,6 @@ def score_variant(model, tokenizer, variant, add_special_tokens: bool, batch_siz
                   gen_batch_size: int | None = None) -> list[dict]:
     """Per item of a prompt variant: the generation, its ROUGE-L recall against the reference, and
     the probability of the target text after the prompt (each process its share, when several)."""
-    from unlearn.distributed import sharded_map
-    from unlearn.evaluation import metrics as M
-    from unlearn.evaluation.scoring import MAX_LENGTH, answer_nlls, generate, generation_batch
-    from unlearn.audit.prompts import Rendered
-
     fmt = Rendered(add_special_tokens)
     # A longer prompt than the evaluation's gets as many more tokens: the reply's budget is unchanged.
     lengths = [len(ids) for ids in tokenizer(variant.prompts)["input_ids"]]
@@ -69,10 +64,6 @@ class Subject:
     memo: dict = field(default_factory=dict)
 
     def token_stats(self, name: str, questions, answers, batch_size: int):
-        from unlearn.evaluation.scoring import token_stats
-
-        from unlearn.distributed import sharded_map
-
         if name not in self.memo:
             self.memo[name] = sharded_map(lambda qa: token_stats(
                 self.model, self.tokenizer, self.fmt, [q for q, _ in qa], [a for _, a in qa], batch_size),
@@ -81,19 +72,13 @@ class Subject:
 
 
 def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
-    from unlearn.distributed import sharded_map
-    from unlearn.evaluation import mia
-    from unlearn.evaluation.scoring import answer_nlls, grad_norms
-
     f, h = inputs.forget, inputs.holdout
     hq, ha = [r["question"] for r in h], [r["answer"] for r in h]
     fs = s.token_stats("forget", f.questions, f.answers, cfg.eval_batch_size)
     hs = s.token_stats("holdout", hq, ha, cfg.eval_batch_size)
     f_scores, h_scores = mia.item_scores(fs, cfg.mia_k), mia.item_scores(hs, cfg.mia_k)
     if inputs.ref_model:
-        from unlearn.models import load_model
-
-        ref, ref_tok = load_model(_model_folder(inputs.ref_model), dtype=cfg.dtype,
+        ref, ref_tok = models.load_model(model_folder(inputs.ref_model), dtype=cfg.dtype,
                                   trust_remote_code=cfg.trust_remote_code)
         ref.to(s.model.device)
         if ref_tok.get_vocab() != s.tokenizer.get_vocab():
@@ -119,8 +104,6 @@ def attack_mia(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, l
 
 
 def attack_memorization(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
-    from unlearn.evaluation import mia
-
     f = inputs.forget
     fs = s.token_stats("forget", f.questions, f.answers, cfg.eval_batch_size)
     em = [mia.exact_memorization(x) for x in fs]
@@ -133,8 +116,6 @@ def attack_memorization(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tupl
 
 
 def _prompt_variants(cfg, inputs: AuditInputs, fmt, rows=None):
-    from unlearn.audit.prompts import variants
-
     f = inputs.forget
     return variants(fmt, f.rows if rows is None else rows, f.answer_key, inputs.retain.rows if inputs.retain else None,
                     icl_examples=cfg.icl_examples, prefix_fraction=cfg.prefix_fraction, seed=cfg.seed)
@@ -163,8 +144,6 @@ def attack_prompts(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dic
 
 
 def _sets_scores(cfg, inputs: AuditInputs, model, s: Subject) -> tuple[dict, list[dict]]:
-    from unlearn.audit.prompts import variants
-
     summary, items = {}, []
     for name, es in (("forget", inputs.forget), ("retain", inputs.retain)):
         if es is None:
@@ -198,9 +177,6 @@ def attack_quantization(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tupl
 
 
 def attack_relearn(cfg, inputs: AuditInputs, s: Subject, out: Path) -> tuple[dict, list[dict]]:
-    from unlearn.audit import relearn as R
-    from unlearn.audit.prompts import variants
-
     f = inputs.forget
     trained_on, measured = R.split(len(f.rows), cfg.relearn_fraction, cfg.seed)
     rows = [f.rows[i] for i in measured]

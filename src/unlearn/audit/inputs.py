@@ -3,26 +3,25 @@ and holdout sets (as the run's protocol gives them), the models by role, the qua
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from unlearn.audit import quantize
 from unlearn.data import read_records
 from unlearn.errors import ConfigError, DataError, OutputError
-from unlearn.io import atomic_write_json, atomic_write_jsonl
-from unlearn.io import json_safe
-from unlearn.rundir import MODEL, RunDir
-from unlearn.audit import quantize
+from unlearn.evaluation.sets import forget_set
+from unlearn.protocols import protocol_of
+from unlearn.rundir import MODEL
 
 log = logging.getLogger("unlearn")
 
 ATTACKS = ("mia", "memorization", "relearn", "quantization", "prompts")
+AUDIT = "audit.json"
+PLOT = "audit.png"
+OWN = (AUDIT, PLOT, "attacks", "items", "relearn")  # everything an audit writes into its folder
 
 
 # --------------------------------------------------------------------------- inputs
@@ -62,7 +61,7 @@ class AuditInputs:
         return h.hexdigest()[:16]
 
 
-def _model_folder(path: str) -> str:
+def model_folder(path: str) -> str:
     p = Path(path)
     if (p / MODEL).is_dir() and not (p / "config.json").exists():
         return str(p / MODEL)  # a run's output folder: its model
@@ -97,9 +96,6 @@ def _holdout(cfg, attacks: list[str]) -> list[dict] | None:
 
 def check_inputs(cfg) -> AuditInputs:
     """Everything the audit needs, checked before any model loads."""
-    from unlearn.evaluation.sets import forget_set
-    from unlearn.protocols import protocol_of
-
     attacks = parse_attacks(cfg.attacks)
     if not cfg.out:
         raise OutputError("no output folder: give --out DIR")
@@ -114,14 +110,14 @@ def check_inputs(cfg) -> AuditInputs:
         log.warning("no retain set: the quantization attack measures the forget set only")
     if "relearn" in attacks and len(forget.rows) < 2:
         raise DataError("the relearning attack needs at least two forget rows")
-    models = {"unlearned": _model_folder(cfg.model)}
+    models = {"unlearned": model_folder(cfg.model)}
     saved = None
     if cfg.target_model:
-        models["target"] = _model_folder(cfg.target_model)
+        models["target"] = model_folder(cfg.target_model)
     if cfg.retain_model:
         saved = _saved_audit(cfg.retain_model)
         if saved is None:
-            models["retain"] = _model_folder(cfg.retain_model)
+            models["retain"] = model_folder(cfg.retain_model)
     backend = quantize.backend(cfg.quant_backend) if "quantization" in attacks else "simulated"
     bits = quantize.check_bits(cfg.quant_bits, backend) if "quantization" in attacks else []
     holdout = own_holdout if own_holdout is not None and not cfg.holdout and "mia" in attacks else _holdout(cfg, attacks)

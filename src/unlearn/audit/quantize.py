@@ -17,6 +17,7 @@ import copy
 import importlib.util
 
 import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from unlearn.errors import ConfigError, DependencyError
 
@@ -93,8 +94,6 @@ def check_bits(text: str, backend_name: str = "simulated") -> list[int]:
 
 def load_bitsandbytes(path, bits: int, trust_remote_code: bool = False):
     """The model at ``path`` loaded by bitsandbytes to ``bits`` bits (8: LLM.int8(); 4: NF4)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     config = (BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
               BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
     return AutoModelForCausalLM.from_pretrained(path, quantization_config=config,

@@ -21,6 +21,12 @@ import dataclasses
 import random
 from pathlib import Path
 
+from unlearn import distributed, methods, train
+from unlearn.data import DEFAULT_MAX_LENGTH, QADataset
+from unlearn.distributed import state
+from unlearn.loading import load_for_training
+from unlearn.models import save_model
+
 
 def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """``(relearned, measured)`` row indices: a seeded draw of ``round(fraction × n)`` rows (at least
@@ -41,9 +47,6 @@ def epochs_for(steps: int, batch_size: int, n: int) -> float:
 
 def relearn_config(cfg, model_path: str, n_rows: int):
     """The settings of the relearning fine-tune, from the audit's."""
-    from unlearn.data import DEFAULT_MAX_LENGTH
-    from unlearn.distributed import state
-
     per_step = cfg.relearn_batch_size * state().num_processes  # each process its batch (data-parallel)
     return dataclasses.replace(
         cfg, model=str(model_path), method="finetune", lr=cfg.relearn_lr, batch_size=cfg.relearn_batch_size,
@@ -56,25 +59,14 @@ def relearn(cfg, model_path: str, rows: list[dict], answer_key: str, out_dir: Pa
     """Fine-tune a fresh copy of ``model_path`` on ``rows``; returns ``(before, after)``, what
     ``measure(model, tokenizer, fmt)`` gives on the copy before and after (the copy stays in
     memory only, unless ``cfg.save_relearned``)."""
-    from unlearn import methods
-    from unlearn.data import QADataset
-    from unlearn.loading import load_for_training
-    from unlearn.train import fit
-
     rcfg = relearn_config(cfg, model_path, len(rows))
     pairs = [{"question": r["question"], "answer": r[answer_key]} for r in rows]
     model, tokenizer, fmt, rcfg = load_for_training(rcfg, [p["question"] + " " + p["answer"] for p in pairs])
-    from unlearn.distributed import state
-
     model.to(state().device)
     before = measure(model, tokenizer, fmt)
     dataset = QADataset(pairs, tokenizer, fmt, rcfg.max_length)
-    trained = fit(model, tokenizer, dataset, methods.FINETUNE, rcfg, out_dir, desc="relearning")
+    trained = train.fit(model, tokenizer, dataset, methods.FINETUNE, rcfg, out_dir, desc="relearning")
     after = measure(trained.model, tokenizer, fmt)
-    from unlearn.distributed import is_main_process
-
-    if cfg.save_relearned and is_main_process():
-        from unlearn.models import save_model
-
+    if cfg.save_relearned and distributed.is_main_process():
         save_model(trained.model, tokenizer, out_dir / "model")
     return before, after

@@ -12,28 +12,24 @@ from those files at the end. Every model pass goes through the evaluation runner
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from unlearn.data import read_records
-from unlearn.errors import ConfigError, DataError, OutputError
-from unlearn.io import atomic_write_json, atomic_write_jsonl
-from unlearn.io import json_safe
-from unlearn.rundir import MODEL, RunDir
-from unlearn.audit import quantize
+from unlearn import distributed, models
+from unlearn.audit.attacks import ORDER, RUNNERS, Subject
+from unlearn.audit.inputs import AUDIT, OWN, PLOT, AuditInputs, check_inputs
+from unlearn.audit.plot import audit_plot
+from unlearn.audit.scores import assemble, print_audit
+from unlearn.distributed import state
+from unlearn.errors import OutputError
+from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
+from unlearn.protocols import prompt_format_for
+from unlearn.rundir import RunDir
 
 log = logging.getLogger("unlearn")
 
-AUDIT = "audit.json"
-PLOT = "audit.png"
-OWN = (AUDIT, PLOT, "attacks", "items", "relearn")  # everything an audit writes into its folder
 
 
 SETTINGS = {  # the Config fields each attack's result depends on (besides the model and the data)
@@ -85,18 +81,16 @@ def _done(out: Path, attack: str, role: str, settings: dict) -> dict | None:
 def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
     """``unlearn audit``: every attack of ``cfg.attacks`` on ``cfg.model`` (and ``cfg.target_model``,
     ``cfg.retain_model``), written to ``cfg.out``; returns ``audit.json``'s content."""
-    from unlearn.distributed import is_main_process, wait_for_everyone
-
     inputs = inputs or check_inputs(cfg)
     out = Path(cfg.out)
-    main = is_main_process()
+    main = distributed.is_main_process()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    wait_for_everyone()
+    distributed.wait_for_everyone()
     with RunDir(out).locked(main):
         if main:
             _prepare(out, cfg)
-        wait_for_everyone()
+        distributed.wait_for_everyone()
         results: dict[str, dict[str, dict]] = {a: {} for a in inputs.attacks}
         for role, path in inputs.models.items():
             pending = []
@@ -126,10 +120,8 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
         audit = assemble(cfg, inputs, results)
         if main:
             atomic_write_json(out / AUDIT, json_safe(audit))
-            from unlearn.audit.plot import audit_plot
-
             audit_plot(audit, out / PLOT)
-        wait_for_everyone()
+        distributed.wait_for_everyone()
     if main:
         print_audit(audit)
         print(f"audit: wrote {out / AUDIT} and {out / PLOT}")
@@ -148,11 +140,7 @@ def _from_saved(saved: dict, attack: str) -> dict | None:
 
 
 def _load(cfg, role: str, path: str) -> Subject:
-    from unlearn.distributed import state
-    from unlearn.models import load_model
-    from unlearn.protocols import prompt_format_for
-
-    model, tokenizer = load_model(path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+    model, tokenizer = models.load_model(path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation)
     model.to(state().device)
     return Subject(role, path, model, tokenizer, prompt_format_for(tokenizer, cfg, path))

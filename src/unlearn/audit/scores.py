@@ -3,22 +3,13 @@ the plot and the table show, and the terminal table."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from unlearn.data import read_records
-from unlearn.errors import ConfigError, DataError, OutputError
-from unlearn.io import atomic_write_json, atomic_write_jsonl
-from unlearn.io import json_safe
-from unlearn.rundir import MODEL, RunDir
-from unlearn.audit import quantize
+from unlearn.audit.inputs import AuditInputs
+from unlearn.evaluation import mia
 
 log = logging.getLogger("unlearn")
 
@@ -35,8 +26,6 @@ def _recovery(before: float, after: float, target: float) -> float | None:
 
 def assemble(cfg, inputs: AuditInputs, results: dict) -> dict:
     """``audit.json``: one section per attack, each with the value of every model audited."""
-    from unlearn.evaluation import mia
-
     models = dict(inputs.models)
     if inputs.saved_retain is not None:
         models["retain"] = inputs.saved_retain.get("models", {}).get("unlearned", cfg.retain_model)
@@ -88,9 +77,6 @@ def forget_scores(audit: dict) -> dict[str, dict[str, float]]:
 
 
 def print_audit(audit: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     roles = [r for r in ROLES if r in audit["models"]]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     table = Table(title="Audit: does the forgotten knowledge come back? (forget set; higher = more remembered)")

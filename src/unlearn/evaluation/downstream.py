@@ -17,6 +17,7 @@ lm-eval is an optional dependency: ``pip install 'unlearn-llm[downstream]'``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from functools import lru_cache
@@ -177,8 +178,6 @@ def _task_manager(tasks: tuple[str, ...], include_path: str | None):
 def _check_known(tasks, manager, include_path) -> None:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        import difflib
-
         hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
         where = f" or under {include_path}" if include_path else ""
         raise ConfigError("unknown lm-eval task(s): " + "; ".join(

@@ -29,7 +29,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors.torch import load_model, save_model
+
+from unlearn import distributed
 from unlearn.errors import ConfigError
+from unlearn.evaluation.six_metrics import evaluate
 from unlearn.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_log
 from unlearn.rundir import EVAL_LOG, KEPT
 
@@ -96,10 +100,8 @@ class TrainingEval:
 
     def resume(self, step: int) -> None:
         """A run resumed from its checkpoint at ``step``: the rows after it are dropped."""
-        from unlearn.distributed import is_main_process
-
         self.rows = [r for r in read_jsonl_log(self.out_dir / EVAL_LOG) if r["step"] <= step]
-        if is_main_process():
+        if distributed.is_main_process():
             atomic_write_jsonl(self.out_dir / EVAL_LOG, self.rows)
         self.best = best_row(self.rows, self.mu_floor) if self.keep_best else None
 
@@ -107,9 +109,6 @@ class TrainingEval:
         return step % self.every == 0 and not any(r["step"] == step for r in self.rows)
 
     def __call__(self, step: int, epoch: float, model) -> dict:
-        from unlearn.distributed import is_main_process
-        from unlearn.evaluation.six_metrics import evaluate
-
         was_training = model.training
         ev = evaluate(model, self.tokenizer, self.fmt, self.sets, self.plan.judges.embedder, self.plan.judges.nli,
                       self.plan.batch_size, self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets)
@@ -126,7 +125,7 @@ class TrainingEval:
                     self.warned.add(key)
                     log.warning("step %d: the model may be collapsing: %s", step, what)
         self.rows.append(row)
-        if is_main_process():
+        if distributed.is_main_process():
             append_jsonl(self.out_dir / EVAL_LOG, row)
         if self.keep_best:
             best = best_row(self.rows, self.mu_floor)
@@ -136,27 +135,21 @@ class TrainingEval:
         return row
 
     def _save_best(self, model, step: int) -> None:
-        from safetensors.torch import save_model
-
-        from unlearn.distributed import is_main_process, wait_for_everyone
-
-        if is_main_process():
+        if distributed.is_main_process():
             tmp = self.out_dir / f".{BEST}{step}.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
             save_model(model, str(tmp / "weights.safetensors"))  # (tied weights stored once)
             target = self.out_dir / f"{BEST}{step}"
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
-        wait_for_everyone()
+        distributed.wait_for_everyone()
         if not self.checkpointing:
             self.prune()
 
     def prune(self) -> None:
         """Delete the saved bests older than the current one (call when a checkpoint is written:
         a resume from it needs the current best only)."""
-        from unlearn.distributed import is_main_process
-
-        if not is_main_process() or self.best is None:
+        if not distributed.is_main_process() or self.best is None:
             return
         for p in self.out_dir.glob(f"{BEST}*"):
             tail = p.name[len(BEST):]
@@ -165,10 +158,6 @@ class TrainingEval:
 
     def finish(self, model) -> dict | None:
         """``--keep best``: the best weights put back into ``model``; returns the kept row."""
-        from safetensors.torch import load_model
-
-        from unlearn.distributed import is_main_process, wait_for_everyone
-
         if not self.keep_best:
             return None
         best = best_row(self.rows, self.mu_floor)
@@ -180,11 +169,11 @@ class TrainingEval:
                    device=str(next(model.parameters()).device))
         kept = {"step": best["step"], "Forget Efficacy": best["Forget Efficacy"], "Model Utility": best["Model Utility"],
                 "mu_floor": self.mu_floor, "starting Model Utility": self.rows[0]["Model Utility"]}
-        if is_main_process():
+        if distributed.is_main_process():
             atomic_write_json(self.out_dir / KEPT, kept)
             log.info("--keep best: kept the weights of step %d (Forget Efficacy %.4f, Model Utility %.4f)",
                      best["step"], best["Forget Efficacy"], best["Model Utility"])
-        wait_for_everyone()
+        distributed.wait_for_everyone()
         return kept
 
     def reusable(self, step: int, kept: dict | None = None) -> dict[str, list[dict]] | None:
@@ -196,9 +185,7 @@ class TrainingEval:
         return self.last[1]
 
     def cleanup(self) -> None:
-        from unlearn.distributed import is_main_process
-
-        if is_main_process():
+        if distributed.is_main_process():
             for p in self.out_dir.glob(f"{BEST}*"):
                 shutil.rmtree(p, ignore_errors=True)
             for p in self.out_dir.glob(f".{BEST}*"):

@@ -16,13 +16,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from unlearn.config import DEFAULT_NLI
+from unlearn.distributed import progress
 from unlearn.errors import DependencyError, ModelError
 from unlearn.evaluation.metrics import cosine_items
 
@@ -107,8 +112,6 @@ def load_embedder(
     ``spec`` None or ``"default"``: the packaged all-MiniLM-L6-v2 (no network). Anything else is a
     sentence-transformers folder or hub id; the paper uses ``PAPER_EMBEDDER``.
     """
-    from sentence_transformers import SentenceTransformer
-
     path = packaged_embedder_path() if spec in (None, DEFAULT_EMBEDDER) else spec
     try:
         _check_local_folder(path)
@@ -178,8 +181,6 @@ class HFNLIJudge(NLIJudge):
         # Longest first, so each batch pads to a similar length; results go back in input order.
         order = sorted(range(len(premises)), key=lambda i: -(len(premises[i]) + len(hypotheses[i])))
         out: list[str] = [""] * len(premises)
-        from unlearn.distributed import progress
-
         for start in progress(range(0, len(order), self.batch_size), desc="entailment judge", unit="batch",
                               disable=len(order) <= self.batch_size):
             idx = order[start : start + self.batch_size]
@@ -255,8 +256,6 @@ def hub_offline() -> bool:
     within a second (a closed network fails at once)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return True
-    from urllib.parse import urlparse
-
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     return not _answers(host)
 
@@ -264,8 +263,6 @@ def hub_offline() -> bool:
 @functools.lru_cache(maxsize=4)
 def _answers(host: str) -> bool:
     """Whether ``host`` accepts a connection on port 443 (asked once per process)."""
-    import socket
-
     try:
         socket.create_connection((host, 443), timeout=1.0).close()
         return True
@@ -283,8 +280,6 @@ def _cached(repo_id: str) -> bool:
 
 
 def _load_hf_nli(spec: str, device: str | None, batch_size: int, local_only: bool = False) -> HFNLIJudge:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
     _check_local_folder(spec)
     config = AutoConfig.from_pretrained(spec, trust_remote_code=False, local_files_only=local_only)
     archs = getattr(config, "architectures", None) or []

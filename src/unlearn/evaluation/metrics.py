@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy import stats
 from rouge_score.rouge_scorer import RougeScorer
+from scipy import stats
 from scipy.special import logsumexp
 
 __all__ = [

@@ -5,10 +5,15 @@ TOFU standard protocol (:mod:`unlearn.protocols.tofu`) says which sets they run 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import stats
 
-from unlearn.evaluation import mia
+from unlearn.distributed import sharded_map
+from unlearn.evaluation import mia, scoring
+from unlearn.evaluation.metrics import rouge_scorer
+from unlearn.evaluation.scoring import generate, score_sequences
 
 EPS = 1e-10  # open-unlearning's epsilon in its ratios
 MAX_LENGTH = 512  # its TOFU datasets cut sequences here
@@ -132,10 +137,7 @@ def pairs_of(sets, parts=("forget", "retain", "ra", "wf", "holdout")) -> list[Pa
 def score_pairs(model, tokenizer, template, pairs: list[Pair], batch_size: int, shard: bool = False) -> list[tuple]:
     """``(avg_loss, TokenStats or None)`` per pair, from one sorted pass (token statistics for the
     forget and holdout answers)."""
-    from unlearn.distributed import sharded_map
-    from unlearn.evaluation.scoring import score_sequences, shares_prompts
-
-    share = shares_prompts(model)  # a question's answers on its prompt's KV cache (large enough models)
+    share = scoring.shares_prompts(model)  # a question's answers on its prompt's KV cache (large enough models)
 
     def score(ps: list[Pair]) -> list[tuple]:
         seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
@@ -170,9 +172,6 @@ class Scored:
 
 
 def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
-    from unlearn.distributed import sharded_map
-    from unlearn.evaluation.scoring import generate
-
     stopwords = [tokenizer.decode([tokenizer.eos_token_id])]
 
     def answer(qs):

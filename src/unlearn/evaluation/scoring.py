@@ -13,10 +13,12 @@ import inspect
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import progress
 from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, encode_question, pad_batch, pad_id
+from unlearn.evaluation.mia import TokenStats
 from unlearn.losses import sequence_nll, token_counts
 
 MAX_LENGTH = 200
@@ -230,10 +232,6 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
 def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor, texts: list[str]) -> list:
     """Per row a :class:`~unlearn.evaluation.mia.TokenStats`: the label tokens' log p, the mean and spread
     of log p under each position's own distribution, whether the greedy token was the label."""
-    import torch.nn.functional as F
-
-    from unlearn.evaluation.mia import TokenStats
-
     logp_all = F.log_softmax(logits.float(), dim=-1)
     target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     p = logp_all.exp()
@@ -370,8 +368,6 @@ def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], 
     ``p``-norm of the gradient of the answer's mean token NLL (every answer token but the last,
     as open-unlearning's attack). The model stays in eval mode (no dropout) and its ``.grad``
     fields are not touched: the gradients are returned by ``torch.autograd.grad``."""
-    import torch.nn.functional as F
-
     params = [q for q in model.parameters() if q.requires_grad] or list(model.parameters())
     flags = [q.requires_grad for q in params]
     device = model_device(model)

@@ -11,20 +11,21 @@ with the official keys.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import sharded_map
-from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
-from unlearn.rundir import SUMMARY, eval_file
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation.judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
 from unlearn.evaluation.scoring import answer_nlls, generate, generation_batch
 from unlearn.evaluation.sets import EvalSet
+from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
+from unlearn.rundir import SUMMARY, eval_file
 
 log = logging.getLogger("unlearn")
 
@@ -218,9 +219,6 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
 
 
 def print_table(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     sets = list(dict.fromkeys(k[: -len(m) - 1] for k in summary for m in METRICS if k.endswith(" " + m)))
     table = Table(title="Evaluation")
     table.add_column("set", no_wrap=True)

@@ -12,6 +12,7 @@ your own files, trained on as they are. A protocol overrides only what it does d
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import ClassVar
 
 from unlearn.data import (
@@ -59,8 +60,6 @@ class Protocol:
         if cfg.max_length is None:
             changes["max_length"] = self.max_length or SCENARIO_MAX_LENGTH.get(layout, DEFAULT_MAX_LENGTH)
         if cfg.idk is None and layout in ("tofu", "real_world"):
-            from pathlib import Path
-
             here = Path(cfg.data)
             found = next((d / IDK_FILE for d in (here, here.parent) if (d / IDK_FILE).is_file()), None)
             if found is not None:

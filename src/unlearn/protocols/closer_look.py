@@ -13,20 +13,20 @@ forget truth ratios with a retain model's (``--retain-model``: a saved evaluatio
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from unlearn.evaluation import metrics as M
+from unlearn import distributed, models
 from unlearn.config import DEFAULT_NLI, EVAL_BATCH_SIZE
 from unlearn.data import SPLITS, is_text_rows, read_records, read_rows, select_task
-from unlearn.distributed import is_main_process, state
+from unlearn.distributed import state
 from unlearn.errors import ConfigError, DataError, ModelError
+from unlearn.evaluation import metrics as M
 from unlearn.evaluation.judges import Unavailable, load_embedder, load_nli
 from unlearn.evaluation.mia import mia_aucs
 from unlearn.evaluation.scoring import token_stats
 from unlearn.evaluation.sets import EvalSet, forget_set, read_set
 from unlearn.evaluation.six_metrics import evaluate, print_table, set_nlls, write_evaluation
-from unlearn.models import load_model
 from unlearn.prompts import detect_prompt_format
 from unlearn.protocols.base import Protocol
 from unlearn.rundir import MODEL, eval_file
@@ -208,7 +208,7 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
         return [float(r["truth_ratio_r"]) for r in rows]
     if (path / MODEL).is_dir() and not (path / "config.json").exists():
         path = path / MODEL  # the output folder of a fine-tuning run
-    model, tokenizer = load_model(str(path) if path.exists() else str(source), dtype=dtype,
+    model, tokenizer = models.load_model(str(path) if path.exists() else str(source), dtype=dtype,
                                   trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
     model.to(state().device)  # this process's GPU under accelerate launch / torchrun
     fmt = detect_prompt_format(tokenizer, str(source), prompt_format)
@@ -275,7 +275,7 @@ class CloserLook(Protocol):
                       plan.retain_ratios, shard=shard, gen_batch_size=plan.gen_batch_size, done=done)
         if plan.holdout:
             ev.summary.update(membership(plan, model, tokenizer, fmt))
-        if is_main_process():  # one writer when several processes evaluated together
+        if distributed.is_main_process():  # one writer when several processes evaluated together
             write_evaluation(ev, out.path)
             print_table(ev.summary)
             log.info("wrote the evaluation to %s", out.summary)
@@ -285,8 +285,6 @@ class CloserLook(Protocol):
         return [q + " " + a for s in plan.sets or [] for q, a in zip(s.questions, s.answers)]
 
     def audit_sets(self, cfg):
-        from dataclasses import replace
-
         return eval_sets_for(replace(cfg, eval=True)), None
 
     def reference(self, plan):

@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from rich.console import Console
 from rich.table import Table
 
+from unlearn import distributed
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.data import UnlearningData, hub_records, read_records
-from unlearn.distributed import is_main_process
 from unlearn.encoding import Encoded
 from unlearn.errors import DataError
 from unlearn.evaluation import mia
@@ -380,7 +379,7 @@ class Muse(Protocol):
             plan.reference = read_retain_auc(cfg.retain_logs)
 
     def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
-        if not is_main_process():
+        if not distributed.is_main_process():
             return None
         result = evaluate_muse(model, tokenizer, plan.own, plan.batch_size, plan.reference, plan.gen_batch_size)
         write_muse(result, out.path)

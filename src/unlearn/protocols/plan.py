@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unlearn import distributed
 from unlearn.config import EVAL_BATCH_SIZE
-from unlearn.distributed import is_main_process
 from unlearn.errors import DataError
 from unlearn.evaluation.downstream import downstream_after_unlearning, downstream_tasks_for
 from unlearn.protocols import DEFAULT, get_protocol, protocol_of
@@ -59,7 +59,7 @@ class EvalPlan:
         ``done``: per-item records of sets already scored on this model), then the downstream tasks
         (main process). Returns the summary, or None."""
         summary = self.protocol.evaluate(self, model, tokenizer, fmt, out, shard, done)
-        if self.downstream and is_main_process():
+        if self.downstream and distributed.is_main_process():
             downstream_after_unlearning(model, tokenizer, out, self.downstream, self.batch_size,
                                         self.downstream_limit, self.downstream_include,
                                         by_task=self.protocol.downstream_is_evaluation)

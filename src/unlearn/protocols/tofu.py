@@ -38,19 +38,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from rich.console import Console
 from rich.table import Table
 from scipy.stats import ks_2samp
 
+from unlearn import distributed, models
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.data import HUB_RETAIN, UnlearningData, hub_records, read_records
-from unlearn.distributed import is_main_process, state
+from unlearn.distributed import state
 from unlearn.errors import ConfigError, DataError
 from unlearn.evaluation import mia
 from unlearn.evaluation.open_unlearning import (
@@ -71,7 +69,6 @@ from unlearn.evaluation.open_unlearning import (
 from unlearn.evaluation.scoring import generation_batch
 from unlearn.evaluation.sets import EvalSet, check_rows
 from unlearn.io import atomic_write_json, json_safe
-from unlearn.models import load_model
 from unlearn.prompts import detect_prompt_format, tofu_template
 from unlearn.protocols.base import Protocol
 from unlearn.rundir import MODEL, SUMMARY, eval_file
@@ -230,7 +227,7 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
     for name, qs in questions.items():
         gens[name], start = gens_flat[start:start + len(qs)], start + len(qs)
     pairs = pairs_of(sets)
-    scored = Scored(pairs, scorepairs_of(model, tokenizer, template, pairs, batch_size, shard))
+    scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size, shard))
     losses = scored.losses
     logs: dict = {}
     for name in ("forget", "retain", "ra", "wf"):
@@ -277,7 +274,7 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
 def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_size: int, source: str) -> RetainLogs:
     """A retain model's forget truth ratios and Min-K% AUC, computed (no generation)."""
     pairs = pairs_of(sets, ("forget", "holdout"))
-    scored = Scored(pairs, scorepairs_of(model, tokenizer, template, pairs, batch_size))
+    scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))
     auc = None
     if sets.holdout:
         auc = min_k_entry(scored.stats("forget", len(sets.forget)),
@@ -323,7 +320,7 @@ def _retain_logs_from_model(cfg, sets: TofuSets) -> RetainLogs:
     if (path / MODEL).is_dir() and not (path / "config.json").exists():
         path = path / MODEL
     source = str(path) if path.exists() else cfg.retain_model
-    model, tokenizer = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+    model, tokenizer = models.load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   attn_implementation=cfg.attn_implementation)
     model.to(state().device)
     fmt = tofu_template(detect_prompt_format(tokenizer, source, cfg.prompt_format))
@@ -388,7 +385,7 @@ class TofuStandard(Protocol):
     def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
         result = evaluate_tofu(model, tokenizer, fmt, plan.own, plan.batch_size, plan.reference, shard=shard,
                                gen_batch_size=plan.gen_batch_size)
-        if is_main_process():
+        if distributed.is_main_process():
             write_tofu(result, out.path)
             print_tofu(result.summary)
             log.info("wrote the TOFU evaluation to %s (open-unlearning's TOFU_EVAL.json beside it)", out.summary)

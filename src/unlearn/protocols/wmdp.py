@@ -9,7 +9,7 @@ into ``summary.json`` under the task's name.
 
 from __future__ import annotations
 
-from unlearn.distributed import is_main_process
+from unlearn import distributed
 from unlearn.evaluation.downstream import check_downstream, parse_tasks
 from unlearn.io import atomic_write_json
 from unlearn.protocols.closer_look import CloserLook, refuse_closer_look_flags
@@ -40,7 +40,7 @@ class Wmdp(CloserLook):
         plan.downstream = self.tasks(cfg)
 
     def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
-        if is_main_process():
+        if distributed.is_main_process():
             atomic_write_json(out.summary, {"benchmark": self.name})  # the tasks' accuracies are added to it
         return None
 

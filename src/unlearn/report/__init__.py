@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearn.io import atomic_write_text, write_csv_rows
-from unlearn.report.plots import scenario_of, plot_continual, plot_tradeoff, plot_trajectories
+from unlearn.report.plots import plot_continual, plot_tradeoff, plot_trajectories, scenario_of
 from unlearn.report.render import md_escape, render_html, render_markdown
 from unlearn.report.runs import Run, collect_runs, load_run, short_labels
 from unlearn.report.tables import report_blocks, table_rows

@@ -7,7 +7,6 @@ import re
 
 from unlearn.report.tables import Block
 
-
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#])")
 
 

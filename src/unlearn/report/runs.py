@@ -12,8 +12,8 @@ from typing import Iterable
 import yaml
 
 from unlearn.errors import DataError
-from unlearn.io import as_number, read_csv_rows
-from unlearn.rundir import CONFIG, CONTINUAL, DATA, EVAL_CONFIG, SUMMARY, eval_file
+from unlearn.io import as_number, read_csv_rows, read_jsonl_log
+from unlearn.rundir import CONFIG, CONTINUAL, DATA, EVAL_CONFIG, EVAL_LOG, SUMMARY, eval_file
 
 # The evaluation's vocabulary (unlearn.evaluation.six_metrics), repeated here so a report never imports torch.
 SETS = ("Retain", "Real Authors", "Real World", "Forget", "Forget Paraphrased")
@@ -176,9 +176,6 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
                    eval_dir=last if last is not None else folder)
     if not summary_path.is_file():
         raise DataError(f"{folder}: no summary.json (evaluate the model first: unlearn eval)")
-    from unlearn.io import read_jsonl_log
-    from unlearn.rundir import EVAL_LOG
-
     return Run(name or folder.name, folder, _read_mapping(summary_path, json.loads, required=True), _read_config(folder),
                _read_mapping(folder / DATA, json.loads), eval_dir=folder,
                trajectory=read_jsonl_log(folder / EVAL_LOG) or None)

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unlearn.protocols import PROTOCOLS
-from unlearn.report.runs import DASH, EXAMPLE_SETS, HEADLINE, MAX_ANSWER_CHARS, METRICS, SETS, Run, fmt_short, shown_path
+from unlearn.report.runs import (
+    DASH,
+    EXAMPLE_SETS,
+    HEADLINE,
+    MAX_ANSWER_CHARS,
+    METRICS,
+    SETS,
+    Run,
+    fmt_short,
+    shown_path,
+)
 
 
 def fmt_value(v: float | None) -> str:

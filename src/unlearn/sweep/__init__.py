@@ -19,8 +19,15 @@ import gc
 import time
 from pathlib import Path
 
+import torch
+
+from unlearn import distributed, pipeline
 from unlearn.io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
-from unlearn.rundir import FINISHED, PARTIAL
+from unlearn.pipeline import audit_saved
+from unlearn.protocols import protocol_of
+from unlearn.protocols.closer_look import load_judges
+from unlearn.protocols.plan import plan_evaluation
+from unlearn.rundir import FINISHED, PARTIAL, RunDir
 from unlearn.sweep.plan import MAX_NAME, PlannedRun, plan_sweep, read_sweep, run_name  # noqa: F401 (the sweep's API)
 
 KEY_METRICS = ("Model Utility", "Model Utility Retain", "Forget Efficacy", "Forget Quality")
@@ -29,18 +36,14 @@ STATE_TEXT = {FINISHED: "finished, skip", PARTIAL: "unfinished, redo", "absent":
 
 def _free_memory() -> None:
     gc.collect()
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def run_one(cfg, plan) -> dict | None:
     """What ``unlearn run`` does for one run: unlearn, save, evaluate. Returns the summary (or None)."""
-    from unlearn.pipeline import run
-
     try:
-        return run(cfg, plan=plan).summary
+        return pipeline.run(cfg, plan=plan).summary
     finally:
         _free_memory()
 
@@ -48,10 +51,6 @@ def run_one(cfg, plan) -> dict | None:
 def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
     """The evaluation plan of every run that will run: judges loaded once, the retain model's
     numbers once per forget set."""
-    from unlearn.protocols import protocol_of
-    from unlearn.protocols.closer_look import load_judges
-    from unlearn.protocols.plan import plan_evaluation
-
     todo = [r for r, s in zip(runs, states) if s != FINISHED]
     judges, references, plans = None, {}, {}
     for r in todo:
@@ -76,9 +75,7 @@ def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
 
 
 def _is_main_process() -> bool:
-    from unlearn.distributed import is_main_process
-
-    return is_main_process()
+    return distributed.is_main_process()
 
 
 def _metrics_text(summary: dict | None) -> str:
@@ -106,8 +103,6 @@ def run_sweep(path: str | Path, dry_run: bool = False, out: str | None = None, d
         for i, (r, state) in enumerate(zip(runs, states), 1):
             print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
         return 0
-    from unlearn.rundir import RunDir
-
     main = _is_main_process()
     with RunDir(root).locked(main):
         return _run_all(path, root, runs, states, main, debug)
@@ -123,8 +118,6 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
     for i, (run, state) in enumerate(zip(runs, states), 1):
         prefix = f"[{i}/{n}] {run.name}"
         if state == FINISHED and run.cfg.audit and not run.out.audited:
-            from unlearn.pipeline import audit_saved
-
             print(f"{prefix}: finished; auditing it", flush=True)
             audit_saved(run.cfg, run.out, resume=True)  # (an interrupted audit goes on where it stopped)
             state = FINISHED

@@ -29,9 +29,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlearn.config import Config, config_from_args, config_keys, read_yaml_mapping
-from unlearn.protocols import protocol_of, with_defaults
+from unlearn.config import Config, config_from_args, config_keys, fields_of, read_yaml_mapping
+from unlearn.data import read_refusals
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.loading import validate_model_settings
+from unlearn.methods import resolve
+from unlearn.pipeline import load_data
+from unlearn.protocols import protocol_of, with_defaults
 from unlearn.rundir import RunDir
 
 TOP_KEYS = ("base", "grid", "out", "audit")
@@ -100,8 +104,6 @@ def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
 
 def _audit_keys(section, path: Path) -> dict:
     """The ``audit:`` section: ``true`` (every attack, the defaults) or a mapping of audit settings."""
-    from unlearn.config import fields_of
-
     if section is True:
         return {}
     allowed = set(fields_of("audit")) | {"holdout", "ref_model", "target_model", "retain_model"}
@@ -138,11 +140,6 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
     """Validate one run before anything runs: method and its arguments, model settings, training data, refusals,
     evaluation sets and downstream tasks. Returns (evaluation sets, downstream tasks), None where
     there are none. An error names the run."""
-    from unlearn.data import read_refusals
-    from unlearn.methods import resolve
-    from unlearn.loading import validate_model_settings
-    from unlearn.pipeline import load_data
-
     try:
         resolve(cfg)
         validate_model_settings(cfg)
