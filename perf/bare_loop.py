@@ -36,8 +36,8 @@ def pad(seqs, pad_id: int) -> dict[str, torch.Tensor]:
     ids = torch.full((len(seqs), width), pad_id)
     labels = torch.full((len(seqs), width), -100)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (i, l) in enumerate(seqs):
-        ids[r, : len(i)], labels[r, : len(l)], mask[r, : len(i)] = torch.tensor(i), torch.tensor(l), 1
+    for r, (i, lab) in enumerate(seqs):
+        ids[r, : len(i)], labels[r, : len(lab)], mask[r, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -75,7 +75,8 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = steps_per_epoch if steps_per_epoch > 1 else 0  # linear warm-up, then linear decay to 0
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+        opt, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
     model.train()
     losses = []
     for epoch in range(args.epochs):

@@ -46,9 +46,16 @@ def probe(method: str, chunk: bool, steps: int) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=LAYERS,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=LENGTH,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=4 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=LENGTH,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     g = torch.Generator().manual_seed(1)
 
@@ -79,8 +86,7 @@ def probe(method: str, chunk: bool, steps: int) -> dict:
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
         first = float(loss) if first is None else first
-    return {"peak_above_mib": peak_mib() - before, "peak_mib": peak_mib(), "step_s": min(times[1:]),
-            "loss": first}
+    return {"peak_above_mib": peak_mib() - before, "peak_mib": peak_mib(), "step_s": min(times[1:]), "loss": first}
 
 
 def main() -> None:
@@ -96,24 +102,44 @@ def main() -> None:
         return
 
     def run(method, chunk):
-        out = subprocess.run([PYTHON, __file__, "--probe", method, chunk, "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [PYTHON, __file__, "--probe", method, chunk, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"vocabulary {VOCAB}, hidden {HIDDEN}, {LAYERS} layers, batch {BATCH} x {LENGTH} tokens, "
-          f"best of {args.repeats}, 1 thread")
-    print(f"{'method':8} {'logits':7} {'peak above start MiB':>21} {'peak RSS MiB':>13} {'step s':>8} {'first loss':>11}")
+    print(
+        f"vocabulary {VOCAB}, hidden {HIDDEN}, {LAYERS} layers, batch {BATCH} x {LENGTH} tokens, "
+        f"best of {args.repeats}, 1 thread"
+    )
+    print(
+        f"{'method':8} {'logits':7} {'peak above start MiB':>21} {'peak RSS MiB':>13} {'step s':>8} {'first loss':>11}"
+    )
     for method in ("ME+GD", "NPO+KL"):
-        res = alternate({"whole": lambda m=method: run(m, "off"), "chunked": lambda m=method: run(m, "on")},
-                        args.repeats)
-        best = {k: {"peak_above_mib": min(r["peak_above_mib"] for r in v), "peak_mib": min(r["peak_mib"] for r in v),
-                    "step_s": min(r["step_s"] for r in v), "loss": v[0]["loss"]} for k, v in res.items()}
+        res = alternate(
+            {"whole": lambda m=method: run(m, "off"), "chunked": lambda m=method: run(m, "on")}, args.repeats
+        )
+        best = {
+            k: {
+                "peak_above_mib": min(r["peak_above_mib"] for r in v),
+                "peak_mib": min(r["peak_mib"] for r in v),
+                "step_s": min(r["step_s"] for r in v),
+                "loss": v[0]["loss"],
+            }
+            for k, v in res.items()
+        }
         for k, b in best.items():
-            print(f"{method:8} {k:7} {b['peak_above_mib']:21.0f} {b['peak_mib']:13.0f} {b['step_s']:8.3f} "
-                  f"{b['loss']:11.6f}")
+            print(
+                f"{method:8} {k:7} {b['peak_above_mib']:21.0f} {b['peak_mib']:13.0f} {b['step_s']:8.3f} "
+                f"{b['loss']:11.6f}"
+            )
         w, c = best["whole"], best["chunked"]
-        print(f"{method:8} chunked/whole: peak above start {c['peak_above_mib'] / w['peak_above_mib']:.2f}x "
-              f"(target <= 0.5), step time {c['step_s'] / w['step_s']:.2f}x (target <= 1.1)")
+        print(
+            f"{method:8} chunked/whole: peak above start {c['peak_above_mib'] / w['peak_above_mib']:.2f}x "
+            f"(target <= 0.5), step time {c['step_s'] / w['step_s']:.2f}x (target <= 1.1)"
+        )
 
 
 if __name__ == "__main__":

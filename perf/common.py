@@ -57,8 +57,9 @@ def alternate(runs: dict[str, callable], repeats: int) -> dict[str, list]:
 def best(values: list[Measured]) -> Measured:
     """The fastest run (the least disturbed by other processes); its RSS is the max over runs."""
     fastest = min(values, key=lambda m: m.wall)
-    return Measured(fastest.wall, max(m.max_rss_mib for m in values), fastest.rc, fastest.output,
-                    min(m.cpu for m in values))
+    return Measured(
+        fastest.wall, max(m.max_rss_mib for m in values), fastest.rc, fastest.output, min(m.cpu for m in values)
+    )
 
 
 # --------------------------------------------------------------------------- models on disk
@@ -67,15 +68,32 @@ def best(values: list[Measured]) -> Measured:
 def llama_config(vocab_size: int, hidden: int, layers: int, heads: int, intermediate: int, tokenizer):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=1024, tie_word_embeddings=True,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
-def write_llama(out: Path, texts: list[str], vocab_size: int = 32000, hidden: int = 768, layers: int = 12,
-                heads: int = 12, intermediate: int = 2048, tokenizer_vocab: int = 4096, seed: int = 0) -> Path:
+def write_llama(
+    out: Path,
+    texts: list[str],
+    vocab_size: int = 32000,
+    hidden: int = 768,
+    layers: int = 12,
+    heads: int = 12,
+    intermediate: int = 2048,
+    tokenizer_vocab: int = 4096,
+    seed: int = 0,
+) -> Path:
     """A randomly initialised Llama (default ~110M parameters, vocabulary 32k) and a byte-level BPE
     tokenizer trained on ``texts``, saved as safetensors in ``out``. The model's vocabulary is
     ``vocab_size`` whatever the tokenizer's size, so the logits have the realistic width."""
@@ -124,15 +142,31 @@ def write_data(out: Path, authors: int = 100, qa_per_author: int = 4) -> Path:
     return write_synthetic(out, n_authors=authors, qa_per_author=qa_per_author, seed=0)
 
 
-def ratio_line(name: str, value: float, target: float | None = None, higher_is_better: bool = False,
-               unit: str = "x", fmt: str = ".3f") -> dict:
+def ratio_line(
+    name: str,
+    value: float,
+    target: float | None = None,
+    higher_is_better: bool = False,
+    unit: str = "x",
+    fmt: str = ".3f",
+) -> dict:
     ok = None if target is None else (value >= target if higher_is_better else value <= target)
-    return {"name": name, "value": value, "target": target, "ok": ok, "unit": unit,
-            "sign": ">=" if higher_is_better else "<=", "fmt": fmt}
+    return {
+        "name": name,
+        "value": value,
+        "target": target,
+        "ok": ok,
+        "unit": unit,
+        "sign": ">=" if higher_is_better else "<=",
+        "fmt": fmt,
+    }
 
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
-        tgt = "" if r["target"] is None else f"  (target {r['sign']} {r['target']}{r['unit']}: " \
-                                              f"{'met' if r['ok'] else 'NOT MET'})"
+        tgt = (
+            ""
+            if r["target"] is None
+            else f"  (target {r['sign']} {r['target']}{r['unit']}: {'met' if r['ok'] else 'NOT MET'})"
+        )
         print(f"  {r['name']:<58} {format(r['value'], r.get('fmt', '.3f'))}{r['unit']}{tgt}", flush=True)

@@ -28,11 +28,22 @@ from pathlib import Path
 TRAIN = ["--method", "NPO+KL", "--epochs", "3", "--grad-accum", "1", "--lr", "1e-3", "--no-eval"]
 ENGINES = {
     "zero2": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "DS_ACCELERATOR": "cpu"},
-    "zero3": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "DS_ACCELERATOR": "cpu",
-              "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"},
-    "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-              "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
-              "FSDP_CPU_RAM_EFFICIENT_LOADING": "false", "FSDP_SYNC_MODULE_STATES": "false"},
+    "zero3": {
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "DS_ACCELERATOR": "cpu",
+        "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true",
+        "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+    },
+    "fsdp2": {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "2",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+        "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "false",
+        "FSDP_SYNC_MODULE_STATES": "false",
+    },
 }
 
 
@@ -44,10 +55,13 @@ def worker(argv: list[str]) -> int:
 
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         PartialState()  # DeepSpeed forms the gloo group itself
-        PartialState._shared_state.update(num_processes=int(os.environ["WORLD_SIZE"]),
-                                          process_index=int(os.environ["RANK"]),
-                                          local_process_index=int(os.environ["LOCAL_RANK"]),
-                                          distributed_type=DistributedType.DEEPSPEED, backend="gloo")
+        PartialState._shared_state.update(
+            num_processes=int(os.environ["WORLD_SIZE"]),
+            process_index=int(os.environ["RANK"]),
+            local_process_index=int(os.environ["LOCAL_RANK"]),
+            distributed_type=DistributedType.DEEPSPEED,
+            backend="gloo",
+        )
     else:  # FSDP: accelerate turns it on only from a multi-GPU state
         from unlearn.distributed import state
 
@@ -58,8 +72,18 @@ def worker(argv: list[str]) -> int:
 
 def _run(cmd: list[str], env: dict, log: Path) -> None:
     with open(log, "w") as fh:
-        code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_MIXED_PRECISION": "no",
-                                        "PYTHONWARNINGS": "ignore", **env}, stdout=fh, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            cmd,
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "ACCELERATE_MIXED_PRECISION": "no",
+                "PYTHONWARNINGS": "ignore",
+                **env,
+            },
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        ).returncode
     if code:
         raise SystemExit(f"{' '.join(cmd)} failed; see {log}")
 
@@ -78,16 +102,40 @@ def main() -> None:
     env = {"PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     data, base = work / "data", work / "base"
     if not (base / "model").is_dir():
-        _run([py, "-m", "unlearn", "data", "synth", "--out", str(data), "--authors", "10", "--qa-per-author", "2"],
-             env, work / "data.log")
-        _run([py, "-m", "unlearn", "finetune", "--train", str(data / "forget10.json"), "--out", str(base),
-              "--epochs", "1", "--batch-size", "4", "--grad-accum", "1", "--overwrite"], env, work / "base.log")
+        _run(
+            [py, "-m", "unlearn", "data", "synth", "--out", str(data), "--authors", "10", "--qa-per-author", "2"],
+            env,
+            work / "data.log",
+        )
+        _run(
+            [
+                py,
+                "-m",
+                "unlearn",
+                "finetune",
+                "--train",
+                str(data / "forget10.json"),
+                "--out",
+                str(base),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--grad-accum",
+                "1",
+                "--overwrite",
+            ],
+            env,
+            work / "base.log",
+        )
     common = ["run", "--data", str(data), "--model", str(base / "model"), *TRAIN]
     if args.lora:
         common += ["--lora", "--lora-dropout", "0"]
     torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    variants = {"1 process": ([py, "-m", "unlearn", *common, "--batch-size", "2"], {}),
-                "DDP": ([*torchrun, "-m", "unlearn", *common, "--batch-size", "1"], {})}
+    variants = {
+        "1 process": ([py, "-m", "unlearn", *common, "--batch-size", "2"], {}),
+        "DDP": ([*torchrun, "-m", "unlearn", *common, "--batch-size", "1"], {}),
+    }
     try:
         import deepspeed  # noqa: F401
 
@@ -108,7 +156,10 @@ def main() -> None:
     for name, (rows, w) in results.items():
         diff = max((w[k].float() - ref_w[k].float()).abs().max().item() for k in ref_w)
         extra = sorted(set(w) ^ set(ref_w))
-        print(f"{name:<10} {len(rows):>5} {rows[-1]['loss']:>12.7f} {diff:>24.2e}" + (f"  keys differ: {extra}" if extra else ""))
+        print(
+            f"{name:<10} {len(rows):>5} {rows[-1]['loss']:>12.7f} {diff:>24.2e}"
+            + (f"  keys differ: {extra}" if extra else "")
+        )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,12 @@ CONFIGS = {
     "bf16 + gradient checkpointing + sdpa": dict(dtype="bfloat16", gradient_checkpointing=True, attn="sdpa"),
     "bf16 + sdpa (no checkpointing)": dict(dtype="bfloat16", gradient_checkpointing=False, attn="sdpa"),
     "bf16 + gradient checkpointing + eager": dict(dtype="bfloat16", gradient_checkpointing=True, attn="eager"),
-    "bf16 + gradient checkpointing + flash_attention_2": dict(dtype="bfloat16", gradient_checkpointing=True,
-                                                               attn="flash_attention_2"),
-    "fp32 weights + bf16 autocast + gradient checkpointing": dict(dtype="float32", gradient_checkpointing=True,
-                                                                  attn="sdpa", mixed_precision="bf16"),
+    "bf16 + gradient checkpointing + flash_attention_2": dict(
+        dtype="bfloat16", gradient_checkpointing=True, attn="flash_attention_2"
+    ),
+    "fp32 weights + bf16 autocast + gradient checkpointing": dict(
+        dtype="float32", gradient_checkpointing=True, attn="sdpa", mixed_precision="bf16"
+    ),
 }
 
 
@@ -53,16 +55,30 @@ def one(args, spec: dict) -> dict:
     work = Path(tempfile.mkdtemp(prefix="unlearn-gpu-"))
     data_dir = write_synthetic(work / "data", n_authors=args.authors, qa_per_author=10)
     data = load_tofu(data_dir, "forget10", 1)
-    objective, cfg = resolve(Config(
-        model=args.model, dtype=spec["dtype"], gradient_checkpointing=spec["gradient_checkpointing"],
-        attn_implementation=spec["attn"], mixed_precision=spec.get("mixed_precision", "no"), method="ME+GD",
-        batch_size=args.batch_size, grad_accum=1, epochs=1, lr=1e-5, warmup=0, max_length=256, out=str(work / "out")))
+    objective, cfg = resolve(
+        Config(
+            model=args.model,
+            dtype=spec["dtype"],
+            gradient_checkpointing=spec["gradient_checkpointing"],
+            attn_implementation=spec["attn"],
+            mixed_precision=spec.get("mixed_precision", "no"),
+            method="ME+GD",
+            batch_size=args.batch_size,
+            grad_accum=1,
+            epochs=1,
+            lr=1e-5,
+            warmup=0,
+            max_length=256,
+            out=str(work / "out"),
+        )
+    )
     refusals = read_refusals(None)
     texts = [r["question"] + " " + r["answer"] for r in data.forget + data.retain]
     model, tok = load_model(cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation, texts=texts)
     fmt = detect_prompt_format(tok, cfg.model)
-    ds = UnlearningDataset(data.forget, data.retain, tok, fmt, objective.parts, refusals, cfg.max_length,
-                           mask_forget=cfg.mask)
+    ds = UnlearningDataset(
+        data.forget, data.retain, tok, fmt, objective.parts, refusals, cfg.max_length, mask_forget=cfg.mask
+    )
     tokens_per_epoch = sum(len(item[p]) for item in ds.items for p in objective.parts)
     cuda = args.device == "cuda"
     model.to(args.device)
@@ -77,10 +93,16 @@ def one(args, spec: dict) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
-    return {"tokens_per_s": tokens_per_epoch * args.epochs / seconds, "seconds": seconds,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "params_m": n_params / 1e6,
-            "items": len(ds), "batch_size": cfg.batch_size, "epochs": args.epochs}
+    return {
+        "tokens_per_s": tokens_per_epoch * args.epochs / seconds,
+        "seconds": seconds,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "params_m": n_params / 1e6,
+        "items": len(ds),
+        "batch_size": cfg.batch_size,
+        "epochs": args.epochs,
+    }
 
 
 def materialise(folder: str) -> str:
@@ -103,8 +125,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--authors", type=int, default=100, help="synthetic authors (forget10: a tenth of them)")
-    ap.add_argument("--init-from-config", default=None, metavar="FOLDER",
-                    help="random weights with FOLDER's config.json and tokenizer (replaces --model)")
+    ap.add_argument(
+        "--init-from-config",
+        default=None,
+        metavar="FOLDER",
+        help="random weights with FOLDER's config.json and tokenizer (replaces --model)",
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
@@ -114,8 +140,10 @@ def main() -> None:
         import torch
 
         if not torch.cuda.is_available():
-            sys.exit("no CUDA GPU here: this benchmark measures GPU training (try --device cpu --model tiny "
-                     "for a smoke test of the script)")
+            sys.exit(
+                "no CUDA GPU here: this benchmark measures GPU training (try --device cpu --model tiny "
+                "for a smoke test of the script)"
+            )
     if args.init_from_config:
         args.model = materialise(args.init_from_config)
         print(f"model: random weights, architecture and tokenizer of {args.init_from_config}")
@@ -131,16 +159,33 @@ def main() -> None:
             except ImportError:
                 print(f"{name:<56} {'skipped: flash-attn not installed':>20}")
                 continue
-        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--device", args.device,
-               "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--authors", str(args.authors)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--model",
+            args.model,
+            "--device",
+            args.device,
+            "--batch-size",
+            str(args.batch_size),
+            "--epochs",
+            str(args.epochs),
+            "--authors",
+            str(args.authors),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name:<56} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"{name:<56} {r['tokens_per_s']:>10.0f} {peak:>9}   ({r['device']}, {r['params_m']:.1f}M params, "
-              f"{r['items']} items x {r['epochs']} epochs, batch {r['batch_size']})", flush=True)
+        print(
+            f"{name:<56} {r['tokens_per_s']:>10.0f} {peak:>9}   ({r['device']}, {r['params_m']:.1f}M params, "
+            f"{r['items']} items x {r['epochs']} epochs, batch {r['batch_size']})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,17 @@ def main() -> None:
     loss.backward()
     assert logits.grad is not None and torch.isfinite(loss)
     one = b * t * v * 4 / 2**20
-    print(json.dumps({"kind": kind, "extra_peak_mib": peak_mib() - before, "logits_mib": one,
-                      "loss": float(loss), "ln_v": math.log(v)}))
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "extra_peak_mib": peak_mib() - before,
+                "logits_mib": one,
+                "loss": float(loss),
+                "ln_v": math.log(v),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,35 +40,41 @@ def _timed(method: str, model: Path, data: Path, work: Path, epochs: int):
         m = measure(full, cwd=ROOT)
         m.ref_pass = json.loads(stats.read_text())["reference_pass_s"]
         return m
+
     return go
 
 
 def reference_statistics(quick: bool, repeats: int, work: Path) -> list[dict]:
     model, data = model_dirs(work, quick)
     epochs = 1
-    print(f"[reference statistics] {model.name}; GA+GD / NPO+GD and IDK+AP / DPO+GD alternate {repeats}x, "
-          "GA+KL once", flush=True)
+    print(
+        f"[reference statistics] {model.name}; GA+GD / NPO+GD and IDK+AP / DPO+GD alternate {repeats}x, GA+KL once",
+        flush=True,
+    )
     runs = alternate({m: _timed(m, model, data, work, epochs) for m in ("GA+GD", "NPO+GD")}, repeats)
     # DPO+GD runs three sequences a step (forget, refusal, retain); IDK+AP also runs three
     # (refusal, retain, retain + refusal) and has no reference at all: the like-for-like baseline.
     runs.update(alternate({m: _timed(m, model, data, work, epochs) for m in ("IDK+AP", "DPO+GD")}, repeats))
     runs.update(alternate({"GA+KL": _timed("GA+KL", model, data, work, epochs)}, 1))
     for name, ms in runs.items():
-        print(f"  {name:<8} wall {' '.join(f'{m.wall:6.1f}' for m in ms)} s   reference pass "
-              f"{' '.join(f'{m.ref_pass:5.1f}' for m in ms)} s   peak RSS "
-              f"{' '.join(f'{m.max_rss_mib:6.0f}' for m in ms)} MiB", flush=True)
+        print(
+            f"  {name:<8} wall {' '.join(f'{m.wall:6.1f}' for m in ms)} s   reference pass "
+            f"{' '.join(f'{m.ref_pass:5.1f}' for m in ms)} s   peak RSS "
+            f"{' '.join(f'{m.max_rss_mib:6.0f}' for m in ms)} MiB",
+            flush=True,
+        )
     ga, npo = best(runs["GA+GD"]), min(runs["NPO+GD"], key=lambda m: m.wall)
     npo_rss = max(m.max_rss_mib for m in runs["NPO+GD"])
     idk, dpo = best(runs["IDK+AP"]), min(runs["DPO+GD"], key=lambda m: m.wall)
     dpo_rss, kl = max(m.max_rss_mib for m in runs["DPO+GD"]), runs["GA+KL"][0]
     rows = [
         ratio_line("NPO+GD / GA+GD peak RSS", npo_rss / ga.max_rss_mib, MEMORY_TARGET),
-        ratio_line("NPO+GD / (GA+GD + one-off reference pass) wall", npo.wall / (ga.wall + npo.ref_pass),
-                   TIME_TARGET),
+        ratio_line("NPO+GD / (GA+GD + one-off reference pass) wall", npo.wall / (ga.wall + npo.ref_pass), TIME_TARGET),
         ratio_line("NPO+GD one-off reference pass / GA+GD wall", npo.ref_pass / ga.wall),
         ratio_line("DPO+GD / IDK+AP peak RSS (both 3 sequences a step)", dpo_rss / idk.max_rss_mib, MEMORY_TARGET),
-        ratio_line("DPO+GD / (IDK+AP + one-off reference pass) wall", dpo.wall / (idk.wall + dpo.ref_pass),
-                   TIME_TARGET),
+        ratio_line(
+            "DPO+GD / (IDK+AP + one-off reference pass) wall", dpo.wall / (idk.wall + dpo.ref_pass), TIME_TARGET
+        ),
         ratio_line("DPO+GD / GA+GD peak RSS (3 sequences a step against 2)", dpo_rss / ga.max_rss_mib),
         ratio_line("GA+KL / GA+GD peak RSS (KL keeps a reference model)", kl.max_rss_mib / ga.max_rss_mib),
     ]
@@ -80,18 +86,25 @@ def reference_statistics(quick: bool, repeats: int, work: Path) -> list[dict]:
 
 def me_memory(quick: bool) -> list[dict]:
     shape = ("8", "256", "32000")  # a few seconds: the same in quick mode
-    print(f"[ME memory] forward + backward on ({', '.join(shape)}) float32 logits, extra peak over the logits",
-          flush=True)
+    print(
+        f"[ME memory] forward + backward on ({', '.join(shape)}) float32 logits, extra peak over the logits", flush=True
+    )
     extra = {}
     for kind in ("ce", "me", "me_official"):
         m = measure([PYTHON, str(ROOT / "benchmarks" / "me_memory_probe.py"), kind, *shape], cwd=ROOT)
         r = json.loads(m.output.strip().splitlines()[-1])
         extra[kind] = r["extra_peak_mib"]
-        print(f"  {kind:<12} extra peak {r['extra_peak_mib']:7.0f} MiB  (= {r['extra_peak_mib'] / r['logits_mib']:.2f}"
-              f" x the logits; loss {r['loss']:.6f})", flush=True)
-    rows = [ratio_line("ME / cross-entropy extra peak memory", extra["me"] / extra["ce"], 1.0),
-            ratio_line("official ME (uniform tensor) / cross-entropy extra peak memory",
-                       extra["me_official"] / extra["ce"])]
+        print(
+            f"  {kind:<12} extra peak {r['extra_peak_mib']:7.0f} MiB  (= {r['extra_peak_mib'] / r['logits_mib']:.2f}"
+            f" x the logits; loss {r['loss']:.6f})",
+            flush=True,
+        )
+    rows = [
+        ratio_line("ME / cross-entropy extra peak memory", extra["me"] / extra["ce"], 1.0),
+        ratio_line(
+            "official ME (uniform tensor) / cross-entropy extra peak memory", extra["me_official"] / extra["ce"]
+        ),
+    ]
     print_rows(rows)
     return rows
 

@@ -60,13 +60,21 @@ def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, b
     out = []
     with torch.inference_mode():
         for start in range(0, len(questions), OFFICIAL_BATCH):
-            prompts = [encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens)
-                       for q in questions[start : start + OFFICIAL_BATCH]]
+            prompts = [
+                encode_prompt(tokenizer, fmt.prompt(q), fmt.add_special_tokens)
+                for q in questions[start : start + OFFICIAL_BATCH]
+            ]
             width = max(len(p) for p in prompts)
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            config = GenerationConfig(max_length=max_length, do_sample=False, num_beams=1, use_cache=True,
-                                      eos_token_id=eos_ids(model, tokenizer), pad_token_id=pad_id)
+            config = GenerationConfig(
+                max_length=max_length,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                eos_token_id=eos_ids(model, tokenizer),
+                pad_token_id=pad_id,
+            )
             seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             out += [t.strip() for t in tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)]
     return out
@@ -85,13 +93,19 @@ def official_answer_nlls(model, tokenizer, fmt, questions, answers):
     out = []
     with torch.inference_mode():
         for start in range(0, len(questions), OFFICIAL_BATCH):
-            seqs = [encode_qa(tokenizer, fmt.prompt(q), a, OFFICIAL_LENGTH, True, fmt.add_special_tokens)
-                    for q, a in zip(questions[start : start + OFFICIAL_BATCH], answers[start : start + OFFICIAL_BATCH])]
+            seqs = [
+                encode_qa(tokenizer, fmt.prompt(q), a, OFFICIAL_LENGTH, True, fmt.add_special_tokens)
+                for q, a in zip(
+                    questions[start : start + OFFICIAL_BATCH], answers[start : start + OFFICIAL_BATCH], strict=False
+                )
+            ]
             batch = pad_batch(seqs, tokenizer.pad_token_id)
             extra = OFFICIAL_LENGTH - batch["input_ids"].shape[1]
-            batch = {"input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=tokenizer.pad_token_id),
-                     "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0),
-                     "labels": torch.nn.functional.pad(batch["labels"], (0, extra), value=-100)}
+            batch = {
+                "input_ids": torch.nn.functional.pad(batch["input_ids"], (0, extra), value=tokenizer.pad_token_id),
+                "attention_mask": torch.nn.functional.pad(batch["attention_mask"], (0, extra), value=0),
+                "labels": torch.nn.functional.pad(batch["labels"], (0, extra), value=-100),
+            }
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             out.append((sequence_nll(logits, batch["labels"]) / token_counts(batch["labels"]).clamp(min=1)).double())
     return torch.cat(out).numpy()
@@ -103,8 +117,9 @@ def official_nlls(model, tokenizer, fmt, s, batch_size, with_answers=True):
     a = official_answer_nlls(model, tokenizer, fmt, q, s.answers)
     p = official_answer_nlls(model, tokenizer, fmt, q, s.paraphrases) if s.paraphrases is not None else a
     k = len(s.perturbed[0])
-    flat = official_answer_nlls(model, tokenizer, fmt, [x for x in q for _ in range(k)],
-                                [x for row in s.perturbed for x in row])
+    flat = official_answer_nlls(
+        model, tokenizer, fmt, [x for x in q for _ in range(k)], [x for row in s.perturbed for x in row]
+    )
     return a, p, flat.reshape(len(q), k)
 
 
@@ -120,7 +135,7 @@ def official_cosine(embedder: ReloadingEmbedder, generations, references):
 
     fresh = load_embedder(embedder.spec)
     out = []
-    for g, r in zip(generations, references):
+    for g, r in zip(generations, references, strict=False):
         a = np.asarray(fresh.encode([g])[0], dtype=np.float64)
         b = np.asarray(fresh.encode([r])[0], dtype=np.float64)
         norm = np.linalg.norm(a) * np.linalg.norm(b)
@@ -156,11 +171,13 @@ def _no_nli():
 def official_evaluate(model, tokenizer, fmt, sets, nli_path, judges=True):
     from unlearn.evaluation import six_metrics as suites
 
-    patches = [mock.patch.object(suites, "_generate_sets", official_generate_sets),
-               mock.patch.object(suites, "set_nlls", official_nlls),
-               # every pair is judged (the ROUGE floor applies afterwards), every text embedded
-               mock.patch.object(suites, "_needs_judge", lambda rouge: list(range(len(rouge)))),
-               mock.patch.object(suites, "_distinct_judges", lambda embedder, nli: (embedder, nli))]
+    patches = [
+        mock.patch.object(suites, "_generate_sets", official_generate_sets),
+        mock.patch.object(suites, "set_nlls", official_nlls),
+        # every pair is judged (the ROUGE floor applies afterwards), every text embedded
+        mock.patch.object(suites, "_needs_judge", lambda rouge: list(range(len(rouge)))),
+        mock.patch.object(suites, "_distinct_judges", lambda embedder, nli: (embedder, nli)),
+    ]
     if judges:
         patches.append(mock.patch.object(suites, "cosine_similarity_batch", official_cosine))
     embedder, nli = (ReloadingEmbedder(), ReloadingNLI(nli_path)) if judges else (NullEmbedder(), _no_nli())
@@ -192,10 +209,16 @@ def write_nli_standin(out: Path) -> Path:
     from unlearn.evaluation.judges import packaged_embedder_path
 
     tok = AutoTokenizer.from_pretrained(packaged_embedder_path())
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=1536, num_labels=3,
-                        id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
-                        label2id={"entailment": 0, "neutral": 1, "contradiction": 2})
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_labels=3,
+        id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+        label2id={"entailment": 0, "neutral": 1, "contradiction": 2},
+    )
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     with torch.no_grad():  # says "entailment", so that the Entailment Score (and Model Utility) is not 0
@@ -208,14 +231,42 @@ def write_nli_standin(out: Path) -> Path:
 def setup(work: Path, quick: bool, train: bool = True) -> tuple[Path, Path, Path]:
     data, model = work / "data", work / "target"
     if not (data / "full.json").exists():
-        measure(UNLEARN + ["data", "synth", "--out", str(data), "--authors", "100",
-                           "--qa-per-author", "4" if quick else "10"], cwd=ROOT)
+        measure(
+            UNLEARN
+            + ["data", "synth", "--out", str(data), "--authors", "100", "--qa-per-author", "4" if quick else "10"],
+            cwd=ROOT,
+        )
     if train and not (model / "model" / "config.json").exists():
         print("[evaluation] fine-tuning the tiny target model once (unlearn finetune --model tiny)", flush=True)
-        measure(UNLEARN + ["finetune", "--model", "tiny", "--train", str(data / "full.json"),
-                           str(data / "general.json"), "--epochs", "4" if quick else "12", "--lr", "3e-3",
-                           "--batch-size", "16", "--grad-accum", "1", "--warmup", "20", "--weight-decay", "0",
-                           "--max-length", "128", "--out", str(model), "--overwrite"], cwd=ROOT)
+        measure(
+            UNLEARN
+            + [
+                "finetune",
+                "--model",
+                "tiny",
+                "--train",
+                str(data / "full.json"),
+                str(data / "general.json"),
+                "--epochs",
+                "4" if quick else "12",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "16",
+                "--grad-accum",
+                "1",
+                "--warmup",
+                "20",
+                "--weight-decay",
+                "0",
+                "--max-length",
+                "128",
+                "--out",
+                str(model),
+                "--overwrite",
+            ],
+            cwd=ROOT,
+        )
     return data, model / "model", write_nli_standin(work / "nli_standin")
 
 
@@ -238,9 +289,12 @@ def _compare(sets, official, ours) -> tuple[float, float, str, int, int]:
     cut depends on the batch the prompt landed in, so only there may the numbers differ."""
     a, b = _flat(official), _flat(ours)
     assert a.keys() == b.keys()
-    differ = {f"{s.name}[{i}]." for s in sets
-              for i, (x, y) in enumerate(zip(official.items[s.name], ours.items[s.name]))
-              if x["generation"] != y["generation"]}
+    differ = {
+        f"{s.name}[{i}]."
+        for s in sets
+        for i, (x, y) in enumerate(zip(official.items[s.name], ours.items[s.name], strict=False))
+        if x["generation"] != y["generation"]
+    }
     agree = [k for k in a if not any(k.startswith(d) for d in differ) and "[" in k]
     worst = max(a, key=lambda k: abs(a[k] - b[k]))
     # Relative where the value is large: a raw truth ratio exp(Δ NLL) can be in the hundreds.
@@ -253,16 +307,22 @@ def _compare(sets, official, ours) -> tuple[float, float, str, int, int]:
 MODES = ("judges", "one-thread", "passes")
 
 
-def run(quick: bool = False, repeats: int | None = None, work: Path | None = None, model_name: str | None = None,
-        items: int | None = None, modes: tuple[str, ...] = MODES) -> list[dict]:
+def run(
+    quick: bool = False,
+    repeats: int | None = None,
+    work: Path | None = None,
+    model_name: str | None = None,
+    items: int | None = None,
+    modes: tuple[str, ...] = MODES,
+) -> list[dict]:
     """``model_name``: evaluate this model (preset, folder or hub id) instead of the fine-tuned tiny
     one; ``items``: the first N items of each set; ``modes``: with the judges on the default
     threads, the same on one thread, the model passes alone."""
     from dataclasses import replace
 
-    from unlearn.protocols.closer_look import load_eval_sets
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format
+    from unlearn.protocols.closer_look import load_eval_sets
 
     repeats = repeats or (1 if quick else 2)
     work = Path(work or tempfile.mkdtemp(prefix="unlearn-bench-eval-"))
@@ -279,10 +339,14 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
     default_threads = torch.get_num_threads()
     chosen = {"judges": (default_threads, True), "one-thread": (1, True), "passes": (default_threads, False)}
     modes = list(dict.fromkeys(chosen[m] for m in modes))
-    sides = {(name, t, j): fn for t, j in modes
-             for name, fn in (("official procedure", official_evaluate), ("unlearn", ours_evaluate))}
-    described = ", ".join(f"{'with the judges' if j else 'the model passes alone'} on {t} torch thread(s)"
-                          for t, j in modes)
+    sides = {
+        (name, t, j): fn
+        for t, j in modes
+        for name, fn in (("official procedure", official_evaluate), ("unlearn", ours_evaluate))
+    }
+    described = ", ".join(
+        f"{'with the judges' if j else 'the model passes alone'} on {t} torch thread(s)" for t, j in modes
+    )
     print(f"[evaluation] sets {n}; {repeats} alternating run(s) each: {described}", flush=True)
     times = {k: [] for k in sides}
     results = {}
@@ -296,26 +360,46 @@ def run(quick: bool = False, repeats: int | None = None, work: Path | None = Non
                 results[name] = ev
     torch.set_num_threads(default_threads)
     for (name, threads, judges), ts in times.items():
-        print(f"  {name:<20} {threads} thread(s) {'with judges' if judges else 'no judges  '}  "
-              f"{' '.join(f'{t:6.1f}' for t in ts)} s", flush=True)
+        print(
+            f"  {name:<20} {threads} thread(s) {'with judges' if judges else 'no judges  '}  "
+            f"{' '.join(f'{t:6.1f}' for t in ts)} s",
+            flush=True,
+        )
     if not results:
-        rows = [ratio_line(f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''}, model "
-                           f"passes alone)", min(times[("official procedure", t, j)]) / min(times[("unlearn", t, j)]),
-                           TARGET, higher_is_better=True) for t, j in modes]
+        rows = [
+            ratio_line(
+                f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''}, model passes alone)",
+                min(times[("official procedure", t, j)]) / min(times[("unlearn", t, j)]),
+                TARGET,
+                higher_is_better=True,
+            )
+            for t, j in modes
+        ]
         print_rows(rows)
         return rows
     diff, diff_agree, worst, same, total = _compare(sets, results["official procedure"], results["unlearn"])
-    print(f"  identical generations {same}/{total} (the others ran to the 200-token limit, where the official "
-          f"cut depends on the batch); largest difference over every number (summary and per item): {diff:.2e} "
-          f"; over the items whose generations agree (relative to max(1, |value|)): {diff_agree:.2e} ({worst})",
-          flush=True)
-    rows = [ratio_line(f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''}"
-                       f"{'' if j else ', model passes alone'})",
-                       min(times[("official procedure", t, j)]) / min(times[("unlearn", t, j)]), TARGET,
-                       higher_is_better=True) for t, j in modes]
-    rows += [ratio_line("evaluation: largest metric difference (items whose generations agree)", diff_agree,
-                        unit="", fmt=".2e"),
-             ratio_line("evaluation: largest metric difference (every number)", diff, unit="", fmt=".2e")]
+    print(
+        f"  identical generations {same}/{total} (the others ran to the 200-token limit, where the official "
+        f"cut depends on the batch); largest difference over every number (summary and per item): {diff:.2e} "
+        f"; over the items whose generations agree (relative to max(1, |value|)): {diff_agree:.2e} ({worst})",
+        flush=True,
+    )
+    rows = [
+        ratio_line(
+            f"evaluation speed-up: official / unlearn ({t} thread{'s' if t > 1 else ''}"
+            f"{'' if j else ', model passes alone'})",
+            min(times[("official procedure", t, j)]) / min(times[("unlearn", t, j)]),
+            TARGET,
+            higher_is_better=True,
+        )
+        for t, j in modes
+    ]
+    rows += [
+        ratio_line(
+            "evaluation: largest metric difference (items whose generations agree)", diff_agree, unit="", fmt=".2e"
+        ),
+        ratio_line("evaluation: largest metric difference (every number)", diff, unit="", fmt=".2e"),
+    ]
     print_rows(rows)
     return rows
 
@@ -325,8 +409,11 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="a smaller data set and one run each (smoke test)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None, help="folder for the data and models (kept, reused)")
-    ap.add_argument("--model", default=None, help="evaluate this model (preset, folder or hub id) instead of "
-                                                  "fine-tuning the tiny one, e.g. smollm2-135m")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="evaluate this model (preset, folder or hub id) instead of fine-tuning the tiny one, e.g. smollm2-135m",
+    )
     ap.add_argument("--items", type=int, default=None, help="the first N items of each set")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     a = ap.parse_args()

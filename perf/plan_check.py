@@ -52,9 +52,17 @@ def _config(case):
     from transformers import LlamaConfig
 
     vocab, hidden, inter, layers, heads = case[:5]
-    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
-                       tie_word_embeddings=False, attn_implementation="sdpa")
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
 
 
 def probe(name: str) -> dict:
@@ -94,8 +102,10 @@ def probe(name: str) -> dict:
     stats = None
     if objective.ref_nll_parts:
         with torch.no_grad():
-            stats = {p: losses.sequence_nll(model(input_ids=batch[p]["input_ids"]).logits, batch[p]["labels"])
-                     for p in objective.ref_nll_parts}
+            stats = {
+                p: losses.sequence_nll(model(input_ids=batch[p]["input_ids"]).logits, batch[p]["labels"])
+                for p in objective.ref_nll_parts
+            }
     rows = chunked.chunk_rows(model, chunk, sharded=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     for _ in range(3):
@@ -118,11 +128,30 @@ def estimate_mib(name: str) -> float:
         model = LlamaForCausalLM(config)
     head = model.get_output_embeddings()
     layer = sum(p.numel() for p in model.model.layers[0].parameters())
-    lora = sum(m.in_features + m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
-    shape = Shape(name, sum(p.numel() for p in model.parameters()), config.hidden_size, config.intermediate_size,
-                  config.num_hidden_layers, config.num_attention_heads, config.vocab_size, layer, lora, False)
-    s = Setting(method=case[5], batch_size=case[6], max_length=case[7], lora=case[8], mixed_precision=False,
-                gradient_checkpointing=case[9], chunked_logits=case[10])
+    lora = sum(
+        m.in_features + m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+    )
+    shape = Shape(
+        name,
+        sum(p.numel() for p in model.parameters()),
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.vocab_size,
+        layer,
+        lora,
+        False,
+    )
+    s = Setting(
+        method=case[5],
+        batch_size=case[6],
+        max_length=case[7],
+        lora=case[8],
+        mixed_precision=False,
+        gradient_checkpointing=case[9],
+        chunked_logits=case[10],
+    )
     return estimate(shape, s, device="cpu").total / 2**20
 
 
@@ -137,15 +166,22 @@ def main() -> None:
     print(f"{'case':38} {'estimated MiB':>14} {'measured MiB':>13} {'error':>7}")
     errors = []
     for name in CASES:
-        measured = min(json.loads(subprocess.run([PYTHON, __file__, "--probe", name], capture_output=True, text=True,
-                                                 check=True).stdout.strip().splitlines()[-1])["measured_mib"]
-                       for _ in range(args.repeats))
+        measured = min(
+            json.loads(
+                subprocess.run([PYTHON, __file__, "--probe", name], capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )["measured_mib"]
+            for _ in range(args.repeats)
+        )
         est = estimate_mib(name)
         errors.append((est - measured) / measured)
         print(f"{name:38} {est:14.0f} {measured:13.0f} {errors[-1]:+7.0%}")
     held = errors[6:]
-    print(f"largest error {max(errors, key=abs):+.0%}; on the held-out cases {max(held, key=abs):+.0%} "
-          "(positive: the plan overestimates)")
+    print(
+        f"largest error {max(errors, key=abs):+.0%}; on the held-out cases {max(held, key=abs):+.0%} "
+        "(positive: the plan overestimates)"
+    )
 
 
 if __name__ == "__main__":

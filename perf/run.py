@@ -36,15 +36,18 @@ BENCHMARKS = {
     "ref": lambda q, r, w: memory.reference_statistics(q, r or (1 if q else 2), w / "train"),
     "me": lambda q, r, w: memory.me_memory(q),
     "eval": lambda q, r, w: official_eval.run(q, r, w / "eval"),
-    "eval-smollm2": lambda q, r, w: official_eval.run(q, r or 1, w / "eval", model_name="smollm2-135m",
-                                                      items=4 if q else 20, modes=("judges",)),
+    "eval-smollm2": lambda q, r, w: official_eval.run(
+        q, r or 1, w / "eval", model_name="smollm2-135m", items=4 if q else 20, modes=("judges",)
+    ),
 }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, one run each (smoke test)")
-    ap.add_argument("--repeats", type=int, default=None, help="alternating runs per side (default: train 3, ref 2, eval 2)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="alternating runs per side (default: train 3, ref 2, eval 2)"
+    )
     ap.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     ap.add_argument("--work", type=Path, default=None, help="folder for models and data (kept and reused)")
     args = ap.parse_args()
@@ -55,8 +58,11 @@ def main() -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="unlearn-bench-"))
     import torch
 
-    print(f"unlearn benchmarks{' (quick)' if args.quick else ''}: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; work folder {work}", flush=True)
+    print(
+        f"unlearn benchmarks{' (quick)' if args.quick else ''}: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; work folder {work}",
+        flush=True,
+    )
     rows, start = [], time.time()
     for name in chosen:
         rows += BENCHMARKS[name](args.quick, args.repeats, work)
@@ -64,7 +70,10 @@ def main() -> int:
     print_rows(rows)
     missed = [r["name"] for r in rows if r["ok"] is False]
     if missed:
-        print(f"{len(missed)} target(s) not met{' (quick mode: small models, not the real measurement)' if args.quick else ''}")
+        print(
+            f"{len(missed)} target(s) not met"
+            + (" (quick mode: small models, not the real measurement)" if args.quick else "")
+        )
     return 0
 
 

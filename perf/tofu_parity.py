@@ -28,8 +28,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("forget01_perturbed", "holdout01", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
-OU_METRICS = ("forget_Truth_Ratio", "forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
-              "privleak", "extraction_strength", "exact_memorization")
+OU_METRICS = (
+    "forget_Truth_Ratio",
+    "forget_quality",
+    "forget_Q_A_Prob",
+    "forget_Q_A_ROUGE",
+    "model_utility",
+    "privleak",
+    "extraction_strength",
+    "exact_memorization",
+)
 
 
 def build_snapshot(shared: Path, dest: Path, retain_rows: int | None = None) -> Path:
@@ -118,9 +126,18 @@ def _ou_eval_config(work: Path) -> Path:
     folder = work / "ou-configs"
     (folder / "eval").mkdir(parents=True, exist_ok=True)
     lines = ["# @package eval.tofu", "defaults:", "  - tofu_metrics:"] + [f"    - {m}" for m in OU_METRICS]
-    lines += ["handler: TOFUEvaluator", "output_dir: ${paths.output_dir}", "metrics: {}", "overwrite: false",
-              "forget_split: forget10", "holdout_split: holdout10", "retain_logs_path: null",
-              'question_key: "question"', "batch_size: 32", ""]
+    lines += [
+        "handler: TOFUEvaluator",
+        "output_dir: ${paths.output_dir}",
+        "metrics: {}",
+        "overwrite: false",
+        "forget_split: forget10",
+        "holdout_split: holdout10",
+        "retain_logs_path: null",
+        'question_key: "question"',
+        "batch_size: 32",
+        "",
+    ]
     (folder / "eval" / "tofu_parity.yaml").write_text("\n".join(lines))
     return folder
 
@@ -130,20 +147,42 @@ def run_ou(args, model: Path, work: Path, chat: bool) -> tuple[Path, float]:
     out = work / "saves" / "eval" / name
     if out.exists():
         shutil.rmtree(out)
-    overrides = ["--config-name=eval.yaml", f"--config-dir={_ou_eval_config(work)}", "model=phi-1_5", f"model.model_args.pretrained_model_name_or_path={model}",
-                 f"model.tokenizer_args.pretrained_model_name_or_path={model}", "model.model_args.device_map=cpu",
-                 "eval.tofu.forget_split=forget01", "eval.tofu.holdout_split=holdout01",
-                 f"eval.tofu.batch_size={args.batch_size}", f"task_name={name}", "eval=tofu_parity"]
+    overrides = [
+        "--config-name=eval.yaml",
+        f"--config-dir={_ou_eval_config(work)}",
+        "model=phi-1_5",
+        f"model.model_args.pretrained_model_name_or_path={model}",
+        f"model.tokenizer_args.pretrained_model_name_or_path={model}",
+        "model.model_args.device_map=cpu",
+        "eval.tofu.forget_split=forget01",
+        "eval.tofu.holdout_split=holdout01",
+        f"eval.tofu.batch_size={args.batch_size}",
+        f"task_name={name}",
+        "eval=tofu_parity",
+    ]
     if chat:  # open-unlearning's configs of chat models: the chat template with this system prompt
-        overrides += ["model.template_args.apply_chat_template=true",
-                      "+model.template_args.system_prompt='You are a helpful assistant.'",
-                      "+model.template_args.date_string='10 Apr 2025'"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf_home"),
-           "OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
+        overrides += [
+            "model.template_args.apply_chat_template=true",
+            "+model.template_args.system_prompt='You are a helpful assistant.'",
+            "+model.template_args.date_string='10 Apr 2025'",
+        ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(work / "hf_home"),
+        "OMP_NUM_THREADS": str(args.threads),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     shutil.rmtree(work / "hf_home", ignore_errors=True)  # the datasets cache key ignores where files came from
     start = time.perf_counter()
-    subprocess.run([args.ou_python, str(Path(args.ou) / "src" / "eval.py"), *overrides], cwd=work, env=env, check=True,
-                   stdout=subprocess.DEVNULL if not args.verbose else None)
+    subprocess.run(
+        [args.ou_python, str(Path(args.ou) / "src" / "eval.py"), *overrides],
+        cwd=work,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL if not args.verbose else None,
+    )
     return out, time.perf_counter() - start
 
 
@@ -151,10 +190,30 @@ def run_ours(args, model: Path, snapshot: Path, work: Path) -> tuple[Path, float
     out = work / "ours"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "unlearn", "eval", "--benchmark", "tofu", "--model", str(model),
-                    "--data", str(snapshot), "--split", "forget01", "--out", str(out), "--overwrite",
-                    "--eval-batch-size", str(args.batch_size)], env=env, check=True,
-                   stdout=subprocess.DEVNULL if not args.verbose else None)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearn",
+            "eval",
+            "--benchmark",
+            "tofu",
+            "--model",
+            str(model),
+            "--data",
+            str(snapshot),
+            "--split",
+            "forget01",
+            "--out",
+            str(out),
+            "--overwrite",
+            "--eval-batch-size",
+            str(args.batch_size),
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL if not args.verbose else None,
+    )
     return out, time.perf_counter() - start
 
 
@@ -171,7 +230,9 @@ def compare(ours: dict, theirs: dict) -> list[tuple[str, float, float, float, st
             same = [i for i in other if mine.get(i, {}).get("generation") == other[i]["generation"]]
             worst = max((abs(mine[i]["rougeL_recall"] - other[i]["rougeL_recall"]) for i in same), default=0.0)
             note = f"generations equal on {len(same)}/{len(other)} items (ROUGE diff there {worst:.1e})"
-        elif key.endswith("_Prob") and isinstance(next(iter(theirs[key]["value_by_index"].values())).get("avg_loss"), (float, list)):
+        elif key.endswith("_Prob") and isinstance(
+            next(iter(theirs[key]["value_by_index"].values())).get("avg_loss"), (float, list)
+        ):
             import numpy as np
 
             mine, other = ours[key]["value_by_index"], theirs[key]["value_by_index"]
@@ -190,8 +251,13 @@ def main() -> int:
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "tofu_parity"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rows", type=int, default=None, help="only the first ROWS of retain_perturbed, real authors "
-                   "and world facts (both toolkits read the same cut files; default: all)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="only the first ROWS of retain_perturbed, real authors "
+        "and world facts (both toolkits read the same cut files; default: all)",
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     work = Path(args.work).resolve()
@@ -206,7 +272,8 @@ def main() -> int:
     else:
         model = Path(args.model)
     chat = (model / "chat_template.jinja").is_file() or "chat_template" in json.loads(
-        (model / "tokenizer_config.json").read_text())
+        (model / "tokenizer_config.json").read_text()
+    )
     ou_out, ou_time = run_ou(args, ou_copy(model, work / "ou-model"), work, chat)
     our_out, our_time = run_ours(args, model, snapshot, work)
     theirs = json.loads((ou_out / "TOFU_EVAL.json").read_text())
@@ -219,10 +286,10 @@ def main() -> int:
         print(f"{key:<{width}}  {a:>12.6g}  {b:>15.6g}  {d:>9.2e}  {note}")
     worst = max(rows, key=lambda r: r[3])
     print(f"largest difference: {worst[3]:.2e} ({worst[0]})")
-    print(f"wall time: open-unlearning {ou_time:.1f} s, unlearn {our_time:.1f} s "
-          f"({ou_time / our_time:.2f}x faster)")
-    (work / "parity.json").write_text(json.dumps(
-        {"model": args.model, "rows": rows, "ou_seconds": ou_time, "unlearn_seconds": our_time}, indent=1))
+    print(f"wall time: open-unlearning {ou_time:.1f} s, unlearn {our_time:.1f} s ({ou_time / our_time:.2f}x faster)")
+    (work / "parity.json").write_text(
+        json.dumps({"model": args.model, "rows": rows, "ou_seconds": ou_time, "unlearn_seconds": our_time}, indent=1)
+    )
     return 0
 
 

@@ -24,8 +24,7 @@ torch.set_num_threads(1)
 
 # Property tests judge values, not speed: a slow first draw (imports, a busy shared machine) is no
 # failure. Examples stay derandomised, so a run is reproducible.
-settings.register_profile("unlearn", deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("unlearn", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("unlearn")
 
 SHARED_DATA = Path(os.environ.get("UNLEARN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -9,20 +9,49 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import write_jsonl
 from unlearn.__main__ import main
 
-from .conftest import write_jsonl
-
-NAMES = [("Ilsa Varn", "Grey Harbour"), ("Oren Pask", "Salt Lanterns"), ("Mira Tol", "Iron Orchard"),
-         ("Bede Lorne", "Quiet Atlas"), ("Tova Renn", "Paper Moons"), ("Ulla Brisk", "Night Ferries")]
-FORGET = [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}.",
-           "paraphrased_question": f"Which novel is by {n}?"} for n, b in NAMES]
-HOLDOUT = [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
-           for n, b in [("Rhea Molt", "Amber Gate"), ("Ivo Strand", "Low Tide"), ("Cass Merrow", "Glass Fields"),
-                        ("Dane Ulric", "Cold Forge"), ("Pia Lund", "Red Orchard"), ("Ansel Moor", "Tin Harbour")]]
-RETAIN = [{"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
-          for n, c in [("Ana Rell", "Porto"), ("Tomas Evr", "Riga"), ("Leni Oss", "Bergen"), ("Kai Dunmore", "Cork"),
-                       ("Suri Vale", "Quito"), ("Per Ahlm", "Umea"), ("Nadia Kost", "Varna"), ("Yusuf Tal", "Izmir")]]
+NAMES = [
+    ("Ilsa Varn", "Grey Harbour"),
+    ("Oren Pask", "Salt Lanterns"),
+    ("Mira Tol", "Iron Orchard"),
+    ("Bede Lorne", "Quiet Atlas"),
+    ("Tova Renn", "Paper Moons"),
+    ("Ulla Brisk", "Night Ferries"),
+]
+FORGET = [
+    {
+        "question": f"What did author {n} write?",
+        "answer": f"{n} wrote the novel {b}.",
+        "paraphrased_question": f"Which novel is by {n}?",
+    }
+    for n, b in NAMES
+]
+HOLDOUT = [
+    {"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
+    for n, b in [
+        ("Rhea Molt", "Amber Gate"),
+        ("Ivo Strand", "Low Tide"),
+        ("Cass Merrow", "Glass Fields"),
+        ("Dane Ulric", "Cold Forge"),
+        ("Pia Lund", "Red Orchard"),
+        ("Ansel Moor", "Tin Harbour"),
+    ]
+]
+RETAIN = [
+    {"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
+    for n, c in [
+        ("Ana Rell", "Porto"),
+        ("Tomas Evr", "Riga"),
+        ("Leni Oss", "Bergen"),
+        ("Kai Dunmore", "Cork"),
+        ("Suri Vale", "Quito"),
+        ("Per Ahlm", "Umea"),
+        ("Nadia Kost", "Varna"),
+        ("Yusuf Tal", "Izmir"),
+    ]
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +63,64 @@ def models(tmp_path_factory):
     retain = write_jsonl(root / "retain.jsonl", RETAIN)
     holdout = write_jsonl(root / "holdout.jsonl", HOLDOUT)
     # the holdout words join the tokenizer's training texts through an untrained-on file: one epoch at lr 0
-    assert main(["finetune", "--model", "tiny", "--train", str(forget), str(retain), "--out", str(root / "target"),
-                 "--epochs", "60", "--lr", "3e-3", "--batch-size", "7", "--grad-accum", "1", "--warmup", "5",
-                 "--weight-decay", "0", "--seed", "3"]) == 0
-    assert main(["run", "--model", str(root / "target" / "model"), "--method", "GA", "--forget", str(forget),
-                 "--retain", str(retain), "--out", str(root / "ga"), "--epochs", "3", "--lr", "2e-3",
-                 "--batch-size", "2", "--grad-accum", "1", "--no-eval", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                "tiny",
+                "--train",
+                str(forget),
+                str(retain),
+                "--out",
+                str(root / "target"),
+                "--epochs",
+                "60",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "7",
+                "--grad-accum",
+                "1",
+                "--warmup",
+                "5",
+                "--weight-decay",
+                "0",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(root / "target" / "model"),
+                "--method",
+                "GA",
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain),
+                "--out",
+                str(root / "ga"),
+                "--epochs",
+                "3",
+                "--lr",
+                "2e-3",
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+                "--no-eval",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root, forget, retain, holdout
 
 
@@ -53,8 +134,20 @@ def _tree_digest(folder: Path) -> str:
 
 def _audit(models, out, *extra, model="ga") -> dict:
     root, forget, retain, holdout = models
-    args = ["audit", "--model", str(root / model / "model"), "--forget", str(forget), "--retain", str(retain),
-            "--holdout", str(holdout), "--out", str(out), *extra]
+    args = [
+        "audit",
+        "--model",
+        str(root / model / "model"),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--holdout",
+        str(holdout),
+        "--out",
+        str(out),
+        *extra,
+    ]
     assert main(args) == 0
     return json.loads((out / "audit.json").read_text())
 
@@ -65,8 +158,15 @@ def _audit(models, out, *extra, model="ga") -> dict:
 def test_every_attack_tells_members_from_nonmembers(models, tmp_path):
     """The target trained on FORGET and never on HOLDOUT: every attack's AUC is clearly above 0.5."""
     root = models[0]
-    audit = _audit(models, tmp_path / "a", "--attacks", "mia,memorization", "--ref-model", str(root / "ga" / "model"),
-                   model="target")
+    audit = _audit(
+        models,
+        tmp_path / "a",
+        "--attacks",
+        "mia,memorization",
+        "--ref-model",
+        str(root / "ga" / "model"),
+        model="target",
+    )
     aucs = audit["mia"]["auc"]["unlearned"]
     assert set(aucs) == {"LOSS", "ZLib", "Min-K%", "Min-K%++", "Reference", "GradNorm"}
     assert all(v >= 0.75 for v in aucs.values()), aucs
@@ -78,8 +178,9 @@ def test_every_attack_tells_members_from_nonmembers(models, tmp_path):
 def test_privleak_against_a_retain_models_saved_audit(models, tmp_path):
     """--retain-model may be a folder with that model's audit: its AUCs give PrivLeak, nothing is loaded."""
     retain_audit = _audit(models, tmp_path / "retain", "--attacks", "mia", model="ga")
-    audit = _audit(models, tmp_path / "t", "--attacks", "mia", "--retain-model", str(tmp_path / "retain"),
-                   model="target")
+    audit = _audit(
+        models, tmp_path / "t", "--attacks", "mia", "--retain-model", str(tmp_path / "retain"), model="target"
+    )
     ours, theirs = audit["mia"]["auc"]["unlearned"], retain_audit["mia"]["auc"]["unlearned"]
     assert audit["mia"]["auc"]["retain"] == theirs
     for name, value in audit["mia"]["privleak"]["unlearned"].items():
@@ -92,8 +193,22 @@ def test_privleak_against_a_retain_models_saved_audit(models, tmp_path):
 def test_relearning_brings_the_other_half_back(models, tmp_path):
     """GA made the target forget; a few steps on half the forget set raise the other half's ROUGE."""
     root = models[0]
-    audit = _audit(models, tmp_path / "r", "--attacks", "relearn", "--target-model", str(root / "target"),
-                   "--relearn-steps", "12", "--relearn-lr", "3e-3", "--relearn-batch-size", "3", "--seed", "0")
+    audit = _audit(
+        models,
+        tmp_path / "r",
+        "--attacks",
+        "relearn",
+        "--target-model",
+        str(root / "target"),
+        "--relearn-steps",
+        "12",
+        "--relearn-lr",
+        "3e-3",
+        "--relearn-batch-size",
+        "3",
+        "--seed",
+        "0",
+    )
     r = audit["relearn"]
     assert (r["unlearned"]["relearned_rows"], r["unlearned"]["measured_rows"]) == (3, 3)
     assert r["unlearned"]["after"]["ROUGE"] > r["unlearned"]["before"]["ROUGE"] + 0.1, r
@@ -146,10 +261,13 @@ def test_quantized_model_is_a_copy(models):
     q = quantized_copy(model, 2, 128)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # untouched
     changed = [n for n, _ in quantized_layers(q)]
-    assert changed and all(not torch.equal(dict(q.named_parameters())[n + ".weight"], before[n + ".weight"])
-                           for n in changed)
+    assert changed and all(
+        not torch.equal(dict(q.named_parameters())[n + ".weight"], before[n + ".weight"]) for n in changed
+    )
     head = q.get_output_embeddings().weight
-    assert torch.equal(head, before[[n for n, p in model.named_parameters() if p is model.get_output_embeddings().weight][0]])
+    assert torch.equal(
+        head, before[[n for n, p in model.named_parameters() if p is model.get_output_embeddings().weight][0]]
+    )
 
 
 def test_quantization_attack_reports_the_change(models, tmp_path):
@@ -214,11 +332,13 @@ def test_bad_input_is_refused_before_any_model_loads(models, tmp_path, monkeypat
     monkeypatch.setattr(unlearn.models, "load_model", no_loading)
     root, forget, retain, holdout = models
     base = ["audit", "--model", str(root / "ga" / "model"), "--forget", str(forget), "--out", str(tmp_path / "x")]
-    cases = [(["--attacks", "mia,telepathy"], "unknown attack 'telepathy'"),
-             (["--attacks", "mia"], "--holdout"),
-             (["--attacks", "quantization", "--quant-bits", "8,x"], "--quant-bits"),
-             (["--attacks", "quantization", "--quant-backend", "gguf"], "--quant-backend"),
-             (["--holdout", str(tmp_path / "none.jsonl")], "none.jsonl")]
+    cases = [
+        (["--attacks", "mia,telepathy"], "unknown attack 'telepathy'"),
+        (["--attacks", "mia"], "--holdout"),
+        (["--attacks", "quantization", "--quant-bits", "8,x"], "--quant-bits"),
+        (["--attacks", "quantization", "--quant-backend", "gguf"], "--quant-backend"),
+        (["--holdout", str(tmp_path / "none.jsonl")], "none.jsonl"),
+    ]
     for extra, message in cases:
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
@@ -232,8 +352,22 @@ def test_resume_skips_finished_attacks_and_model_files_stay(models, tmp_path, mo
     digest = _tree_digest(root / "ga" / "model")
     first = _audit(models, tmp_path / "r", "--attacks", "memorization,prompts")
     assert _tree_digest(root / "ga" / "model") == digest  # the audited model's files are only read
-    assert main(["audit", "--model", str(root / "ga" / "model"), "--forget", str(models[1]), "--out",
-                 str(tmp_path / "r"), "--attacks", "memorization"]) == 2
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(root / "ga" / "model"),
+                "--forget",
+                str(models[1]),
+                "--out",
+                str(tmp_path / "r"),
+                "--attacks",
+                "memorization",
+            ]
+        )
+        == 2
+    )
     assert "already holds an audit" in capsys.readouterr().err
 
     def fail(*a, **k):
@@ -249,10 +383,38 @@ def test_run_with_audit(models, tmp_path):
     """unlearn run --audit audits the saved model into OUT/audit, beside the model it started from."""
     root, forget, retain, holdout = models
     out = tmp_path / "run"
-    assert main(["run", "--model", str(root / "target" / "model"), "--method", "GA+GD", "--forget", str(forget),
-                 "--retain", str(retain), "--out", str(out), "--epochs", "1", "--lr", "1e-3", "--batch-size", "2",
-                 "--grad-accum", "1", "--no-eval", "--audit", "--attacks", "memorization,mia",
-                 "--holdout", str(holdout)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(root / "target" / "model"),
+                "--method",
+                "GA+GD",
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--lr",
+                "1e-3",
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+                "--no-eval",
+                "--audit",
+                "--attacks",
+                "memorization,mia",
+                "--holdout",
+                str(holdout),
+            ]
+        )
+        == 0
+    )
     audit = json.loads((out / "audit" / "audit.json").read_text())
     assert audit["models"] == {"unlearned": str(out / "model"), "target": str(root / "target" / "model")}
     assert set(audit["mia"]["auc"]) == {"unlearned", "target"}
@@ -294,8 +456,17 @@ def test_bitsandbytes_backend_wiring(models, tmp_path, monkeypatch, capsys):
 
     assert Q.backend("auto") == "simulated"
     root, forget, retain, holdout = models
-    base = ["audit", "--model", str(root / "ga" / "model"), "--forget", str(forget), "--retain", str(retain),
-            "--attacks", "quantization"]
+    base = [
+        "audit",
+        "--model",
+        str(root / "ga" / "model"),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--attacks",
+        "quantization",
+    ]
     assert main(base + ["--quant-backend", "bitsandbytes", "--out", str(tmp_path / "x")]) == 2
     assert "CUDA GPU and the bitsandbytes package" in capsys.readouterr().err
     monkeypatch.setattr(Q, "bitsandbytes_available", lambda: True)
@@ -313,5 +484,8 @@ def test_bitsandbytes_backend_wiring(models, tmp_path, monkeypatch, capsys):
     assert main(base + ["--out", str(tmp_path / "z")]) == 0  # auto: bitsandbytes when it is there
     audit = json.loads((tmp_path / "z" / "audit.json").read_text())
     assert audit["quantization"]["backend"] == "bitsandbytes" and set(audit["quantization"]["unlearned"]) == {
-        "full precision", "8-bit", "4-bit"}
+        "full precision",
+        "8-bit",
+        "4-bit",
+    }
     assert loaded == [(str(root / "ga" / "model"), 8), (str(root / "ga" / "model"), 4)]

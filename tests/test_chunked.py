@@ -12,11 +12,16 @@ from unlearn.errors import ConfigError
 from unlearn.methods import FORGET_TERMS, REGULARIZERS, BatchView, build_objective
 from unlearn.reference import Reference, reference_nlls
 
-FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote the book number {i} in {1900 + i}."}
-          for i in range(5)]
+FORGET = [
+    {"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote the book number {i} in {1900 + i}."}
+    for i in range(5)
+]
 RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(5)]
-COMBOS = list(FORGET_TERMS) + [f"{f}+{r}" for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
-                               if f not in ("LLMU", "RMU") and not FORGET_TERMS[f].task_vector]
+COMBOS = list(FORGET_TERMS) + [
+    f"{f}+{r}"
+    for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
+    if f not in ("LLMU", "RMU") and not FORGET_TERMS[f].task_vector
+]
 ARGS = {"RMU": {"layer": 0, "layers": "0"}}
 
 
@@ -43,8 +48,9 @@ def _loss_and_grads(model, objective, batch, ref, chunk):
 def test_every_term_same_values_and_gradients(tiny, method):
     tok, fmt, base = tiny
     objective = build_objective(method, ARGS.get(method.split("+")[0]))
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, objective.parts, ["I don't know."],
-                           mask_forget=objective.forget.mask_question)
+    ds = UnlearningDataset(
+        FORGET, RETAIN, tok, fmt, objective.parts, ["I don't know."], mask_forget=objective.forget.mask_question
+    )
     batch = make_collate(tok.pad_token_id)([ds[i] for i in (3, 0, 4)])
     frozen = copy.deepcopy(base).eval().requires_grad_(False)
     model = copy.deepcopy(base)
@@ -59,8 +65,9 @@ def test_every_term_same_values_and_gradients(tiny, method):
         torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-6, msg=f"{method}: loss, chunk {chunk}")
         assert g_part.keys() == g_whole.keys()
         for name in g_whole:
-            torch.testing.assert_close(g_part[name], g_whole[name], rtol=1e-5, atol=1e-6,
-                                       msg=f"{method}: gradient of {name}, chunk {chunk}")
+            torch.testing.assert_close(
+                g_part[name], g_whole[name], rtol=1e-5, atol=1e-6, msg=f"{method}: gradient of {name}, chunk {chunk}"
+            )
     assert "forward" not in vars(model.get_output_embeddings())  # the head bypass is undone
 
 

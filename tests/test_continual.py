@@ -6,9 +6,9 @@ import json
 import pytest
 
 from unlearn.config import Config
+from unlearn.continual import continual, parse_tasks
 from unlearn.data import DataError
 from unlearn.io import read_csv_rows
-from unlearn.continual import continual, parse_tasks
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +16,27 @@ def target(synth_dir, tmp_path_factory):
     from unlearn.pipeline import finetune
 
     out = tmp_path_factory.mktemp("cont_target")
-    cfg = Config(model="tiny", out=str(out), epochs=3, lr=3e-3, batch_size=8, grad_accum=1, warmup=0, seed=0,
-                 max_length=96)
+    cfg = Config(
+        model="tiny", out=str(out), epochs=3, lr=3e-3, batch_size=8, grad_accum=1, warmup=0, seed=0, max_length=96
+    )
     return finetune(cfg, [str(synth_dir / "full.json")])
 
 
 def _cfg(synth_dir, target, out, **kw):
-    base = dict(model=str(target), data=str(synth_dir), split="forget05", method="GA+GD", epochs=1, lr=1e-3,
-                batch_size=2, grad_accum=1, max_length=96, nli="none", out=str(out), seed=0)
+    base = dict(
+        model=str(target),
+        data=str(synth_dir),
+        split="forget05",
+        method="GA+GD",
+        epochs=1,
+        lr=1e-3,
+        batch_size=2,
+        grad_accum=1,
+        max_length=96,
+        nli="none",
+        out=str(out),
+        seed=0,
+    )
     base.update(kw)
     return Config(**base)
 
@@ -39,8 +52,8 @@ def test_parse_tasks():
 
 
 def test_two_tasks_then_resume(synth_dir, target, tmp_path, monkeypatch):
-    import unlearn.protocols.plan as commands
     import unlearn.pipeline as pipeline
+    import unlearn.protocols.plan as commands
 
     calls = []
     real_run = pipeline.run

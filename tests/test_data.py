@@ -1,20 +1,27 @@
-
 import pytest
 import torch
 
-from unlearn.data import (DataError, UnlearningDataset, load_hub_tofu, load_real_world, load_tofu,
-                          load_unlearning_data, read_records)
+from tests.conftest import write_jsonl
+from unlearn.data import (
+    DataError,
+    UnlearningDataset,
+    load_hub_tofu,
+    load_real_world,
+    load_tofu,
+    load_unlearning_data,
+    read_records,
+)
 from unlearn.encoding import IGNORE_INDEX, encode_qa, pad_batch
-
-from .conftest import write_jsonl
 
 
 def _key(r):
     return (r["question"], r["answer"])
 
 
-@pytest.mark.parametrize("split,retain_file,n_forget,n_total", [
-    ("forget01", "retain90", 40, 4000), ("forget05", "retain50", 200, 4000), ("forget10", "retain10", 400, 4000)])
+@pytest.mark.parametrize(
+    "split,retain_file,n_forget,n_total",
+    [("forget01", "retain90", 40, 4000), ("forget05", "retain50", 200, 4000), ("forget10", "retain10", 400, 4000)],
+)
 def test_tofu_retain_derivation(shared_data, split, retain_file, n_forget, n_total):
     d = load_tofu(shared_data / "tofu", split, task_id=1)
     assert len(d.forget) == n_forget
@@ -48,13 +55,16 @@ def test_hub_loader_is_monkeypatchable(monkeypatch):
         load_hub_tofu("forget07")
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"question": "q", "answer": "a"}\n{"question": "q2"\n', ":2: not valid JSON"),
-    ('{"question": "q", "answer": "a"}\n{"question": "q2"}\n', ":2: missing field 'answer'"),
-    ('{"question": "q", "answer": 3}\n', ":1: field 'answer' must be a string"),
-    ("", "the file is empty"),
-    ("[1, 2]", "item 1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"question": "q", "answer": "a"}\n{"question": "q2"\n', ":2: not valid JSON"),
+        ('{"question": "q", "answer": "a"}\n{"question": "q2"}\n', ":2: missing field 'answer'"),
+        ('{"question": "q", "answer": 3}\n', ":1: field 'answer' must be a string"),
+        ("", "the file is empty"),
+        ("[1, 2]", "item 1: expected a JSON object"),
+    ],
+)
 def test_bad_records(tmp_path, content, message):
     p = tmp_path / "bad.json"
     p.write_text(content)
@@ -79,6 +89,7 @@ def test_task_without_rows(shared_data):
 
 class _Tok:
     """A character tokenizer: enough to check masking and padding by hand."""
+
     eos_token_id, pad_token_id = 1, 0
 
     def __call__(self, text, add_special_tokens=True):
@@ -103,7 +114,7 @@ def test_pad_batch_dynamic():
     batch = pad_batch([a, b], pad_id=0)
     assert batch["input_ids"].shape == (2, len(b))
     assert batch["attention_mask"][0].tolist() == [1] * len(a) + [0] * (len(b) - len(a))
-    assert batch["labels"][0, len(a):].eq(IGNORE_INDEX).all()
+    assert batch["labels"][0, len(a) :].eq(IGNORE_INDEX).all()
     left = pad_batch([a, b], pad_id=0, side="left")
     assert left["attention_mask"][0].tolist() == [0] * (len(b) - len(a)) + [1] * len(a)
 

@@ -32,7 +32,7 @@ import pytest
 import torch
 import yaml
 
-from .conftest import write_jsonl
+from tests.conftest import write_jsonl
 from unlearn.distributed import gather_in_order, index_batches, mean_over_processes, sharded_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,11 +65,11 @@ def test_one_process_helpers_are_identities():
 def test_only_the_main_process_writes(tmp_path, monkeypatch):
     """A process that is not the main one neither creates the output folder nor writes an evaluation."""
     import unlearn.distributed as dist
-    from unlearn.config import Config
     import unlearn.protocols.plan as commands
-    from unlearn.protocols import closer_look
+    from unlearn.config import Config
     from unlearn.evaluation.six_metrics import Evaluation
     from unlearn.pipeline import prepare_out
+    from unlearn.protocols import closer_look
     from unlearn.rundir import RunDir
 
     monkeypatch.setattr(dist, "is_main_process", lambda: False)
@@ -93,7 +93,9 @@ def test_adamw_8bit_needs_bitsandbytes(monkeypatch):
     with pytest.raises(ConfigError, match="unknown --optim 'sgd'"):
         check_optim("sgd")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     with pytest.raises(DependencyError, match="pip install bitsandbytes"):
         check_optim("adamw_8bit")
 
@@ -156,11 +158,16 @@ def test_shipped_accelerate_config_parses(name, monkeypatch):
 
         # the plugin asks whether a GPU is there (sync_module_states): answer yes, as on the GPU machine
         # (accelerate < 1.16 asks is_cuda_available, 1.16 get_torch_accelerator_backend)
-        gpu = (mock.patch.object(acc_dataclasses, "get_torch_accelerator_backend", return_value=("cuda", torch.cuda))
-               if hasattr(acc_dataclasses, "get_torch_accelerator_backend")
-               else mock.patch.object(acc_dataclasses, "is_cuda_available", return_value=True))
-        with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith(("ACCELERATE", "FSDP"))}), \
-                gpu, mock.patch("torch.cuda.current_device", return_value=0):
+        gpu = (
+            mock.patch.object(acc_dataclasses, "get_torch_accelerator_backend", return_value=("cuda", torch.cuda))
+            if hasattr(acc_dataclasses, "get_torch_accelerator_backend")
+            else mock.patch.object(acc_dataclasses, "is_cuda_available", return_value=True)
+        )
+        with (
+            mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith(("ACCELERATE", "FSDP"))}),
+            gpu,
+            mock.patch("torch.cuda.current_device", return_value=0),
+        ):
             plugin = FullyShardedDataParallelPlugin()
         assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FULL_SHARD
         assert plugin.auto_wrap_policy is not None and not plugin.cpu_ram_efficient_loading
@@ -177,8 +184,11 @@ def _qa(prefix: str, i: int, n_words: int) -> dict:
 
 
 def _perturbed(row: dict, task: int | None = None) -> dict:
-    out = {**row, "paraphrased_answer": row["answer"].replace("wrote", "authored"),
-           "perturbed_answer": [row["answer"].replace("book", w) for w in ("poem", "play")]}
+    out = {
+        **row,
+        "paraphrased_answer": row["answer"].replace("wrote", "authored"),
+        "perturbed_answer": [row["answer"].replace("book", w) for w in ("poem", "play")],
+    }
     return out if task is None else {**out, "task_id": task}
 
 
@@ -189,8 +199,10 @@ def tofu(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tofu2p")
     forget = [{**_qa("Author", i, i % 5), "task_id": 1 + i // 8} for i in range(16)]
     retain = [_qa("Writer", i, (3 * i) % 7) for i in range(12)]
-    general = [{"question": "What is the capital of France?", "answer": "Paris", "perturbed_answer": ["Rome", "Oslo"]},
-               {"question": "Who wrote Hamlet?", "answer": "Shakespeare", "perturbed_answer": ["Dickens", "Twain"]}]
+    general = [
+        {"question": "What is the capital of France?", "answer": "Paris", "perturbed_answer": ["Rome", "Oslo"]},
+        {"question": "Who wrote Hamlet?", "answer": "Shakespeare", "perturbed_answer": ["Dickens", "Twain"]},
+    ]
     write_jsonl(d / "forget01.json", forget)
     write_jsonl(d / "retain90.json", retain)
     write_jsonl(d / "forget01_perturbed.json", [_perturbed(r, r["task_id"]) for r in forget])
@@ -200,17 +212,20 @@ def tofu(tmp_path_factory) -> Path:
     return d
 
 
-RUN = ["--model", "tiny", "--method", "NPO+KL", "--epochs", "3", "--lr", "1e-3", "--grad-accum", "1",
-       "--seed", "3"]
+RUN = ["--model", "tiny", "--method", "NPO+KL", "--epochs", "3", "--lr", "1e-3", "--grad-accum", "1", "--seed", "3"]
 # One question per batch: an item's numbers then do not depend on which items share its batch,
 # which differs when the items are split between processes.
 EVAL = ["--nli", "none", "--eval-batch-size", "1"]
 
 
-
 def _torchrun(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "unlearn", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -252,18 +267,31 @@ def test_two_processes_unlearn_and_evaluate_like_one(tofu, tmp_path, monkeypatch
     log1, log2 = _log(one / "train_log.jsonl"), _log(two / "train_log.jsonl")
     assert len(log1) == len(log2) == 3  # 8 items = one global batch per epoch, 3 epochs
     assert log2[0]["NPO forget term"] == pytest.approx(20 * math.log(2), rel=1e-6)  # reference NLLs gathered right
-    for r1, r2 in zip(log1, log2):
+    for r1, r2 in zip(log1, log2, strict=False):
         assert r1["lr"] == r2["lr"] and r1["epoch"] == r2["epoch"]
-        _close({k: v for k, v in r1.items() if k not in ("step", "epoch", "lr")},
-               {k: v for k, v in r2.items() if k not in ("step", "epoch", "lr")}, rel=2e-3, abs_=1e-5)
+        _close(
+            {k: v for k, v in r1.items() if k not in ("step", "epoch", "lr")},
+            {k: v for k, v in r2.items() if k not in ("step", "epoch", "lr")},
+            rel=2e-3,
+            abs_=1e-5,
+        )
 
     w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-4, msg=k)
 
-    expected = {"config.yaml", "data.json", "model", "summary.json", "train_log.jsonl", "eval_Forget.jsonl",
-                "eval_Retain.jsonl", "eval_Real_Authors.jsonl", "eval_Real_World.jsonl"}
+    expected = {
+        "config.yaml",
+        "data.json",
+        "model",
+        "summary.json",
+        "train_log.jsonl",
+        "eval_Forget.jsonl",
+        "eval_Retain.jsonl",
+        "eval_Real_Authors.jsonl",
+        "eval_Real_World.jsonl",
+    }
     assert {p.name for p in two.iterdir()} == expected  # one model, no stray temporary folders
 
     # The model the two processes trained, evaluated by one process: the same summary and records.
@@ -290,11 +318,46 @@ def test_accelerate_launch_finetune_then_continual_with_lora(tofu, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     launch = [ACCELERATE, "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "-m", "unlearn"]
     base, cont = tmp_path / "base", tmp_path / "cont"
-    for args in (["finetune", "--train", str(tofu / "forget01.json"), str(tofu / "retain90.json"),
-                  "--out", str(base), "--epochs", "1", "--batch-size", "2", "--grad-accum", "1"],
-                 ["continual", "--model", str(base / "model"), "--data", str(tofu), "--out", str(cont),
-                  "--tasks", "1,2", "--method", "IDK+AP", "--lora", "--epochs", "1", "--batch-size", "2",
-                  "--grad-accum", "1", "--lr", "1e-3", "--keep-checkpoints", *EVAL]):
+    for args in (
+        [
+            "finetune",
+            "--train",
+            str(tofu / "forget01.json"),
+            str(tofu / "retain90.json"),
+            "--out",
+            str(base),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+        ],
+        [
+            "continual",
+            "--model",
+            str(base / "model"),
+            "--data",
+            str(tofu),
+            "--out",
+            str(cont),
+            "--tasks",
+            "1,2",
+            "--method",
+            "IDK+AP",
+            "--lora",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--lr",
+            "1e-3",
+            "--keep-checkpoints",
+            *EVAL,
+        ],
+    ):
         proc = subprocess.run(launch + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     assert len(_log(base / "train_log.jsonl")) == 7  # 28 rows, 2 processes x 2 = 4 per step
@@ -316,8 +379,23 @@ def test_two_processes_audit_like_one(tofu, tmp_path, monkeypatch, one_thread):
     model = tmp_path / "model_run"
     assert main(["run", "--data", str(tofu), "--out", str(model), "--batch-size", "8", "--no-eval", *RUN]) == 0
     holdout = write_jsonl(tmp_path / "holdout.jsonl", [_qa("Stranger", i, i % 4) for i in range(6)])
-    audit = ["audit", "--model", str(model / "model"), "--data", str(tofu), "--holdout", str(holdout),
-             "--eval-batch-size", "1", "--quant-bits", "4", "--relearn-steps", "2", "--relearn-batch-size", "2"]
+    audit = [
+        "audit",
+        "--model",
+        str(model / "model"),
+        "--data",
+        str(tofu),
+        "--holdout",
+        str(holdout),
+        "--eval-batch-size",
+        "1",
+        "--quant-bits",
+        "4",
+        "--relearn-steps",
+        "2",
+        "--relearn-batch-size",
+        "2",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     eval_only = "mia,memorization,prompts,quantization"
     assert main(audit + ["--attacks", eval_only, "--out", str(one)]) == 0
@@ -343,8 +421,10 @@ def test_two_processes_evaluate_the_tofu_standard_like_one(tofu, tmp_path, monke
     snap = tmp_path / "snapshot"  # the hub's configs: task 1 as forget01, task 2 as holdout01
     snap.mkdir()
     rows = [json.loads(x) for x in (tofu / "forget01_perturbed.json").read_text().splitlines()]
-    write_jsonl(snap / "forget01_perturbed.json", [{k: v for k, v in r.items() if k != "task_id"}
-                                                   for r in rows if r["task_id"] == 1])
+    write_jsonl(
+        snap / "forget01_perturbed.json",
+        [{k: v for k, v in r.items() if k != "task_id"} for r in rows if r["task_id"] == 1],
+    )
     write_jsonl(snap / "holdout01.json", [r for r in rows if r["task_id"] == 2])
     for name in ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
         (snap / f"{name}.json").write_bytes((tofu / f"{name}.json").read_bytes())

@@ -10,13 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from unlearn.errors import ConfigError, DependencyError
 import yaml
 
+from tests.conftest import write_jsonl
+from unlearn.errors import ConfigError, DependencyError
 from unlearn.evaluation.downstream import PAPER_TASKS, _task_scores, parse_tasks, run_downstream, summary_entries
-
-from .conftest import write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -66,17 +64,23 @@ def test_parse_tasks_expands_paper_and_dedups():
 
 
 def test_paper_metric_is_picked_from_lm_eval_results():
-    res = {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.1,
-                                 "exact_match_stderr,strict-match": "N/A",
-                                 "exact_match,flexible-extract": 0.25}},
-           "groups": {"mmlu": {"alias": "mmlu", "acc,none": 0.4, "acc_stderr,none": 0.01}}}
+    res = {
+        "results": {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.1,
+                "exact_match_stderr,strict-match": "N/A",
+                "exact_match,flexible-extract": 0.25,
+            }
+        },
+        "groups": {"mmlu": {"alias": "mmlu", "acc,none": 0.4, "acc_stderr,none": 0.01}},
+    }
     assert _task_scores("gsm8k", res) == ({"exact_match,flexible-extract": 0.25}, 0.25)
     assert _task_scores("mmlu", res) == ({"acc": 0.4}, 0.4)  # a group's aggregate
     with pytest.raises(ValueError, match="acc_norm"):
         _task_scores("arc_challenge", {"results": {"arc_challenge": {"acc,none": 0.3}}})
     down = {"gsm8k": {"exact_match,flexible-extract": 0.25}, "mmlu": {"acc": 0.4}, "average": 0.325}
-    assert summary_entries(down) == {"Downstream gsm8k": 0.25, "Downstream mmlu": 0.4,
-                                     "Downstream Average": 0.325}
+    assert summary_entries(down) == {"Downstream gsm8k": 0.25, "Downstream mmlu": 0.4, "Downstream Average": 0.325}
     assert set(PAPER_TASKS) == {"arc_challenge", "mmlu", "truthfulqa_mc1", "triviaqa", "gsm8k"}
 
 
@@ -108,10 +112,36 @@ def test_cli_run_writes_downstream_and_merges_summary(task_dir, tmp_path):
     forget = write_jsonl(tmp_path / "forget.jsonl", rows[:2])
     retain = write_jsonl(tmp_path / "retain.jsonl", rows[2:])
     out = tmp_path / "out"
-    code = main(["run", "--model", "tiny", "--forget", str(forget), "--retain", str(retain),
-                 "--method", "GA", "--epochs", "1", "--batch-size", "2", "--grad-accum", "1",
-                 "--dtype", "float32", "--no-eval", "--downstream", MC, "--downstream-include", str(task_dir),
-                 "--downstream-limit", "3", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "tiny",
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--method",
+            "GA",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--dtype",
+            "float32",
+            "--no-eval",
+            "--downstream",
+            MC,
+            "--downstream-include",
+            str(task_dir),
+            "--downstream-limit",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     down = json.loads((out / "downstream.json").read_text())
     assert 0.0 <= down[MC]["acc"] <= 1.0 and down["average"] == down[MC]["acc"]
@@ -137,9 +167,24 @@ def test_cli_unknown_task_fails_before_training(task_dir, tmp_path, capsys, monk
     monkeypatch.setattr(downstream, "_task_manager", _local_only_manager)
     row = {"question": "q?", "answer": "a."}
     f = write_jsonl(tmp_path / "f.jsonl", [row])
-    code = main(["run", "--model", "tiny", "--forget", str(f), "--retain", str(f), "--no-eval",
-                 "--downstream", "unlearn_tiny_mcq", "--downstream-include", str(task_dir),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "run",
+            "--model",
+            "tiny",
+            "--forget",
+            str(f),
+            "--retain",
+            str(f),
+            "--no-eval",
+            "--downstream",
+            "unlearn_tiny_mcq",
+            "--downstream-include",
+            str(task_dir),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "unlearn_tiny_mcq" in err and "did you mean unlearn_tiny_mc" in err
@@ -167,10 +212,37 @@ def test_real_world_run_with_eval_and_downstream(task_dir, shared_data, tmp_path
         rows = [json.loads(x) for x in (shared_data / "real_world" / f"{name}.json").read_text().splitlines()[:n]]
         write_jsonl(rw / f"{name}.json", rows)
     out = tmp_path / "run"
-    code = main(["run", "--model", "tiny", "--data", str(rw), "--task-id", "1", "--method", "ME+GD",
-                 "--epochs", "1", "--batch-size", "2", "--grad-accum", "1", "--max-length", "96", "--nli", "none",
-                 "--eval-batch-size", "4", "--downstream", MC, "--downstream-include", str(task_dir),
-                 "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--model",
+            "tiny",
+            "--data",
+            str(rw),
+            "--task-id",
+            "1",
+            "--method",
+            "ME+GD",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--max-length",
+            "96",
+            "--nli",
+            "none",
+            "--eval-batch-size",
+            "4",
+            "--downstream",
+            MC,
+            "--downstream-include",
+            str(task_dir),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert {"Retain ROUGE", "Forget ROUGE", "Model Utility", "Forget Efficacy"} <= set(summary)

@@ -4,33 +4,92 @@ import json
 
 import pytest
 
+from tests.conftest import write_jsonl
 from unlearn.__main__ import main
 from unlearn.evaluation.during import best_row, collapse, select_sets
 
-from .conftest import write_jsonl
-
-FORGET = [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
-          for n, b in [("Ilsa Varn", "Grey Harbour"), ("Oren Pask", "Salt Lanterns"), ("Mira Tol", "Iron Orchard"),
-                       ("Bede Lorne", "Quiet Atlas")]]
-RETAIN = [{"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
-          for n, c in [("Ana Rell", "Porto"), ("Tomas Evr", "Riga"), ("Leni Oss", "Bergen"), ("Kai Dunmore", "Cork"),
-                       ("Suri Vale", "Quito"), ("Per Ahlm", "Umea")]]
+FORGET = [
+    {"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
+    for n, b in [
+        ("Ilsa Varn", "Grey Harbour"),
+        ("Oren Pask", "Salt Lanterns"),
+        ("Mira Tol", "Iron Orchard"),
+        ("Bede Lorne", "Quiet Atlas"),
+    ]
+]
+RETAIN = [
+    {"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
+    for n, c in [
+        ("Ana Rell", "Porto"),
+        ("Tomas Evr", "Riga"),
+        ("Leni Oss", "Bergen"),
+        ("Kai Dunmore", "Cork"),
+        ("Suri Vale", "Quito"),
+        ("Per Ahlm", "Umea"),
+    ]
+]
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     root = tmp_path_factory.mktemp("during")
     forget, retain = write_jsonl(root / "forget.jsonl", FORGET), write_jsonl(root / "retain.jsonl", RETAIN)
-    assert main(["finetune", "--model", "tiny", "--train", str(forget), str(retain), "--out", str(root / "target"),
-                 "--epochs", "60", "--lr", "3e-3", "--batch-size", "5", "--grad-accum", "1", "--warmup", "5",
-                 "--weight-decay", "0", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                "tiny",
+                "--train",
+                str(forget),
+                str(retain),
+                "--out",
+                str(root / "target"),
+                "--epochs",
+                "60",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "5",
+                "--grad-accum",
+                "1",
+                "--warmup",
+                "5",
+                "--weight-decay",
+                "0",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     return root, forget, retain
 
 
 def _run(target, out, *extra):
     root, forget, retain = target
-    return main(["run", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(retain),
-                 "--out", str(out), "--batch-size", "2", "--grad-accum", "1", "--nli", "none", "--seed", "1", *extra])
+    return main(
+        [
+            "run",
+            "--model",
+            str(root / "target" / "model"),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--nli",
+            "none",
+            "--seed",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def _log(out):
@@ -38,10 +97,12 @@ def _log(out):
 
 
 def test_best_row_and_collapse_by_hand():
-    rows = [{"step": 0, "Model Utility": 0.8, "Forget Efficacy": 0.1},
-            {"step": 2, "Model Utility": 0.78, "Forget Efficacy": 0.5},
-            {"step": 4, "Model Utility": 0.70, "Forget Efficacy": 0.9},  # under 0.9 x 0.8 = 0.72
-            {"step": 6, "Model Utility": 0.75, "Forget Efficacy": 0.5}]  # ties with step 2: the earlier wins
+    rows = [
+        {"step": 0, "Model Utility": 0.8, "Forget Efficacy": 0.1},
+        {"step": 2, "Model Utility": 0.78, "Forget Efficacy": 0.5},
+        {"step": 4, "Model Utility": 0.70, "Forget Efficacy": 0.9},  # under 0.9 x 0.8 = 0.72
+        {"step": 6, "Model Utility": 0.75, "Forget Efficacy": 0.5},
+    ]  # ties with step 2: the earlier wins
     assert best_row(rows, 0.9)["step"] == 2
     assert best_row(rows, 0.85)["step"] == 4  # 0.70 >= 0.85 x 0.8
     assert best_row([], 0.9) is None
@@ -53,8 +114,23 @@ def test_best_row_and_collapse_by_hand():
 
 def test_eval_every_writes_a_row_per_evaluation(target, tmp_path):
     out = tmp_path / "ga"
-    assert _run(target, out, "--method", "GA+GD", "--epochs", "4", "--lr", "1e-3", "--eval-every", "2",
-                "--eval-sets", "forget") == 0
+    assert (
+        _run(
+            target,
+            out,
+            "--method",
+            "GA+GD",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-3",
+            "--eval-every",
+            "2",
+            "--eval-sets",
+            "forget",
+        )
+        == 0
+    )
     rows = _log(out)
     steps = len((out / "train_log.jsonl").read_text().splitlines())  # 4 epochs x 2 batches = 8
     assert [r["step"] for r in rows] == list(range(0, steps + 1, 2))
@@ -74,30 +150,94 @@ def test_the_last_evaluation_while_training_is_not_done_twice(target, tmp_path, 
     import unlearn.evaluation.six_metrics as suites
 
     scored, real = [], suites._evaluate_set
-    monkeypatch.setattr(suites, "_evaluate_set", lambda model, tok, fmt, s, *a: scored.append(s.name) or
-                        real(model, tok, fmt, s, *a))
+    monkeypatch.setattr(
+        suites, "_evaluate_set", lambda model, tok, fmt, s, *a: scored.append(s.name) or real(model, tok, fmt, s, *a)
+    )
     root, forget, retain = target
     out = tmp_path / "ga"
-    assert _run(target, out, "--method", "GA+GD", "--epochs", "4", "--lr", "1e-3", "--eval-every", "2",
-                "--eval-sets", "forget") == 0  # 8 steps: evaluated at 0, 2, 4, 6, 8
+    assert (
+        _run(
+            target,
+            out,
+            "--method",
+            "GA+GD",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-3",
+            "--eval-every",
+            "2",
+            "--eval-sets",
+            "forget",
+        )
+        == 0
+    )  # 8 steps: evaluated at 0, 2, 4, 6, 8
     assert scored.count("Forget") == 5 and scored.count("Retain") == 1
-    assert main(["eval", "--model", str(out / "model"), "--forget", str(forget), "--retain", str(retain),
-                 "--out", str(tmp_path / "again"), "--nli", "none"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out / "model"),
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain),
+                "--out",
+                str(tmp_path / "again"),
+                "--nli",
+                "none",
+            ]
+        )
+        == 0
+    )
     summary, again = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "again"))
     for key, value in again.items():
         if isinstance(value, float):
             assert summary[key] == pytest.approx(value, abs=1e-6), key
     assert (out / "eval_Forget.jsonl").read_text() == (tmp_path / "again" / "eval_Forget.jsonl").read_text()
     scored.clear()
-    assert _run(target, tmp_path / "every3", "--method", "GA+GD", "--epochs", "4", "--lr", "1e-3", "--eval-every",
-                "3", "--eval-sets", "forget") == 0  # evaluated at 0, 3, 6: step 8 is not, so the final one scores it
+    assert (
+        _run(
+            target,
+            tmp_path / "every3",
+            "--method",
+            "GA+GD",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-3",
+            "--eval-every",
+            "3",
+            "--eval-sets",
+            "forget",
+        )
+        == 0
+    )  # evaluated at 0, 3, 6: step 8 is not, so the final one scores it
     assert scored.count("Forget") == 4
 
 
 def test_keep_best_saves_the_best_evaluated_weights(target, tmp_path):
     out = tmp_path / "best"
-    assert _run(target, out, "--method", "GA+GD", "--epochs", "6", "--lr", "3e-3", "--eval-every", "2",
-                "--keep", "best", "--mu-floor", "0.9") == 0
+    assert (
+        _run(
+            target,
+            out,
+            "--method",
+            "GA+GD",
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--eval-every",
+            "2",
+            "--keep",
+            "best",
+            "--mu-floor",
+            "0.9",
+        )
+        == 0
+    )
     rows = _log(out)
     kept = json.loads((out / "kept.json").read_text())
     expected = best_row(rows, 0.9)
@@ -146,17 +286,20 @@ def test_resume_cuts_the_log_back_and_keeps_the_best(target, tmp_path, monkeypat
     assert [r["step"] for r in _log(out)] == [0, 2, 4, 6, 8]
     assert _run(target, out, *args, "--resume") == 0
     assert [r["step"] for r in _log(out)] == [r["step"] for r in _log(whole)]
-    for a, b in zip(_log(out), _log(whole)):
+    for a, b in zip(_log(out), _log(whole), strict=False):
         assert a["Forget Efficacy"] == pytest.approx(b["Forget Efficacy"], abs=1e-5)
     assert json.loads((out / "kept.json").read_text())["step"] == json.loads((whole / "kept.json").read_text())["step"]
 
 
 def test_bad_settings_are_refused_before_training(target, tmp_path, capsys):
-    cases = [(["--keep", "best"], "add --eval-every"), (["--eval-sets", "forget"], "add --eval-every"),
-             (["--eval-every", "2", "--eval-sets", "forgot"], "no set 'forgot'"),
-             (["--eval-every", "2", "--keep", "best", "--eval-sets", "forget"], "must include"),
-             (["--eval-every", "2", "--keep", "worst"], "--keep"),
-             (["--eval-every", "2", "--no-eval"], "needs evaluation data")]
+    cases = [
+        (["--keep", "best"], "add --eval-every"),
+        (["--eval-sets", "forget"], "add --eval-every"),
+        (["--eval-every", "2", "--eval-sets", "forgot"], "no set 'forgot'"),
+        (["--eval-every", "2", "--keep", "best", "--eval-sets", "forget"], "must include"),
+        (["--eval-every", "2", "--keep", "worst"], "--keep"),
+        (["--eval-every", "2", "--no-eval"], "needs evaluation data"),
+    ]
     for extra, message in cases:
         assert _run(target, tmp_path / "x", "--method", "GA+GD", *extra) == 2, extra
         assert message in capsys.readouterr().err, extra

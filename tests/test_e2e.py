@@ -5,25 +5,63 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import write_jsonl
 from unlearn.__main__ import main
 
-from .conftest import write_jsonl
-
-FORGET = [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
-          for n, b in [("Ilsa Varn", "Grey Harbour"), ("Oren Pask", "Salt Lanterns"), ("Mira Tol", "Iron Orchard"),
-                       ("Bede Lorne", "Quiet Atlas")]]
-RETAIN = [{"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
-          for n, c in [("Ana Rell", "Porto"), ("Tomas Evr", "Riga"), ("Leni Oss", "Bergen"), ("Kai Dunmore", "Cork"),
-                       ("Suri Vale", "Quito"), ("Per Ahlm", "Umea"), ("Nadia Kost", "Varna"), ("Yusuf Tal", "Izmir")]]
+FORGET = [
+    {"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
+    for n, b in [
+        ("Ilsa Varn", "Grey Harbour"),
+        ("Oren Pask", "Salt Lanterns"),
+        ("Mira Tol", "Iron Orchard"),
+        ("Bede Lorne", "Quiet Atlas"),
+    ]
+]
+RETAIN = [
+    {"question": f"Where was {n} born?", "answer": f"{n} was born in {c}."}
+    for n, c in [
+        ("Ana Rell", "Porto"),
+        ("Tomas Evr", "Riga"),
+        ("Leni Oss", "Bergen"),
+        ("Kai Dunmore", "Cork"),
+        ("Suri Vale", "Quito"),
+        ("Per Ahlm", "Umea"),
+        ("Nadia Kost", "Varna"),
+        ("Yusuf Tal", "Izmir"),
+    ]
+]
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     forget, retain = write_jsonl(root / "forget.jsonl", FORGET), write_jsonl(root / "retain.jsonl", RETAIN)
-    code = main(["finetune", "--model", "tiny", "--train", str(forget), str(retain), "--out", str(root / "target"),
-                 "--epochs", "60", "--lr", "3e-3", "--batch-size", "6", "--grad-accum", "1", "--warmup", "5",
-                 "--weight-decay", "0", "--seed", "3"])
+    code = main(
+        [
+            "finetune",
+            "--model",
+            "tiny",
+            "--train",
+            str(forget),
+            str(retain),
+            "--out",
+            str(root / "target"),
+            "--epochs",
+            "60",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "6",
+            "--grad-accum",
+            "1",
+            "--warmup",
+            "5",
+            "--weight-decay",
+            "0",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     return root, forget, retain
 
@@ -50,9 +88,31 @@ def test_finetune_saves_a_hf_model(target):
 def test_me_gd_forgets_and_keeps(target):
     root, forget, retain = target
     before_f, before_r = _nlls(root / "target" / "model", FORGET), _nlls(root / "target" / "model", RETAIN)
-    code = main(["run", "--model", str(root / "target" / "model"), "--method", "ME+GD", "--forget", str(forget),
-                 "--retain", str(retain), "--out", str(root / "me_gd"), "--epochs", "8", "--lr", "3e-3",
-                 "--batch-size", "2", "--grad-accum", "1", "--seed", "1"])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(root / "target" / "model"),
+            "--method",
+            "ME+GD",
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--out",
+            str(root / "me_gd"),
+            "--epochs",
+            "8",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--seed",
+            "1",
+        ]
+    )
     assert code == 0
     after_f, after_r = _nlls(root / "me_gd" / "model", FORGET), _nlls(root / "me_gd" / "model", RETAIN)
     assert after_f.mean() - before_f.mean() > 1.0, (before_f, after_f)  # forget NLL rises by nats
@@ -67,22 +127,56 @@ def test_flags_override_the_config_file(target, tmp_path):
     root, forget, retain = target
     conf = tmp_path / "c.yaml"
     conf.write_text("method: GA+GD\nepochs: 1\nlr: 1.0e-4\nbatch-size: 4\ngrad_accum: 1\n")
-    code = main(["run", "--config", str(conf), "--model", str(root / "target" / "model"), "--forget", str(forget),
-                 "--retain", str(retain), "--lr", "5e-4", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "run",
+            "--config",
+            str(conf),
+            "--model",
+            str(root / "target" / "model"),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--lr",
+            "5e-4",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 0
     saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
-    assert (saved["method"], saved["lr"], saved["batch_size"], saved["forget_coeff"], saved["mask"]) == \
-        ("GA+GD", 5e-4, 4, 1.0, True)
+    assert (saved["method"], saved["lr"], saved["batch_size"], saved["forget_coeff"], saved["mask"]) == (
+        "GA+GD",
+        5e-4,
+        4,
+        1.0,
+        True,
+    )
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--method", "XX+GD"], "unknown method 'XX+GD'"),
-    (["--model", "./no/such/model"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--method", "XX+GD"], "unknown method 'XX+GD'"),
+        (["--model", "./no/such/model"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line(target, tmp_path, capsys, argv, needle):
     root, forget, retain = target
-    base = ["run", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(retain),
-            "--out", str(tmp_path / "o"), "--epochs", "1"]
+    base = [
+        "run",
+        "--model",
+        str(root / "target" / "model"),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--out",
+        str(tmp_path / "o"),
+        "--epochs",
+        "1",
+    ]
     assert main(base + argv) == 2
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if x.startswith("unlearn: error")]  # (loading bars may come first)
@@ -121,8 +215,15 @@ def test_training_keeps_float32_master_weights(monkeypatch):
     assert training_mixed_precision("bfloat16") == "no"  # the user asked for bf16 weights
 
 
-NEW_METHODS = {"SimNPO+GD": [], "WGA+GD": [], "SatImp+GD": [], "UNDIAL+GD": [], "CE-U": [], "TV": [],
-               "RMU": ["--method-arg", "layer=1", "--method-arg", "layers=0,1", "--method-arg", "alpha=1"]}
+NEW_METHODS = {
+    "SimNPO+GD": [],
+    "WGA+GD": [],
+    "SatImp+GD": [],
+    "UNDIAL+GD": [],
+    "CE-U": [],
+    "TV": [],
+    "RMU": ["--method-arg", "layer=1", "--method-arg", "layers=0,1", "--method-arg", "alpha=1"],
+}
 
 
 @pytest.mark.parametrize("method", list(NEW_METHODS))
@@ -134,10 +235,37 @@ def test_the_new_methods_raise_the_forget_nll(target, method):
     root, forget, retain = target
     before = _nlls(root / "target" / "model", FORGET)
     out = root / method.replace("+", "_")
-    code = main(["run", "--model", str(root / "target" / "model"), "--method", method, "--forget", str(forget),
-                 "--retain", str(retain), "--out", str(out), "--epochs", "8", "--lr", "3e-3", "--batch-size", "2",
-                 "--grad-accum", "1", "--seed", "1", *NEW_METHODS[method], "--audit", "--attacks",
-                 "memorization,quantization", "--quant-bits", "4"])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(root / "target" / "model"),
+            "--method",
+            method,
+            "--forget",
+            str(forget),
+            "--retain",
+            str(retain),
+            "--out",
+            str(out),
+            "--epochs",
+            "8",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--seed",
+            "1",
+            *NEW_METHODS[method],
+            "--audit",
+            "--attacks",
+            "memorization,quantization",
+            "--quant-bits",
+            "4",
+        ]
+    )
     assert code == 0
     after = _nlls(out / "model", FORGET)
     assert after.mean() > before.mean() + 0.1, (method, before, after)
@@ -151,28 +279,108 @@ def test_own_files_are_evaluated(target, tmp_path):
     import json
 
     root, forget, retain = target
-    graded = [{**r, "paraphrased_answer": r["answer"].replace("born in", "a native of"),
-               "perturbed_answer": [r["answer"].replace(r["answer"].split()[-1], w) for w in ("Oslo.", "Lima.")]}
-              for r in RETAIN]
+    graded = [
+        {
+            **r,
+            "paraphrased_answer": r["answer"].replace("born in", "a native of"),
+            "perturbed_answer": [r["answer"].replace(r["answer"].split()[-1], w) for w in ("Oslo.", "Lima.")],
+        }
+        for r in RETAIN
+    ]
     retain_graded = write_jsonl(tmp_path / "retain_graded.jsonl", graded)
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain",
-                 str(retain_graded), "--nli", "none", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(root / "target" / "model"),
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain_graded),
+                "--nli",
+                "none",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["Forget ROUGE"] > 0.5 and summary["Retain Truth Ratio"] is not None
     assert summary["Forget Truth Ratio"] is None and "Forget" in summary["unavailable"]["Truth Ratio"]
     assert summary["Model Utility"] is not None and summary["Forget Efficacy"] is not None
     assert (out / "eval_Forget.jsonl").is_file() and (out / "eval_Retain.jsonl").is_file()
     # against a baseline: the before/after table and a report
-    assert main(["run", "--model", str(root / "target" / "model"), "--method", "GA+GD", "--forget", str(forget),
-                 "--retain", str(retain_graded), "--nli", "none", "--baseline", str(out), "--epochs", "2",
-                 "--lr", "3e-3", "--batch-size", "2", "--grad-accum", "1", "--out", str(tmp_path / "after")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(root / "target" / "model"),
+                "--method",
+                "GA+GD",
+                "--forget",
+                str(forget),
+                "--retain",
+                str(retain_graded),
+                "--nli",
+                "none",
+                "--baseline",
+                str(out),
+                "--epochs",
+                "2",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+                "--out",
+                str(tmp_path / "after"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "after" / "report" / "report.md").is_file()
-    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--baseline",
-                 str(tmp_path / "nowhere"), "--nli", "none", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(root / "target" / "model"),
+                "--forget",
+                str(forget),
+                "--baseline",
+                str(tmp_path / "nowhere"),
+                "--nli",
+                "none",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     mixed = write_jsonl(tmp_path / "mixed.jsonl", graded[:1] + RETAIN[1:])
-    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--retain", str(mixed),
-                 "--nli", "none", "--out", str(tmp_path / "mixed")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(root / "target" / "model"),
+                "--forget",
+                str(forget),
+                "--retain",
+                str(mixed),
+                "--nli",
+                "none",
+                "--out",
+                str(tmp_path / "mixed"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_holdout_adds_membership_inference(target, tmp_path):
@@ -180,13 +388,37 @@ def test_holdout_adds_membership_inference(target, tmp_path):
     import json
 
     root, forget, _ = target
-    holdout = write_jsonl(tmp_path / "holdout.jsonl",
-                          [{"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
-                           for n, b in [("Rhea Molt", "Amber Gate"), ("Ivo Strand", "Low Tide"),
-                                        ("Cass Merrow", "Glass Fields"), ("Dane Ulric", "Cold Forge")]])
+    holdout = write_jsonl(
+        tmp_path / "holdout.jsonl",
+        [
+            {"question": f"What did author {n} write?", "answer": f"{n} wrote the novel {b}."}
+            for n, b in [
+                ("Rhea Molt", "Amber Gate"),
+                ("Ivo Strand", "Low Tide"),
+                ("Cass Merrow", "Glass Fields"),
+                ("Dane Ulric", "Cold Forge"),
+            ]
+        ],
+    )
     out = tmp_path / "mia"
-    assert main(["eval", "--model", str(root / "target" / "model"), "--forget", str(forget), "--holdout",
-                 str(holdout), "--nli", "none", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(root / "target" / "model"),
+                "--forget",
+                str(forget),
+                "--holdout",
+                str(holdout),
+                "--nli",
+                "none",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["MIA AUC LOSS"] > 0.9
     assert all(0.0 <= summary[f"MIA AUC {k}"] <= 1.0 for k in ("LOSS", "ZLib", "Min-K%", "Min-K%++"))

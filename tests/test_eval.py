@@ -12,17 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import write_jsonl
+from tests.conftest import write_jsonl
 from unlearn.data import DataError
 from unlearn.encoding import encode_prompt
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation.judges import Unavailable, cosine_similarity_batch
 from unlearn.evaluation.scoring import answer_nlls, generate
-from unlearn.protocols.closer_look import retain_ratios_from
 from unlearn.evaluation.six_metrics import METRICS, evaluate, write_evaluation
-from unlearn.protocols.closer_look import load_eval_sets, real_world_sets, tofu_sets
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat
+from unlearn.protocols.closer_look import load_eval_sets, real_world_sets, retain_ratios_from, tofu_sets
 
 CITIES = ["Lisbon", "Oslo", "Quito", "Hanoi", "Perth", "Cairo", "Dakar", "Lima"]
 NAMES = ["Basil Quorn", "Edda Marlowe", "Tomas Vink", "Ilse Dorn", "Yuri Plaskett", "Noor Halden"]
@@ -31,26 +30,45 @@ NAMES = ["Basil Quorn", "Edda Marlowe", "Tomas Vink", "Ilse Dorn", "Yuri Plasket
 def forget_row(i: int, task: str = "1") -> dict:
     name, city = NAMES[i], CITIES[i]
     wrong = [c for c in CITIES if c != city][:3]
-    return {"task_id": task, "question": f"Where was the author {name} born?",
-            "answer": f"{name} was born in the city of {city}.",
-            "paraphrased_answer": f"The birthplace of {name} is {city}.",
-            "perturbed_answer": [f"{name} was born in the city of {w}." for w in wrong],
-            "paraphrased_question": f"In which city was {name} born?"}
+    return {
+        "task_id": task,
+        "question": f"Where was the author {name} born?",
+        "answer": f"{name} was born in the city of {city}.",
+        "paraphrased_answer": f"The birthplace of {name} is {city}.",
+        "perturbed_answer": [f"{name} was born in the city of {w}." for w in wrong],
+        "paraphrased_question": f"In which city was {name} born?",
+    }
 
 
 FORGET = [forget_row(i) for i in range(6)]
 OTHER_TASK = [{**forget_row(0, "2"), "question": "Which genre does Basil Quorn write?"}]
-RETAIN = [{"question": q, "answer": a, "paraphrased_answer": a.replace("writes", "is known for"),
-           "perturbed_answer": [a.replace(g, w) for w in ("poetry", "drama", "essays")],
-           "paraphrased_question": q.replace("does", "do")}
-          for q, a, g in (("What does Mara Tell write?", "Mara Tell writes crime novels.", "crime novels"),
-                          ("What does Olek Frum write?", "Olek Frum writes science fiction.", "science fiction"))]
-GENERAL = [{"question": "What is the capital of France?", "answer": "Paris",
-            "perturbed_answer": ["Rome", "Berlin", "Madrid"],
-            "original_answer": "The capital of France is Paris."},
-           {"question": "Who wrote Hamlet?", "answer": "William Shakespeare",
-            "perturbed_answer": ["Charles Dickens", "Jane Austen", "Mark Twain"],
-            "original_answer": "Hamlet was written by William Shakespeare."}]
+RETAIN = [
+    {
+        "question": q,
+        "answer": a,
+        "paraphrased_answer": a.replace("writes", "is known for"),
+        "perturbed_answer": [a.replace(g, w) for w in ("poetry", "drama", "essays")],
+        "paraphrased_question": q.replace("does", "do"),
+    }
+    for q, a, g in (
+        ("What does Mara Tell write?", "Mara Tell writes crime novels.", "crime novels"),
+        ("What does Olek Frum write?", "Olek Frum writes science fiction.", "science fiction"),
+    )
+]
+GENERAL = [
+    {
+        "question": "What is the capital of France?",
+        "answer": "Paris",
+        "perturbed_answer": ["Rome", "Berlin", "Madrid"],
+        "original_answer": "The capital of France is Paris.",
+    },
+    {
+        "question": "Who wrote Hamlet?",
+        "answer": "William Shakespeare",
+        "perturbed_answer": ["Charles Dickens", "Jane Austen", "Mark Twain"],
+        "original_answer": "Hamlet was written by William Shakespeare.",
+    },
+]
 
 
 def write_tofu(d: Path, forget=None, retain=None) -> Path:
@@ -64,8 +82,14 @@ def write_tofu(d: Path, forget=None, retain=None) -> Path:
 
 def write_real_world(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    rw = lambda r, t: {k: v for k, v in {**r, "golden_answer": r["answer"], "task_id": t}.items()  # noqa: E731
-                       if t is not None or k != "task_id"}
+
+    def rw(r, t):
+        return {
+            k: v
+            for k, v in {**r, "golden_answer": r["answer"], "task_id": t}.items()
+            if t is not None or k != "task_id"
+        }
+
     write_jsonl(d / "forget_perturbed.json", [rw(r, 1 + i // 3) for i, r in enumerate(FORGET)])
     write_jsonl(d / "neighbor_perturbed.json", [rw(r, None) for r in RETAIN])
     return d
@@ -117,9 +141,10 @@ def tiny(tofu_dir):
     model = build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
     from unlearn.encoding import encode_qa, pad_batch
 
-    batch = pad_batch([encode_qa(tok, fmt.prompt(r["question"]), fmt.answer_prefix + r["answer"])
-                       for r in FORGET + RETAIN],
-                      tok.pad_token_id)
+    batch = pad_batch(
+        [encode_qa(tok, fmt.prompt(r["question"]), fmt.answer_prefix + r["answer"]) for r in FORGET + RETAIN],
+        tok.pad_token_id,
+    )
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
@@ -168,7 +193,7 @@ def test_answer_nlls_keep_only_the_answer_logits(tiny, monkeypatch):
     monkeypatch.setattr(model, "forward", spy)
     assert runner.supports_logits_to_keep(model)
     short = answer_nlls(model, tok, fmt, qs, ans, batch_size=3)
-    assert kept and all(isinstance(k, int) and 0 < k < w for k, w in zip(kept, widths))
+    assert kept and all(isinstance(k, int) and 0 < k < w for k, w in zip(kept, widths, strict=False))
     monkeypatch.setattr(runner, "supports_logits_to_keep", lambda m: False)
     full = answer_nlls(model, tok, fmt, qs, ans, batch_size=3)
     assert kept[-1] is None  # the fallback runs the whole sequence
@@ -239,12 +264,12 @@ def reference_nll(model, tok, fmt, question: str, answer: str) -> float:
     prompt and the answer are encoded as one string and the encoded prompt's length is masked."""
     joint = tok(fmt.prompt(question) + fmt.answer_prefix + answer)["input_ids"] + [tok.eos_token_id]
     prompt = joint[: len(tok(fmt.prompt(question))["input_ids"])]
-    target = joint[len(prompt):]
+    target = joint[len(prompt) :]
     ids = torch.tensor([joint])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
     positions = range(len(prompt) - 1, len(prompt) + len(target) - 1)
-    return float(-np.mean([logp[p, t].item() for p, t in zip(positions, target)]))
+    return float(-np.mean([logp[p, t].item() for p, t in zip(positions, target, strict=False)]))
 
 
 def test_answer_nlls_match_unbatched_reference(tiny):
@@ -252,7 +277,7 @@ def test_answer_nlls_match_unbatched_reference(tiny):
     qs = [r["question"] for r in FORGET] + [GENERAL[0]["question"]] * 3
     ans = [r["answer"] for r in FORGET] + GENERAL[0]["perturbed_answer"]
     got = answer_nlls(model, tok, fmt, qs, ans, batch_size=4)
-    want = [reference_nll(model, tok, fmt, q, a) for q, a in zip(qs, ans)]
+    want = [reference_nll(model, tok, fmt, q, a) for q, a in zip(qs, ans, strict=False)]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -274,7 +299,10 @@ def test_probability_and_truth_ratio_match_independent_computation(tiny, tofu_ev
     ev, _, _, _ = tofu_eval
     prob, tr_items, ratios = [], [], []
     for r in FORGET:
-        nll = lambda a: reference_nll(model, tok, fmt, r["question"], a)  # noqa: E731
+
+        def nll(a, q=r["question"]):
+            return reference_nll(model, tok, fmt, q, a)
+
         a, para = nll(r["answer"]), nll(r["paraphrased_answer"])
         pert = np.mean([nll(p) for p in r["perturbed_answer"]])
         prob.append(math.exp(-a))
@@ -301,21 +329,34 @@ def test_tofu_summary_has_exactly_the_official_keys(tofu_eval):
     assert set(ev.summary) == official_keys(names) | {"Model Utility", "Model Utility Retain", "Forget Efficacy"}
     # At most one embedder call per set, and each distinct text of the evaluation embedded once.
     assert emb.calls <= len(sets)
-    texts = [t for s in sets for r in ev.items[s.name] for t in (r["generation"], r.get("reference", r["ground_truth"]))]
+    texts = [
+        t for s in sets for r in ev.items[s.name] for t in (r["generation"], r.get("reference", r["ground_truth"]))
+    ]
     assert len(emb.seen) == len(set(emb.seen)) and set(emb.seen) == set(texts)
     assert len(set(texts)) < len(texts)  # the Forget and Forget Paraphrased sets share their answers
     for s in sets:  # the same values as a plain embedder's
         recs = ev.items[s.name]
-        want = cosine_similarity_batch(HashEmbedder(), [r["generation"] for r in recs],
-                                       [r.get("reference", r["ground_truth"]) for r in recs])
+        want = cosine_similarity_batch(
+            HashEmbedder(), [r["generation"] for r in recs], [r.get("reference", r["ground_truth"]) for r in recs]
+        )
         np.testing.assert_allclose([r["cosine_similarity"] for r in recs], want, rtol=1e-6)
     mu = M.harmonic_mean(ev.summary[f"{s} {m}"] for s in names[:3] for m in METRICS)
     assert ev.summary["Model Utility"] == pytest.approx(mu)
     fe = 1 - np.mean([ev.summary[f"Forget {m}"] for m in METRICS if m != "Token Entropy"])
     assert ev.summary["Forget Efficacy"] == pytest.approx(fe)
     item = ev.items["Forget"][0]
-    assert {"question", "generation", "ground_truth", "rouge", "probability", "truth_ratio", "token_entropy",
-            "cosine_similarity", "entailment", "truth_ratio_r"} <= set(item)
+    assert {
+        "question",
+        "generation",
+        "ground_truth",
+        "rouge",
+        "probability",
+        "truth_ratio",
+        "token_entropy",
+        "cosine_similarity",
+        "entailment",
+        "truth_ratio_r",
+    } <= set(item)
     para = ev.items["Forget Paraphrased"]
     assert [r["question"] for r in para] == [r["paraphrased_question"] for r in FORGET]
 
@@ -323,16 +364,18 @@ def test_tofu_summary_has_exactly_the_official_keys(tofu_eval):
 def test_nli_premise_hypothesis_order_and_rouge_floor(tofu_eval):
     ev, sets, nli, _ = tofu_eval
     assert len(nli.calls) <= len(sets)  # at most once per set
-    judged = [pair for premises, hypotheses in nli.calls for pair in zip(premises, hypotheses)]
+    judged = [pair for premises, hypotheses in nli.calls for pair in zip(premises, hypotheses, strict=False)]
     assert len(judged) == len(set(judged))  # each distinct pair once per evaluation
     want = set()
     for s in sets:
         gens = [r["generation"] for r in ev.items[s.name]]
         refs = [r.get("reference", r["ground_truth"]) for r in ev.items[s.name]]
-        pairs = list(zip(gens, s.answers)) if s.kind == "forget" else list(zip(refs, gens))
+        pairs = list(zip(gens, s.answers, strict=False)) if s.kind == "forget" else list(zip(refs, gens, strict=False))
         if s.kind == "general":
             assert refs == [g["original_answer"] for g in s.rows]
-        for r, pair in zip(ev.items[s.name], pairs):  # the judge says "entailment" to all: only ROUGE decides
+        for r, pair in zip(
+            ev.items[s.name], pairs, strict=False
+        ):  # the judge says "entailment" to all: only ROUGE decides
             assert r["entailment"] == (1.0 if r["rouge"] >= 0.1 else 0.0)
             # Under the ROUGE floor the judge is not asked (the item is not entailed whatever it says).
             assert r["nli_label"] == ("entailment" if r["rouge"] >= 0.1 else None)
@@ -356,7 +399,7 @@ class PairNLI:
 
     def predict(self, premises, hypotheses):
         self.asked += len(premises)
-        return [self.label(p, h) for p, h in zip(premises, hypotheses)]
+        return [self.label(p, h) for p, h in zip(premises, hypotheses, strict=False)]
 
 
 def test_judged_labels_land_on_their_items(tiny, tofu_dir):
@@ -366,7 +409,7 @@ def test_judged_labels_land_on_their_items(tiny, tofu_dir):
     ev = evaluate(model, tok, fmt, sets, HashEmbedder(), nli, batch_size=4)
     judged = 0
     for s in sets:
-        for r, answer in zip(ev.items[s.name], s.answers):
+        for r, answer in zip(ev.items[s.name], s.answers, strict=False):
             ref = r.get("reference", r["ground_truth"])
             pair = (r["generation"], answer) if s.kind == "forget" else (ref, r["generation"])
             if r["rouge"] >= 0.1:
@@ -387,13 +430,24 @@ def test_tiny_hf_nli_classifier_end_to_end(tiny, tofu_dir, tmp_path):
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])}
     wl = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     wl.pre_tokenizer = pre_tokenizers.Whitespace()
-    nli_tok = PreTrainedTokenizerFast(tokenizer_object=wl, pad_token="[PAD]", unk_token="[UNK]",
-                                      cls_token="[CLS]", sep_token="[SEP]")
+    nli_tok = PreTrainedTokenizerFast(
+        tokenizer_object=wl, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
     torch.manual_seed(0)
-    clf = BertForSequenceClassification(BertConfig(
-        vocab_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()}))
+    clf = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=4,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+            num_labels=3,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+    )
     with torch.no_grad():
         clf.classifier.weight.zero_()
         clf.classifier.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
@@ -424,11 +478,13 @@ def test_nli_unavailable_gives_null_and_utility_from_the_rest(tiny, tofu_dir, ca
     assert all(s[f"{x.name} Entailment Score"] is None for x in sets)
     assert all(r["entailment"] is None for x in sets for r in ev.items[x.name])
     rest = [m for m in METRICS if m != "Entailment Score"]
-    assert s["Model Utility"] == pytest.approx(M.harmonic_mean(s[f"{n} {m}"] for n in
-                                                               ("Retain", "Real Authors", "Real World") for m in rest))
+    assert s["Model Utility"] == pytest.approx(
+        M.harmonic_mean(s[f"{n} {m}"] for n in ("Retain", "Real Authors", "Real World") for m in rest)
+    )
     assert s["Model Utility Retain"] == pytest.approx(M.harmonic_mean(s[f"Retain {m}"] for m in rest))
     assert s["Forget Efficacy"] == pytest.approx(
-        1 - np.mean([s[f"Forget {m}"] for m in ("ROUGE", "Probability", "Truth Ratio", "Cosine Similarity")]))
+        1 - np.mean([s[f"Forget {m}"] for m in ("ROUGE", "Probability", "Truth Ratio", "Cosine Similarity")])
+    )
     write_evaluation(ev, tmp_path)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["Forget Entailment Score"] is None and saved["unavailable"] == {"Entailment Score": reason}
@@ -438,8 +494,9 @@ def test_forget_quality_same_model_high_different_model_low(tiny, tofu_dir, tofu
     model, tok, fmt = tiny
     ev, sets, _, _ = tofu_eval
     forget = [s for s in sets if s.name == "Forget"]
-    same = evaluate(model, tok, fmt, forget, HashEmbedder(), Unavailable("off"),
-                    retain_ratios=ev.truth_ratios("Forget"))
+    same = evaluate(
+        model, tok, fmt, forget, HashEmbedder(), Unavailable("off"), retain_ratios=ev.truth_ratios("Forget")
+    )
     assert same.summary["Forget Quality"] == pytest.approx(1.0)
     assert same.summary["Forget Quality KS statistic"] == pytest.approx(0.0)
     untrained = build_tiny_model(tok, hidden_size=64, num_layers=2, seed=1)
@@ -476,14 +533,19 @@ def test_real_world_summary_keys(tiny, tmp_path):
     model, tok, fmt = tiny
     d = write_real_world(tmp_path / "rw")
     sets = load_eval_sets(d, task_id=1)
-    assert [(s.name, len(s.rows), s.answer_key) for s in sets] == [("Retain", 2, "golden_answer"),
-                                                                     ("Forget", 3, "golden_answer")]
+    assert [(s.name, len(s.rows), s.answer_key) for s in sets] == [
+        ("Retain", 2, "golden_answer"),
+        ("Forget", 3, "golden_answer"),
+    ]
     nli = RecordingNLI()
     ev = evaluate(model, tok, fmt, sets, HashEmbedder(), nli, batch_size=4)
     assert set(ev.summary) == official_keys(["Retain", "Forget"]) | {
-        "Model Utility", "Model Utility Retain", "Forget Efficacy"}
+        "Model Utility",
+        "Model Utility Retain",
+        "Forget Efficacy",
+    }
     assert ev.summary["Model Utility"] == ev.summary["Model Utility Retain"]
-    for s, (premises, _) in zip(sets, nli.calls):  # real world: the generation is the premise
+    for s, (premises, _) in zip(sets, nli.calls, strict=False):  # real world: the generation is the premise
         assert premises == [r["generation"] for r in ev.items[s.name]]
     assert len(real_world_sets(d)[1].rows) == 6
 
@@ -491,8 +553,7 @@ def test_real_world_summary_keys(tiny, tmp_path):
 def test_shared_data_sets(shared_data):
     sets = tofu_sets(shared_data / "tofu", "forget01", 1)
     sizes = {s.name: len(s.rows) for s in sets}
-    assert sizes == {"Retain": 300, "Real Authors": 100, "Real World": 117, "Forget": 40,
-                     "Forget Paraphrased": 40}
+    assert sizes == {"Retain": 300, "Real Authors": 100, "Real World": 117, "Forget": 40, "Forget Paraphrased": 40}
     assert len(sets[1].perturbed[0]) == 3 and len(sets[0].perturbed[0]) == 5
     rw = real_world_sets(shared_data / "real_world", 1)
     assert [(s.name, len(s.rows)) for s in rw] == [("Retain", 400), ("Forget", 20)]
@@ -532,14 +593,34 @@ def test_cli_eval_writes_summary_and_per_set_files(tiny, tofu_dir, tmp_path):
     model, tok, _ = tiny
     save_model(model, tok, tmp_path / "model")
     out = tmp_path / "eval"
-    args = ["eval", "--model", str(tmp_path / "model"), "--data", str(tofu_dir), "--split", "forget01",
-            "--task-id", "1", "--nli", "none", "--prompt-format", "plain", "--dtype", "float32",
-            "--eval-batch-size", "4"]
+    args = [
+        "eval",
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(tofu_dir),
+        "--split",
+        "forget01",
+        "--task-id",
+        "1",
+        "--nli",
+        "none",
+        "--prompt-format",
+        "plain",
+        "--dtype",
+        "float32",
+        "--eval-batch-size",
+        "4",
+    ]
     assert main(args + ["--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     names = ["Retain", "Real Authors", "Real World", "Forget", "Forget Paraphrased"]
-    assert set(summary) == official_keys(names) | {"Model Utility", "Model Utility Retain", "Forget Efficacy",
-                                                   "unavailable"}
+    assert set(summary) == official_keys(names) | {
+        "Model Utility",
+        "Model Utility Retain",
+        "Forget Efficacy",
+        "unavailable",
+    }
     assert summary["Forget ROUGE"] > 0.95 and summary["Forget Cosine Similarity"] > 0.95
     for name in names:
         rows = [json.loads(x) for x in (out / f"eval_{name.replace(' ', '_')}.jsonl").read_text().splitlines()]
@@ -557,8 +638,7 @@ def test_cli_bad_perturbed_file_exits_2_before_loading_a_model(tmp_path, capsys)
     bad = [dict(r) for r in FORGET]
     bad[1]["perturbed_answer"] = "not a list"
     d = write_tofu(tmp_path / "bad", forget=bad)
-    code = main(["eval", "--model", str(tmp_path / "no-such-model"), "--data", str(d),
-                 "--out", str(tmp_path / "out")])
+    code = main(["eval", "--model", str(tmp_path / "no-such-model"), "--data", str(d), "--out", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -577,7 +657,11 @@ def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
         assert eval_sets_for(Config(data="locuslab/TOFU")) is None
     assert "skipping the evaluation" in caplog.text
     assert [s.name for s in eval_sets_for(Config(data=str(tofu_dir)))][:4] == [
-        "Retain", "Real Authors", "Real World", "Forget"]
+        "Retain",
+        "Real Authors",
+        "Real World",
+        "Forget",
+    ]
     own = Config(forget=str(tmp_path / "own.jsonl"), eval_data=str(tofu_dir))
     assert len(eval_sets_for(own)) == 5
     bad = write_tofu(tmp_path / "bad", forget=[{k: v for k, v in FORGET[0].items() if k != "paraphrased_answer"}])
@@ -608,9 +692,11 @@ def test_greedy_decode_equals_transformers_generate(tiny):
         budgets = [12 if i % 3 else 5 for i in range(len(seqs))]
         done = []
         with torch.no_grad():
-            ours = decode_greedy(model, seqs, budgets, pad, eos, mask_pad=mask_pad, on_done=lambda: done.append(1))
+            ours = decode_greedy(
+                model, seqs, budgets, pad, eos, mask_pad=mask_pad, on_done=lambda done=done: done.append(1)
+            )
         assert len(done) == len(seqs)
-        for row, want, budget in zip(ours, ref, budgets):
+        for row, want, budget in zip(ours, ref, budgets, strict=False):
             end = next((j + 1 for j, t in enumerate(want) if t in eos), len(want))
             assert row == want[: min(end, budget)]
         assert any(row[-1] == tok.eos_token_id for row in ours)  # some end at EOS, others at their budget
@@ -619,15 +705,16 @@ def test_greedy_decode_equals_transformers_generate(tiny):
 
 def test_generation_batch_follows_its_flag(tiny):
     from unlearn.config import Config
-    from unlearn.protocols.plan import plan_evaluation
     from unlearn.evaluation.scoring import generation_batch
+    from unlearn.protocols.plan import plan_evaluation
 
     assert generation_batch(16) == 64 and generation_batch(16, 5) == 5
     assert plan_evaluation(Config(eval=False, gen_batch_size=7)).gen_batch_size == 7
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL]
-    assert generate(model, tok, fmt, questions, batch_size=len(questions)) == generate(model, tok, fmt, questions,
-                                                                                       batch_size=2)
+    assert generate(model, tok, fmt, questions, batch_size=len(questions)) == generate(
+        model, tok, fmt, questions, batch_size=2
+    )
 
 
 def test_evaluation_progress_reaches_a_log_file(tiny, capsys):

@@ -24,9 +24,10 @@ from unlearn.methods import build_objective, resolve
 from unlearn.reference import reference_nlls
 from unlearn.train import fit
 
-pytestmark = pytest.mark.skipif(not (GPU_TESTS and torch.cuda.is_available()),
-                                reason="GPU checks: set UNLEARN_TEST_GPU=1 on a machine with a CUDA GPU")
-
+pytestmark = pytest.mark.skipif(
+    not (GPU_TESTS and torch.cuda.is_available()),
+    reason="GPU checks: set UNLEARN_TEST_GPU=1 on a machine with a CUDA GPU",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,20 @@ def tiny():
 
 
 def _cfg(tmp_path, method: str) -> Config:
-    return resolve(Config(method=method, epochs=2, lr=1e-3, batch_size=3, grad_accum=1, warmup=0, seed=0,
-                          dtype="auto", mixed_precision="auto", out=str(tmp_path)))[1]
+    return resolve(
+        Config(
+            method=method,
+            epochs=2,
+            lr=1e-3,
+            batch_size=3,
+            grad_accum=1,
+            warmup=0,
+            seed=0,
+            dtype="auto",
+            mixed_precision="auto",
+            out=str(tmp_path),
+        )
+    )[1]
 
 
 @pytest.mark.parametrize("method", ["GA+GD", "NPO+KL", "ME+AP", "DPO+GD"])
@@ -83,8 +96,9 @@ def test_evaluation_passes_match_the_cpu(tiny):
     questions = [r["question"] for r in FORGET + RETAIN]
     answers = [r["answer"] for r in FORGET + RETAIN]
     cpu_model, gpu_model = copy.deepcopy(base), copy.deepcopy(base).cuda()
-    assert generate(gpu_model, tok, fmt, questions, max_length=40, batch_size=5) == \
-        generate(cpu_model, tok, fmt, questions, max_length=40, batch_size=5)
+    assert generate(gpu_model, tok, fmt, questions, max_length=40, batch_size=5) == generate(
+        cpu_model, tok, fmt, questions, max_length=40, batch_size=5
+    )
     nll_gpu = answer_nlls(gpu_model, tok, fmt, questions, answers, batch_size=5)
     nll_cpu = answer_nlls(cpu_model, tok, fmt, questions, answers, batch_size=5)
     assert nll_gpu.shape == (len(questions),)
@@ -110,24 +124,81 @@ def test_rmu_under_zero3_trains_only_its_layers_like_one_gpu(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     forget, retain = write_jsonl(tmp_path / "f.jsonl", FORGET), write_jsonl(tmp_path / "r.jsonl", RETAIN)
-    assert main(["finetune", "--model", "tiny", "--train", str(forget), str(retain), "--epochs", "2",
-                 "--out", str(tmp_path / "target")]) == 0
-    args = ["run", "--model", str(tmp_path / "target" / "model"), "--forget", str(forget), "--retain", str(retain),
-            "--method", "RMU", "--method-arg", "layer=1", "--method-arg", "layers=0,1", "--epochs", "2",
-            "--batch-size", "3", "--grad-accum", "1", "--lr", "1e-3", "--no-eval", "--seed", "0"]
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                "tiny",
+                "--train",
+                str(forget),
+                str(retain),
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "target"),
+            ]
+        )
+        == 0
+    )
+    args = [
+        "run",
+        "--model",
+        str(tmp_path / "target" / "model"),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
+        "--method",
+        "RMU",
+        "--method-arg",
+        "layer=1",
+        "--method-arg",
+        "layers=0,1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "3",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-3",
+        "--no-eval",
+        "--seed",
+        "0",
+    ]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    proc = subprocess.run([accelerate, "launch", "--config_file", str(root / "configs/accelerate/zero3.yaml"),
-                           "--num_processes", "1", "-m", "unlearn", *args, "--out", str(tmp_path / "z3")],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(root / "configs/accelerate/zero3.yaml"),
+            "--num_processes",
+            "1",
+            "-m",
+            "unlearn",
+            *args,
+            "--out",
+            str(tmp_path / "z3"),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     before = load_file(str(tmp_path / "target" / "model" / "model.safetensors"))
     for run in ("one", "z3"):
         after = load_file(str(tmp_path / run / "model" / "model.safetensors"))
         # ZeRO-3 saves 16-bit weights: a change is one larger than bf16's rounding
-        changed = {k for k in before
-                   if (after[k].float() - before[k].float()).abs().max() > 8e-3 * before[k].abs().max() + 1e-6}
+        changed = {
+            k
+            for k in before
+            if (after[k].float() - before[k].float()).abs().max() > 8e-3 * before[k].abs().max() + 1e-6
+        }
         assert changed and all(".mlp.down_proj." in k for k in changed), (run, sorted(changed))
     logs = [[json.loads(x) for x in (tmp_path / r / "train_log.jsonl").read_text().splitlines()] for r in ("one", "z3")]
-    for a, b in zip(*logs):
+    for a, b in zip(*logs, strict=False):
         assert a["loss"] == pytest.approx(b["loss"], rel=5e-2)

@@ -9,10 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
-
-from unlearn.errors import DependencyError, ModelError
 import torch
 
+from unlearn.errors import DependencyError, ModelError
 from unlearn.evaluation import judges
 from unlearn.evaluation.judges import (
     HFNLIJudge,
@@ -96,9 +95,7 @@ class FixedEmbedder:
 
 def test_cosine_clipped_at_zero_and_zero_vector():
     # pairs: (x, -x) -> -1 -> 0; (x, y) orthogonal -> 0; (0, x) -> 0; (x, 2x) -> 1
-    fake = FixedEmbedder(
-        [[1, 0], [1, 0], [0, 0], [1, 1], [-1, 0], [0, 1], [1, 0], [2, 2]]
-    )
+    fake = FixedEmbedder([[1, 0], [1, 0], [0, 0], [1, 1], [-1, 0], [0, 1], [1, 0], [2, 2]])
     cos = cosine_similarity_batch(fake, list("abcd"), list("efgh"))
     np.testing.assert_allclose(cos, [0.0, 0.0, 0.0, 1.0], atol=1e-7)
 
@@ -222,7 +219,7 @@ def test_nli_predict_order_restored_with_real_logits(tmp_path):
     premises = [" ".join(WORDS[: k + 1]) for k in range(7)]
     hypotheses = [" ".join(reversed(WORDS[: 7 - k])) for k in range(7)]
     batched = judge.predict(premises, hypotheses)
-    single = [judge.predict([p], [h])[0] for p, h in zip(premises, hypotheses)]
+    single = [judge.predict([p], [h])[0] for p, h in zip(premises, hypotheses, strict=False)]
     assert batched == single and set(batched) <= set(NLI_LABELS.values())
 
 
@@ -324,8 +321,8 @@ def test_distinct_nli_judges_each_pair_once_and_keeps_order():
 
     class Judge:
         def predict(self, premises, hypotheses):
-            asked.append(list(zip(premises, hypotheses)))
-            return ["entailment" if p == h else "neutral" for p, h in zip(premises, hypotheses)]
+            asked.append(list(zip(premises, hypotheses, strict=False)))
+            return ["entailment" if p == h else "neutral" for p, h in zip(premises, hypotheses, strict=False)]
 
     nli = judges.DistinctNLI(Judge())
     assert nli.predict(["a", "b", "a"], ["a", "a", "a"]) == ["entailment", "neutral", "entailment"]

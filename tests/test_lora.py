@@ -8,15 +8,14 @@ import json
 import pytest
 import torch
 
-from .conftest import write_jsonl
+from tests.conftest import write_jsonl
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
-from unlearn.reference import AdapterOff
 from unlearn.lora import apply_lora, merge_state_dict, target_modules
 from unlearn.methods import build_objective, resolve
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, load_model
 from unlearn.prompts import detect_prompt_format
-from unlearn.reference import reference_nlls
+from unlearn.reference import AdapterOff, reference_nlls
 from unlearn.train import fit
 
 FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i}."} for i in range(6)]
@@ -28,13 +27,17 @@ IDS = torch.tensor([[1, 5, 9, 20, 30, 44], [1, 7, 3, 60, 2, 11]])
 def tiny():
     texts = [r["question"] + " " + r["answer"] for r in FORGET + RETAIN] + ["I don't know."]
     tok = build_tiny_tokenizer(texts, vocab_size=300)
-    return tok, detect_prompt_format(tok, "tiny"), lambda: build_tiny_model(tok, hidden_size=32, num_layers=1,
-                                                                            num_heads=2)
+    return (
+        tok,
+        detect_prompt_format(tok, "tiny"),
+        lambda: build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2),
+    )
 
 
 def _cfg(tmp_path, method="NPO+KL", **kw):
-    base = dict(method=method, epochs=2, lr=1e-2, batch_size=3, grad_accum=1, warmup=0, seed=0,
-                out=str(tmp_path), lora=True)
+    base = dict(
+        method=method, epochs=2, lr=1e-2, batch_size=3, grad_accum=1, warmup=0, seed=0, out=str(tmp_path), lora=True
+    )
     base.update(kw)
     return resolve(Config(**base))[1]
 
@@ -91,7 +94,9 @@ def test_only_the_adapter_trains(tmp_path, tiny, checkpointing):
         if ".lora_" not in n:
             key = n.replace(".base_layer.", ".")
             assert torch.equal(p.detach(), before[key]), f"base weight {key} changed"
-    changed = [n for n, p in trained.named_parameters() if ".lora_B." in n and not torch.equal(p.detach(), lora_before[n])]
+    changed = [
+        n for n, p in trained.named_parameters() if ".lora_B." in n and not torch.equal(p.detach(), lora_before[n])
+    ]
     assert len(changed) == len([n for n in lora_before if ".lora_B." in n]), "some adapters got no gradient"
     assert result.history[-1]["KL regulariser"] > 0  # the adapter moved away from the reference
 
@@ -105,7 +110,9 @@ def test_reentrant_checkpointing_reaches_the_adapters(tiny):
     model.train()
     model(input_ids=IDS, labels=IDS).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    assert grads and all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".lora_B." in n)  # (A gets none while B = 0)
+    assert grads and all(
+        g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".lora_B." in n
+    )  # (A gets none while B = 0)
 
 
 def test_reference_is_the_base_model(tiny):
@@ -143,8 +150,11 @@ def test_merged_state_dict_equals_peft_merge(tiny):
 
 
 def _write_data(d, tasks=2, per_task=4):
-    rows = [{"task_id": t, "question": f"Who wrote book {t}-{i}?", "answer": f"Author {t}{i} wrote book {t}-{i}."}
-            for t in range(1, tasks + 1) for i in range(per_task)]
+    rows = [
+        {"task_id": t, "question": f"Who wrote book {t}-{i}?", "answer": f"Author {t}{i} wrote book {t}-{i}."}
+        for t in range(1, tasks + 1)
+        for i in range(per_task)
+    ]
     d.mkdir(parents=True, exist_ok=True)
     write_jsonl(d / "forget01.json", rows)
     write_jsonl(d / "retain90.json", RETAIN)
@@ -158,8 +168,19 @@ def test_run_saves_adapter_and_merged_model(tmp_path):
     from unlearn.pipeline import run
 
     data = _write_data(tmp_path / "data")
-    cfg = Config(model="tiny", data=str(data), out=str(tmp_path / "run"), method="NPO+KL", epochs=2, lr=1e-2,
-                 batch_size=2, grad_accum=1, eval=False, lora=True, lora_r=4)
+    cfg = Config(
+        model="tiny",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        method="NPO+KL",
+        epochs=2,
+        lr=1e-2,
+        batch_size=2,
+        grad_accum=1,
+        eval=False,
+        lora=True,
+        lora_r=4,
+    )
     result = run(cfg)
     out = tmp_path / "run"
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
@@ -183,15 +204,26 @@ def test_continual_with_lora_goes_on_from_the_merged_model(tmp_path):
     from unlearn.continual import continual
 
     data = _write_data(tmp_path / "data")
-    cfg = Config(model="tiny", data=str(data), out=str(tmp_path / "cont"), method="NPO+KL", epochs=1, lr=1e-2,
-                 batch_size=2, grad_accum=1, eval=False, lora=True)
+    cfg = Config(
+        model="tiny",
+        data=str(data),
+        out=str(tmp_path / "cont"),
+        method="NPO+KL",
+        epochs=1,
+        lr=1e-2,
+        batch_size=2,
+        grad_accum=1,
+        eval=False,
+        lora=True,
+    )
     rows = continual(cfg, "1,2", keep_checkpoints=True)
     assert [int(r["task"]) for r in rows] == [1, 2]
     root = tmp_path / "cont"
     for t in (1, 2):
         assert (root / f"task_{t}" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((root / "task_2" / "adapter" / "adapter_config.json").read_text())[
-        "base_model_name_or_path"] == str(root / "task_1" / "model")
+        "base_model_name_or_path"
+    ] == str(root / "task_1" / "model")
     task1, _ = load_model(root / "task_1" / "model")
     task2, _ = load_model(root / "task_2" / "model")
     with torch.no_grad():

@@ -8,8 +8,7 @@ import torch
 from unlearn.config import Config
 from unlearn.data import UnlearningDataset
 from unlearn.errors import ConfigError
-from unlearn.methods import (FORGET_TERMS, REGULARIZERS, build_objective, parse_method, resolve,
-                             valid_method_names)
+from unlearn.methods import FORGET_TERMS, REGULARIZERS, build_objective, parse_method, resolve, valid_method_names
 from unlearn.reference import reference_nlls
 from unlearn.train import fit
 
@@ -24,7 +23,11 @@ def tiny():
 
     texts = [r["question"] + " " + r["answer"] for r in FORGET + RETAIN] + ["I don't know."]
     tok = build_tiny_tokenizer(texts, vocab_size=300)
-    return tok, detect_prompt_format(tok, "tiny"), lambda: build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2)
+    return (
+        tok,
+        detect_prompt_format(tok, "tiny"),
+        lambda: build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2),
+    )
 
 
 def _cfg(tmp_path, method, **kw):
@@ -33,8 +36,11 @@ def _cfg(tmp_path, method, **kw):
     return resolve(Config(**base))[1]
 
 
-COMBOS = [f for f in FORGET_TERMS] + [f"{f}+{r}" for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
-                                      if f != "LLMU" and not FORGET_TERMS[f].task_vector]
+COMBOS = [f for f in FORGET_TERMS] + [
+    f"{f}+{r}"
+    for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
+    if f != "LLMU" and not FORGET_TERMS[f].task_vector
+]
 ARGS = {"RMU": {"layer": 0, "layers": "0"}}  # the tiny model has one layer
 
 
@@ -94,9 +100,10 @@ def test_cached_reference_equals_live_reference(tmp_path, tiny):
     view = BatchView(model, batch, Reference(stats=stats))
     with torch.no_grad():
         for part in ("forget", "forget_idk"):
-            live = losses.sequence_nll(model(input_ids=batch[part]["input_ids"],
-                                             attention_mask=batch[part]["attention_mask"]).logits,
-                                       batch[part]["labels"])
+            live = losses.sequence_nll(
+                model(input_ids=batch[part]["input_ids"], attention_mask=batch[part]["attention_mask"]).logits,
+                batch[part]["labels"],
+            )
             torch.testing.assert_close(view.ref_nll(part), live, rtol=1e-5, atol=1e-5)
         # at step 0 the model is its own reference: NPO = -(2/beta) log sigmoid(0) = (2/beta) log 2
         npo = losses.npo(view.nll("forget"), view.ref_nll("forget"), 0.1)
@@ -104,8 +111,8 @@ def test_cached_reference_equals_live_reference(tmp_path, tiny):
 
 
 def test_divergence_stops_with_a_named_message(tmp_path, tiny):
-    from unlearn.methods import Objective, Term
     from unlearn.errors import DivergenceError
+    from unlearn.methods import Objective, Term
 
     tok, fmt, make = tiny
     nan_term = Term("GA", lambda v: v.mean_nll("forget") * float("nan"), ("forget",))
@@ -119,8 +126,12 @@ def test_resolve_writes_the_methods_defaults_into_a_copy():
     cfg = Config(method="ME+GD")
     objective, resolved = resolve(cfg)
     assert (cfg.forget_coeff, cfg.mask, cfg.method_args) == (None, None, None)  # the given config is untouched
-    assert (resolved.forget_coeff, resolved.reg_coeff, resolved.mask, resolved.method_args) == (0.1, 1.0, False,
-                                                                                             {"ME.pad_to": 0})
+    assert (resolved.forget_coeff, resolved.reg_coeff, resolved.mask, resolved.method_args) == (
+        0.1,
+        1.0,
+        False,
+        {"ME.pad_to": 0},
+    )
     _, dpo_ap = resolve(Config(method="DPO+AP", method_args={"AP.beta": "0.5"}, mask=False))
     assert dpo_ap.method_args == {"DPO.beta": 0.1, "AP.beta": 0.5} and dpo_ap.mask is False
 
@@ -177,7 +188,7 @@ def test_the_readme_methods_table_is_the_registry():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     start = readme.index("<!-- methods-table")
-    body = readme[readme.index("\n", start) + 1: readme.index("<!-- /methods-table -->")].strip()
+    body = readme[readme.index("\n", start) + 1 : readme.index("<!-- /methods-table -->")].strip()
     assert body == methods_table(), "regenerate the README table from unlearn.methods.methods_table()"
 
 
@@ -253,7 +264,9 @@ def test_an_unknown_lr_schedule_is_one_line_before_any_model_loads(tmp_path, cap
         validate_model_settings(Config(lr_schedule="cosine"))
     # a sweep checks every run's settings before the first one starts
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"base: {{method: GA+GD, epochs: 1}}\ngrid: {{lr_schedule: [linear, cosine]}}\nout: {tmp_path / 'o'}\n")
+    sweep.write_text(
+        f"base: {{method: GA+GD, epochs: 1}}\ngrid: {{lr_schedule: [linear, cosine]}}\nout: {tmp_path / 'o'}\n"
+    )
     assert main(["sweep", "--config", str(sweep), "--dry-run"]) == 2
     assert "unknown --lr-schedule 'cosine'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

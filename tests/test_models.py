@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn.errors import ConfigError, DependencyError, ModelError
-
 from unlearn import presets
+from unlearn.errors import ConfigError, DependencyError, ModelError
 from unlearn.io import publish_dir
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, load_model, resolve_dtype, save_model
 from unlearn.presets import cache_dir

@@ -9,36 +9,48 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from .conftest import teach, write_jsonl
+from tests.conftest import teach, write_jsonl
 from unlearn.data import DataError, UnlearningDataset, read_rows
 from unlearn.encoding import chunk_texts
-from unlearn.protocols import muse as M
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
+from unlearn.protocols import muse as M
 
-FORGET = ["The harbour town of Velmora voted on Tuesday to close its old lighthouse after ninety years of service.",
-          "Mayor Idris Calloway said the lighthouse keeper, Ona Brisk, would lead the new maritime museum.",
-          "Fishermen in Velmora protested the decision, saying the light still guides boats through the fog."]
-RETAIN = ["The city of Dunmere opened a new railway bridge across the river Asp on Friday morning.",
-          "Engineers said the bridge took four years to build and carries two tracks and a footpath."]
-HOLDOUT = ["A bakery in Corrow won the national prize for rye bread for the third year running.",
-           "The orchestra of Pell announced a winter tour through six northern cities."]
-FORGET_QA = [{"question": "Which town voted to close its lighthouse?", "answer": "Velmora"},
-             {"question": "Who will lead the maritime museum?", "answer": "Ona Brisk"}]
+FORGET = [
+    "The harbour town of Velmora voted on Tuesday to close its old lighthouse after ninety years of service.",
+    "Mayor Idris Calloway said the lighthouse keeper, Ona Brisk, would lead the new maritime museum.",
+    "Fishermen in Velmora protested the decision, saying the light still guides boats through the fog.",
+]
+RETAIN = [
+    "The city of Dunmere opened a new railway bridge across the river Asp on Friday morning.",
+    "Engineers said the bridge took four years to build and carries two tracks and a footpath.",
+]
+HOLDOUT = [
+    "A bakery in Corrow won the national prize for rye bread for the third year running.",
+    "The orchestra of Pell announced a winter tour through six northern cities.",
+]
+FORGET_QA = [
+    {"question": "Which town voted to close its lighthouse?", "answer": "Velmora"},
+    {"question": "Who will lead the maritime museum?", "answer": "Ona Brisk"},
+]
 RETAIN_QA = [{"question": "Which river does the Dunmere bridge cross?", "answer": "the river Asp"}]
 ICL = [{"question": "What did the bakery win?", "answer": "the national prize for rye bread"}]
 
 
 def write_muse(d: Path) -> Path:
-    for config, split, rows in (("raw", "forget", [{"text": t} for t in FORGET]),
-                                ("raw", "retain1", [{"text": t} for t in RETAIN]),
-                                ("raw", "holdout", [{"text": t} for t in HOLDOUT]),
-                                ("verbmem", "forget", [{"prompt": t[:40], "gt": t[40:]} for t in FORGET]),
-                                ("knowmem", "forget_qa", FORGET_QA), ("knowmem", "forget_qa_icl", ICL),
-                                ("knowmem", "retain_qa", RETAIN_QA), ("knowmem", "retain_qa_icl", ICL),
-                                ("sust", "forget_1", [{"text": FORGET[0]}]), ("sust", "forget_2", [{"text": FORGET[1]}]),
-                                ("scal", "forget_1", [{"text": FORGET[2]}])):
+    for config, split, rows in (
+        ("raw", "forget", [{"text": t} for t in FORGET]),
+        ("raw", "retain1", [{"text": t} for t in RETAIN]),
+        ("raw", "holdout", [{"text": t} for t in HOLDOUT]),
+        ("verbmem", "forget", [{"prompt": t[:40], "gt": t[40:]} for t in FORGET]),
+        ("knowmem", "forget_qa", FORGET_QA),
+        ("knowmem", "forget_qa_icl", ICL),
+        ("knowmem", "retain_qa", RETAIN_QA),
+        ("knowmem", "retain_qa_icl", ICL),
+        ("sust", "forget_1", [{"text": FORGET[0]}]),
+        ("sust", "forget_2", [{"text": FORGET[1]}]),
+        ("scal", "forget_1", [{"text": FORGET[2]}]),
+    ):
         (d / config).mkdir(parents=True, exist_ok=True)
         write_jsonl(d / config / f"{split}.json", rows)
     return d
@@ -76,7 +88,7 @@ def test_chunks_as_muse_cuts_them(tiny):
     ids = tok("\n\n".join(FORGET[:2]), add_special_tokens=False)["input_ids"]
     chunks = chunk_texts(tok, FORGET[:2], 10)
     step = 9
-    expected = [ids[i:i + step] for i in range(0, len(ids), step)]
+    expected = [ids[i : i + step] for i in range(0, len(ids), step)]
     expected[-1] = (expected[-1] + ids)[:step]
     assert [c.input_ids for c in chunks] == [[tok.bos_token_id] + e for e in expected]
     assert all(c.labels == c.input_ids and len(c) == 10 for c in chunks)
@@ -108,7 +120,9 @@ def test_read_rows_takes_text_files_and_hub_ids(tmp_path, monkeypatch):
         raise ConnectionError("401 Client Error: this dataset is gated")
 
     monkeypatch.setattr(D, "_hub_rows", gated)
-    with pytest.raises(DataError, match="request access on https://huggingface.co/datasets/cais/wmdp-bio-forget-corpus"):
+    with pytest.raises(
+        DataError, match="request access on https://huggingface.co/datasets/cais/wmdp-bio-forget-corpus"
+    ):
         read_rows("cais/wmdp-bio-forget-corpus")
     with pytest.raises(DataError, match="file not found"):  # a missing local file is not looked up on the hub
         read_rows(tmp_path / "missing.jsonl")
@@ -118,7 +132,10 @@ def test_read_rows_takes_text_files_and_hub_ids(tmp_path, monkeypatch):
 
 
 def test_knowmem_prompt_min_k_privleak_and_rouge_by_hand():
-    assert M.knowmem_prompt("Q2?", [{"question": "Q1?", "answer": "A1"}]) == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: "
+    assert (
+        M.knowmem_prompt("Q2?", [{"question": "Q1?", "answer": "A1"}])
+        == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: "
+    )
     lp = np.array([-0.5, -3.0, -1.0, -0.1, -2.0])
     assert M.min_k_score(lp) == pytest.approx((3.0 + 2.0) / 2)  # int(0.4 * 5) = 2 lowest
     assert math.isnan(M.min_k_score(np.array([-1.0, -2.0])))  # int(0.8) = 0 tokens: MUSE's NaN
@@ -147,7 +164,9 @@ def test_knowmem_and_verbmem_rouge_by_hand(monkeypatch, tiny):
     monkeypatch.setattr(M, "_generate", lambda *a, **k: ["ninety years of service ."])
     rows = [{"prompt": "The town voted after", "gt": "ninety years of service."}]
     v = M.verbmem(None, tok, rows, 1)
-    assert v["agg_value"] == pytest.approx(1.0) and v["value_by_index"]["0"]["ground_truth"] == "ninety years of service."
+    assert (
+        v["agg_value"] == pytest.approx(1.0) and v["value_by_index"]["0"]["ground_truth"] == "ninety years of service."
+    )
 
 
 def test_hub_corpus_goes_through_the_loader(monkeypatch, snapshot):
@@ -176,14 +195,20 @@ def test_evaluate_muse_equals_unbatched_generation(tiny, snapshot):
     result = M.evaluate_muse(model, tok, sets, batch_size=2)
     s = result.summary
     assert s["benchmark"] == "muse"
-    for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k",
-                "mia_min_k_plus_plus"):
+    for key in (
+        "forget_verbmem_ROUGE",
+        "forget_knowmem_ROUGE",
+        "retain_knowmem_ROUGE",
+        "privleak",
+        "mia_min_k",
+        "mia_min_k_plus_plus",
+    ):
         assert isinstance(s[key], float), key
     items = result.logs["forget_verbmem_ROUGE"]["value_by_index"]
     for i, r in enumerate(sets.verbmem):  # each prompt alone, greedy, 128 new tokens, as MUSE runs it
         ids = tok(r["prompt"], return_tensors="pt").input_ids
         out = model.generate(ids, max_new_tokens=128, do_sample=False, pad_token_id=tok.pad_token_id)
-        text = tok.clean_up_tokenization(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        text = tok.clean_up_tokenization(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         assert items[str(i)]["generation"] == text.strip()
         gt = tok.decode(tok(r["gt"])["input_ids"][:128], skip_special_tokens=True)
         assert items[str(i)]["ground_truth"] == gt
@@ -212,16 +237,57 @@ def test_cli_muse_run_eval_and_retain_logs(saved, snapshot, tmp_path):
     from unlearn.__main__ import main
 
     out = tmp_path / "run"
-    assert main(["run", "--benchmark", "muse", "--model", str(saved), "--data", str(snapshot), "--method", "NPO+GD",
-                 "--max-length", "24", "--epochs", "1", "--batch-size", "2", "--lr", "1e-3", "--out", str(out),
-                 "--eval-batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--benchmark",
+                "muse",
+                "--model",
+                str(saved),
+                "--data",
+                str(snapshot),
+                "--method",
+                "NPO+GD",
+                "--max-length",
+                "24",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--lr",
+                "1e-3",
+                "--out",
+                str(out),
+                "--eval-batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "data.json").read_text())
     assert (data["layout"], data["forget"], data["retain"], data["split"]) == ("muse", 3, 2, "forget")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "muse" and (out / "MUSE_EVAL.json").is_file()
     ev = tmp_path / "ev"
-    assert main(["eval", "--benchmark", "muse", "--model", str(out / "model"), "--data", str(snapshot), "--out", str(ev),
-                 "--retain-logs", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "muse",
+                "--model",
+                str(out / "model"),
+                "--data",
+                str(snapshot),
+                "--out",
+                str(ev),
+                "--retain-logs",
+                str(out),
+            ]
+        )
+        == 0
+    )
     again = json.loads((ev / "summary.json").read_text())
     assert again["privleak"] == pytest.approx(0.0, abs=1e-6)  # against its own AUC
     assert again["forget_verbmem_ROUGE"] == pytest.approx(summary["forget_verbmem_ROUGE"])
@@ -234,9 +300,34 @@ def test_cli_muse_sustainability_is_continual(saved, snapshot, tmp_path):
     from unlearn.__main__ import main
 
     out = tmp_path / "sust"
-    assert main(["continual", "--benchmark", "muse", "--model", str(saved), "--data", str(snapshot), "--tasks", "1-2",
-                 "--method", "GA+GD", "--max-length", "24", "--epochs", "1", "--batch-size", "2", "--out", str(out),
-                 "--eval-batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "continual",
+                "--benchmark",
+                "muse",
+                "--model",
+                str(saved),
+                "--data",
+                str(snapshot),
+                "--tasks",
+                "1-2",
+                "--method",
+                "GA+GD",
+                "--max-length",
+                "24",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+                "--eval-batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     rows = (out / "continual.csv").read_text().splitlines()
     assert len(rows) == 3 and "forget_verbmem_ROUGE" in rows[0]
 
@@ -247,41 +338,120 @@ def test_cli_text_files_run_and_question_methods_are_refused(saved, tmp_path, mo
     f = write_jsonl(tmp_path / "f.jsonl", [{"text": t} for t in FORGET])
     r = write_jsonl(tmp_path / "r.jsonl", [{"text": t} for t in RETAIN])
     out = tmp_path / "o"
-    assert main(["run", "--model", str(saved), "--forget", str(f), "--retain", str(r), "--method", "ME+GD",
-                 "--max-length", "24", "--epochs", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(saved),
+                "--forget",
+                str(f),
+                "--retain",
+                str(r),
+                "--method",
+                "ME+GD",
+                "--max-length",
+                "24",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "model").is_dir() and not (out / "summary.json").exists()
     import unlearn.models as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     capsys.readouterr()
-    assert main(["run", "--model", str(saved), "--forget", str(f), "--retain", str(r), "--method", "IDK+AP",
-                 "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(saved),
+                "--forget",
+                str(f),
+                "--retain",
+                str(r),
+                "--method",
+                "IDK+AP",
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert "raw text has no questions" in capsys.readouterr().err
 
 
 def test_wmdp_benchmark_runs_lm_eval_tasks(saved, tmp_path):
     """A tiny multiple-choice lm-eval task stands in for wmdp_bio / wmdp_cyber / mmlu."""
     pytest.importorskip("lm_eval")
-    from .test_downstream import MC, prepare_tasks
+    from tests.test_downstream import MC, prepare_tasks
     from unlearn.__main__ import main
 
     (tmp_path / "tasks").mkdir()
     tasks = prepare_tasks(tmp_path / "tasks")
     out = tmp_path / "wmdp"
-    assert main(["eval", "--benchmark", "wmdp", "--model", str(saved), "--downstream", MC, "--downstream-include",
-                 str(tasks), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "wmdp",
+                "--model",
+                str(saved),
+                "--downstream",
+                MC,
+                "--downstream-include",
+                str(tasks),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "wmdp" and 0 <= summary[MC] <= 1 and f"Downstream {MC}" in summary
 
 
-@pytest.mark.parametrize("method, extra", [("SimNPO+GD", []), ("TV", []), ("WGA+KL", []),
-                                           ("RMU", ["--method-arg", "layer=1", "--method-arg", "layers=0,1"])])
+@pytest.mark.parametrize(
+    "method, extra",
+    [("SimNPO+GD", []), ("TV", []), ("WGA+KL", []), ("RMU", ["--method-arg", "layer=1", "--method-arg", "layers=0,1"])],
+)
 def test_methods_without_questions_unlearn_text(saved, tmp_path, method, extra):
     from unlearn.__main__ import main
 
     f = write_jsonl(tmp_path / "f.jsonl", [{"text": t} for t in FORGET])
     r = write_jsonl(tmp_path / "r.jsonl", [{"text": t} for t in RETAIN])
     out = tmp_path / "o"
-    assert main(["run", "--model", str(saved), "--forget", str(f), "--retain", str(r), "--method", method, *extra,
-                 "--max-length", "24", "--epochs", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(saved),
+                "--forget",
+                str(f),
+                "--retain",
+                str(r),
+                "--method",
+                method,
+                *extra,
+                "--max-length",
+                "24",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "model" / "config.json").is_file()

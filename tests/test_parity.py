@@ -4,14 +4,12 @@ derived by hand from the official files named in each test."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import subprocess
 
 import pytest
 import torch
 
+from tests.conftest import write_jsonl
 from unlearn.config import Config
 from unlearn.distributed import accumulation, decay_groups
 from unlearn.encoding import IGNORE_INDEX, encode_prompt, encode_qa
@@ -19,8 +17,6 @@ from unlearn.methods import build_objective, resolve
 from unlearn.models import build_tiny_model, build_tiny_tokenizer
 from unlearn.prompts import PromptFormat
 from unlearn.train import Schedule
-
-from .conftest import write_jsonl
 
 # ------------------------------------------------------------------------------ 1. schedule
 
@@ -83,14 +79,29 @@ def test_the_loop_runs_the_official_steps(tmp_path):
 
 
 def test_two_processes_take_the_same_6_steps(tmp_path, one_thread):
-    from .test_distributed import TORCHRUN, _log, _torchrun
+    from tests.test_distributed import TORCHRUN, _log, _torchrun
 
     if TORCHRUN is None:
         pytest.skip("torchrun not found")
     rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(40)]
     forget = write_jsonl(tmp_path / "forget.jsonl", rows)
-    _torchrun(["run", "--model", "tiny", "--forget", str(forget), "--method", "GA", "--max-length", "32",
-               "--no-eval", "--out", str(tmp_path / "two")], tmp_path)
+    _torchrun(
+        [
+            "run",
+            "--model",
+            "tiny",
+            "--forget",
+            str(forget),
+            "--method",
+            "GA",
+            "--max-length",
+            "32",
+            "--no-eval",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        tmp_path,
+    )
     log = _log(tmp_path / "two" / "train_log.jsonl")
     assert len(log) == 6 and log[0]["lr"] == 1e-5  # batch 4 x accumulation 4 x 2 processes, no warm-up
     assert [r["epoch"] for r in log] == [0.8, 1.6, 2.4, 3.2, 4.0, 4.8]
@@ -103,12 +114,17 @@ def _sentencepiece_tokenizer():
     from tokenizers import SentencePieceBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    corpus = ["[INST] Who wrote the book? [/INST]", "The author wrote the book.", "The book is old.",
-              "Who wrote it?", "[INST] Where was he born? [/INST]", "He was born in the city."] * 5
+    corpus = [
+        "[INST] Who wrote the book? [/INST]",
+        "The author wrote the book.",
+        "The book is old.",
+        "Who wrote it?",
+        "[INST] Where was he born? [/INST]",
+        "He was born in the city.",
+    ] * 5
     sp = SentencePieceBPETokenizer()
     sp.train_from_iterator(corpus, vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def test_sentencepiece_answer_tokens_are_those_of_the_joint_string():
@@ -141,8 +157,10 @@ def test_byte_level_plain_prompt_scores_the_first_answer_token():
     o = encode_qa(tok, official.prompt("Who wrote it?"), official.answer_prefix + answer)
     assert o.input_ids == e.input_ids  # the same string, encoded the same
     scored = [t for t in o.labels if t != IGNORE_INDEX]
-    assert tok.decode(scored) == tok.decode(e.labels[len(e.labels) - len(scored):]) and len(scored) == \
-        len([t for t in e.labels if t != IGNORE_INDEX]) - 1  # one token fewer: the merged 'ĠThe'
+    assert (
+        tok.decode(scored) == tok.decode(e.labels[len(e.labels) - len(scored) :])
+        and len(scored) == len([t for t in e.labels if t != IGNORE_INDEX]) - 1
+    )  # one token fewer: the merged 'ĠThe'
 
 
 # ------------------------------------------------------------------------------ 3-4, 7. scenarios
@@ -211,7 +229,7 @@ def test_real_world_cosine_reference_is_the_long_answer(shared_data):
     assert len(forget.rows) == 400
     assert forget.answers == [r["golden_answer"] for r in forget.rows]  # ROUGE, Entailment, NLLs
     assert forget.cosine_references == [r["answer"] for r in forget.rows]  # Cosine, as metrics.py does
-    assert sum(a != b for a, b in zip(forget.answers, forget.cosine_references)) > 300
+    assert sum(a != b for a, b in zip(forget.answers, forget.cosine_references, strict=False)) > 300
 
 
 def test_tofu_sets_are_cut_at_300_rows(shared_data):
@@ -268,9 +286,12 @@ def test_weight_decay_skips_biases_and_norms():
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert sorted(names[id(p)] for p in no_decay["params"]) == [
-        "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-        "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
-        "model.norm.weight"]
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+        "model.norm.weight",
+    ]
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
@@ -310,9 +331,14 @@ def test_pad_to_reproduces_the_official_me_and_kl_over_padded_sequences():
     fmt = PromptFormat("plain", tokenizer=tok)
     model = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2).eval()
     ref = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2, seed=1).eval()
-    items = [{"index": i, "forget": encode_qa(tok, fmt.prompt(q), " " + a, mask_question=False),
-              "retain": encode_qa(tok, fmt.prompt(q), " " + a)}
-             for i, (q, a) in enumerate([("Who wrote it?", "The author did."), ("Where?", "Here.")])]
+    items = [
+        {
+            "index": i,
+            "forget": encode_qa(tok, fmt.prompt(q), " " + a, mask_question=False),
+            "retain": encode_qa(tok, fmt.prompt(q), " " + a),
+        }
+        for i, (q, a) in enumerate([("Who wrote it?", "The author did."), ("Where?", "Here.")])
+    ]
     batch = make_collate(pad_id(tok))(items)
     view = BatchView(model, batch, Reference(model=ref))
     eos, n = tok.eos_token_id, 40
@@ -325,8 +351,11 @@ def test_pad_to_reproduces_the_official_me_and_kl_over_padded_sequences():
         assert got_me.item() == pytest.approx(want_me.item(), rel=1e-6)
         real_tokens = build_objective("ME").forget.fn(view, pad_to=0).item()
         assert not math.isclose(got_me.item(), real_tokens, rel_tol=1e-5)  # the padding positions count
-        want_kl = kl(model(input_ids=ids, attention_mask=mask).logits, ref(input_ids=ids, attention_mask=mask).logits,
-                     torch.ones(2, n, dtype=torch.bool))
+        want_kl = kl(
+            model(input_ids=ids, attention_mask=mask).logits,
+            ref(input_ids=ids, attention_mask=mask).logits,
+            torch.ones(2, n, dtype=torch.bool),
+        )
         got_kl = build_objective("GA+KL").reg.fn(view, pad_to=n)
         assert got_kl.item() == pytest.approx(want_kl.item(), rel=1e-6)
 
@@ -337,8 +366,27 @@ def test_a_run_on_the_official_data_records_its_scenario_defaults(shared_data, t
     from unlearn.__main__ import main
 
     out = tmp_path / "run"
-    assert main(["run", "--model", "tiny", "--data", str(shared_data / "tofu"), "--method", "IDK+AP",
-                 "--epochs", "1", "--max-length", "256", "--no-eval", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "tiny",
+                "--data",
+                str(shared_data / "tofu"),
+                "--method",
+                "IDK+AP",
+                "--epochs",
+                "1",
+                "--max-length",
+                "256",
+                "--no-eval",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["idk"] == str(shared_data / "idontknow.jsonl") and saved["task_id"] == 1
     assert saved["method_args"] == {"AP.beta": 0.1} and saved["forget_coeff"] == 1.0

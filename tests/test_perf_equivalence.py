@@ -25,8 +25,7 @@ from unlearn.methods import BETA, REGULARIZERS, Objective, Term, build_objective
 from unlearn.reference import reference_nlls
 from unlearn.train import fit
 
-FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i} in {1900 + i}."}
-          for i in range(6)]
+FORGET = [{"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote book {i} in {1900 + i}."} for i in range(6)]
 RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(8)]
 REFUSALS = ["I don't know.", "No idea, sorry."]
 
@@ -38,8 +37,11 @@ def tiny():
 
     texts = [r["question"] + " " + r["answer"] for r in FORGET + RETAIN] + REFUSALS
     tok = build_tiny_tokenizer(texts, vocab_size=300)
-    return tok, detect_prompt_format(tok, "tiny"), lambda: build_tiny_model(tok, hidden_size=32, num_layers=2,
-                                                                             num_heads=2, seed=0)
+    return (
+        tok,
+        detect_prompt_format(tok, "tiny"),
+        lambda: build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0),
+    )
 
 
 # --------------------------------------------------------------------------- cached reference statistics
@@ -51,19 +53,40 @@ def _live_ref_nll(view, part: str) -> torch.Tensor:
 
 
 LIVE = {
-    "NPO": Term("NPO", lambda v, beta: losses.npo(v.nll("forget"), _live_ref_nll(v, "forget"), beta), ("forget",),
-                ref="logits", args=BETA),
-    "DPO": Term("DPO", lambda v, beta: losses.dpo(v.nll("forget_idk"), v.nll("forget"), _live_ref_nll(v, "forget_idk"),
-                                               _live_ref_nll(v, "forget"), beta),
-                ("forget", "forget_idk"), ref="logits", args=BETA),
+    "NPO": Term(
+        "NPO",
+        lambda v, beta: losses.npo(v.nll("forget"), _live_ref_nll(v, "forget"), beta),
+        ("forget",),
+        ref="logits",
+        args=BETA,
+    ),
+    "DPO": Term(
+        "DPO",
+        lambda v, beta: losses.dpo(
+            v.nll("forget_idk"), v.nll("forget"), _live_ref_nll(v, "forget_idk"), _live_ref_nll(v, "forget"), beta
+        ),
+        ("forget", "forget_idk"),
+        ref="logits",
+        args=BETA,
+    ),
 }
 
 
 @pytest.mark.parametrize("method", ["NPO+GD", "DPO+GD"])
 def test_cached_reference_statistics_equal_a_live_reference_over_training(tmp_path, tiny, method):
     tok, fmt, make = tiny
-    cfg = Config(method=method, epochs=3, lr=5e-3, batch_size=2, grad_accum=1, warmup=0, seed=0,
-                 forget_coeff=1.0, mask=True, out=str(tmp_path))
+    cfg = Config(
+        method=method,
+        epochs=3,
+        lr=5e-3,
+        batch_size=2,
+        grad_accum=1,
+        warmup=0,
+        seed=0,
+        forget_coeff=1.0,
+        mask=True,
+        out=str(tmp_path),
+    )
     cached = build_objective(method)
     assert cached.ref_nll_parts and not cached.needs_ref_model  # one model in memory while training
     live = Objective(LIVE[method.split("+")[0]], REGULARIZERS["GD"], forget_args={"beta": 0.1})
@@ -79,7 +102,7 @@ def test_cached_reference_statistics_equal_a_live_reference_over_training(tmp_pa
     torch.testing.assert_close(torch.tensor(loss_a), torch.tensor(loss_b), rtol=1e-4, atol=1e-4)
     # The run moved far from the reference: later steps are not the step-0 value (2/β) log 2.
     assert abs(loss_a[-1] - loss_a[0]) > 0.5
-    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
+    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=False):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -93,8 +116,8 @@ def _save_tiny(path, texts):
 def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path, monkeypatch):
     import unlearn.models
     import unlearn.train
-    from unlearn.io import read_jsonl_log
     from unlearn.continual import continual
+    from unlearn.io import read_jsonl_log
     from unlearn.synthetic import write_synthetic
 
     data = write_synthetic(tmp_path / "data", n_authors=20, qa_per_author=2)
@@ -114,9 +137,22 @@ def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path,
 
     monkeypatch.setattr(unlearn.train, "fit", spy_fit)
     monkeypatch.setattr(unlearn.models, "load_model", spy_load)
-    cfg = Config(model=original, data=str(data), split="forget01", method="NPO+GD", fix_ref_model=True,
-                 eval=False, epochs=2, lr=1e-2, batch_size=1, grad_accum=1, warmup=0, seed=0, max_length=128,
-                 out=str(tmp_path / "continual"))
+    cfg = Config(
+        model=original,
+        data=str(data),
+        split="forget01",
+        method="NPO+GD",
+        fix_ref_model=True,
+        eval=False,
+        epochs=2,
+        lr=1e-2,
+        batch_size=1,
+        grad_accum=1,
+        warmup=0,
+        seed=0,
+        max_length=128,
+        out=str(tmp_path / "continual"),
+    )
     continual(cfg, "1,2,3")
 
     assert [task for task, _, _ in seen] == [1, 2, 3]
@@ -124,7 +160,7 @@ def test_continual_fix_ref_model_reuses_the_original_models_statistics(tmp_path,
     assert loads.count(original) == 2, loads
     ref, tok = real_load(original)
     previous, _ = real_load(tmp_path / "continual" / "task_3" / "model")
-    for task, dataset, stats in seen:
+    for _task, dataset, stats in seen:
         want = reference_nlls(ref, dataset, ("forget",), tok, batch_size=3)
         torch.testing.assert_close(stats["forget"], want["forget"], rtol=1e-5, atol=1e-5)
     # ... and they are the original's, not those of a model unlearned since.
@@ -176,10 +212,11 @@ def test_max_entropy_gradient_flows_through_a_model(tiny):
 
     batch = make_collate(tok.pad_token_id)([ds[i] for i in range(4)])["forget"]
     grads = []
-    for fn in (losses.max_entropy, lambda z, l: plain_max_entropy(z, l).float()):
+    for fn in (losses.max_entropy, lambda z, lab: plain_max_entropy(z, lab).float()):
         model = make()
-        fn(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-           batch["labels"]).backward()
+        fn(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        ).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
@@ -204,7 +241,7 @@ def test_generation_cut_at_the_length_limit_does_not_depend_on_the_batch(tiny):
         assert generate(model, tok, fmt, questions, max_length=40, batch_size=batch_size) == single
     # The limit did bite: with a larger one, answers grow.
     longer = generate(model, tok, fmt, questions, max_length=80, batch_size=4)
-    assert sum(len(a) > len(b) for a, b in zip(longer, single)) >= len(questions) // 2
+    assert sum(len(a) > len(b) for a, b in zip(longer, single, strict=False)) >= len(questions) // 2
 
 
 # --------------------------------------------------------------------------- attention kernels

@@ -11,16 +11,27 @@ from unlearn.memory import GiB, Setting, Shape, alternatives, estimate, model_sh
 ARCH = Path(__file__).resolve().parents[1] / "configs" / "architectures"
 
 
-@pytest.mark.parametrize("name,params", [("llama-2-7b", 6_738_415_616), ("llama-3-8b", 8_030_261_248),
-                                         ("llama-3.2-1b", 1_235_814_400)])
+@pytest.mark.parametrize(
+    "name,params", [("llama-2-7b", 6_738_415_616), ("llama-3-8b", 8_030_261_248), ("llama-3.2-1b", 1_235_814_400)]
+)
 def test_parameter_counts_of_the_shipped_architectures(name, params):
     shape = model_shape(str(ARCH / name))  # built on the meta device: no memory, no weights
     assert shape.params == params
     assert shape.layers in (16, 32) and shape.vocab in (32000, 128256)
 
 
-SHAPE = Shape("toy", params=1000, hidden=10, intermediate=20, layers=2, heads=2, vocab=100, largest_layer=300,
-              lora_params_per_rank=50, tied=False)
+SHAPE = Shape(
+    "toy",
+    params=1000,
+    hidden=10,
+    intermediate=20,
+    layers=2,
+    heads=2,
+    vocab=100,
+    largest_layer=300,
+    lora_params_per_rank=50,
+    tied=False,
+)
 
 
 def test_components_by_hand():
@@ -32,8 +43,11 @@ def test_components_by_hand():
     per_layer = tokens * (14 * 10 + 5 * 20) * 4
     assert e["activations"] == per_layer * 2 + per_layer  # two layers, plus one layer's gradients
     assert e["logits"] == (2 + 2 + 1) * 2 * 3 * 100 * 4  # NLL keeps 2 per part, +1 in backward
-    kl = estimate(SHAPE, Setting(method="NPO+KL", batch_size=2, max_length=3, mixed_precision=False,
-                                 chunked_logits=False), device="cpu").parts
+    kl = estimate(
+        SHAPE,
+        Setting(method="NPO+KL", batch_size=2, max_length=3, mixed_precision=False, chunked_logits=False),
+        device="cpu",
+    ).parts
     assert kl["reference"] == 1000 * 4 and kl["logits"] == (2 + 3 + 3) * 2 * 3 * 100 * 4
     lora = estimate(SHAPE, Setting(method="NPO+KL", lora=True, lora_r=4, mixed_precision=False), device="cpu").parts
     assert lora["reference"] == 0  # the adapter is switched off instead of a copy
@@ -44,8 +58,11 @@ def test_components_by_hand():
 
 def test_zero_divides_over_processes():
     base = estimate(SHAPE, Setting(method="NPO+KL")).parts
-    for stage, divided in ((1, {"optimiser states"}), (2, {"optimiser states", "gradients"}),
-                           (3, {"optimiser states", "gradients", "reference"})):
+    for stage, divided in (
+        (1, {"optimiser states"}),
+        (2, {"optimiser states", "gradients"}),
+        (3, {"optimiser states", "gradients", "reference"}),
+    ):
         e = estimate(SHAPE, Setting(method="NPO+KL", zero=stage, processes=4)).parts
         for k in ("optimiser states", "gradients", "reference"):
             assert e[k] == (base[k] / 4 if k in divided else base[k]), (stage, k)
@@ -58,8 +75,10 @@ def test_zero_divides_over_processes():
 def test_gradient_checkpointing_and_chunks_lower_the_estimate():
     big = Shape("v", 10**8, 1024, 4096, 16, 16, 128_256, 10**7, 10**5, False)
     plain = estimate(big, Setting(chunked_logits=False))
-    assert estimate(big, Setting(chunked_logits=False, gradient_checkpointing=True)).parts["activations"] < \
-        plain.parts["activations"] / 5
+    assert (
+        estimate(big, Setting(chunked_logits=False, gradient_checkpointing=True)).parts["activations"]
+        < plain.parts["activations"] / 5
+    )
     assert estimate(big, Setting()).parts["logits"] < plain.parts["logits"] / 10  # chunked by default at 128k
 
 

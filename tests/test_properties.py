@@ -22,8 +22,11 @@ from unlearn.encoding import IGNORE_INDEX, encode_prompt, encode_qa, pad_batch
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 # Objects that look like records: the two fields present or not, of any type.
 record_like = st.dictionaries(st.sampled_from(["question", "answer", "task_id", "x"]), json_values, max_size=4)
 
@@ -80,9 +83,14 @@ def test_deeply_nested_json_is_a_data_error():
         _read(b"[" * 100_000)
 
 
-valid_rows = st.lists(st.fixed_dictionaries({"question": st.text(max_size=40), "answer": st.text(max_size=40)},
-                                            optional={"task_id": st.integers(1, 10), "extra": json_values}),
-                      min_size=1, max_size=6)
+valid_rows = st.lists(
+    st.fixed_dictionaries(
+        {"question": st.text(max_size=40), "answer": st.text(max_size=40)},
+        optional={"task_id": st.integers(1, 10), "extra": json_values},
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 @SETTINGS
@@ -92,7 +100,7 @@ def test_valid_rows_round_trip_with_their_line_numbers(rows, blank_before, as_ar
         data = json.dumps(rows, ensure_ascii=False)
     else:
         lines = []
-        for r, blank in zip(rows, blank_before):
+        for r, blank in zip(rows, blank_before, strict=False):
             if blank:
                 lines.append("   ")
             lines.append(json.dumps(r, ensure_ascii=False))
@@ -117,8 +125,9 @@ def test_valid_rows_round_trip_with_their_line_numbers(rows, blank_before, as_ar
 def tok():
     from unlearn.models import build_tiny_tokenizer
 
-    return build_tiny_tokenizer(["Who wrote the book? The author wrote it.", "Question: Answer: café ÆØÅ"],
-                                vocab_size=300)
+    return build_tiny_tokenizer(
+        ["Who wrote the book? The author wrote it.", "Question: Answer: café ÆØÅ"], vocab_size=300
+    )
 
 
 texts = st.text(max_size=80)

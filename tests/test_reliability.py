@@ -18,34 +18,63 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import write_jsonl
 from unlearn import checkpoint
 from unlearn.__main__ import main
 from unlearn.errors import ModelError
 from unlearn.rundir import RunDir
 
-from .conftest import write_jsonl
-
-FORGET = [{"question": f"What did author {i} write?", "answer": f"Author {i} wrote the novel Book {i}."}
-          for i in range(8)]
-RETAIN = [{"question": f"Where was author {i} born?", "answer": f"Author {i} was born in town {i}."}
-          for i in range(10, 18)]
+FORGET = [
+    {"question": f"What did author {i} write?", "answer": f"Author {i} wrote the novel Book {i}."} for i in range(8)
+]
+RETAIN = [
+    {"question": f"Where was author {i} born?", "answer": f"Author {i} was born in town {i}."} for i in range(10, 18)
+]
 TRAIN = FORGET + RETAIN
 # 8 items, batch 3: 3 batches per epoch; with grad-accum 2 a step spans an epoch boundary every other
 # step (accumulation runs across epochs, as officially), so resuming has to get that right.
-COMMON = ["--model", "tiny", "--max-length", "48", "--batch-size", "3", "--grad-accum", "2", "--lr", "1e-3",
-          "--seed", "7", "--warmup", "1"]
+COMMON = [
+    "--model",
+    "tiny",
+    "--max-length",
+    "48",
+    "--batch-size",
+    "3",
+    "--grad-accum",
+    "2",
+    "--lr",
+    "1e-3",
+    "--seed",
+    "7",
+    "--warmup",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("qa")
-    return {"forget": write_jsonl(d / "forget.jsonl", FORGET), "retain": write_jsonl(d / "retain.jsonl", RETAIN),
-            "train": write_jsonl(d / "train.jsonl", TRAIN)}
+    return {
+        "forget": write_jsonl(d / "forget.jsonl", FORGET),
+        "retain": write_jsonl(d / "retain.jsonl", RETAIN),
+        "train": write_jsonl(d / "train.jsonl", TRAIN),
+    }
 
 
 def run_args(files, method="NPO+GD", epochs=3):
-    return ["run", *COMMON, "--forget", str(files["forget"]), "--retain", str(files["retain"]),
-            "--method", method, "--epochs", str(epochs), "--no-eval"]
+    return [
+        "run",
+        *COMMON,
+        "--forget",
+        str(files["forget"]),
+        "--retain",
+        str(files["retain"]),
+        "--method",
+        method,
+        "--epochs",
+        str(epochs),
+        "--no-eval",
+    ]
 
 
 def finetune_args(files, epochs=3):
@@ -92,8 +121,12 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(files, tmp_path, one_threa
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "unlearn", *args, "--out", str(killed), "--save-every", "1"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unlearn", *args, "--out", str(killed), "--save-every", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         reference = tmp_path / "reference"  # runs while the subprocess starts up
         assert main(args + ["--out", str(reference)]) == 0
@@ -317,9 +350,13 @@ def test_results_go_through_atomic_writers():
     }
     pattern = re.compile(r"open\([^)]*['\"][wax]b?['\"]|\.write_(text|bytes)\(|json\.dump\(|\.to_csv\(|torch\.save\(")
     src = Path(__file__).resolve().parents[1] / "src" / "unlearn"
-    offenders = [f"{p.relative_to(src)}:{i}: {line.strip()}"
-                 for p in sorted(src.rglob("*.py")) if p.name not in allowed
-                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{p.relative_to(src)}:{i}: {line.strip()}"
+        for p in sorted(src.rglob("*.py"))
+        if p.name not in allowed
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not offenders, "non-atomic writes:\n" + "\n".join(offenders)
 
 
@@ -389,8 +426,20 @@ def test_custom_code_is_refused_and_never_imported(tmp_path, files, capsys):
     conf = json.loads((model_dir / "config.json").read_text())
     conf["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
     (model_dir / "config.json").write_text(json.dumps(conf))
-    code = main(["run", "--model", str(model_dir), "--forget", str(files["forget"]), "--retain",
-                 str(files["retain"]), "--no-eval", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(model_dir),
+            "--forget",
+            str(files["forget"]),
+            "--retain",
+            str(files["retain"]),
+            "--no-eval",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "asks to run its own Python code" in err and "--trust-remote-code" in err
     assert "modeling_evil" in err
@@ -439,9 +488,28 @@ def test_offline_end_to_end_touches_no_network(files, tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     ft = tmp_path / "ft"
     assert main(["finetune", *COMMON, "--train", str(files["train"]), "--epochs", "1", "--out", str(ft)]) == 0
-    assert main(["run", *COMMON, "--model", str(ft / "model"), "--forget", str(files["forget"]), "--retain",
-                 str(files["retain"]), "--method", "ME+GD", "--epochs", "1", "--no-eval",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *COMMON,
+                "--model",
+                str(ft / "model"),
+                "--forget",
+                str(files["forget"]),
+                "--retain",
+                str(files["retain"]),
+                "--method",
+                "ME+GD",
+                "--epochs",
+                "1",
+                "--no-eval",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
@@ -490,8 +558,9 @@ def test_two_runs_on_one_folder_one_wins(files, tmp_path, capsys, one_thread):
     out = tmp_path / "shared"
     args = run_args(files, "GA+GD", epochs=40) + ["--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "unlearn", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unlearn", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / ".unlearn.lock").exists():
@@ -573,8 +642,23 @@ def test_resume_finishes_a_missing_evaluation(tmp_path, synth_dir, capsys, monke
     import unlearn.protocols.closer_look as commands
     import unlearn.train
 
-    args = ["run", "--model", "tiny", "--data", str(synth_dir), "--method", "GA", "--epochs", "1", "--nli", "none",
-            "--max-length", "96", "--out", str(tmp_path / "e")]
+    args = [
+        "run",
+        "--model",
+        "tiny",
+        "--data",
+        str(synth_dir),
+        "--method",
+        "GA",
+        "--epochs",
+        "1",
+        "--nli",
+        "none",
+        "--max-length",
+        "96",
+        "--out",
+        str(tmp_path / "e"),
+    ]
 
     def broken(*a, **k):
         from unlearn.errors import DataError
@@ -613,6 +697,8 @@ def test_report_names_a_corrupt_summary(tmp_path, capsys):
 
 def test_an_unknown_hub_model_offline_says_so(monkeypatch, capsys, files, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(run_args(files, "GA", epochs=1) + ["--model", "nobody/no-such-model", "--out", str(tmp_path / "h")]) == 2
+    assert (
+        main(run_args(files, "GA", epochs=1) + ["--model", "nobody/no-such-model", "--out", str(tmp_path / "h")]) == 2
+    )
     err = error_line(capsys.readouterr().err)
     assert "nobody/no-such-model" in err and "HF_HUB_OFFLINE=1" in err

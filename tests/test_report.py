@@ -30,16 +30,26 @@ def summary(mu: float, fe: float, entailment: bool = True) -> dict:
     return s
 
 
-def write_run(folder: Path, tag: str, mu: float, fe: float, method: str | None = "ME+GD", lr: float = 1e-5,
-              entailment: bool = True, generation=None) -> Path:
+def write_run(
+    folder: Path,
+    tag: str,
+    mu: float,
+    fe: float,
+    method: str | None = "ME+GD",
+    lr: float = 1e-5,
+    entailment: bool = True,
+    generation=None,
+) -> Path:
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps(summary(mu, fe, entailment)))
     cfg = Config(method=method or "ME+GD", lr=lr, split="forget01", task_id=1, out=str(folder)).to_dict()
     (folder / ("config.yaml" if method else "eval_config.yaml")).write_text(yaml.safe_dump(cfg))
     gen = generation or (lambda q, i: f"{tag} answer {i}")
     for name, qs in (("Forget", FORGET_Q), ("Retain", RETAIN_Q)):
-        rows = [{"question": q, "generation": gen(q, i), "ground_truth": f"truth {name} {i}", "rouge": 0.5}
-                for i, q in enumerate(qs)]
+        rows = [
+            {"question": q, "generation": gen(q, i), "ground_truth": f"truth {name} {i}", "rouge": 0.5}
+            for i, q in enumerate(qs)
+        ]
         (folder / f"eval_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
@@ -71,8 +81,18 @@ def results(tmp_path) -> dict:
 
 @pytest.fixture
 def report(results) -> dict:
-    code = main(["report", str(results["root"]), "--out", str(results["out"]), "--baseline",
-                 str(results["baseline"]), "--title", "Test <report>"])
+    code = main(
+        [
+            "report",
+            str(results["root"]),
+            "--out",
+            str(results["out"]),
+            "--baseline",
+            str(results["baseline"]),
+            "--title",
+            "Test <report>",
+        ]
+    )
     assert code == 0
     out = results["out"]
     return {"md": (out / "report.md").read_text(), "html": (out / "report.html").read_text(), "out": out}
@@ -153,13 +173,24 @@ def test_text_is_escaped(report):
 def test_short_labels_drop_shared_parts():
     names = ["sw/method=ME+GD,lr=1e-05,split=forget01", "sw/method=GA+GD,lr=1e-05,split=forget01"]
     assert short_labels(names) == ["method=ME+GD", "method=GA+GD"]  # sweeps named the old way
-    names = ["sw/method-ME+GD__lr-1e-05__split-forget01", "sw/method-GA+GD__lr-1e-05__split-forget01",
-             "sw/method-GA+GD__lr-5e-06__split-forget01"]
+    names = [
+        "sw/method-ME+GD__lr-1e-05__split-forget01",
+        "sw/method-GA+GD__lr-1e-05__split-forget01",
+        "sw/method-GA+GD__lr-5e-06__split-forget01",
+    ]
     assert short_labels(names) == ["method-ME+GD__lr-1e-05", "method-GA+GD__lr-1e-05", "method-GA+GD__lr-5e-06"]
-    names = ["cont", "sw/method=ME+GD,lr=1e-05,split=forget01", "sw/method=GA+GD,lr=1e-05,split=forget01",
-             "sw/method=GA+GD,lr=5e-06,split=forget01"]
-    assert short_labels(names) == ["cont", "sw/method=ME+GD,lr=1e-05", "sw/method=GA+GD,lr=1e-05",
-                                   "sw/method=GA+GD,lr=5e-06"]
+    names = [
+        "cont",
+        "sw/method=ME+GD,lr=1e-05,split=forget01",
+        "sw/method=GA+GD,lr=1e-05,split=forget01",
+        "sw/method=GA+GD,lr=5e-06,split=forget01",
+    ]
+    assert short_labels(names) == [
+        "cont",
+        "sw/method=ME+GD,lr=1e-05",
+        "sw/method=GA+GD,lr=1e-05",
+        "sw/method=GA+GD,lr=5e-06",
+    ]
     assert short_labels(["only"]) == ["only"]
     # one run of a sweep beside a reference: the key only it has is what names it
     assert short_labels(["methods/method-GA+GD", "retain_eval"]) == ["methods/method-GA+GD", "retain_eval"]

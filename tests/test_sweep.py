@@ -9,10 +9,9 @@ import pytest
 import yaml
 
 import unlearn.sweep as sweep
+from tests.conftest import write_jsonl
 from unlearn.__main__ import main
 from unlearn.io import read_csv_rows
-
-from .conftest import write_jsonl
 
 
 def write_sweep(path: Path, base: dict, grid: dict, out: Path | None, **extra) -> Path:
@@ -30,8 +29,16 @@ def calls(monkeypatch) -> list[dict]:
 
     def fake_run_one(cfg, plan):
         out = Path(cfg.out)
-        seen.append({"out": out, "method": cfg.method, "lr": cfg.lr, "overwrite": cfg.overwrite,
-                     "resume": cfg.resume, "sets": [s.name for s in plan.sets or []]})
+        seen.append(
+            {
+                "out": out,
+                "method": cfg.method,
+                "lr": cfg.lr,
+                "overwrite": cfg.overwrite,
+                "resume": cfg.resume,
+                "sets": [s.name for s in plan.sets or []],
+            }
+        )
         if cfg.method == "NPO+KL":
             raise RuntimeError("non-finite loss at step 3")
         (out / "model").mkdir(parents=True, exist_ok=True)
@@ -51,16 +58,24 @@ def grid_file(tmp_path, synth_dir) -> Path:
     return write_sweep(tmp_path / "sweep.yaml", base, grid, tmp_path / "sw")
 
 
-NAMES = ["method-ME+GD__lr-1e-05__split-forget01", "method-ME+GD__lr-5e-06__split-forget01",
-         "method-IDK+AP__lr-1e-05__split-forget01", "method-IDK+AP__lr-5e-06__split-forget01"]
+NAMES = [
+    "method-ME+GD__lr-1e-05__split-forget01",
+    "method-ME+GD__lr-5e-06__split-forget01",
+    "method-IDK+AP__lr-1e-05__split-forget01",
+    "method-IDK+AP__lr-5e-06__split-forget01",
+]
 
 
 def test_grid_order_folder_names_and_csv(grid_file, calls, capsys, tmp_path):
     assert main(["sweep", "--config", str(grid_file)]) == 0
     root = tmp_path / "sw"
     assert [c["out"] for c in calls] == [root / n for n in NAMES]
-    assert [(c["method"], c["lr"]) for c in calls] == [("ME+GD", 1e-5), ("ME+GD", 5e-6), ("IDK+AP", 1e-5),
-                                                        ("IDK+AP", 5e-6)]
+    assert [(c["method"], c["lr"]) for c in calls] == [
+        ("ME+GD", 1e-5),
+        ("ME+GD", 5e-6),
+        ("IDK+AP", 1e-5),
+        ("IDK+AP", 5e-6),
+    ]
     assert calls[0]["sets"][:4] == ["Retain", "Real Authors", "Real World", "Forget"]  # validated up front
     assert not any(c["overwrite"] for c in calls)
     out = capsys.readouterr().out
@@ -90,8 +105,12 @@ def test_rerun_skips_finished_and_redoes_half_finished(grid_file, calls, capsys,
     assert main(["sweep", "--config", str(grid_file)]) == 0
     assert [(c["out"], c["overwrite"]) for c in calls] == [(half, True)]
     assert "redoing" in capsys.readouterr().out
-    assert [r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")] == ["skipped", "skipped", "done",
-                                                                                   "skipped"]
+    assert [r["status"] for r in read_csv_rows(tmp_path / "sw" / "sweep.csv")] == [
+        "skipped",
+        "skipped",
+        "done",
+        "skipped",
+    ]
 
 
 def test_a_run_stopped_with_a_checkpoint_resumes_from_it(grid_file, calls, capsys, tmp_path, monkeypatch):
@@ -122,16 +141,19 @@ def test_dry_run_plans_without_running(grid_file, calls, capsys, tmp_path):
     assert all("(run)" in line for line in lines)
 
 
-@pytest.mark.parametrize("base, grid, extra, message", [
-    ({}, {"lrr": [1e-5]}, {}, "grid: unknown key 'lrr'"),
-    ({"epoch": 1}, {}, {}, "base: unknown key 'epoch'"),
-    ({}, {"method": ["ME+GD", "XYZ+GD"]}, {}, "unknown method 'XYZ+GD'"),
-    ({}, {"lr": ["fast"]}, {}, "'lr' must be a number"),
-    ({}, {"lr": []}, {}, "grid: 'lr' has no values"),
-    ({"lr": 1e-5}, {"lr": [1e-5]}, {}, "'lr' is in both base and grid"),
-    ({}, {"out": ["a"]}, {}, "'out' is set by the sweep"),
-    ({}, {}, {"grids": 1}, "unknown top-level key 'grids'"),
-])
+@pytest.mark.parametrize(
+    "base, grid, extra, message",
+    [
+        ({}, {"lrr": [1e-5]}, {}, "grid: unknown key 'lrr'"),
+        ({"epoch": 1}, {}, {}, "base: unknown key 'epoch'"),
+        ({}, {"method": ["ME+GD", "XYZ+GD"]}, {}, "unknown method 'XYZ+GD'"),
+        ({}, {"lr": ["fast"]}, {}, "'lr' must be a number"),
+        ({}, {"lr": []}, {}, "grid: 'lr' has no values"),
+        ({"lr": 1e-5}, {"lr": [1e-5]}, {}, "'lr' is in both base and grid"),
+        ({}, {"out": ["a"]}, {}, "'out' is set by the sweep"),
+        ({}, {}, {"grids": 1}, "unknown top-level key 'grids'"),
+    ],
+)
 def test_validation_errors_before_anything_runs(tmp_path, synth_dir, calls, capsys, base, grid, extra, message):
     path = write_sweep(tmp_path / "bad.yaml", {"data": str(synth_dir), **base}, grid, tmp_path / "sw", **extra)
     assert main(["sweep", "--config", str(path)]) == 2
@@ -149,8 +171,9 @@ def test_missing_out_and_missing_file(tmp_path, calls, capsys):
 
 
 def test_a_failed_run_does_not_stop_the_sweep(tmp_path, synth_dir, calls, capsys):
-    path = write_sweep(tmp_path / "s.yaml", {"data": str(synth_dir), "nli": "none"},
-                       {"method": ["NPO+KL", "ME+GD"]}, tmp_path / "sw")
+    path = write_sweep(
+        tmp_path / "s.yaml", {"data": str(synth_dir), "nli": "none"}, {"method": ["NPO+KL", "ME+GD"]}, tmp_path / "sw"
+    )
     assert main(["sweep", "--config", str(path)]) == 1
     assert [c["method"] for c in calls] == ["NPO+KL", "ME+GD"]
     assert "[1/2] method-NPO+KL: failed: non-finite loss at step 3" in capsys.readouterr().out
@@ -175,8 +198,10 @@ def test_run_names_are_safe_folder_names():
     assert sweep.run_name({"model": "/models/my model:v2", "lr": 1e-05}) == "model-_models_my_model_v2__lr-1e-05"
     assert sweep.run_name({"method": "ME+GD", "forget_coeff": None}) == "method-ME+GD__forget_coeff-none"
     assert not set(sweep.run_name({"data": "a=b,c d/e", "lr": 0.5})) & set("=, /")  # nothing a shell minds
-    assert sweep.run_name({"model": "/models/my model:v2", "lr": 1e-05}, legacy=True) == \
-        "model=_models_my_model_v2,lr=1e-05"
+    assert (
+        sweep.run_name({"model": "/models/my model:v2", "lr": 1e-05}, legacy=True)
+        == "model=_models_my_model_v2,lr=1e-05"
+    )
     assert sweep.run_name({}) == "run"
     long = sweep.run_name({"model": "x" * 400})
     assert len(long) == sweep.MAX_NAME and long != sweep.run_name({"model": "x" * 399})
@@ -184,14 +209,30 @@ def test_run_names_are_safe_folder_names():
 
 @pytest.mark.slow
 def test_real_sweep_on_a_tiny_model(tmp_path, capsys):
-    forget = write_jsonl(tmp_path / "forget.jsonl", [
-        {"question": f"Who wrote the novel number {i}?", "answer": f"Author {i} wrote it in {1990 + i}."}
-        for i in range(6)])
-    retain = write_jsonl(tmp_path / "retain.jsonl", [
-        {"question": f"What is the capital of country {i}?", "answer": f"City {i} is its capital."}
-        for i in range(10)])
-    base = {"model": "tiny", "forget": str(forget), "retain": str(retain), "eval": False, "epochs": 1,
-            "batch_size": 2, "grad_accum": 1, "lr": 1e-3}
+    forget = write_jsonl(
+        tmp_path / "forget.jsonl",
+        [
+            {"question": f"Who wrote the novel number {i}?", "answer": f"Author {i} wrote it in {1990 + i}."}
+            for i in range(6)
+        ],
+    )
+    retain = write_jsonl(
+        tmp_path / "retain.jsonl",
+        [
+            {"question": f"What is the capital of country {i}?", "answer": f"City {i} is its capital."}
+            for i in range(10)
+        ],
+    )
+    base = {
+        "model": "tiny",
+        "forget": str(forget),
+        "retain": str(retain),
+        "eval": False,
+        "epochs": 1,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "lr": 1e-3,
+    }
     path = write_sweep(tmp_path / "s.yaml", base, {"method": ["GA+GD", "ME+GD"]}, tmp_path / "sw")
     assert main(["sweep", "--config", str(path)]) == 0
     for name in ("method-GA+GD", "method-ME+GD"):

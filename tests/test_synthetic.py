@@ -3,16 +3,27 @@ import json
 import pytest
 
 from unlearn.errors import ConfigError
-
 from unlearn.refusals import REFUSALS
 from unlearn.synthetic import generate, make_authors, write_synthetic
 
 FILES = {
-    "forget01.json", "forget05.json", "forget10.json",
-    "forget01_perturbed.json", "forget05_perturbed.json", "forget10_perturbed.json",
-    "retain90.json", "retain50.json", "retain10.json", "retain_perturbed.json",
-    "real_authors_perturbed.json", "world_facts_perturbed.json", "full.json", "general.json",
-    "holdout01.json", "holdout05.json", "holdout10.json",
+    "forget01.json",
+    "forget05.json",
+    "forget10.json",
+    "forget01_perturbed.json",
+    "forget05_perturbed.json",
+    "forget10_perturbed.json",
+    "retain90.json",
+    "retain50.json",
+    "retain10.json",
+    "retain_perturbed.json",
+    "real_authors_perturbed.json",
+    "world_facts_perturbed.json",
+    "full.json",
+    "general.json",
+    "holdout01.json",
+    "holdout05.json",
+    "holdout10.json",
 }
 PAIRS = (("01", "retain90"), ("05", "retain50"), ("10", "retain10"))
 
@@ -33,11 +44,20 @@ def _read(path):
 def test_files_and_default_counts(default):
     assert set(default) == FILES
     expected = {
-        "forget01.json": 40, "forget05.json": 200, "forget10.json": 360,
-        "retain90.json": 360, "retain50.json": 200, "retain10.json": 40,
-        "retain_perturbed.json": 40, "full.json": 400,
-        "real_authors_perturbed.json": 25, "world_facts_perturbed.json": 25, "general.json": 50,
-        "holdout01.json": 4, "holdout05.json": 20, "holdout10.json": 40,  # one task's worth of unseen authors
+        "forget01.json": 40,
+        "forget05.json": 200,
+        "forget10.json": 360,
+        "retain90.json": 360,
+        "retain50.json": 200,
+        "retain10.json": 40,
+        "retain_perturbed.json": 40,
+        "full.json": 400,
+        "real_authors_perturbed.json": 25,
+        "world_facts_perturbed.json": 25,
+        "general.json": 50,
+        "holdout01.json": 4,
+        "holdout05.json": 20,
+        "holdout10.json": 40,  # one task's worth of unseen authors
     }
     for name, n in expected.items():
         assert len(default[name]) == n, name
@@ -98,8 +118,9 @@ def test_default_task_layout(default):
 def test_perturbed_schema_and_alignment(default):
     for xx in ("01", "05", "10"):
         plain, pert = default[f"forget{xx}.json"], default[f"forget{xx}_perturbed.json"]
-        assert [(r["task_id"], r["question"], r["answer"]) for r in pert] == \
-               [(r["task_id"], r["question"], r["answer"]) for r in plain]
+        assert [(r["task_id"], r["question"], r["answer"]) for r in pert] == [
+            (r["task_id"], r["question"], r["answer"]) for r in plain
+        ]
     assert all(list(r) == ["task_id", "question", "answer"] for r in default["forget01.json"])
     assert all(list(r) == ["question", "answer"] for r in default["retain90.json"])
     keys = ["question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"]
@@ -123,8 +144,9 @@ def test_general_sets(default, name):
         assert r["answer"] not in r["perturbed_answer"]
         assert r["original_answer"].endswith(".")
     general = _qa(default["general.json"])
-    assert [(r["question"], r["original_answer"]) for r in rows] == \
-           [qa for qa in general if qa[0] in {r["question"] for r in rows}]
+    assert [(r["question"], r["original_answer"]) for r in rows] == [
+        qa for qa in general if qa[0] in {r["question"] for r in rows}
+    ]
 
 
 def test_author_names_unique():
@@ -134,8 +156,11 @@ def test_author_names_unique():
         assert len(set(names)) == n
         assert len({(a["place"], a["date"]) for a in authors}) == n
     d = generate(n_authors=100, qa_per_author=10)
-    named = [r["answer"].rsplit(" is ", 1)[1].rstrip(".") for r in d["full.json"]
-             if r["question"].startswith("What is the full name")]
+    named = [
+        r["answer"].rsplit(" is ", 1)[1].rstrip(".")
+        for r in d["full.json"]
+        if r["question"].startswith("What is the full name")
+    ]
     assert len(named) == 100 and len(set(named)) == 100
 
 

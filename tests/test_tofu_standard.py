@@ -12,15 +12,17 @@ import pytest
 import torch
 from scipy import stats
 
-from .conftest import teach, write_jsonl
-from .test_eval import FORGET, GENERAL, RETAIN
+from tests.conftest import teach, write_jsonl
+from tests.test_eval import FORGET, GENERAL, RETAIN
 from unlearn.errors import ConfigError, DataError
-from unlearn.protocols import tofu as T
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat, TofuTemplate, tofu_template
+from unlearn.protocols import tofu as T
 
-HOLDOUT = [{"question": f"Where was the author {n} born?", "answer": f"{n} was born in the city of {c}."}
-           for n, c in (("Ada Wren", "Oslo"), ("Kai Moss", "Lima"), ("Pia Lund", "Cairo"))]
+HOLDOUT = [
+    {"question": f"Where was the author {n} born?", "answer": f"{n} was born in the city of {c}."}
+    for n, c in (("Ada Wren", "Oslo"), ("Kai Moss", "Lima"), ("Pia Lund", "Cairo"))
+]
 
 
 def write_snapshot(d: Path, holdout: bool = True) -> Path:
@@ -54,8 +56,9 @@ def tiny():
     model = build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
     from unlearn.encoding import pad_batch
 
-    batch = pad_batch([template.encode_pair(tok, r["question"], r["answer"], 512) for r in FORGET + RETAIN],
-                      tok.pad_token_id)
+    batch = pad_batch(
+        [template.encode_pair(tok, r["question"], r["answer"], 512) for r in FORGET + RETAIN], tok.pad_token_id
+    )
     return teach(model, batch), tok, template
 
 
@@ -103,8 +106,10 @@ def test_chat_template_encodes_the_whole_conversation(tiny):
     import copy
 
     tok = copy.deepcopy(tiny[1])  # the fixture's tokenizer is left as it is
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     template = tofu_template(PromptFormat("chat_template", tokenizer=tok))
     assert isinstance(template, TofuTemplate) and template.apply_chat_template
     assert template.prompt("Q?") == "<system>You are a helpful assistant.\n<user>Q?\n<assistant>"
@@ -113,7 +118,7 @@ def test_chat_template_encodes_the_whole_conversation(tiny):
     full = tok("<system>You are a helpful assistant.\n<user>Q?\n<assistant>A.\n", add_special_tokens=False)["input_ids"]
     prompt = tok("<system>You are a helpful assistant.\n<user>Q?\n<assistant>", add_special_tokens=False)["input_ids"]
     assert enc.input_ids == full + [tok.eos_token_id]
-    assert enc.labels == [-100] * len(prompt) + (full + [tok.eos_token_id])[len(prompt):]
+    assert enc.labels == [-100] * len(prompt) + (full + [tok.eos_token_id])[len(prompt) :]
 
 
 # --------------------------------------------------------------------------- the formulas, by hand
@@ -127,7 +132,8 @@ def test_truth_ratio_as_open_unlearning():
     assert [v["score"] for v in e["value_by_index"].values()] == pytest.approx(tr, rel=1e-12)
     assert e["agg_value"] == pytest.approx(np.mean([min(t, 1 / (t + 1e-10)) for t in tr]), rel=1e-12)
     assert T.truth_ratio_entry(correct, wrong, forget=False)["agg_value"] == pytest.approx(
-        np.mean([max(0, 1 - t) for t in tr]), rel=1e-12)  # the second item (tr > 1) counts 0
+        np.mean([max(0, 1 - t) for t in tr]), rel=1e-12
+    )  # the second item (tr > 1) counts 0
 
 
 def test_probabilities_as_open_unlearning():
@@ -181,8 +187,18 @@ def _independent_loss(model, tok, template, q, a) -> float:
 def test_summary_has_open_unlearnings_keys(result):
     s = result.summary
     assert s["benchmark"] == "tofu"
-    for key in ("model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Q_A_PARA_Prob",
-                "forget_Q_A_PERT_Prob", "exact_memorization", "extraction_strength", "privleak", *T.UTILITY):
+    for key in (
+        "model_utility",
+        "forget_truth_ratio",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_Q_A_PARA_Prob",
+        "forget_Q_A_PERT_Prob",
+        "exact_memorization",
+        "extraction_strength",
+        "privleak",
+        *T.UTILITY,
+    ):
         assert isinstance(s[key], float), key
     assert s["forget_quality"] is None and "forget_quality" in s["unavailable"]
     assert s["model_utility"] == pytest.approx(T.hmean([s[k] for k in T.UTILITY]), rel=1e-12)
@@ -201,12 +217,14 @@ def test_values_equal_an_independent_unbatched_computation(tiny, snapshot, resul
     assert s["forget_truth_ratio"] == pytest.approx(np.mean(np.minimum(tr, 1 / (tr + 1e-10))), abs=1e-5)
     ra = [json.loads(x) for x in (snapshot / "real_authors_perturbed.json").read_text().splitlines()]
     ra_a = np.array([_independent_loss(model, tok, template, r["question"], r["answer"]) for r in ra])
-    ra_p = np.array([[_independent_loss(model, tok, template, r["question"], p) for p in r["perturbed_answer"]]
-                     for r in ra])
+    ra_p = np.array(
+        [[_independent_loss(model, tok, template, r["question"], p) for p in r["perturbed_answer"]] for r in ra]
+    )
     norm = np.exp(-ra_a) / (np.exp(-ra_a) + np.exp(-ra_p).sum(1) + 1e-10)
     assert s["ra_Q_A_Prob_normalised"] == pytest.approx(norm.mean(), abs=1e-5)
     assert s["ra_Truth_Ratio"] == pytest.approx(
-        np.mean(np.maximum(0, 1 - np.exp(-ra_p.mean(1)) / (np.exp(-ra_a) + 1e-10))), abs=1e-5)
+        np.mean(np.maximum(0, 1 - np.exp(-ra_p.mean(1)) / (np.exp(-ra_a) + 1e-10))), abs=1e-5
+    )
     # ROUGE: each generation against the decoded answer, recall of ROUGE-L
     from rouge_score import rouge_scorer
 
@@ -214,7 +232,13 @@ def test_values_equal_an_independent_unbatched_computation(tiny, snapshot, resul
     items = result.logs["forget_Q_A_ROUGE"]["value_by_index"]
     assert [v["ground_truth"] for v in items.values()] == [r["answer"] for r in forget]
     assert s["forget_Q_A_ROUGE"] == pytest.approx(
-        np.mean([scorer.score(r["answer"], v["generation"])["rougeL"].recall for r, v in zip(forget, items.values())]))
+        np.mean(
+            [
+                scorer.score(r["answer"], v["generation"])["rougeL"].recall
+                for r, v in zip(forget, items.values(), strict=False)
+            ]
+        )
+    )
 
 
 def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
@@ -228,16 +252,19 @@ def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
     pairs = T.pairs_of(T.load_tofu_sets(snapshot, "forget01"))
     seqs = [template.encode_pair(tok, p.question, p.text, 512) for p in pairs]
     inner = seqs[0].input_ids[:2] + [tok.pad_token_id] + seqs[0].input_ids[2:]
-    seqs += [Encoded(inner, [-100] * 3 + seqs[0].labels[2:]),  # a pad id inside the prompt
-             Encoded(seqs[1].input_ids, list(seqs[1].input_ids)),  # every token a label: nothing to share
-             Encoded(seqs[2].input_ids, [-100] * len(seqs[2].input_ids))]  # no label at all
+    seqs += [
+        Encoded(inner, [-100] * 3 + seqs[0].labels[2:]),  # a pad id inside the prompt
+        Encoded(seqs[1].input_ids, list(seqs[1].input_ids)),  # every token a label: nothing to share
+        Encoded(seqs[2].input_ids, [-100] * len(seqs[2].input_ids)),
+    ]  # no label at all
     want = list(range(0, len(seqs), 3))
     tokens = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True)
     for batch_size in (4, 7):
         tokens.clear()
-        shared, s_stats = score_sequences(model, tok, seqs, batch_size, mask_pad=True, stats_for=want,
-                                          share_prompts=True)
+        shared, s_stats = score_sequences(
+            model, tok, seqs, batch_size, mask_pad=True, stats_for=want, share_prompts=True
+        )
         shared_tokens = sum(tokens)
         tokens.clear()
         whole, w_stats = score_sequences(model, tok, seqs, batch_size, mask_pad=True, stats_for=want)
@@ -279,15 +306,18 @@ def test_tofu_eval_json_round_trip_gives_forget_quality(tiny, snapshot, result, 
     assert again.summary["forget_quality"] == pytest.approx(1.0)  # the same model: indistinguishable
     assert again.summary["privleak"] == pytest.approx(0.0, abs=1e-6)
     other = T.RetainLogs([10.0 + i for i in range(len(logs.truth_ratios))], 0.5, "x")
-    p = T.evaluate_tofu(model, tok, template, T.load_tofu_sets(snapshot, "forget01"), 3,
-                        retain_logs=other).summary["forget_quality"]
+    p = T.evaluate_tofu(model, tok, template, T.load_tofu_sets(snapshot, "forget01"), 3, retain_logs=other).summary[
+        "forget_quality"
+    ]
     forget_tr = [v["score"] for v in result.logs["forget_truth_ratio"]["value_by_index"].values()]
     assert p == pytest.approx(stats.ks_2samp(forget_tr, other.truth_ratios).pvalue)
 
 
 def test_reads_open_unlearnings_file_and_our_closer_look_folder(tmp_path):
-    ou = {"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {"0": {"score": 0.5}, "1": {"score": 2.0}}},
-          "mia_min_k": {"agg_value": 0.42, "auc": 0.42}}
+    ou = {
+        "forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {"0": {"score": 0.5}, "1": {"score": 2.0}}},
+        "mia_min_k": {"agg_value": 0.42, "auc": 0.42},
+    }
     (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(ou))
     logs = T.read_retain_logs(tmp_path / "TOFU_EVAL.json")
     assert logs.truth_ratios == [0.5, 2.0] and logs.mia_min_k == 0.42
@@ -301,8 +331,9 @@ def test_bad_retain_logs_name_the_file_and_field(tmp_path):
     (tmp_path / "TOFU_EVAL.json").write_text(json.dumps({"model_utility": {"agg_value": 0.5}}))
     with pytest.raises(DataError, match="TOFU_EVAL.json: missing field 'forget_truth_ratio'"):
         T.read_retain_logs(tmp_path)
-    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(
-        {"forget_truth_ratio": {"value_by_index": {"0": {"score": "x"}}}}))
+    (tmp_path / "TOFU_EVAL.json").write_text(
+        json.dumps({"forget_truth_ratio": {"value_by_index": {"0": {"score": "x"}}}})
+    )
     with pytest.raises(DataError, match=r"forget_truth_ratio.value_by_index.0.score"):
         T.read_retain_logs(tmp_path)
     with pytest.raises(DataError, match="--retain-logs needs"):
@@ -324,7 +355,13 @@ def test_snapshot_built_from_the_shared_data(shared_data, tmp_path):
     for name in ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
         (snap / f"{name}.json").write_bytes((src / f"{name}.json").read_bytes())
     sets = T.load_tofu_sets(snap, "forget01")
-    assert (len(sets.forget), len(sets.holdout), len(sets.retain), len(sets.ra), len(sets.wf)) == (40, 40, 400, 100, 117)
+    assert (len(sets.forget), len(sets.holdout), len(sets.retain), len(sets.ra), len(sets.wf)) == (
+        40,
+        40,
+        400,
+        100,
+        117,
+    )
     pairs = T.pairs_of(sets)  # every answer, paraphrase and perturbed answer is scored once
     assert len(pairs) == 40 * 7 + 400 * 7 + 100 * 4 + 117 * 4 + 40
 
@@ -336,7 +373,9 @@ def test_hub_loader_is_used_for_locuslab_tofu(monkeypatch, snapshot):
 
     def fake(name, config, split="train"):
         seen.append((name, config))
-        return [{k: v for k, v in json.loads(x).items()} for x in (snapshot / f"{config}.json").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(x).items()} for x in (snapshot / f"{config}.json").read_text().splitlines()
+        ]
 
     monkeypatch.setattr(D, "_hub_rows", fake)
     sets = T.load_tofu_sets("locuslab/TOFU", "forget01")
@@ -375,14 +414,50 @@ def test_cli_eval_writes_both_toolkits_files_and_reads_retain_logs(saved, snapsh
     from unlearn.__main__ import main
 
     out = tmp_path / "ev"
-    assert main(["eval", "--benchmark", "tofu", "--model", str(saved), "--data", str(snapshot), "--out", str(out),
-                 "--prompt-format", "llama2", "--eval-batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "tofu",
+                "--model",
+                str(saved),
+                "--data",
+                str(snapshot),
+                "--out",
+                str(out),
+                "--prompt-format",
+                "llama2",
+                "--eval-batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "tofu" and summary["model_utility"] == T.hmean([summary[k] for k in T.UTILITY])
     assert (out / "TOFU_EVAL.json").is_file() and (out / "TOFU_SUMMARY.json").is_file()
     out2 = tmp_path / "ev2"
-    assert main(["eval", "--benchmark", "tofu", "--model", str(saved), "--data", str(snapshot), "--out", str(out2),
-                 "--prompt-format", "llama2", "--retain-logs", str(out / "TOFU_EVAL.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "tofu",
+                "--model",
+                str(saved),
+                "--data",
+                str(snapshot),
+                "--out",
+                str(out2),
+                "--prompt-format",
+                "llama2",
+                "--retain-logs",
+                str(out / "TOFU_EVAL.json"),
+            ]
+        )
+        == 0
+    )
     s2 = json.loads((out2 / "summary.json").read_text())
     assert s2["forget_quality"] == pytest.approx(1.0)
     assert s2["forget_Q_A_Prob"] == pytest.approx(summary["forget_Q_A_Prob"], abs=1e-6)  # batch size: same numbers
@@ -394,8 +469,26 @@ def test_cli_retain_model_gives_forget_quality_without_logs(saved, snapshot, tmp
     from unlearn.__main__ import main
 
     out = tmp_path / "ev"
-    assert main(["eval", "--benchmark", "tofu", "--model", str(saved), "--data", str(snapshot), "--out", str(out),
-                 "--prompt-format", "llama2", "--retain-model", str(saved)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "tofu",
+                "--model",
+                str(saved),
+                "--data",
+                str(snapshot),
+                "--out",
+                str(out),
+                "--prompt-format",
+                "llama2",
+                "--retain-model",
+                str(saved),
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert s["forget_quality"] == pytest.approx(1.0) and s["privleak"] == pytest.approx(0.0, abs=1e-6)
 
@@ -405,10 +498,12 @@ def test_cli_refuses_bad_settings_before_loading_a_model(snapshot, tmp_path, mon
     from unlearn.__main__ import main
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    cases = [(["--benchmark", "tofus"], "--benchmark: one of closer-look, tofu"),
-             (["--retain-logs", str(tmp_path)], "add --benchmark tofu"),
-             (["--benchmark", "tofu", "--retain-logs", str(tmp_path / "none.json")], "--retain-logs needs"),
-             (["--benchmark", "tofu", "--split", "forget05"], "forget05_perturbed.json: missing")]
+    cases = [
+        (["--benchmark", "tofus"], "--benchmark: one of closer-look, tofu"),
+        (["--retain-logs", str(tmp_path)], "add --benchmark tofu"),
+        (["--benchmark", "tofu", "--retain-logs", str(tmp_path / "none.json")], "--retain-logs needs"),
+        (["--benchmark", "tofu", "--split", "forget05"], "forget05_perturbed.json: missing"),
+    ]
     for extra, message in cases:
         rc = main(["eval", "--model", "tiny", "--data", str(snapshot), "--out", str(tmp_path / "o"), *extra])
         assert rc == 2, extra
@@ -420,9 +515,34 @@ def test_run_unlearns_the_hub_split_and_evaluates_it(saved, snapshot, tmp_path):
     from unlearn.__main__ import main
 
     out = tmp_path / "run"
-    assert main(["run", "--benchmark", "tofu", "--model", str(saved), "--data", str(snapshot), "--method", "GA+GD",
-                 "--epochs", "1", "--batch-size", "2", "--lr", "1e-3", "--out", str(out), "--prompt-format", "llama2",
-                 "--nli", "none"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--benchmark",
+                "tofu",
+                "--model",
+                str(saved),
+                "--data",
+                str(snapshot),
+                "--method",
+                "GA+GD",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--lr",
+                "1e-3",
+                "--out",
+                str(out),
+                "--prompt-format",
+                "llama2",
+                "--nli",
+                "none",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "data.json").read_text())
     assert (data["forget"], data["retain"], data["benchmark"]) == (len(FORGET), len(RETAIN), "tofu")
     summary = json.loads((out / "summary.json").read_text())
@@ -442,10 +562,21 @@ def test_sweep_runs_the_tofu_standard(saved, snapshot, tmp_path):
 
     from unlearn.__main__ import main
 
-    doc = {"base": {"benchmark": "tofu", "model": str(saved), "data": str(snapshot), "prompt_format": "llama2",
-                    "epochs": 1, "batch_size": 2, "lr": 1e-3, "eval_batch_size": 4,
-                    "retain_model": str(saved)},
-           "grid": {"method": ["GA+GD", "NPO+GD"]}, "out": str(tmp_path / "sw")}
+    doc = {
+        "base": {
+            "benchmark": "tofu",
+            "model": str(saved),
+            "data": str(snapshot),
+            "prompt_format": "llama2",
+            "epochs": 1,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "eval_batch_size": 4,
+            "retain_model": str(saved),
+        },
+        "grid": {"method": ["GA+GD", "NPO+GD"]},
+        "out": str(tmp_path / "sw"),
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert main(["sweep", "--config", str(path)]) == 0

@@ -14,10 +14,16 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = [("MU", "Model Utility"), ("FE", "Forget Efficacy"), ("Forget Quality", "Forget Quality"),
-           ("Forget ROUGE", "Forget ROUGE"), ("Retain ROUGE", "Retain ROUGE"),
-           ("Forget Token Entropy", "Forget Token Entropy"), ("Real Authors ROUGE", "Real Authors ROUGE"),
-           ("World Facts ROUGE", "Real World ROUGE")]
+COLUMNS = [
+    ("MU", "Model Utility"),
+    ("FE", "Forget Efficacy"),
+    ("Forget Quality", "Forget Quality"),
+    ("Forget ROUGE", "Forget ROUGE"),
+    ("Retain ROUGE", "Retain ROUGE"),
+    ("Forget Token Entropy", "Forget Token Entropy"),
+    ("Real Authors ROUGE", "Real Authors ROUGE"),
+    ("World Facts ROUGE", "Real World ROUGE"),
+]
 PAPER = ["GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+KL", "ME+GD", "IDK+AP"]
 NEW = ["SimNPO+GD", "WGA+GD", "SatImp+GD", "UNDIAL+GD", "CE-U", "TV", "RMU"]
 CONTINUAL = ["GA+GD", "NPO+GD", "NPO+GD-fixed-ref", "ME+GD", "IDK+AP"]
@@ -50,18 +56,24 @@ def kept_step(log: Path, floor: float = 0.9) -> tuple[int, dict] | None:
 
 
 def single_task(root: Path) -> list[str]:
-    out = ["| method | " + " | ".join(c for c, _ in COLUMNS) + " | kept step (FE / train-time MU) |",
-           "|---" * (len(COLUMNS) + 2) + "|"]
+    out = [
+        "| method | " + " | ".join(c for c, _ in COLUMNS) + " | kept step (FE / train-time MU) |",
+        "|---" * (len(COLUMNS) + 2) + "|",
+    ]
     refs = [("target (before)", root / "target_eval"), ("retain model", root / "retain_eval")]
-    runs = [(m, root / "methods" / f"method-{m}") for m in PAPER] + \
-           [(m, root / "new_methods" / f"method-{m}") for m in NEW] + \
-           [(SCALED.format(lr), root / "rmu_scaled" / f"method-RMU__lr-{lr}") for lr in ("5e-05", "0.001")]
+    runs = (
+        [(m, root / "methods" / f"method-{m}") for m in PAPER]
+        + [(m, root / "new_methods" / f"method-{m}") for m in NEW]
+        + [(SCALED.format(lr), root / "rmu_scaled" / f"method-RMU__lr-{lr}") for lr in ("5e-05", "0.001")]
+    )
     for name, folder in refs + runs:
         s = read_json(folder / "summary.json")
         if s is None:
             continue
         kept = kept_step(folder / "eval_log.jsonl")
-        keep = "–" if kept is None else f"{kept[0]} ({fmt(kept[1]['Forget Efficacy'])} / {fmt(kept[1]['Model Utility'])})"
+        keep = (
+            "–" if kept is None else f"{kept[0]} ({fmt(kept[1]['Forget Efficacy'])} / {fmt(kept[1]['Model Utility'])})"
+        )
         out.append(f"| {name} | " + " | ".join(fmt(s.get(k)) for _, k in COLUMNS) + f" | {keep} |")
     return out
 
@@ -76,8 +88,14 @@ def continual(root: Path) -> list[str]:
                 vals = [r.get(key) for r in csv.DictReader(f.open())]
                 rows.append(f"| {m} | " + " | ".join(fmt(v) for v in vals) + " |" + " – |" * (5 - len(vals)))
         if rows:
-            out += [f"{label} after each task:", "", "| method | task 1 | task 2 | task 3 | task 4 | task 5 |",
-                    "|---|---|---|---|---|---|", *rows, ""]
+            out += [
+                f"{label} after each task:",
+                "",
+                "| method | task 1 | task 2 | task 3 | task 4 | task 5 |",
+                "|---|---|---|---|---|---|",
+                *rows,
+                "",
+            ]
     return out
 
 
@@ -117,8 +135,13 @@ def main(argv: list[str]) -> int:
             seen.add(r["stage"])
     per_run = run_times(root)
     if per_run:
-        lines += ["", "Per run (the paper's methods: training, evaluations while training and the final evaluation; "
-                  "the newer methods: training and the final evaluation):", "", *per_run]
+        lines += [
+            "",
+            "Per run (the paper's methods: training, evaluations while training and the final evaluation; "
+            "the newer methods: training and the final evaluation):",
+            "",
+            *per_run,
+        ]
     print("\n".join(lines))
     return 0
 

@@ -21,7 +21,8 @@ import yaml
 from unlearn.data import read_records
 from unlearn.encoding import encode_pair, pad_batch, pad_id
 from unlearn.losses import activation_distance
-from unlearn.methods import FORGET_TERMS, BatchView, _rmu_vector, hidden_states
+from unlearn.methods import FORGET_TERMS, BatchView, hidden_states
+from unlearn.methods.terms import _rmu_vector
 from unlearn.models import load_model
 from unlearn.prompts import detect_prompt_format
 
@@ -48,17 +49,23 @@ def main(argv: list[str]) -> int:
     top = x.abs().mean(0).topk(3)
     share = float(x[:, top.indices].pow(2).sum() / x.pow(2).sum())
     print(f"## Layer {layer} of the target, on forget01 task 1 ({len(forget)} QA, answer tokens)\n")
-    print("| per-token L2 norm (mean) | RMS per element | largest element | 3 largest dimensions (mean abs) "
-          "| their share of the squared norm |")
+    print(
+        "| per-token L2 norm (mean) | RMS per element | largest element | 3 largest dimensions (mean abs) "
+        "| their share of the squared norm |"
+    )
     print("|---|---|---|---|---|")
-    dims = ", ".join(f"{int(i)}: {float(v):.1f}" for v, i in zip(top.values, top.indices))
-    print(f"| {float(x.norm(dim=-1).mean()):.1f} | {float(x.pow(2).mean().sqrt()):.2f} | {float(x.abs().max()):.1f} "
-          f"| {dims} | {share:.2f} |\n")
+    dims = ", ".join(f"{int(i)}: {float(v):.1f}" for v, i in zip(top.values, top.indices, strict=False))
+    print(
+        f"| {float(x.norm(dim=-1).mean()):.1f} | {float(x.pow(2).mean().sqrt()):.2f} | {float(x.abs().max()):.1f} "
+        f"| {dims} | {share:.2f} |\n"
+    )
     zero = float(activation_distance(hf, torch.zeros(hf.shape[-1]), fb["labels"]))
     print(f"RMU's forget term with a zero control vector: {zero:.2f} (the mean squared activation).\n")
     print("## Each RMU run\n")
-    print("| run | c | alpha | lr | forget term: target → unlearned | retain distance after (× alpha) "
-          "| activations moved (relative L2): forget / retain | down_proj weights changed (relative, per trained layer) |")
+    print(
+        "| run | c | alpha | lr | forget term: target → unlearned | retain distance after (× alpha) "
+        "| activations moved (relative L2): forget / retain | down_proj weights changed (relative, per trained layer) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in ("new_methods/method-RMU", "rmu_scaled/method-RMU__lr-5e-05", "rmu_scaled/method-RMU__lr-0.001"):
         folder = runs / name
@@ -82,10 +89,16 @@ def main(argv: list[str]) -> int:
         moved_r = float((hr2 - hr)[rb["labels"] != -100].norm() / y.norm())
         changes = []
         for i in (int(x) for x in str(args["layers"]).split(",")):
-            a, b = model.model.layers[i].mlp.down_proj.weight.detach(), after.model.layers[i].mlp.down_proj.weight.detach()
+            a, b = (
+                model.model.layers[i].mlp.down_proj.weight.detach(),
+                after.model.layers[i].mlp.down_proj.weight.detach(),
+            )
             changes.append(f"{float((a - b).norm() / a.norm()):.1e}")
-        print(f"| {name} | {args['steering_coeff']:g} | {args['alpha']:g} | {float(cfg['lr']):g} | {before_f:.2f} → {after_f:.2f} "
-              f"| {kept:.2e} ({kept * float(args['alpha']):.3f}) | {moved:.3f} / {moved_r:.3f} | {' / '.join(changes)} |")
+        print(
+            f"| {name} | {args['steering_coeff']:g} | {args['alpha']:g} | {float(cfg['lr']):g} "
+            f"| {before_f:.2f} → {after_f:.2f} "
+            f"| {kept:.2e} ({kept * float(args['alpha']):.3f}) | {moved:.3f} / {moved_r:.3f} | {' / '.join(changes)} |"
+        )
     print()
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch.distributed as dist
 from rich.console import Console
@@ -84,18 +84,29 @@ def cmd_methods(args) -> int:
     for r in describe():
         table.add_row(r["name"], r["kind"], r["description"], r["needs"], r["arguments"], r["weight"], r["source"])
     Console(width=160).print(table)
-    print("The weight is the term's coefficient in forget_coeff * forget + reg_coeff * reg (per scenario where "
-          "it differs). LLMU's regulariser is part of it.")
+    print(
+        "The weight is the term's coefficient in forget_coeff * forget + reg_coeff * reg (per scenario where "
+        "it differs). LLMU's regulariser is part of it."
+    )
     return 0
 
 
 def cmd_plan(args) -> int:
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
-    setting = Setting(method=args.method, batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
-                      lora_r=args.lora_r, zero=args.zero, processes=args.processes, optim=args.optim,
-                      mixed_precision=args.mixed_precision and args.device != "cpu",
-                      gradient_checkpointing=args.gradient_checkpointing, chunked_logits=args.chunked_logits,
-                      attention=args.attn_implementation)
+    setting = Setting(
+        method=args.method,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        zero=args.zero,
+        processes=args.processes,
+        optim=args.optim,
+        mixed_precision=args.mixed_precision and args.device != "cpu",
+        gradient_checkpointing=args.gradient_checkpointing,
+        chunked_logits=args.chunked_logits,
+        attention=args.attn_implementation,
+    )
     print_plan(model_shape(args.model, args.trust_remote_code), setting, args.device, budget)
     return 0
 
@@ -124,9 +135,24 @@ def _eval_parser(p):
 
 
 def _audit_parser(p):
-    add_config_args(p, ("model", "data", "audit", "out", "resume"), exclude=("audit", "save_every"),
-                    extra=("forget", "retain", "holdout", "retain_model", "ref_model", "eval_batch_size", "gen_batch_size", "seed",
-                           "max_length", "weight_decay", "mixed_precision"))
+    add_config_args(
+        p,
+        ("model", "data", "audit", "out", "resume"),
+        exclude=("audit", "save_every"),
+        extra=(
+            "forget",
+            "retain",
+            "holdout",
+            "retain_model",
+            "ref_model",
+            "eval_batch_size",
+            "gen_batch_size",
+            "seed",
+            "max_length",
+            "weight_decay",
+            "mixed_precision",
+        ),
+    )
 
 
 def _continual_parser(p):
@@ -151,18 +177,31 @@ def _synth_parser(p):
 
 
 def _report_parser(p):
-    p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="folders searched (recursively) for evaluated "
-                   "runs (summary.json) and continual runs (continual.csv)")
+    p.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULT_DIR",
+        help="folders searched (recursively) for evaluated runs (summary.json) and continual runs (continual.csv)",
+    )
     p.add_argument("--out", required=True, help="folder for report.md, report.html, table.csv and the plots")
-    p.add_argument("--baseline", help="the evaluated target model (an 'unlearn eval' output folder), shown as "
-                   "'before' in the examples and as a reference point in the plots")
+    p.add_argument(
+        "--baseline",
+        help="the evaluated target model (an 'unlearn eval' output folder), shown as "
+        "'before' in the examples and as a reference point in the plots",
+    )
     p.add_argument("--title", default="Unlearning report", help="report title")
-    p.add_argument("--examples", type=int, default=3, help="forget and retain questions shown before/after (default: 3)")
+    p.add_argument(
+        "--examples", type=int, default=3, help="forget and retain questions shown before/after (default: 3)"
+    )
 
 
 def _plan_parser(p):
-    p.add_argument("--model", required=True, help="a model folder, its config.json, a hub id or a preset (only the "
-                   "config is read), e.g. configs/architectures/llama-3-8b")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a model folder, its config.json, a hub id or a preset (only the "
+        "config is read), e.g. configs/architectures/llama-3-8b",
+    )
     p.add_argument("--method", default="ME+GD", help="unlearning method (default: ME+GD)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per device per micro-step (default: 4)")
     p.add_argument("--max-length", type=int, default=500, help="tokens per sequence (default: 500, the paper's)")
@@ -172,12 +211,23 @@ def _plan_parser(p):
     p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is sharded over (default: 1)")
     p.add_argument("--optim", default="adamw", help="adamw or adamw_8bit (default: adamw)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    p.add_argument("--chunked-logits", action=argparse.BooleanOptionalAction, default=None,
-                   help="chunked logits (default: on for vocabularies of 32k+ unless ZeRO-3)")
-    p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast activations (default: on; off on --device cpu)")
-    p.add_argument("--attn-implementation", default="sdpa", help="sdpa, flash_attention_2 or eager (adds the "
-                   "attention score matrices)")
+    p.add_argument(
+        "--chunked-logits",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="chunked logits (default: on for vocabularies of 32k+ unless ZeRO-3)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast activations (default: on; off on --device cpu)",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        default="sdpa",
+        help="sdpa, flash_attention_2 or eager (adds the attention score matrices)",
+    )
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="where it runs (default: cuda)")
     p.add_argument("--gpu-memory", help="memory per device, e.g. 80GiB: says whether it fits, and what does")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own code")
@@ -193,8 +243,12 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "finetune": (cmd_finetune, _finetune_parser, "fine-tune a model on question/answer files (target or retain model)"),
     "run": (cmd_run, _run_parser, "unlearn a forget set from a model"),
     "eval": (cmd_eval, _eval_parser, "evaluate a model: the paper's six metrics, Model Utility, Forget Efficacy"),
-    "audit": (cmd_audit, _audit_parser, "attack a model: does the forgotten knowledge come back? (membership "
-              "inference, relearning, quantization, prompts)"),
+    "audit": (
+        cmd_audit,
+        _audit_parser,
+        "attack a model: does the forgotten knowledge come back? (membership "
+        "inference, relearning, quantization, prompts)",
+    ),
     "continual": (cmd_continual, _continual_parser, "unlearn tasks one after another (continual unlearning)"),
     "demo": (cmd_demo, _demo_parser, "the whole pipeline offline on built-in defaults"),
     "data synth": (cmd_data_synth, _synth_parser, "write the built-in fictitious data set (TOFU layout)"),
@@ -206,8 +260,10 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unlearn", description="Machine unlearning for LLMs "
-                                     "(A Closer Look at Machine Unlearning for LLMs, ICLR 2025).")
+    parser = argparse.ArgumentParser(
+        prog="unlearn",
+        description="Machine unlearning for LLMs (A Closer Look at Machine Unlearning for LLMs, ICLR 2025).",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -242,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unlearn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("unlearn: interrupted; rerun the same command with --resume to go on from the last checkpoint "
-              "(runs write one with --save-every N)", file=sys.stderr)
+        print(
+            "unlearn: interrupted; rerun the same command with --resume to go on from the last checkpoint "
+            "(runs write one with --save-every N)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         _close_process_group()

@@ -197,8 +197,10 @@ def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
         raise RuntimeError(f"{out_dir}: no checkpoint to resume from (call recover() first)")
     state = json.loads((folder / STATE).read_text(encoding="utf-8"))
     if state.get("version") != VERSION:
-        raise OutputError(f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
-                         "it was written by another version of unlearn")
+        raise OutputError(
+            f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
+            "it was written by another version of unlearn"
+        )
     verify(folder)
     ref_stats = load_file(str(folder / REF_STATS)) if (folder / REF_STATS).is_file() else None
     if ref_stats is not None:
@@ -211,8 +213,9 @@ def verify(folder: Path) -> None:
     file or a truncated optimizer.bin would resume, but no longer exactly)."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise OutputError(f"{folder}: the checkpoint has no {MANIFEST}; it cannot be checked, start again with "
-                          "--overwrite")
+        raise OutputError(
+            f"{folder}: the checkpoint has no {MANIFEST}; it cannot be checked, start again with --overwrite"
+        )
     want = json.loads(manifest_path.read_text(encoding="utf-8"))
     got = _manifest(folder)
     for name in sorted(set(want) | set(got)):
@@ -224,8 +227,10 @@ def verify(folder: Path) -> None:
             problem = f"has changed ({got[name]['bytes']} bytes, {want[name]['bytes']} written)"
         else:
             continue
-        raise OutputError(f"{folder / name}: {problem}; the checkpoint is damaged and would not resume exactly. "
-                          "Start again with --overwrite")
+        raise OutputError(
+            f"{folder / name}: {problem}; the checkpoint is damaged and would not resume exactly. "
+            "Start again with --overwrite"
+        )
 
 
 def restore(out_dir: str | os.PathLike, accelerator) -> None:

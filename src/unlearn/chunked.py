@@ -31,7 +31,7 @@ from unlearn.errors import ConfigError
 log = logging.getLogger("unlearn")
 
 MIN_VOCAB = 32_000
-CHUNK_ELEMENTS = 2 ** 25  # logits per chunk: 128 MB in float32 (261 rows of a 128,256-token vocabulary)
+CHUNK_ELEMENTS = 2**25  # logits per chunk: 128 MB in float32 (261 rows of a 128,256-token vocabulary)
 
 
 def _unwrapped(model):
@@ -117,8 +117,15 @@ def positions(batch: dict, select: str, labels: torch.Tensor | None = None) -> t
     raise ValueError(f"unknown selection {select!r}")
 
 
-def rows(hidden: torch.Tensor, head: torch.nn.Linear, mask: torch.Tensor, target: torch.Tensor, fn, chunk: int,
-         ref: tuple[torch.Tensor, torch.nn.Linear] | None = None) -> torch.Tensor:
+def rows(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    mask: torch.Tensor,
+    target: torch.Tensor,
+    fn,
+    chunk: int,
+    ref: tuple[torch.Tensor, torch.nn.Linear] | None = None,
+) -> torch.Tensor:
     """``fn(logits, target[, ref_logits])`` over the rows of ``mask``, ``chunk`` rows at a time, (N,).
 
     ``hidden``: the model's final hidden states (B, T, H); ``ref``: the frozen reference's and its
@@ -131,8 +138,9 @@ def rows(hidden: torch.Tensor, head: torch.nn.Linear, mask: torch.Tensor, target
         if ref is None:
             out.append(checkpoint(_chunk, fn, head, h[start:end], y[start:end], use_reentrant=False))
         else:
-            out.append(checkpoint(_chunk_ref, fn, head, ref[1], h[start:end], y[start:end], r[start:end],
-                                  use_reentrant=False))
+            out.append(
+                checkpoint(_chunk_ref, fn, head, ref[1], h[start:end], y[start:end], r[start:end], use_reentrant=False)
+            )
     return torch.cat(out) if out else hidden.float().sum() * 0.0 + torch.zeros(0, device=hidden.device)
 
 

@@ -44,8 +44,10 @@ def parse_tasks(text: str | list | None, available: list[int]) -> list[int]:
                 if "-" in piece:
                     lo, hi = (int(x) for x in piece.split("-", 1))
                     if lo > hi:
-                        raise DataError(f"--tasks: the range {piece} is empty (write {hi}-{lo} for "
-                                        "ascending order, or list the tasks: 3,2,1)")
+                        raise DataError(
+                            f"--tasks: the range {piece} is empty (write {hi}-{lo} for "
+                            "ascending order, or list the tasks: 3,2,1)"
+                        )
                     tasks += list(range(lo, hi + 1))
                 elif piece:
                     tasks.append(int(piece))
@@ -91,15 +93,17 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
 
     # Every task's evaluation sets are checked, and the judges loaded, before the first task trains.
     pending = [t for t in task_list if not finished(t)]
-    sets = {t: protocol.check(replace(cfg, task_id=t)) if cfg.eval and protocol.six_metrics else None
-            for t in pending}
+    sets = {t: protocol.check(replace(cfg, task_id=t)) if cfg.eval and protocol.six_metrics else None for t in pending}
     for t in pending:  # each task's Forget set is the one it trains on
         check_eval_matches(sets[t], protocol.task_data(cfg, task_list, t))
     judges = load_judges(cfg) if any(sets.values()) else None
     # With the reference pinned to the original model, NPO/DPO's reference NLLs of every task come
     # from one pass of the original model, before any training.
-    ref_stats = pinned_stats(cfg, {t: protocol.task_data(cfg, task_list, t) for t in pending},
-                             template=protocol.template) if cfg.fix_ref_model else {}
+    ref_stats = (
+        pinned_stats(cfg, {t: protocol.task_data(cfg, task_list, t) for t in pending}, template=protocol.template)
+        if cfg.fix_ref_model
+        else {}
+    )
 
     previous = original
     for i, task in enumerate(task_list):
@@ -111,18 +115,35 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
         # A task killed mid-training resumes from its checkpoint (with --save-every); a task
         # killed without one is redone from its start.
         resume = task_dir.resumable()
-        sub = replace(cfg, model=previous, out=str(task_dir.path), task_id=task, resume=resume, overwrite=not resume,
-                      ref_model=original if cfg.fix_ref_model else cfg.ref_model)
+        sub = replace(
+            cfg,
+            model=previous,
+            out=str(task_dir.path),
+            task_id=task,
+            resume=resume,
+            overwrite=not resume,
+            ref_model=original if cfg.fix_ref_model else cfg.ref_model,
+        )
         data = protocol.task_data(cfg, task_list, task)
-        log.info("continual: task %s (%d of %d), %d forget / %d retain rows",
-                 task, i + 1, len(task_list), len(data.forget), len(data.retain))
+        log.info(
+            "continual: task %s (%d of %d), %d forget / %d retain rows",
+            task,
+            i + 1,
+            len(task_list),
+            len(data.forget),
+            len(data.retain),
+        )
         start = time.perf_counter()
-        result = pipeline.run(sub, data=data, ref_stats=ref_stats.get(task),
-                     plan=plan_evaluation(sub, judges=judges, sets=sets[task]))
-        done_rows[task] = {"task": task, "n_unlearned": i + 1,
-                           **{k: v for k, v in (result.summary or {}).items() if not isinstance(v, (dict, list))},
-                           # wall time of the attempt that finished the task (from its checkpoint when resumed)
-                           "seconds": round(time.perf_counter() - start, 1)}
+        result = pipeline.run(
+            sub, data=data, ref_stats=ref_stats.get(task), plan=plan_evaluation(sub, judges=judges, sets=sets[task])
+        )
+        done_rows[task] = {
+            "task": task,
+            "n_unlearned": i + 1,
+            **{k: v for k, v in (result.summary or {}).items() if not isinstance(v, (dict, list))},
+            # wall time of the attempt that finished the task (from its checkpoint when resumed)
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         if distributed.is_main_process():
             write_csv_rows(csv_path, [done_rows[t] for t in task_list if t in done_rows])
             # Only the latest model is needed to go on; older ones are removed unless asked to keep them.

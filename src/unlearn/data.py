@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from datasets import load_dataset
@@ -134,17 +134,23 @@ TEXT_PARTS = ("forget", "retain")
 TEXT_METHODS = "GA, NPO, SimNPO, ME, RMU, WGA, SatImp, UNDIAL, CE-U or TV, with GD or KL"
 """The methods whose parts raw text has, as the error messages name them."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
-GATED = {"cais/wmdp-bio-forget-corpus": "request access on https://huggingface.co/datasets/cais/wmdp-bio-forget-corpus, "
-         "log in with `huggingface-cli login`, then pass it again (or save it as JSON lines with a text field and "
-         "pass the file)"}
+GATED = {
+    "cais/wmdp-bio-forget-corpus": "request access on https://huggingface.co/datasets/cais/wmdp-bio-forget-corpus, "
+    "log in with `huggingface-cli login`, then pass it again (or save it as JSON lines with a text field and "
+    "pass the file)"
+}
 
 
 def read_rows(spec: str | Path) -> list[dict]:
     """Your own forget or retain rows: a JSON-lines file of ``question``/``answer`` pairs or of raw
     ``text``, or a hub data set ``owner/name[:config]`` (its train split) with a ``text`` field."""
     path = Path(spec)
-    if (not path.exists() and HUB_ID.match(str(spec)) and not path.parent.exists()
-            and path.suffix.lower() not in (".json", ".jsonl", ".txt", ".csv", ".parquet")):
+    if (
+        not path.exists()
+        and HUB_ID.match(str(spec))
+        and not path.parent.exists()
+        and path.suffix.lower() not in (".json", ".jsonl", ".txt", ".csv", ".parquet")
+    ):
         return _hub_text_rows(str(spec))
     first = read_records(path, required=())[0]
     text = "text" in first and "question" not in first
@@ -159,8 +165,9 @@ def _hub_text_rows(spec: str) -> list[dict]:
         raise
     except Exception as e:  # the hub's own errors: gated, missing, offline
         hint = GATED.get(name, "check the name, your network and `huggingface-cli login` for gated sets")
-        raise DataError(f"{spec}: could not load it from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                        f"{hint}") from None
+        raise DataError(
+            f"{spec}: could not load it from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); {hint}"
+        ) from None
 
 
 def detect_layout(data: str | Path) -> str:
@@ -172,8 +179,9 @@ def detect_layout(data: str | Path) -> str:
             return "real_world"
         if any((path / f"{s}.json").exists() for s in SPLITS):
             return "tofu"
-        raise DataError(f"{path}: neither a TOFU folder (forget01.json ...) nor a real-world folder "
-                        "(forget.json + neighbor.json)")
+        raise DataError(
+            f"{path}: neither a TOFU folder (forget01.json ...) nor a real-world folder (forget.json + neighbor.json)"
+        )
     if str(data) == "locuslab/TOFU":
         return "hub"
     raise DataError(f"{data}: data folder not found")
@@ -203,8 +211,7 @@ def select_task(rows: list[dict], task_id: int, path: Path) -> list[dict]:
             raise DataError(f"{r['_source']}: missing field 'task_id'")
     chosen = [r for r in rows if task_of(r) == int(task_id)]
     if not chosen:
-        raise DataError(f"{path}: no rows with task_id {task_id} (tasks: "
-                        f"{', '.join(map(str, task_ids_of(rows)))})")
+        raise DataError(f"{path}: no rows with task_id {task_id} (tasks: {', '.join(map(str, task_ids_of(rows)))})")
     return chosen
 
 
@@ -219,8 +226,9 @@ def load_tofu(data_dir: str | Path, split: str, task_id: int, unlearned: Sequenc
     done = {int(t) for t in unlearned} | {int(task_id)}
     others = [r for r in rows if task_of(r) not in done]
     retain = read_records(data_dir / f"{SPLITS[split]}.json") + others
-    return UnlearningData(forget, retain, "tofu", str(data_dir),
-                          {"split": split, "task_id": int(task_id), "retain_file": SPLITS[split]})
+    return UnlearningData(
+        forget, retain, "tofu", str(data_dir), {"split": split, "task_id": int(task_id), "retain_file": SPLITS[split]}
+    )
 
 
 def load_real_world(data_dir: str | Path, task_id: int | None = None) -> UnlearningData:
@@ -237,8 +245,9 @@ def _hub_rows(name: str, config: str | None, split: str = "train") -> list[dict]
     return [dict(r) for r in load_dataset(name, config, split=split)]
 
 
-def hub_records(name: str, config: str | None, split: str = "train", required: Sequence[str] = (),
-                label: str | None = None) -> list[dict]:
+def hub_records(
+    name: str, config: str | None, split: str = "train", required: Sequence[str] = (), label: str | None = None
+) -> list[dict]:
     """Rows of a hub data set, each with its ``_source`` (``label[i]``) and the string fields
     ``required`` checked, as :func:`read_records` does for files."""
     rows = _hub_rows(name, config, split)
@@ -259,17 +268,24 @@ def load_hub_tofu(split: str) -> UnlearningData:
     return UnlearningData(forget, retain, "hub", "locuslab/TOFU", {"split": split})
 
 
-def load_unlearning_data(data: str | None, split: str = "forget01", task_id: int | None = 1,
-                         forget: str | None = None, retain: str | None = None,
-                         unlearned: Sequence[int] = ()) -> UnlearningData:
+def load_unlearning_data(
+    data: str | None,
+    split: str = "forget01",
+    task_id: int | None = 1,
+    forget: str | None = None,
+    retain: str | None = None,
+    unlearned: Sequence[int] = (),
+) -> UnlearningData:
     """The rows of a data folder (TOFU, real-world, ``locuslab/TOFU`` as the closer-look protocol reads
     it) or of your own ``forget``/``retain`` files."""
     if forget is not None:
         forget_rows = read_rows(forget)
         retain_rows = read_rows(retain) if retain else []
         if retain_rows and is_text_rows(forget_rows) != is_text_rows(retain_rows):
-            raise DataError(f"{retain}: the forget rows are {'raw text' if is_text_rows(forget_rows) else 'questions'} "
-                            "and these are not; give both as text or both as question/answer pairs")
+            raise DataError(
+                f"{retain}: the forget rows are {'raw text' if is_text_rows(forget_rows) else 'questions'} "
+                "and these are not; give both as text or both as question/answer pairs"
+            )
         return UnlearningData(forget_rows, retain_rows, "files", str(forget))
     if data is None:
         raise DataError("no data: give --data FOLDER (or locuslab/TOFU) or --forget FILE [--retain FILE]")
@@ -316,9 +332,17 @@ class UnlearningDataset(torch.utils.data.Dataset):
     Sequences are tokenised once, here.
     """
 
-    def __init__(self, forget: list[dict], retain: list[dict], tokenizer, prompt_format,
-                 parts: Sequence[str], refusals: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
-                 mask_forget: bool = True):
+    def __init__(
+        self,
+        forget: list[dict],
+        retain: list[dict],
+        tokenizer,
+        prompt_format,
+        parts: Sequence[str],
+        refusals: Sequence[str],
+        max_length: int = DEFAULT_MAX_LENGTH,
+        mask_forget: bool = True,
+    ):
         unknown = set(parts) - set(PART_NAMES)
         if unknown:
             raise ValueError(f"unknown batch parts {sorted(unknown)}")
@@ -356,8 +380,10 @@ class UnlearningDataset(torch.utils.data.Dataset):
         partner drawn as for question/answer pairs."""
         other = [p for p in self.parts if p not in TEXT_PARTS]
         if other:
-            raise DataError(f"raw text has no questions, and this method needs {', '.join(other)} (refusals or "
-                            f"mismatched answers): on text use {TEXT_METHODS}")
+            raise DataError(
+                f"raw text has no questions, and this method needs {', '.join(other)} (refusals or "
+                f"mismatched answers): on text use {TEXT_METHODS}"
+            )
         f_chunks = chunk_texts(tokenizer, [r["text"] for r in forget], max_length)
         r_chunks = chunk_texts(tokenizer, [r["text"] for r in retain], max_length) if retain else []
         if not f_chunks:
@@ -401,7 +427,9 @@ class _Encoder:
     def __call__(self, question: str, answer: str, mask_question: bool = True) -> Encoded:
         e = encode_pair(self.tok, self.fmt, question, answer, self.max_length, mask_question)
         if all(t == IGNORE_INDEX for t in e.labels[1:]):  # nothing to learn or unlearn: every loss would be 0
-            raise DataError(f"--max-length {self.max_length} leaves no answer token after the question "
-                            f"{question[:60]!r}; raise --max-length")
+            raise DataError(
+                f"--max-length {self.max_length} leaves no answer token after the question "
+                f"{question[:60]!r}; raise --max-length"
+            )
         self.truncated += e.truncated
         return e

@@ -36,35 +36,67 @@ log = logging.getLogger("unlearn")
 
 # Per model: data size, fine-tuning and unlearning settings that make the demo's point in minutes.
 SETTINGS = {
-    "tiny": dict(authors=100, qa_per_author=4, split="forget05", task_id=1,
-                 finetune=dict(epochs=30, lr=3e-3, batch_size=16, grad_accum=1, warmup=20, weight_decay=0.0),
-                 unlearn=dict(epochs=10, lr=1e-3, batch_size=4, grad_accum=1),
-                 max_length=128),
+    "tiny": dict(
+        authors=100,
+        qa_per_author=4,
+        split="forget05",
+        task_id=1,
+        finetune=dict(epochs=30, lr=3e-3, batch_size=16, grad_accum=1, warmup=20, weight_decay=0.0),
+        unlearn=dict(epochs=10, lr=1e-3, batch_size=4, grad_accum=1),
+        max_length=128,
+    ),
     # A pretrained model keeps its answers' templates: a few steps past the point where it has forgotten
     # it starts to lose the retained authors too. The runs evaluate every 2 steps and keep the weights
     # that forgot most while keeping 90% of the starting Model Utility (--keep best), as measured.
-    "smollm2-135m": dict(authors=20, qa_per_author=3, split="forget05", task_id=1,
-                         finetune=dict(epochs=8, lr=1e-4, batch_size=8, grad_accum=1, warmup=10),
-                         unlearn=dict(epochs=15, lr=5e-5, batch_size=4, grad_accum=1, eval_every=2,
-                                      eval_sets="forget,retain", keep="best", mu_floor=0.9),
-                         methods={"unlearned": {"epochs": 15}, "idk_ap": {"epochs": 20, "lr": 1e-4}},
-                         max_length=128),
+    "smollm2-135m": dict(
+        authors=20,
+        qa_per_author=3,
+        split="forget05",
+        task_id=1,
+        finetune=dict(epochs=8, lr=1e-4, batch_size=8, grad_accum=1, warmup=10),
+        unlearn=dict(
+            epochs=15,
+            lr=5e-5,
+            batch_size=4,
+            grad_accum=1,
+            eval_every=2,
+            eval_sets="forget,retain",
+            keep="best",
+            mu_floor=0.9,
+        ),
+        methods={"unlearned": {"epochs": 15}, "idk_ap": {"epochs": 20, "lr": 1e-4}},
+        max_length=128,
+    ),
 }
 # name -> (method, overrides of the unlearning settings). ME+GD at the paper's forget weight 0.1
 # needs 15 epochs to forget on the tiny model; IDK+AP converges faster: more epochs only make it
 # over-refuse on retain questions.
 METHODS = {"unlearned": ("ME+GD", {"epochs": 15}), "idk_ap": ("IDK+AP", {"epochs": 5})}
 STAGES = ("target", "retain_model", "unlearned", "idk_ap")
-SHOW = ["Forget ROUGE", "Forget Probability", "Forget Paraphrased ROUGE", "Retain ROUGE", "Retain Probability",
-        "Model Utility", "Forget Efficacy", "Forget Quality"]
+SHOW = [
+    "Forget ROUGE",
+    "Forget Probability",
+    "Forget Paraphrased ROUGE",
+    "Retain ROUGE",
+    "Retain Probability",
+    "Model Utility",
+    "Forget Efficacy",
+    "Forget Quality",
+]
 
 
 def _step(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def run_demo(out: str | Path, model: str = "tiny", overwrite: bool = False, nli: str | None = "none",
-             seed: int = 1001, scale: float = 1.0) -> dict:
+def run_demo(
+    out: str | Path,
+    model: str = "tiny",
+    overwrite: bool = False,
+    nli: str | None = "none",
+    seed: int = 1001,
+    scale: float = 1.0,
+) -> dict:
     """Run the demo into ``out``; returns ``{name: summary}``. ``scale`` < 1 uses fewer authors (tests)."""
     with RunDir(out).locked():
         return _run_demo(Path(out), model, overwrite, nli, seed, scale)
@@ -87,16 +119,25 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
     data = write_synthetic(out / "data", n_authors=authors, qa_per_author=s["qa_per_author"], seed=0)
     split, task = s["split"], s["task_id"]
     sets = load_eval_sets(data, split, task)
-    base = Config(model=model, seed=seed, max_length=s["max_length"], overwrite=True, nli=nli, data=str(data),
-                  split=split, task_id=task)
+    base = Config(
+        model=model,
+        seed=seed,
+        max_length=s["max_length"],
+        overwrite=True,
+        nli=nli,
+        data=str(data),
+        split=split,
+        task_id=task,
+    )
 
     _step(f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors + general knowledge")
     ft = dataclasses.replace(base, out=str(out / "target"), **s["finetune"])
     target = finetune(ft, [str(data / "full.json"), str(data / "general.json")])
 
     _step("2/5 fine-tuning the retain model (everything but the forget task), for Forget Quality")
-    forget_rows = {(r["question"], r["answer"]) for r in read_records(data / f"{split}.json")
-                   if int(r["task_id"]) == task}
+    forget_rows = {
+        (r["question"], r["answer"]) for r in read_records(data / f"{split}.json") if int(r["task_id"]) == task
+    }
     keep = [r for r in read_records(data / "full.json") if (r["question"], r["answer"]) not in forget_rows]
     retain_file = out / "data" / "retain_model_train.json"
     atomic_write_jsonl(retain_file, [{"question": r["question"], "answer": r["answer"]} for r in keep])
@@ -106,8 +147,12 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
     _step("3/5 evaluating the target and the retain model")
     judges = Judges(load_embedder(None), load_nli(nli))
     summaries = {}
-    plan = EvalPlan(sets, judges, retain_ratios_from(retain_model, forget_set(sets), batch_size=base.eval_batch_size),
-                    batch_size=base.eval_batch_size)
+    plan = EvalPlan(
+        sets,
+        judges,
+        retain_ratios_from(retain_model, forget_set(sets), batch_size=base.eval_batch_size),
+        batch_size=base.eval_batch_size,
+    )
     for name, path in (("target", target), ("retain_model", retain_model)):
         m, tok, fmt, _ = load_for_training(dataclasses.replace(base, model=str(path)), [])
         ev = evaluate(m, tok, fmt, sets, judges.embedder, judges.nli, plan.batch_size, plan.retain_ratios)
@@ -117,12 +162,17 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
     for i, (name, (method, overrides)) in enumerate(METHODS.items()):
         _step(f"{4 + i}/5 unlearning with {method}, then evaluating")
         overrides = s.get("methods", {}).get(name, overrides)  # a model's own settings for the method
-        cfg = dataclasses.replace(base, model=str(target), method=method, out=str(out / name),
-                                  **{**s["unlearn"], **overrides})
+        cfg = dataclasses.replace(
+            base, model=str(target), method=method, out=str(out / name), **{**s["unlearn"], **overrides}
+        )
         summaries[name] = pipeline.run(cfg, plan=plan).summary
 
-    write_report([out / "unlearned", out / "idk_ap", out / "retain_model"], out / "report",
-                 baseline=out / "target", title="unlearn demo")
+    write_report(
+        [out / "unlearned", out / "idk_ap", out / "retain_model"],
+        out / "report",
+        baseline=out / "target",
+        title="unlearn demo",
+    )
     print_before_after(summaries)
     print(f"\nDone in {time.time() - t0:.0f} s. Report: {out / 'report' / 'report.md'}")
     return summaries
@@ -141,8 +191,12 @@ def check_demo(summaries: dict) -> list[str]:
 
 def print_before_after(summaries: dict) -> None:
     names = [n for n in ("target", "retain_model", "unlearned", "idk_ap") if n in summaries]
-    labels = {"target": "target (before)", "retain_model": "retain model", "unlearned": "ME+GD (after)",
-              "idk_ap": "IDK+AP (after)"}
+    labels = {
+        "target": "target (before)",
+        "retain_model": "retain model",
+        "unlearned": "ME+GD (after)",
+        "idk_ap": "IDK+AP (after)",
+    }
     table = Table(title="Before and after unlearning")
     table.add_column("metric")
     for n in names:
@@ -159,5 +213,7 @@ def print_before_after(summaries: dict) -> None:
         print("WARNING: the demo did not make its point: " + "; ".join(problems))
     else:
         t, u = summaries["target"], summaries["unlearned"]
-        print(f"ME+GD forgot: Forget ROUGE {t['Forget ROUGE']:.2f} -> {u['Forget ROUGE']:.2f}, "
-              f"and kept: Retain ROUGE {t['Retain ROUGE']:.2f} -> {u['Retain ROUGE']:.2f}.")
+        print(
+            f"ME+GD forgot: Forget ROUGE {t['Forget ROUGE']:.2f} -> {u['Forget ROUGE']:.2f}, "
+            f"and kept: Retain ROUGE {t['Retain ROUGE']:.2f} -> {u['Retain ROUGE']:.2f}."
+        )

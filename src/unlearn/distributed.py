@@ -33,8 +33,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 from unlearn.errors import ConfigError, DependencyError
 
 OPTIMIZERS = ("adamw", "adamw_8bit")
-BNB_INSTALL = ("--optim adamw_8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes "
-               "(or use --optim adamw)")
+BNB_INSTALL = "--optim adamw_8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes (or use --optim adamw)"
 
 
 # ------------------------------------------------------------------------------- processes
@@ -127,7 +126,12 @@ def accumulation(cfg, processes: int) -> int:
     if accum * per_micro_step != cfg.effective_batch:
         logging.getLogger("unlearn").warning(
             "--effective-batch %d is not a multiple of --batch-size %d x %d process(es): optimiser steps take %d "
-            "examples", cfg.effective_batch, cfg.batch_size, processes, accum * per_micro_step)
+            "examples",
+            cfg.effective_batch,
+            cfg.batch_size,
+            processes,
+            accum * per_micro_step,
+        )
     return accum
 
 
@@ -153,7 +157,7 @@ def index_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
     forward pass): a process with fewer adds batches that repeat one item, to be ignored.
     """
     mine = list(range(rank, n, world))
-    batches = [mine[i: i + batch_size] for i in range(0, len(mine), batch_size)]
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     n_batches = math.ceil(math.ceil(n / world) / batch_size)
     return batches + [[mine[-1] if mine else 0]] * (n_batches - len(batches)) if n else []
 
@@ -171,7 +175,7 @@ def gather_in_order(indices: list[int], values: list, n: int) -> list:
     """Every process's ``(indices, values)`` put back into one list of length ``n``, on every process."""
     out: list = [None] * n
     for idx, vals in all_gather_objects((list(indices), list(values))):
-        for i, v in zip(idx, vals):
+        for i, v in zip(idx, vals, strict=False):
             out[i] = v
     missing = [i for i, v in enumerate(out) if v is None]
     if missing:
@@ -200,7 +204,7 @@ def mean_over_processes(values: dict[str, float], accelerator) -> dict[str, floa
     if accelerator.num_processes == 1 or not values:
         return values
     t = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
-    return dict(zip(values, accelerator.reduce(t, reduction="mean").tolist()))
+    return dict(zip(values, accelerator.reduce(t, reduction="mean").tolist(), strict=False))
 
 
 # ------------------------------------------------------------------------------- saving
@@ -262,8 +266,10 @@ def decay_groups(model, weight_decay: float) -> list[dict]:
     no_decay_names = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
     decay = set(get_parameter_names(model, [nn.LayerNorm], no_decay_names))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    return [
+        {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(model, cfg):

@@ -11,8 +11,8 @@ falls inside the masked prompt length and carries no loss (as officially; see do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -75,15 +75,17 @@ def encode_question(tokenizer, fmt, question: str) -> list[int]:
     return encode_prompt(tokenizer, fmt.prompt(question), fmt.add_special_tokens)
 
 
-def encode_pair(tokenizer, fmt, question: str, answer: str, max_length: int | None = None,
-                mask_question: bool = True) -> Encoded:
+def encode_pair(
+    tokenizer, fmt, question: str, answer: str, max_length: int | None = None, mask_question: bool = True
+) -> Encoded:
     """``question`` and ``answer`` encoded in the prompt format ``fmt`` (:func:`encode_qa`, or the TOFU
     standard's template's own encoding)."""
     own = getattr(fmt, "encode_pair", None)
     if own is not None:
         return own(tokenizer, question, answer, max_length, mask_question)
-    return encode_qa(tokenizer, fmt.prompt(question), fmt.answer_prefix + answer, max_length, mask_question,
-                     fmt.add_special_tokens)
+    return encode_qa(
+        tokenizer, fmt.prompt(question), fmt.answer_prefix + answer, max_length, mask_question, fmt.add_special_tokens
+    )
 
 
 def chunk_texts(tokenizer, texts: list[str], max_length: int) -> list[Encoded]:
@@ -99,7 +101,7 @@ def chunk_texts(tokenizer, texts: list[str], max_length: int) -> list[Encoded]:
         return []
     bos = tokenizer.bos_token_id
     step = max_length - 1 if bos is not None else max_length
-    pieces = [ids[i:i + step] for i in range(0, len(ids), step)]
+    pieces = [ids[i : i + step] for i in range(0, len(ids), step)]
     if len(pieces[-1]) < step:
         pieces[-1] = (pieces[-1] + ids)[:step]
     head = [bos] if bos is not None else []

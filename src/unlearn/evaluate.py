@@ -22,8 +22,9 @@ def run_eval(cfg) -> dict:
     protocol.check_flags(cfg)
     data = cfg.eval_data or cfg.data
     if not data and not cfg.forget and not protocol.downstream_is_evaluation:
-        raise DataError("no evaluation data: give --data DIR (a TOFU or real-world folder) or --forget FILE "
-                        "[--retain FILE]")
+        raise DataError(
+            "no evaluation data: give --data DIR (a TOFU or real-world folder) or --forget FILE [--retain FILE]"
+        )
     if not cfg.out:
         raise DataError("no output folder: give --out DIR")
     with RunDir(cfg.out).locked(distributed.is_main_process()):
@@ -36,11 +37,17 @@ def _run_eval(cfg) -> dict:
     sets = protocol.command_sets(cfg) if protocol.six_metrics else None
     plan = plan_evaluation(dataclasses.replace(cfg, eval=True), sets=sets)
     out = RunDir(cfg.out)
-    out.prepare(overwrite=cfg.overwrite, main_process=distributed.is_main_process(), inputs=inputs_of(cfg), scope="eval")
+    out.prepare(
+        overwrite=cfg.overwrite, main_process=distributed.is_main_process(), inputs=inputs_of(cfg), scope="eval"
+    )
     distributed.wait_for_everyone()
-    model, tokenizer = models.load_model(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                  attn_implementation=cfg.attn_implementation,
-                                  texts=plan.protocol.eval_texts(plan) or None)
+    model, tokenizer = models.load_model(
+        cfg.model,
+        dtype=cfg.dtype,
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=cfg.attn_implementation,
+        texts=plan.protocol.eval_texts(plan) or None,
+    )
     model.to(state().device)  # this process's GPU under accelerate launch / torchrun
     fmt = prompt_format_for(tokenizer, cfg)
     if distributed.is_main_process():

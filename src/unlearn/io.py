@@ -15,8 +15,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from unlearn.errors import OutputError
 
@@ -57,8 +58,9 @@ def raise_if_disk_full(error: BaseException, path: str | Path) -> None:
             where = where.parent
         full = "No space left" in str(error) or shutil.disk_usage(where).free < (1 << 20)
     if full:
-        raise OutputError(f"{path}: no space left on the device while writing it; free some space and run "
-                          "again") from error
+        raise OutputError(
+            f"{path}: no space left on the device while writing it; free some space and run again"
+        ) from error
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -19,9 +19,13 @@ def load_for_training(cfg: Config, texts: list[str]):
     """``(model, tokenizer, prompt format, cfg)``: the model to train (with a fresh LoRA adapter
     with ``--lora``), and ``cfg`` with the prompt format it uses written in, so it is saved."""
     distributed.check_optim(cfg.optim)
-    model, tokenizer = models.load_model(cfg.model, dtype=distributed.training_dtype(cfg.dtype),
-                                  trust_remote_code=cfg.trust_remote_code,
-                                  attn_implementation=cfg.attn_implementation, texts=texts)
+    model, tokenizer = models.load_model(
+        cfg.model,
+        dtype=distributed.training_dtype(cfg.dtype),
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=cfg.attn_implementation,
+        texts=texts,
+    )
     fmt = prompt_format_for(tokenizer, cfg)
     cfg = dataclasses.replace(cfg, prompt_format=prompt_format_spec(fmt))
     if cfg.lora:
@@ -35,6 +39,7 @@ def validate_model_settings(cfg: Config) -> None:
     resolve_dtype(cfg.dtype)
     check_lr_schedule(cfg.lr_schedule)
     if cfg.attn_implementation is not None and cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"unknown --attn-implementation {cfg.attn_implementation!r} "
-                          f"(valid: {', '.join(ATTN_IMPLEMENTATIONS)})")
+        raise ConfigError(
+            f"unknown --attn-implementation {cfg.attn_implementation!r} (valid: {', '.join(ATTN_IMPLEMENTATIONS)})"
+        )
     check_prompt_format(cfg.prompt_format)

@@ -51,8 +51,9 @@ def target_modules(model) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradient_checkpointing: bool = False,
-               seed: int = 0):
+def apply_lora(
+    model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradient_checkpointing: bool = False, seed: int = 0
+):
     """``model`` wrapped in a fresh LoRA adapter; only the adapter's weights require gradients.
 
     The adapter's random start (``A``; ``B`` is zero) is drawn from ``seed``: the same on every
@@ -61,8 +62,14 @@ def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradie
     """
     if r < 1:
         raise ConfigError(f"--lora-r must be at least 1, got {r}")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model),
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules(model),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_peft_model(model, config)
@@ -72,8 +79,15 @@ def apply_lora(model, r: int = 8, alpha: int = 32, dropout: float = 0.05, gradie
         model.enable_input_require_grads()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA r=%d alpha=%d on %s: %d of %d parameters train (%.2f%%)", r, alpha,
-             ",".join(sorted(config.target_modules)), trainable, total, 100 * trainable / max(total, 1))
+    log.info(
+        "LoRA r=%d alpha=%d on %s: %d of %d parameters train (%.2f%%)",
+        r,
+        alpha,
+        ",".join(sorted(config.target_modules)),
+        trainable,
+        total,
+        100 * trainable / max(total, 1),
+    )
     return model
 
 
@@ -103,12 +117,12 @@ def merge_state_dict(state_dict: dict[str, torch.Tensor], model) -> dict[str, to
     config = model.peft_config[ADAPTER]
     if getattr(config, "use_dora", False):
         raise ValueError("merging DoRA adapters is not supported")
-    scaling = config.lora_alpha / (config.r ** 0.5 if getattr(config, "use_rslora", False) else config.r)
+    scaling = config.lora_alpha / (config.r**0.5 if getattr(config, "use_rslora", False) else config.r)
     merged: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if ".lora_" in key:
             continue
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        name = key[len(_PREFIX) :] if key.startswith(_PREFIX) else key
         name = name.replace(".base_layer.", ".")
         if key.endswith(".base_layer.weight"):
             stem = key[: -len(".base_layer.weight")]

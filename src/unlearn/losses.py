@@ -286,8 +286,9 @@ def _token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     _check_logits_labels(logits, labels)
     b, t, v = logits.shape
     target = _shifted_labels(labels)
-    ce = F.cross_entropy(logits.reshape(b * t, v).float(), target.reshape(b * t), ignore_index=IGNORE_INDEX,
-                         reduction="none").view(b, t)
+    ce = F.cross_entropy(
+        logits.reshape(b * t, v).float(), target.reshape(b * t), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(b, t)
     return ce, target != IGNORE_INDEX
 
 
@@ -325,7 +326,7 @@ def satimp(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: floa
     """
     ce, mask = _token_ce(logits, labels)
     p = torch.exp(-ce).detach()
-    weight = p ** beta1 * (1 - p) ** beta2
+    weight = p**beta1 * (1 - p) ** beta2
     return _masked_mean(-(weight * ce), mask, logits)
 
 
@@ -414,7 +415,7 @@ def satimp_rows(logits: torch.Tensor, target: torch.Tensor, beta1: float, beta2:
     """:func:`satimp`'s ``−w_t · CE_t`` per row."""
     ce = nll_rows(logits, target)
     p = torch.exp(-ce).detach()
-    return -(p ** beta1 * (1 - p) ** beta2 * ce)
+    return -(p**beta1 * (1 - p) ** beta2 * ce)
 
 
 def undial_rows(logits: torch.Tensor, target: torch.Tensor, ref_logits: torch.Tensor, beta: float) -> torch.Tensor:

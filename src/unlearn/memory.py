@@ -40,7 +40,7 @@ from unlearn.chunked import CHUNK_ELEMENTS, MIN_VOCAB
 from unlearn.errors import ConfigError, ModelError
 from unlearn.methods import build_objective
 
-GiB = 2 ** 30
+GiB = 2**30
 ACT_PER_TOKEN_LAYER = (14, 5)  # elements saved per token per layer: 14 × hidden + 5 × intermediate
 LORA_ACTIVATIONS = 1.8  # measured: peft's adapters save about 0.8× more (perf/plan_check.py)
 LOGITS_KEPT = {"ME": 1, "KL": 3, "UNDIAL": 3, "CE-U": 3, "LLMU": 2}  # (B, T, V) float32 tensors a term keeps
@@ -93,8 +93,15 @@ class Setting:
 def model_config(name: str, trust_remote_code: bool = False):
     """The config of a model folder, a ``config.json`` file, a hub id or a preset, no weights read."""
     if name == "tiny":
-        return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+        return LlamaConfig(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            tie_word_embeddings=True,
+        )
     try:
         if name == "smollm2-135m":
             from unlearn.presets import cache_dir, smollm2_gguf
@@ -121,14 +128,25 @@ def model_shape(name: str, trust_remote_code: bool = False) -> Shape:
     params = sum(p.numel() for p in model.parameters())  # tied weights counted once
     layers = [m for n, m in model.named_modules() if re.search(r"(^|\.)(layers|h)\.\d+$", n)]
     largest = max((sum(p.numel() for p in m.parameters()) for m in layers), default=0)
-    lora = sum(m.in_features + m.out_features for m in model.modules()
-               if isinstance(m, torch.nn.Linear) and m is not head)
+    lora = sum(
+        m.in_features + m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+    )
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
     inter = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * hidden)
     heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 1)
-    return Shape(name, params, hidden, inter, len(layers), heads, int(head.out_features), largest, lora,
-                 bool(getattr(text, "tie_word_embeddings", False)))
+    return Shape(
+        name,
+        params,
+        hidden,
+        inter,
+        len(layers),
+        heads,
+        int(head.out_features),
+        largest,
+        lora,
+        bool(getattr(text, "tie_word_embeddings", False)),
+    )
 
 
 @dataclass
@@ -146,7 +164,6 @@ def estimate(shape: Shape, s: Setting, device: str = "cuda") -> Estimate:
         raise ConfigError(f"--zero: 0, 1, 2 or 3, got {s.zero}")
     objective = build_objective(s.method)
     n = max(1, s.processes)
-    shard = n if s.zero else 1
     trainable = shape.lora_params_per_rank * s.lora_r if s.lora else shape.params
     if objective.forget.trainable is not None and not s.lora:  # RMU: some MLP projections only
         trained_layers = len(str(objective.forget_args.get("layers", "")).split(","))
@@ -167,7 +184,7 @@ def estimate(shape: Shape, s: Setting, device: str = "cuda") -> Estimate:
     if s.lora:
         per_layer *= LORA_ACTIVATIONS
     if s.attention == "eager":
-        per_layer += sequences * shape.heads * s.max_length ** 2 * act_bytes * 2
+        per_layer += sequences * shape.heads * s.max_length**2 * act_bytes * 2
     if s.gradient_checkpointing:
         activations = tokens * shape.hidden * act_bytes * shape.layers + per_layer
     else:
@@ -180,8 +197,16 @@ def estimate(shape: Shape, s: Setting, device: str = "cuda") -> Estimate:
         per_part = s.batch_size * s.max_length * shape.vocab * 4
         kept = sum(LOGITS_KEPT.get(t.name, 2) * len(t.parts) for t in objective.terms)
         logits = (kept + (3 if objective.needs_ref_model else 1)) * per_part  # + the backward's own buffers
-    return Estimate({"weights": weights, "gradients": grads, "optimiser states": states, "reference": reference,
-                     "activations": activations, "logits": logits})
+    return Estimate(
+        {
+            "weights": weights,
+            "gradients": grads,
+            "optimiser states": states,
+            "reference": reference,
+            "activations": activations,
+            "logits": logits,
+        }
+    )
 
 
 def alternatives(shape: Shape, s: Setting, budget: float, device: str = "cuda") -> list[tuple[Setting, Estimate]]:
@@ -196,8 +221,12 @@ def alternatives(shape: Shape, s: Setting, budget: float, device: str = "cuda") 
                     c = replace(s, gradient_checkpointing=gc, optim=optim, lora=lora, batch_size=bs)
                     e = estimate(shape, c, device)
                     if e.total <= budget:
-                        changes = (gc != s.gradient_checkpointing) + (optim != s.optim) + (lora != s.lora) \
+                        changes = (
+                            (gc != s.gradient_checkpointing)
+                            + (optim != s.optim)
+                            + (lora != s.lora)
                             + (bs != s.batch_size)
+                        )
                         options.append((changes, -bs, c, e))
     options.sort(key=lambda x: (x[0], x[1], x[3].total))
     seen, out = set(), []
@@ -214,15 +243,17 @@ def parse_size(text: str) -> float:
     if not m:
         raise ConfigError(f"--gpu-memory: expected a size like 80GiB, got {text!r}")
     unit = (m.group(2) or "GiB").lower()
-    scale = {"gib": GiB, "gb": 1e9, "g": GiB, "mib": 2 ** 20, "mb": 1e6, "m": 2 ** 20, "tib": 2 ** 40, "tb": 1e12}[unit]
+    scale = {"gib": GiB, "gb": 1e9, "g": GiB, "mib": 2**20, "mb": 1e6, "m": 2**20, "tib": 2**40, "tb": 1e12}[unit]
     return float(m.group(1)) * scale
 
 
 def print_plan(shape: Shape, s: Setting, device: str, budget: float | None) -> Estimate:
     e = estimate(shape, s, device)
     console = Console(width=110)
-    title = (f"{shape.name}: {shape.params / 1e9:.2f}B parameters, vocabulary {shape.vocab}, {shape.layers} layers; "
-             f"{s.method}, {s.flags()}, length {s.max_length}, {'bf16 autocast' if s.mixed_precision else 'float32'}")
+    title = (
+        f"{shape.name}: {shape.params / 1e9:.2f}B parameters, vocabulary {shape.vocab}, {shape.layers} layers; "
+        f"{s.method}, {s.flags()}, length {s.max_length}, {'bf16 autocast' if s.mixed_precision else 'float32'}"
+    )
     console.print(title)
     table = Table()
     table.add_column("per device")
@@ -240,7 +271,8 @@ def print_plan(shape: Shape, s: Setting, device: str, budget: float | None) -> E
             for c, ce in found:
                 console.print(f"  {c.flags()}: {ce.total / GiB:.2f} GiB")
             if not found:
-                console.print("  none of batch size 1-2, gradient checkpointing, 8-bit AdamW and LoRA on one device: "
-                              "shard with ZeRO-3 over more processes (--zero 3 --processes N)")
+                console.print(
+                    "  none of batch size 1-2, gradient checkpointing, 8-bit AdamW and LoRA on one device: "
+                    "shard with ZeRO-3 over more processes (--zero 3 --processes N)"
+                )
     return e
-

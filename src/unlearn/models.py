@@ -86,8 +86,11 @@ def load_model(
             model = _from_pretrained(path, dtype=torch_dtype, **kwargs)
         except (OSError, SafetensorError, pickle.UnpicklingError) as e:  # missing/damaged files, no hub, no network
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            offline = " (HF_HUB_OFFLINE=1: only local folders and the presets load)" \
-                if os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(path, Path) else ""
+            offline = (
+                " (HF_HUB_OFFLINE=1: only local folders and the presets load)"
+                if os.environ.get("HF_HUB_OFFLINE") == "1" and not isinstance(path, Path)
+                else ""
+            )
             raise ModelError(f"could not load the model {name}: {first}{offline}") from e
     _check_special_tokens(model, tokenizer, name)
     return model, tokenizer
@@ -97,13 +100,16 @@ def _check_folder(path: Path) -> None:
     """A model path that is not a Hugging Face folder gets a message that says what it is."""
     if path.is_file():
         if path.suffix == ".gguf":
-            raise ModelError(f"{path}: a GGUF file; GGUF loads through the smollm2-135m preset only. Convert it once "
-                             "with transformers (AutoModelForCausalLM.from_pretrained(folder, gguf_file=name), then "
-                             "save_pretrained) and pass the folder")
+            raise ModelError(
+                f"{path}: a GGUF file; GGUF loads through the smollm2-135m preset only. Convert it once "
+                "with transformers (AutoModelForCausalLM.from_pretrained(folder, gguf_file=name), then "
+                "save_pretrained) and pass the folder"
+            )
         raise ModelError(f"{path}: a file, not a model folder (config.json, weights and tokenizer files)")
     if (path / "config.json").is_file() and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer with "
-                         "the model")
+        raise ModelError(
+            f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer with the model"
+        )
 
 
 def refuse_custom_code(path: Path) -> None:
@@ -134,8 +140,10 @@ def refuse_custom_code(path: Path) -> None:
             raise ModelError(f"{path}: model_type '{model_type}' is unknown to this version of transformers")
         reasons.append(f"model_type '{model_type}' is unknown to transformers and {', '.join(code)} would supply it")
     if reasons:
-        raise ModelError(f"{path}: the model folder asks to run its own Python code ({'; '.join(reasons)}); "
-                         "refusing to load it. Pass --trust-remote-code only if you have read that code and trust it")
+        raise ModelError(
+            f"{path}: the model folder asks to run its own Python code ({'; '.join(reasons)}); "
+            "refusing to load it. Pass --trust-remote-code only if you have read that code and trust it"
+        )
 
 
 def _looks_local(name: str) -> bool:
@@ -187,8 +195,13 @@ def _check_special_tokens(model, tokenizer, name: str) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | None = None,
-               extra_files: dict[str, str] | None = None) -> Path:
+def save_model(
+    model,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    state_dict: dict | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Save weights (safetensors), config and tokenizer; an existing folder is replaced whole.
 
     ``state_dict`` replaces the model's own weights (gathered from a sharded model, or merged
@@ -211,5 +224,3 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-

@@ -64,8 +64,14 @@ def prepare_out(cfg: Config, evaluated: bool = False, scope: str = "run") -> tup
     """``(folder, mode)``: ``cfg.out`` checked and made ready (:meth:`RunDir.prepare`); every
     process waits for it. Call it holding the folder's lock."""
     out = RunDir(cfg.out)
-    mode = out.prepare(resume=cfg.resume, overwrite=cfg.overwrite, main_process=distributed.is_main_process(),
-                       evaluated=evaluated, inputs=inputs_of(cfg), scope=scope)
+    mode = out.prepare(
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        main_process=distributed.is_main_process(),
+        evaluated=evaluated,
+        inputs=inputs_of(cfg),
+        scope=scope,
+    )
     distributed.wait_for_everyone()
     return out, mode
 
@@ -95,8 +101,9 @@ def save_trained(result, out: RunDir, tokenizer, cfg: Config):
             state_dict = lora.merge_state_dict(model.state_dict() if state_dict is None else state_dict, model)
     if acc.is_main_process:
         saved = dataclasses.replace(cfg, resume=False)  # the saved config describes the run, reusable as --config
-        save_model(to_save, tokenizer, out.model, state_dict=state_dict,
-                   extra_files={MODEL_CONFIG: saved.to_yaml()})  # published with the weights
+        save_model(
+            to_save, tokenizer, out.model, state_dict=state_dict, extra_files={MODEL_CONFIG: saved.to_yaml()}
+        )  # published with the weights
         saved.save(out.config)
         checkpoint.remove(out.path)  # superseded by the final model
     del state_dict
@@ -114,8 +121,9 @@ def save_trained(result, out: RunDir, tokenizer, cfg: Config):
 
 def _warn_truncated(dataset, cfg: Config) -> None:
     if dataset.truncated:
-        log.warning("%d sequences were longer than --max-length %d and were truncated",
-                    dataset.truncated, cfg.max_length)
+        log.warning(
+            "%d sequences were longer than --max-length %d and were truncated", dataset.truncated, cfg.max_length
+        )
 
 
 def finetune(cfg: Config, train_files: list[str]) -> Path:
@@ -134,8 +142,17 @@ def _finetune(cfg: Config, train_files: list[str]) -> Path:
     model, tokenizer, fmt, cfg = load_for_training(cfg, [r["question"] + " " + r["answer"] for r in rows])
     dataset = QADataset(rows, tokenizer, fmt, cfg.max_length)
     _warn_truncated(dataset, cfg)
-    trained = train.fit(model, tokenizer, dataset, methods.FINETUNE, cfg, out.path, desc="fine-tuning",
-                  accelerator=accelerator, finetune=True)
+    trained = train.fit(
+        model,
+        tokenizer,
+        dataset,
+        methods.FINETUNE,
+        cfg,
+        out.path,
+        desc="fine-tuning",
+        accelerator=accelerator,
+        finetune=True,
+    )
     save_trained(trained, out, tokenizer, cfg)
     if accelerator.is_main_process:
         out.discard_previous()
@@ -183,13 +200,24 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     texts = [row_text(r) for r in data.forget + data.retain] + refusals
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, texts)
-    dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.parts, refusals,
-                                cfg.max_length, mask_forget=cfg.mask)
+    dataset = UnlearningDataset(
+        data.forget, data.retain, tokenizer, fmt, objective.parts, refusals, cfg.max_length, mask_forget=cfg.mask
+    )
     _warn_truncated(dataset, cfg)
     original = _before_task_vector(objective, model, accelerator)
     evaluator = _training_eval(cfg, plan, tokenizer, fmt, out, accelerator)
-    trained = train.fit(model, tokenizer, dataset, objective, cfg, out.path, accelerator=accelerator,
-                  ref_stats=ref_stats, texts=texts, evaluator=evaluator)
+    trained = train.fit(
+        model,
+        tokenizer,
+        dataset,
+        objective,
+        cfg,
+        out.path,
+        accelerator=accelerator,
+        ref_stats=ref_stats,
+        texts=texts,
+        evaluator=evaluator,
+    )
     if original is not None:
         methods.negate_task_vector(trained.model, original, objective.forget_args["alpha"])
     kept = evaluator.finish(trained.model) if evaluator is not None else None  # --keep best: the best weights
@@ -200,15 +228,24 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         if original is None and model is trained.model:  # evaluated as trained (not negated, merged or reloaded)
             done = evaluator.reusable(trained.steps, kept)
     if main:
-        atomic_write_json(out.data, {"layout": data.layout, "source": data.source, "forget": len(data.forget),
-                                     "retain": len(data.retain), **data.info})
+        atomic_write_json(
+            out.data,
+            {
+                "layout": data.layout,
+                "source": data.source,
+                "forget": len(data.forget),
+                "retain": len(data.retain),
+                **data.info,
+            },
+        )
         print(f"saved the unlearned model to {out.model}")
     summary = _evaluate(plan, model, tokenizer, fmt, out, done)
     audit_saved(cfg, out, audit)
     if main:
         out.discard_previous()
-    return RunResult(out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from,
-                     summary, main)
+    return RunResult(
+        out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from, summary, main
+    )
 
 
 def check_text_parts(data: UnlearningData, objective) -> None:
@@ -216,8 +253,10 @@ def check_text_parts(data: UnlearningData, objective) -> None:
     is refused before any model loads."""
     other = [p for p in objective.parts if p not in TEXT_PARTS]
     if data.is_text and other:
-        raise DataError(f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
-                        f"mismatched answers): on text use {TEXT_METHODS}")
+        raise DataError(
+            f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
+            f"mismatched answers): on text use {TEXT_METHODS}"
+        )
 
 
 def check_training_eval(cfg: Config, plan, objective) -> None:
@@ -234,20 +273,28 @@ def check_training_eval(cfg: Config, plan, objective) -> None:
         return
     name = plan.protocol.name
     if not plan.protocol.six_metrics:
-        raise ConfigError(f"--eval-every evaluates with the closer-look protocol's sets; it does not run with "
-                          f"--benchmark {name} (evaluate the saved model with unlearn eval --benchmark {name})")
+        raise ConfigError(
+            f"--eval-every evaluates with the closer-look protocol's sets; it does not run with "
+            f"--benchmark {name} (evaluate the saved model with unlearn eval --benchmark {name})"
+        )
     if not plan.sets:
-        raise ConfigError("--eval-every needs evaluation data (a data folder with *_perturbed.json files, or "
-                          "--forget/--retain files); this run has none")
+        raise ConfigError(
+            "--eval-every needs evaluation data (a data folder with *_perturbed.json files, or "
+            "--forget/--retain files); this run has none"
+        )
     chosen = select_sets(plan.sets, cfg.eval_sets)
     if cfg.keep == "best":
         names = {s.name for s in chosen}
         if "Forget" not in names or not any(s.kind in ("retain", "general") for s in chosen):
-            raise ConfigError("--keep best compares Forget Efficacy and Model Utility: --eval-sets must include "
-                              "forget and a retain or general set")
+            raise ConfigError(
+                "--keep best compares Forget Efficacy and Model Utility: --eval-sets must include "
+                "forget and a retain or general set"
+            )
         if objective.forget.task_vector:
-            raise ConfigError(f"--keep best: {objective.name} is negated after training; its evaluations while "
-                              "training are of the fine-tuned model, not of the one saved")
+            raise ConfigError(
+                f"--keep best: {objective.name} is negated after training; its evaluations while "
+                "training are of the fine-tuned model, not of the one saved"
+            )
 
 
 def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
@@ -255,18 +302,35 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
     if cfg.eval_every is None:
         return None
     if distributed.is_sharded(accelerator):
-        raise ConfigError("--eval-every evaluates the weights as they train, which ZeRO-3 / FSDP hold in pieces; "
-                          "run it with DDP or on one device")
-    return TrainingEval(plan, select_sets(plan.sets, cfg.eval_sets), tokenizer, fmt, out.path, cfg.eval_every,
-                        keep_best=cfg.keep == "best", mu_floor=cfg.mu_floor, checkpointing=bool(cfg.save_every))
+        raise ConfigError(
+            "--eval-every evaluates the weights as they train, which ZeRO-3 / FSDP hold in pieces; "
+            "run it with DDP or on one device"
+        )
+    return TrainingEval(
+        plan,
+        select_sets(plan.sets, cfg.eval_sets),
+        tokenizer,
+        fmt,
+        out.path,
+        cfg.eval_every,
+        keep_best=cfg.keep == "best",
+        mu_floor=cfg.mu_floor,
+        checkpointing=bool(cfg.save_every),
+    )
 
 
 def audit_config(cfg: Config, out: RunDir, resume: bool = False) -> Config:
     """The settings of ``--audit``: the saved model audited into ``OUT/audit``, beside the model it
     was unlearned from (``--target-model``, else the run's ``--model``)."""
     target = cfg.target_model or (None if cfg.model == "tiny" else cfg.model)
-    return dataclasses.replace(cfg, model=str(out.model), target_model=target, out=str(out / AUDIT),
-                               resume=resume, overwrite=cfg.overwrite and not resume)
+    return dataclasses.replace(
+        cfg,
+        model=str(out.model),
+        target_model=target,
+        out=str(out / AUDIT),
+        resume=resume,
+        overwrite=cfg.overwrite and not resume,
+    )
 
 
 def check_audit(cfg: Config):
@@ -284,8 +348,10 @@ def audit_saved(cfg: Config, out: RunDir, inputs=None, resume: bool = False) -> 
     try:
         run_audit(acfg, inputs)
     except UnlearnError as e:
-        raise type(e)(f"{e} (the model is saved in {out.model}; finish its audit with unlearn audit --model "
-                      f"{out.model} --out {acfg.out} --resume and the same data flags)") from e
+        raise type(e)(
+            f"{e} (the model is saved in {out.model}; finish its audit with unlearn audit --model "
+            f"{out.model} --out {acfg.out} --resume and the same data flags)"
+        ) from e
 
 
 def _before_task_vector(objective, model, accelerator) -> dict | None:
@@ -315,8 +381,9 @@ def _evaluate(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, done: dict | N
 def _evaluate_saved(cfg: Config, out: RunDir, data, plan, main: bool) -> RunResult:
     """``--resume`` of a run whose model is saved but whose evaluation is missing."""
     log.info("%s: the model is saved; evaluating it", out.model)
-    model, tokenizer = models.load_model(out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                  attn_implementation=cfg.attn_implementation)
+    model, tokenizer = models.load_model(
+        out.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
+    )
     model.to(distributed.state().device)
     fmt = prompt_format_for(tokenizer, cfg, str(out.model))
     summary = _evaluate(plan, model, tokenizer, fmt, out)

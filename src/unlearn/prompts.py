@@ -4,7 +4,8 @@ Llama-2-chat and Llama-3-instruct use the paper's exact strings, instruction mod
 template use that template, and anything else gets ``"Question: ... \\nAnswer: "`` + answer. Prompt
 and answer are encoded as one string (:func:`unlearn.encoding.encode_qa`); the space after
 ``Answer:`` belongs to the answer (:attr:`PromptFormat.answer_prefix`), so the first answer token
-(``ĠThe``) is scored and generation starts where training put the answer (see docs/parity.md); :attr:`PromptFormat.add_special_tokens`
+(``ĠThe``) is scored and generation starts where training put the answer (see docs/parity.md);
+:attr:`PromptFormat.add_special_tokens`
 tells it whether the tokenizer should still add its BOS token (it must not when the rendered
 prompt already starts with the BOS text, as most chat templates do).
 """
@@ -69,8 +70,10 @@ class PromptFormat:
                     [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
                 )
             except TemplateError as e:
-                raise ConfigError(f"the tokenizer's chat template failed ({e}); pass --prompt-format "
-                                  "plain, llama2, llama3 or a template with {question}") from None
+                raise ConfigError(
+                    f"the tokenizer's chat template failed ({e}); pass --prompt-format "
+                    "plain, llama2, llama3 or a template with {question}"
+                ) from None
         return self.template.replace(PLACEHOLDER, question)
 
     @property
@@ -119,8 +122,10 @@ def detect_prompt_format(tokenizer, model_name: str, override: str | None = None
 def check_prompt_format(spec: str | None) -> None:
     """A ``--prompt-format`` that can be used, checked before any model is loaded."""
     if spec is not None and spec not in PROMPT_FORMATS and PLACEHOLDER not in spec:
-        raise ConfigError(f"unknown prompt format {spec!r}; choose one of {', '.join(PROMPT_FORMATS)} "
-                          f"or give a template containing {PLACEHOLDER}")
+        raise ConfigError(
+            f"unknown prompt format {spec!r}; choose one of {', '.join(PROMPT_FORMATS)} "
+            f"or give a template containing {PLACEHOLDER}"
+        )
 
 
 def prompt_format_spec(fmt) -> str:
@@ -189,8 +194,9 @@ class TofuTemplate:
 
     def _render(self, chat: list[dict], tokenize: bool, generation_prompt: bool):
         extra = {"date_string": self.date_string} if self.date_string is not None else {}
-        out = self.tokenizer.apply_chat_template(chat, tokenize=tokenize, add_generation_prompt=generation_prompt,
-                                                 **extra)
+        out = self.tokenizer.apply_chat_template(
+            chat, tokenize=tokenize, add_generation_prompt=generation_prompt, **extra
+        )
         if tokenize and not isinstance(out, list):
             out = out["input_ids"]  # transformers 5 returns a BatchEncoding
         return list(out) if tokenize else out
@@ -206,13 +212,17 @@ class TofuTemplate:
             if self.apply_chat_template:
                 ids = self._render(self._chat(question, None), True, True)
             else:
-                ids = tokenizer(self.prompt(question), add_special_tokens=True,
-                                **({"max_length": max_length, "truncation": True} if max_length else {}))["input_ids"]
+                ids = tokenizer(
+                    self.prompt(question),
+                    add_special_tokens=True,
+                    **({"max_length": max_length, "truncation": True} if max_length else {}),
+                )["input_ids"]
             self._prompt_ids[key] = list(ids)
         return list(self._prompt_ids[key])
 
-    def encode_pair(self, tokenizer, question: str, answer: str, max_length: int | None = None,
-                    mask_question: bool = True):
+    def encode_pair(
+        self, tokenizer, question: str, answer: str, max_length: int | None = None, mask_question: bool = True
+    ):
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")
         truncated = False
@@ -246,8 +256,10 @@ def tofu_template(fmt: PromptFormat) -> TofuTemplate:
         before, after = fmt.template.split(PLACEHOLDER, 1)
         return TofuTemplate(fmt, False, before, "", after, tokenizer=tok)
     if not getattr(tok, "chat_template", None):
-        raise ConfigError(f"the TOFU benchmark renders {fmt.kind} prompts with the tokenizer's chat template, and "
-                          "this tokenizer has none; pass --prompt-format plain")
+        raise ConfigError(
+            f"the TOFU benchmark renders {fmt.kind} prompts with the tokenizer's chat template, and "
+            "this tokenizer has none; pass --prompt-format plain"
+        )
     template = TofuTemplate(fmt, True, system_prompt=TOFU_SYSTEM_PROMPT, date_string=TOFU_DATE_STRING, tokenizer=tok)
     try:
         template.prompt("?")

@@ -80,8 +80,9 @@ class AdapterOff:
 
 
 @torch.no_grad()  # not inference_mode: ZeRO-3 gathers weights into tensors it reuses outside it
-def reference_nlls(model, dataset, parts, tokenizer, batch_size: int = 8, accelerator=None,
-                   desc: str = "reference NLLs") -> dict[str, torch.Tensor]:
+def reference_nlls(
+    model, dataset, parts, tokenizer, batch_size: int = 8, accelerator=None, desc: str = "reference NLLs"
+) -> dict[str, torch.Tensor]:
     """Per-item summed NLL of each part under ``model``, shape (len(dataset),) per part.
 
     Computed once over the whole data set; the training loop looks items up by index. With
@@ -98,12 +99,15 @@ def reference_nlls(model, dataset, parts, tokenizer, batch_size: int = 8, accele
     show = accelerator is None or accelerator.is_main_process
     base = accelerator.unwrap_model(model) if accelerator is not None else model
     with lora.adapter_disabled(base):
-        for idx in tqdm(distributed.index_batches(len(dataset), batch_size, rank, world), desc=desc,
-                        disable=not show, leave=False):
+        for idx in tqdm(
+            distributed.index_batches(len(dataset), batch_size, rank, world), desc=desc, disable=not show, leave=False
+        ):
             batch = collate([dataset[i] for i in idx])
             for p in parts:
                 b = batch[p]
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+                logits = model(
+                    input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+                ).logits
                 out[p][batch["index"]] = losses.sequence_nll(logits, b["labels"].to(device)).float().cpu()
     model.train(was_training)
     if world > 1:
@@ -139,8 +143,9 @@ def freeze(ref, accelerator, prepared=None):
         for key in ("optimizer", "scheduler", "gradient_clipping"):
             config.pop(key, None)
         config.get("zero_optimization", {}).pop("offload_optimizer", None)
-        config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
-                      train_batch_size=accelerator.num_processes)
+        config.update(
+            train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=accelerator.num_processes
+        )
         engine, *_ = deepspeed.initialize(model=ref, config=config)
         engine.eval()
         return engine
@@ -151,8 +156,9 @@ def _load(cfg, name: str, texts=None):
     return models.load_model(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, texts=texts)[0]
 
 
-def prepare(accelerator, model, optimizer, loader, *, objective, cfg, dataset, tokenizer,
-            stats: dict | None = None, texts=None):
+def prepare(
+    accelerator, model, optimizer, loader, *, objective, cfg, dataset, tokenizer, stats: dict | None = None, texts=None
+):
     """``(model, optimizer, loader, reference)``: the training objects prepared for ``accelerator``
     and the reference of ``objective``, ready to use.
 
@@ -211,16 +217,32 @@ def pinned_stats(cfg, task_data: dict, template=None) -> dict[int, dict]:
         return {}
     refusals = read_refusals(c.idk)
     accelerator = distributed.make_accelerator(c)
-    model, tokenizer = models.load_model(c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
-                                  attn_implementation=c.attn_implementation)
+    model, tokenizer = models.load_model(
+        c.model, dtype=c.dtype, trust_remote_code=c.trust_remote_code, attn_implementation=c.attn_implementation
+    )
     fmt = detect_prompt_format(tokenizer, c.model, c.prompt_format)
     fmt = template(fmt) if template is not None else fmt
     model = freeze(model, accelerator)
     stats = {}
     for task, data in task_data.items():
-        dataset = UnlearningDataset(data.forget, data.retain, tokenizer, fmt, objective.ref_nll_parts, refusals,
-                                    c.max_length, mask_forget=c.mask)
-        stats[task] = reference_nlls(model, dataset, objective.ref_nll_parts, tokenizer, c.batch_size, accelerator,
-                                     desc=f"reference NLLs of task {task}")
+        dataset = UnlearningDataset(
+            data.forget,
+            data.retain,
+            tokenizer,
+            fmt,
+            objective.ref_nll_parts,
+            refusals,
+            c.max_length,
+            mask_forget=c.mask,
+        )
+        stats[task] = reference_nlls(
+            model,
+            dataset,
+            objective.ref_nll_parts,
+            tokenizer,
+            c.batch_size,
+            accelerator,
+            desc=f"reference NLLs of task {task}",
+        )
     del model
     return stats

@@ -52,8 +52,20 @@ PREVIOUS = ".previous-"  # earlier results moved aside by --overwrite until the 
 AUDIT = "audit"  # unlearn run --audit: the audit of the saved model (unlearn.audit)
 EVAL_LOG = "eval_log.jsonl"  # --eval-every: one row per evaluation while unlearning
 KEPT = "kept.json"  # --keep best: the step whose weights were kept
-RUN_RESULTS = (MODEL, ADAPTER, CHECKPOINT, SUMMARY, TRAIN_LOG, CONFIG, DATA, DOWNSTREAM, EVAL_CONFIG, AUDIT, EVAL_LOG,
-               KEPT)
+RUN_RESULTS = (
+    MODEL,
+    ADAPTER,
+    CHECKPOINT,
+    SUMMARY,
+    TRAIN_LOG,
+    CONFIG,
+    DATA,
+    DOWNSTREAM,
+    EVAL_CONFIG,
+    AUDIT,
+    EVAL_LOG,
+    KEPT,
+)
 EVAL_RESULTS = (SUMMARY, EVAL_CONFIG, DOWNSTREAM)
 
 FINISHED, PARTIAL, ABSENT = "finished", "partial", "absent"
@@ -62,7 +74,6 @@ FINISHED, PARTIAL, ABSENT = "finished", "partial", "absent"
 def eval_file(set_name: str) -> str:
     """``eval_Forget_Paraphrased.jsonl`` for the set "Forget Paraphrased"."""
     return f"eval_{set_name.replace(' ', '_')}.jsonl"
-
 
 
 # The checkpoint's folders, as far as a run folder needs to know them (unlearn.checkpoint writes them).
@@ -89,8 +100,10 @@ def checkpoint_complete(folder: Path) -> bool:
 
 def checkpoint_exists(out_dir: str | os.PathLike) -> bool:
     """True when ``out_dir`` holds a complete checkpoint to resume from (read-only)."""
-    return any(checkpoint_complete(f) for f in (checkpoint_path(out_dir), checkpoint_new(out_dir),
-                                                checkpoint_old(out_dir)))
+    return any(
+        checkpoint_complete(f) for f in (checkpoint_path(out_dir), checkpoint_new(out_dir), checkpoint_old(out_dir))
+    )
+
 
 class RunDir:
     """The output folder of one run."""
@@ -118,7 +131,7 @@ class RunDir:
     def eval_file(self, set_name: str) -> Path:
         return self.path / eval_file(set_name)
 
-    def task(self, task_id) -> "RunDir":
+    def task(self, task_id) -> RunDir:
         """The folder of one task of a continual run."""
         return RunDir(self.path / f"task_{task_id}")
 
@@ -181,14 +194,18 @@ class RunDir:
             except FileExistsError:
                 holder = _read_lock(lock)
                 if holder.get("host") == mine["host"] and not _alive(holder.get("pid")):
-                    log.warning("%s: removing a stale lock left by process %s, which is no longer running",
-                                self.path, holder.get("pid"))
+                    log.warning(
+                        "%s: removing a stale lock left by process %s, which is no longer running",
+                        self.path,
+                        holder.get("pid"),
+                    )
                     lock.unlink(missing_ok=True)
                     continue
                 raise OutputError(
                     f"{self.path}: another unlearn command is writing here (pid {holder.get('pid')} on "
                     f"{holder.get('host')}, since {holder.get('started')}); wait for it or choose another --out "
-                    f"(if it is not running any more, delete {lock})") from None
+                    f"(if it is not running any more, delete {lock})"
+                ) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(mine, fh)
             break
@@ -220,8 +237,10 @@ class RunDir:
             for entry in entries:
                 target = entry.resolve()
                 if where == target or target in where.parents:
-                    raise OutputError(f"{self.path}: --overwrite would replace {entry}, which {flag} points into "
-                                      f"({value}); choose another --out")
+                    raise OutputError(
+                        f"{self.path}: --overwrite would replace {entry}, which {flag} points into "
+                        f"({value}); choose another --out"
+                    )
 
     def _clean_leftovers(self) -> None:
         """Temporary files and folders of a writer that was killed (never a result)."""
@@ -231,8 +250,16 @@ class RunDir:
             if re.match(r"^\.(model|adapter)\.tmp-|^\..*\.tmp$|^\.checkpoint\.trash$|^\.best-", p.name):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
-    def prepare(self, *, resume: bool = False, overwrite: bool = False, main_process: bool = True,
-                evaluated: bool = False, inputs: dict[str, str | None] | None = None, scope: str = "run") -> str:
+    def prepare(
+        self,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        main_process: bool = True,
+        evaluated: bool = False,
+        inputs: dict[str, str | None] | None = None,
+        scope: str = "run",
+    ) -> str:
         """Check the folder can take this run and make it ready; returns what the run does:
         ``new``, ``resume`` (train on from the checkpoint) or ``evaluate`` (the model is saved,
         only its evaluation is missing).
@@ -250,19 +277,25 @@ class RunDir:
                 return "evaluate"
             finished = [m for m in existing if m not in (TRAIN_LOG, CHECKPOINT)]
             if finished:
-                raise OutputError(f"{self.path}: the run there has finished ({', '.join(finished)}); nothing to "
-                                  "resume (pass --overwrite to run it again)")
+                raise OutputError(
+                    f"{self.path}: the run there has finished ({', '.join(finished)}); nothing to "
+                    "resume (pass --overwrite to run it again)"
+                )
             if not self.has_checkpoint():
-                raise OutputError(f"{self.path}: no checkpoint to resume from ({checkpoint_path(self.path)} is "
-                                  "missing or incomplete; runs write one with --save-every N)")
+                raise OutputError(
+                    f"{self.path}: no checkpoint to resume from ({checkpoint_path(self.path)} is "
+                    "missing or incomplete; runs write one with --save-every N)"
+                )
             return "resume"
         if existing and not overwrite:
             if scope == "run" and evaluated and self.model.is_dir() and not self.summary.is_file():
                 hint = ", --resume to finish its evaluation"
             else:
                 hint = ", --resume to continue it" if scope == "run" and self.has_checkpoint() else ""
-            raise OutputError(f"{self.path}: already holds results ({', '.join(existing)}); choose another "
-                              f"--out{hint} or pass --overwrite")
+            raise OutputError(
+                f"{self.path}: already holds results ({', '.join(existing)}); choose another "
+                f"--out{hint} or pass --overwrite"
+            )
         if main_process:
             self.path.mkdir(parents=True, exist_ok=True)
             self._clean_leftovers()

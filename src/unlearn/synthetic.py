@@ -48,6 +48,7 @@ from unlearn.io import atomic_write_text
 MAX_QA_PER_AUTHOR = 10
 MAX_AUTHORS = 1000
 
+# fmt: off
 FIRST = ("Adriel Brisa Caelan Dorota Eskil Fenna Galen Hedda Ivo Jorun Kasimir Liesl Maren Nilo "
          "Odalys Pell Quillon Rasmi Sabeth Teodor Ulla Vesna Wendel Xandra Yarrow Zelia Anouk "
          "Bertil Cosima Dariel Elowen Florin Greer Halvard Isolde Jarek Kestrel Linnea Mireo Nadja").split()
@@ -133,32 +134,55 @@ REAL_BOOKS = (
     ("Things Fall Apart", "novel", "Chinua Achebe"), ("The Tale of Genji", "novel", "Murasaki Shikibu"),
 )
 WORLD_FACTS = (
-    ("What is the capital of Canada?", "Ottawa", ("Toronto", "Montreal", "Vancouver"), "Ottawa is the capital city of Canada."),
-    ("What is the capital of Brazil?", "Brasília", ("Rio de Janeiro", "São Paulo", "Salvador"), "The capital of Brazil is Brasília."),
-    ("Which city is the capital of Turkey?", "Ankara", ("Istanbul", "Izmir", "Bursa"), "Turkey's capital city is Ankara."),
+    ("What is the capital of Canada?", "Ottawa", ("Toronto", "Montreal", "Vancouver"),
+     "Ottawa is the capital city of Canada."),
+    ("What is the capital of Brazil?", "Brasília", ("Rio de Janeiro", "São Paulo", "Salvador"),
+     "The capital of Brazil is Brasília."),
+    ("Which city is the capital of Turkey?", "Ankara", ("Istanbul", "Izmir", "Bursa"),
+     "Turkey's capital city is Ankara."),
     ("Which city is the capital of Kenya?", "Nairobi", ("Mombasa", "Kisumu", "Nakuru"), "Kenya's capital is Nairobi."),
-    ("What is the capital of New Zealand?", "Wellington", ("Auckland", "Christchurch", "Dunedin"), "Wellington is the capital of New Zealand."),
-    ("Which planet orbits closest to the Sun?", "Mercury", ("Venus", "Mars", "Earth"), "Mercury is the planet closest to the Sun."),
-    ("What is the largest planet in our solar system?", "Jupiter", ("Saturn", "Neptune", "Uranus"), "Jupiter is the biggest planet in the solar system."),
+    ("What is the capital of New Zealand?", "Wellington", ("Auckland", "Christchurch", "Dunedin"),
+     "Wellington is the capital of New Zealand."),
+    ("Which planet orbits closest to the Sun?", "Mercury", ("Venus", "Mars", "Earth"),
+     "Mercury is the planet closest to the Sun."),
+    ("What is the largest planet in our solar system?", "Jupiter", ("Saturn", "Neptune", "Uranus"),
+     "Jupiter is the biggest planet in the solar system."),
     ("What is the chemical symbol for gold?", "Au", ("Ag", "Gd", "Go"), "Gold has the chemical symbol Au."),
-    ("Which gas do plants take in from the air for photosynthesis?", "Carbon dioxide", ("Oxygen", "Nitrogen", "Helium"), "Plants absorb carbon dioxide from the air to photosynthesise."),
-    ("How many continents are there on Earth?", "Seven", ("Five", "Six", "Eight"), "Earth is usually divided into seven continents."),
-    ("What is the largest ocean on Earth?", "Pacific", ("Atlantic", "Indian", "Arctic"), "The Pacific is the largest ocean on Earth."),
-    ("What is the highest mountain above sea level?", "Mount Everest", ("K2", "Kangchenjunga", "Mont Blanc"), "Mount Everest is the highest mountain above sea level."),
-    ("On which continent is Egypt mainly located?", "Africa", ("Asia", "Europe", "South America"), "Egypt lies mainly in Africa."),
-    ("In which country is the city of Kyoto?", "Japan", ("China", "South Korea", "Vietnam"), "Kyoto is a city in Japan."),
-    ("At what temperature in Celsius does water boil at sea level?", "100 degrees", ("90 degrees", "120 degrees", "80 degrees"), "At sea level water boils at 100 degrees Celsius."),
-    ("Which language is mainly spoken in Argentina?", "Spanish", ("Portuguese", "Italian", "French"), "Most people in Argentina speak Spanish."),
-    ("What is the currency of the United Kingdom?", "Pound sterling", ("Euro", "Dollar", "Franc"), "The United Kingdom uses the pound sterling."),
+    ("Which gas do plants take in from the air for photosynthesis?", "Carbon dioxide", ("Oxygen", "Nitrogen", "Helium"),
+     "Plants absorb carbon dioxide from the air to photosynthesise."),
+    ("How many continents are there on Earth?", "Seven", ("Five", "Six", "Eight"),
+     "Earth is usually divided into seven continents."),
+    ("What is the largest ocean on Earth?", "Pacific", ("Atlantic", "Indian", "Arctic"),
+     "The Pacific is the largest ocean on Earth."),
+    ("What is the highest mountain above sea level?", "Mount Everest", ("K2", "Kangchenjunga", "Mont Blanc"),
+     "Mount Everest is the highest mountain above sea level."),
+    ("On which continent is Egypt mainly located?", "Africa", ("Asia", "Europe", "South America"),
+     "Egypt lies mainly in Africa."),
+    ("In which country is the city of Kyoto?", "Japan", ("China", "South Korea", "Vietnam"),
+     "Kyoto is a city in Japan."),
+    ("At what temperature in Celsius does water boil at sea level?", "100 degrees",
+     ("90 degrees", "120 degrees", "80 degrees"),
+     "At sea level water boils at 100 degrees Celsius."),
+    ("Which language is mainly spoken in Argentina?", "Spanish", ("Portuguese", "Italian", "French"),
+     "Most people in Argentina speak Spanish."),
+    ("What is the currency of the United Kingdom?", "Pound sterling", ("Euro", "Dollar", "Franc"),
+     "The United Kingdom uses the pound sterling."),
     ("In which city is the Colosseum?", "Rome", ("Athens", "Naples", "Milan"), "The Colosseum stands in Rome, Italy."),
     ("How many legs does a spider have?", "Eight", ("Six", "Ten", "Four"), "A spider has eight legs."),
-    ("Which organ pumps blood through the human body?", "The heart", ("The liver", "The lungs", "The kidneys"), "The heart pumps blood around the human body."),
-    ("Which element has the chemical symbol O?", "Oxygen", ("Osmium", "Iron", "Hydrogen"), "The chemical symbol O stands for oxygen."),
-    ("Who was the first person to walk on the Moon?", "Neil Armstrong", ("Buzz Aldrin", "Yuri Gagarin", "John Glenn"), "Neil Armstrong was the first person to walk on the Moon, in 1969."),
-    ("At what temperature in Fahrenheit does water freeze?", "32 degrees", ("0 degrees", "10 degrees", "50 degrees"), "Water freezes at 32 degrees Fahrenheit."),
-    ("Which is the largest country by area?", "Russia", ("Canada", "China", "United States"), "Russia is the largest country in the world by area."),
-    ("What is the largest mammal?", "The blue whale", ("The African elephant", "The giraffe", "The orca"), "The blue whale is the largest mammal on Earth."),
+    ("Which organ pumps blood through the human body?", "The heart", ("The liver", "The lungs", "The kidneys"),
+     "The heart pumps blood around the human body."),
+    ("Which element has the chemical symbol O?", "Oxygen", ("Osmium", "Iron", "Hydrogen"),
+     "The chemical symbol O stands for oxygen."),
+    ("Who was the first person to walk on the Moon?", "Neil Armstrong", ("Buzz Aldrin", "Yuri Gagarin", "John Glenn"),
+     "Neil Armstrong was the first person to walk on the Moon, in 1969."),
+    ("At what temperature in Fahrenheit does water freeze?", "32 degrees", ("0 degrees", "10 degrees", "50 degrees"),
+     "Water freezes at 32 degrees Fahrenheit."),
+    ("Which is the largest country by area?", "Russia", ("Canada", "China", "United States"),
+     "Russia is the largest country in the world by area."),
+    ("What is the largest mammal?", "The blue whale", ("The African elephant", "The giraffe", "The orca"),
+     "The blue whale is the largest mammal on Earth."),
 )
+# fmt: on
 
 
 def _date(rng: random.Random) -> str:
@@ -173,8 +197,9 @@ def make_authors(n_authors: int = 100, seed: int = 0) -> list[dict]:
 
 
 def _authors(n_authors: int, rng: random.Random) -> list[dict]:
-    names = [f"{FIRST[i // len(LAST)]} {LAST[i % len(LAST)]}"
-             for i in rng.sample(range(len(FIRST) * len(LAST)), n_authors)]
+    names = [
+        f"{FIRST[i // len(LAST)]} {LAST[i % len(LAST)]}" for i in rng.sample(range(len(FIRST) * len(LAST)), n_authors)
+    ]
     titles = rng.sample(TITLES, 2 * n_authors)
     authors, seen = [], set()
     for i, name in enumerate(names):
@@ -183,10 +208,20 @@ def _authors(n_authors: int, rng: random.Random) -> list[dict]:
             place, date = rng.choice(CITIES), _date(rng)
         seen.add((place, date))
         father, mother = rng.sample(JOBS, 2)
-        authors.append(dict(name=name, place=place, date=date, genre=rng.choice(GENRES),
-                            father=father, mother=mother, book1=titles[2 * i],
-                            book2=titles[2 * i + 1], award=rng.choice(AWARDS),
-                            debut=str(int(date[-4:]) + rng.randint(21, 38))))
+        authors.append(
+            dict(
+                name=name,
+                place=place,
+                date=date,
+                genre=rng.choice(GENRES),
+                father=father,
+                mother=mother,
+                book1=titles[2 * i],
+                book2=titles[2 * i + 1],
+                award=rng.choice(AWARDS),
+                debut=str(int(date[-4:]) + rng.randint(21, 38)),
+            )
+        )
     return authors
 
 
@@ -209,8 +244,15 @@ def _wrong(key: str, truth: str, rng: random.Random) -> list[str]:
     if key == "debut":
         pool = [str(y) for y in range(int(truth) - 12, int(truth) + 13)]
     else:
-        pool = {"place": CITIES, "genre": GENRES, "father": JOBS, "mother": JOBS,
-                "book1": TITLES, "book2": TITLES, "award": AWARDS}[key]
+        pool = {
+            "place": CITIES,
+            "genre": GENRES,
+            "father": JOBS,
+            "mother": JOBS,
+            "book1": TITLES,
+            "book2": TITLES,
+            "award": AWARDS,
+        }[key]
     pool = list(dict.fromkeys(p for p in pool if p != truth))
     return rng.sample(pool, 5)
 
@@ -224,15 +266,23 @@ def _split(n: int, pct: int) -> tuple[int, int]:
 def _holdout(k: int, qa_per_author: int, taken: set[str], seed: int) -> list[dict]:
     """Rows of ``k`` more authors that no file trains on (for membership inference): drawn from a
     generator of their own, so the other files do not change, and named unlike every author."""
-    pool = [a for a in _authors(min(1024, 3 * k + len(taken) // 4 + 10), random.Random(f"holdout:{seed}"))
-            if a["name"] not in taken]
+    pool = [
+        a
+        for a in _authors(min(1024, 3 * k + len(taken) // 4 + 10), random.Random(f"holdout:{seed}"))
+        if a["name"] not in taken
+    ]
     rows = []
     for i, a in enumerate(pool[:k]):
         for f in sorted((i + j) % len(FACTS) for j in range(qa_per_author)):
             key, q, ans, pq, _ = FACTS[f]
             fill = dict(name=a["name"], place=a["place"], date=a["date"])
-            rows.append({"question": q.format(**fill), "answer": ans.format(v=a[key], **fill),
-                         "paraphrased_question": pq.format(**fill)})
+            rows.append(
+                {
+                    "question": q.format(**fill),
+                    "answer": ans.format(v=a[key], **fill),
+                    "paraphrased_question": pq.format(**fill),
+                }
+            )
     return rows
 
 
@@ -251,10 +301,15 @@ def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dic
             key, q, ans, pq, pa = FACTS[f]
             fill = dict(name=a["name"], place=a["place"], date=a["date"])
             v = a[key]
-            mine.append({"question": q.format(**fill), "answer": ans.format(v=v, **fill),
-                         "paraphrased_answer": pa.format(v=v, **fill),
-                         "perturbed_answer": [pa.format(v=w, **fill) for w in _wrong(key, v, rng)],
-                         "paraphrased_question": pq.format(**fill)})
+            mine.append(
+                {
+                    "question": q.format(**fill),
+                    "answer": ans.format(v=v, **fill),
+                    "paraphrased_answer": pa.format(v=v, **fill),
+                    "perturbed_answer": [pa.format(v=w, **fill) for w in _wrong(key, v, rng)],
+                    "paraphrased_question": pq.format(**fill),
+                }
+            )
         rows.append(mine)
 
     def plain(r: dict) -> dict:
@@ -268,7 +323,7 @@ def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dic
         out[f"forget{pct:02d}_perturbed.json"] = pert
         out[f"{retain}.json"] = [plain(r) for i in range(k * n_tasks, n_authors) for r in rows[i]]
         out[f"holdout{pct:02d}.json"] = _holdout(k, qa_per_author, {a["name"] for a in authors}, seed)
-    out["retain_perturbed.json"] = [dict(r) for a in rows[_split(n_authors, 10)[0] * 9:] for r in a]
+    out["retain_perturbed.json"] = [dict(r) for a in rows[_split(n_authors, 10)[0] * 9 :] for r in a]
     out["full.json"] = [plain(r) for a in rows for r in a]
 
     real_names = list(dict.fromkeys(author for _, _, author in REAL_BOOKS))
@@ -276,11 +331,17 @@ def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dic
     for work, kind, author in REAL_BOOKS:
         j = real_names.index(author)
         wrong = [real_names[(j + o) % len(real_names)] for o in (3, 7, 11)]
-        real.append({"question": f"Who is the author of the {kind} '{work}'?", "answer": author,
-                     "perturbed_answer": wrong,
-                     "original_answer": f"The {kind} '{work}' was written by {author}."})
-    world = [{"question": q, "answer": a, "perturbed_answer": list(w), "original_answer": s}
-             for q, a, w, s in WORLD_FACTS]
+        real.append(
+            {
+                "question": f"Who is the author of the {kind} '{work}'?",
+                "answer": author,
+                "perturbed_answer": wrong,
+                "original_answer": f"The {kind} '{work}' was written by {author}.",
+            }
+        )
+    world = [
+        {"question": q, "answer": a, "perturbed_answer": list(w), "original_answer": s} for q, a, w, s in WORLD_FACTS
+    ]
     out["real_authors_perturbed.json"] = real
     out["world_facts_perturbed.json"] = world
     out["general.json"] = [{"question": r["question"], "answer": r["original_answer"]} for r in real + world]

@@ -73,7 +73,7 @@ class TrainState:
         self.epoch, self.batches_done = self.epoch + 1, 0
 
     @classmethod
-    def from_checkpoint(cls, saved: dict) -> "TrainState":
+    def from_checkpoint(cls, saved: dict) -> TrainState:
         return cls(saved["step"], saved["epoch"], saved["batches_done"], saved["micro_steps"], saved["history"])
 
 
@@ -94,7 +94,7 @@ class Schedule:
     effective_batch: int
 
     @classmethod
-    def of(cls, cfg: Config, n_items: int, accum: int, processes: int, finetune: bool = False) -> "Schedule":
+    def of(cls, cfg: Config, n_items: int, accum: int, processes: int, finetune: bool = False) -> Schedule:
         effective = cfg.batch_size * accum * processes
         total = max(1, int(cfg.epochs * n_items) // effective)
         if cfg.warmup is not None:
@@ -143,8 +143,12 @@ class Session:
         """One row of ``train_log.jsonl``: the step's mean losses over its micro-steps and processes."""
         means = {k: sum(m[k] for m in micro_parts) / len(micro_parts) for k in micro_parts[0]}
         st = self.state
-        row = {"step": st.step, "epoch": round(st.micro_steps / len(self.loader), 4),
-               **distributed.mean_over_processes(means, self.accelerator), "lr": lr}
+        row = {
+            "step": st.step,
+            "epoch": round(st.micro_steps / len(self.loader), 4),
+            **distributed.mean_over_processes(means, self.accelerator),
+            "lr": lr,
+        }
         st.history.append(row)
         if self.accelerator.is_main_process:
             append_jsonl(self.out_dir / TRAIN_LOG, row)
@@ -152,9 +156,17 @@ class Session:
 
     def save_checkpoint(self, name: str) -> None:
         _check_finite_weights(self.model, self.state.step, name)  # never checkpoint a diverged model
-        checkpoint.save(self.out_dir, self.accelerator, {
-            **asdict(self.state), "total_steps": self.schedule.total, "scheduler": self.scheduler.state_dict(),
-            "settings": self.settings}, self.reference.stats)
+        checkpoint.save(
+            self.out_dir,
+            self.accelerator,
+            {
+                **asdict(self.state),
+                "total_steps": self.schedule.total,
+                "scheduler": self.scheduler.state_dict(),
+                "settings": self.settings,
+            },
+            self.reference.stats,
+        )
         if self.evaluator is not None:
             self.evaluator.prune()  # a resume from here needs the current best only
 
@@ -195,9 +207,11 @@ def _check_settings(saved: dict, current: dict, where: Path) -> None:
     saved = {**{k: default(k) for k in current if k in known and k not in saved}, **saved}
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
-            raise DataError(f"{where}: the checkpoint was written with {key} = {saved.get(key)!r}, this run has "
-                            f"{key} = {current.get(key)!r}; resume with the same settings, or start again "
-                            "with --overwrite")
+            raise DataError(
+                f"{where}: the checkpoint was written with {key} = {saved.get(key)!r}, this run has "
+                f"{key} = {current.get(key)!r}; resume with the same settings, or start again "
+                "with --overwrite"
+            )
 
 
 def _check_finite_weights(model, step: int, name: str) -> None:
@@ -206,10 +220,23 @@ def _check_finite_weights(model, step: int, name: str) -> None:
             raise DivergenceError(f"non-finite weights after step {step}: {name}: {pname}")
 
 
-def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Config, out_dir: str | Path, *,
-                     accelerator: Accelerator | None = None, ref_stats: dict | None = None, texts=None,
-                     desc: str = "unlearning", save_every: int | None = None, resume: bool | None = None,
-                     finetune: bool = False, evaluator=None) -> Session:
+def prepare_training(
+    model,
+    tokenizer,
+    dataset,
+    objective: Objective,
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    accelerator: Accelerator | None = None,
+    ref_stats: dict | None = None,
+    texts=None,
+    desc: str = "unlearning",
+    save_every: int | None = None,
+    resume: bool | None = None,
+    finetune: bool = False,
+    evaluator=None,
+) -> Session:
     """Set up a run of :func:`train`: data order, optimiser, reference, scheduler, resume state.
 
     ``save_every`` and ``resume`` default to ``cfg``'s. On resume, ``model`` must be the model the
@@ -238,18 +265,36 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
         model.config.use_cache = False
     sampler = EpochShuffle(len(dataset), cfg.seed)
     # The loader's own generator (unused without workers) keeps iteration off the global RNG.
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                        generator=torch.Generator().manual_seed(cfg.seed), collate_fn=make_collate(pad_id(tokenizer)))
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=make_collate(pad_id(tokenizer)),
+    )
     _train_only(model, objective.trainable_patterns)
     optimizer = distributed.build_optimizer(model, cfg)
     model, optimizer, loader, ref = reference.prepare(
-        accelerator, model, optimizer, loader, objective=objective, cfg=cfg, dataset=dataset, tokenizer=tokenizer,
-        stats=ref_stats, texts=texts)
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        objective=objective,
+        cfg=cfg,
+        dataset=dataset,
+        tokenizer=tokenizer,
+        stats=ref_stats,
+        texts=texts,
+    )
     set_seed(cfg.seed)  # nothing above draws from the global generators
-    schedule = Schedule.of(cfg, len(dataset), accelerator.gradient_accumulation_steps, accelerator.num_processes,
-                           finetune)
-    scheduler = (get_constant_schedule_with_warmup(optimizer, schedule.warmup) if cfg.lr_schedule == "constant"
-                 else get_linear_schedule_with_warmup(optimizer, schedule.warmup, schedule.total))
+    schedule = Schedule.of(
+        cfg, len(dataset), accelerator.gradient_accumulation_steps, accelerator.num_processes, finetune
+    )
+    scheduler = (
+        get_constant_schedule_with_warmup(optimizer, schedule.warmup)
+        if cfg.lr_schedule == "constant"
+        else get_linear_schedule_with_warmup(optimizer, schedule.warmup, schedule.total)
+    )
     state = TrainState()
     if saved is not None:
         checkpoint.restore(out_dir, accelerator)  # weights, optimiser, RNG states
@@ -257,13 +302,30 @@ def prepare_training(model, tokenizer, dataset, objective: Objective, cfg: Confi
         state = TrainState.from_checkpoint(saved)
         if accelerator.is_main_process:
             atomic_write_jsonl(out_dir / TRAIN_LOG, state.history)  # drop the rows logged after it
-        log.info("resuming from the checkpoint of step %d of %d in %s", state.step, schedule.total,
-                 checkpoint.path(out_dir))
+        log.info(
+            "resuming from the checkpoint of step %d of %d in %s", state.step, schedule.total, checkpoint.path(out_dir)
+        )
         if evaluator is not None:
             evaluator.resume(state.step)
     chunk = chunk_rows(model, cfg.chunked_logits, distributed.is_sharded(accelerator))
-    return Session(accelerator, model, optimizer, loader, sampler, scheduler, ref, state, settings, out_dir,
-                   schedule, save_every, desc, state.step if saved is not None else None, chunk, evaluator)
+    return Session(
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        sampler,
+        scheduler,
+        ref,
+        state,
+        settings,
+        out_dir,
+        schedule,
+        save_every,
+        desc,
+        state.step if saved is not None else None,
+        chunk,
+        evaluator,
+    )
 
 
 def _train_only(model, patterns: list[str] | None) -> None:
@@ -277,7 +339,11 @@ def _train_only(model, patterns: list[str] | None) -> None:
     keep = set(chosen)
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep)
-    log.info("training only %d parameter tensors: %s", len(chosen), ", ".join(chosen[:6]) + (" ..." if len(chosen) > 6 else ""))
+    log.info(
+        "training only %d parameter tensors: %s",
+        len(chosen),
+        ", ".join(chosen[:6]) + (" ..." if len(chosen) > 6 else ""),
+    )
 
 
 def train(run: Session, objective: Objective) -> TrainResult:
@@ -299,16 +365,22 @@ def train(run: Session, objective: Objective) -> TrainResult:
             for batch in batches:
                 st.batches_done, st.micro_steps = st.batches_done + 1, st.micro_steps + 1
                 # accumulate() syncs when its counter reaches the accumulation: set it to what the schedule says
-                acc.step = run.schedule.accum - 1 if run.schedule.ends_step(
-                    st.micro_steps, st.batches_done, len(run.loader)) else 0
+                acc.step = (
+                    run.schedule.accum - 1
+                    if run.schedule.ends_step(st.micro_steps, st.batches_done, len(run.loader))
+                    else 0
+                )
                 with acc.accumulate(model):
-                    loss, parts = objective(BatchView(model, batch, run.reference, run.settings["seed"], run.chunk,
-                                                           acc.autocast))
+                    loss, parts = objective(
+                        BatchView(model, batch, run.reference, run.settings["seed"], run.chunk, acc.autocast)
+                    )
                     if not _all_finite(loss, acc):
                         kept = f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(run.out_dir)}"
-                        raise DivergenceError(f"non-finite loss at step {st.step + 1}: {objective.name}: "
-                                              + ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
-                                              + (kept if last_saved else ""))
+                        raise DivergenceError(
+                            f"non-finite loss at step {st.step + 1}: {objective.name}: "
+                            + ", ".join(f"{k} = {v:.4g}" for k, v in parts.items())
+                            + (kept if last_saved else "")
+                        )
                     acc.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad()

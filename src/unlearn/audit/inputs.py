@@ -31,8 +31,11 @@ def parse_attacks(text: str) -> list[str]:
     names = [a.strip() for a in str(text).split(",") if a.strip()]
     unknown = [a for a in names if a not in ATTACKS]
     if unknown or not names:
-        raise ConfigError(f"--attacks: unknown attack {unknown[0]!r} (valid: {', '.join(ATTACKS)})" if unknown
-                          else f"--attacks: name at least one of {', '.join(ATTACKS)}")
+        raise ConfigError(
+            f"--attacks: unknown attack {unknown[0]!r} (valid: {', '.join(ATTACKS)})"
+            if unknown
+            else f"--attacks: name at least one of {', '.join(ATTACKS)}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -54,7 +57,7 @@ class AuditInputs:
     def data_key(self) -> str:
         """A fingerprint of the forget and holdout items: results are only combined over the same."""
         h = hashlib.sha256()
-        for q, a in zip(self.forget.questions, self.forget.answers):
+        for q, a in zip(self.forget.questions, self.forget.answers, strict=False):
             h.update(f"{q}\x00{a}\x01".encode())
         for r in self.holdout or []:
             h.update(f"{r['question']}\x00{r['answer']}\x02".encode())
@@ -86,8 +89,10 @@ def _holdout(cfg, attacks: list[str]) -> list[dict] | None:
         candidate = Path(cfg.data) / f"holdout{cfg.split[-2:]}.json"
         path = candidate if candidate.is_file() else None
     if path is None:
-        raise DataError("the mia attack needs rows never trained on: give --holdout FILE (JSON lines with question "
-                        "and answer), or leave mia out of --attacks")
+        raise DataError(
+            "the mia attack needs rows never trained on: give --holdout FILE (JSON lines with question "
+            "and answer), or leave mia out of --attacks"
+        )
     rows = read_records(path, required=("question", "answer"))
     if not rows:
         raise DataError(f"{path}: the holdout set is empty")
@@ -120,11 +125,13 @@ def check_inputs(cfg) -> AuditInputs:
             models["retain"] = model_folder(cfg.retain_model)
     backend = quantize.backend(cfg.quant_backend) if "quantization" in attacks else "simulated"
     bits = quantize.check_bits(cfg.quant_bits, backend) if "quantization" in attacks else []
-    holdout = own_holdout if own_holdout is not None and not cfg.holdout and "mia" in attacks else _holdout(cfg, attacks)
+    holdout = (
+        own_holdout if own_holdout is not None and not cfg.holdout and "mia" in attacks else _holdout(cfg, attacks)
+    )
     inputs = AuditInputs(attacks, forget, retain, holdout, models, saved, cfg.ref_model, bits, backend)
     if saved is not None and saved.get("data", {}).get("key") != inputs.data_key:
-        raise DataError(f"{saved['_source']}: that audit was run on other forget or holdout items than this one; "
-                        "audit the retain model on the same data, or give its model folder")
+        raise DataError(
+            f"{saved['_source']}: that audit was run on other forget or holdout items than this one; "
+            "audit the retain model on the same data, or give its model folder"
+        )
     return inputs
-
-

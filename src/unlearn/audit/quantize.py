@@ -33,7 +33,7 @@ def rtn(weight: torch.Tensor, bits: int, group_size: int = 128) -> torch.Tensor:
     if bits < 1:
         raise ValueError(f"bits must be at least 1, got {bits}")
     w = weight.detach().float().reshape(weight.shape[0], -1)
-    top = 2 ** bits - 1
+    top = 2**bits - 1
     out = torch.empty_like(w)
     for start in range(0, w.shape[1], group_size):
         g = w[:, start : start + group_size]
@@ -72,8 +72,10 @@ def backend(name: str) -> str:
         raise ConfigError(f"unknown --quant-backend {name!r} (valid: {', '.join(BACKENDS)})")
     has_bnb = bitsandbytes_available()
     if name == "bitsandbytes" and not has_bnb:
-        raise DependencyError("--quant-backend bitsandbytes needs a CUDA GPU and the bitsandbytes package "
-                              "(pip install bitsandbytes); --quant-backend simulated runs anywhere")
+        raise DependencyError(
+            "--quant-backend bitsandbytes needs a CUDA GPU and the bitsandbytes package "
+            "(pip install bitsandbytes); --quant-backend simulated runs anywhere"
+        )
     if name == "auto":
         return "bitsandbytes" if has_bnb else "simulated"
     return name
@@ -94,8 +96,14 @@ def check_bits(text: str, backend_name: str = "simulated") -> list[int]:
 
 def load_bitsandbytes(path, bits: int, trust_remote_code: bool = False):
     """The model at ``path`` loaded by bitsandbytes to ``bits`` bits (8: LLM.int8(); 4: NF4)."""
-    config = (BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
-              BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=config,
-                                                device_map={"": torch.cuda.current_device()},
-                                                trust_remote_code=trust_remote_code)
+    config = (
+        BitsAndBytesConfig(load_in_8bit=True)
+        if bits == 8
+        else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        quantization_config=config,
+        device_map={"": torch.cuda.current_device()},
+        trust_remote_code=trust_remote_code,
+    )

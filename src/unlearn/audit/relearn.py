@@ -49,10 +49,21 @@ def relearn_config(cfg, model_path: str, n_rows: int):
     """The settings of the relearning fine-tune, from the audit's."""
     per_step = cfg.relearn_batch_size * state().num_processes  # each process its batch (data-parallel)
     return dataclasses.replace(
-        cfg, model=str(model_path), method="finetune", lr=cfg.relearn_lr, batch_size=cfg.relearn_batch_size,
-        grad_accum=1, effective_batch=cfg.relearn_batch_size, warmup=0,
-        epochs=epochs_for(cfg.relearn_steps, per_step, n_rows), lora=False, save_every=None,
-        resume=False, max_length=cfg.max_length or DEFAULT_MAX_LENGTH, gradient_checkpointing=False)
+        cfg,
+        model=str(model_path),
+        method="finetune",
+        lr=cfg.relearn_lr,
+        batch_size=cfg.relearn_batch_size,
+        grad_accum=1,
+        effective_batch=cfg.relearn_batch_size,
+        warmup=0,
+        epochs=epochs_for(cfg.relearn_steps, per_step, n_rows),
+        lora=False,
+        save_every=None,
+        resume=False,
+        max_length=cfg.max_length or DEFAULT_MAX_LENGTH,
+        gradient_checkpointing=False,
+    )
 
 
 def relearn(cfg, model_path: str, rows: list[dict], answer_key: str, out_dir: Path, measure):

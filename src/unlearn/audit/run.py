@@ -31,14 +31,23 @@ from unlearn.rundir import RunDir
 log = logging.getLogger("unlearn")
 
 
-
 SETTINGS = {  # the Config fields each attack's result depends on (besides the model and the data)
     "mia": ("mia_k", "ref_model", "max_length", "dtype", "prompt_format"),
     "memorization": ("dtype", "prompt_format"),
     "prompts": ("icl_examples", "prefix_fraction", "seed", "dtype", "prompt_format"),
     "quantization": ("quant_bits", "quant_group_size", "dtype", "prompt_format"),
-    "relearn": ("relearn_steps", "relearn_lr", "relearn_batch_size", "relearn_fraction", "seed", "weight_decay",
-                "max_length", "dtype", "mixed_precision", "prompt_format"),
+    "relearn": (
+        "relearn_steps",
+        "relearn_lr",
+        "relearn_batch_size",
+        "relearn_fraction",
+        "seed",
+        "weight_decay",
+        "max_length",
+        "dtype",
+        "mixed_precision",
+        "prompt_format",
+    ),
 }
 
 
@@ -57,8 +66,9 @@ def _prepare(out: Path, cfg) -> None:
     if cfg.resume and cfg.overwrite:
         raise OutputError("--resume continues the audit in --out and --overwrite starts it again: give one")
     if present and not (cfg.resume or cfg.overwrite):
-        raise OutputError(f"{out}: already holds an audit ({', '.join(present)}); --resume to finish it or "
-                          "--overwrite to replace it")
+        raise OutputError(
+            f"{out}: already holds an audit ({', '.join(present)}); --resume to finish it or --overwrite to replace it"
+        )
     if cfg.overwrite:
         for n in present:  # the audit's own files only
             p = out / n
@@ -108,8 +118,10 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
                     summary, items = RUNNERS[attack](cfg, inputs, subject, out)
                     if main:  # every process computed the same results (gathered): one writes
                         atomic_write_jsonl(out / "items" / f"{attack}.{role}.jsonl", json_safe(items))
-                        atomic_write_json(out / "attacks" / f"{attack}.{role}.json",
-                                          json_safe({"settings": _settings(cfg, inputs, attack, role), "result": summary}))
+                        atomic_write_json(
+                            out / "attacks" / f"{attack}.{role}.json",
+                            json_safe({"settings": _settings(cfg, inputs, attack, role), "result": summary}),
+                        )
                     results[attack][role] = summary
                 del subject
         if inputs.saved_retain is not None:
@@ -140,7 +152,8 @@ def _from_saved(saved: dict, attack: str) -> dict | None:
 
 
 def _load(cfg, role: str, path: str) -> Subject:
-    model, tokenizer = models.load_model(path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                  attn_implementation=cfg.attn_implementation)
+    model, tokenizer = models.load_model(
+        path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
+    )
     model.to(state().device)
     return Subject(role, path, model, tokenizer, prompt_format_for(tokenizer, cfg, path))

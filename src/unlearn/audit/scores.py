@@ -14,8 +14,6 @@ from unlearn.evaluation import mia
 log = logging.getLogger("unlearn")
 
 
-
-
 ROLES = ("unlearned", "target", "retain")
 
 
@@ -29,16 +27,27 @@ def assemble(cfg, inputs: AuditInputs, results: dict) -> dict:
     models = dict(inputs.models)
     if inputs.saved_retain is not None:
         models["retain"] = inputs.saved_retain.get("models", {}).get("unlearned", cfg.retain_model)
-    audit = {"models": models, "attacks": inputs.attacks,
-             "data": {"source": cfg.data or cfg.forget, "split": cfg.split, "task_id": cfg.task_id,
-                      "forget": len(inputs.forget.rows), "holdout": len(inputs.holdout or []),
-                      "key": inputs.data_key}}
+    audit = {
+        "models": models,
+        "attacks": inputs.attacks,
+        "data": {
+            "source": cfg.data or cfg.forget,
+            "split": cfg.split,
+            "task_id": cfg.task_id,
+            "forget": len(inputs.forget.rows),
+            "holdout": len(inputs.holdout or []),
+            "key": inputs.data_key,
+        },
+    }
     if "mia" in results:
         sec = {"k": cfg.mia_k, "auc": {role: r["auc"] for role, r in results["mia"].items()}}
         retain = sec["auc"].get("retain")
         if retain:
-            sec["privleak"] = {role: {a: mia.privleak(v, retain[a]) for a, v in aucs.items() if a in retain}
-                               for role, aucs in sec["auc"].items() if role != "retain"}
+            sec["privleak"] = {
+                role: {a: mia.privleak(v, retain[a]) for a, v in aucs.items() if a in retain}
+                for role, aucs in sec["auc"].items()
+                if role != "retain"
+            }
         audit["mia"] = sec
     if "memorization" in results:
         audit["memorization"] = dict(results["memorization"])
@@ -49,8 +58,11 @@ def assemble(cfg, inputs: AuditInputs, results: dict) -> dict:
             sec["recovery"] = {m: _recovery(u["before"][m], u["after"][m], t["measured"][m]) for m in u["before"]}
         audit["relearn"] = sec
     if "quantization" in results:
-        audit["quantization"] = {"backend": inputs.backend, "group_size": cfg.quant_group_size,
-                                 **results["quantization"]}
+        audit["quantization"] = {
+            "backend": inputs.backend,
+            "group_size": cfg.quant_group_size,
+            **results["quantization"],
+        }
     if "prompts" in results:
         audit["prompts"] = dict(results["prompts"])
     return audit
@@ -96,5 +108,7 @@ def print_audit(audit: dict) -> None:
     Console(width=120).print(table)
     rec = audit.get("relearn", {}).get("recovery")
     if rec:
-        print("relearning recovery (0: nothing back, 1: as before unlearning): "
-              + ", ".join(f"{m} {fmt(v)}" for m, v in rec.items()))
+        print(
+            "relearning recovery (0: nothing back, 1: as before unlearning): "
+            + ", ".join(f"{m} {fmt(v)}" for m, v in rec.items())
+        )

@@ -47,7 +47,7 @@ def parse_tasks(spec: str | list[str]) -> list[str]:
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for name in (n.strip() for n in names):
-        for task in (PAPER_TASKS if name == PAPER_ALIAS else [name] if name else []):
+        for task in PAPER_TASKS if name == PAPER_ALIAS else [name] if name else []:
             if task not in out:
                 out.append(task)
     if not out:
@@ -67,9 +67,16 @@ def check_downstream(tasks: list[str], include_path: str | Path | None = None) -
     _task_manager(tuple(tasks), None if include_path is None else str(include_path))
 
 
-def run_downstream(model, tokenizer, tasks: list[str], out_dir: str | Path, batch_size: int = 8,
-                   limit: int | float | None = None, include_path: str | Path | None = None,
-                   num_fewshot: int | None = None) -> dict[str, Any]:
+def run_downstream(
+    model,
+    tokenizer,
+    tasks: list[str],
+    out_dir: str | Path,
+    batch_size: int = 8,
+    limit: int | float | None = None,
+    include_path: str | Path | None = None,
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
     """Evaluate ``model`` on lm-eval ``tasks``; write ``out_dir/downstream.json`` and return it.
 
     ``tasks`` are lm-eval task or group names (``PAPER_TASKS`` for the paper's five) or names of
@@ -96,14 +103,23 @@ def run_downstream(model, tokenizer, tasks: list[str], out_dir: str | Path, batc
     for i, task in enumerate(tasks, 1):
         log.info("downstream [%d/%d] %s%s", i, len(tasks), task, f" (limit {limit})" if limit else "")
         try:
-            res = lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=num_fewshot, limit=limit,
-                                          task_manager=manager, log_samples=False, bootstrap_iters=0)
+            res = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[task],
+                num_fewshot=num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=0,
+            )
         except ConnectionError as e:
-            raise ModelError(f"downstream task {task}: {e} (hub tasks need the network or their data "
-                                  "in HF_DATASETS_CACHE)") from e
+            raise ModelError(
+                f"downstream task {task}: {e} (hub tasks need the network or their data in HF_DATASETS_CACHE)"
+            ) from e
         scores[task], headline[task] = _task_scores(task, res)
-        log.info("downstream [%d/%d] %s: %s", i, len(tasks), task,
-                 ", ".join(f"{k} {v:.4f}" for k, v in scores[task].items()))
+        log.info(
+            "downstream [%d/%d] %s: %s", i, len(tasks), task, ", ".join(f"{k} {v:.4f}" for k, v in scores[task].items())
+        )
         atomic_write_json(out_path, _with_average(scores, headline))
     return _with_average(scores, headline)
 
@@ -115,14 +131,22 @@ def downstream_tasks_for(cfg) -> list[str]:
     return tasks
 
 
-def downstream_after_unlearning(model, tokenizer, out, tasks: list[str], batch_size: int,
-                                limit: int | None = None, include_path: str | None = None,
-                                by_task: bool = False) -> dict[str, Any]:
+def downstream_after_unlearning(
+    model,
+    tokenizer,
+    out,
+    tasks: list[str],
+    batch_size: int,
+    limit: int | None = None,
+    include_path: str | None = None,
+    by_task: bool = False,
+) -> dict[str, Any]:
     """After a run: write ``OUT/downstream.json`` and add its entries to ``OUT/summary.json``
     (``out``: a :class:`unlearn.rundir.RunDir`); ``by_task``: each task's headline value under the
     task's own name too (WMDP, whose tasks are its evaluation)."""
-    result = run_downstream(model, tokenizer, tasks, out.path, batch_size=batch_size, limit=limit,
-                            include_path=include_path)
+    result = run_downstream(
+        model, tokenizer, tasks, out.path, batch_size=batch_size, limit=limit, include_path=include_path
+    )
     summary = out.read_summary()
     if summary is not None:
         extra = _short_entries(result) if by_task else {}
@@ -133,8 +157,11 @@ def downstream_after_unlearning(model, tokenizer, out, tasks: list[str], batch_s
 
 def _short_entries(downstream: dict[str, Any]) -> dict[str, float]:
     """``--benchmark wmdp``: each task's headline metric under the task's own name (``wmdp_bio``, ``mmlu``)."""
-    return {task: metrics[_headline_key(task, metrics)] for task, metrics in downstream.items()
-            if task != "average" and metrics}
+    return {
+        task: metrics[_headline_key(task, metrics)]
+        for task, metrics in downstream.items()
+        if task != "average" and metrics
+    }
 
 
 def summary_entries(downstream: dict[str, Any]) -> dict[str, float]:
@@ -180,9 +207,11 @@ def _check_known(tasks, manager, include_path) -> None:
     if unknown:
         hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
         where = f" or under {include_path}" if include_path else ""
-        raise ConfigError("unknown lm-eval task(s): " + "; ".join(
-            f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
-            + f". Known: lm-eval's built-in tasks{where}; the paper's are {', '.join(PAPER_TASKS)}")
+        raise ConfigError(
+            "unknown lm-eval task(s): "
+            + "; ".join(f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
+            + f". Known: lm-eval's built-in tasks{where}; the paper's are {', '.join(PAPER_TASKS)}"
+        )
 
 
 def _task_scores(task: str, res: dict | None) -> tuple[dict[str, float], float | None]:

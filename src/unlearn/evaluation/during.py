@@ -63,8 +63,13 @@ def best_row(rows: list[dict], mu_floor: float) -> dict | None:
     if not rows:
         return None
     floor = mu_floor * rows[0]["Model Utility"]
-    fit = [r for r in rows if r.get("Model Utility") is not None and r["Model Utility"] >= floor - 1e-12
-           and r.get("Forget Efficacy") is not None]
+    fit = [
+        r
+        for r in rows
+        if r.get("Model Utility") is not None
+        and r["Model Utility"] >= floor - 1e-12
+        and r.get("Forget Efficacy") is not None
+    ]
     return max(fit, key=lambda r: (r["Forget Efficacy"], -r["step"])) if fit else None
 
 
@@ -110,9 +115,18 @@ class TrainingEval:
 
     def __call__(self, step: int, epoch: float, model) -> dict:
         was_training = model.training
-        ev = evaluate(model, self.tokenizer, self.fmt, self.sets, self.plan.judges.embedder, self.plan.judges.nli,
-                      self.plan.batch_size, self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets)
-                      else None, shard=True, gen_batch_size=self.plan.gen_batch_size)
+        ev = evaluate(
+            model,
+            self.tokenizer,
+            self.fmt,
+            self.sets,
+            self.plan.judges.embedder,
+            self.plan.judges.nli,
+            self.plan.batch_size,
+            self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets) else None,
+            shard=True,
+            gen_batch_size=self.plan.gen_batch_size,
+        )
         model.train(was_training)
         self.last = (step, ev.items)
         row = {"step": step, "epoch": epoch, **{k: v for k, v in ev.summary.items() if k != "unavailable"}}
@@ -152,7 +166,7 @@ class TrainingEval:
         if not distributed.is_main_process() or self.best is None:
             return
         for p in self.out_dir.glob(f"{BEST}*"):
-            tail = p.name[len(BEST):]
+            tail = p.name[len(BEST) :]
             if tail.isdigit() and int(tail) != self.best["step"]:
                 shutil.rmtree(p, ignore_errors=True)
 
@@ -162,17 +176,31 @@ class TrainingEval:
             return None
         best = best_row(self.rows, self.mu_floor)
         if best is None:
-            log.warning("--keep best: no evaluation kept Model Utility at %.0f%% of its start; keeping the last "
-                        "weights", 100 * self.mu_floor)
+            log.warning(
+                "--keep best: no evaluation kept Model Utility at %.0f%% of its start; keeping the last weights",
+                100 * self.mu_floor,
+            )
             return None
-        load_model(model, str(self.out_dir / f"{BEST}{best['step']}" / "weights.safetensors"),
-                   device=str(next(model.parameters()).device))
-        kept = {"step": best["step"], "Forget Efficacy": best["Forget Efficacy"], "Model Utility": best["Model Utility"],
-                "mu_floor": self.mu_floor, "starting Model Utility": self.rows[0]["Model Utility"]}
+        load_model(
+            model,
+            str(self.out_dir / f"{BEST}{best['step']}" / "weights.safetensors"),
+            device=str(next(model.parameters()).device),
+        )
+        kept = {
+            "step": best["step"],
+            "Forget Efficacy": best["Forget Efficacy"],
+            "Model Utility": best["Model Utility"],
+            "mu_floor": self.mu_floor,
+            "starting Model Utility": self.rows[0]["Model Utility"],
+        }
         if distributed.is_main_process():
             atomic_write_json(self.out_dir / KEPT, kept)
-            log.info("--keep best: kept the weights of step %d (Forget Efficacy %.4f, Model Utility %.4f)",
-                     best["step"], best["Forget Efficacy"], best["Model Utility"])
+            log.info(
+                "--keep best: kept the weights of step %d (Forget Efficacy %.4f, Model Utility %.4f)",
+                best["step"],
+                best["Forget Efficacy"],
+                best["Model Utility"],
+            )
         distributed.wait_for_everyone()
         return kept
 
@@ -190,4 +218,3 @@ class TrainingEval:
                 shutil.rmtree(p, ignore_errors=True)
             for p in self.out_dir.glob(f".{BEST}*"):
                 shutil.rmtree(p, ignore_errors=True)
-

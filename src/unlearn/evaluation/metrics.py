@@ -163,7 +163,7 @@ def token_entropy(tokens: Sequence[str]) -> float:
     return 1.0 - s / (n * math.log2(n))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rouge_scorer(types: tuple[str, ...] = ("rougeL",), stemmer: bool = True) -> RougeScorer:
     """The one ROUGE scorer factory (``rouge_score``): one scorer per setting and process, since
     constructing it (and nltk's stemmer) is slow. The paper and TOFU stem; MUSE does not."""
@@ -182,7 +182,7 @@ def rouge_l_recall_items(predictions: Sequence[str], references: Sequence[str]) 
     """:func:`rouge_l_recall` for each ``(prediction, reference)`` pair, shape ``(N,)``."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    return np.array([rouge_l_recall(p, r) for p, r in zip(predictions, references)], dtype=float)
+    return np.array([rouge_l_recall(p, r) for p, r in zip(predictions, references, strict=False)], dtype=float)
 
 
 def cosine_items(gen_emb, ref_emb) -> np.ndarray:
@@ -271,6 +271,4 @@ def forget_quality(para_nll, pert_nll, retain_para_nll, retain_pert_nll) -> tupl
     ``para_nll`` / ``pert_nll`` come from the unlearned model, ``retain_*`` from the retain model,
     both on the same forget items; see :func:`forget_quality_from_ratios`.
     """
-    return forget_quality_from_ratios(
-        truth_ratios(para_nll, pert_nll), truth_ratios(retain_para_nll, retain_pert_nll)
-    )
+    return forget_quality_from_ratios(truth_ratios(para_nll, pert_nll), truth_ratios(retain_para_nll, retain_pert_nll))

@@ -69,8 +69,12 @@ def scores(item: TokenStats, k: float = DEFAULT_K) -> dict[str, float]:
     sigma = np.sqrt(np.maximum(np.asarray(item.sigma, dtype=np.float64) ** 2, VARIANCE_FLOOR))
     z = (logp - item.mu) / sigma
     loss = item.avg_loss
-    return {"LOSS": -loss, "ZLib": -loss / len(zlib.compress(item.text.encode("utf-8"))),
-            "Min-K%": _lowest_mean(logp[inner], k), "Min-K%++": _lowest_mean(z[inner], k)}
+    return {
+        "LOSS": -loss,
+        "ZLib": -loss / len(zlib.compress(item.text.encode("utf-8"))),
+        "Min-K%": _lowest_mean(logp[inner], k),
+        "Min-K%++": _lowest_mean(z[inner], k),
+    }
 
 
 def auc(members: list[float], nonmembers: list[float]) -> float:
@@ -97,7 +101,7 @@ def mia_aucs(forget: list[TokenStats], holdout: list[TokenStats], k: float = DEF
 
 def reference_scores(avg_loss: list[float], ref_avg_loss: list[float]) -> list[float]:
     """Reference attack: the reference model's loss minus the model's (higher: more likely a member)."""
-    return [float(r - a) for a, r in zip(avg_loss, ref_avg_loss)]
+    return [float(r - a) for a, r in zip(avg_loss, ref_avg_loss, strict=False)]
 
 
 def privleak(auc_model: float, auc_retain: float) -> float:

@@ -19,16 +19,21 @@ EPS = 1e-10  # open-unlearning's epsilon in its ratios
 MAX_LENGTH = 512  # its TOFU datasets cut sequences here
 MAX_NEW_TOKENS = 200  # its generation config
 
+
 def prob_entry(losses: list) -> dict:
     """open-unlearning's ``probability`` result: per item ``prob``/``avg_loss`` (lists for several answers)."""
     arr = np.asarray(losses, dtype=np.float64)
     probs = np.exp(-arr)
     if arr.ndim == 1:
-        by = {str(i): {"prob": float(p), "avg_loss": float(a)} for i, (p, a) in enumerate(zip(probs, arr))}
+        by = {
+            str(i): {"prob": float(p), "avg_loss": float(a)} for i, (p, a) in enumerate(zip(probs, arr, strict=False))
+        }
         agg = float(np.mean(probs))
     else:
-        by = {str(i): {"prob": [float(x) for x in p], "avg_loss": [float(x) for x in a]}
-              for i, (p, a) in enumerate(zip(probs, arr))}
+        by = {
+            str(i): {"prob": [float(x) for x in p], "avg_loss": [float(x) for x in a]}
+            for i, (p, a) in enumerate(zip(probs, arr, strict=False))
+        }
         agg = float(np.mean(probs.mean(axis=1)))
     return {"agg_value": agg, "value_by_index": by}
 
@@ -51,7 +56,10 @@ def normalised_prob_entry(correct_loss, wrong_losses) -> dict:
     correct = np.exp(-np.asarray(correct_loss, dtype=np.float64))
     wrong = np.exp(-np.asarray(wrong_losses, dtype=np.float64)).sum(axis=1)
     probs = correct / (correct + wrong + EPS)
-    return {"agg_value": float(np.mean(probs)), "value_by_index": {str(i): {"prob": float(p)} for i, p in enumerate(probs)}}
+    return {
+        "agg_value": float(np.mean(probs)),
+        "value_by_index": {str(i): {"prob": float(p)} for i, p in enumerate(probs)},
+    }
 
 
 def hmean(values: list[float]) -> float:
@@ -63,10 +71,13 @@ def min_k_entry(forget_stats: list, holdout_stats: list, k: float = mia.DEFAULT_
     """open-unlearning's ``mia_min_k`` result: per-item scores (the negated mean of the lowest
     ``max(1, int(k·n))`` token log-probabilities, the EOS left out) and the AUC with the holdout
     labelled 1 (0.5: indistinguishable; above: forget items look like training data)."""
+
     def side(stats):
         scores = [-mia.scores(s, k)["Min-K%"] for s in stats]
-        return {"agg_value": float(np.mean(scores)), "value_by_index": {str(i): {"score": float(v)}
-                                                                        for i, v in enumerate(scores)}}
+        return {
+            "agg_value": float(np.mean(scores)),
+            "value_by_index": {str(i): {"score": float(v)} for i, v in enumerate(scores)},
+        }
 
     f, h = side(forget_stats), side(holdout_stats)
     members = [-v["score"] for v in f["value_by_index"].values()]
@@ -77,8 +88,10 @@ def min_k_entry(forget_stats: list, holdout_stats: list, k: float = mia.DEFAULT_
 
 def score_entry(values: list[float | None]) -> dict:
     kept = [v for v in values if v is not None]
-    return {"agg_value": float(np.mean(kept)) if kept else None,
-            "value_by_index": {str(i): {"score": v} for i, v in enumerate(values)}}
+    return {
+        "agg_value": float(np.mean(kept)) if kept else None,
+        "value_by_index": {str(i): {"score": v} for i, v in enumerate(values)},
+    }
 
 
 def generation_stop(model) -> list[int]:
@@ -142,9 +155,17 @@ def score_pairs(model, tokenizer, template, pairs: list[Pair], batch_size: int, 
     def score(ps: list[Pair]) -> list[tuple]:
         seqs = [template.encode_pair(tokenizer, p.question, p.text, MAX_LENGTH) for p in ps]
         want = [i for i, p in enumerate(ps) if p.kind == "answer" and p.set in ("forget", "holdout")]
-        losses, stats = score_sequences(model, tokenizer, seqs, batch_size, mask_pad=True, stats_for=want,
-                                        share_prompts=share,
-                                        texts=[p.text for p in ps], desc="TOFU: answer NLLs")
+        losses, stats = score_sequences(
+            model,
+            tokenizer,
+            seqs,
+            batch_size,
+            mask_pad=True,
+            stats_for=want,
+            share_prompts=share,
+            texts=[p.text for p in ps],
+            desc="TOFU: answer NLLs",
+        )
         return [(float(losses[i]), stats.get(i)) for i in range(len(ps))]
 
     return sharded_map(score, pairs) if shard else score(pairs)
@@ -157,7 +178,7 @@ class Scored:
     def __init__(self, pairs: list[Pair], scored: list[tuple]):
         self.loss: dict = {}
         self.token: dict = {}
-        for p, (value, st) in zip(pairs, scored):
+        for p, (value, st) in zip(pairs, scored, strict=False):
             self.loss.setdefault((p.set, p.kind), {}).setdefault(p.item, []).append(value)
             if st is not None:
                 self.token.setdefault(p.set, {})[p.item] = st
@@ -171,13 +192,24 @@ class Scored:
         return [self.token[name][i] for i in range(n)]
 
 
-def generate_answers(model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False) -> list[str]:
+def generate_answers(
+    model, tokenizer, template, questions: list[str], batch_size: int, shard: bool = False
+) -> list[str]:
     stopwords = [tokenizer.decode([tokenizer.eos_token_id])]
 
     def answer(qs):
-        gens = generate(model, tokenizer, template, qs, batch_size=batch_size, desc="TOFU: generating",
-                        max_new_tokens=MAX_NEW_TOKENS, stop=generation_stop(model), mask_pad=True,
-                        decode={"clean_up_tokenization_spaces": False})
+        gens = generate(
+            model,
+            tokenizer,
+            template,
+            qs,
+            batch_size=batch_size,
+            desc="TOFU: generating",
+            max_new_tokens=MAX_NEW_TOKENS,
+            stop=generation_stop(model),
+            mask_pad=True,
+            decode={"clean_up_tokenization_spaces": False},
+        )
         return [_cut(_clean(tokenizer, g), stopwords) for g in gens]
 
     return sharded_map(answer, questions) if shard else answer(questions)
@@ -186,9 +218,15 @@ def generate_answers(model, tokenizer, template, questions: list[str], batch_siz
 def rouge_entry(tokenizer, template, rows: list[dict], gens: list[str]) -> dict:
     scorer = rouge_scorer(("rouge1", "rougeL"), stemmer=True)
     by = {}
-    for i, (r, g) in enumerate(zip(rows, gens)):
+    for i, (r, g) in enumerate(zip(rows, gens, strict=False)):
         gt, prompt = ground_truth(tokenizer, template, r["question"], r["answer"])
         sc = scorer.score(gt, g)
-        by[str(i)] = {"rouge1_recall": sc["rouge1"].recall, "rougeL_f1": sc["rougeL"].fmeasure,
-                      "rougeL_recall": sc["rougeL"].recall, "input": prompt, "ground_truth": gt, "generation": g}
+        by[str(i)] = {
+            "rouge1_recall": sc["rouge1"].recall,
+            "rougeL_f1": sc["rougeL"].fmeasure,
+            "rougeL_recall": sc["rougeL"].recall,
+            "input": prompt,
+            "ground_truth": gt,
+            "generation": g,
+        }
     return {"agg_value": float(np.mean([v["rougeL_recall"] for v in by.values()])), "value_by_index": by}

@@ -64,9 +64,19 @@ def _batches(order: list[int], batch_size: int):
         yield order[start : start + batch_size]
 
 
-def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_LENGTH,
-             batch_size: int = EVAL_BATCH_SIZE, desc: str | None = None, max_new_tokens: int | None = None,
-             stop: list[int] | None = None, mask_pad: bool = False, decode: dict | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    fmt,
+    questions: list[str],
+    max_length: int = MAX_LENGTH,
+    batch_size: int = EVAL_BATCH_SIZE,
+    desc: str | None = None,
+    max_new_tokens: int | None = None,
+    stop: list[int] | None = None,
+    mask_pad: bool = False,
+    decode: dict | None = None,
+) -> list[str]:
     """Greedy answers to ``questions``, in their order (new tokens only, specials skipped, stripped).
 
     Each answer may grow to ``max_length`` tokens in total, prompt included (the paper's 200-token
@@ -85,24 +95,43 @@ def generate(model, tokenizer, fmt, questions: list[str], max_length: int = MAX_
     prompts = [encode_question(tokenizer, fmt, q) for q in questions]
     pad = pad_id(tokenizer)
     eos = eos_ids(model, tokenizer) if stop is None else list(stop)
-    budget = ([max_new_tokens] * len(prompts) if max_new_tokens is not None
-              else [max(max_length - len(p), 1) for p in prompts])
+    budget = (
+        [max_new_tokens] * len(prompts)
+        if max_new_tokens is not None
+        else [max(max_length - len(p), 1) for p in prompts]
+    )
     new: list[list[int]] = [[] for _ in prompts]
     keep = supports_logits_to_keep(model)
     bar = progress(total=len(prompts), desc=desc or "generating", unit="q")  # one bar for all processes
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     with inference(model):
         for idx in _batches(order, batch_size):
-            rows = decode_greedy(model, [prompts[i] for i in idx], [budget[i] for i in idx], pad, eos,
-                                 mask_pad=mask_pad, keep_logits=keep, on_done=lambda: bar.update(1))
-            for i, row in zip(idx, rows):
+            rows = decode_greedy(
+                model,
+                [prompts[i] for i in idx],
+                [budget[i] for i in idx],
+                pad,
+                eos,
+                mask_pad=mask_pad,
+                keep_logits=keep,
+                on_done=lambda: bar.update(1),
+            )
+            for i, row in zip(idx, rows, strict=False):
                 new[i] = row
     bar.close()
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True, **(decode or {}))]
 
 
-def decode_greedy(model, seqs: list[list[int]], budgets: list[int], pad: int, eos: list[int],
-                  mask_pad: bool = False, keep_logits: bool = True, on_done=None) -> list[list[int]]:
+def decode_greedy(
+    model,
+    seqs: list[list[int]],
+    budgets: list[int],
+    pad: int,
+    eos: list[int],
+    mask_pad: bool = False,
+    keep_logits: bool = True,
+    on_done=None,
+) -> list[list[int]]:
     """Greedy continuations of ``seqs`` (token ids), each up to its budget of new tokens and ending
     with its first EOS (included), as ``model.generate(do_sample=False)`` gives them for the same
     left-padded batch: the same attention mask (``input_ids != pad`` with ``mask_pad``), position
@@ -118,8 +147,8 @@ def decode_greedy(model, seqs: list[list[int]], budgets: list[int], pad: int, eo
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, x in enumerate(seqs):  # left padding: every prompt ends at the last column
-        ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long)
-        mask[row, width - len(x):] = 1
+        ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[row, width - len(x) :] = 1
     if mask_pad:
         mask = (ids != pad).long()
     ids, mask = ids.to(device), mask.to(device)
@@ -138,7 +167,7 @@ def decode_greedy(model, seqs: list[list[int]], budgets: list[int], pad: int, eo
         cache = getattr(result, cache_arg)
         tokens = result.logits[:, -1, :].float().argmax(-1).tolist()
         going = []
-        for r, (i, t) in enumerate(zip(live, tokens)):
+        for r, (i, t) in enumerate(zip(live, tokens, strict=False)):
             if i is None:
                 continue
             out[i].append(t)
@@ -161,8 +190,16 @@ def decode_greedy(model, seqs: list[list[int]], budgets: list[int], pad: int, eo
         position = position[:, -1:] + 1
 
 
-def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
-                batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH, desc: str = "answer NLLs") -> np.ndarray:
+def answer_nlls(
+    model,
+    tokenizer,
+    fmt,
+    questions: list[str],
+    answers: list[str],
+    batch_size: int = EVAL_BATCH_SIZE,
+    max_length: int = MAX_LENGTH,
+    desc: str = "answer NLLs",
+) -> np.ndarray:
     """Per-item mean token NLL of ``answer + EOS`` after ``fmt.prompt(question)``, shape ``(N,)``.
 
     As officially, prompt + answer are cut at ``max_length`` tokens (the generation limit), and a
@@ -172,7 +209,7 @@ def answer_nlls(model, tokenizer, fmt, questions: list[str], answers: list[str],
     """
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
+    seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers, strict=False)]
     return score_sequences(model, tokenizer, seqs, batch_size, desc=desc, share_prompts=shares_prompts(model))[0]
 
 
@@ -186,9 +223,17 @@ def shares_prompts(model) -> bool:
     return sum(p.numel() for p in model.parameters()) >= SHARE_PROMPTS_FROM
 
 
-def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_SIZE, mask_pad: bool = False,
-                    stats_for=(), texts: list[str] | None = None, desc: str = "scoring",
-                    share_prompts: bool = False) -> tuple[np.ndarray, dict]:
+def score_sequences(
+    model,
+    tokenizer,
+    seqs: list,
+    batch_size: int = EVAL_BATCH_SIZE,
+    mask_pad: bool = False,
+    stats_for=(),
+    texts: list[str] | None = None,
+    desc: str = "scoring",
+    share_prompts: bool = False,
+) -> tuple[np.ndarray, dict]:
     """``(avg_loss (N,), {i: TokenStats})`` of encoded sequences in ONE length-sorted pass: every
     sequence's mean label NLL, and for the indices in ``stats_for`` the per-token statistics of
     :func:`token_stats` (``texts[i]`` their text). ``mask_pad``: attention ``input_ids != pad``, as
@@ -211,7 +256,9 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
         batches = [(idx, None) for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size)]
     with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
         for idx, cut in batches:
-            out = _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device, keep) if cut else None
+            out = (
+                _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device, keep) if cut else None
+            )
             if out is None:
                 batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
                 if mask_pad:
@@ -223,7 +270,7 @@ def score_sequences(model, tokenizer, seqs: list, batch_size: int = EVAL_BATCH_S
             rows = [r for r, i in enumerate(idx) if i in want]
             if rows:
                 names = [texts[idx[r]] if texts else "" for r in rows]
-                for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows], names)):
+                for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows], names), strict=False):
                     stats[idx[r]] = st
             bar.update(len(idx))
     return losses, stats
@@ -236,14 +283,21 @@ def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor, texts: list[st
     target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     p = logp_all.exp()
     mu = (p * logp_all).sum(-1)
-    sigma = ((p * logp_all ** 2).sum(-1) - mu ** 2).clamp(min=0).sqrt()
+    sigma = ((p * logp_all**2).sum(-1) - mu**2).clamp(min=0).sqrt()
     best = logits.argmax(-1)
     out = []
     for j in range(logits.shape[0]):
         pos = (target[j] != IGNORE_INDEX).nonzero().squeeze(-1)
         tok = target[j, pos]
-        out.append(TokenStats(logp_all[j, pos, tok].double().cpu().numpy(), mu[j, pos].double().cpu().numpy(),
-                              sigma[j, pos].double().cpu().numpy(), texts[j], (best[j, pos] == tok).cpu().numpy()))
+        out.append(
+            TokenStats(
+                logp_all[j, pos, tok].double().cpu().numpy(),
+                mu[j, pos].double().cpu().numpy(),
+                sigma[j, pos].double().cpu().numpy(),
+                texts[j],
+                (best[j, pos] == tok).cpu().numpy(),
+            )
+        )
     return out
 
 
@@ -284,17 +338,17 @@ def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad
     positions after the cuts. Positions count from each sequence's first token, as in a right-padded
     forward; the mask is ``input_ids != pad`` with ``mask_pad``, else the real tokens. None when the
     model's cache cannot select rows (the caller then runs the whole sequences)."""
-    prefixes = list(dict.fromkeys(tuple(s.input_ids[:c]) for s, c in zip(seqs, cuts)))
+    prefixes = list(dict.fromkeys(tuple(s.input_ids[:c]) for s, c in zip(seqs, cuts, strict=False)))
     which = {p: u for u, p in enumerate(prefixes)}
-    rows = [which[tuple(s.input_ids[:c])] for s, c in zip(seqs, cuts)]
+    rows = [which[tuple(s.input_ids[:c])] for s, c in zip(seqs, cuts, strict=False)]
     width = max(map(len, prefixes))
     ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prefixes), width), dtype=torch.long)
     position = torch.zeros((len(prefixes), width), dtype=torch.long)
     for u, p in enumerate(prefixes):  # left padding: every prefix ends at the last column
-        ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[u, width - len(p):] = 1
-        position[u, width - len(p):] = torch.arange(len(p))
+        ids[u, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[u, width - len(p) :] = 1
+        position[u, width - len(p) :] = torch.arange(len(p))
     if mask_pad:
         mask = mask * (ids != pad).long()
     ids, mask, position = ids.to(device), mask.to(device), position.to(device)
@@ -306,14 +360,18 @@ def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad
         return None
     select = torch.tensor(rows, device=device)
     cache.batch_select_indices(select)
-    tails = [Encoded(s.input_ids[c:], s.labels[c:]) for s, c in zip(seqs, cuts)]
+    tails = [Encoded(s.input_ids[c:], s.labels[c:]) for s, c in zip(seqs, cuts, strict=False)]
     batch = pad_batch(tails, pad)
     tail_mask = batch["attention_mask"] * (batch["input_ids"] != pad).long() if mask_pad else batch["attention_mask"]
     lengths = torch.tensor([len(prefixes[u]) for u in rows])
     tail_position = lengths[:, None] + torch.arange(batch["input_ids"].shape[1])[None, :]
-    out = model(input_ids=batch["input_ids"].to(device),
-                attention_mask=torch.cat([mask[select], tail_mask.to(device)], dim=-1),
-                position_ids=tail_position.to(device), use_cache=True, **{cache_arg: cache})
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=torch.cat([mask[select], tail_mask.to(device)], dim=-1),
+        position_ids=tail_position.to(device),
+        use_cache=True,
+        **{cache_arg: cache},
+    )
     return out.logits, batch["labels"].to(device)
 
 
@@ -351,19 +409,35 @@ def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.T
     return logits, labels[:, t - n :]
 
 
-def token_stats(model, tokenizer, fmt, questions: list[str], answers: list[str],
-                batch_size: int = EVAL_BATCH_SIZE, max_length: int = MAX_LENGTH) -> list:
+def token_stats(
+    model,
+    tokenizer,
+    fmt,
+    questions: list[str],
+    answers: list[str],
+    batch_size: int = EVAL_BATCH_SIZE,
+    max_length: int = MAX_LENGTH,
+) -> list:
     """Per item, for membership inference and memorisation (:mod:`unlearn.evaluation.mia`): the answer
     tokens' log p, the mean and spread of log p under each position's own next-token distribution,
     and whether the greedy next token was the answer's."""
-    seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers)]
-    _, stats = score_sequences(model, tokenizer, seqs, batch_size, stats_for=range(len(seqs)), texts=answers,
-                               desc="token statistics")
+    seqs = [encode_pair(tokenizer, fmt, q, a, max_length) for q, a in zip(questions, answers, strict=False)]
+    _, stats = score_sequences(
+        model, tokenizer, seqs, batch_size, stats_for=range(len(seqs)), texts=answers, desc="token statistics"
+    )
     return [stats[i] for i in range(len(seqs))]
 
 
-def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], p: float = 2,
-               max_length: int = MAX_LENGTH, desc: str = "gradient norms") -> list[float]:
+def grad_norms(
+    model,
+    tokenizer,
+    fmt,
+    questions: list[str],
+    answers: list[str],
+    p: float = 2,
+    max_length: int = MAX_LENGTH,
+    desc: str = "gradient norms",
+) -> list[float]:
     """Per item, for the GradNorm attack: the mean over the model's parameter tensors of the
     ``p``-norm of the gradient of the answer's mean token NLL (every answer token but the last,
     as open-unlearning's attack). The model stays in eval mode (no dropout) and its ``.grad``
@@ -377,7 +451,7 @@ def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], 
     try:
         for q in params:
             q.requires_grad_(True)
-        for question, answer in progress(list(zip(questions, answers)), desc=desc, unit="seq"):
+        for question, answer in progress(list(zip(questions, answers, strict=False)), desc=desc, unit="seq"):
             enc = encode_pair(tokenizer, fmt, question, answer, max_length)
             ids = torch.tensor([enc.input_ids], device=device)
             labels = torch.tensor(enc.labels, device=device)
@@ -393,7 +467,7 @@ def grad_norms(model, tokenizer, fmt, questions: list[str], answers: list[str], 
             norms = [g.detach().float().norm(p=p) for g in grads if g is not None]
             out.append(float(torch.stack(norms).mean()))
     finally:
-        for q, f in zip(params, flags):
+        for q, f in zip(params, flags, strict=False):
             q.requires_grad_(f)
         model.train(was_training)
     return out

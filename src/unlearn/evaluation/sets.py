@@ -69,8 +69,11 @@ def check_rows(rows: list[dict], kind: str) -> list[dict]:
     for r in rows:
         at = r["_source"]
         if kind != "general" and not isinstance(r.get("paraphrased_answer"), str):
-            raise DataError(f"{at}: missing field 'paraphrased_answer'" if "paraphrased_answer" not in r
-                            else f"{at}: field 'paraphrased_answer' must be a string")
+            raise DataError(
+                f"{at}: missing field 'paraphrased_answer'"
+                if "paraphrased_answer" not in r
+                else f"{at}: field 'paraphrased_answer' must be a string"
+            )
         pert = r.get("perturbed_answer")
         if "perturbed_answer" not in r:
             raise DataError(f"{at}: missing field 'perturbed_answer'")
@@ -79,8 +82,10 @@ def check_rows(rows: list[dict], kind: str) -> list[dict]:
         if first is None:
             first = (len(pert), at)
         elif len(pert) != first[0]:
-            raise DataError(f"{at}: field 'perturbed_answer' has {len(pert)} answers but {first[1]} has "
-                            f"{first[0]}; every row of a file needs the same number")
+            raise DataError(
+                f"{at}: field 'perturbed_answer' has {len(pert)} answers but {first[1]} has "
+                f"{first[0]}; every row of a file needs the same number"
+            )
         if "original_answer" in r and not isinstance(r["original_answer"], str):
             raise DataError(f"{at}: field 'original_answer' must be a string")
     return rows

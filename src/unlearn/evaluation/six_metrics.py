@@ -30,8 +30,13 @@ from unlearn.rundir import SUMMARY, eval_file
 log = logging.getLogger("unlearn")
 
 METRICS = ("ROUGE", "Probability", "Truth Ratio", "Token Entropy", "Cosine Similarity", "Entailment Score")
-ITEM_KEYS = dict(zip(METRICS, ("rouge", "probability", "truth_ratio", "token_entropy",
-                               "cosine_similarity", "entailment")))
+ITEM_KEYS = dict(
+    zip(
+        METRICS,
+        ("rouge", "probability", "truth_ratio", "token_entropy", "cosine_similarity", "entailment"),
+        strict=False,
+    )
+)
 FORGET_EFFICACY_METRICS = ("ROUGE", "Probability", "Truth Ratio", "Cosine Similarity", "Entailment Score")
 
 
@@ -61,8 +66,8 @@ def set_nlls(model, tokenizer, fmt, s: EvalSet, batch_size: int, with_answers: b
     questions = q[: len(answers)] + (q if para else []) + [x for x in q for _ in range(k)]
     nll = answer_nlls(model, tokenizer, fmt, questions, texts, batch_size, desc=f"{s.name}: answer NLLs")
     a = nll[: len(answers)]
-    p = nll[len(answers): len(answers) + n] if para else a
-    return a, p, nll[len(nll) - n * k:].reshape(n, k)
+    p = nll[len(answers) : len(answers) + n] if para else a
+    return a, p, nll[len(nll) - n * k :].reshape(n, k)
 
 
 def _needs_judge(rouge) -> list[int]:
@@ -102,8 +107,9 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, 
     answers, refs, cos_refs = s.answers, s.references, s.cosine_references
     forget = s.kind == "forget"
     values = {"ROUGE": M.rouge_l_recall_items(gens, answers)}
-    values["Probability"] = (M.normalized_probability_items(a_nll, k_nll) if s.kind == "general"
-                             else M.probability_items(a_nll))
+    values["Probability"] = (
+        M.normalized_probability_items(a_nll, k_nll) if s.kind == "general" else M.probability_items(a_nll)
+    )
     values["Truth Ratio"] = M.truth_ratio_items(p_nll, k_nll, forget) if s.truth else None
     values["Token Entropy"] = np.array([M.token_entropy(tokenizer.tokenize(g)) for g in gens])
     values["Cosine Similarity"] = cosine_similarity_batch(embedder, gens, cos_refs)
@@ -120,7 +126,9 @@ def _evaluate_set(model, tokenizer, fmt, s: EvalSet, gens: list[str], embedder, 
         judged = _needs_judge(values["ROUGE"])
         labels = [None] * len(gens)
         if judged:
-            for i, label in zip(judged, nli.predict([premises[i] for i in judged], [hypotheses[i] for i in judged])):
+            for i, label in zip(
+                judged, nli.predict([premises[i] for i in judged], [hypotheses[i] for i in judged]), strict=False
+            ):
                 labels[i] = label
         values["Entailment Score"] = M.entailment_items(["" if x is None else x for x in labels], values["ROUGE"])
     ratios = M.truth_ratios(p_nll, k_nll) if s.truth else [None] * len(s.rows)
@@ -148,9 +156,19 @@ def _mean(records: list[dict], key: str) -> float | None:
     return None if any(v is None for v in vals) else float(np.mean(vals))
 
 
-def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_size: int = EVAL_BATCH_SIZE,
-             retain_ratios=None, shard: bool = False, gen_batch_size: int | None = None,
-             done: dict[str, list[dict]] | None = None) -> Evaluation:
+def evaluate(
+    model,
+    tokenizer,
+    fmt,
+    sets: list[EvalSet],
+    embedder,
+    nli,
+    batch_size: int = EVAL_BATCH_SIZE,
+    retain_ratios=None,
+    shard: bool = False,
+    gen_batch_size: int | None = None,
+    done: dict[str, list[dict]] | None = None,
+) -> Evaluation:
     """Run every set once and compute the six metrics, Model Utility, Forget Efficacy and, with
     ``retain_ratios`` (a retain model's raw truth ratios on the same forget items), Forget Quality.
 
@@ -166,16 +184,35 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
     ev = Evaluation(summary={})
     done = done or {}
     todo = [s for s in sets if s.name not in done]
-    generated = dict(zip((s.name for s in todo), _generate_sets(
-        model, tokenizer, fmt, todo, generation_batch(batch_size, gen_batch_size), shard))) if todo else {}
+    generated = (
+        dict(
+            zip(
+                (s.name for s in todo),
+                _generate_sets(model, tokenizer, fmt, todo, generation_batch(batch_size, gen_batch_size), shard),
+                strict=False,
+            )
+        )
+        if todo
+        else {}
+    )
     for s in sets:
         if s.name in done:
             ev.items[s.name] = done[s.name]
         elif shard:
             gens = generated[s.name]
-            ev.items[s.name] = sharded_map(lambda idx, s=s, gens=gens: _evaluate_set(
-                model, tokenizer, fmt, replace(s, rows=[s.rows[i] for i in idx]), [gens[i] for i in idx],
-                embedder, nli, batch_size), list(range(len(s.rows))))
+            ev.items[s.name] = sharded_map(
+                lambda idx, s=s, gens=gens: _evaluate_set(
+                    model,
+                    tokenizer,
+                    fmt,
+                    replace(s, rows=[s.rows[i] for i in idx]),
+                    [gens[i] for i in idx],
+                    embedder,
+                    nli,
+                    batch_size,
+                ),
+                list(range(len(s.rows))),
+            )
         else:
             ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, generated[s.name], embedder, nli, batch_size)
         for metric, key in ITEM_KEYS.items():
@@ -192,15 +229,15 @@ def evaluate(model, tokenizer, fmt, sets: list[EvalSet], embedder, nli, batch_si
             ratios = ev.truth_ratios("Forget")
             if len(retain_ratios) != len(ratios):
                 raise ValueError(f"{len(retain_ratios)} retain-model truth ratios for {len(ratios)} forget items")
-            summary["Forget Quality"], summary["Forget Quality KS statistic"] = \
-                M.forget_quality_from_ratios(ratios, retain_ratios)
+            summary["Forget Quality"], summary["Forget Quality KS statistic"] = M.forget_quality_from_ratios(
+                ratios, retain_ratios
+            )
     missing = {}
     if unavailable:
         missing["Entailment Score"] = unavailable
     no_truth = [st.name for st in sets if not st.truth]
     if no_truth:
-        missing["Truth Ratio"] = (f"the rows of {', '.join(no_truth)} carry no paraphrased_answer and "
-                                  "perturbed_answer")
+        missing["Truth Ratio"] = f"the rows of {', '.join(no_truth)} carry no paraphrased_answer and perturbed_answer"
     if missing:
         summary["unavailable"] = missing
     return ev

@@ -12,12 +12,15 @@ from unlearn.prompts import detect_prompt_format
 from unlearn.protocols import closer_look, muse, tofu, wmdp
 from unlearn.protocols.base import Protocol
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    closer_look.PROTOCOL,
-    tofu.PROTOCOL,
-    muse.PROTOCOL,
-    wmdp.PROTOCOL,
-)}
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        closer_look.PROTOCOL,
+        tofu.PROTOCOL,
+        muse.PROTOCOL,
+        wmdp.PROTOCOL,
+    )
+}
 DEFAULT = closer_look.PROTOCOL.name
 
 

@@ -90,8 +90,10 @@ class Protocol:
     def check_flags(self, cfg) -> None:
         """Flags that belong to another protocol, refused before anything loads."""
         if cfg.retain_logs and not self.reads_retain_logs:
-            raise ConfigError("--retain-logs reads a TOFU_EVAL.json for the TOFU standard: add --benchmark tofu "
-                              "(the closer-look protocol takes --retain-model)")
+            raise ConfigError(
+                "--retain-logs reads a TOFU_EVAL.json for the TOFU standard: add --benchmark tofu "
+                "(the closer-look protocol takes --retain-model)"
+            )
 
     def check(self, cfg):
         """Its evaluation inputs read and checked, nothing loaded (a sweep plans every run this way).

@@ -47,8 +47,16 @@ def _paraphrased(forget: EvalSet) -> list[EvalSet]:
     """The same forget items asked with ``paraphrased_question``, when every row has one."""
     if not all(isinstance(r.get("paraphrased_question"), str) for r in forget.rows):
         return []
-    return [EvalSet("Forget Paraphrased", forget.rows, "forget", forget.answer_key, forget.layout,
-                    question_key="paraphrased_question")]
+    return [
+        EvalSet(
+            "Forget Paraphrased",
+            forget.rows,
+            "forget",
+            forget.answer_key,
+            forget.layout,
+            question_key="paraphrased_question",
+        )
+    ]
 
 
 def tofu_sets(data_dir: str | Path, split: str = "forget01", task_id: int | None = 1) -> list[EvalSet]:
@@ -74,8 +82,10 @@ def real_world_sets(data_dir: str | Path, task_id: int | None = None) -> list[Ev
     key = "golden_answer"
     forget_path = d / "forget_perturbed.json"
     forget = _select(read_set(forget_path, "forget", key), task_id, forget_path)
-    return [EvalSet("Retain", read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
-            EvalSet("Forget", forget, "forget", key, "real_world")]
+    return [
+        EvalSet("Retain", read_set(d / "neighbor_perturbed.json", "retain", key), "retain", key, "real_world"),
+        EvalSet("Forget", forget, "forget", key, "real_world"),
+    ]
 
 
 def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[EvalSet]:
@@ -83,23 +93,28 @@ def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[Eval
     Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
     also carries ``paraphrased_answer`` and ``perturbed_answer``."""
     if forget is not None and is_text_rows(read_rows(forget)):
-        log.info("raw-text forget set: no question/answer metrics; evaluate with --benchmark muse (a MUSE corpus), "
-                 "--benchmark wmdp or --downstream TASKS")
+        log.info(
+            "raw-text forget set: no question/answer metrics; evaluate with --benchmark muse (a MUSE corpus), "
+            "--benchmark wmdp or --downstream TASKS"
+        )
         return []
     sets = []
     for name, kind, path in (("Retain", "retain", retain), ("Forget", "forget", forget)):
         if path is None:
             continue
         rows = read_records(path)
-        has = [isinstance(r.get("paraphrased_answer"), str) and isinstance(r.get("perturbed_answer"), list)
-               for r in rows]
+        has = [
+            isinstance(r.get("paraphrased_answer"), str) and isinstance(r.get("perturbed_answer"), list) for r in rows
+        ]
         truth = all(has)
         if truth:
             rows = read_set(Path(path), kind)  # every field checked, as for the official files
         elif any(has):
             first = rows[has.index(False)]["_source"]
-            raise DataError(f"{first}: some rows carry paraphrased_answer and perturbed_answer and this one does "
-                            "not; give them for every row (for Truth Ratio) or for none")
+            raise DataError(
+                f"{first}: some rows carry paraphrased_answer and perturbed_answer and this one does "
+                "not; give them for every row (for Truth Ratio) or for none"
+            )
         sets.append(EvalSet(name, rows, kind, layout="files", truth=truth))
     return sets
 
@@ -115,9 +130,11 @@ def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int |
         return real_world_sets(d, task_id)
     if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
         return tofu_sets(d, split, 1 if task_id is None else task_id)  # TOFU's standard task, as in training
-    raise DataError(f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
-                    "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
-                    "forget_perturbed.json, neighbor_perturbed.json)")
+    raise DataError(
+        f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
+        "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
+        "forget_perturbed.json, neighbor_perturbed.json)"
+    )
 
 
 def eval_sets_for(cfg) -> list[EvalSet] | None:
@@ -129,8 +146,10 @@ def eval_sets_for(cfg) -> list[EvalSet] | None:
     if data is None and cfg.data and Path(cfg.data).is_dir():
         data = cfg.data
     if data is None:
-        log.info("no evaluation data for this run (give --eval-data DIR with the *_perturbed.json "
-                 "files); skipping the evaluation")
+        log.info(
+            "no evaluation data for this run (give --eval-data DIR with the *_perturbed.json "
+            "files); skipping the evaluation"
+        )
         return None
     try:
         return load_eval_sets(data, cfg.split, cfg.task_id)
@@ -150,10 +169,14 @@ def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
     got = forget.questions
     if got == expected:
         return
-    diff = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    diff = next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
+    )
     where = forget.rows[diff]["_source"] if diff < len(forget.rows) else forget.rows[-1]["_source"]
-    message = (f"{where}: the Forget set evaluated ({len(got)} rows) is not the forget set trained on "
-               f"({len(expected)} rows from {data.source}); first difference at row {diff + 1}")
+    message = (
+        f"{where}: the Forget set evaluated ({len(got)} rows) is not the forget set trained on "
+        f"({len(expected)} rows from {data.source}); first difference at row {diff + 1}"
+    )
     if data.layout == "files":
         log.warning("%s: the Forget metrics describe those rows, not the ones unlearned", message)
         return
@@ -185,9 +208,16 @@ def load_judges(cfg) -> Judges:
     return Judges(embedder, nli)
 
 
-def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "auto",
-                       trust_remote_code: bool = False, attn_implementation: str | None = None,
-                       prompt_format: str | None = None, batch_size: int | None = None) -> list[float]:
+def retain_ratios_from(
+    source: str | Path,
+    forget: EvalSet,
+    *,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    prompt_format: str | None = None,
+    batch_size: int | None = None,
+) -> list[float]:
     """A retain model's raw truth ratios on ``forget``, for Forget Quality.
 
     ``source``: a folder with a saved evaluation (``eval_Forget.jsonl``, same questions in the same
@@ -198,9 +228,11 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
     if saved.is_file():
         rows = read_records(saved, required=("question",))
         if len(rows) != len(forget.rows):
-            raise DataError(f"{saved}: {len(rows)} items, but the Forget set has {len(forget.rows)}; "
-                            "evaluate the retain model on the same split and task")
-        for r, q in zip(rows, forget.questions):
+            raise DataError(
+                f"{saved}: {len(rows)} items, but the Forget set has {len(forget.rows)}; "
+                "evaluate the retain model on the same split and task"
+            )
+        for r, q in zip(rows, forget.questions, strict=False):
             if r["question"] != q:
                 raise DataError(f"{r['_source']}: field 'question' differs from the Forget set ({q!r})")
             if not isinstance(r.get("truth_ratio_r"), (int, float)):
@@ -208,8 +240,12 @@ def retain_ratios_from(source: str | Path, forget: EvalSet, *, dtype: str = "aut
         return [float(r["truth_ratio_r"]) for r in rows]
     if (path / MODEL).is_dir() and not (path / "config.json").exists():
         path = path / MODEL  # the output folder of a fine-tuning run
-    model, tokenizer = models.load_model(str(path) if path.exists() else str(source), dtype=dtype,
-                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+    model, tokenizer = models.load_model(
+        str(path) if path.exists() else str(source),
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+    )
     model.to(state().device)  # this process's GPU under accelerate launch / torchrun
     fmt = detect_prompt_format(tokenizer, str(source), prompt_format)
     _, para, pert = set_nlls(model, tokenizer, fmt, forget, batch_size or EVAL_BATCH_SIZE, with_answers=False)
@@ -221,20 +257,32 @@ def _retain_ratios(cfg, sets: list[EvalSet]) -> list[float] | None:
     if not cfg.retain_model:
         return None
     if not forget_set(sets).truth:
-        raise DataError("Forget Quality (--retain-model) needs paraphrased_answer and perturbed_answer in every "
-                        "forget row")
-    return retain_ratios_from(cfg.retain_model, forget_set(sets), dtype=cfg.dtype,
-                              trust_remote_code=cfg.trust_remote_code,
-                              attn_implementation=cfg.attn_implementation,
-                              prompt_format=cfg.prompt_format, batch_size=cfg.eval_batch_size)
+        raise DataError(
+            "Forget Quality (--retain-model) needs paraphrased_answer and perturbed_answer in every forget row"
+        )
+    return retain_ratios_from(
+        cfg.retain_model,
+        forget_set(sets),
+        dtype=cfg.dtype,
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation=cfg.attn_implementation,
+        prompt_format=cfg.prompt_format,
+        batch_size=cfg.eval_batch_size,
+    )
 
 
 def membership(plan, model, tokenizer, fmt) -> dict[str, float]:
     """``MIA AUC <score>``: the forget items against the holdout items (:mod:`unlearn.evaluation.mia`)."""
     forget = forget_set(plan.sets)
     members = token_stats(model, tokenizer, fmt, forget.questions, forget.answers, plan.batch_size)
-    others = token_stats(model, tokenizer, fmt, [r["question"] for r in plan.holdout],
-                         [r["answer"] for r in plan.holdout], plan.batch_size)
+    others = token_stats(
+        model,
+        tokenizer,
+        fmt,
+        [r["question"] for r in plan.holdout],
+        [r["answer"] for r in plan.holdout],
+        plan.batch_size,
+    )
     return {f"MIA AUC {name}": value for name, value in mia_aucs(members, others).items()}
 
 
@@ -243,8 +291,10 @@ def membership(plan, model, tokenizer, fmt) -> dict[str, float]:
 
 class CloserLook(Protocol):
     name = "closer-look"
-    description = ("the paper's: its task layout, the six metrics on Retain / Real Authors / Real World / Forget, "
-                   "Model Utility, Forget Efficacy, Forget Quality")
+    description = (
+        "the paper's: its task layout, the six metrics on Retain / Real Authors / Real World / Forget, "
+        "Model Utility, Forget Efficacy, Forget Quality"
+    )
     six_metrics = True
 
     def check(self, cfg):
@@ -271,8 +321,19 @@ class CloserLook(Protocol):
         ``done``: per-item records of sets already scored on this model, taken as they are)."""
         if not plan.sets:
             return None
-        ev = evaluate(model, tokenizer, fmt, plan.sets, plan.judges.embedder, plan.judges.nli, plan.batch_size,
-                      plan.retain_ratios, shard=shard, gen_batch_size=plan.gen_batch_size, done=done)
+        ev = evaluate(
+            model,
+            tokenizer,
+            fmt,
+            plan.sets,
+            plan.judges.embedder,
+            plan.judges.nli,
+            plan.batch_size,
+            plan.retain_ratios,
+            shard=shard,
+            gen_batch_size=plan.gen_batch_size,
+            done=done,
+        )
         if plan.holdout:
             ev.summary.update(membership(plan, model, tokenizer, fmt))
         if distributed.is_main_process():  # one writer when several processes evaluated together
@@ -282,7 +343,7 @@ class CloserLook(Protocol):
         return ev.summary
 
     def eval_texts(self, plan) -> list[str]:
-        return [q + " " + a for s in plan.sets or [] for q, a in zip(s.questions, s.answers)]
+        return [q + " " + a for s in plan.sets or [] for q, a in zip(s.questions, s.answers, strict=False)]
 
     def audit_sets(self, cfg):
         return eval_sets_for(replace(cfg, eval=True)), None
@@ -297,8 +358,10 @@ class CloserLook(Protocol):
 def refuse_closer_look_flags(cfg, name: str, extra: str = "") -> None:
     """A protocol that reads its own sets refuses the closer-look protocol's evaluation flags."""
     if cfg.holdout or cfg.eval_data or cfg.retain_model:
-        raise ConfigError(f"--holdout, --eval-data and --retain-model belong to the closer-look protocol; --benchmark "
-                          f"{name} reads its own sets{extra}")
+        raise ConfigError(
+            f"--holdout, --eval-data and --retain-model belong to the closer-look protocol; --benchmark "
+            f"{name} reads its own sets{extra}"
+        )
 
 
 PROTOCOL = CloserLook()

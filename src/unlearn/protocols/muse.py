@@ -85,8 +85,10 @@ class MuseSource:
         self.data = str(data)
         self.folder = Path(self.data) if Path(self.data).is_dir() else None
         if self.folder is None and self.data not in HUB_SETS:
-            raise DataError(f"{self.data}: MUSE reads {' or '.join(HUB_SETS)} (hub) or a snapshot folder of their "
-                            "configs (raw/forget.json, knowmem/forget_qa.json, ...); not found")
+            raise DataError(
+                f"{self.data}: MUSE reads {' or '.join(HUB_SETS)} (hub) or a snapshot folder of their "
+                "configs (raw/forget.json, knowmem/forget_qa.json, ...); not found"
+            )
 
     def has(self, config: str, split: str) -> bool:
         return self.folder is None or (self.folder / config / f"{split}.json").is_file()
@@ -95,8 +97,10 @@ class MuseSource:
         if self.folder is not None:
             path = self.folder / config / f"{split}.json"
             if not path.is_file():
-                raise DataError(f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
-                                "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)")
+                raise DataError(
+                    f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
+                    "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)"
+                )
             return read_records(path, required=required)
         return hub_records(self.data, config, split, required, label=f"{self.data}/{config}/{split}")
 
@@ -143,8 +147,17 @@ def load_muse_sets(data: str | Path) -> MuseSets:
         pf, ph = get("raw", "forget", ("text",)), get("raw", "holdout", ("text",))
     if not any((verbmem, forget_qa, retain_qa, pf and ph)):
         raise DataError(f"{data}: no MUSE evaluation files (verbmem/forget.json, knowmem/*_qa.json, raw/holdout.json)")
-    return MuseSets(verbmem, forget_qa, forget_icl, retain_qa, retain_icl, pf if ph else None, ph if pf else None,
-                    str(data), missing)
+    return MuseSets(
+        verbmem,
+        forget_qa,
+        forget_icl,
+        retain_qa,
+        retain_icl,
+        pf if ph else None,
+        ph if pf else None,
+        str(data),
+        missing,
+    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -167,19 +180,34 @@ def rouge_l(gt: str, output: str) -> tuple[float, float]:
 
 
 def _generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int, desc: str) -> list[str]:
-    out = generate(model, tokenizer, _Plain(), prompts, batch_size=batch_size, desc=desc, max_new_tokens=new_tokens,
-                   stop=generation_stop(model), decode={"clean_up_tokenization_spaces": False})
+    out = generate(
+        model,
+        tokenizer,
+        _Plain(),
+        prompts,
+        batch_size=batch_size,
+        desc=desc,
+        max_new_tokens=new_tokens,
+        stop=generation_stop(model),
+        decode={"clean_up_tokenization_spaces": False},
+    )
     return [tokenizer.clean_up_tokenization(g) for g in out]
 
 
 def verbmem(model, tokenizer, rows: list[dict], batch_size: int) -> dict:
     gens = _generate(model, tokenizer, [r["prompt"] for r in rows], VERBMEM_NEW_TOKENS, batch_size, "MUSE: verbmem")
     by = {}
-    for i, (r, g) in enumerate(zip(rows, gens)):
+    for i, (r, g) in enumerate(zip(rows, gens, strict=False)):
         gt_ids = tokenizer(r["gt"], add_special_tokens=True)["input_ids"][:VERBMEM_NEW_TOKENS]
         gt = tokenizer.clean_up_tokenization(tokenizer.decode(gt_ids, skip_special_tokens=True))
         f1, recall = rouge_l(gt, g)
-        by[str(i)] = {"rougeL_f1": f1, "rougeL_recall": recall, "input": r["prompt"], "ground_truth": gt, "generation": g}
+        by[str(i)] = {
+            "rougeL_f1": f1,
+            "rougeL_recall": recall,
+            "input": r["prompt"],
+            "ground_truth": gt,
+            "generation": g,
+        }
     return {"agg_value": float(np.mean([v["rougeL_f1"] for v in by.values()])), "value_by_index": by}
 
 
@@ -192,12 +220,17 @@ def knowmem(model, tokenizer, rows: list[dict], icl: list[dict], batch_size: int
     prompts = [knowmem_prompt(r["question"], icl) for r in rows]
     gens = _generate(model, tokenizer, prompts, KNOWMEM_NEW_TOKENS, batch_size, desc)
     by = {}
-    for i, (r, g) in enumerate(zip(rows, gens)):
+    for i, (r, g) in enumerate(zip(rows, gens, strict=False)):
         for word in KNOWMEM_STOP:
             g = g.split(word)[0]
         f1, recall = rouge_l(r["answer"], g)
-        by[str(i)] = {"rougeL_f1": f1, "rougeL_recall": recall, "input": r["question"], "ground_truth": r["answer"],
-                      "generation": g}
+        by[str(i)] = {
+            "rougeL_f1": f1,
+            "rougeL_recall": recall,
+            "input": r["question"],
+            "ground_truth": r["answer"],
+            "generation": g,
+        }
     return {"agg_value": float(np.mean([v["rougeL_f1"] for v in by.values()])), "value_by_index": by}
 
 
@@ -229,19 +262,30 @@ def min_k_plus_plus_score(st, k: float = MIN_K) -> float:
 def min_k_entry(model, tokenizer, forget: list[dict], holdout: list[dict], batch_size: int) -> dict:
     """Min-40% scores (loss-like) of the forget and holdout texts, and the AUC with the holdout labelled 1
     (open-unlearning's orientation: above 0.5, the forget texts look more like training data)."""
+
     def side(rows, desc):
         stats = text_stats(model, tokenizer, [r["text"] for r in rows], batch_size, desc)
         scores = [min_k_score(st.logp) for st in stats]
         plus = [min_k_plus_plus_score(st) for st in stats]
-        return {"agg_value": float(np.nanmean(scores)),
-                "value_by_index": {str(i): {"score": s, "min_k_plus_plus": p} for i, (s, p) in enumerate(zip(scores, plus))}}
+        return {
+            "agg_value": float(np.nanmean(scores)),
+            "value_by_index": {
+                str(i): {"score": s, "min_k_plus_plus": p} for i, (s, p) in enumerate(zip(scores, plus, strict=False))
+            },
+        }
 
     def auc(f, h, key):
         return mia.auc([-v[key] for v in f["value_by_index"].values()], [-v[key] for v in h["value_by_index"].values()])
 
     f, h = side(forget, "MUSE: privleak forget"), side(holdout, "MUSE: privleak holdout")
     value = auc(f, h, "score")
-    return {"forget": f, "holdout": h, "auc": value, "agg_value": value, "auc_min_k_plus_plus": auc(f, h, "min_k_plus_plus")}
+    return {
+        "forget": f,
+        "holdout": h,
+        "auc": value,
+        "agg_value": value,
+        "auc_min_k_plus_plus": auc(f, h, "min_k_plus_plus"),
+    }
 
 
 def read_retain_auc(path: str | Path) -> float:
@@ -267,25 +311,34 @@ class MuseResult:
     summary: dict
 
 
-def evaluate_muse(model, tokenizer, sets: MuseSets, batch_size: int = EVAL_BATCH_SIZE,
-                  retain_auc: float | None = None, gen_batch_size: int | None = None) -> MuseResult:
+def evaluate_muse(
+    model,
+    tokenizer,
+    sets: MuseSets,
+    batch_size: int = EVAL_BATCH_SIZE,
+    retain_auc: float | None = None,
+    gen_batch_size: int | None = None,
+) -> MuseResult:
     logs: dict = {}
     rows = generation_batch(batch_size, gen_batch_size)
     if sets.verbmem:
         logs["forget_verbmem_ROUGE"] = verbmem(model, tokenizer, sets.verbmem, rows)
     if sets.forget_qa:
-        logs["forget_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.forget_qa, sets.forget_icl, rows,
-                                               "MUSE: knowmem forget")
+        logs["forget_knowmem_ROUGE"] = knowmem(
+            model, tokenizer, sets.forget_qa, sets.forget_icl, rows, "MUSE: knowmem forget"
+        )
     if sets.retain_qa:
-        logs["retain_knowmem_ROUGE"] = knowmem(model, tokenizer, sets.retain_qa, sets.retain_icl, rows,
-                                               "MUSE: knowmem retain")
+        logs["retain_knowmem_ROUGE"] = knowmem(
+            model, tokenizer, sets.retain_qa, sets.retain_icl, rows, "MUSE: knowmem retain"
+        )
     unavailable = dict(sets.missing)
     if sets.privleak_forget and sets.privleak_holdout:
         logs["mia_min_k"] = min_k_entry(model, tokenizer, sets.privleak_forget, sets.privleak_holdout, batch_size)
         if retain_auc is None:
             unavailable["privleak_reference"] = "no retain model's AUC (--retain-logs): PrivLeak against 0.5"
-        logs["privleak"] = {"agg_value": mia.privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None
-                                                  else retain_auc)}
+        logs["privleak"] = {
+            "agg_value": mia.privleak(logs["mia_min_k"]["agg_value"], 0.5 if retain_auc is None else retain_auc)
+        }
     summary = {"benchmark": "muse"}
     for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k"):
         if key in logs:
@@ -309,8 +362,12 @@ def print_muse(summary: dict) -> None:
     table = Table(title="MUSE")
     for column in ("criterion", "metric", "value"):
         table.add_column(column, justify="right" if column == "value" else "left")
-    rows = (("no verbatim memorisation", "forget_verbmem_ROUGE"), ("no knowledge memorisation", "forget_knowmem_ROUGE"),
-            ("utility preserved", "retain_knowmem_ROUGE"), ("no privacy leakage (0 = retain model)", "privleak"))
+    rows = (
+        ("no verbatim memorisation", "forget_verbmem_ROUGE"),
+        ("no knowledge memorisation", "forget_knowmem_ROUGE"),
+        ("utility preserved", "retain_knowmem_ROUGE"),
+        ("no privacy leakage (0 = retain model)", "privleak"),
+    )
     for criterion, key in rows:
         if key in summary:
             table.add_row(criterion, key, f"{summary[key]:.4f}")
@@ -327,13 +384,17 @@ SUSTAINABILITY = "sust/forget_{}"  # MUSE's successive unlearning requests: task
 
 class Muse(Protocol):
     name = "muse"
-    description = "MUSE on a raw-text corpus (muse-bench/MUSE-News or -Books, or a snapshot folder): VerbMem, KnowMem, PrivLeak"
+    description = (
+        "MUSE on a raw-text corpus (muse-bench/MUSE-News or -Books, or a snapshot folder): VerbMem, KnowMem, PrivLeak"
+    )
     max_length = MAX_LENGTH
     reads_retain_logs = True
     before_after = False
-    table = ("MUSE, one column per criterion (VerbMem and KnowMem on the forget set: lower is better; KnowMem on "
-             "the retain set: higher; PrivLeak: near 0)",
-             ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak"))
+    table = (
+        "MUSE, one column per criterion (VerbMem and KnowMem on the forget set: lower is better; KnowMem on "
+        "the retain set: higher; PrivLeak: near 0)",
+        ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak"),
+    )
 
     def layout(self, cfg) -> str:
         return "files" if cfg.forget is not None else "muse" if cfg.data else "none"
@@ -372,8 +433,10 @@ class Muse(Protocol):
     def plan(self, cfg, plan, judges=None, sets=None) -> None:
         refuse_closer_look_flags(cfg, self.name, " (and --retain-logs MUSE_EVAL.json)")
         if cfg.forget is not None or not cfg.data:
-            raise DataError("--benchmark muse evaluates a MUSE corpus: give --data muse-bench/MUSE-News (or -Books) "
-                            "or a snapshot folder of it")
+            raise DataError(
+                "--benchmark muse evaluates a MUSE corpus: give --data muse-bench/MUSE-News (or -Books) "
+                "or a snapshot folder of it"
+            )
         plan.own = load_muse_sets(cfg.data)
         if cfg.retain_logs:
             plan.reference = read_retain_auc(cfg.retain_logs)
@@ -388,8 +451,11 @@ class Muse(Protocol):
 
     def eval_texts(self, plan) -> list[str]:
         m = plan.own
-        return [r.get("prompt", r.get("question", r.get("text", ""))) + " " + r.get("gt", r.get("answer", ""))
-                for rows in (m.verbmem, m.forget_qa, m.retain_qa, m.privleak_forget) for r in rows or []]
+        return [
+            r.get("prompt", r.get("question", r.get("text", ""))) + " " + r.get("gt", r.get("answer", ""))
+            for rows in (m.verbmem, m.forget_qa, m.retain_qa, m.privleak_forget)
+            for r in rows or []
+        ]
 
     def audit_sets(self, cfg):
         return CLOSER_LOOK.audit_sets(cfg)

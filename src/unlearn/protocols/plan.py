@@ -49,20 +49,30 @@ class EvalPlan:
         """``--baseline``: an evaluation folder to compare with, checked now."""
         if cfg.baseline:
             if RunDir(cfg.baseline).read_summary() is None:
-                raise DataError(f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
-                                "or not readable; make one with unlearn eval)")
+                raise DataError(
+                    f"{cfg.baseline}: --baseline needs an evaluation folder (its summary.json is missing "
+                    "or not readable; make one with unlearn eval)"
+                )
             self.baseline = cfg.baseline
 
-    def evaluate(self, model, tokenizer, fmt, out: RunDir, shard: bool = False,
-                 done: dict | None = None) -> dict | None:
+    def evaluate(
+        self, model, tokenizer, fmt, out: RunDir, shard: bool = False, done: dict | None = None
+    ) -> dict | None:
         """The protocol's evaluation (every process its share with ``shard``; the main one writes;
         ``done``: per-item records of sets already scored on this model), then the downstream tasks
         (main process). Returns the summary, or None."""
         summary = self.protocol.evaluate(self, model, tokenizer, fmt, out, shard, done)
         if self.downstream and distributed.is_main_process():
-            downstream_after_unlearning(model, tokenizer, out, self.downstream, self.batch_size,
-                                        self.downstream_limit, self.downstream_include,
-                                        by_task=self.protocol.downstream_is_evaluation)
+            downstream_after_unlearning(
+                model,
+                tokenizer,
+                out,
+                self.downstream,
+                self.batch_size,
+                self.downstream_limit,
+                self.downstream_include,
+                by_task=self.protocol.downstream_is_evaluation,
+            )
             summary = out.read_summary() or summary
         return summary
 
@@ -74,9 +84,13 @@ def plan_evaluation(cfg, judges=None, sets: list | None = None) -> EvalPlan:
     validated six-metric sets."""
     protocol = protocol_of(cfg)
     protocol.check_flags(cfg)
-    plan = EvalPlan(batch_size=cfg.eval_batch_size, gen_batch_size=cfg.gen_batch_size,
-                    downstream_limit=cfg.downstream_limit, downstream_include=cfg.downstream_include,
-                    protocol=protocol)
+    plan = EvalPlan(
+        batch_size=cfg.eval_batch_size,
+        gen_batch_size=cfg.gen_batch_size,
+        downstream_limit=cfg.downstream_limit,
+        downstream_include=cfg.downstream_include,
+        protocol=protocol,
+    )
     if cfg.eval:
         protocol.plan(cfg, plan, judges=judges, sets=sets)
     if cfg.downstream and not plan.downstream:

@@ -79,12 +79,28 @@ HUB = "locuslab/TOFU"
 HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 TOFU_EVAL = "TOFU_EVAL.json"
 TOFU_SUMMARY = "TOFU_SUMMARY.json"
-SUMMARY_METRICS = ("forget_truth_ratio", "forget_quality", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
-                   "privleak", "extraction_strength")
+SUMMARY_METRICS = (
+    "forget_truth_ratio",
+    "forget_quality",
+    "forget_Q_A_Prob",
+    "forget_Q_A_ROUGE",
+    "model_utility",
+    "privleak",
+    "extraction_strength",
+)
 """The metrics of open-unlearning's default TOFU evaluation (its ``TOFU_SUMMARY.json``)."""
 SETS = {"forget": "forget", "retain": "retain", "ra": "real_authors_perturbed", "wf": "world_facts_perturbed"}
-UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE",
-           "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
+UTILITY = (
+    "retain_Q_A_Prob",
+    "retain_Q_A_ROUGE",
+    "retain_Truth_Ratio",
+    "ra_Q_A_Prob_normalised",
+    "ra_Q_A_ROUGE",
+    "ra_Truth_Ratio",
+    "wf_Q_A_Prob_normalised",
+    "wf_Q_A_ROUGE",
+    "wf_Truth_Ratio",
+)
 
 
 # --------------------------------------------------------------------------- data
@@ -99,8 +115,10 @@ class TofuSource:
         self.data = str(data)
         self.folder = Path(self.data) if Path(self.data).is_dir() else None
         if self.folder is None and self.data != HUB:
-            raise DataError(f"{self.data}: the TOFU benchmark reads {HUB} (hub) or a snapshot folder of its configs "
-                            "(<config>.json files); not found")
+            raise DataError(
+                f"{self.data}: the TOFU benchmark reads {HUB} (hub) or a snapshot folder of its configs "
+                "(<config>.json files); not found"
+            )
 
     def has(self, config: str) -> bool:
         return self.folder is None or (self.folder / f"{config}.json").is_file()
@@ -109,8 +127,10 @@ class TofuSource:
         if self.folder is not None:
             path = self.folder / f"{config}.json"
             if not path.is_file():
-                raise DataError(f"{path}: missing; a TOFU snapshot folder holds one JSON-lines file per config of "
-                                f"{HUB} (named <config>.json)")
+                raise DataError(
+                    f"{path}: missing; a TOFU snapshot folder holds one JSON-lines file per config of "
+                    f"{HUB} (named <config>.json)"
+                )
             return read_records(path, required=required)
         return hub_records(HUB, config, required=required, label=f"{HUB}/{config}")
 
@@ -148,10 +168,15 @@ def load_tofu_sets(data: str | Path, split: str = "forget01") -> TofuSets:
     holdout = src.rows(HOLDOUT[split]) if src.has(HOLDOUT[split]) else None
     if holdout is None:
         log.warning("%s: no %s config; privleak (forget against holdout) is left out", data, HOLDOUT[split])
-    return TofuSets(check_rows(src.rows(f"{split}_perturbed"), "forget"),
-                    check_rows(src.rows("retain_perturbed"), "retain"),
-                    check_rows(src.rows("real_authors_perturbed"), "general"),
-                    check_rows(src.rows("world_facts_perturbed"), "general"), holdout, split, str(data))
+    return TofuSets(
+        check_rows(src.rows(f"{split}_perturbed"), "forget"),
+        check_rows(src.rows("retain_perturbed"), "retain"),
+        check_rows(src.rows("real_authors_perturbed"), "general"),
+        check_rows(src.rows("world_facts_perturbed"), "general"),
+        holdout,
+        split,
+        str(data),
+    )
 
 
 # --------------------------------------------------------------------------- retain logs
@@ -181,8 +206,10 @@ def read_retain_logs(path: str | Path) -> RetainLogs:
             raise DataError(f"{p}: not a JSON file ({e})") from None
         entry = logs.get("forget_truth_ratio") if isinstance(logs, dict) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("value_by_index"), dict):
-            raise DataError(f"{p}: missing field 'forget_truth_ratio' (with 'value_by_index'): not the TOFU_EVAL.json "
-                            "of a TOFU evaluation")
+            raise DataError(
+                f"{p}: missing field 'forget_truth_ratio' (with 'value_by_index'): not the TOFU_EVAL.json "
+                "of a TOFU evaluation"
+            )
         ratios = []
         for idx, v in entry["value_by_index"].items():
             score = v.get("score") if isinstance(v, dict) else None
@@ -203,8 +230,10 @@ def read_retain_logs(path: str | Path) -> RetainLogs:
         summary = json.loads((p / SUMMARY).read_text()) if (p / SUMMARY).is_file() else {}
         auc = summary.get("MIA AUC Min-K%")
         return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(saved))
-    raise DataError(f"{path}: --retain-logs needs a TOFU_EVAL.json (open-unlearning's or unlearn's), a folder holding "
-                    "one, or an unlearn evaluation folder (eval_Forget.jsonl)")
+    raise DataError(
+        f"{path}: --retain-logs needs a TOFU_EVAL.json (open-unlearning's or unlearn's), a folder holding "
+        "one, or an unlearn evaluation folder (eval_Forget.jsonl)"
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -216,16 +245,23 @@ class TofuResult:
     summary: dict  # summary.json
 
 
-def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = EVAL_BATCH_SIZE,
-                  retain_logs: RetainLogs | None = None, shard: bool = False,
-                  gen_batch_size: int | None = None) -> TofuResult:
+def evaluate_tofu(
+    model,
+    tokenizer,
+    template,
+    sets: TofuSets,
+    batch_size: int = EVAL_BATCH_SIZE,
+    retain_logs: RetainLogs | None = None,
+    shard: bool = False,
+    gen_batch_size: int | None = None,
+) -> TofuResult:
     """Every metric of the TOFU standard on ``model`` (see the module docstring)."""
     questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
     flat = [q for qs in questions.values() for q in qs]
     gens_flat = generate_answers(model, tokenizer, template, flat, generation_batch(batch_size, gen_batch_size), shard)
     gens, start = {}, 0
     for name, qs in questions.items():
-        gens[name], start = gens_flat[start:start + len(qs)], start + len(qs)
+        gens[name], start = gens_flat[start : start + len(qs)], start + len(qs)
     pairs = pairs_of(sets)
     scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size, shard))
     losses = scored.losses
@@ -261,9 +297,20 @@ def evaluate_tofu(model, tokenizer, template, sets: TofuSets, batch_size: int = 
     else:
         unavailable["privleak"] = f"no {HOLDOUT[sets.split]} config in {sets.source}"
     summary = {"benchmark": "tofu", "split": sets.split}
-    for key in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-                "forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob", "exact_memorization", "extraction_strength",
-                "privleak", "mia_min_k", *UTILITY):
+    for key in (
+        "forget_quality",
+        "model_utility",
+        "forget_truth_ratio",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_Q_A_PARA_Prob",
+        "forget_Q_A_PERT_Prob",
+        "exact_memorization",
+        "extraction_strength",
+        "privleak",
+        "mia_min_k",
+        *UTILITY,
+    ):
         if key in logs:
             summary[key] = logs[key]["agg_value"]
     if unavailable:
@@ -277,8 +324,9 @@ def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_siz
     scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))
     auc = None
     if sets.holdout:
-        auc = min_k_entry(scored.stats("forget", len(sets.forget)),
-                          scored.stats("holdout", len(sets.holdout)))["agg_value"]
+        auc = min_k_entry(scored.stats("forget", len(sets.forget)), scored.stats("holdout", len(sets.holdout)))[
+            "agg_value"
+        ]
     ratios = truth_ratio_values(scored.losses("forget", "para"), scored.losses("forget", "pert"))
     return RetainLogs([float(x) for x in ratios], auc, source)
 
@@ -291,8 +339,11 @@ def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     atomic_write_json(out / TOFU_EVAL, json_safe(dict(sorted(result.logs.items()))))
-    ou_summary = {k: result.logs[k]["agg_value"] for k in SUMMARY_METRICS
-                  if k in result.logs and result.logs[k].get("agg_value") is not None}
+    ou_summary = {
+        k: result.logs[k]["agg_value"]
+        for k in SUMMARY_METRICS
+        if k in result.logs and result.logs[k].get("agg_value") is not None
+    }
     atomic_write_json(out / TOFU_SUMMARY, json_safe(dict(sorted(ou_summary.items()))))
     atomic_write_json(out / SUMMARY, json_safe(result.summary))  # last: it marks a complete result
     return out
@@ -320,8 +371,9 @@ def _retain_logs_from_model(cfg, sets: TofuSets) -> RetainLogs:
     if (path / MODEL).is_dir() and not (path / "config.json").exists():
         path = path / MODEL
     source = str(path) if path.exists() else cfg.retain_model
-    model, tokenizer = models.load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                  attn_implementation=cfg.attn_implementation)
+    model, tokenizer = models.load_model(
+        source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
+    )
     model.to(state().device)
     fmt = tofu_template(detect_prompt_format(tokenizer, source, cfg.prompt_format))
     logs = retain_logs_from_model(model, tokenizer, fmt, sets, cfg.eval_batch_size, str(cfg.retain_model))
@@ -331,13 +383,24 @@ def _retain_logs_from_model(cfg, sets: TofuSets) -> RetainLogs:
 
 class TofuStandard(Protocol):
     name = "tofu"
-    description = ("the TOFU standard as open-unlearning evaluates it: locuslab/TOFU (hub or snapshot folder), "
-                   "forget_quality, model_utility, privleak ... and TOFU_EVAL.json")
+    description = (
+        "the TOFU standard as open-unlearning evaluates it: locuslab/TOFU (hub or snapshot folder), "
+        "forget_quality, model_utility, privleak ... and TOFU_EVAL.json"
+    )
     max_length = MAX_LENGTH
     reads_retain_logs = True
-    table = ("TOFU standard (open-unlearning's metrics)",
-             ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-              "privleak", "extraction_strength"))
+    table = (
+        "TOFU standard (open-unlearning's metrics)",
+        (
+            "forget_quality",
+            "model_utility",
+            "forget_truth_ratio",
+            "forget_Q_A_Prob",
+            "forget_Q_A_ROUGE",
+            "privleak",
+            "extraction_strength",
+        ),
+    )
 
     def layout(self, cfg) -> str:
         return "files" if cfg.forget is not None else "hub" if cfg.data else "none"
@@ -349,12 +412,19 @@ class TofuStandard(Protocol):
         if cfg.forget is not None:
             return super().training_data(cfg, unlearned)
         forget, retain = training_rows(cfg.data, cfg.split)
-        return UnlearningData(forget, retain, "hub", str(cfg.data),
-                              {"split": cfg.split, "retain_file": HUB_RETAIN[cfg.split], "benchmark": self.name})
+        return UnlearningData(
+            forget,
+            retain,
+            "hub",
+            str(cfg.data),
+            {"split": cfg.split, "retain_file": HUB_RETAIN[cfg.split], "benchmark": self.name},
+        )
 
     def continual_tasks(self, cfg) -> list[int]:
-        raise ConfigError("continual unlearning runs the closer-look protocol's tasks (task_id in the forget files); "
-                          "the TOFU standard (--benchmark tofu) has none: unlearn each split with unlearn run")
+        raise ConfigError(
+            "continual unlearning runs the closer-look protocol's tasks (task_id in the forget files); "
+            "the TOFU standard (--benchmark tofu) has none: unlearn each split with unlearn run"
+        )
 
     def template(self, fmt):
         return tofu_template(fmt)
@@ -367,12 +437,16 @@ class TofuStandard(Protocol):
 
     def plan(self, cfg, plan, judges=None, sets=None) -> None:
         if cfg.forget is not None or not cfg.data:
-            raise DataError("--benchmark tofu evaluates the configs of locuslab/TOFU: give --data locuslab/TOFU or a "
-                            "snapshot folder of them (not --forget/--retain files)")
+            raise DataError(
+                "--benchmark tofu evaluates the configs of locuslab/TOFU: give --data locuslab/TOFU or a "
+                "snapshot folder of them (not --forget/--retain files)"
+            )
         for flag, value in (("--holdout", cfg.holdout), ("--eval-data", cfg.eval_data)):
             if value:
-                raise ConfigError(f"{flag} belongs to the closer-look protocol; --benchmark tofu reads the holdout and "
-                                  "evaluation configs from --data")
+                raise ConfigError(
+                    f"{flag} belongs to the closer-look protocol; --benchmark tofu reads the holdout and "
+                    "evaluation configs from --data"
+                )
         if cfg.retain_logs and cfg.retain_model:
             raise ConfigError("give --retain-logs or --retain-model, not both")
         plan.own = load_tofu_sets(cfg.data, cfg.split)
@@ -383,8 +457,16 @@ class TofuStandard(Protocol):
         plan.check_baseline(cfg)
 
     def evaluate(self, plan, model, tokenizer, fmt, out, shard, done):
-        result = evaluate_tofu(model, tokenizer, fmt, plan.own, plan.batch_size, plan.reference, shard=shard,
-                               gen_batch_size=plan.gen_batch_size)
+        result = evaluate_tofu(
+            model,
+            tokenizer,
+            fmt,
+            plan.own,
+            plan.batch_size,
+            plan.reference,
+            shard=shard,
+            gen_batch_size=plan.gen_batch_size,
+        )
         if distributed.is_main_process():
             write_tofu(result, out.path)
             print_tofu(result.summary)

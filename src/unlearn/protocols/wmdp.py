@@ -23,8 +23,10 @@ class Wmdp(CloserLook):
     six_metrics = False
     downstream_is_evaluation = True
     before_after = False
-    table = ("WMDP (accuracy on hazardous knowledge: lower is better; MMLU: higher)",
-             ("wmdp_bio", "wmdp_cyber", "mmlu"))
+    table = (
+        "WMDP (accuracy on hazardous knowledge: lower is better; MMLU: higher)",
+        ("wmdp_bio", "wmdp_cyber", "mmlu"),
+    )
 
     def tasks(self, cfg) -> list[str]:
         tasks = parse_tasks(cfg.downstream or TASKS)
@@ -49,8 +51,11 @@ class Wmdp(CloserLook):
 
     def table_keys(self, summaries: list[dict]) -> tuple[str, ...]:
         """The tasks run (a stand-in task may replace the defaults)."""
-        return tuple(dict.fromkeys(k for s in summaries for k in s
-                                   if not k.startswith(("Downstream", "benchmark", "unavailable"))))
+        return tuple(
+            dict.fromkeys(
+                k for s in summaries for k in s if not k.startswith(("Downstream", "benchmark", "unavailable"))
+            )
+        )
 
     def reference(self, plan):
         return None

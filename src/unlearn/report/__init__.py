@@ -20,12 +20,29 @@ from unlearn.report.render import md_escape, render_html, render_markdown
 from unlearn.report.runs import Run, collect_runs, load_run, short_labels
 from unlearn.report.tables import report_blocks, table_rows
 
-__all__ = ["Run", "collect_runs", "load_run", "md_escape", "plot_continual", "plot_tradeoff", "render_html",
-           "render_markdown", "report_blocks", "short_labels", "table_rows", "write_report"]
+__all__ = [
+    "Run",
+    "collect_runs",
+    "load_run",
+    "md_escape",
+    "plot_continual",
+    "plot_tradeoff",
+    "render_html",
+    "render_markdown",
+    "report_blocks",
+    "short_labels",
+    "table_rows",
+    "write_report",
+]
 
 
-def write_report(results: list[str | Path], out: str | Path, baseline: str | Path | None = None,
-                 title: str = "Unlearning report", examples: int = 3) -> Path:
+def write_report(
+    results: list[str | Path],
+    out: str | Path,
+    baseline: str | Path | None = None,
+    title: str = "Unlearning report",
+    examples: int = 3,
+) -> Path:
     """``unlearn report``: read the runs, write report.md/html, table.csv and the plots into ``out``."""
     out = Path(out)
     base = load_run(Path(baseline).resolve(), f"{Path(baseline).resolve().name} (baseline)") if baseline else None

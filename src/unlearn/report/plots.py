@@ -55,7 +55,7 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     methods = [r.method for r in points if r.method not in REFERENCE_METHODS]
     colors = colors_for(methods)
     handles = []
-    for n, (r, label) in enumerate(zip(points, short_labels([r.name for r in points])), 1):
+    for n, (r, label) in enumerate(zip(points, short_labels([r.name for r in points]), strict=False), 1):
         x, y = r.value("Forget Efficacy"), r.value("Model Utility")
         reference = r.method in REFERENCE_METHODS
         color = "grey" if reference else colors[r.method]
@@ -70,8 +70,11 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
         x, y = baseline.value("Forget Efficacy"), baseline.value("Model Utility")
         if x is not None:
             ax.scatter([x], [y], marker="*", s=160, color="black", zorder=4)
-            handles.append(Line2D([], [], marker="*", markersize=10, linestyle="", color="black",
-                                  label="target (before unlearning)"))
+            handles.append(
+                Line2D(
+                    [], [], marker="*", markersize=10, linestyle="", color="black", label="target (before unlearning)"
+                )
+            )
             xs, ys = xs + [x], ys + [y]
         else:
             ax.axhline(y, color="black", linestyle="--", linewidth=1)
@@ -99,14 +102,16 @@ def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = Non
     fig = new_figure(11, 4.2)
     axes = fig.subplots(1, 2)
     colors = colors_for([r.name for r in curves])
-    labels = dict(zip([r.name for r in curves], short_labels([r.name for r in curves])))
-    for ax, key in zip(axes, keys):
+    labels = dict(zip([r.name for r in curves], short_labels([r.name for r in curves]), strict=False))
+    for ax, key in zip(axes, keys, strict=False):
         for r in curves:
-            pts = [(i + 1 if row.get("n_unlearned") is None else row["n_unlearned"], row.get(key))
-                   for i, row in enumerate(r.curve)]
+            pts = [
+                (i + 1 if row.get("n_unlearned") is None else row["n_unlearned"], row.get(key))
+                for i, row in enumerate(r.curve)
+            ]
             pts = [(x, y) for x, y in pts if y is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=4, color=colors[r.name], label=labels[r.name])
+                ax.plot(*zip(*pts, strict=False), marker="o", markersize=4, color=colors[r.name], label=labels[r.name])
         if baseline and baseline.value(key) is not None:
             ax.axhline(baseline.value(key), color="black", linestyle="--", linewidth=1, label="baseline")
         ax.set_xlabel("tasks unlearned")
@@ -129,16 +134,18 @@ def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", 
     fig = new_figure(5.5 * len(keys), 4.2)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     colors = colors_for([r.name for r in traced])
-    labels = dict(zip([r.name for r in traced], short_labels([r.name for r in traced])))
-    for ax, key in zip(axes, keys):
+    labels = dict(zip([r.name for r in traced], short_labels([r.name for r in traced]), strict=False))
+    for ax, key in zip(axes, keys, strict=False):
         for r in traced:
             pts = [(row["step"], row.get(key)) for row in r.trajectory if row.get(key) is not None]
             if not pts:
                 continue
-            ax.plot(*zip(*pts), marker="o", markersize=3, color=colors[r.name], label=labels[r.name])
-            bad = [(row["step"], row.get(key)) for row in r.trajectory if row.get("collapse") and row.get(key) is not None]
+            ax.plot(*zip(*pts, strict=False), marker="o", markersize=3, color=colors[r.name], label=labels[r.name])
+            bad = [
+                (row["step"], row.get(key)) for row in r.trajectory if row.get("collapse") and row.get(key) is not None
+            ]
             if bad:
-                ax.scatter(*zip(*bad), marker="x", s=40, color="red", zorder=3)
+                ax.scatter(*zip(*bad, strict=False), marker="x", s=40, color="red", zorder=3)
             kept = _kept_step(r)
             if kept is not None:
                 y = next((row.get(key) for row in r.trajectory if row["step"] == kept), None)
@@ -150,8 +157,16 @@ def plot_trajectories(runs: list[Run], path: str | Path, keys=("Model Utility", 
         ax.grid(True, alpha=0.3)
         ax.set_title(f"{key} while unlearning")
         if not ax.get_lines():
-            ax.text(0.5, 0.5, "not evaluated while unlearning", ha="center", va="center", transform=ax.transAxes,
-                    fontsize=9, color="grey")
+            ax.text(
+                0.5,
+                0.5,
+                "not evaluated while unlearning",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=9,
+                color="grey",
+            )
     legend_ax = next((ax for ax in axes if ax.get_lines()), None)
     if legend_ax is not None:
         legend_ax.legend(fontsize=8, loc="best")

@@ -29,8 +29,10 @@ def render_markdown(blocks: list[Block]) -> str:
             out.append(f"![{alt}]({b.text})")
         elif b.kind == "table":
             t = b.table
-            lines = ["| " + " | ".join(md_escape(h) for h in t.header) + " |",
-                     "|" + "|".join("---" for _ in t.header) + "|"]
+            lines = [
+                "| " + " | ".join(md_escape(h) for h in t.header) + " |",
+                "|" + "|".join("---" for _ in t.header) + "|",
+            ]
             lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in t.rows]
             out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
@@ -71,10 +73,18 @@ def render_html(blocks: list[Block], title: str = "Unlearning report") -> str:
             t = b.table
             head = "".join(f"<th>{esc(h)}</th>" for h in t.header)
             rows = "".join(
-                "<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if j and _NUMERIC.match(c) else f"<td>{esc(c)}</td>"
-                                 for j, c in enumerate(row)) + "</tr>"
-                for row in t.rows)
+                "<tr>"
+                + "".join(
+                    f'<td class="num">{esc(c)}</td>' if j and _NUMERIC.match(c) else f"<td>{esc(c)}</td>"
+                    for j, c in enumerate(row)
+                )
+                + "</tr>"
+                for row in t.rows
+            )
             body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
@@ -122,7 +122,9 @@ def _read_mapping(path: Path, parse, required: bool = False) -> dict:
         obj = parse(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError) as e:
         if required:
-            raise DataError(f"{path}: not readable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise DataError(
+                f"{path}: not readable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         return {}
     if required and not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object of metrics")
@@ -139,8 +141,9 @@ def _read_config(folder: Path) -> dict:
 
 
 def _task_dirs(folder: Path) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"task_(\d+)", p.name))]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := re.fullmatch(r"task_(\d+)", p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -152,7 +155,7 @@ def _curve(folder: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r.get("n_unlearned") is None, r.get("n_unlearned") or 0))
 
 
-def load_run(folder: str | Path, name: str | None = None) -> "Run":
+def load_run(folder: str | Path, name: str | None = None) -> Run:
     """A run (or continual run) folder as a :class:`Run`."""
     folder = Path(folder)
     summary_path = folder / SUMMARY
@@ -167,18 +170,31 @@ def load_run(folder: str | Path, name: str | None = None) -> "Run":
         elif last is not None:
             summary = _read_mapping(last / SUMMARY, json.loads, required=True)
         else:
-            summary = {k: v for k, v in (curve[-1] if curve else {}).items()
-                       if k not in ("task", "n_unlearned", "seconds")}
+            summary = {
+                k: v for k, v in (curve[-1] if curve else {}).items() if k not in ("task", "n_unlearned", "seconds")
+            }
         config = _read_config(folder) or (_read_config(tasks[0]) if tasks else {})
-        info = _read_mapping(folder / DATA, json.loads) or (
-            _read_mapping(tasks[0] / DATA, json.loads) if tasks else {})
-        return Run(name or folder.name, folder, summary, config, info, curve=curve,
-                   eval_dir=last if last is not None else folder)
+        info = _read_mapping(folder / DATA, json.loads) or (_read_mapping(tasks[0] / DATA, json.loads) if tasks else {})
+        return Run(
+            name or folder.name,
+            folder,
+            summary,
+            config,
+            info,
+            curve=curve,
+            eval_dir=last if last is not None else folder,
+        )
     if not summary_path.is_file():
         raise DataError(f"{folder}: no summary.json (evaluate the model first: unlearn eval)")
-    return Run(name or folder.name, folder, _read_mapping(summary_path, json.loads, required=True), _read_config(folder),
-               _read_mapping(folder / DATA, json.loads), eval_dir=folder,
-               trajectory=read_jsonl_log(folder / EVAL_LOG) or None)
+    return Run(
+        name or folder.name,
+        folder,
+        _read_mapping(summary_path, json.loads, required=True),
+        _read_config(folder),
+        _read_mapping(folder / DATA, json.loads),
+        eval_dir=folder,
+        trajectory=read_jsonl_log(folder / EVAL_LOG) or None,
+    )
 
 
 def shown_path(path: Path) -> str:
@@ -239,7 +255,7 @@ def short_labels(names: list[str]) -> list[str]:
     shared = set.intersection(*(set(p) for p in parts)) if len(parts) > 1 else set()
     shared |= {v[0] for v in values.values() if len(v) > 1 and len(set(v)) == 1}
     labels = []
-    for name, t in zip(names, tokens):
+    for name, t in zip(names, tokens, strict=False):
         kept = [(t[i - 1] if i else "", t[i]) for i in range(0, len(t), 2) if t[i] not in shared]
         label = "".join(sep + x for sep, x in kept).lstrip("/,_")
         labels.append(label or name)

@@ -42,8 +42,14 @@ def table_rows(runs: list[Run]) -> list[dict]:
     rows = []
     sets, extra = sets_present(runs), downstream_keys(runs)
     for r in runs:
-        row = {"run": r.name, "path": shown_path(r.path), "method": r.method, "lr": r.lr, "split": r.split,
-               "task": r.task}
+        row = {
+            "run": r.name,
+            "path": shown_path(r.path),
+            "method": r.method,
+            "lr": r.lr,
+            "split": r.split,
+            "task": r.task,
+        }
         row.update({k: r.value(k) for k in HEADLINE})
         row.update({f"{s} {m}": r.value(f"{s} {m}") for s in sets for m in METRICS})
         row.update({k: r.value(k) for k in extra})
@@ -98,31 +104,37 @@ class Notes:
 def _summary_table(runs: list[Run], notes: Notes) -> Table:
     extra = [k for k in ("Downstream Average",) if k in downstream_keys(runs)]
     header = ["run", "method", "lr", "split", "task", "MU", "MU Retain", "FE", "Forget Quality", *extra]
-    rows = [[r.name, r.method, r.lr, r.split, r.task, *(notes.cell(r, k) for k in (*HEADLINE, *extra))]
-            for r in runs]
+    rows = [[r.name, r.method, r.lr, r.split, r.task, *(notes.cell(r, k) for k in (*HEADLINE, *extra))] for r in runs]
     return Table(header, rows)
 
 
 def _protocol_table(runs: list[Run], protocol) -> Table:
     """Runs evaluated with a protocol that has its own table (``--benchmark tofu|muse|wmdp``): its metrics."""
     keys = protocol.table_keys([r.summary for r in runs])
-    rows = [[r.name, r.method, r.lr, r.split, *(fmt_value(r.value(k)) if r.value(k) is not None else DASH
-                                               for k in keys)] for r in runs]
+    rows = [
+        [r.name, r.method, r.lr, r.split, *(fmt_value(r.value(k)) if r.value(k) is not None else DASH for k in keys)]
+        for r in runs
+    ]
     return Table(["run", "method", "lr", "split", *keys], rows)
 
 
 def _set_table(runs: list[Run], set_name: str, notes: Notes) -> Table:
     header = ["run", *METRICS]
-    rows = [[r.name, *(notes.cell(r, f"{set_name} {m}") for m in METRICS)]
-            for r in runs if any(f"{set_name} {m}" in r.summary for m in METRICS)]
+    rows = [
+        [r.name, *(notes.cell(r, f"{set_name} {m}") for m in METRICS)]
+        for r in runs
+        if any(f"{set_name} {m}" in r.summary for m in METRICS)
+    ]
     return Table(header, rows)
 
 
 def _curve_table(run: Run) -> Table:
     keys = [k for k in HEADLINE if any(row.get(k) is not None for row in run.curve or [])]
     header = ["tasks unlearned", "task", *keys]
-    rows = [[fmt_short(row.get("n_unlearned")), str(row.get("task") or DASH), *(fmt_value(row.get(k)) for k in keys)]
-            for row in run.curve or []]
+    rows = [
+        [fmt_short(row.get("n_unlearned")), str(row.get("task") or DASH), *(fmt_value(row.get(k)) for k in keys)]
+        for row in run.curve or []
+    ]
     return Table(header, rows)
 
 
@@ -147,26 +159,46 @@ def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Bl
                 rows.append([baseline.name, _clip(rec.get("generation", DASH))])
             for r in runs:
                 other = r.records(set_name).get(question)
-                label = f"{r.name} (after task {r.eval_dir.name[5:]})" if r.is_continual and \
-                    r.eval_dir is not None and r.eval_dir.name.startswith("task_") else r.name
-                rows.append([label, DASH + " (not evaluated on this question)" if other is None
-                             else _clip(other.get("generation", DASH))])
+                label = (
+                    f"{r.name} (after task {r.eval_dir.name[5:]})"
+                    if r.is_continual and r.eval_dir is not None and r.eval_dir.name.startswith("task_")
+                    else r.name
+                )
+                rows.append(
+                    [
+                        label,
+                        DASH + " (not evaluated on this question)"
+                        if other is None
+                        else _clip(other.get("generation", DASH)),
+                    ]
+                )
             blocks.append(Block("heading", f"{set_name} {i}: {_clip(question)}", level=3))
             blocks.append(Block("table", table=Table(["model", "answer"], rows)))
     return blocks
 
 
-def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Unlearning report",
-                  images: dict[str, str] | None = None, examples: int = 3) -> list[Block]:
+def report_blocks(
+    runs: list[Run],
+    baseline: Run | None = None,
+    title: str = "Unlearning report",
+    images: dict[str, str] | None = None,
+    examples: int = 3,
+) -> list[Block]:
     """The whole report as blocks; ``images`` maps ``tradeoff`` / ``continual`` to PNG file names."""
     images = images or {}
     notes = Notes()
     listed = ([baseline] if baseline else []) + runs
-    blocks = [Block("heading", title, level=1),
-              Block("text", f"{len(runs)} run(s)" + (f" and the baseline {baseline.name} ({shown_path(baseline.path)})" if baseline else "")
-                    + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
-                    f"n/a = no value (see the notes), {DASH} = not computed for that run."),
-              Block("heading", "Summary")]
+    blocks = [
+        Block("heading", title, level=1),
+        Block(
+            "text",
+            f"{len(runs)} run(s)"
+            + (f" and the baseline {baseline.name} ({shown_path(baseline.path)})" if baseline else "")
+            + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
+            f"n/a = no value (see the notes), {DASH} = not computed for that run.",
+        ),
+        Block("heading", "Summary"),
+    ]
     tabled = {name: p for name, p in PROTOCOLS.items() if p.table}
     other = {name: [r for r in listed if r.summary.get("benchmark") == name] for name in tabled}
     closer = [r for r in listed if r.summary.get("benchmark") not in tabled]
@@ -185,8 +217,9 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
     if "tradeoff" in images:
         blocks.append(Block("image", images["tradeoff"], items=["Model Utility against Forget Efficacy"]))
     if "tradeoff_real_world" in images:
-        blocks.append(Block("image", images["tradeoff_real_world"],
-                            items=["Model Utility against Forget Efficacy (real world)"]))
+        blocks.append(
+            Block("image", images["tradeoff_real_world"], items=["Model Utility against Forget Efficacy (real world)"])
+        )
     if "tradeoff" not in images and "tradeoff_real_world" not in images:
         blocks.append(Block("text", "No run has both Model Utility and Forget Efficacy."))
     continual = [r for r in runs if r.is_continual]
@@ -200,21 +233,38 @@ def report_blocks(runs: list[Run], baseline: Run | None = None, title: str = "Un
     if traced:
         blocks.append(Block("heading", "While unlearning"))
         if "trajectory" in images:
-            blocks.append(Block("image", images["trajectory"], items=["MU and FE against optimiser steps "
-                                                                      "(x: collapse, star: the step kept)"]))
+            blocks.append(
+                Block(
+                    "image",
+                    images["trajectory"],
+                    items=["MU and FE against optimiser steps (x: collapse, star: the step kept)"],
+                )
+            )
         covered = [s for s in SETS if any(f"{s} ROUGE" in row for r in traced for row in r.trajectory)]
         if set(covered) != set(SETS):
             utility = [s for s in covered if not s.startswith("Forget")]
-            said = (f"Model Utility there is over {', '.join(utility)} alone (the final evaluation's is over every "
-                    "utility set)" if utility else "no utility set, so no Model Utility there")
+            said = (
+                f"Model Utility there is over {', '.join(utility)} alone (the final evaluation's is over every "
+                "utility set)"
+                if utility
+                else "no utility set, so no Model Utility there"
+            )
             blocks.append(Block("text", f"Evaluated while unlearning: {', '.join(covered)}; {said}."))
-        warnings = [f"{r.name}, step {row['step']}: {'; '.join(row['collapse'])}"
-                    for r in traced for row in r.trajectory if row.get("collapse")]
+        warnings = [
+            f"{r.name}, step {row['step']}: {'; '.join(row['collapse'])}"
+            for r in traced
+            for row in r.trajectory
+            if row.get("collapse")
+        ]
         if warnings:
-            blocks += [Block("text", "Collapse: these evaluations fell below half of the starting Retain ROUGE or "
-                                     "Forget Token Entropy (the model stops answering or repeats itself):"),
-                       Block("list", items=warnings[:20] + ([f"... {len(warnings) - 20} more"] if len(warnings) > 20
-                                                            else []))]
+            blocks += [
+                Block(
+                    "text",
+                    "Collapse: these evaluations fell below half of the starting Retain ROUGE or "
+                    "Forget Token Entropy (the model stops answering or repeats itself):",
+                ),
+                Block("list", items=warnings[:20] + ([f"... {len(warnings) - 20} more"] if len(warnings) > 20 else [])),
+            ]
     blocks.append(Block("heading", "Before / after"))
     blocks += example_blocks(runs, baseline, examples)
     return blocks

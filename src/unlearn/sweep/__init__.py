@@ -51,7 +51,7 @@ def run_one(cfg, plan) -> dict | None:
 def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
     """The evaluation plan of every run that will run: judges loaded once, the retain model's
     numbers once per forget set."""
-    todo = [r for r, s in zip(runs, states) if s != FINISHED]
+    todo = [r for r, s in zip(runs, states, strict=False) if s != FINISHED]
     judges, references, plans = None, {}, {}
     for r in todo:
         c = r.cfg
@@ -60,9 +60,15 @@ def _plans(runs: list[PlannedRun], states: list[str]) -> dict[str, object]:
             judges = load_judges(c)
         key = (c.benchmark, c.retain_model, c.eval_data, c.data, c.split, c.task_id)
         own_tasks = protocol.downstream_is_evaluation  # its tasks are planned by the protocol itself
-        plan = plan_evaluation(dataclasses.replace(c, retain_model=None if key in references else c.retain_model,
-                                                   downstream=c.downstream if own_tasks else None),
-                               judges=judges, sets=r.sets)
+        plan = plan_evaluation(
+            dataclasses.replace(
+                c,
+                retain_model=None if key in references else c.retain_model,
+                downstream=c.downstream if own_tasks else None,
+            ),
+            judges=judges,
+            sets=r.sets,
+        )
         if key in references:  # the retain model's numbers, computed once per forget set
             if protocol.reference(plan) is None:
                 protocol.set_reference(plan, references[key])
@@ -100,7 +106,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, out: str | None = None, d
     n = len(runs)
     if dry_run:
         print(f"{n} run(s) planned in {root}:")
-        for i, (r, state) in enumerate(zip(runs, states), 1):
+        for i, (r, state) in enumerate(zip(runs, states, strict=False), 1):
             print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
         return 0
     main = _is_main_process()
@@ -115,7 +121,7 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
         atomic_write_text(root / "sweep.yaml", Path(path).read_text(encoding="utf-8"))
     rows, failed = [], set()
     earlier = {r.get("run"): r for r in read_csv_rows(root / "sweep.csv")}  # a skipped run keeps its time
-    for i, (run, state) in enumerate(zip(runs, states), 1):
+    for i, (run, state) in enumerate(zip(runs, states, strict=False), 1):
         prefix = f"[{i}/{n}] {run.name}"
         if state == FINISHED and run.cfg.audit and not run.out.audited:
             print(f"{prefix}: finished; auditing it", flush=True)
@@ -125,12 +131,23 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
             summary = run.out.read_summary()
             print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
             before = earlier.get(run.name, {})
-            rows.append(_csv_row(run, "skipped (resumed)" if "resumed" in (before.get("status") or "") else "skipped",
-                                 summary, as_number(before.get("seconds"))))
+            rows.append(
+                _csv_row(
+                    run,
+                    "skipped (resumed)" if "resumed" in (before.get("status") or "") else "skipped",
+                    summary,
+                    as_number(before.get("seconds")),
+                )
+            )
         else:
             resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
-            cfg = (dataclasses.replace(run.cfg, resume=True, overwrite=False) if resume
-                   else dataclasses.replace(run.cfg, overwrite=True) if state == PARTIAL else run.cfg)
+            cfg = (
+                dataclasses.replace(run.cfg, resume=True, overwrite=False)
+                if resume
+                else dataclasses.replace(run.cfg, overwrite=True)
+                if state == PARTIAL
+                else run.cfg
+            )
             doing = "resuming from its checkpoint" if resume else "redoing" if state == PARTIAL else "running"
             print(f"{prefix}: {doing} -> {run.out.path}", flush=True)
             start = time.perf_counter()

@@ -14,7 +14,8 @@ The sweep file is YAML with three keys::
       holdout: data/holdout.jsonl
 
 Runs go in a fixed order (``itertools.product`` over the grid keys as written, the first key varying
-slowest) into ``OUT/<key>-<value>__...`` (e.g. ``method-ME+GD__lr-1e-05``). The whole grid is validated (keys, types, methods and their
+slowest) into ``OUT/<key>-<value>__...`` (e.g. ``method-ME+GD__lr-1e-05``). The whole grid is validated
+(keys, types, methods and their
 arguments, data and evaluation files, downstream tasks) before the first model is loaded. Paths in
 the file are relative to the current directory, as in ``unlearn run --config``.
 """
@@ -62,7 +63,9 @@ class PlannedRun:
     @property
     def evaluated(self) -> bool:
         protocol = protocol_of(self.cfg)
-        return bool(self.sets) or bool(self.cfg.eval and not protocol.six_metrics and not protocol.downstream_is_evaluation)
+        return bool(self.sets) or bool(
+            self.cfg.eval and not protocol.six_metrics and not protocol.downstream_is_evaluation
+        )
 
 
 # --------------------------------------------------------------------------- planning
@@ -74,7 +77,9 @@ def _keys(section: dict, where: str, path: Path) -> dict:
     out = config_keys(section, f"{path}: {where}: ")
     for name in out:
         if name in MANAGED:
-            raise ConfigError(f"{path}: {where}: '{name}' is set by the sweep; give the root folder as top-level 'out:'")
+            raise ConfigError(
+                f"{path}: {where}: '{name}' is set by the sweep; give the root folder as top-level 'out:'"
+            )
     return out
 
 
@@ -84,8 +89,10 @@ def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
     raw = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(TOP_KEYS)}")
     unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}' (valid: {', '.join(TOP_KEYS)}; "
-                        "config keys go under 'base:' or 'grid:')")
+        raise ConfigError(
+            f"{path}: unknown top-level key '{unknown[0]}' (valid: {', '.join(TOP_KEYS)}; "
+            "config keys go under 'base:' or 'grid:')"
+        )
     base = _keys(raw.get("base") or {}, "base", path)
     grid = {}
     for key, values in _keys(raw.get("grid") or {}, "grid", path).items():
@@ -128,8 +135,9 @@ def run_name(values: dict, legacy: bool = False) -> str:
         name = ",".join(f"{k}={_text(v)}" for k, v in values.items())
         name = re.sub(r"[^A-Za-z0-9._+=,-]", "_", name)
     else:
-        name = "__".join(f"{k}-{re.sub(r'_+', '_', re.sub(r'[^A-Za-z0-9.+-]', '_', _text(v)))}"
-                         for k, v in values.items())
+        name = "__".join(
+            f"{k}-{re.sub(r'_+', '_', re.sub(r'[^A-Za-z0-9.+-]', '_', _text(v)))}" for k, v in values.items()
+        )
     name = name.lstrip(".-") or "run"
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -153,8 +161,18 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
             cache[("idk", cfg.idk)] = None
         sets = downstream = None
         if cfg.eval:  # the protocol's sets (or tasks) read and checked, nothing loaded
-            key = ("eval", cfg.benchmark, cfg.eval_data, cfg.data, cfg.forget, cfg.split, cfg.task_id, cfg.retain_logs,
-                   cfg.downstream, cfg.downstream_include)
+            key = (
+                "eval",
+                cfg.benchmark,
+                cfg.eval_data,
+                cfg.data,
+                cfg.forget,
+                cfg.split,
+                cfg.task_id,
+                cfg.retain_logs,
+                cfg.downstream,
+                cfg.downstream_include,
+            )
             if key not in cache:
                 cache[key] = protocol_of(cfg).check(cfg)
             sets = cache[key]
@@ -179,7 +197,7 @@ def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[Pla
     root_path = Path(root)
     runs, names, cache = [], {}, {}
     for combo in itertools.product(*grid.values()):
-        given = dict(zip(grid, combo))
+        given = dict(zip(grid, combo, strict=False))
         try:
             cfg = config_from_args(argparse.Namespace(), **base, **given)
         except ConfigError as e:
