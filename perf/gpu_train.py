@@ -45,7 +45,8 @@ def one(args, spec: dict) -> dict:
     import torch
 
     from unlearn.config import Config
-    from unlearn.data import UnlearningDataset, load_tofu, read_refusals
+    from unlearn.data import load_tofu, read_refusals
+    from unlearn.datasets import UnlearningDataset
     from unlearn.methods import resolve
     from unlearn.models import load_model
     from unlearn.prompts import detect_prompt_format

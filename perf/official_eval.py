@@ -54,7 +54,7 @@ def official_generate(model, tokenizer, fmt, questions, max_length=GEN_LENGTH, b
     from transformers import GenerationConfig
 
     from unlearn.encoding import encode_prompt
-    from unlearn.evaluation.scoring import eos_ids
+    from unlearn.evaluation.generation import eos_ids
 
     pad_id = tokenizer.pad_token_id
     out = []

@@ -559,7 +559,7 @@ def test_shipped_placeholders_are_refused_before_anything_runs(tmp_path, capsys)
 
 def test_task_id_all_selects_every_task():
     from unlearn.__main__ import build_parser
-    from unlearn.config import config_from_args
+    from unlearn.config_args import config_from_args
 
     args = build_parser().parse_args(["run", "--task-id", "all"])
     assert config_from_args(args).task_id is None

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from unlearn import chunked
-from unlearn.data import UnlearningDataset, make_collate
+from unlearn.data import make_collate
+from unlearn.datasets import UnlearningDataset
 from unlearn.errors import ConfigError
 from unlearn.methods import FORGET_TERMS, REGULARIZERS, BatchView, build_objective
 from unlearn.reference import Reference, reference_nlls

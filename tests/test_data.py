@@ -2,15 +2,8 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
-from unlearn.data import (
-    DataError,
-    UnlearningDataset,
-    load_hub_tofu,
-    load_real_world,
-    load_tofu,
-    load_unlearning_data,
-    read_records,
-)
+from unlearn.data import DataError, load_hub_tofu, load_real_world, load_tofu, load_unlearning_data, read_records
+from unlearn.datasets import UnlearningDataset
 from unlearn.encoding import IGNORE_INDEX, encode_qa, pad_batch
 
 

@@ -184,7 +184,8 @@ def test_bad_input_is_one_line(target, tmp_path, capsys, argv, needle):
 
 
 def test_shipped_configs_parse():
-    from unlearn.config import Config, load_yaml
+    from unlearn.config import Config
+    from unlearn.config_args import load_yaml
     from unlearn.methods import parse_method
     from unlearn.sweep import read_sweep
 

@@ -16,8 +16,9 @@ from tests.conftest import write_jsonl
 from unlearn.data import DataError
 from unlearn.encoding import encode_prompt
 from unlearn.evaluation import metrics as M
+from unlearn.evaluation.generation import generate
 from unlearn.evaluation.judges import Unavailable, cosine_similarity_batch
-from unlearn.evaluation.scoring import answer_nlls, generate
+from unlearn.evaluation.scoring import answer_nlls
 from unlearn.evaluation.six_metrics import METRICS, evaluate, write_evaluation
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.prompts import PromptFormat
@@ -675,7 +676,7 @@ def test_greedy_decode_equals_transformers_generate(tiny):
     a prompt; each row to its own budget, ending with its first EOS."""
     from transformers import GenerationConfig
 
-    from unlearn.evaluation.scoring import decode_greedy
+    from unlearn.evaluation.generation import decode_greedy
 
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL] + ["Who?", "Where is it?"]
@@ -705,7 +706,7 @@ def test_greedy_decode_equals_transformers_generate(tiny):
 
 def test_generation_batch_follows_its_flag(tiny):
     from unlearn.config import Config
-    from unlearn.evaluation.scoring import generation_batch
+    from unlearn.evaluation.generation import generation_batch
     from unlearn.protocols.plan import plan_evaluation
 
     assert generation_batch(16) == 64 and generation_batch(16, 5) == 5

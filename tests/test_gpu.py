@@ -17,9 +17,10 @@ import torch
 from tests.conftest import GPU_TESTS
 from tests.test_methods import FORGET, RETAIN
 from unlearn.config import Config
-from unlearn.data import UnlearningDataset
+from unlearn.datasets import UnlearningDataset
 from unlearn.distributed import training_mixed_precision
-from unlearn.evaluation.scoring import answer_nlls, generate
+from unlearn.evaluation.generation import generate
+from unlearn.evaluation.scoring import answer_nlls
 from unlearn.methods import build_objective, resolve
 from unlearn.reference import reference_nlls
 from unlearn.train import fit

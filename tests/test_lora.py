@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import write_jsonl
 from unlearn.config import Config
-from unlearn.data import UnlearningDataset
+from unlearn.datasets import UnlearningDataset
 from unlearn.lora import apply_lora, merge_state_dict, target_modules
 from unlearn.methods import build_objective, resolve
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, load_model

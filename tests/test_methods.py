@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn.config import Config
-from unlearn.data import UnlearningDataset
+from unlearn.datasets import UnlearningDataset
 from unlearn.errors import ConfigError
 from unlearn.methods import FORGET_TERMS, REGULARIZERS, build_objective, parse_method, resolve, valid_method_names
 from unlearn.reference import reference_nlls
@@ -189,7 +189,7 @@ def test_the_readme_methods_table_is_the_registry():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     start = readme.index("<!-- methods-table")
     body = readme[readme.index("\n", start) + 1 : readme.index("<!-- /methods-table -->")].strip()
-    assert body == methods_table(), "regenerate the README table from unlearn.methods.methods_table()"
+    assert body == methods_table(), "regenerate the README's table: unlearn methods --markdown"
 
 
 def test_unlearn_methods_lists_every_term(capsys):
@@ -202,7 +202,8 @@ def test_unlearn_methods_lists_every_term(capsys):
 
 
 def test_rmu_trains_only_the_chosen_layers_and_its_vector_is_the_seeds(tmp_path, tiny):
-    from unlearn.methods import BatchView, _rmu_vector
+    from unlearn.methods import BatchView
+    from unlearn.methods.terms import _rmu_vector
 
     tok, fmt, _ = tiny
     from unlearn.models import build_tiny_model
@@ -297,3 +298,11 @@ def test_task_vector_negation_is_exact(tiny):
         torch.testing.assert_close(p, original[n] - 2.0 * 0.5)  # theta - alpha (theta_ft - theta)
     with pytest.raises(ConfigError, match="TV takes no regulariser"):
         parse_method("TV+GD")
+
+
+def test_unlearn_methods_markdown_prints_the_readme_table(capsys):
+    from unlearn.__main__ import main
+    from unlearn.methods import methods_table
+
+    assert main(["methods", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == methods_table()

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import teach, write_jsonl
-from unlearn.data import DataError, UnlearningDataset, read_rows
+from unlearn.data import DataError, read_rows
+from unlearn.datasets import UnlearningDataset
 from unlearn.encoding import chunk_texts
+from unlearn.evaluation import muse_metrics
 from unlearn.models import build_tiny_model, build_tiny_tokenizer, save_model
 from unlearn.protocols import muse as M
 
@@ -156,12 +158,12 @@ def test_knowmem_and_verbmem_rouge_by_hand(monkeypatch, tiny):
     """Generations stubbed: KnowMem cuts at MUSE's stop words, then ROUGE-L F1 without stemming."""
     _, tok = tiny
     gens = iter([["Velmora\n\nQuestion: next", "the lighthouse keeper Ona Brisk"]])
-    monkeypatch.setattr(M, "_generate", lambda *a, **k: next(gens))
+    monkeypatch.setattr(muse_metrics, "_generate", lambda *a, **k: next(gens))
     e = M.knowmem(None, tok, FORGET_QA, ICL, 2, "x")
     # item 1: "Velmora" exactly (F1 1); item 2: LCS "ona brisk" = 2 of 2 reference and 5 predicted words
     assert e["value_by_index"]["0"]["generation"] == "Velmora"
     assert e["agg_value"] == pytest.approx((1.0 + 2 * (2 / 5) * 1.0 / (2 / 5 + 1.0)) / 2)
-    monkeypatch.setattr(M, "_generate", lambda *a, **k: ["ninety years of service ."])
+    monkeypatch.setattr(muse_metrics, "_generate", lambda *a, **k: ["ninety years of service ."])
     rows = [{"prompt": "The town voted after", "gt": "ninety years of service."}]
     v = M.verbmem(None, tok, rows, 1)
     assert (

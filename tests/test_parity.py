@@ -64,7 +64,7 @@ def test_steps_end_as_in_the_hf_trainer():
 def test_the_loop_runs_the_official_steps(tmp_path):
     """40 forget items, defaults: 6 optimiser steps of 8 micro-batches, the last in epoch 5, at the
     peak learning rate from the first step (no warm-up)."""
-    from unlearn.data import UnlearningDataset
+    from unlearn.datasets import UnlearningDataset
     from unlearn.train import fit
 
     forget = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(40)]

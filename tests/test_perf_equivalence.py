@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from unlearn import losses
 from unlearn.config import Config
-from unlearn.data import UnlearningDataset
-from unlearn.methods import BETA, REGULARIZERS, Objective, Term, build_objective
+from unlearn.datasets import UnlearningDataset
+from unlearn.methods import REGULARIZERS, Objective, Term, build_objective
+from unlearn.methods.terms import BETA
 from unlearn.reference import reference_nlls
 from unlearn.train import fit
 
@@ -227,7 +228,7 @@ def test_max_entropy_gradient_flows_through_a_model(tiny):
 def test_generation_cut_at_the_length_limit_does_not_depend_on_the_batch(tiny):
     """A model with random weights rarely says EOS: answers run to their own 40-token budget
     (prompt included), whatever prompts share their batch and whatever the batch size."""
-    from unlearn.evaluation.scoring import generate
+    from unlearn.evaluation.generation import generate
 
     tok, fmt, make = tiny
     model = make()

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable
 
-import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
 
-from unlearn import distributed, pipeline
-from unlearn.audit import run_audit
-from unlearn.config import add_config_args, config_from_args
-from unlearn.continual import continual
-from unlearn.demo import check_demo, run_demo
+from unlearn.config_args import add_config_args, config_from_args
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import run_eval
-from unlearn.memory import Setting, model_shape, parse_size, print_plan
-from unlearn.methods import describe
-from unlearn.pipeline import finetune
-from unlearn.report import write_report
-from unlearn.sweep import run_sweep
-from unlearn.synthetic import write_synthetic
+
+
+def _module(name: str):
+    """The module that does a command's work, imported when the command runs: ``unlearn --help`` and
+    a refused flag answer at once, without importing torch and transformers first."""
+    return importlib.import_module(f"unlearn.{name}")
+
 
 TRAINING = ("model", "lora", "train")  # flag groups of config.py
 UNLEARNING = TRAINING + ("data", "unlearn")
@@ -32,56 +28,63 @@ UNLEARNING = TRAINING + ("data", "unlearn")
 
 def _say(text: str) -> None:
     """Print once, from the main process, when several processes run the command."""
-    if distributed.is_main_process():
+    if _module("distributed").is_main_process():
         print(text)
 
 
 def cmd_finetune(args) -> int:
     cfg = config_from_args(args)
-    path = finetune(cfg, args.train)
+    path = _module("pipeline").finetune(cfg, args.train)
     _say(f"saved the fine-tuned model to {path}")
     return 0
 
 
 def cmd_run(args) -> int:
-    pipeline.run(config_from_args(args))
+    _module("pipeline").run(config_from_args(args))
     return 0
 
 
 def cmd_eval(args) -> int:
     cfg = config_from_args(args)
-    run_eval(cfg)  # (it says where it wrote)
+    _module("evaluate").run_eval(cfg)  # (it says where it wrote)
     return 0
 
 
 def cmd_audit(args) -> int:
-    run_audit(config_from_args(args))
+    _module("audit").run_audit(config_from_args(args))
     return 0
 
 
 def cmd_continual(args) -> int:
     cfg = config_from_args(args)
-    rows = continual(cfg, args.tasks, keep_checkpoints=args.keep_checkpoints)
+    rows = _module("continual").continual(cfg, args.tasks, keep_checkpoints=args.keep_checkpoints)
     _say(f"unlearned {len(rows)} tasks one after another; results in {cfg.out}/continual.csv")
     return 0
 
 
 def cmd_demo(args) -> int:
-    summaries = run_demo(args.out, model=args.model, overwrite=args.overwrite, nli=args.nli)
-    return 1 if check_demo(summaries) and args.strict else 0
+    demo = _module("demo")
+    summaries = demo.run_demo(args.out, model=args.model, overwrite=args.overwrite, nli=args.nli)
+    return 1 if demo.check_demo(summaries) and args.strict else 0
 
 
 def cmd_data_synth(args) -> int:
-    path = write_synthetic(args.out, n_authors=args.authors, qa_per_author=args.qa_per_author, seed=args.seed)
+    path = _module("synthetic").write_synthetic(
+        args.out, n_authors=args.authors, qa_per_author=args.qa_per_author, seed=args.seed
+    )
     print(f"wrote the synthetic fictitious-author data set to {path}")
     return 0
 
 
 def cmd_methods(args) -> int:
+    methods = _module("methods")
+    if args.markdown:  # the README's table (tests/test_methods.py keeps them equal)
+        print(methods.methods_table())
+        return 0
     table = Table(title="Forget terms and regularisers: --method FORGET[+REG], --method-arg [TERM.]NAME=VALUE")
     for column in ("term", "kind", "what it does", "needs", "arguments (defaults)", "default weight", "source"):
         table.add_column(column, overflow="fold")
-    for r in describe():
+    for r in methods.describe():
         table.add_row(r["name"], r["kind"], r["description"], r["needs"], r["arguments"], r["weight"], r["source"])
     Console(width=160).print(table)
     print(
@@ -92,8 +95,9 @@ def cmd_methods(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
-    setting = Setting(
+    memory = _module("memory")
+    budget = memory.parse_size(args.gpu_memory) if args.gpu_memory else None
+    setting = memory.Setting(
         method=args.method,
         batch_size=args.batch_size,
         max_length=args.max_length,
@@ -107,18 +111,22 @@ def cmd_plan(args) -> int:
         chunked_logits=args.chunked_logits,
         attention=args.attn_implementation,
     )
-    print_plan(model_shape(args.model, args.trust_remote_code), setting, args.device, budget)
+    memory.print_plan(memory.model_shape(args.model, args.trust_remote_code), setting, args.device, budget)
     return 0
 
 
 def cmd_report(args) -> int:
-    out = write_report(args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples)
+    out = _module("report").write_report(
+        args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples
+    )
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'table.csv'} and the plots")
     return 0
 
 
 def cmd_sweep(args) -> int:
-    return run_sweep(args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False))
+    return _module("sweep").run_sweep(
+        args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False)
+    )
 
 
 def _finetune_parser(p):
@@ -255,7 +263,11 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "sweep": (cmd_sweep, _sweep_parser, "run a grid of unlearning runs (one folder each, resumable)"),
     "plan": (cmd_plan, _plan_parser, "estimate the peak training memory per device from the model's config alone"),
     "report": (cmd_report, _report_parser, "tables, plots and before/after examples from result folders"),
-    "methods": (cmd_methods, lambda p: None, "list the unlearning methods: what each needs, its arguments and source"),
+    "methods": (
+        cmd_methods,
+        lambda p: p.add_argument("--markdown", action="store_true", help="print the README's methods table (Markdown)"),
+        "list the unlearning methods: what each needs, its arguments and source",
+    ),
 }
 
 
@@ -310,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _close_process_group() -> None:
     """Leave the process group (accelerate launch / torchrun) cleanly: NCCL warns of a leak otherwise."""
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # (never imported: never initialised)
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

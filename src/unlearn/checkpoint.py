@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unlearn.errors import OutputError
+from unlearn.io import raise_if_disk_full
 from unlearn.rundir import CHECKPOINT
 from unlearn.rundir import CHECKPOINT_STATE as STATE
 from unlearn.rundir import checkpoint_complete as _complete
@@ -150,8 +151,6 @@ def save(out_dir: str | os.PathLike, accelerator, state: dict, ref_stats: dict |
     except Exception as e:  # (re-raised unless the disk is full)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        from unlearn.io import raise_if_disk_full
-
         raise_if_disk_full(e, path(out_dir))
         raise
     accelerator.wait_for_everyone()

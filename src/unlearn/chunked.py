@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from unlearn import losses
 from unlearn.encoding import IGNORE_INDEX
 from unlearn.errors import ConfigError
 
@@ -152,3 +153,62 @@ def _chunk_ref(fn, head, ref_head, h, y, r):
     with torch.no_grad():
         ref_logits = F.linear(r, ref_head.weight, ref_head.bias)
     return fn(F.linear(h, head.weight, head.bias), y, ref_logits)
+
+
+# --------------------------------------------------------------------------- row-wise forms (chunked logits)
+#
+# With chunked logits (:mod:`unlearn.chunked`) a term never sees a (B, T, V) tensor: it is given
+# the counted positions as rows, a chunk at a time, ``logits`` ``(N, V)``, ``target`` ``(N,)`` (the
+# next token) and, for the terms with a frozen reference, ``ref_logits`` ``(N, V)``, and returns
+# one value per row. The (B, T) functions above are these values reduced (summed per sequence, or
+# averaged over the counted positions); tests/test_chunked.py checks both forms agree.
+
+
+def nll_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``−log softmax(z)[y]`` per row."""
+    return F.cross_entropy(logits.float(), target, reduction="none")
+
+
+def uniform_kl_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """ME's ``KL(U ‖ softmax(z))`` per row (:class:`unlearn.losses._UniformKL`)."""
+    return losses._UniformKL.apply(logits)
+
+
+def kl_rows(logits: torch.Tensor, target: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(p_ref ‖ p_θ)`` per row."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    log_ref = F.log_softmax(ref_logits.float(), dim=-1)
+    return F.kl_div(log_p, log_ref, reduction="none", log_target=True).sum(dim=-1)
+
+
+def wga_rows(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """:func:`unlearn.losses.wga`'s ``−w_t · CE_t`` per row."""
+    ce = nll_rows(logits, target)
+    return -(torch.exp(-ce).detach() ** beta * ce)
+
+
+def satimp_rows(logits: torch.Tensor, target: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+    """:func:`satimp`'s ``−w_t · CE_t`` per row."""
+    ce = nll_rows(logits, target)
+    p = torch.exp(-ce).detach()
+    return -(p**beta1 * (1 - p) ** beta2 * ce)
+
+
+def undial_rows(logits: torch.Tensor, target: torch.Tensor, ref_logits: torch.Tensor, beta: float) -> torch.Tensor:
+    """:func:`undial`'s cross-entropy per row."""
+    teacher = ref_logits.float().detach()
+    teacher = teacher.scatter_add(-1, target.unsqueeze(-1), torch.full_like(teacher[:, :1], -beta))
+    return F.cross_entropy(logits.float(), F.softmax(teacher, dim=-1), reduction="none")
+
+
+def ce_u_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`ce_u`'s cross-entropy per row (the caller drops the first answer tokens)."""
+    counted = logits.float()
+    removed = counted.detach().scatter(-1, target.unsqueeze(-1), float("-inf"))
+    return F.cross_entropy(counted, F.softmax(removed, dim=-1), reduction="none")
+
+
+def ce_u_labels(labels: torch.Tensor, ignore_first: int) -> torch.Tensor:
+    """``labels`` without the first ``ignore_first`` answer tokens of each sequence (:func:`ce_u`)."""
+    answer = labels != IGNORE_INDEX
+    return labels.masked_fill(answer & (answer.cumsum(dim=1) <= ignore_first), IGNORE_INDEX)

@@ -31,6 +31,7 @@ from unlearn.errors import ConfigError
 from unlearn.io import atomic_write_text
 
 EVAL_BATCH_SIZE = 16
+MIN_K = 0.4  # Min-K%: the share of lowest-probability tokens scored (MUSE's and open-unlearning's 0.4)
 DEFAULT_NLI = "sileod/deberta-v3-base-tasksource-nli"  # the paper's entailment judge
 GROUPS = ("model", "lora", "train", "data", "unlearn", "eval", "downstream", "audit", "out", "resume")
 
@@ -55,310 +56,163 @@ def _f(
 
 @dataclass
 class Config:
+    # A table of options, one per line: its default, help text and flag group (kept as written).
+    # fmt: off
     # --- model ---
     model: str = _f("tiny", "model: a local folder, a hub id, or a preset (tiny, smollm2-135m)", "model", True)
     prompt_format: str | None = _f(
-        None,
-        "prompt format: llama2, llama3, chat_template, plain or a template with {question} "
-        "(default: detected from the model)",
-        "model",
-        True,
-    )
-    dtype: str = _f(
-        "auto",
-        "weights dtype: auto (training: float32 master weights; evaluation: bf16 on a GPU "
-        "that has it, else float32), float32, bfloat16, float16",
-        "model",
-        True,
-    )
+        None, "prompt format: llama2, llama3, chat_template, plain or a template with {question} "
+        "(default: detected from the model)", "model", True)
+    dtype: str = _f("auto", "weights dtype: auto (training: float32 master weights; evaluation: bf16 on a GPU "
+                    "that has it, else float32), float32, bfloat16, float16", "model", True)
     trust_remote_code: bool = _f(False, "allow a model folder to run its own Python code (off by default)", "model")
     attn_implementation: str | None = _f(None, "attention kernel: eager, sdpa or flash_attention_2", "model")
     # --- LoRA ---
-    lora: bool = _f(
-        False,
-        "train a LoRA adapter on every linear layer but the output head instead of all weights; "
-        "saves OUT/adapter and the merged model in OUT/model",
-        "lora",
-        True,
-    )
+    lora: bool = _f(False, "train a LoRA adapter on every linear layer but the output head instead of all weights; "
+                    "saves OUT/adapter and the merged model in OUT/model", "lora", True)
     lora_r: int = _f(8, "LoRA rank (paper's code: 8)", "lora", True, lo=1)
-    lora_alpha: int = _f(
-        32, "LoRA scaling numerator: updates are scaled by alpha / r (paper's code: 32)", "lora", True, lo=0, above=True
-    )
+    lora_alpha: int = _f(32, "LoRA scaling numerator: updates are scaled by alpha / r (paper's code: "
+                         "32)", "lora", True, lo=0, above=True)
     lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (paper's code: 0.05)", "lora", True, lo=0, hi=1)
     # --- optimisation ---
-    epochs: float = _f(
-        5, "passes over the training data (unlearning: over the forget set)", "train", True, lo=0, above=True
-    )
+    epochs: float = _f(5, "passes over the training data (unlearning: over the forget set)", "train", True, lo=0,
+                       above=True)
     lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True, lo=0)
     batch_size: int = _f(4, "examples per device per micro-step", "train", True, lo=1)
-    effective_batch: int = _f(
-        32,
-        "examples per optimiser step over all processes, when --grad-accum is not given: "
-        "the accumulation is effective_batch / (batch_size x processes), so a run takes "
-        "the same steps on 1 or 8 GPUs (paper: 32 = 4 per device x 4 accumulation x 2 GPUs)",
-        "train",
-        True,
-        lo=1,
-    )
-    grad_accum: int | None = _f(
-        None, "micro-steps accumulated per optimiser step (default: from --effective-batch)", "train", True, lo=1
-    )
+    effective_batch: int = _f(32, "examples per optimiser step over all processes, when --grad-accum is not given: "
+                              "the accumulation is effective_batch / (batch_size x processes), so a run takes "
+                              "the same steps on 1 or 8 GPUs (paper: 32 = 4 per device x 4 accumulation x 2 GPUs)",
+                              "train", True, lo=1)
+    grad_accum: int | None = _f(None, "micro-steps accumulated per optimiser step (default: from --effective-batch)",
+                                "train", True, lo=1)
     weight_decay: float = _f(0.01, "AdamW weight decay", "train", True, lo=0)
-    optim: str = _f(
-        "adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)", "train", True
-    )
-    warmup: int | None = _f(
-        None,
-        "linear warm-up steps (default, as officially: unlearning one epoch of steps when an "
-        "epoch has more than one, else none; fine-tuning max(1, steps / epochs))",
-        "train",
-        True,
-        lo=0,
-    )
-    lr_schedule: str = _f(
-        "linear",
-        "learning rate after the warm-up: linear (decays to 0 at the last step, as "
-        "officially) or constant (WMDP's RMU)",
-        "train",
-        True,
-    )
+    optim: str = _f("adamw", "optimiser: adamw (torch) or adamw_8bit (bitsandbytes, CUDA; 8-bit optimiser states)",
+                    "train", True)
+    warmup: int | None = _f(None, "linear warm-up steps (default, as officially: unlearning one epoch of steps when an "
+                            "epoch has more than one, else none; fine-tuning max(1, steps / "
+                                "epochs))", "train", True, lo=0)
+    lr_schedule: str = _f("linear", "learning rate after the warm-up: linear (decays to 0 at the last step, as "
+                          "officially) or constant (WMDP's RMU)", "train", True)
     seed: int = _f(1001, "random seed", "train", True)
-    max_length: int | None = _f(
-        None,
-        "longest training sequence in tokens (default, as officially: 500; 300 for the real-world layout)",
-        "train",
-        True,
-        lo=2,
-    )
-    mixed_precision: str = _f(
-        "auto",
-        "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
-        "that supports it, else none), no, bf16 or fp16",
-        "train",
-        True,
-    )
+    max_length: int | None = _f(None, "longest training sequence in tokens (default, as officially: 500; 300 for the "
+                                "real-world layout)", "train", True, lo=2)
+    mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
+                              "that supports it, else none), no, bf16 or fp16", "train", True)
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations", "train")
-    chunked_logits: bool | None = _f(
-        None,
-        "compute the loss terms' logits a chunk of positions at a time, never the "
-        "whole batch x length x vocabulary tensor (same values; default: on when the "
-        "vocabulary has 32,000 tokens or more and the output head is not sharded)",
-        "train",
-    )
+    chunked_logits: bool | None = _f(None, "compute the loss terms' logits a chunk of positions at a time, never the "
+                                     "whole batch x length x vocabulary tensor (same values; default: on when the "
+                                     "vocabulary has 32,000 tokens or more and the output head is not sharded)",
+                                     "train")
     # --- data ---
-    data: str | None = _f(
-        None, "data: a TOFU-layout folder, a real-world-layout folder, or locuslab/TOFU", "data", True
-    )
+    data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or "
+                          "locuslab/TOFU", "data", True)
     split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)
-    task_id: int | None = _f(
-        None,
-        "task of the split (TOFU 1..10; real world: one person, or all), as a number or "
-        "'all' (default, as officially: TOFU task 1; the real-world layout every person at "
-        "once)",
-        "data",
-        True,
-        lo=1,
-    )
-    benchmark: str = _f(
-        "closer-look",
-        "evaluation protocol: closer-look (the paper's: its task layout, 18-value Model "
-        "Utility, Forget Efficacy) or tofu (the TOFU standard as open-unlearning computes it: the hub "
-        "configs of locuslab/TOFU or a snapshot folder of them, 9-value Model Utility, Forget Quality, "
-        "privleak; prompts, lengths and encoding as its configs), muse (raw-text unlearning of "
-        "muse-bench/MUSE-News or -Books or a snapshot folder: VerbMem, KnowMem, PrivLeak) or wmdp "
-        "(lm-eval's wmdp_bio, wmdp_cyber and mmlu after unlearning --forget/--retain text)",
-        "data",
-        True,
-    )
+    task_id: int | None = _f(None, "task of the split (TOFU 1..10; real world: one person, or all), as a number or "
+                             "'all' (default, as officially: TOFU task 1; the real-world layout every person at "
+                             "once)", "data", True, lo=1)
+    benchmark: str = _f("closer-look", "evaluation protocol: closer-look (the paper's: its task layout, 18-value Model "
+                        "Utility, Forget Efficacy) or tofu (the TOFU standard as open-unlearning computes it: the hub "
+                        "configs of locuslab/TOFU or a snapshot folder of them, 9-value Model Utility, Forget Quality, "
+                        "privleak; prompts, lengths and encoding as its configs), muse (raw-text unlearning of "
+                        "muse-bench/MUSE-News or -Books or a snapshot folder: VerbMem, KnowMem, PrivLeak) or wmdp "
+                        "(lm-eval's wmdp_bio, wmdp_cyber and mmlu after unlearning --forget/--retain "
+                            "text)", "data", True)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
-    idk: str | None = _f(
-        None,
-        "refusal sentences for IDK/DPO/AP, one per line (default: the official "
-        "idontknow.jsonl when it sits in the --data folder or its parent, else a built-in list)",
-        "unlearn",
-        True,
-    )
-    method: str = _f("ME+GD", "unlearning method: FORGET[+REG], e.g. ME+GD, IDK+AP, NPO+KL, GA, LLMU", "unlearn", True)
-    method_args: dict | None = _f(
-        None,
-        "a hyper-parameter of the method's terms, NAME=VALUE or TERM.NAME=VALUE "
-        "(repeatable; e.g. beta=0.2, AP.beta=0.5; the names each method takes are "
-        "listed in docs/methods.md)",
-        "unlearn",
-        True,
-    )
-    forget_coeff: float | None = _f(
-        None,
-        "weight of the forget term (default: the term's, as officially: 1.0; ME 0.1, "
-        "0.5 on the real-world layout, 1.0 in continual runs)",
-        "unlearn",
-        True,
-        lo=0,
-    )
+    idk: str | None = _f(None, "refusal sentences for IDK/DPO/AP, one per line (default: the official "
+                         "idontknow.jsonl when it sits in the --data folder or its parent, else a built-in list)",
+                         "unlearn", True)
+    method: str = _f("ME+GD", "unlearning method: FORGET[+REG], e.g. ME+GD, IDK+AP, NPO+KL, GA, LLMU",
+                     "unlearn", True)
+    method_args: dict | None = _f(None, "a hyper-parameter of the method's terms, NAME=VALUE or TERM.NAME=VALUE "
+                                  "(repeatable; e.g. beta=0.2, AP.beta=0.5; the names each method takes are "
+                                  "listed in docs/methods.md)", "unlearn", True)
+    forget_coeff: float | None = _f(None, "weight of the forget term (default: the term's, as officially: 1.0; ME 0.1, "
+                                    "0.5 on the real-world layout, 1.0 in continual runs)", "unlearn", True, lo=0)
     reg_coeff: float | None = _f(None, "weight of the regulariser (default: the term's, 1.0)", "unlearn", True, lo=0)
-    mask: bool | None = _f(
-        None, "mask question tokens out of the forget loss (default: the term's, on; off for ME)", "unlearn", True
-    )
-    fix_ref_model: bool = _f(
-        False, "continual: keep the original model as the reference instead of the previous one", "unlearn"
-    )
-    ref_model: str | None = _f(
-        None, "reference model folder (default: the model being unlearned, before training)", "unlearn", True
-    )
+    mask: bool | None = _f(None, "mask question tokens out of the forget loss (default: the term's, on; off for ME)",
+                           "unlearn", True)
+    fix_ref_model: bool = _f(False, "continual: keep the original model as the reference instead of the previous one",
+                             "unlearn")
+    ref_model: str | None = _f(None, "reference model folder (default: the model being unlearned, before training)",
+                               "unlearn", True)
     # --- evaluation ---
     eval: bool = _f(True, "evaluate after unlearning (--no-eval skips it)", "eval")
-    eval_data: str | None = _f(
-        None, "evaluation data folder (*_perturbed.json files) when it differs from --data", "eval"
-    )
-    embedder: str | None = _f(
-        None,
-        "sentence embedder for Cosine Similarity: a sentence-transformers folder or hub id "
-        "(default: the packaged all-MiniLM-L6-v2)",
-        "eval",
-    )
-    nli: str | None = _f(
-        DEFAULT_NLI,
-        "NLI model for the Entailment Score: a folder or hub id; none disables it "
-        "(the default is reported unavailable when it cannot be loaded; any other that cannot is "
-        "an error)",
-        "eval",
-    )
-    holdout: str | None = _f(
-        None,
-        "JSON-lines rows like the forget set's (question, answer) that were never "
-        "trained on: adds membership-inference AUCs, forget against holdout (LOSS, ZLib, "
-        "Min-K%, Min-K%++; 0.5 = indistinguishable)",
-        "eval",
-    )
-    baseline: str | None = _f(
-        None,
-        "the evaluation of the model before unlearning (an `unlearn eval` output "
-        "folder): the evaluation then prints a before/after table and writes OUT/report",
-        "eval",
-    )
+    eval_data: str | None = _f(None, "evaluation data folder (*_perturbed.json files) when it differs from --data",
+                               "eval")
+    embedder: str | None = _f(None, "sentence embedder for Cosine Similarity: a sentence-transformers folder or hub id "
+                              "(default: the packaged all-MiniLM-L6-v2)", "eval")
+    nli: str | None = _f(DEFAULT_NLI, "NLI model for the Entailment Score: a folder or hub id; none disables it "
+                         "(the default is reported unavailable when it cannot be loaded; any other that cannot is "
+                         "an error)", "eval")
+    holdout: str | None = _f(None, "JSON-lines rows like the forget set's (question, answer) that were never "
+                             "trained on: adds membership-inference AUCs, forget against holdout (LOSS, ZLib, "
+                             "Min-K%, Min-K%++; 0.5 = indistinguishable)", "eval")
+    baseline: str | None = _f(None, "the evaluation of the model before unlearning (an `unlearn eval` output "
+                              "folder): the evaluation then prints a before/after table and writes OUT/report",
+                              "eval")
     eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval", lo=1)
-    gen_batch_size: int | None = _f(
-        None,
-        "questions decoded together when generating answers (default: 4 x "
-        "--eval-batch-size; an answer leaves its batch as it ends; answers do not "
-        "depend on it)",
-        "eval",
-        True,
-        lo=1,
-    )
-    eval_every: int | None = _f(
-        None,
-        "also evaluate every N optimiser steps while unlearning (and before the first): "
-        "one row per evaluation in OUT/eval_log.jsonl, drawn against steps by unlearn report",
-        "eval",
-        True,
-        lo=1,
-    )
-    eval_sets: str | None = _f(
-        None, "the sets --eval-every evaluates, comma-separated (e.g. forget,retain; default: every set)", "eval", True
-    )
-    keep: str = _f(
-        "last",
-        "the model saved: last (the final weights), or best (with --eval-every: the evaluated "
-        "weights with the highest Forget Efficacy among those whose Model Utility is at least --mu-floor "
-        "times the starting one)",
-        "eval",
-        True,
-    )
-    mu_floor: float = _f(
-        0.9, "--keep best: the share of the starting Model Utility a kept model must keep", "eval", True, lo=0
-    )
-    retain_model: str | None = _f(
-        None,
-        "for Forget Quality: a retain model folder, or a folder with its saved evaluation (eval_Forget.jsonl)",
-        "eval",
-    )
-    retain_logs: str | None = _f(
-        None,
-        "--benchmark tofu: a retain model's TOFU_EVAL.json (open-unlearning's or unlearn's, "
-        "or the folder holding it) for Forget Quality and privleak, without re-evaluating it",
-        "eval",
-    )
+    gen_batch_size: int | None = _f(None, "questions decoded together when generating answers (default: 4 x "
+                                    "--eval-batch-size; an answer leaves its batch as it ends; answers do not "
+                                    "depend on it)", "eval", True, lo=1)
+    eval_every: int | None = _f(None, "also evaluate every N optimiser steps while unlearning (and before the first): "
+                                "one row per evaluation in OUT/eval_log.jsonl, drawn against steps by unlearn report",
+                                "eval", True, lo=1)
+    eval_sets: str | None = _f(None, "the sets --eval-every evaluates, comma-separated (e.g. forget,retain; default: "
+                               "every set)", "eval", True)
+    keep: str = _f("last", "the model saved: last (the final weights), or best (with --eval-every: the evaluated "
+                   "weights with the highest Forget Efficacy among those whose Model Utility is at least --mu-floor "
+                   "times the starting one)", "eval", True)
+    mu_floor: float = _f(0.9, "--keep best: the share of the starting Model Utility a kept model must keep", "eval",
+                         True, lo=0)
+    retain_model: str | None = _f(None, "for Forget Quality: a retain model folder, or a folder with its saved "
+                                  "evaluation (eval_Forget.jsonl)", "eval")
+    retain_logs: str | None = _f(None, "--benchmark tofu: a retain model's TOFU_EVAL.json (open-unlearning's or "
+                                 "unlearn's, "
+                                 "or the folder holding it) for Forget Quality and privleak, without re-evaluating it",
+                                 "eval")
     # --- downstream ---
-    downstream: str | None = _f(
-        None,
-        "lm-eval tasks to run after unlearning, comma-separated; the paper's: "
-        "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval",
-        "downstream",
-    )
-    downstream_limit: int | None = _f(
-        None, "items per downstream task, for quick checks (None: every item)", "downstream", lo=1
-    )
+    downstream: str | None = _f(None, "lm-eval tasks to run after unlearning, comma-separated; the paper's: "
+                                "arc_challenge,mmlu,truthfulqa_mc1,triviaqa,gsm8k (or 'paper'); needs lm-eval",
+                                "downstream")
+    downstream_limit: int | None = _f(None, "items per downstream task, for quick checks (None: every item)",
+                                      "downstream", lo=1)
     downstream_include: str | None = _f(None, "folder of custom lm-eval task YAML files for --downstream", "downstream")
     # --- audit (unlearn audit; --audit on unlearn run) ---
     audit: bool = _f(False, "after unlearning, audit the saved model into OUT/audit (see unlearn audit)", "audit")
-    attacks: str = _f(
-        "mia,memorization,relearn,quantization,prompts",
-        "audit attacks to run, comma-separated: "
-        "mia (membership inference: needs --holdout or the data folder's holdoutNN.json), memorization, "
-        "relearn, quantization, prompts",
-        "audit",
-    )
-    target_model: str | None = _f(
-        None,
-        "the model before unlearning, audited beside it: relearning recovery is measured "
-        "against it (unlearn run --audit: the run's --model)",
-        "audit",
-    )
+    attacks: str = _f("mia,memorization,relearn,quantization,prompts", "audit attacks to run, comma-separated: "
+                      "mia (membership inference: needs --holdout or the data folder's holdoutNN.json), memorization, "
+                      "relearn, quantization, prompts", "audit")
+    target_model: str | None = _f(None, "the model before unlearning, audited beside it: relearning recovery is "
+                                  "measured "
+                                  "against it (unlearn run --audit: the run's --model)", "audit")
     relearn_steps: int = _f(20, "relearning attack: fine-tuning steps on part of the forget set", "audit", lo=1)
-    relearn_lr: float = _f(
-        1e-5, "relearning attack: peak learning rate (AdamW, decaying linearly, no warm-up)", "audit", lo=0, above=True
-    )
+    relearn_lr: float = _f(1e-5, "relearning attack: peak learning rate (AdamW, decaying linearly, no "
+                           "warm-up)", "audit", lo=0, above=True)
     relearn_batch_size: int = _f(4, "relearning attack: examples per step (per process, under several)", "audit", lo=1)
-    relearn_fraction: float = _f(
-        0.5,
-        "relearning attack: share of the forget set relearned on (drawn with --seed); "
-        "the forget metrics are measured on the rest",
-        "audit",
-        lo=0,
-        above=True,
-        hi=1,
-    )
+    relearn_fraction: float = _f(0.5, "relearning attack: share of the forget set relearned on (drawn with --seed); "
+                                 "the forget metrics are measured on the rest", "audit", lo=0, above=True, hi=1)
     save_relearned: bool = _f(False, "keep the relearned model in OUT/relearn/model", "audit")
     quant_bits: str = _f("8,4", "quantization attack: weight bit widths, comma-separated", "audit")
-    quant_group_size: int = _f(
-        128, "quantization attack: weights per group sharing a scale and zero point", "audit", lo=1
-    )
-    quant_backend: str = _f(
-        "auto",
-        "quantization attack: simulated (round-to-nearest in place of the weights, any "
-        "device), bitsandbytes (a GPU and the bitsandbytes package: its 8-bit and NF4 kernels) or "
-        "auto (bitsandbytes when both are there)",
-        "audit",
-    )
-    icl_examples: int = _f(
-        3, "prompt attack: retained question/answer pairs shown before a forget question", "audit", lo=1
-    )
-    prefix_fraction: float = _f(
-        0.5,
-        "prompt attack: share of the answer's words given as the start of the reply",
-        "audit",
-        lo=0,
-        above=True,
-        hi=1,
-    )
-    mia_k: float = _f(
-        0.4, "membership inference: the k of Min-K% and Min-K%++ (share of tokens)", "audit", lo=0, above=True
-    )
+    quant_group_size: int = _f(128, "quantization attack: weights per group sharing a scale and zero point", "audit",
+                               lo=1)
+    quant_backend: str = _f("auto", "quantization attack: simulated (round-to-nearest in place of the weights, any "
+                            "device), bitsandbytes (a GPU and the bitsandbytes package: its 8-bit and NF4 kernels) or "
+                            "auto (bitsandbytes when both are there)", "audit")
+    icl_examples: int = _f(3, "prompt attack: retained question/answer pairs shown before a forget question", "audit",
+                           lo=1)
+    prefix_fraction: float = _f(0.5, "prompt attack: share of the answer's words given as the start of the reply",
+                                "audit", lo=0, above=True, hi=1)
+    mia_k: float = _f(MIN_K, "membership inference: the k of Min-K% and Min-K%++ (share of tokens)", "audit", lo=0,
+                      above=True)
     # --- outputs ---
     out: str | None = _f(None, "output folder", "out")
     overwrite: bool = _f(False, "allow writing into an output folder that already holds results", "out")
-    save_every: int | None = _f(
-        None,
-        "write a resumable checkpoint to OUT/checkpoint every N optimiser steps "
-        "(deleted once the final model is saved)",
-        "resume",
-        lo=1,
-    )
+    save_every: int | None = _f(None, "write a resumable checkpoint to OUT/checkpoint every N optimiser steps "
+                                "(deleted once the final model is saved)", "resume", lo=1)
     resume: bool = _f(False, "continue the interrupted run in --out from its checkpoint (same settings)", "resume")
+    # fmt: on
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -397,129 +251,6 @@ def default(name: str) -> Any:
     return Config.__dataclass_fields__[name].default
 
 
-def read_yaml_mapping(path: str | Path, what: str, shape: str) -> dict[str, Any]:
-    """A YAML file holding a mapping; a missing file, bad YAML or another shape is one clear error."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a {what} must be {shape}")
-    return raw
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config; keys may use '-' or '_'. Unknown keys are an error naming the file."""
-    raw = read_yaml_mapping(path, "config file", "a mapping of keys to values")
-    return config_keys(raw, f"{path}: ")
-
-
-def config_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """``raw`` with keys as field names ('-' read as '_'); an unknown key is an error prefixed by ``where``."""
-    out = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name in RENAMED:
-            raise ConfigError(f"{where}key '{key}': {RENAMED[name]}")
-        if name not in FIELD_NAMES:
-            raise ConfigError(f"{where}unknown key '{key}' (valid: {', '.join(sorted(FIELD_NAMES))})")
-        out[name] = value
-    return out
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _method_arg(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip(), value.strip()
-
-
-def _help(f) -> str:
-    """A field's help with its default said once: not when the text already says it or it is None."""
-    text = f.metadata["help"]
-    if "default" in text or f.default is None:
-        return text
-    if isinstance(f.default, bool):
-        return f"{text} (default: {'on' if f.default else 'off'})"
-    return f"{text} (default: {f.default})"
-
-
-def _task_id(text: str) -> int | None:
-    if text.strip().lower() in ("all", "none"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a task number or 'all', got {text!r}") from None
-
-
-def add_config_args(
-    parser: argparse.ArgumentParser, groups: tuple[str, ...], exclude: tuple[str, ...] = (), extra: tuple[str, ...] = ()
-) -> None:
-    """Add ``--flag`` for each field of ``groups`` (and the ``extra`` fields); defaults are
-    suppressed so we know what was given."""
-    by_name = {f.name: f for f in fields(Config)}
-    parser.add_argument("--config", help="YAML file with any of these keys; flags override it")
-    names = fields_of(*groups, exclude=exclude)
-    for name in names + [n for n in fields_of(*GROUPS) if n in extra and n not in names]:
-        f = by_name[name]
-        flag = "--" + name.replace("_", "-")
-        help_text = _help(f).replace("%", "%%")  # argparse formats help with %
-        if name == "method_args":
-            parser.add_argument(
-                "--method-arg",
-                dest=name,
-                type=_method_arg,
-                action="append",
-                default=argparse.SUPPRESS,
-                metavar="NAME=VALUE",
-                help=help_text,
-            )
-        elif f.type in ("bool", "bool | None"):
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(
-                flag, dest=name, type=_task_id if name == "task_id" else typ, default=argparse.SUPPRESS, help=help_text
-            )
-
-
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
-    values: dict[str, Any] = {}
-    from_file: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        from_file = load_yaml(args.config)
-        values.update(from_file)
-    given = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
-    if "method_args" in given:  # flags add to (and override) the file's arguments
-        given["method_args"] = {**_mapping(values.get("method_args"), "method_args"), **dict(given["method_args"])}
-    values.update(given)
-    values.update(overrides)
-    cfg = Config(**values)
-    check_placeholders(cfg, getattr(args, "config", None))
-    try:
-        _check_types(cfg)
-    except ConfigError as e:
-        key = str(e).split("'")[1] if "'" in str(e) else None
-        if key in from_file and from_file[key] == values.get(key):
-            raise ConfigError(f"{args.config}: {str(e).removeprefix('config: ')}") from None
-        raise
-    return cfg
-
-
 PATH_FIELDS = (
     "model",
     "ref_model",
@@ -553,7 +284,7 @@ def check_placeholders(cfg: Config, where: str | None = None) -> None:
             )
 
 
-def _mapping(value: Any, name: str) -> dict:
+def as_mapping(value: Any, name: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -574,7 +305,16 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
-def _check_types(cfg: Config) -> None:
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def check_types(cfg: Config) -> None:
     """Every value converted to its field's type and checked against its domain; one line each."""
     for f in fields(Config):
         value = getattr(cfg, f.name)
@@ -584,11 +324,11 @@ def _check_types(cfg: Config) -> None:
                 raise ConfigError(f"config: '{f.name}' may not be empty")
             continue
         if t.startswith("dict"):
-            setattr(cfg, f.name, _mapping(value, f.name))
+            setattr(cfg, f.name, as_mapping(value, f.name))
         elif t.startswith("bool"):
             if isinstance(value, str):
                 try:
-                    value = _parse_bool(value)
+                    value = parse_bool(value)
                 except argparse.ArgumentTypeError:
                     raise ConfigError(f"config: '{f.name}' must be true or false, got {value!r}") from None
             if not isinstance(value, bool):

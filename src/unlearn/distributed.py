@@ -279,7 +279,7 @@ def build_optimizer(model, cfg):
     check_optim(name)
     groups = decay_groups(model, cfg.weight_decay)
     if name == "adamw_8bit":
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional (a GPU extra): only --optim adamw_8bit needs it
 
         return bnb.optim.AdamW8bit(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -39,6 +39,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 from unlearn.chunked import CHUNK_ELEMENTS, MIN_VOCAB
 from unlearn.errors import ConfigError, ModelError
 from unlearn.methods import build_objective
+from unlearn.presets import cache_dir, smollm2_gguf
 
 GiB = 2**30
 ACT_PER_TOKEN_LAYER = (14, 5)  # elements saved per token per layer: 14 × hidden + 5 × intermediate
@@ -104,8 +105,6 @@ def model_config(name: str, trust_remote_code: bool = False):
         )
     try:
         if name == "smollm2-135m":
-            from unlearn.presets import cache_dir, smollm2_gguf
-
             cached = cache_dir() / "smollm2-135m"
             if (cached / "config.json").is_file():
                 return AutoConfig.from_pretrained(cached)

@@ -21,13 +21,12 @@ from unlearn.data import (
     DEFAULT_MAX_LENGTH,
     TEXT_METHODS,
     TEXT_PARTS,
-    QADataset,
     UnlearningData,
-    UnlearningDataset,
     read_records,
     read_refusals,
     row_text,
 )
+from unlearn.datasets import QADataset, UnlearningDataset
 from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.io import atomic_write_json

@@ -41,7 +41,8 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from unlearn import distributed, lora, losses, models
-from unlearn.data import UnlearningDataset, read_refusals
+from unlearn.data import read_refusals
+from unlearn.datasets import UnlearningDataset
 from unlearn.encoding import make_collate, pad_id
 from unlearn.methods import resolve
 from unlearn.prompts import detect_prompt_format
@@ -137,7 +138,7 @@ def freeze(ref, accelerator, prepared=None):
         return ref
     ref.eval().requires_grad_(False)
     if distributed.zero_stage(accelerator) == 3:
-        import deepspeed
+        import deepspeed  # optional (a GPU extra): only ZeRO-3 runs need it
 
         config = _drop_auto(copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config))
         for key in ("optimizer", "scheduler", "gradient_clipping"):

@@ -19,7 +19,8 @@ from unlearn.distributed import sharded_map
 from unlearn.errors import DataError
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation import mia
-from unlearn.evaluation.scoring import MAX_LENGTH, answer_nlls, generate, generation_batch, grad_norms, token_stats
+from unlearn.evaluation.generation import generate, generation_batch
+from unlearn.evaluation.scoring import MAX_LENGTH, answer_nlls, grad_norms, token_stats
 
 log = logging.getLogger("unlearn")
 

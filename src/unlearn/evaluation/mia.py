@@ -30,11 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unlearn.config import MIN_K
+
 SCORES = ("LOSS", "ZLib", "Min-K%", "Min-K%++")
 """The scores every evaluation with a holdout set reports (one pass over the token statistics)."""
 ATTACKS = SCORES + ("Reference", "GradNorm")
 """Every attack of the audit: Reference needs a reference model, GradNorm a backward pass per item."""
-DEFAULT_K = 0.4
+DEFAULT_K = MIN_K
 VARIANCE_FLOOR = 1e-6  # open-unlearning's clamp of σ² in Min-K%++
 
 

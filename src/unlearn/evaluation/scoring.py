@@ -1,6 +1,7 @@
-"""The only code that runs the model during evaluation: greedy generation and answer NLLs.
+"""The model passes of an evaluation that score text: answer NLLs and token statistics (greedy
+generation is :mod:`unlearn.evaluation.generation`).
 
-Both functions sort their inputs by token length, so each batch pads to a similar length, and
+Both sort their inputs by token length, so each batch pads to a similar length, and
 return results in the caller's order. Generation pads on the left (every prompt ends where the
 new tokens start), keeps the KV cache and stops at EOS; NLL batches pad on the right, to the
 longest sequence of the batch only.
@@ -8,186 +9,22 @@ longest sequence of the batch only.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import progress
-from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, encode_question, pad_batch, pad_id
+from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, pad_batch, pad_id
+from unlearn.evaluation.generation import (  # noqa: F401 (MAX_LENGTH: part of its API)
+    MAX_LENGTH,
+    _batches,
+    inference,
+    model_device,
+    supports_logits_to_keep,
+)
 from unlearn.evaluation.mia import TokenStats
 from unlearn.losses import sequence_nll, token_counts
-
-MAX_LENGTH = 200
-"""Longest prompt + generation, and prompt + answer scored, in tokens (docs/methods.md §4)."""
-
-
-@contextlib.contextmanager
-def inference(model):
-    """``model.eval()`` under ``torch.inference_mode()``; the training flag is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS plus any end token the model's generation config names (e.g. Llama 3)."""
-    ids = [tokenizer.eos_token_id]
-    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += extra if isinstance(extra, (list, tuple)) else [extra]
-    return list(dict.fromkeys(i for i in ids if i is not None))
-
-
-GENERATION_ROWS = 4
-"""Answers decoded together per scoring batch, by default: a row leaves its batch as it ends, so a
-larger batch costs little more memory and makes fewer, fuller decoding steps."""
-
-
-def generation_batch(batch_size: int, gen_batch_size: int | None = None) -> int:
-    """Prompts decoded together: ``gen_batch_size``, else ``GENERATION_ROWS x batch_size``."""
-    return gen_batch_size or GENERATION_ROWS * batch_size
-
-
-def _batches(order: list[int], batch_size: int):
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def generate(
-    model,
-    tokenizer,
-    fmt,
-    questions: list[str],
-    max_length: int = MAX_LENGTH,
-    batch_size: int = EVAL_BATCH_SIZE,
-    desc: str | None = None,
-    max_new_tokens: int | None = None,
-    stop: list[int] | None = None,
-    mask_pad: bool = False,
-    decode: dict | None = None,
-) -> list[str]:
-    """Greedy answers to ``questions``, in their order (new tokens only, specials skipped, stripped).
-
-    Each answer may grow to ``max_length`` tokens in total, prompt included (the paper's 200-token
-    limit), at least 1 new token, and is cut to its own budget, so an answer never depends on which
-    prompts share its batch (or on ``batch_size``), even when it runs to the limit.
-
-    Prompts are sorted by length and decoded in left-padded batches with the KV cache (see
-    :func:`decode_greedy`): an answer that ends (EOS or its budget) leaves its batch at once, so a
-    batch costs the tokens its answers have, not ``batch size x its longest answer``.
-
-    The TOFU standard (open-unlearning) instead gives every answer ``max_new_tokens`` new tokens
-    whatever its prompt's length, stops at the model's generation-config EOS only (``stop``),
-    masks every pad-token id out of the attention (``mask_pad``: its collator's
-    ``input_ids != pad``, which also hides a pad id inside a prompt) and decodes with ``decode``.
-    """
-    prompts = [encode_question(tokenizer, fmt, q) for q in questions]
-    pad = pad_id(tokenizer)
-    eos = eos_ids(model, tokenizer) if stop is None else list(stop)
-    budget = (
-        [max_new_tokens] * len(prompts)
-        if max_new_tokens is not None
-        else [max(max_length - len(p), 1) for p in prompts]
-    )
-    new: list[list[int]] = [[] for _ in prompts]
-    keep = supports_logits_to_keep(model)
-    bar = progress(total=len(prompts), desc=desc or "generating", unit="q")  # one bar for all processes
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    with inference(model):
-        for idx in _batches(order, batch_size):
-            rows = decode_greedy(
-                model,
-                [prompts[i] for i in idx],
-                [budget[i] for i in idx],
-                pad,
-                eos,
-                mask_pad=mask_pad,
-                keep_logits=keep,
-                on_done=lambda: bar.update(1),
-            )
-            for i, row in zip(idx, rows, strict=False):
-                new[i] = row
-    bar.close()
-    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True, **(decode or {}))]
-
-
-def decode_greedy(
-    model,
-    seqs: list[list[int]],
-    budgets: list[int],
-    pad: int,
-    eos: list[int],
-    mask_pad: bool = False,
-    keep_logits: bool = True,
-    on_done=None,
-) -> list[list[int]]:
-    """Greedy continuations of ``seqs`` (token ids), each up to its budget of new tokens and ending
-    with its first EOS (included), as ``model.generate(do_sample=False)`` gives them for the same
-    left-padded batch: the same attention mask (``input_ids != pad`` with ``mask_pad``), position
-    ids (the mask's running count, then one more per step), KV cache and float32 argmax.
-
-    Unlike ``model.generate``, a row that has ended leaves the batch (its rows of the KV cache are
-    dropped), so the next steps run on the answers still going only. Without ``mask_pad`` pads sit
-    on the left only, and the rows left keep their own padding. ``on_done()`` is called as each row
-    ends. Caches that cannot drop rows keep every row to the end (the answers are the same)."""
-    device = model_device(model)
-    eos_set = set(eos)
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, x in enumerate(seqs):  # left padding: every prompt ends at the last column
-        ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[row, width - len(x) :] = 1
-    if mask_pad:
-        mask = (ids != pad).long()
-    ids, mask = ids.to(device), mask.to(device)
-    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    out: list[list[int]] = [[] for _ in seqs]
-    live = list(range(len(seqs)))  # live[r]: the sequence in row r of the batch (None: ended, kept)
-    extra = {"logits_to_keep": 1} if keep_logits else {}
-    cache, cache_arg = None, None
-    while True:
-        call = dict(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
-        if cache is not None:
-            call[cache_arg] = cache
-        result = model(**call)
-        if cache_arg is None:  # ``cache`` in transformers 5, ``past_key_values`` before
-            cache_arg = "cache" if getattr(result, "cache", None) is not None else "past_key_values"
-        cache = getattr(result, cache_arg)
-        tokens = result.logits[:, -1, :].float().argmax(-1).tolist()
-        going = []
-        for r, (i, t) in enumerate(zip(live, tokens, strict=False)):
-            if i is None:
-                continue
-            out[i].append(t)
-            if t in eos_set or len(out[i]) >= budgets[i]:
-                live[r] = None
-                if on_done is not None:
-                    on_done()
-            else:
-                going.append(r)
-        if not going:
-            return out
-        if len(going) < len(live) and hasattr(cache, "batch_select_indices"):
-            keep = torch.tensor(going, device=device)
-            cache.batch_select_indices(keep)
-            mask, position = mask[keep], position[keep]
-            tokens = [tokens[r] for r in going]
-            live = [live[r] for r in going]
-        ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        position = position[:, -1:] + 1
 
 
 def answer_nlls(
@@ -373,18 +210,6 @@ def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad
         **{cache_arg: cache},
     )
     return out.logits, batch["labels"].to(device)
-
-
-def supports_logits_to_keep(model) -> bool:
-    """Whether ``model`` (or the model a DDP / PEFT wrapper holds) takes ``logits_to_keep``."""
-    seen = set()
-    while model is not None and id(model) not in seen:
-        seen.add(id(model))
-        forward = getattr(model, "forward", None)
-        if forward is not None and "logits_to_keep" in inspect.signature(forward).parameters:
-            return True
-        model = next((getattr(model, a) for a in ("module", "base_model", "model") if hasattr(model, a)), None)
-    return False
 
 
 def answer_logits(model, batch: dict, keep: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,8 +21,9 @@ from rich.table import Table
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import sharded_map
 from unlearn.evaluation import metrics as M
+from unlearn.evaluation.generation import generate, generation_batch
 from unlearn.evaluation.judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
-from unlearn.evaluation.scoring import answer_nlls, generate, generation_batch
+from unlearn.evaluation.scoring import answer_nlls
 from unlearn.evaluation.sets import EvalSet
 from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
 from unlearn.rundir import SUMMARY, eval_file

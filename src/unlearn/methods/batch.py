@@ -80,7 +80,7 @@ class BatchView:
         if not self.chunk:
             return losses.sequence_nll(self.logits(part), self.labels(part))
         mask, _ = chunked.positions(self.batch[part], "labels")
-        values = self.rows(part, losses.nll_rows)
+        values = self.rows(part, chunked.nll_rows)
         return values.new_zeros(mask.shape[0]).index_add(0, mask.nonzero()[:, 0], values)
 
     def mean_nll(self, part: str) -> torch.Tensor:

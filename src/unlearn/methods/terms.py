@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from unlearn import losses
+from unlearn import chunked, losses
 from unlearn.methods.batch import BatchView
 
 PAPER = "https://arxiv.org/abs/2410.08109"
@@ -54,7 +54,7 @@ BETA = {"beta": 0.1}  # inverse temperature of the preference losses (docs/metho
 
 def _me(v: BatchView, pad_to: int) -> torch.Tensor:
     if not pad_to and v.chunk:
-        return v.rows_mean("forget", losses.uniform_kl_rows)
+        return v.rows_mean("forget", chunked.uniform_kl_rows)
     if not pad_to:  # real tokens only: question, answer, one EOS
         return losses.max_entropy(v.logits("forget"), v.labels("forget"))
     logits, p = v.padded_logits("forget", pad_to)
@@ -98,7 +98,7 @@ def _rmu_trainable(layer: int, steering_coeff: float, alpha: float, layers: str)
 
 def _kl(v: BatchView, pad_to: int) -> torch.Tensor:
     if not pad_to and v.chunk:
-        return v.rows_mean("retain", losses.kl_rows, select="attention", ref=True)
+        return v.rows_mean("retain", chunked.kl_rows, select="attention", ref=True)
     if not pad_to:  # real tokens only
         return losses.kl(v.logits("retain"), v.ref_logits("retain"), v.batch["retain"]["attention_mask"].bool())
     logits, p = v.padded_logits("retain", pad_to)
@@ -107,25 +107,25 @@ def _kl(v: BatchView, pad_to: int) -> torch.Tensor:
 
 def _wga(v: BatchView, beta: float) -> torch.Tensor:
     if v.chunk:
-        return v.rows_mean("forget", losses.wga_rows, beta=beta)
+        return v.rows_mean("forget", chunked.wga_rows, beta=beta)
     return losses.wga(v.logits("forget"), v.labels("forget"), beta)
 
 
 def _satimp(v: BatchView, beta1: float, beta2: float) -> torch.Tensor:
     if v.chunk:
-        return v.rows_mean("forget", losses.satimp_rows, beta1=beta1, beta2=beta2)
+        return v.rows_mean("forget", chunked.satimp_rows, beta1=beta1, beta2=beta2)
     return losses.satimp(v.logits("forget"), v.labels("forget"), beta1, beta2)
 
 
 def _undial(v: BatchView, beta: float) -> torch.Tensor:
     if v.chunk:
-        return v.rows_mean("forget", losses.undial_rows, ref=True, beta=beta)
+        return v.rows_mean("forget", chunked.undial_rows, ref=True, beta=beta)
     return losses.undial(v.logits("forget"), v.ref_logits("forget"), v.labels("forget"), beta)
 
 
 def _ce_u(v: BatchView, ignore_first: int) -> torch.Tensor:
     if v.chunk:
-        return v.rows_mean("forget", losses.ce_u_rows, labels=losses.ce_u_labels(v.labels("forget"), ignore_first))
+        return v.rows_mean("forget", chunked.ce_u_rows, labels=chunked.ce_u_labels(v.labels("forget"), ignore_first))
     return losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first)
 
 

@@ -36,49 +36,49 @@ per-metric logs, readable by either toolkit as retain logs) and ``TOFU_SUMMARY.j
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import ks_2samp
 
 from unlearn import distributed, models
-from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.data import HUB_RETAIN, UnlearningData, hub_records, read_records
 from unlearn.distributed import state
 from unlearn.errors import ConfigError, DataError
-from unlearn.evaluation import mia
-from unlearn.evaluation.open_unlearning import (
+from unlearn.evaluation.open_unlearning import (  # noqa: F401 (the TOFU standard's pieces, with the protocol)
     MAX_LENGTH,
+    TOFU_EVAL,
+    TOFU_SUMMARY,
+    UTILITY,
+    RetainLogs,
     Scored,
+    TofuResult,
+    evaluate_tofu,
     generate_answers,
     hmean,
     min_k_entry,
     normalised_prob_entry,
     pairs_of,
     prob_entry,
+    read_retain_logs,
     rouge_entry,
     score_entry,
     score_pairs,
     truth_ratio_entry,
     truth_ratio_values,
 )
-from unlearn.evaluation.scoring import generation_batch
 from unlearn.evaluation.sets import EvalSet, check_rows
 from unlearn.io import atomic_write_json, json_safe
 from unlearn.prompts import detect_prompt_format, tofu_template
 from unlearn.protocols.base import Protocol
-from unlearn.rundir import MODEL, SUMMARY, eval_file
+from unlearn.rundir import MODEL, SUMMARY
 
 log = logging.getLogger("unlearn")
 
 HUB = "locuslab/TOFU"
 HOLDOUT = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
-TOFU_EVAL = "TOFU_EVAL.json"
-TOFU_SUMMARY = "TOFU_SUMMARY.json"
 SUMMARY_METRICS = (
     "forget_truth_ratio",
     "forget_quality",
@@ -90,17 +90,6 @@ SUMMARY_METRICS = (
 )
 """The metrics of open-unlearning's default TOFU evaluation (its ``TOFU_SUMMARY.json``)."""
 SETS = {"forget": "forget", "retain": "retain", "ra": "real_authors_perturbed", "wf": "world_facts_perturbed"}
-UTILITY = (
-    "retain_Q_A_Prob",
-    "retain_Q_A_ROUGE",
-    "retain_Truth_Ratio",
-    "ra_Q_A_Prob_normalised",
-    "ra_Q_A_ROUGE",
-    "ra_Truth_Ratio",
-    "wf_Q_A_Prob_normalised",
-    "wf_Q_A_ROUGE",
-    "wf_Truth_Ratio",
-)
 
 
 # --------------------------------------------------------------------------- data
@@ -160,6 +149,10 @@ class TofuSets:
     def of(self, name: str) -> list[dict]:
         return getattr(self, name)
 
+    @property
+    def holdout_config(self) -> str:
+        return HOLDOUT[self.split]
+
 
 def load_tofu_sets(data: str | Path, split: str = "forget01") -> TofuSets:
     """The evaluation sets, every field the metrics need checked (file:line: field ...)."""
@@ -179,146 +172,10 @@ def load_tofu_sets(data: str | Path, split: str = "forget01") -> TofuSets:
     )
 
 
-# --------------------------------------------------------------------------- retain logs
-
-
-@dataclass
-class RetainLogs:
-    """What Forget Quality and privleak need of a retain model: its forget-set truth ratios
-    (open-unlearning's orientation, wrong / correct) and its Min-K% AUC."""
-
-    truth_ratios: list[float]
-    mia_min_k: float | None
-    source: str
-
-
-def read_retain_logs(path: str | Path) -> RetainLogs:
-    """A retain model's evaluation: an open-unlearning ``TOFU_EVAL.json`` (or the folder holding one,
-    as ``unlearn eval --benchmark tofu`` writes it), or a closer-look evaluation folder (its
-    ``eval_Forget.jsonl``: ``1 / truth_ratio_r``, and ``MIA AUC Min-K%`` when it was measured)."""
-    p = Path(path)
-    if p.is_dir() and (p / TOFU_EVAL).is_file():
-        p = p / TOFU_EVAL
-    if p.is_file():
-        try:
-            logs = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{p}: not a JSON file ({e})") from None
-        entry = logs.get("forget_truth_ratio") if isinstance(logs, dict) else None
-        if not isinstance(entry, dict) or not isinstance(entry.get("value_by_index"), dict):
-            raise DataError(
-                f"{p}: missing field 'forget_truth_ratio' (with 'value_by_index'): not the TOFU_EVAL.json "
-                "of a TOFU evaluation"
-            )
-        ratios = []
-        for idx, v in entry["value_by_index"].items():
-            score = v.get("score") if isinstance(v, dict) else None
-            if not isinstance(score, (int, float)):
-                raise DataError(f"{p}: field 'forget_truth_ratio.value_by_index.{idx}.score' must be a number")
-            ratios.append(float(score))
-        auc = (logs.get("mia_min_k") or {}).get("agg_value")
-        return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(p))
-    saved = p / eval_file("Forget")
-    if saved.is_file():
-        rows = read_records(saved, required=("question",))
-        ratios = []
-        for r in rows:
-            value = r.get("truth_ratio_r")
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise DataError(f"{r['_source']}: field 'truth_ratio_r' must be a positive number")
-            ratios.append(1.0 / float(value))
-        summary = json.loads((p / SUMMARY).read_text()) if (p / SUMMARY).is_file() else {}
-        auc = summary.get("MIA AUC Min-K%")
-        return RetainLogs(ratios, float(auc) if isinstance(auc, (int, float)) else None, str(saved))
-    raise DataError(
-        f"{path}: --retain-logs needs a TOFU_EVAL.json (open-unlearning's or unlearn's), a folder holding "
-        "one, or an unlearn evaluation folder (eval_Forget.jsonl)"
-    )
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
-@dataclass
-class TofuResult:
-    logs: dict  # open-unlearning's TOFU_EVAL.json
-    summary: dict  # summary.json
-
-
-def evaluate_tofu(
-    model,
-    tokenizer,
-    template,
-    sets: TofuSets,
-    batch_size: int = EVAL_BATCH_SIZE,
-    retain_logs: RetainLogs | None = None,
-    shard: bool = False,
-    gen_batch_size: int | None = None,
-) -> TofuResult:
-    """Every metric of the TOFU standard on ``model`` (see the module docstring)."""
-    questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
-    flat = [q for qs in questions.values() for q in qs]
-    gens_flat = generate_answers(model, tokenizer, template, flat, generation_batch(batch_size, gen_batch_size), shard)
-    gens, start = {}, 0
-    for name, qs in questions.items():
-        gens[name], start = gens_flat[start : start + len(qs)], start + len(qs)
-    pairs = pairs_of(sets)
-    scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size, shard))
-    losses = scored.losses
-    logs: dict = {}
-    for name in ("forget", "retain", "ra", "wf"):
-        logs[f"{name}_Q_A_Prob"] = prob_entry(losses(name, "answer"))
-        logs[f"{name}_Q_A_PERT_Prob"] = prob_entry(losses(name, "pert"))
-        logs[f"{name}_Q_A_ROUGE"] = rouge_entry(tokenizer, template, sets.of(name), gens[name])
-    for name in ("forget", "retain"):
-        logs[f"{name}_Q_A_PARA_Prob"] = prob_entry(losses(name, "para"))
-    logs["forget_truth_ratio"] = truth_ratio_entry(losses("forget", "para"), losses("forget", "pert"), True)
-    logs["retain_Truth_Ratio"] = truth_ratio_entry(losses("retain", "para"), losses("retain", "pert"), False)
-    for name in ("ra", "wf"):
-        logs[f"{name}_Truth_Ratio"] = truth_ratio_entry(losses(name, "answer"), losses(name, "pert"), False)
-        logs[f"{name}_Q_A_Prob_normalised"] = normalised_prob_entry(losses(name, "answer"), losses(name, "pert"))
-    logs["model_utility"] = {"agg_value": hmean([logs[k]["agg_value"] for k in UTILITY])}
-    forget_stats = scored.stats("forget", len(sets.forget))
-    logs["exact_memorization"] = score_entry([mia.exact_memorization(s) for s in forget_stats])
-    logs["extraction_strength"] = score_entry([mia.extraction_strength(s) for s in forget_stats])
-    unavailable = {}
-    if retain_logs is not None:
-        forget_tr = [v["score"] for v in logs["forget_truth_ratio"]["value_by_index"].values()]
-        logs["forget_quality"] = {"agg_value": float(ks_2samp(forget_tr, retain_logs.truth_ratios).pvalue)}
-    else:
-        logs["forget_quality"] = {"agg_value": None}
-        unavailable["forget_quality"] = "no retain model's evaluation (give --retain-logs TOFU_EVAL.json)"
-    if sets.holdout:
-        logs["mia_min_k"] = min_k_entry(forget_stats, scored.stats("holdout", len(sets.holdout)))
-        ref = retain_logs.mia_min_k if retain_logs is not None and retain_logs.mia_min_k is not None else 0.5
-        if ref == 0.5 and (retain_logs is None or retain_logs.mia_min_k is None):
-            unavailable["privleak_reference"] = "no retain model's Min-K% AUC: privleak against 0.5, as open-unlearning"
-        logs["privleak"] = {"agg_value": mia.privleak(logs["mia_min_k"]["agg_value"], ref)}
-    else:
-        unavailable["privleak"] = f"no {HOLDOUT[sets.split]} config in {sets.source}"
-    summary = {"benchmark": "tofu", "split": sets.split}
-    for key in (
-        "forget_quality",
-        "model_utility",
-        "forget_truth_ratio",
-        "forget_Q_A_Prob",
-        "forget_Q_A_ROUGE",
-        "forget_Q_A_PARA_Prob",
-        "forget_Q_A_PERT_Prob",
-        "exact_memorization",
-        "extraction_strength",
-        "privleak",
-        "mia_min_k",
-        *UTILITY,
-    ):
-        if key in logs:
-            summary[key] = logs[key]["agg_value"]
-    if unavailable:
-        summary["unavailable"] = unavailable
-    return TofuResult(logs, summary)
-
-
-def retain_logs_from_model(model, tokenizer, template, sets: TofuSets, batch_size: int, source: str) -> RetainLogs:
+def retain_logs_from_model(model, tokenizer, template, sets, batch_size: int, source: str) -> RetainLogs:
     """A retain model's forget truth ratios and Min-K% AUC, computed (no generation)."""
     pairs = pairs_of(sets, ("forget", "holdout"))
     scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))

@@ -30,9 +30,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlearn.config import Config, config_from_args, config_keys, fields_of, read_yaml_mapping
+from unlearn.config import Config, fields_of
+from unlearn.config_args import config_from_args, config_keys, read_yaml_mapping
 from unlearn.data import read_refusals
 from unlearn.errors import ConfigError, UnlearnError
+from unlearn.evaluation.downstream import downstream_tasks_for
 from unlearn.loading import validate_model_settings
 from unlearn.methods import resolve
 from unlearn.pipeline import load_data
@@ -179,8 +181,6 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         if cfg.downstream:
             key = ("downstream", cfg.downstream, cfg.downstream_include)
             if key not in cache:
-                from unlearn.evaluation.downstream import downstream_tasks_for
-
                 cache[key] = downstream_tasks_for(cfg)
             downstream = cache[key]
         return sets, downstream
