@@ -267,20 +267,20 @@ def test_collapse_is_said(target, tmp_path, caplog):
 
 
 def test_resume_cuts_the_log_back_and_keeps_the_best(target, tmp_path, monkeypatch):
-    import unlearn.train
+    import unlearn.train_setup
 
     args = ["--method", "GA+GD", "--epochs", "6", "--lr", "3e-3", "--eval-every", "2", "--keep", "best"]
     whole = tmp_path / "whole"
     assert _run(target, whole, *args) == 0
     out = tmp_path / "resumed"
-    real = unlearn.train.append_jsonl
+    real = unlearn.train_setup.append_jsonl
 
     def die_after_step_9(path, row):
         real(path, row)
         if row.get("step") == 9 and path.name == "train_log.jsonl":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(unlearn.train, "append_jsonl", die_after_step_9)
+    monkeypatch.setattr(unlearn.train_setup, "append_jsonl", die_after_step_9)
     assert _run(target, out, *args, "--save-every", "4") == 130  # checkpoint at step 8, evaluated up to 8
     monkeypatch.undo()
     assert [r["step"] for r in _log(out)] == [0, 2, 4, 6, 8]

@@ -162,16 +162,16 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(files, tmp_path, one_threa
 
 def _interrupt_after_step(monkeypatch, stop_at: int):
     """Make the run die right after it logged step ``stop_at`` (as a kill would)."""
-    import unlearn.train
+    import unlearn.train_setup
 
-    real = unlearn.train.append_jsonl
+    real = unlearn.train_setup.append_jsonl
 
     def append_then_die(path, row):
         real(path, row)
         if row["step"] == stop_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(unlearn.train, "append_jsonl", append_then_die)
+    monkeypatch.setattr(unlearn.train_setup, "append_jsonl", append_then_die)
 
 
 def test_same_seed_same_weights_and_log(files, finetuned, tmp_path):
