@@ -43,6 +43,7 @@ DATA = "data.json"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT = "checkpoint"
 SUMMARY = "summary.json"
+INTERVALS = "intervals.json"  # each summary value with its 95% interval (unlearn.evaluation.intervals)
 DOWNSTREAM = "downstream.json"
 EVAL_CONFIG = "eval_config.yaml"
 CONTINUAL = "continual.csv"
@@ -57,6 +58,7 @@ RUN_RESULTS = (
     ADAPTER,
     CHECKPOINT,
     SUMMARY,
+    INTERVALS,
     TRAIN_LOG,
     CONFIG,
     DATA,
@@ -66,7 +68,7 @@ RUN_RESULTS = (
     EVAL_LOG,
     KEPT,
 )
-EVAL_RESULTS = (SUMMARY, EVAL_CONFIG, DOWNSTREAM)
+EVAL_RESULTS = (SUMMARY, INTERVALS, EVAL_CONFIG, DOWNSTREAM)
 
 FINISHED, PARTIAL, ABSENT = "finished", "partial", "absent"
 

@@ -11,7 +11,7 @@ with the official keys.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,12 @@ from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import sharded_map
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation.generation import generate, generation_batch
+from unlearn.evaluation.intervals import Interval, KsResolution, as_json, bootstrap, ks_resolution, mean_of
 from unlearn.evaluation.judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
 from unlearn.evaluation.scoring import answer_nlls
 from unlearn.evaluation.sets import EvalSet
 from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
-from unlearn.rundir import SUMMARY, eval_file
+from unlearn.rundir import INTERVALS, SUMMARY, eval_file
 
 log = logging.getLogger("unlearn")
 
@@ -48,6 +49,8 @@ FORGET_EFFICACY_METRICS = ("ROUGE", "Probability", "Truth Ratio", "Cosine Simila
 class Evaluation:
     summary: dict
     items: dict[str, list[dict]] = field(default_factory=dict)  # set name -> per-item records
+    intervals: dict[str, Interval] = field(default_factory=dict)  # 95% bootstrap intervals of the summary
+    resolution: KsResolution | None = None  # what Forget Quality's KS test can tell on these items
 
     def truth_ratios(self, set_name: str = "Forget") -> list[float]:
         return [r["truth_ratio_r"] for r in self.items[set_name]]
@@ -218,21 +221,14 @@ def evaluate(
             ev.items[s.name] = _evaluate_set(model, tokenizer, fmt, s, generated[s.name], embedder, nli, batch_size)
         for metric, key in ITEM_KEYS.items():
             ev.summary[f"{s.name} {metric}"] = _mean(ev.items[s.name], key)
-    summary, names = ev.summary, [s.name for s in sets]
-    utility = [s.name for s in sets if s.kind in ("retain", "general")]
-    if utility:
-        summary["Model Utility"] = M.model_utility(summary[f"{n} {m}"] for n in utility for m in METRICS)
-    if "Retain" in names:
-        summary["Model Utility Retain"] = M.model_utility(summary[f"Retain {m}"] for m in METRICS)
-    if "Forget" in names:
-        summary["Forget Efficacy"] = M.forget_efficacy(summary[f"Forget {m}"] for m in FORGET_EFFICACY_METRICS)
-        if retain_ratios is not None and all(st.truth for st in sets if st.name == "Forget"):
-            ratios = ev.truth_ratios("Forget")
-            if len(retain_ratios) != len(ratios):
-                raise ValueError(f"{len(retain_ratios)} retain-model truth ratios for {len(ratios)} forget items")
-            summary["Forget Quality"], summary["Forget Quality KS statistic"] = M.forget_quality_from_ratios(
-                ratios, retain_ratios
-            )
+    forget_ratios = None
+    if "Forget" in ev.items and retain_ratios is not None and all(st.truth for st in sets if st.name == "Forget"):
+        forget_ratios = ev.truth_ratios("Forget")
+        if len(retain_ratios) != len(forget_ratios):
+            raise ValueError(f"{len(retain_ratios)} retain-model truth ratios for {len(forget_ratios)} forget items")
+    means = {s.name: {m: ev.summary[f"{s.name} {m}"] for m in METRICS} for s in sets}
+    ev.summary.update(composites(means, sets, forget_ratios, retain_ratios))
+    summary = ev.summary
     missing = {}
     if unavailable:
         missing["Entailment Score"] = unavailable
@@ -241,7 +237,62 @@ def evaluate(
         missing["Truth Ratio"] = f"the rows of {', '.join(no_truth)} carry no paraphrased_answer and perturbed_answer"
     if missing:
         summary["unavailable"] = missing
+    partial = partial_values(means, sets)
+    if partial:
+        summary["partial"] = partial
+    ev.intervals = summary_intervals(ev, sets, retain_ratios if forget_ratios is not None else None)
+    if forget_ratios is not None:
+        ev.resolution = ks_resolution(len(forget_ratios), len(retain_ratios))
     return ev
+
+
+def composites(means: dict[str, dict], sets: list[EvalSet], forget_ratios=None, retain_ratios=None) -> dict:
+    """Model Utility (every retain and general set, and Retain alone), Forget Efficacy and, given the
+    two models' forget truth ratios, Forget Quality, from each set's metric means."""
+    out, names = {}, [s.name for s in sets]
+    utility = [s.name for s in sets if s.kind in ("retain", "general")]
+    if utility:
+        out["Model Utility"] = M.model_utility(means[n][m] for n in utility for m in METRICS)
+    if "Retain" in names:
+        out["Model Utility Retain"] = M.model_utility(means["Retain"][m] for m in METRICS)
+    if "Forget" in names:
+        out["Forget Efficacy"] = M.forget_efficacy(means["Forget"][m] for m in FORGET_EFFICACY_METRICS)
+        if forget_ratios is not None:
+            out["Forget Quality"], out["Forget Quality KS statistic"] = M.forget_quality_from_ratios(
+                forget_ratios, retain_ratios
+            )
+    return out
+
+
+def summary_intervals(ev: Evaluation, sets: list[EvalSet], retain_ratios=None) -> dict[str, Interval]:
+    """95% intervals of every summary value: the items of each set resampled (:mod:`.intervals`), and
+    Model Utility, Forget Efficacy and Forget Quality recomputed through their definitions (Forget
+    Quality on the same resampled items of both models: the truth ratios are paired by item)."""
+    values = {
+        s.name: {
+            m: np.array([np.nan if r.get(k) is None else r[k] for r in ev.items[s.name]], float)
+            for m, k in ITEM_KEYS.items()
+        }
+        for s in sets
+    }
+    ratios = np.asarray(ev.truth_ratios("Forget"), float) if retain_ratios is not None else None
+    retain = np.asarray(retain_ratios, float) if retain_ratios is not None else None
+
+    def statistic(idx) -> dict:
+        means = {name: {m: mean_of(v, idx[name]) for m, v in by.items()} for name, by in values.items()}
+        out = {f"{name} {m}": v for name, by in means.items() for m, v in by.items()}
+        paired = idx.get("Forget")
+        try:
+            out.update(
+                composites(
+                    means, sets, None if ratios is None else ratios[paired], None if retain is None else retain[paired]
+                )
+            )
+        except ValueError:  # a resample with no value of a composite's parts
+            pass
+        return out
+
+    return bootstrap({s.name: len(ev.items[s.name]) for s in sets}, statistic)
 
 
 # --------------------------------------------------------------------------- output
@@ -252,25 +303,61 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     for name, records in ev.items.items():
         atomic_write_jsonl(out / eval_file(name), json_safe(records))
+    if ev.intervals:
+        extra = {"forget_quality_resolution": asdict(ev.resolution)} if ev.resolution else {}
+        atomic_write_json(out / INTERVALS, json_safe(as_json(ev.intervals, **extra)))
     atomic_write_json(out / SUMMARY, json_safe(ev.summary))  # last: it marks a complete result
     return out
 
 
-def print_table(summary: dict) -> None:
+def partial_values(means: dict[str, dict], sets: list[EvalSet]) -> dict[str, str]:
+    """``{"Model Utility": "15 of 18 values"}``: the composites computed without some of their parts."""
+    parts = {"Forget Efficacy": [("Forget", m) for m in FORGET_EFFICACY_METRICS]}
+    utility = [s.name for s in sets if s.kind in ("retain", "general")]
+    if utility:
+        parts["Model Utility"] = [(n, m) for n in utility for m in METRICS]
+    if "Retain" in means:
+        parts["Model Utility Retain"] = [("Retain", m) for m in METRICS]
+    out = {}
+    for key, wanted in parts.items():
+        have = sum(means.get(n, {}).get(m) is not None for n, m in wanted)
+        if wanted[0][0] in means and have < len(wanted):
+            out[key] = f"{have} of {len(wanted)} values"
+    return out
+
+
+def print_table(summary: dict, intervals: dict | None = None, resolution: KsResolution | None = None) -> None:
+    """The summary with each value's 95% interval (``value ± half-width``); a composite computed
+    without some of its parts is starred and says how many it had."""
+    intervals = intervals or {}
     sets = list(dict.fromkeys(k[: -len(m) - 1] for k in summary for m in METRICS if k.endswith(" " + m)))
-    table = Table(title="Evaluation")
+    table = Table(title="Evaluation (± half the 95% bootstrap interval over the set's items)")
     table.add_column("set", no_wrap=True)
     for header in ("ROUGE", "Prob.", "Truth R.", "Entropy", "Cosine", "Entail."):  # METRICS, abridged
         table.add_column(header, justify="right", no_wrap=True)
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+
+    def cell(key: str, digits: int = 3) -> str:
+        value = summary.get(key)
+        if value is None:
+            return "n/a"
+        iv = intervals.get(key)
+        return iv.text(digits) if iv is not None else f"{value:.{digits}f}"
+
     for s in sets:
-        table.add_row(s, *(fmt(summary.get(f"{s} {m}")) for m in METRICS))
-    console = Console()
+        table.add_row(s, *(cell(f"{s} {m}").replace(" ± 0.", "±.") for m in METRICS))
+    console = Console(width=max(Console().width, 110))  # six value±interval columns
     console.print(table)
+    partial = summary.get("partial", {})
     for key in ("Model Utility", "Model Utility Retain", "Forget Efficacy", "Forget Quality"):
         if key in summary:
-            console.print(f"{key}: {fmt(summary[key])}")
+            iv = intervals.get(key)
+            span = f" [{iv.lo:.4f}, {iv.hi:.4f}]" if iv is not None else ""
+            star, note = ("*", f" ({partial[key]}: see below)") if key in partial else ("", "")
+            line = f"{key}{star}: {summary[key]:.4f}{span}{note}"
+            if key == "Forget Quality" and resolution is not None:
+                line += f" ({resolution.text()}{'; too few items to tell much' if resolution.coarse else ''})"
+            console.print(line)
     for key in (k for k in summary if k.startswith("MIA AUC")):
-        console.print(f"{key} (forget vs holdout; 0.5: indistinguishable): {fmt(summary[key])}")
+        console.print(f"{key} (forget vs holdout; 0.5: indistinguishable): {summary[key]:.4f}")
     for metric, reason in summary.get("unavailable", {}).items():
         console.print(f"{metric} unavailable: {reason}")

@@ -338,7 +338,7 @@ class CloserLook(Protocol):
             ev.summary.update(membership(plan, model, tokenizer, fmt))
         if distributed.is_main_process():  # one writer when several processes evaluated together
             write_evaluation(ev, out.path)
-            print_table(ev.summary)
+            print_table(ev.summary, ev.intervals, ev.resolution)
             log.info("wrote the evaluation to %s", out.summary)
         return ev.summary
 
