@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlearn import checkpoint, distributed, lora, methods, models, train
-from unlearn.audit import check_inputs, run_audit
+from unlearn.audit.after_run import audit_saved, check_audit
 from unlearn.config import Config, inputs_of
 from unlearn.data import (
     DEFAULT_MAX_LENGTH,
@@ -29,6 +29,7 @@ from unlearn.data import (
 from unlearn.datasets import QADataset, UnlearningDataset
 from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
+from unlearn.evaluation.intervals import read_intervals
 from unlearn.io import atomic_write_json
 from unlearn.loading import load_for_training, validate_model_settings
 from unlearn.lora import is_peft
@@ -37,7 +38,7 @@ from unlearn.protocols import prompt_format_for, protocol_of, with_defaults
 from unlearn.protocols.closer_look import check_eval_matches
 from unlearn.protocols.plan import EvalPlan, plan_evaluation
 from unlearn.report.before_after import before_after
-from unlearn.rundir import AUDIT, MODEL_CONFIG, RunDir
+from unlearn.rundir import BEFORE, MODEL_CONFIG, RunDir
 
 log = logging.getLogger("unlearn")
 
@@ -186,7 +187,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
         raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
     refusals = read_refusals(cfg.idk)
-    audit = check_audit(cfg)
+    audit = check_audit(cfg, _require_out(cfg) if cfg.audit else None)
     plan = plan if plan is not None else plan_evaluation(cfg)
     check_eval_matches(plan.sets, data)
     check_training_eval(cfg, plan, objective)
@@ -194,6 +195,13 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     main = distributed.is_main_process()
     if mode == "evaluate":
         result = _evaluate_saved(cfg, out, data, plan, main)
+        saved_before = out / BEFORE
+        if plan.baseline or RunDir(saved_before).read_summary() is not None:
+            where = plan.baseline or saved_before
+            before = RunDir(where).read_summary(), read_intervals(where), Path(where)
+            result.summary = (
+                _conclude(cfg, plan, out, before, None, len(data.forget), read_refusals(cfg.idk)) or result.summary
+            )
         audit_saved(cfg, out, audit)
         return result
     texts = [row_text(r) for r in data.forget + data.retain] + refusals
@@ -203,6 +211,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         data.forget, data.retain, tokenizer, fmt, objective.parts, refusals, cfg.max_length, mask_forget=cfg.mask
     )
     _warn_truncated(dataset, cfg)
+    before = _before(plan, model, tokenizer, fmt, out, accelerator)
     original = _before_task_vector(objective, model, accelerator)
     evaluator = _training_eval(cfg, plan, tokenizer, fmt, out, accelerator)
     trained = train.fit(
@@ -239,12 +248,43 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         )
         print(f"saved the unlearned model to {out.model}")
     summary = _evaluate(plan, model, tokenizer, fmt, out, done)
+    summary = _conclude(cfg, plan, out, before, trained.steps, len(dataset), refusals) or summary
     audit_saved(cfg, out, audit)
     if main:
         out.discard_previous()
     return RunResult(
         out, model, tokenizer, fmt, cfg, data, trained.steps, trained.history, trained.resumed_from, summary, main
     )
+
+
+def _before(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, accelerator):
+    """The model's evaluation before unlearning, for the verdict: ``--baseline``'s, else its own
+    (``OUT/before``, kept for a resumed run); None when the run has none to compare with."""
+    if plan.baseline:
+        return RunDir(plan.baseline).read_summary(), read_intervals(plan.baseline), Path(plan.baseline)
+    if not plan.sets or distributed.is_sharded(accelerator):  # (ZeRO-3 / FSDP hold the weights in pieces)
+        return None
+    model.to(accelerator.device)
+    return plan.protocol.evaluate_before(plan, model, tokenizer, fmt, out / BEFORE)
+
+
+def _conclude(cfg: Config, plan: EvalPlan, out: RunDir, before, steps, n_items: int, refusals) -> dict | None:
+    """Say what the run did (:mod:`unlearn.evaluation.verdicts`), in its summary and on the terminal."""
+    if before is None or not distributed.is_main_process():
+        return None
+    processes = distributed.state().num_processes
+    batch = cfg.batch_size * distributed.accumulation(cfg, processes) * processes
+    hint = (
+        f"; {n_items} forget item(s) at an effective batch of {batch} over {cfg.epochs} epoch(s): raise --epochs "
+        "or lower --batch-size / --grad-accum"
+    )
+    found = plan.protocol.conclude(plan, out, before, steps, hint, refusals)
+    if found is None:
+        return None
+    print(f"verdict: {found.text}")
+    for note in found.notes:
+        print(f"  also: {note}")
+    return out.read_summary()
 
 
 def check_text_parts(data: UnlearningData, objective) -> None:
@@ -316,41 +356,6 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
         mu_floor=cfg.mu_floor,
         checkpointing=bool(cfg.save_every),
     )
-
-
-def audit_config(cfg: Config, out: RunDir, resume: bool = False) -> Config:
-    """The settings of ``--audit``: the saved model audited into ``OUT/audit``, beside the model it
-    was unlearned from (``--target-model``, else the run's ``--model``)."""
-    target = cfg.target_model or (None if cfg.model == "tiny" else cfg.model)
-    return dataclasses.replace(
-        cfg,
-        model=str(out.model),
-        target_model=target,
-        out=str(out / AUDIT),
-        resume=resume,
-        overwrite=cfg.overwrite and not resume,
-    )
-
-
-def check_audit(cfg: Config):
-    """``--audit``: the audit's inputs checked before training (None without ``--audit``)."""
-    if not cfg.audit:
-        return None
-    return check_inputs(audit_config(cfg, _require_out(cfg)))
-
-
-def audit_saved(cfg: Config, out: RunDir, inputs=None, resume: bool = False) -> None:
-    """Run ``--audit`` on the saved model (one process: checked before training)."""
-    if not cfg.audit:
-        return
-    acfg = audit_config(cfg, out, resume)
-    try:
-        run_audit(acfg, inputs)
-    except UnlearnError as e:
-        raise type(e)(
-            f"{e} (the model is saved in {out.model}; finish its audit with unlearn audit --model "
-            f"{out.model} --out {acfg.out} --resume and the same data flags)"
-        ) from e
 
 
 def _before_task_vector(objective, model, accelerator) -> dict | None:

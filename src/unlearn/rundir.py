@@ -43,6 +43,7 @@ DATA = "data.json"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT = "checkpoint"
 SUMMARY = "summary.json"
+BEFORE = "before"  # the evaluation of the model before unlearning (the verdict compares with it)
 INTERVALS = "intervals.json"  # each summary value with its 95% interval (unlearn.evaluation.intervals)
 DOWNSTREAM = "downstream.json"
 EVAL_CONFIG = "eval_config.yaml"
@@ -59,6 +60,7 @@ RUN_RESULTS = (
     CHECKPOINT,
     SUMMARY,
     INTERVALS,
+    BEFORE,
     TRAIN_LOG,
     CONFIG,
     DATA,

@@ -17,10 +17,12 @@ cannot tell much, whatever the model did.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -141,6 +143,16 @@ def _p(a: np.ndarray, b: np.ndarray) -> float:
     with warnings.catch_warnings():  # large samples: scipy says it falls back to the asymptotic p (as ks_2samp does)
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(f"{float(stats.ks_2samp(a, b).pvalue):.10g}")
+
+
+def read_intervals(path) -> dict[str, Interval]:
+    """The intervals of an evaluation folder's ``intervals.json`` ({} when it has none)."""
+    file = Path(path) / "intervals.json"
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))["intervals"]
+        return {k: Interval(float(v["value"]), float(v["lo"]), float(v["hi"])) for k, v in raw.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def as_json(intervals: Mapping[str, Interval], **extra) -> dict:

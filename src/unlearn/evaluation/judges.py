@@ -317,3 +317,25 @@ def _check_local_folder(spec: str) -> None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+@dataclass
+class Judges:
+    """The sentence embedder and the NLI judge (or why it is unavailable), loaded once."""
+
+    embedder: object
+    nli: object
+
+
+def load_judges(cfg) -> Judges:
+    """Load the embedder (an error when it cannot be) and the NLI judge.
+
+    The default NLI judge is a hub model: offline it is reported unavailable, with the reason,
+    and the Entailment Score is left out. Any other ``--nli`` that cannot be loaded is an error
+    (``--nli none`` disables the judge).
+    """
+    embedder = load_embedder(cfg.embedder)
+    nli = load_nli(cfg.nli)
+    if isinstance(nli, Unavailable) and cfg.nli not in (None, DEFAULT_NLI) and "disabled" not in nli.reason:
+        raise ModelError(f"--nli: {nli.reason} (pass --nli none to evaluate without it)")
+    return Judges(embedder, nli)

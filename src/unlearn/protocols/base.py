@@ -108,6 +108,16 @@ class Protocol:
         """Evaluate ``model`` as ``plan`` says; the main process writes into ``out``. Returns the summary."""
         raise NotImplementedError
 
+    def evaluate_before(self, plan, model, tokenizer, fmt, out_dir):
+        """``(summary, intervals)`` of the model before unlearning, written to ``out_dir`` (read back
+        when it is there), for the run's verdict; None when the protocol gives no verdict."""
+        return None
+
+    def conclude(self, plan, out, before, steps: int | None, steps_hint: str, refusals: list[str]):
+        """The run's :class:`~unlearn.evaluation.verdicts.Verdict` from its evaluation in ``out`` and
+        ``before`` (:meth:`evaluate_before`), added to its ``summary.json``; None without one."""
+        return None
+
     def eval_texts(self, plan) -> list[str]:
         """The texts its evaluation encodes (a model converted on the fly takes its vocabulary from them)."""
         return []

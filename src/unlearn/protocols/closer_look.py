@@ -13,23 +13,28 @@ forget truth ratios with a retain model's (``--retain-model``: a saved evaluatio
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from unlearn import distributed, models
-from unlearn.config import DEFAULT_NLI, EVAL_BATCH_SIZE
+from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.data import SPLITS, is_text_rows, read_records, read_rows, select_task
 from unlearn.distributed import state
-from unlearn.errors import ConfigError, DataError, ModelError
+from unlearn.errors import ConfigError, DataError
 from unlearn.evaluation import metrics as M
-from unlearn.evaluation.judges import Unavailable, load_embedder, load_nli
+from unlearn.evaluation.intervals import read_intervals
+from unlearn.evaluation.judges import Judges, load_judges  # noqa: F401 (Judges: part of its API)
 from unlearn.evaluation.mia import mia_aucs
 from unlearn.evaluation.scoring import token_stats
 from unlearn.evaluation.sets import EvalSet, forget_set, read_set
 from unlearn.evaluation.six_metrics import evaluate, print_table, set_nlls, write_evaluation
+from unlearn.evaluation.verdicts import print_before_after, refusal_share, verdict
+from unlearn.io import atomic_write_json, json_safe
 from unlearn.prompts import detect_prompt_format
 from unlearn.protocols.base import Protocol
-from unlearn.rundir import MODEL, eval_file
+from unlearn.rundir import MODEL, RunDir, eval_file
 
 log = logging.getLogger("unlearn")
 
@@ -186,28 +191,6 @@ def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
 # --------------------------------------------------------------------------- judges and Forget Quality
 
 
-@dataclass
-class Judges:
-    """The sentence embedder and the NLI judge (or why it is unavailable), loaded once."""
-
-    embedder: object
-    nli: object
-
-
-def load_judges(cfg) -> Judges:
-    """Load the embedder (an error when it cannot be) and the NLI judge.
-
-    The default NLI judge is a hub model: offline it is reported unavailable, with the reason,
-    and the Entailment Score is left out. Any other ``--nli`` that cannot be loaded is an error
-    (``--nli none`` disables the judge).
-    """
-    embedder = load_embedder(cfg.embedder)
-    nli = load_nli(cfg.nli)
-    if isinstance(nli, Unavailable) and cfg.nli not in (None, DEFAULT_NLI) and "disabled" not in nli.reason:
-        raise ModelError(f"--nli: {nli.reason} (pass --nli none to evaluate without it)")
-    return Judges(embedder, nli)
-
-
 def retain_ratios_from(
     source: str | Path,
     forget: EvalSet,
@@ -341,6 +324,54 @@ class CloserLook(Protocol):
             print_table(ev.summary, ev.intervals, ev.resolution)
             log.info("wrote the evaluation to %s", out.summary)
         return ev.summary
+
+    def evaluate_before(self, plan, model, tokenizer, fmt, out_dir):
+        """The six metrics of the model before unlearning (``OUT/before``; a resumed run reads them)."""
+        out = RunDir(out_dir)
+        saved = out.read_summary()
+        if saved is None:
+            with torch.random.fork_rng():  # the run's own random draws stay as they would be without it
+                ev = evaluate(
+                    model,
+                    tokenizer,
+                    fmt,
+                    plan.sets,
+                    plan.judges.embedder,
+                    plan.judges.nli,
+                    plan.batch_size,
+                    plan.retain_ratios,
+                    shard=True,
+                    gen_batch_size=plan.gen_batch_size,
+                )
+            if distributed.is_main_process():
+                out.path.mkdir(parents=True, exist_ok=True)
+                write_evaluation(ev, out.path)
+            return ev.summary, ev.intervals, out.path
+        return saved, read_intervals(out.path), out.path
+
+    def conclude(self, plan, out, before, steps, steps_hint, refusals):
+        summary = out.read_summary()
+        if before is None or summary is None:
+            return None
+        before_summary, before_iv, before_dir = before
+
+        def share(folder):
+            path = Path(folder) / eval_file("Retain")
+            rows = read_records(path, required=()) if path.is_file() else []
+            return refusal_share([str(r.get("generation", "")) for r in rows], refusals)
+
+        print_before_after(before_summary, summary, before_iv, read_intervals(out.path))
+        found = verdict(
+            before_summary,
+            summary,
+            before_iv,
+            steps,
+            steps_hint,
+            share(before_dir) if before_dir else None,
+            share(out.path),
+        )
+        atomic_write_json(out.summary, json_safe({**summary, "verdict": found.as_dict()}))
+        return found
 
     def eval_texts(self, plan) -> list[str]:
         return [q + " " + a for s in plan.sets or [] for q, a in zip(s.questions, s.answers, strict=False)]

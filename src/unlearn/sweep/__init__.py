@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from unlearn import distributed, pipeline
+from unlearn.audit.after_run import audit_saved
 from unlearn.io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
-from unlearn.pipeline import audit_saved
 from unlearn.protocols import protocol_of
 from unlearn.protocols.closer_look import load_judges
 from unlearn.protocols.plan import plan_evaluation

@@ -1,0 +1,155 @@
+"""What a run did, in words, from its numbers and their intervals (never from one value alone).
+
+:func:`verdict` compares a run's evaluation after unlearning with the model's before it (the run's
+``OUT/before`` evaluation, or ``--baseline``), each with its 95% intervals (:mod:`.intervals`):
+
+* **too few steps** — fewer than :data:`MIN_STEPS` optimiser steps: the settings, not the method,
+  decided the outcome; it says how many steps ran and what to change;
+* **no measurable effect** — no forget metric fell below the before-model's interval (each is higher
+  when the model still knows the answer);
+* **forgot but collapsed** — the forget metrics fell, and so did Model Utility (below
+  :data:`COLLAPSE` of its value before) or the answers' token entropy (degenerate text);
+* **over-refuses** — most Retain answers are refusals (and more than before): the model declines
+  what it should still answer;
+* **forgot and kept** — the forget metrics fell out of their interval and utility held.
+
+A verdict is given for the six-metric evaluation (the closer-look protocol); its inputs are the
+summary keys of :mod:`.six_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from unlearn.evaluation.intervals import Interval
+
+MIN_STEPS = 10  # fewer optimiser steps than this cannot be told from the settings' effect
+COLLAPSE = 0.5  # a utility or entropy below this share of its value before is a collapse
+OVER_REFUSAL = 0.5  # more than this share of Retain answers refusing
+FORGET_KEYS = ("Forget ROUGE", "Forget Probability", "Forget Truth Ratio")
+ENTROPY_KEYS = ("Forget Token Entropy", "Retain Token Entropy")
+KINDS = ("too few steps", "no measurable effect", "forgot but collapsed", "over-refuses", "forgot and kept")
+
+
+@dataclass
+class Verdict:
+    kind: str  # one of KINDS
+    text: str  # one sentence, with the numbers it rests on
+    notes: list[str] = field(default_factory=list)  # other findings
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def is_refusal(text: str, refusals: list[str]) -> bool:
+    """Whether an answer is one of the refusal sentences (or holds one), ignoring case and punctuation."""
+    norm = _norm(text)
+    return bool(norm) and any(r and r in norm for r in (_norm(x) for x in refusals))
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", str(text).lower()).split())
+
+
+def refusal_share(generations: list[str], refusals: list[str]) -> float | None:
+    """The share of ``generations`` that are refusals (None without generations)."""
+    return sum(is_refusal(g, refusals) for g in generations) / len(generations) if generations else None
+
+
+def verdict(
+    before: dict,
+    after: dict,
+    before_iv: dict[str, Interval],
+    steps: int | None = None,
+    steps_hint: str = "",
+    refusals_before: float | None = None,
+    refusals_after: float | None = None,
+) -> Verdict:
+    """The verdict of a run (see the module docstring). ``steps``: optimiser steps taken (None:
+    unknown); ``steps_hint``: what to change when they are too few; ``refusals_*``: the share of
+    Retain answers that refuse, before and after."""
+    keys = [k for k in FORGET_KEYS if _num(before.get(k)) and _num(after.get(k))]
+    # Forgetting is a forget metric falling below the before-model's interval (each is higher when
+    # the model still knows the answer); one that rose is the opposite, not an effect to report.
+    fell_below = [k for k in keys if k in before_iv and after[k] < before_iv[k].lo]
+    unchanged = bool(keys) and all(k in before_iv for k in keys) and not fell_below
+    change = ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(after[k])}" for k in keys)
+    notes = []
+    fell = _collapsed(before, after)
+    refusing = (
+        refusals_after is not None
+        and refusals_after > OVER_REFUSAL
+        and (refusals_before is None or refusals_after > refusals_before)
+    )
+    if steps is not None and steps < MIN_STEPS:
+        what = "changed nothing measurable" if unchanged else "may reflect the settings more than the method"
+        text = f"too few steps: {steps} optimiser step(s) ran, so the result {what} ({change}){steps_hint}"
+        return Verdict("too few steps", text, notes + fell)
+    if unchanged:
+        lo_hi = "; ".join(f"{k} interval before [{before_iv[k].lo:.3f}, {before_iv[k].hi:.3f}]" for k in keys)
+        rose = [k for k in keys if after[k] > before_iv[k].hi]
+        rose_text = f"; {', '.join(rose)} rose above it (remembered more, not less)" if rose else ""
+        return Verdict("no measurable effect", f"no measurable effect: {change} ({lo_hi}){rose_text}", notes + fell)
+    if fell:
+        return Verdict("forgot but collapsed", f"forgot but collapsed: {change}; {'; '.join(fell)}", notes)
+    if refusing:
+        share = f"{refusals_after:.0%} of Retain answers are refusals" + (
+            f" ({refusals_before:.0%} before)" if refusals_before is not None else ""
+        )
+        return Verdict("over-refuses", f"over-refuses: {share}; {change}", notes)
+    kept = _kept(before, after)
+    return Verdict("forgot and kept", f"forgot and kept: {change}{kept}", notes)
+
+
+HEADLINE = (
+    "Forget ROUGE",
+    "Forget Probability",
+    "Forget Truth Ratio",
+    "Retain ROUGE",
+    "Model Utility",
+    "Forget Efficacy",
+    "Forget Quality",
+)
+
+
+def print_before_after(before: dict, after: dict, before_iv: dict, after_iv: dict) -> None:
+    """The headline numbers before and after unlearning, each with its 95% interval."""
+    table = Table(title="Before and after unlearning (95% intervals over the items)")
+    for column in ("metric", "before", "after", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in HEADLINE:
+        b, a = before.get(key), after.get(key)
+        if _num(b) and _num(a):
+            cells = [
+                iv.text() if (iv := ivs.get(key)) is not None else f"{v:.3f}"
+                for v, ivs in ((b, before_iv), (a, after_iv))
+            ]
+            table.add_row(key, *cells, f"{a - b:+.3f}")
+    Console(width=max(Console().width, 100)).print(table)
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _collapsed(before: dict, after: dict) -> list[str]:
+    out = []
+    for key in ("Model Utility", *ENTROPY_KEYS):
+        b, a = before.get(key), after.get(key)
+        if _num(b) and _num(a) and b > 0 and a < COLLAPSE * b:
+            out.append(f"{key} fell from {b:.3f} to {a:.3f} (below {COLLAPSE:.0%} of before)")
+    return out
+
+
+def _kept(before: dict, after: dict) -> str:
+    b, a = before.get("Model Utility"), after.get("Model Utility")
+    return f"; Model Utility {b:.3f} -> {a:.3f}" if _num(b) and _num(a) else ""

@@ -1,0 +1,162 @@
+"""Verdicts (unlearn.evaluation.verdicts): each kind on hand-made numbers, and on tiny runs made to produce it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unlearn.config import Config
+from unlearn.evaluation.intervals import Interval
+from unlearn.evaluation.verdicts import MIN_STEPS, is_refusal, refusal_share, verdict
+from unlearn.refusals import REFUSALS
+
+BEFORE = {
+    "Forget ROUGE": 0.9,
+    "Forget Probability": 0.8,
+    "Forget Truth Ratio": 0.6,
+    "Model Utility": 0.5,
+    "Forget Token Entropy": 0.9,
+    "Retain Token Entropy": 0.9,
+}
+BEFORE_IV = {
+    "Forget ROUGE": Interval(0.9, 0.85, 0.95),
+    "Forget Probability": Interval(0.8, 0.75, 0.85),
+    "Forget Truth Ratio": Interval(0.6, 0.55, 0.65),
+}
+FORGOT = {**BEFORE, "Forget ROUGE": 0.3, "Forget Probability": 0.2, "Forget Truth Ratio": 0.4}
+
+
+def test_no_measurable_effect_when_every_forget_metric_stays_in_its_interval():
+    after = {**BEFORE, "Forget ROUGE": 0.88, "Forget Probability": 0.81}
+    v = verdict(BEFORE, after, BEFORE_IV, steps=50)
+    assert v.kind == "no measurable effect"
+    assert "Forget ROUGE 0.900 -> 0.880" in v.text and "[0.850, 0.950]" in v.text
+
+
+def test_a_forget_metric_that_rises_is_not_forgetting():
+    v = verdict(BEFORE, {**BEFORE, "Forget Truth Ratio": 0.97}, BEFORE_IV, steps=50)
+    assert v.kind == "no measurable effect" and "Forget Truth Ratio rose above it" in v.text
+
+
+def test_one_forget_metric_below_its_interval_is_an_effect():
+    v = verdict(BEFORE, {**BEFORE, "Forget ROUGE": 0.5}, BEFORE_IV, steps=50)
+    assert v.kind == "forgot and kept" and "Model Utility 0.500 -> 0.500" in v.text
+
+
+def test_too_few_steps_says_how_many_and_what_to_change():
+    v = verdict(BEFORE, BEFORE, BEFORE_IV, steps=1, steps_hint="; raise --epochs")
+    assert v.kind == "too few steps"
+    assert v.text.startswith("too few steps: 1 optimiser step(s) ran, so the result changed nothing measurable")
+    assert v.text.endswith("; raise --epochs")
+    assert verdict(BEFORE, FORGOT, BEFORE_IV, steps=MIN_STEPS).kind == "forgot and kept"
+
+
+def test_collapse_when_utility_or_entropy_falls_below_half():
+    for key, value in (("Model Utility", 0.2), ("Forget Token Entropy", 0.3), ("Retain Token Entropy", 0.1)):
+        v = verdict(BEFORE, {**FORGOT, key: value}, BEFORE_IV, steps=50)
+        assert v.kind == "forgot but collapsed" and f"{key} fell from" in v.text
+    assert verdict(BEFORE, {**FORGOT, "Model Utility": 0.26}, BEFORE_IV, steps=50).kind == "forgot and kept"
+
+
+def test_over_refusal_from_the_retain_answers():
+    v = verdict(BEFORE, FORGOT, BEFORE_IV, steps=50, refusals_before=0.0, refusals_after=0.8)
+    assert v.kind == "over-refuses" and "80% of Retain answers are refusals (0% before)" in v.text
+    assert verdict(BEFORE, FORGOT, BEFORE_IV, steps=50, refusals_before=0.9, refusals_after=0.8).kind != "over-refuses"
+
+
+def test_refusals_are_recognised_whatever_the_case_and_punctuation():
+    assert is_refusal("i DON'T know the answer to that", REFUSALS)
+    assert is_refusal("Well... I really couldn't say!", REFUSALS)
+    assert not is_refusal("Paris is the capital of France.", REFUSALS) and not is_refusal("", REFUSALS)
+    assert refusal_share(["I can't tell you that.", "Paris."], REFUSALS) == 0.5
+    assert refusal_share([], REFUSALS) is None
+
+
+@pytest.fixture(scope="module")
+def target(synth_dir, tmp_path_factory):
+    from unlearn.pipeline import finetune
+
+    out = tmp_path_factory.mktemp("verdict_target")
+    cfg = Config(  # as the golden test's target: it answers its training set
+        model="tiny",
+        out=str(out),
+        epochs=40,
+        lr=3e-3,
+        batch_size=8,
+        grad_accum=1,
+        warmup=3,
+        seed=3,
+        weight_decay=0,
+        max_length=96,
+    )
+    return finetune(cfg, [str(synth_dir / "full.json"), str(synth_dir / "general.json")])
+
+
+def _run(synth_dir, target, out, *flags) -> dict:
+    from unlearn.__main__ import main
+
+    args = [
+        "run",
+        "--model",
+        str(target),
+        "--data",
+        str(synth_dir),
+        "--split",
+        "forget05",
+        "--nli",
+        "none",
+        "--max-length",
+        "96",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        *flags,
+    ]
+    assert main(args) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_runs_made_to_produce_each_verdict(synth_dir, target, tmp_path, capsys):
+    """The defaults on a small forget set (one step); lr 0 over enough steps; a huge learning rate."""
+    few = _run(synth_dir, target, tmp_path / "few", "--method", "NPO+GD")
+    assert few["verdict"]["kind"] == "too few steps"
+    assert (tmp_path / "few" / "before" / "summary.json").is_file()  # the model before, kept beside
+    assert "verdict: too few steps" in capsys.readouterr().out
+
+    still = _run(
+        synth_dir,
+        target,
+        tmp_path / "still",
+        "--method",
+        "GA+GD",
+        "--lr",
+        "0",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+    )
+    assert still["verdict"]["kind"] == "no measurable effect"
+
+    broken = _run(
+        synth_dir,
+        target,
+        tmp_path / "broken",
+        "--method",
+        "GA",
+        "--lr",
+        "0.05",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+    )
+    assert broken["verdict"]["kind"] == "forgot but collapsed", broken["verdict"]
+    printed = capsys.readouterr().out
+    assert "Before and after unlearning" in printed and "verdict: forgot but collapsed" in printed
