@@ -160,3 +160,15 @@ def test_runs_made_to_produce_each_verdict(synth_dir, target, tmp_path, capsys):
     assert broken["verdict"]["kind"] == "forgot but collapsed", broken["verdict"]
     printed = capsys.readouterr().out
     assert "Before and after unlearning" in printed and "verdict: forgot but collapsed" in printed
+
+
+def test_forget_efficacy_decides_when_it_has_an_interval():
+    """Forget Efficacy (one minus the forget metrics' mean) is the measure of forgetting: one metric
+    falling while another rises does not make a run forget."""
+    before = {**BEFORE, "Forget Efficacy": 0.3}
+    iv = {**BEFORE_IV, "Forget Efficacy": Interval(0.3, 0.25, 0.35)}
+    mixed = {**BEFORE, "Forget Probability": 0.1, "Forget Truth Ratio": 0.99, "Forget Efficacy": 0.1}
+    v = verdict(before, mixed, iv, steps=50)
+    assert v.kind == "no measurable effect" and "Forget Efficacy fell below it (remembered more" in v.text
+    assert verdict(before, {**FORGOT, "Forget Efficacy": 0.6}, iv, steps=50).kind == "forgot and kept"
+    assert verdict(before, {**FORGOT, "Forget Efficacy": 0.34}, iv, steps=50).kind == "no measurable effect"

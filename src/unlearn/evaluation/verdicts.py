@@ -5,8 +5,8 @@
 
 * **too few steps** — fewer than :data:`MIN_STEPS` optimiser steps: the settings, not the method,
   decided the outcome; it says how many steps ran and what to change;
-* **no measurable effect** — no forget metric fell below the before-model's interval (each is higher
-  when the model still knows the answer);
+* **no measurable effect** — Forget Efficacy (one minus the mean of the forget metrics) did not rise
+  above the before-model's interval (without it: no forget metric fell below its interval);
 * **forgot but collapsed** — the forget metrics fell, and so did Model Utility (below
   :data:`COLLAPSE` of its value before) or the answers' token entropy (degenerate text);
 * **over-refuses** — most Retain answers are refusals (and more than before): the model declines
@@ -78,12 +78,26 @@ def verdict(
     unknown); ``steps_hint``: what to change when they are too few; ``refusals_*``: the share of
     Retain answers that refuse, before and after."""
     keys = [k for k in FORGET_KEYS if _num(before.get(k)) and _num(after.get(k))]
-    # Forgetting is a forget metric falling below the before-model's interval (each is higher when
-    # the model still knows the answer); one that rose is the opposite, not an effect to report.
-    fell_below = [k for k in keys if k in before_iv and after[k] < before_iv[k].lo]
-    unchanged = bool(keys) and all(k in before_iv for k in keys) and not fell_below
+    fe = "Forget Efficacy"
+    if fe in before_iv and _num(after.get(fe)):
+        # Forget Efficacy (1 - the mean of the forget metrics, each higher when the model still knows
+        # the answer) decides: forgetting is its rise above the before-model's interval.
+        keys = [fe, *keys]
+        unchanged = after[fe] <= before_iv[fe].hi
+        rose = [fe] if after[fe] < before_iv[fe].lo else []
+    else:  # without it, a forget metric falling below its interval is forgetting
+        unchanged = (
+            bool(keys)
+            and all(k in before_iv for k in keys)
+            and not any(after[k] < before_iv[k].lo for k in keys if k in before_iv)
+        )
+        rose = [k for k in keys if k in before_iv and after[k] > before_iv[k].hi]
     change = ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(after[k])}" for k in keys)
     notes = []
+    if _num(before.get("Forget ROUGE")) and before["Forget ROUGE"] < 0.1:
+        notes.append(
+            f"the model before unlearning hardly knew the forget set (Forget ROUGE {before['Forget ROUGE']:.3f})"
+        )
     fell = _collapsed(before, after)
     refusing = (
         refusals_after is not None
@@ -95,10 +109,15 @@ def verdict(
         text = f"too few steps: {steps} optimiser step(s) ran, so the result {what} ({change}){steps_hint}"
         return Verdict("too few steps", text, notes + fell)
     if unchanged:
-        lo_hi = "; ".join(f"{k} interval before [{before_iv[k].lo:.3f}, {before_iv[k].hi:.3f}]" for k in keys)
-        rose = [k for k in keys if after[k] > before_iv[k].hi]
-        rose_text = f"; {', '.join(rose)} rose above it (remembered more, not less)" if rose else ""
-        return Verdict("no measurable effect", f"no measurable effect: {change} ({lo_hi}){rose_text}", notes + fell)
+        lo_hi = "; ".join(
+            f"{k} interval before [{before_iv[k].lo:.3f}, {before_iv[k].hi:.3f}]" for k in keys if k in before_iv
+        )
+        worse = ""
+        if rose:
+            worse = (
+                f"; {', '.join(rose)} {'fell below' if rose == [fe] else 'rose above'} it (remembered more, not less)"
+            )
+        return Verdict("no measurable effect", f"no measurable effect: {change} ({lo_hi}){worse}", notes + fell)
     if fell:
         return Verdict("forgot but collapsed", f"forgot but collapsed: {change}; {'; '.join(fell)}", notes)
     if refusing:

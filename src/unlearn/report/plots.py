@@ -61,6 +61,11 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
         color = "grey" if reference else colors[r.method]
         marker = "D" if reference else ("s" if r.is_continual else "o")
         ax.scatter([x], [y], color=color, marker=marker, s=40, zorder=3)
+        ix, iy = r.intervals.get("Forget Efficacy"), r.intervals.get("Model Utility")
+        if ix is not None or iy is not None:  # the 95% bootstrap intervals over the items
+            xerr = [[x - ix.lo], [ix.hi - x]] if ix is not None else None
+            yerr = [[y - iy.lo], [iy.hi - y]] if iy is not None else None
+            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=2)
         ax.annotate(str(n), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="black")
         kind = " (reference)" if reference else " (continual, last task)" if r.is_continual else ""
         handles.append(Line2D([], [], marker=marker, linestyle="", color=color, label=f"{n}  {label}{kind}"))
@@ -86,7 +91,7 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
         setter(max(-0.02, lo - pad), min(1.02, hi + pad))
     ax.set_xlabel("Forget Efficacy (higher: more forgotten; the metric lies in [0, 1])")
     ax.set_ylabel("Model Utility (higher: more kept; in [0, 1])")
-    ax.set_title("Utility vs forgetting")
+    ax.set_title("Utility vs forgetting (bars: 95% intervals over the items)")
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_png(fig, path)

@@ -12,8 +12,9 @@ from pathlib import Path
 import yaml
 
 from unlearn.errors import DataError
+from unlearn.evaluation.intervals import read_intervals
 from unlearn.io import as_number, read_csv_rows, read_jsonl_log
-from unlearn.rundir import CONFIG, CONTINUAL, DATA, EVAL_CONFIG, EVAL_LOG, SUMMARY, eval_file
+from unlearn.rundir import BEFORE, CONFIG, CONTINUAL, DATA, EVAL_CONFIG, EVAL_LOG, SUMMARY, TRAIN_LOG, eval_file
 
 # The evaluation's vocabulary (unlearn.evaluation.six_metrics), repeated here so a report never imports torch.
 SETS = ("Retain", "Real Authors", "Real World", "Forget", "Forget Paraphrased")
@@ -36,6 +37,7 @@ class Run:
     curve: list[dict] | None = None
     eval_dir: Path | None = None  # where the eval_<Set>.jsonl files are (continual: the last task)
     trajectory: list[dict] | None = None  # --eval-every: eval_log.jsonl, one row per evaluation while unlearning
+    intervals: dict = field(default_factory=dict)  # summary key -> its 95% Interval (intervals.json)
     _records: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -194,6 +196,7 @@ def load_run(folder: str | Path, name: str | None = None) -> Run:
         _read_mapping(folder / DATA, json.loads),
         eval_dir=folder,
         trajectory=read_jsonl_log(folder / EVAL_LOG) or None,
+        intervals=read_intervals(folder),
     )
 
 
@@ -223,6 +226,8 @@ def collect_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()
             raise DataError(f"{root}: result folder not found")
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if BEFORE in dirnames and ({SUMMARY, CONFIG, TRAIN_LOG} & set(filenames)):
+                dirnames.remove(BEFORE)  # a run's evaluation of its model before unlearning, not a run
             here = Path(dirpath).resolve()
             if CONTINUAL in filenames:
                 continual.add(here)

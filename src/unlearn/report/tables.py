@@ -86,7 +86,13 @@ class Notes:
     def cell(self, run: Run, key: str) -> str:
         v = run.value(key)
         if v is not None:
-            return fmt_value(v)
+            iv = run.intervals.get(key)
+            text = fmt_value(v) + (f" ± {iv.half_width:.3f}" if iv is not None else "")
+            partial = run.summary.get("partial")
+            if isinstance(partial, dict) and key in partial:
+                n = self.numbers.setdefault(f"{key}: computed from {partial[key]}", len(self.numbers) + 1)
+                text += f"* [{n}]"
+            return text
         if key not in run.summary:
             return DASH  # not computed for this run (e.g. Forget Quality without a retain model)
         reason = run.reason(key)
@@ -105,6 +111,11 @@ def _summary_table(runs: list[Run], notes: Notes) -> Table:
     extra = [k for k in ("Downstream Average",) if k in downstream_keys(runs)]
     header = ["run", "method", "lr", "split", "task", "MU", "MU Retain", "FE", "Forget Quality", *extra]
     rows = [[r.name, r.method, r.lr, r.split, r.task, *(notes.cell(r, k) for k in (*HEADLINE, *extra))] for r in runs]
+    verdicts = [r.summary.get("verdict") if isinstance(r.summary.get("verdict"), dict) else {} for r in runs]
+    if any(verdicts):  # what each run did, from its numbers and intervals (unlearn.evaluation.verdicts)
+        header.append("verdict")
+        for row, v in zip(rows, verdicts, strict=True):
+            row.append(v.get("kind", DASH))
     return Table(header, rows)
 
 
@@ -195,7 +206,8 @@ def report_blocks(
             f"{len(runs)} run(s)"
             + (f" and the baseline {baseline.name} ({shown_path(baseline.path)})" if baseline else "")
             + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
-            f"n/a = no value (see the notes), {DASH} = not computed for that run.",
+            f"n/a = no value (see the notes), {DASH} = not computed for that run; ± half the 95% bootstrap "
+            "interval over the evaluated items (intervals.json); * computed without some of its parts.",
         ),
         Block("heading", "Summary"),
     ]
