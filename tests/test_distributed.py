@@ -291,6 +291,8 @@ def test_two_processes_unlearn_and_evaluate_like_one(tofu, tmp_path, monkeypatch
         "eval_Retain.jsonl",
         "eval_Real_Authors.jsonl",
         "eval_Real_World.jsonl",
+        "intervals.json",  # each summary value's 95% interval
+        "before",  # the evaluation of the model before unlearning
     }
     assert {p.name for p in two.iterdir()} == expected  # one model, no stray temporary folders
 
@@ -298,6 +300,7 @@ def test_two_processes_unlearn_and_evaluate_like_one(tofu, tmp_path, monkeypatch
     assert main(["eval", "--model", str(two / "model"), "--data", str(tofu), "--out", str(one_eval), *EVAL]) == 0
     s1 = json.loads((one_eval / "summary.json").read_text())
     s2 = json.loads((two / "summary.json").read_text())
+    assert s2.pop("verdict")["kind"]  # a run (not an evaluation) says what it did
     _close(s2, s1, rel=1e-5, abs_=1e-7)
     for name in ("eval_Forget.jsonl", "eval_Retain.jsonl", "eval_Real_Authors.jsonl"):
         rows1 = [json.loads(x) for x in (one_eval / name).read_text().splitlines()]

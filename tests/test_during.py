@@ -171,8 +171,8 @@ def test_the_last_evaluation_while_training_is_not_done_twice(target, tmp_path, 
             "forget",
         )
         == 0
-    )  # 8 steps: evaluated at 0, 2, 4, 6, 8
-    assert scored.count("Forget") == 5 and scored.count("Retain") == 1
+    )  # 8 steps: evaluated at 0 (the run's evaluation before unlearning, taken as step 0), 2, 4, 6, 8
+    assert scored.count("Forget") == 5 and scored.count("Retain") == 2  # Retain: before and after only
     assert (
         main(
             [

@@ -660,10 +660,15 @@ def test_resume_finishes_a_missing_evaluation(tmp_path, synth_dir, capsys, monke
         str(tmp_path / "e"),
     ]
 
-    def broken(*a, **k):
+    real, calls = commands.evaluate, []
+
+    def broken(*a, **k):  # the evaluation before unlearning works; the one after training fails
         from unlearn.errors import DataError
 
-        raise DataError("the judge went away")
+        calls.append(1)
+        if len(calls) > 1:
+            raise DataError("the judge went away")
+        return real(*a, **k)
 
     monkeypatch.setattr(commands, "evaluate", broken)
     assert main(args) == 2

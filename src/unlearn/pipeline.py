@@ -214,6 +214,8 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     before = _before(plan, model, tokenizer, fmt, out, accelerator)
     original = _before_task_vector(objective, model, accelerator)
     evaluator = _training_eval(cfg, plan, tokenizer, fmt, out, accelerator)
+    if evaluator is not None and before is not None and len(before) > 3:
+        evaluator.start = before[3]  # its evaluation at step 0 is the one just made
     trained = train.fit(
         model,
         tokenizer,

@@ -99,6 +99,7 @@ class TrainingEval:
     warned: set = field(default_factory=set)
     best: dict | None = None
     last: tuple[int, dict] | None = None  # (step, per-item records by set) of the latest evaluation
+    start: dict | None = None  # per-item records of the weights before training (the run's before-evaluation)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -126,6 +127,7 @@ class TrainingEval:
             self.plan.retain_ratios if any(s.name == "Forget" for s in self.sets) else None,
             shard=True,
             gen_batch_size=self.plan.gen_batch_size,
+            done=self.start if step == 0 else None,  # the weights before training are evaluated once
         )
         model.train(was_training)
         self.last = (step, ev.items)

@@ -346,14 +346,14 @@ class CloserLook(Protocol):
             if distributed.is_main_process():
                 out.path.mkdir(parents=True, exist_ok=True)
                 write_evaluation(ev, out.path)
-            return ev.summary, ev.intervals, out.path
-        return saved, read_intervals(out.path), out.path
+            return ev.summary, ev.intervals, out.path, ev.items
+        return saved, read_intervals(out.path), out.path, {}
 
     def conclude(self, plan, out, before, steps, steps_hint, refusals):
         summary = out.read_summary()
         if before is None or summary is None:
             return None
-        before_summary, before_iv, before_dir = before
+        before_summary, before_iv, before_dir = before[:3]
 
         def share(folder):
             path = Path(folder) / eval_file("Retain")
