@@ -116,6 +116,12 @@ def cmd_plan(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.compare:
+        _module("report.compare").compare_runs(*args.compare, args.out)
+        print(f"wrote {args.out}/compare.md and compare.json")
+        return 0
+    if not args.results:
+        raise _module("errors").ConfigError("give the result folders to report on (or --compare A B)")
     out = _module("report").write_report(
         args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples
     )
@@ -187,7 +193,7 @@ def _synth_parser(p):
 def _report_parser(p):
     p.add_argument(
         "results",
-        nargs="+",
+        nargs="*",
         metavar="RESULT_DIR",
         help="folders searched (recursively) for evaluated runs (summary.json) and continual runs (continual.csv)",
     )
@@ -198,6 +204,12 @@ def _report_parser(p):
         "'before' in the examples and as a reference point in the plots",
     )
     p.add_argument("--title", default="Unlearning report", help="report title")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare two evaluated runs on the same items: B - A per metric, its 95%% interval and p-value",
+    )
     p.add_argument(
         "--examples", type=int, default=3, help="forget and retain questions shown before/after (default: 3)"
     )

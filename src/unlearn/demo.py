@@ -158,6 +158,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         ev = evaluate(m, tok, fmt, sets, judges.embedder, judges.nli, plan.batch_size, plan.retain_ratios)
         write_evaluation(ev, out / name)
         summaries[name] = ev.summary
+    plan.before = str(out / "target")  # the runs' verdicts compare with it (no second evaluation of it)
 
     for i, (name, (method, overrides)) in enumerate(METHODS.items()):
         _step(f"{4 + i}/5 unlearning with {method}, then evaluating")

@@ -262,8 +262,9 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
 def _before(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, accelerator):
     """The model's evaluation before unlearning, for the verdict: ``--baseline``'s, else its own
     (``OUT/before``, kept for a resumed run); None when the run has none to compare with."""
-    if plan.baseline:
-        return RunDir(plan.baseline).read_summary(), read_intervals(plan.baseline), Path(plan.baseline)
+    given = plan.baseline or plan.before
+    if given:
+        return RunDir(given).read_summary(), read_intervals(given), Path(given)
     if not plan.sets or distributed.is_sharded(accelerator):  # (ZeRO-3 / FSDP hold the weights in pieces)
         return None
     model.to(accelerator.device)

@@ -360,7 +360,8 @@ class CloserLook(Protocol):
             rows = read_records(path, required=()) if path.is_file() else []
             return refusal_share([str(r.get("generation", "")) for r in rows], refusals)
 
-        print_before_after(before_summary, summary, before_iv, read_intervals(out.path))
+        if not plan.baseline:  # (with --baseline its before/after table was printed already)
+            print_before_after(before_summary, summary, before_iv, read_intervals(out.path))
         found = verdict(
             before_summary,
             summary,

@@ -36,6 +36,7 @@ class EvalPlan:
     downstream_include: str | None = None
     holdout: list[dict] | None = None  # rows never trained on, for membership inference
     baseline: str | None = None  # an evaluation of the model before unlearning: before/after table and report
+    before: str | None = None  # an evaluation of the model before unlearning the verdict may take as it is
     own: object | None = None  # a protocol's own sets (protocols.tofu.TofuSets, protocols.muse.MuseSets)
     reference: object | None = None  # what the protocol took from the retain model
     protocol: Protocol = field(default_factory=lambda: get_protocol(DEFAULT))
