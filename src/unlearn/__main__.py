@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from unlearn.config_args import add_config_args, config_from_args
+from unlearn.config_args import add_config_args, config_from_args, parse_seeds
 from unlearn.errors import UnlearnError
 
 
@@ -40,7 +41,18 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    _module("pipeline").run(config_from_args(args))
+    cfg = config_from_args(args)
+    if not args.seeds:
+        _module("pipeline").run(cfg)
+        return 0
+    seeds = parse_seeds(args.seeds)  # each seed a run of its own, in OUT/seed-<seed>
+    if not cfg.out:
+        raise _module("errors").OutputError("no output folder: give --out DIR")
+    pipeline = _module("pipeline")
+    for seed in seeds:
+        _say(f"== seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) -> {cfg.out}/seed-{seed}")
+        pipeline.run(dataclasses.replace(cfg, seed=seed, out=f"{cfg.out}/seed-{seed}"))
+    _say(f"ran {len(seeds)} seeds; unlearn report {cfg.out} --out {cfg.out}/report gives each number across them")
     return 0
 
 
@@ -131,7 +143,7 @@ def cmd_report(args) -> int:
 
 def cmd_sweep(args) -> int:
     return _module("sweep").run_sweep(
-        args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False)
+        args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False), seeds=args.seeds
     )
 
 
@@ -142,6 +154,7 @@ def _finetune_parser(p):
 
 def _run_parser(p):
     add_config_args(p, UNLEARNING + ("eval", "downstream", "audit", "out", "resume"))
+    p.add_argument("--seeds", help="run once per seed (e.g. 1001,1002,1003), each into OUT/seed-<seed>")
 
 
 def _eval_parser(p):
@@ -257,6 +270,7 @@ def _sweep_parser(p):
     p.add_argument("--config", required=True, help="sweep YAML: base (config keys), grid (key: [values]), out (root)")
     p.add_argument("--out", help="root folder for the runs (overrides 'out:' of the file)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    p.add_argument("--seeds", help="run every setting once per seed (e.g. 1001,1002,1003); replaces the file's seeds")
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {

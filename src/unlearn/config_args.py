@@ -136,3 +136,23 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
             raise ConfigError(f"{args.config}: {str(e).removeprefix('config: ')}") from None
         raise
     return cfg
+
+
+def parse_seeds(value, where: str = "--seeds") -> list[int]:
+    """``"1001,1002,1003"`` or a list: the seeds to run each setting with, distinct, in order."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    seeds = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            seed = int(text)
+        except ValueError:
+            raise ConfigError(f"{where}: {text!r} is not an integer seed (e.g. 1001,1002,1003)") from None
+        if seed < 0 or seed >= 2**32:
+            raise ConfigError(f"{where}: seed {seed} must be in [0, 2^32)")
+        seeds.append(seed)
+    if not seeds:
+        raise ConfigError(f"{where}: no seed given")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: a seed is listed twice in {value!r}")
+    return seeds

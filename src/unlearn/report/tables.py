@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
 
 from unlearn.protocols import PROTOCOLS
 from unlearn.report.runs import (
@@ -129,6 +133,43 @@ def _protocol_table(runs: list[Run], protocol) -> Table:
     return Table(["run", "method", "lr", "split", *keys], rows)
 
 
+SEED_KEYS = ("Model Utility", "Forget Efficacy", "Forget Quality", "Forget ROUGE", "Retain ROUGE")
+_SEED = re.compile(r"(^|__|/)seed-(\d+)$")
+
+
+def seed_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs that differ only by their seed (``…__seed-1001`` in a sweep, ``OUT/seed-1001`` from
+    ``unlearn run --seeds``), by the name they share; only groups of two or more."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        m = _SEED.search(r.name)
+        if m:
+            groups.setdefault(r.name[: m.start()] or "(runs)", []).append(r)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _seed_table(runs: list[Run]) -> Table | None:
+    """Each headline number over seeds: mean ± standard deviation, and the 95% t-interval of the mean."""
+    groups = seed_groups(runs)
+    if not groups:
+        return None
+    keys = [k for k in SEED_KEYS if any(r.value(k) is not None for g in groups.values() for r in g)]
+    rows = []
+    for name, group in groups.items():
+        cells = []
+        for k in keys:
+            values = np.array([v for r in group if (v := r.value(k)) is not None], float)
+            if values.size < 2:
+                cells.append(DASH if values.size == 0 else f"{values[0]:.4f} (1 seed)")
+                continue
+            sd = float(values.std(ddof=1))
+            half = float(stats.t.ppf(0.975, values.size - 1)) * sd / np.sqrt(values.size)
+            mean = float(values.mean())
+            cells.append(f"{mean:.4f} ± {sd:.4f} [{mean - half:.4f}, {mean + half:.4f}]")
+        rows.append([name, str(len(group)), *cells])
+    return Table(["setting", "seeds", *keys], rows)
+
+
 def _set_table(runs: list[Run], set_name: str, notes: Notes) -> Table:
     header = ["run", *METRICS]
     rows = [
@@ -220,6 +261,17 @@ def report_blocks(
         title = protocol.table[0]
         if other[name]:
             blocks += [Block("heading", title, level=3), Block("table", table=_protocol_table(other[name], protocol))]
+    across = _seed_table(runs)
+    if across is not None:
+        blocks += [
+            Block("heading", "Across seeds", level=3),
+            Block(
+                "text",
+                "Each setting run with several seeds: mean ± standard deviation over its seeds, and the "
+                "95% t-interval of the mean [lo, hi].",
+            ),
+            Block("table", table=across),
+        ]
     blocks.append(Block("heading", "Metrics by evaluation set"))
     for s in sets_present(listed):
         blocks += [Block("heading", s, level=3), Block("table", table=_set_table(listed, s, notes))]

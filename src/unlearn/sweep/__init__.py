@@ -99,9 +99,11 @@ def _csv_row(run: PlannedRun, status: str, summary: dict | None, seconds: float 
     return row
 
 
-def run_sweep(path: str | Path, dry_run: bool = False, out: str | None = None, debug: bool = False) -> int:
+def run_sweep(
+    path: str | Path, dry_run: bool = False, out: str | None = None, debug: bool = False, seeds: str | None = None
+) -> int:
     """``unlearn sweep``: 0 when every run finished, 1 when some failed (the others still run)."""
-    root, runs = plan_sweep(path, out)
+    root, runs = plan_sweep(path, out, seeds)
     states = [PARTIAL if r.cfg.overwrite and s == FINISHED else s for r in runs for s in [r.state()]]
     n = len(runs)
     if dry_run:

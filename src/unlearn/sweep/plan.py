@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unlearn.config import Config, fields_of
-from unlearn.config_args import config_from_args, config_keys, read_yaml_mapping
+from unlearn.config_args import config_from_args, config_keys, parse_seeds, read_yaml_mapping
 from unlearn.data import read_refusals
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.evaluation.downstream import downstream_tasks_for
@@ -41,7 +41,7 @@ from unlearn.pipeline import load_data
 from unlearn.protocols import protocol_of, with_defaults
 from unlearn.rundir import RunDir
 
-TOP_KEYS = ("base", "grid", "out", "audit")
+TOP_KEYS = ("base", "grid", "out", "audit", "seeds")
 MANAGED = ("out",)  # set by the sweep for each run
 MAX_NAME = 150
 
@@ -104,6 +104,10 @@ def read_sweep(path: str | Path) -> tuple[dict, dict, str | None]:
         if key in base:
             raise ConfigError(f"{path}: '{key}' is in both base and grid; keep it in one")
         grid[key] = values
+    if raw.get("seeds") is not None:  # every setting once per seed, each into its own folder (…__seed-1001)
+        if "seed" in grid or "seed" in base:
+            raise ConfigError(f"{path}: give 'seeds:' or a 'seed' in base/grid, not both")
+        grid["seed"] = parse_seeds(raw["seeds"], f"{path}: seeds")
     audit = raw.get("audit")
     if audit is not None and audit is not False:
         base.update(_audit_keys(audit, path), audit=True)
@@ -188,9 +192,13 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         raise type(e)(f"{name}: {e}") from None
 
 
-def plan_sweep(path: str | Path, out: str | None = None) -> tuple[Path, list[PlannedRun]]:
+def plan_sweep(path: str | Path, out: str | None = None, seeds: str | None = None) -> tuple[Path, list[PlannedRun]]:
     """The root folder and every run of the grid, in order, each validated."""
     base, grid, root = read_sweep(path)
+    if seeds is not None:  # --seeds: the file's seeds (or seed) replaced
+        base.pop("seed", None)
+        grid.pop("seed", None)
+        grid["seed"] = parse_seeds(seeds)
     root = out or root
     if not root:
         raise ConfigError(f"{path}: no output folder: add 'out: FOLDER' (or pass --out)")
