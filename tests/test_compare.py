@@ -48,10 +48,21 @@ def test_items_are_matched_by_question_and_composites_are_compared():
     assert diffs["Utility"].diff.value == pytest.approx(-0.4) and diffs["Utility"].p_value is None
 
 
-def test_unlearn_report_compare_on_two_runs(synth_dir, tmp_path, capsys):
+def _own_files(tmp_path):
+    from tests.conftest import write_jsonl
+
+    rows = [
+        {"question": f"What does author {i} write?", "answer": f"Author {i} writes poems about the sea."}
+        for i in range(8)
+    ]
+    return write_jsonl(tmp_path / "forget.jsonl", rows[:4]), write_jsonl(tmp_path / "retain.jsonl", rows[4:])
+
+
+def test_unlearn_report_compare_on_two_runs(tmp_path, capsys):
     from unlearn.__main__ import main
 
-    common = ["--model", "tiny", "--data", str(synth_dir), "--nli", "none"]
+    forget, retain = _own_files(tmp_path)
+    common = ["--model", "tiny", "--forget", str(forget), "--retain", str(retain), "--nli", "none"]
     assert main(["eval", *common, "--out", str(tmp_path / "a")]) == 0
     assert main(["eval", *common, "--out", str(tmp_path / "b")]) == 0
     capsys.readouterr()

@@ -46,22 +46,24 @@ def test_a_sweeps_seeds_give_each_setting_one_folder_per_seed(synth_dir, tmp_pat
         plan_sweep(sweep, out=str(tmp_path / "x"))
 
 
-def test_run_with_seeds_and_the_report_across_them(synth_dir, tmp_path, capsys):
+def test_run_with_seeds_and_the_report_across_them(tmp_path, capsys):
+    from tests.test_compare import _own_files
     from unlearn.__main__ import main
 
+    forget, retain = _own_files(tmp_path)
     out = tmp_path / "three"
     args = [
         "run",
         "--model",
         "tiny",
-        "--data",
-        str(synth_dir),
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
         "--method",
         "GA+GD",
         "--nli",
         "none",
-        "--max-length",
-        "64",
         "--epochs",
         "2",
         "--batch-size",
@@ -82,3 +84,21 @@ def test_run_with_seeds_and_the_report_across_them(synth_dir, tmp_path, capsys):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Across seeds" in report and "| (runs) | 3 |" in report
     assert "95% t-interval" in report
+
+
+def test_the_table_across_seeds_by_hand():
+    """Forget Efficacy 0.2, 0.4, 0.6 over three seeds: mean 0.4, sd 0.2, t-interval 0.4 ± 4.303 · 0.2 / √3."""
+    from pathlib import Path
+
+    from unlearn.report.runs import Run
+    from unlearn.report.tables import _seed_table, seed_groups
+
+    runs = [
+        Run(f"sweep/method-GA__seed-{s}", Path("."), {"Forget Efficacy": fe})
+        for s, fe in ((1, 0.2), (2, 0.4), (3, 0.6))
+    ]
+    runs.append(Run("sweep/method-NPO__seed-1", Path("."), {"Forget Efficacy": 0.5}))  # alone: no group
+    assert list(seed_groups(runs)) == ["sweep/method-GA"]
+    table = _seed_table(runs)
+    half = 4.302652729911275 * 0.2 / 3**0.5
+    assert table.rows == [["sweep/method-GA", "3", f"0.4000 ± 0.2000 [{0.4 - half:.4f}, {0.4 + half:.4f}]"]]

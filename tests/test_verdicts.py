@@ -74,42 +74,48 @@ def test_refusals_are_recognised_whatever_the_case_and_punctuation():
 
 
 @pytest.fixture(scope="module")
-def target(synth_dir, tmp_path_factory):
+def small(tmp_path_factory):
+    """Eight question/answer rows (4 to forget, 4 to keep) and a tiny model that learnt them."""
+    from tests.conftest import write_jsonl
     from unlearn.pipeline import finetune
 
-    out = tmp_path_factory.mktemp("verdict_target")
-    cfg = Config(  # as the golden test's target: it answers its training set
+    root = tmp_path_factory.mktemp("verdicts")
+    rows = [
+        {"question": f"What does author {i} write?", "answer": f"Author {i} writes {w} about the sea."}
+        for i, w in enumerate(("poems", "novels", "plays", "essays", "songs", "letters", "fables", "sagas"))
+    ]
+    forget, retain = write_jsonl(root / "forget.jsonl", rows[:4]), write_jsonl(root / "retain.jsonl", rows[4:])
+    cfg = Config(
         model="tiny",
-        out=str(out),
-        epochs=40,
+        out=str(root / "target"),
+        epochs=60,
         lr=3e-3,
-        batch_size=8,
+        batch_size=4,
         grad_accum=1,
         warmup=3,
         seed=3,
         weight_decay=0,
-        max_length=96,
+        max_length=64,
     )
-    return finetune(cfg, [str(synth_dir / "full.json"), str(synth_dir / "general.json")])
+    return finetune(cfg, [str(forget), str(retain)]), forget, retain
 
 
-def _run(synth_dir, target, out, *flags) -> dict:
+def _run(small, out, *flags) -> dict:
     from unlearn.__main__ import main
 
+    target, forget, retain = small
     args = [
         "run",
         "--model",
         str(target),
-        "--data",
-        str(synth_dir),
-        "--split",
-        "forget05",
+        "--forget",
+        str(forget),
+        "--retain",
+        str(retain),
         "--nli",
         "none",
         "--max-length",
-        "96",
-        "--seed",
-        "0",
+        "64",
         "--out",
         str(out),
         *flags,
@@ -118,45 +124,18 @@ def _run(synth_dir, target, out, *flags) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_runs_made_to_produce_each_verdict(synth_dir, target, tmp_path, capsys):
+def test_runs_made_to_produce_each_verdict(small, tmp_path, capsys):
     """The defaults on a small forget set (one step); lr 0 over enough steps; a huge learning rate."""
-    few = _run(synth_dir, target, tmp_path / "few", "--method", "NPO+GD")
+    few = _run(small, tmp_path / "few", "--method", "NPO+GD")
     assert few["verdict"]["kind"] == "too few steps"
     assert (tmp_path / "few" / "before" / "summary.json").is_file()  # the model before, kept beside
     assert "verdict: too few steps" in capsys.readouterr().out
 
-    still = _run(
-        synth_dir,
-        target,
-        tmp_path / "still",
-        "--method",
-        "GA+GD",
-        "--lr",
-        "0",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "1",
-        "--grad-accum",
-        "1",
-    )
+    steps = ["--epochs", "12", "--batch-size", "1", "--grad-accum", "1"]
+    still = _run(small, tmp_path / "still", "--method", "GA+GD", "--lr", "0", *steps)
     assert still["verdict"]["kind"] == "no measurable effect"
 
-    broken = _run(
-        synth_dir,
-        target,
-        tmp_path / "broken",
-        "--method",
-        "GA",
-        "--lr",
-        "0.05",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "1",
-        "--grad-accum",
-        "1",
-    )
+    broken = _run(small, tmp_path / "broken", "--method", "GA", "--lr", "0.05", *steps)
     assert broken["verdict"]["kind"] == "forgot but collapsed", broken["verdict"]
     printed = capsys.readouterr().out
     assert "Before and after unlearning" in printed and "verdict: forgot but collapsed" in printed
