@@ -34,7 +34,7 @@ MEMORY_TARGET, TIME_TARGET = 1.08, 1.05
 def _timed(method: str, model: Path, data: Path, work: Path, epochs: int):
     cmd = commands(model, data, work / method.replace("+", "_"), epochs, method)[f"unlearn run --method {method}"]
     stats = work / f"{method.replace('+', '_')}_ref.json"
-    full = [PYTHON, str(ROOT / "benchmarks" / "timed_unlearn.py"), str(stats)] + cmd[3:]  # cmd[:3] = python -m unlearn
+    full = [PYTHON, str(ROOT / "perf" / "timed_unlearn.py"), str(stats)] + cmd[3:]  # cmd[:3] = python -m unlearn
 
     def go():
         m = measure(full, cwd=ROOT)
@@ -91,7 +91,7 @@ def me_memory(quick: bool) -> list[dict]:
     )
     extra = {}
     for kind in ("ce", "me", "me_official"):
-        m = measure([PYTHON, str(ROOT / "benchmarks" / "me_memory_probe.py"), kind, *shape], cwd=ROOT)
+        m = measure([PYTHON, str(ROOT / "perf" / "me_memory_probe.py"), kind, *shape], cwd=ROOT)
         r = json.loads(m.output.strip().splitlines()[-1])
         extra[kind] = r["extra_peak_mib"]
         print(

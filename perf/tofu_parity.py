@@ -248,7 +248,7 @@ def main() -> int:
     p.add_argument("--ou-python", required=True, help="the Python of an environment with its requirements")
     p.add_argument("--model", default="tiny", help="tiny (built here), smollm2-135m, or a model folder")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the closer-look release's data folder")
-    p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "tofu_parity"))
+    p.add_argument("--work", default=str(ROOT / "perf" / "out" / "tofu_parity"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(

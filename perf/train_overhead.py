@@ -49,7 +49,7 @@ def commands(model: Path, data: Path, work: Path, epochs: int, method: str = "GA
 
     bare = [
         PYTHON,
-        str(ROOT / "benchmarks" / "bare_loop.py"),
+        str(ROOT / "perf" / "bare_loop.py"),
         str(model),
         str(data),
         str(work / "out_bare"),

@@ -7,7 +7,7 @@
 * The ME loss's hand-written backward equals autograd's on the plain formula.
 * Attention kernels: eager and sdpa give the same losses on CPU.
 
-Timings live in ``benchmarks/``; nothing here is timed.
+Timings live in ``perf/``; nothing here is timed.
 """
 
 from __future__ import annotations

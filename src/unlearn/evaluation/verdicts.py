@@ -7,8 +7,9 @@
   decided the outcome; it says how many steps ran and what to change;
 * **no measurable effect** — Forget Efficacy (one minus the mean of the forget metrics) did not rise
   above the before-model's interval (without it: no forget metric fell below its interval);
-* **forgot but collapsed** — the forget metrics fell, and so did Model Utility (below
-  :data:`COLLAPSE` of its value before) or the answers' token entropy (degenerate text);
+* **forgot but collapsed** — the forget metrics fell, and so did the utility (below :data:`COLLAPSE` of
+  its value before: Model Utility, or on the Retain set alone when the model before was evaluated on
+  the Forget and Retain sets only, as a run does) or the answers' token entropy (degenerate text);
 * **over-refuses** — most Retain answers are refusals (and more than before): the model declines
   what it should still answer;
 * **forgot and kept** — the forget metrics fell out of their interval and utility held.
@@ -135,6 +136,7 @@ HEADLINE = (
     "Forget Truth Ratio",
     "Retain ROUGE",
     "Model Utility",
+    "Model Utility Retain",
     "Forget Efficacy",
     "Forget Quality",
 )
@@ -162,7 +164,8 @@ def _num(x) -> bool:
 
 def _collapsed(before: dict, after: dict) -> list[str]:
     out = []
-    for key in ("Model Utility", *ENTROPY_KEYS):
+    utility = "Model Utility" if _num(before.get("Model Utility")) else "Model Utility Retain"
+    for key in (utility, *ENTROPY_KEYS):
         b, a = before.get(key), after.get(key)
         if _num(b) and _num(a) and b > 0 and a < COLLAPSE * b:
             out.append(f"{key} fell from {b:.3f} to {a:.3f} (below {COLLAPSE:.0%} of before)")
@@ -170,5 +173,6 @@ def _collapsed(before: dict, after: dict) -> list[str]:
 
 
 def _kept(before: dict, after: dict) -> str:
-    b, a = before.get("Model Utility"), after.get("Model Utility")
-    return f"; Model Utility {b:.3f} -> {a:.3f}" if _num(b) and _num(a) else ""
+    key = "Model Utility" if _num(before.get("Model Utility")) else "Model Utility Retain"
+    b, a = before.get(key), after.get(key)
+    return f"; {key} {b:.3f} -> {a:.3f}" if _num(b) and _num(a) else ""

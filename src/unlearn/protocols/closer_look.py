@@ -326,16 +326,18 @@ class CloserLook(Protocol):
         return ev.summary
 
     def evaluate_before(self, plan, model, tokenizer, fmt, out_dir):
-        """The six metrics of the model before unlearning (``OUT/before``; a resumed run reads them)."""
+        """The six metrics of the model before unlearning on the Forget and Retain sets, what the verdict
+        reads (``OUT/before``; a resumed run reads them back)."""
         out = RunDir(out_dir)
         saved = out.read_summary()
+        sets = [s for s in plan.sets if s.name in ("Forget", "Retain")] or plan.sets
         if saved is None:
             with torch.random.fork_rng():  # the run's own random draws stay as they would be without it
                 ev = evaluate(
                     model,
                     tokenizer,
                     fmt,
-                    plan.sets,
+                    sets,
                     plan.judges.embedder,
                     plan.judges.nli,
                     plan.batch_size,
