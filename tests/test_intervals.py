@@ -104,3 +104,17 @@ def test_an_evaluation_writes_intervals_beside_the_summary(tmp_path, capsys):
     assert summary["partial"]["Forget Efficacy"] == "4 of 5 values"
     printed = capsys.readouterr().out
     assert "Model Utility*:" in printed and "15 of 18 values" in printed and "±" in printed
+
+
+def test_the_vectorised_model_utility_is_model_utility_row_by_row():
+    from unlearn.evaluation import metrics as M
+    from unlearn.evaluation.six_metrics import _hmean_rows
+
+    rng = np.random.default_rng(5)
+    x = rng.random((50, 18))
+    x[rng.random((50, 18)) < 0.2] = np.nan  # some values unavailable
+    x[3, 4] = 0.0  # a zero makes the harmonic mean 0
+    got = _hmean_rows(x)
+    for row, value in zip(x, got, strict=True):
+        assert value == pytest.approx(M.model_utility(list(row)))
+    assert np.isnan(_hmean_rows(np.full((1, 3), np.nan))[0])

@@ -77,15 +77,21 @@ def bootstrap(
         for k in keys:
             v = values.get(k)
             draws[k][b] = np.nan if v is None else v
+    return percentile_intervals({k: point[k] for k in keys}, draws, level)
+
+
+def percentile_intervals(point: Mapping[str, float], draws: Mapping[str, np.ndarray], level: float = LEVEL):
+    """``{key: Interval}``: each point value with the percentiles of its resampled values (the
+    non-finite ones left out; a key without any finite draw has no interval)."""
     tail = (1 - level) / 2 * 100
     out = {}
-    for k in keys:
-        finite = draws[k][np.isfinite(draws[k])]
+    for k, value in point.items():
+        d = np.asarray(draws[k], float)
+        finite = d[np.isfinite(d)]
         if finite.size == 0:
             continue
         lo, hi = np.percentile(finite, [tail, 100 - tail])
-        value = float(point[k])
-        out[k] = Interval(value, float(min(lo, value)), float(max(hi, value)))
+        out[k] = Interval(float(value), float(min(lo, value)), float(max(hi, value)))
     return out
 
 

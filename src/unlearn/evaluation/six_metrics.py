@@ -11,6 +11,8 @@ with the official keys.
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +24,15 @@ from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import sharded_map
 from unlearn.evaluation import metrics as M
 from unlearn.evaluation.generation import generate, generation_batch
-from unlearn.evaluation.intervals import Interval, KsResolution, as_json, bootstrap, ks_resolution, mean_of
+from unlearn.evaluation.intervals import (
+    RESAMPLES,
+    SEED,
+    Interval,
+    KsResolution,
+    as_json,
+    ks_resolution,
+    percentile_intervals,
+)
 from unlearn.evaluation.judges import DistinctEmbedder, DistinctNLI, Unavailable, cosine_similarity_batch
 from unlearn.evaluation.scoring import answer_nlls
 from unlearn.evaluation.sets import EvalSet
@@ -265,37 +275,55 @@ def composites(means: dict[str, dict], sets: list[EvalSet], forget_ratios=None, 
 
 
 def summary_intervals(ev: Evaluation, sets: list[EvalSet], retain_ratios=None) -> dict[str, Interval]:
-    """95% intervals of every summary value: the items of each set resampled (:mod:`.intervals`), and
-    Model Utility, Forget Efficacy and Forget Quality recomputed through their definitions (Forget
-    Quality on the same resampled items of both models: the truth ratios are paired by item)."""
-    values = {
-        s.name: {
-            m: np.array([np.nan if r.get(k) is None else r[k] for r in ev.items[s.name]], float)
-            for m, k in ITEM_KEYS.items()
-        }
-        for s in sets
-    }
-    ratios = np.asarray(ev.truth_ratios("Forget"), float) if retain_ratios is not None else None
-    retain = np.asarray(retain_ratios, float) if retain_ratios is not None else None
+    """95% intervals of every summary value (:mod:`.intervals`): the items of each set resampled
+    (one draw per set for all its metrics), and Model Utility, Forget Efficacy and Forget Quality
+    recomputed through their definitions on each resample (Forget Quality on the same resampled items
+    of both models: the truth ratios are paired by item). Vectorised over the resamples."""
+    rng = np.random.default_rng(SEED)
+    draws: dict[str, np.ndarray] = {}
+    means, picks = {}, {}
+    for s in sets:
+        rows = ev.items[s.name]
+        values = np.array([[np.nan if r.get(k) is None else r[k] for k in ITEM_KEYS.values()] for r in rows], float)
+        if not len(rows):
+            continue
+        picks[s.name] = rng.integers(0, len(rows), (RESAMPLES, len(rows)))
+        with warnings.catch_warnings():  # a metric with no value in a resample is NaN there
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means[s.name] = np.nanmean(values.reshape(len(rows), len(METRICS))[picks[s.name]], axis=1)
+        for j, m in enumerate(METRICS):
+            draws[f"{s.name} {m}"] = means[s.name][:, j]
+    utility = [s.name for s in sets if s.kind in ("retain", "general") and s.name in means]
+    if utility and "Model Utility" in ev.summary:
+        draws["Model Utility"] = _hmean_rows(np.concatenate([means[n] for n in utility], axis=1))
+    if "Retain" in means and "Model Utility Retain" in ev.summary:
+        draws["Model Utility Retain"] = _hmean_rows(means["Retain"])
+    if "Forget" in means and "Forget Efficacy" in ev.summary:
+        cols = [METRICS.index(m) for m in FORGET_EFFICACY_METRICS]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            draws["Forget Efficacy"] = 1.0 - np.nanmean(means["Forget"][:, cols], axis=1)
+    if retain_ratios is not None and "Forget Quality" in ev.summary and "Forget" in picks:
+        ratios, retain = np.asarray(ev.truth_ratios("Forget"), float), np.asarray(retain_ratios, float)
+        tests = [M.forget_quality_from_ratios(ratios[i], retain[i]) for i in picks["Forget"]]
+        draws["Forget Quality"] = np.array([t[0] for t in tests])
+        draws["Forget Quality KS statistic"] = np.array([t[1] for t in tests])
+    return percentile_intervals({k: ev.summary[k] for k in draws if _finite_number(ev.summary.get(k))}, draws)
 
-    def statistic(idx) -> dict:
-        means = {name: {m: mean_of(v, idx[name]) for m, v in by.items()} for name, by in values.items()}
-        out = {f"{name} {m}": v for name, by in means.items() for m, v in by.items()}
-        paired = idx.get("Forget")
-        try:
-            out.update(
-                composites(
-                    means, sets, None if ratios is None else ratios[paired], None if retain is None else retain[paired]
-                )
-            )
-        except ValueError:  # a resample with no value of a composite's parts
-            pass
-        return out
 
-    return bootstrap({s.name: len(ev.items[s.name]) for s in sets}, statistic)
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-# --------------------------------------------------------------------------- output
+def _hmean_rows(x: np.ndarray) -> np.ndarray:
+    """Model Utility (:func:`unlearn.evaluation.metrics.model_utility`) of each row: the harmonic mean
+    of its available values, 0 when one is 0 or less, NaN when none is available."""
+    available = ~np.isnan(x)
+    count = available.sum(axis=1)
+    safe = np.where(available & (x > 0), x, 1.0)
+    inverse = np.where(available, 1.0 / safe, 0.0).sum(axis=1)
+    out = np.where(count > 0, count / np.where(inverse > 0, inverse, 1.0), np.nan)
+    return np.where((available & (x <= 0)).any(axis=1), 0.0, out)
 
 
 def write_evaluation(ev: Evaluation, out_dir: str | Path) -> Path:

@@ -326,8 +326,7 @@ class CloserLook(Protocol):
         return ev.summary
 
     def evaluate_before(self, plan, model, tokenizer, fmt, out_dir):
-        """The six metrics of the model before unlearning on the Forget and Retain sets, what the verdict
-        reads (``OUT/before``; a resumed run reads them back)."""
+        """The model before unlearning on the Forget and Retain sets (``OUT/before``, read back on resume)."""
         out = RunDir(out_dir)
         saved = out.read_summary()
         sets = [s for s in plan.sets if s.name in ("Forget", "Retain")] or plan.sets
