@@ -372,6 +372,7 @@ def test_accelerate_launch_finetune_then_continual_with_lora(tofu, tmp_path):
             assert (cont / f"task_{t}" / name).is_file()
 
 
+@pytest.mark.slow  # ~20 s each; test_two_processes_unlearn_and_evaluate_like_one covers torchrun in make test
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 def test_two_processes_audit_like_one(tofu, tmp_path, monkeypatch, one_thread):
     """unlearn audit under torchrun: each process attacks its share of the items, one writes; the
@@ -412,6 +413,7 @@ def test_two_processes_audit_like_one(tofu, tmp_path, monkeypatch, one_thread):
     assert [r["generation"] for r in items(two)] == [r["generation"] for r in items(one)]  # gathered in order
 
 
+@pytest.mark.slow  # ~20 s each; test_two_processes_unlearn_and_evaluate_like_one covers torchrun in make test
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 def test_two_processes_evaluate_the_tofu_standard_like_one(tofu, tmp_path, monkeypatch, one_thread):
     """unlearn eval --benchmark tofu under torchrun: each process generates and scores its share,
