@@ -68,3 +68,20 @@ def synth_dir(tmp_path_factory) -> Path:
     from unlearn.synthetic import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("synth"), n_authors=20, qa_per_author=3)
+
+
+def listing(folder) -> list[str]:
+    """The names in ``folder``, without the record of what unlearn wrote there (``.unlearn-owned.json``)."""
+    from unlearn.outputs import OWNED
+
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != OWNED)
+
+
+def as_ours(folder) -> Path:
+    """Mark a folder a test filled by hand as one unlearn created (as a killed or earlier run leaves it)."""
+    from unlearn.io import atomic_write_json
+    from unlearn.outputs import OWNED
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(folder) / OWNED, {"created": True, "names": []})
+    return Path(folder)

@@ -105,3 +105,30 @@ def test_fix_ref_model_needs_a_folder(synth_dir, target, tmp_path):
     cfg = dataclasses.replace(_cfg(synth_dir, target, tmp_path / "x"), model="tiny", fix_ref_model=True)
     with pytest.raises(DataError, match="fix-ref-model"):
         continual(cfg, "1")
+
+
+def test_a_rerun_skips_a_finished_task_whose_model_was_pruned(synth_dir, target, tmp_path, monkeypatch):
+    """Without evaluation a task is finished when continual.csv holds its row; only the latest model
+    is kept, so an earlier finished task has its config but no model: it is not trained again."""
+    from types import SimpleNamespace
+
+    import unlearn.pipeline as pipeline
+    from tests.conftest import as_ours
+    from unlearn.io import write_csv_rows
+
+    root = as_ours(tmp_path / "c")
+    for task, model in ((1, False), (2, True)):
+        folder = as_ours(root / f"task_{task}")
+        (folder / "config.yaml").write_text("method: GA+GD\n")
+        if model:
+            (folder / "model").mkdir()
+    write_csv_rows(root / "continual.csv", [{"task": 1, "n_unlearned": 1}, {"task": 2, "n_unlearned": 2}])
+    calls = []
+
+    def fake_run(cfg, **kw):
+        calls.append((cfg.task_id, cfg.model))
+        return SimpleNamespace(summary={})
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    continual(_cfg(synth_dir, target, root, eval=False), "1,2,3")
+    assert calls == [(3, str(root / "task_2" / "model"))]

@@ -319,45 +319,108 @@ def test_answer_nlls_score_at_most_200_tokens_without_eos_when_cut():
 # ------------------------------------------------------------------------------ padding to 500
 
 
+def _official_batch(tok, pairs, max_length, mask):
+    """The official data module's batch (dataset/data_module.py, convert_raw_forget_data_to_model_format),
+    built here from the tokenizer alone: the text ``tag + question + tag + tag + answer`` tokenised with
+    special tokens, EOS padding to ``max_length`` with attention 0, labels the padded ids (mask false)
+    or the ids, one EOS and -100 with the question's tokens -100 (mask true)."""
+    ids, labels, attention = [], [], []
+    for q, a in pairs:
+        question = "Question: " + q + "\nAnswer:"
+        encoded = tok(question + " " + a, add_special_tokens=True, max_length=max_length, truncation=True)
+        n = len(encoded["input_ids"])
+        pad = max_length - n
+        row = encoded["input_ids"] + [tok.eos_token_id] * pad
+        if mask:
+            label = (
+                list(encoded["input_ids"])
+                if n == max_length
+                else encoded["input_ids"] + [tok.eos_token_id] + [-100] * (pad - 1)
+            )
+            for i in range(len(tok.tokenize(question, add_special_tokens=True))):
+                label[i] = -100
+        else:
+            label = row
+        ids.append(row)
+        labels.append(label)
+        attention.append(encoded["attention_mask"] + [0] * pad)
+    return torch.tensor(ids), torch.tensor(labels), torch.tensor(attention)
+
+
+def _official_me(logits, labels):
+    """trainer/losses.py get_me_loss: KL(softmax || uniform) per shifted position, over labels != -100."""
+    v = logits.shape[-1]
+    labels, logits = labels[:, 1:], logits[:, :-1, :]
+    p = torch.softmax(logits, dim=-1).reshape(-1, v)
+    keep = (labels != -100).reshape(-1)
+    per = torch.nn.functional.kl_div((p + 1e-12).log(), torch.full_like(p, 1.0 / v), reduction="none").sum(-1)
+    return (per * keep).sum() / keep.sum()
+
+
+def _official_kl(logits, ref_logits):
+    """trainer/losses.py kl_loss: kl_div(log p, log p_ref, batchmean, log_target) over every position."""
+    v = logits.shape[-1]
+    return torch.nn.functional.kl_div(
+        torch.log_softmax(logits, -1).reshape(-1, v),
+        torch.log_softmax(ref_logits, -1).reshape(-1, v),
+        reduction="batchmean",
+        log_target=True,
+    )
+
+
 def test_pad_to_reproduces_the_official_me_and_kl_over_padded_sequences():
-    """`ME.pad_to=N` / `KL.pad_to=N`: the official batches are padded to 500 with EOS and ME (with
-    mask: false) and KL average over every position of them, padding included."""
+    """`ME.pad_to=N` / `KL.pad_to=N` (and LLMU's KL): the official batches are padded to N with EOS
+    and ME (with mask: false) and KL average over every position of them, padding included. The
+    reference batch is built from the tokenizer as the official data module builds it (the EOS after
+    the answer is padding there: attention 0), not from our encoding."""
     from unlearn.encoding import make_collate, pad_id
-    from unlearn.losses import kl, max_entropy
     from unlearn.methods import BatchView
     from unlearn.reference import Reference
 
+    pairs = [("Who wrote it?", "The author did."), ("Where?", "Here.")]
     tok = build_tiny_tokenizer(["Who wrote it? The author did.", "Where? Here."], vocab_size=300)
     fmt = PromptFormat("plain", tokenizer=tok)
     model = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2).eval()
     ref = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2, seed=1).eval()
+    assert model.config.eos_token_id == tok.eos_token_id
+    with torch.no_grad():  # float64 and peaked next-token distributions: the attended EOS's 2e-5 shows
+        for m in (model, ref):
+            m.double().get_output_embeddings().weight.mul_(8)
     items = [
         {
             "index": i,
             "forget": encode_qa(tok, fmt.prompt(q), " " + a, mask_question=False),
             "retain": encode_qa(tok, fmt.prompt(q), " " + a),
+            "forget_mismatch": encode_qa(tok, fmt.prompt(q), " " + a),
         }
-        for i, (q, a) in enumerate([("Who wrote it?", "The author did."), ("Where?", "Here.")])
+        for i, (q, a) in enumerate(pairs)
     ]
     batch = make_collate(pad_id(tok))(items)
     view = BatchView(model, batch, Reference(model=ref))
-    eos, n = tok.eos_token_id, 40
-    rows = [it["forget"].input_ids + [eos] * (n - len(it["forget"])) for it in items]
-    ids = torch.tensor(rows)
-    mask = torch.tensor([[1] * len(it["forget"]) + [0] * (n - len(it["forget"])) for it in items])
+    n = 40
+    ids, labels, attention = _official_batch(tok, pairs, n, mask=False)
+    r_ids, _, r_attention = _official_batch(tok, pairs, n, mask=True)
     with torch.no_grad():
-        want_me = max_entropy(model(input_ids=ids, attention_mask=mask).logits, ids)
+        want_me = _official_me(model(input_ids=ids, attention_mask=attention).logits, labels)
         got_me = build_objective("ME", {"pad_to": n}).forget.fn(view, pad_to=n)
         assert got_me.item() == pytest.approx(want_me.item(), rel=1e-6)
         real_tokens = build_objective("ME").forget.fn(view, pad_to=0).item()
         assert not math.isclose(got_me.item(), real_tokens, rel_tol=1e-5)  # the padding positions count
-        want_kl = kl(
-            model(input_ids=ids, attention_mask=mask).logits,
-            ref(input_ids=ids, attention_mask=mask).logits,
-            torch.ones(2, n, dtype=torch.bool),
+        want_kl = _official_kl(
+            model(input_ids=r_ids, attention_mask=r_attention).logits,
+            ref(input_ids=r_ids, attention_mask=r_attention).logits,
         )
         got_kl = build_objective("GA+KL").reg.fn(view, pad_to=n)
         assert got_kl.item() == pytest.approx(want_kl.item(), rel=1e-6)
+        llmu = build_objective("LLMU", {"pad_to": n})
+        mismatch = view.mean_nll("forget_mismatch")
+        assert (llmu.reg.fn(view, **llmu.reg_args) - mismatch).item() == pytest.approx(want_kl.item(), rel=1e-6)
+        # a sequence cut at N (no padding) keeps every position attended, as officially
+        cut = 6
+        ids, labels, attention = _official_batch(tok, pairs, cut, mask=False)
+        assert attention.all()
+        want_cut = _official_me(model(input_ids=ids, attention_mask=attention).logits, labels)
+        assert build_objective("ME").forget.fn(view, pad_to=cut).item() == pytest.approx(want_cut.item(), rel=1e-6)
 
 
 def test_a_run_on_the_official_data_records_its_scenario_defaults(shared_data, tmp_path):

@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import write_jsonl
+from tests.conftest import as_ours, listing, write_jsonl
 from unlearn import checkpoint
 from unlearn.__main__ import main
 from unlearn.errors import ModelError
+from unlearn.outputs import OWNED
 from unlearn.rundir import RunDir
 
 FORGET = [
@@ -157,7 +158,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(files, tmp_path, one_threa
     assert_same_weights(killed, reference)
     assert log_text(killed) == log_text(reference)
     assert not checkpoint.exists(killed), "the checkpoint is removed once the final model is saved"
-    assert not list(killed.glob(".*")), "no temporary folder is left behind"
+    assert not [p for p in killed.glob(".*") if p.name != OWNED], "no temporary folder is left behind"
 
 
 def _interrupt_after_step(monkeypatch, stop_at: int):
@@ -290,7 +291,7 @@ def test_checkpoint_publication_survives_a_kill_between_renames(tmp_path):
     (out / ".checkpoint.trash").mkdir()
     assert checkpoint.exists(out) and checkpoint.step_of(out) == 5
     checkpoint.recover(out)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+    assert listing(out) == ["checkpoint"]
     assert checkpoint.load(out)[0]["step"] == 5
 
     # A half-written new checkpoint (no state file) is never used, and the old one stays.
@@ -323,6 +324,7 @@ def test_out_folder_rules_for_checkpoints(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(DataError, match="no checkpoint to resume from"):
         prepare_out(Config(out=str(out), resume=True))
+    as_ours(out)  # as a killed run leaves it
     (out / "checkpoint").mkdir(parents=True)
     (out / "checkpoint" / checkpoint.STATE).write_text("{}")
     (out / "train_log.jsonl").write_text("")
@@ -333,9 +335,9 @@ def test_out_folder_rules_for_checkpoints(tmp_path, capsys):
     assert prepare_out(Config(out=str(out), resume=True))[0].path == out
     (out / "model").mkdir()
     folder, mode = prepare_out(Config(out=str(out), overwrite=True))  # starting again moves the old run aside
-    assert mode == "new" and [p.name[:10] for p in out.iterdir()] == [".previous-"]
+    assert mode == "new" and [p[:10] for p in listing(out)] == [".previous-"]
     folder.discard_previous()  # and deletes it once the new run is complete
-    assert not list(out.iterdir())
+    assert not listing(out)
 
 
 def test_results_go_through_atomic_writers():
@@ -403,8 +405,10 @@ def test_non_finite_loss_stops_keeps_checkpoint_writes_no_model(files, tmp_path,
 
 def test_huge_learning_rate_diverges_without_a_final_model(files, tmp_path, capsys):
     out = tmp_path / "run"
-    args = run_args(files, "GA", epochs=3) + ["--grad-accum", "1", "--lr", "1e30", "--out", str(out)]
-    assert main(args) == 2
+    args = run_args(files, "GA", epochs=3) + ["--grad-accum", "1", "--out", str(out)]
+    assert main(args + ["--lr", "1e300"]) == 2  # refused before anything: float32 weights cannot take it
+    assert "'lr' must be below 1e+38" in error_line(capsys.readouterr().err) and not out.exists()
+    assert main(args + ["--lr", "1e30"]) == 2
     assert re.search(r"non-finite (loss|weights) (at|after) step \d+: GA", capsys.readouterr().err)
     assert not (out / "model").exists()
 
@@ -540,10 +544,11 @@ def test_overwrite_replaces_the_whole_result_set(files, tmp_path):
     atomic_write_json(out / "summary.json", {"Forget ROUGE": 0.5})  # as an evaluation leaves them
     (out / "eval_Forget.jsonl").write_text("{}\n")
     assert main(run_args(files, "GA", epochs=1) + ["--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "data.json", "model", "train_log.jsonl"]
+    assert listing(out) == ["config.yaml", "data.json", "model", "train_log.jsonl"]
 
 
 def test_demo_refuses_an_earlier_demo_without_overwrite(tmp_path, capsys):
+    as_ours(tmp_path / "demo")
     target = tmp_path / "demo" / "target" / "model"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
@@ -587,7 +592,7 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(files, tmp_path, c
     (out / ".unlearn.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     with caplog.at_level(logging.WARNING, logger="unlearn"):
         assert main(run_args(files, "GA", epochs=1) + ["--out", str(out)]) == 0
-    assert f"removing a stale lock left by process {dead.pid}" in caplog.text
+    assert f"taking over a stale lock (process {dead.pid})" in caplog.text
     (out / ".unlearn.lock").write_text(json.dumps({"pid": 1, "host": "another-host", "started": "today"}))
     assert main(run_args(files, "GA", epochs=1) + ["--out", str(out), "--overwrite"]) == 2
     assert "pid 1 on another-host" in error_line(capsys.readouterr().err)
@@ -620,7 +625,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(files, tmp_path, 
             assert main(run_args(files, "GA", epochs=2) + ["--out", str(out), *extra]) == 2
             err = error_line(capsys.readouterr().err)
             assert "no space left on the device" in err
-            assert not [p.name for p in out.glob(".*") if p.name != ".unlearn.lock"] if out.exists() else True
+            assert (
+                not [p.name for p in out.glob(".*") if p.name not in (".unlearn.lock", OWNED)] if out.exists() else True
+            )
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # lazily: even with a file still open
 
@@ -684,13 +691,13 @@ def test_resume_finishes_a_missing_evaluation(tmp_path, synth_dir, capsys, monke
 def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
     from unlearn.rundir import RunDir
 
-    out = tmp_path / "k"
+    out = as_ours(tmp_path / "k")
     (out / ".model.tmp-1a2b").mkdir(parents=True)
     (out / ".summary.json.x9.tmp").write_text("{")
     (out / ".eval_Forget.jsonl.y.tmp").write_text("")
     with RunDir(out).locked() as folder:
         assert folder.prepare() == "new"
-        assert sorted(p.name for p in out.iterdir()) == [".unlearn.lock"]
+        assert listing(out) == [".unlearn.lock"]
 
 
 def test_report_names_a_corrupt_summary(tmp_path, capsys):

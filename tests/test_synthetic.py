@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from unlearn.errors import ConfigError
+from tests.conftest import listing
+from unlearn.errors import ConfigError, OutputError
+from unlearn.outputs import OWNED
 from unlearn.refusals import REFUSALS
 from unlearn.synthetic import generate, make_authors, write_synthetic
 
@@ -191,8 +193,8 @@ def test_write_deterministic_atomic_utf8(tmp_path):
     a = write_synthetic(tmp_path / "a", seed=0)
     b = write_synthetic(tmp_path / "b", seed=0)
     c = write_synthetic(tmp_path / "c", seed=1)
-    assert {p.name for p in a.iterdir()} == FILES  # no temp files left behind
-    assert all(not p.name.startswith(".") for p in tmp_path.rglob("*"))
+    assert set(listing(a)) == FILES  # no temp files left behind
+    assert all(not p.name.startswith(".") or p.name == OWNED for p in tmp_path.rglob("*"))
     for name in FILES:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "full.json").read_bytes() != (c / "full.json").read_bytes()
@@ -205,10 +207,12 @@ def test_write_deterministic_atomic_utf8(tmp_path):
         assert _read(a / name) == d[name]
     all_text = "".join((a / n).read_text(encoding="utf-8") for n in FILES)
     assert "\\u" not in all_text and any(ord(ch) > 127 for ch in all_text)
-    # rewriting over existing files works and leaves the same bytes
-    write_synthetic(a, seed=0)
+    # rewriting over its own files needs --overwrite, and leaves the same bytes
+    with pytest.raises(OutputError, match="already holds a data set"):
+        write_synthetic(a, seed=1)
+    write_synthetic(a, seed=0, overwrite=True)
     assert (a / "full.json").read_bytes() == (b / "full.json").read_bytes()
-    assert {p.name for p in a.iterdir()} == FILES
+    assert set(listing(a)) == FILES
 
 
 def test_refusals():

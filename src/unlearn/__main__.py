@@ -82,7 +82,7 @@ def cmd_demo(args) -> int:
 
 def cmd_data_synth(args) -> int:
     path = _module("synthetic").write_synthetic(
-        args.out, n_authors=args.authors, qa_per_author=args.qa_per_author, seed=args.seed
+        args.out, n_authors=args.authors, qa_per_author=args.qa_per_author, seed=args.seed, overwrite=args.overwrite
     )
     print(f"wrote the synthetic fictitious-author data set to {path}")
     return 0
@@ -201,6 +201,7 @@ def _synth_parser(p):
     p.add_argument("--authors", type=int, default=100, help="number of fictitious authors")
     p.add_argument("--qa-per-author", type=int, default=4, help="questions per author")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--overwrite", action="store_true", help="replace the data set an earlier data synth wrote there")
 
 
 def _report_parser(p):
@@ -228,6 +229,17 @@ def _report_parser(p):
     )
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse reports anything else in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _plan_parser(p):
     p.add_argument(
         "--model",
@@ -236,12 +248,12 @@ def _plan_parser(p):
         "config is read), e.g. configs/architectures/llama-3-8b",
     )
     p.add_argument("--method", default="ME+GD", help="unlearning method (default: ME+GD)")
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per device per micro-step (default: 4)")
-    p.add_argument("--max-length", type=int, default=500, help="tokens per sequence (default: 500, the paper's)")
+    p.add_argument("--batch-size", type=_positive, default=4, help="sequences per device per micro-step (default: 4)")
+    p.add_argument("--max-length", type=_positive, default=500, help="tokens per sequence (default: 500, the paper's)")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of every weight")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage 0-3 (default: 0, no sharding)")
-    p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is sharded over (default: 1)")
+    p.add_argument("--lora-r", type=_positive, default=8, help="LoRA rank (default: 8)")
+    p.add_argument("--zero", type=int, choices=range(4), default=0, help="DeepSpeed ZeRO stage 0-3 (default: 0)")
+    p.add_argument("--processes", type=_positive, default=1, help="processes (GPUs) sharding the run (default: 1)")
     p.add_argument("--optim", default="adamw", help="adamw or adamw_8bit (default: adamw)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument(
@@ -336,14 +348,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unlearn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "unlearn: interrupted; rerun the same command with --resume to go on from the last checkpoint "
-            "(runs write one with --save-every N)",
-            file=sys.stderr,
-        )
+        print(f"unlearn: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     finally:
         _close_process_group()
+
+
+def _after_interrupt(args) -> str:
+    """What to do after Ctrl-C, from what the interrupted command left (never a --resume that fails)."""
+    command = getattr(args.func, "__name__", "")
+    out = getattr(args, "out", None)
+    if command in ("cmd_sweep", "cmd_continual"):
+        return "rerun the same command to go on: finished runs are skipped, half-done ones resume from checkpoints"
+    if command == "cmd_audit":
+        return "rerun the same command with --resume to go on: finished attacks are kept"
+    if out and _module("rundir").checkpoint_exists(out):
+        return "rerun the same command with --resume to go on from its last checkpoint"
+    return (
+        "no checkpoint was written (a run writes one with --save-every N); rerun the same command with "
+        "--overwrite to start again"
+    )
 
 
 def _close_process_group() -> None:

@@ -84,7 +84,12 @@ def step_of(out_dir: str | os.PathLike) -> int | None:
     """The optimiser step of the checkpoint in ``out_dir``, or None without one."""
     for folder in (path(out_dir), _tmp(out_dir), _old(out_dir)):
         if _complete(folder):
-            return int(json.loads((folder / STATE).read_text(encoding="utf-8"))["step"])
+            step = _read_json(folder / STATE).get("step")
+            if not isinstance(step, int):
+                raise OutputError(
+                    f"{folder / STATE}: has no step; the checkpoint is damaged. Start again with --overwrite"
+                )
+            return step
     return None
 
 
@@ -194,7 +199,7 @@ def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
     folder = path(out_dir)
     if not _complete(folder):
         raise RuntimeError(f"{out_dir}: no checkpoint to resume from (call recover() first)")
-    state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    state = _read_json(folder / STATE)
     if state.get("version") != VERSION:
         raise OutputError(
             f"{folder}: checkpoint format {state.get('version')} is not {VERSION}; "
@@ -215,8 +220,14 @@ def verify(folder: Path) -> None:
         raise OutputError(
             f"{folder}: the checkpoint has no {MANIFEST}; it cannot be checked, start again with --overwrite"
         )
-    want = json.loads(manifest_path.read_text(encoding="utf-8"))
-    got = _manifest(folder)
+    want = _read_json(manifest_path)
+    try:
+        got = _manifest(folder)
+    except OSError as e:
+        raise OutputError(
+            f"{e.filename}: cannot be read ({e.strerror}); the checkpoint would not resume exactly. Start again "
+            "with --overwrite"
+        ) from None
     for name in sorted(set(want) | set(got)):
         if name not in got:
             problem = "is missing"
@@ -232,7 +243,38 @@ def verify(folder: Path) -> None:
         )
 
 
+def _read_json(file: Path) -> dict:
+    """A checkpoint's JSON file, or a one-line error naming it (garbled, unreadable)."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OutputError(
+            f"{file}: cannot be read ({getattr(e, 'strerror', None) or e}); the checkpoint is damaged. Start again "
+            "with --overwrite"
+        ) from None
+    if not isinstance(data, dict):
+        raise OutputError(f"{file}: is not a JSON object; the checkpoint is damaged. Start again with --overwrite")
+    return data
+
+
 def restore(out_dir: str | os.PathLike, accelerator) -> None:
-    """Load the checkpoint's weights, optimiser and random states into the prepared objects."""
-    with _quiet_accelerate():
-        accelerator.load_state(str(path(out_dir)))
+    """Load the checkpoint's weights, optimiser and random states into the prepared objects. The
+    random states must be there and readable (accelerate would go on without them, inexactly)."""
+    folder = path(out_dir)
+    rng = folder / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        with open(rng, "rb") as fh:
+            torch.load(fh, weights_only=False)
+    except Exception as e:
+        raise OutputError(
+            f"{rng}: the random state of this process cannot be read ({getattr(e, 'strerror', None) or e}); "
+            "the run would not resume exactly. Start again with --overwrite"
+        ) from None
+    try:
+        with _quiet_accelerate():
+            accelerator.load_state(str(folder))
+    except Exception as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise OutputError(
+            f"{folder}: the checkpoint cannot be loaded ({first}); it is damaged. Start again with --overwrite"
+        ) from None

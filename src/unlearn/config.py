@@ -77,7 +77,8 @@ class Config:
     # --- optimisation ---
     epochs: float = _f(5, "passes over the training data (unlearning: over the forget set)", "train", True, lo=0,
                        above=True)
-    lr: float = _f(1e-5, "peak learning rate (AdamW)", "train", True, lo=0)
+    lr: float = _f(1e-5, "peak learning rate (AdamW; below 1e38, what float32 weights can take)", "train", True,
+                   lo=0, hi=1e38)
     batch_size: int = _f(4, "examples per device per micro-step", "train", True, lo=1)
     effective_batch: int = _f(32, "examples per optimiser step over all processes, when --grad-accum is not given: "
                               "the accumulation is effective_batch / (batch_size x processes), so a run takes "
@@ -93,7 +94,7 @@ class Config:
                                 "epochs))", "train", True, lo=0)
     lr_schedule: str = _f("linear", "learning rate after the warm-up: linear (decays to 0 at the last step, as "
                           "officially) or constant (WMDP's RMU)", "train", True)
-    seed: int = _f(1001, "random seed", "train", True)
+    seed: int = _f(1001, "random seed (0 to 2^32 - 1)", "train", True, lo=0, hi=2**32)
     max_length: int | None = _f(None, "longest training sequence in tokens (default, as officially: 500; 300 for the "
                                 "real-world layout)", "train", True, lo=2)
     mixed_precision: str = _f("auto", "mixed precision: auto (bf16 autocast over float32 weights on a GPU "
@@ -354,18 +355,7 @@ def _check_domain(f, number: float) -> None:
         raise ConfigError(f"config: '{f.name}' must be below {hi:g}, got {number:g}")
 
 
-INPUT_FLAGS = (
-    "model",
-    "ref_model",
-    "retain_model",
-    "retain_logs",
-    "data",
-    "eval_data",
-    "forget",
-    "retain",
-    "idk",
-    "downstream_include",
-)
+INPUT_FLAGS = tuple(f for f in PATH_FIELDS if f != "out")  # every path a command reads
 
 
 def inputs_of(cfg: Config) -> dict[str, str | None]:

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from unlearn import distributed, pipeline
+from unlearn import distributed, outputs, pipeline
 from unlearn.config import Config
 from unlearn.errors import DataError
 from unlearn.io import read_csv_rows, write_csv_rows
@@ -48,6 +48,12 @@ def parse_tasks(text: str | list | None, available: list[int]) -> list[int]:
                             f"--tasks: the range {piece} is empty (write {hi}-{lo} for "
                             "ascending order, or list the tasks: 3,2,1)"
                         )
+                    outside = [t for t in (lo, hi) if t not in available]
+                    if outside:  # (checked on the ends: a range of 10^8 is never built)
+                        raise DataError(
+                            f"--tasks: task {outside[0]} of {piece} does not exist (tasks: "
+                            f"{', '.join(map(str, available))})"
+                        )
                     tasks += list(range(lo, hi + 1))
                 elif piece:
                     tasks.append(int(piece))
@@ -57,7 +63,8 @@ def parse_tasks(text: str | list | None, available: list[int]) -> list[int]:
         raise DataError(f"--tasks: {text!r} names no task")
     missing = [t for t in tasks if t not in available]
     if missing:
-        raise DataError(f"tasks {missing} do not exist (tasks: {', '.join(map(str, available))})")
+        more = " ..." if len(missing) > 10 else ""
+        raise DataError(f"tasks {missing[:10]}{more} do not exist (tasks: {', '.join(map(str, available))})")
     if len(set(tasks)) != len(tasks):
         raise DataError(f"a task is listed twice in {text!r}")
     return tasks
@@ -81,7 +88,8 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
     _, cfg = resolve(protocol.with_defaults(cfg), "continual")
     task_list = parse_tasks(tasks, protocol.continual_tasks(cfg))
     root = RunDir(cfg.out)
-    root.path.mkdir(parents=True, exist_ok=True)
+    names = [CONTINUAL, "task_*"]  # a re-run continues (finished tasks are skipped), nothing is replaced
+    outputs.claim(root.path, names, keep=names, what="a continual run")
     csv_path = root / CONTINUAL
     done_rows = {int(r["task"]): r for r in read_csv_rows(csv_path)}
     original = cfg.model
@@ -89,7 +97,10 @@ def _continual(cfg: Config, tasks, keep_checkpoints: bool) -> list[dict]:
         raise DataError("--fix-ref-model needs the original model as a saved folder (--model DIR)")
 
     def finished(task) -> bool:
-        return root.task(task).status(evaluated=cfg.eval) == FINISHED and task in done_rows
+        # continual.csv gets a task's row once it is complete; its model may since have been pruned
+        # (only the latest is kept), so its config stands for it then
+        folder = root.task(task)
+        return task in done_rows and (folder.status(evaluated=cfg.eval) == FINISHED or folder.config.is_file())
 
     # Every task's evaluation sets are checked, and the judges loaded, before the first task trains.
     pending = [t for t in task_list if not finished(t)]

@@ -17,6 +17,7 @@ Every bad record is reported as ``file:line: field 'x' ...`` before any model is
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from datasets import load_dataset
 
+from unlearn import hub
 from unlearn.config import as_int
 from unlearn.encoding import IGNORE_INDEX, Encoded, chunk_texts, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
 from unlearn.errors import DataError
@@ -35,11 +37,27 @@ DEFAULT_MAX_LENGTH = 500  # the official TOFU length
 
 
 # --------------------------------------------------------------------------- reading records
+MAX_FILE_ENV = "UNLEARN_MAX_FILE_MIB"  # the largest data file read (default 1024 MiB)
+
+
+def max_file_bytes() -> int:
+    try:
+        return int(float(os.environ.get(MAX_FILE_ENV, "1024")) * 2**20)
+    except ValueError:
+        raise DataError(f"{MAX_FILE_ENV}: expected a number of MiB, got {os.environ[MAX_FILE_ENV]!r}") from None
+
+
 def read_records(path: str | Path, required: Sequence[str] = ("question", "answer")) -> list[dict]:
     """Read a JSON-lines file (or one JSON array) of objects with string fields ``required``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    size, limit = path.stat().st_size, max_file_bytes()
+    if size > limit:
+        raise DataError(
+            f"{path}: {size / 2**20:,.0f} MiB is more than a data file may hold ({limit / 2**20:,.0f} MiB: it is read "
+            f"whole into memory); split it, or raise the limit with {MAX_FILE_ENV}=<MiB>"
+        )
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
@@ -151,9 +169,15 @@ def read_rows(spec: str | Path) -> list[dict]:
         and path.suffix.lower() not in (".json", ".jsonl", ".txt", ".csv", ".parquet")
     ):
         return _hub_text_rows(str(spec))
-    first = read_records(path, required=())[0]
-    text = "text" in first and "question" not in first
-    return read_records(path, required=("text",) if text else ("question", "answer"))
+    rows = read_records(path, required=())  # read once; the fields the first row implies are checked on all
+    text = "text" in rows[0] and "question" not in rows[0]
+    for row in rows:
+        for key in ("text",) if text else ("question", "answer"):
+            if key not in row:
+                raise DataError(f"{row['_source']}: missing field '{key}'")
+            if not isinstance(row[key], str):
+                raise DataError(f"{row['_source']}: field '{key}' must be a string, got {type(row[key]).__name__}")
+    return rows
 
 
 def _hub_text_rows(spec: str) -> list[dict]:
@@ -249,8 +273,8 @@ def hub_records(
 ) -> list[dict]:
     """Rows of a hub data set, each with its ``_source`` (``label[i]``) and the string fields
     ``required`` checked, as :func:`read_records` does for files."""
-    rows = _hub_rows(name, config, split)
     label = label or name
+    rows = hub.fetch(label, DataError, _hub_rows, name, config, split)
     for i, r in enumerate(rows):
         r["_source"] = f"{label}[{i}]"
         for key in required:

@@ -4,6 +4,7 @@ for fine-tuning)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +12,8 @@ import torch
 from unlearn.data import DEFAULT_MAX_LENGTH, TEXT_METHODS, TEXT_PARTS, is_text_rows
 from unlearn.encoding import IGNORE_INDEX, Encoded, chunk_texts, encode_pair
 from unlearn.errors import DataError
+
+log = logging.getLogger("unlearn")
 
 PART_NAMES = ("forget", "forget_idk", "forget_mismatch", "retain", "retain_idk")
 
@@ -69,6 +72,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
                 item["retain_idk"] = enc(partner["question"], refusal)
             self.items.append(item)
         self.truncated = enc.truncated
+        _warn_truncated(self.truncated, max_length)
 
     def _text(self, forget, retain, tokenizer, max_length) -> None:
         """Raw text: one item per forget chunk (:func:`unlearn.encoding.chunk_texts`), its retain
@@ -107,6 +111,7 @@ class QADataset(torch.utils.data.Dataset):
         self.items = [{"qa": enc(r["question"], r["answer"])} for r in rows]
         self.parts = ("qa",)
         self.truncated = enc.truncated
+        _warn_truncated(self.truncated, max_length)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,3 +133,8 @@ class _Encoder:
             )
         self.truncated += e.truncated
         return e
+
+
+def _warn_truncated(n: int, max_length: int) -> None:
+    if n:
+        log.warning("%d sequences were longer than --max-length %d and were truncated", n, max_length)

@@ -16,10 +16,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from unlearn import pipeline
+from unlearn import outputs, pipeline
 from unlearn.config import Config
 from unlearn.data import read_records
-from unlearn.errors import DataError, OutputError
+from unlearn.errors import DataError
 from unlearn.evaluation.judges import load_embedder, load_nli
 from unlearn.evaluation.sets import forget_set
 from unlearn.evaluation.six_metrics import evaluate, write_evaluation
@@ -111,9 +111,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         # thread that has to wait for a busy core slows every step down many times over.
         torch.set_num_threads(1)
     out = Path(out)
-    stages = [RunDir(out / name) for name in STAGES]
-    if not overwrite and any(stage.results() or stage.summary.exists() for stage in stages):
-        raise OutputError(f"{out}: already holds a demo; choose another --out or pass --overwrite")
+    outputs.claim(out, [*STAGES, "data", "report"], overwrite=overwrite, what="a demo")
     t0 = time.time()
     authors = max(20, int(round(s["authors"] * scale / 10)) * 10)
     data = write_synthetic(out / "data", n_authors=authors, qa_per_author=s["qa_per_author"], seed=0)
@@ -123,7 +121,6 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         model=model,
         seed=seed,
         max_length=s["max_length"],
-        overwrite=True,
         nli=nli,
         data=str(data),
         split=split,
@@ -174,6 +171,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         baseline=out / "target",
         title="unlearn demo",
     )
+    outputs.discard_aside(out)  # the earlier demo --overwrite replaced
     print_before_after(summaries)
     print(f"\nDone in {time.time() - t0:.0f} s. Report: {out / 'report' / 'report.md'}")
     return summaries

@@ -48,6 +48,7 @@ def _run_eval(cfg) -> dict:
         attn_implementation=cfg.attn_implementation,
         texts=plan.protocol.eval_texts(plan) or None,
     )
+    models.check_finite(model, cfg.model)  # a diverged model is not scored as if it had forgotten
     model.to(state().device)  # this process's GPU under accelerate launch / torchrun
     fmt = prompt_format_for(tokenizer, cfg)
     if distributed.is_main_process():

@@ -48,7 +48,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def raise_if_disk_full(error: BaseException, path: str | Path) -> None:
-    """A full disk (or quota) while writing ``path`` as a one-line :class:`OutputError`."""
+    """A full disk (or quota), or a file over the file system's or the process's size limit, while
+    writing ``path`` as a one-line :class:`OutputError`."""
+    if (isinstance(error, OSError) and error.errno == errno.EFBIG) or "File too large" in str(error):
+        raise OutputError(
+            f"{path}: the file is too large for this file system or for the process's file-size limit "
+            "(ulimit -f); write to another file system or raise the limit"
+        ) from error
     full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
     if not full and isinstance(error, Exception):
         # torch's C++ writers report a full disk as a RuntimeError ("iostream error"), safetensors as
@@ -145,8 +151,13 @@ def publish_dir(tmp: Path, target: Path, keep_marker: str | None = None) -> bool
     complete by ``keep_marker`` (a file in it), which is then kept.
 
     A rename onto a missing (or empty) folder is atomic. An existing folder is renamed aside first
-    and deleted after, so ``target`` is only ever absent, old or new, never half-written.
+    and deleted after, so ``target`` is only ever absent, old or new, never half-written. Its files
+    get the usual permissions (the umask's; some writers make theirs private).
     """
+    mask = _umask()
+    for f in Path(tmp).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, 0o666 & ~mask)
     try:
         os.rename(tmp, target)
         return True

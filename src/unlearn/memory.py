@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
+from unlearn import hub
 from unlearn.chunked import CHUNK_ELEMENTS, MIN_VOCAB
 from unlearn.errors import ConfigError, ModelError
 from unlearn.methods import build_objective
@@ -113,7 +114,9 @@ def model_config(name: str, trust_remote_code: bool = False):
         path = Path(name)
         if path.is_file() and path.suffix == ".json":
             path = path.parent
-        return AutoConfig.from_pretrained(str(path) if path.exists() else name, trust_remote_code=trust_remote_code)
+        if path.exists() or name.startswith(("/", ".", "~")):
+            return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return hub.fetch(name, ModelError, AutoConfig.from_pretrained, name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"--model {name}: no model config found ({str(e).splitlines()[0]})") from None
 
@@ -238,8 +241,8 @@ def alternatives(shape: Shape, s: Setting, budget: float, device: str = "cuda") 
 
 def parse_size(text: str) -> float:
     """``80GiB``, ``80GB``, ``512MiB``, ``80`` (GiB) → bytes."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*(GiB|GB|G|MiB|MB|M|TiB|TB)?\s*", str(text), re.IGNORECASE)
-    if not m:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(GiB|GB|G|MiB|MB|M|TiB|TB)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"--gpu-memory: expected a size like 80GiB, got {text!r}")
     unit = (m.group(2) or "GiB").lower()
     scale = {"gib": GiB, "gb": 1e9, "g": GiB, "mib": 2**20, "mb": 1e6, "m": 2**20, "tib": 2**40, "tb": 1e12}[unit]

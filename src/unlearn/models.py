@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+from unlearn import hub
 from unlearn.errors import ConfigError, ModelError
 from unlearn.io import publish_dir, raise_if_disk_full, temp_dir_next_to
 from unlearn.presets import build_tiny_model, build_tiny_tokenizer, smollm2_path
@@ -56,11 +57,14 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     texts: list[str] | None = None,
+    before_weights=None,
 ):
     """Load ``(model, tokenizer)`` from a preset, a local folder or a hub id.
 
     The model comes back as loaded (eval mode). ``texts`` trains the ``tiny`` preset's
     tokenizer. A tokenizer without a pad token pads with EOS; one without EOS is an error.
+    ``before_weights(tokenizer)`` runs once the tokenizer is loaded, before the weights are read
+    (checks that need the tokenizer only: the data's encoding).
     """
     torch_dtype = resolve_dtype(dtype)
     name = str(name_or_path)
@@ -68,6 +72,8 @@ def load_model(
         if not texts:
             raise ValueError("the tiny preset trains its tokenizer in-process: pass texts=[...]")
         tokenizer = build_tiny_tokenizer(texts)
+        if before_weights is not None:
+            before_weights(tokenizer)
         model = build_tiny_model(tokenizer).to(torch_dtype)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
@@ -75,16 +81,24 @@ def load_model(
         path = smollm2_path() if name == "smollm2-135m" else _local_or_hub(name)
         if isinstance(path, Path):
             _check_folder(path)
+            check_config(path)
         if isinstance(path, Path) and not trust_remote_code:
             refuse_custom_code(path)
         kwargs = {"trust_remote_code": trust_remote_code}
-        try:
+
+        def load():
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             _require_eos(tokenizer, name)  # before the weights are read
+            if before_weights is not None:
+                before_weights(tokenizer)
             if attn_implementation is not None:
                 kwargs["attn_implementation"] = attn_implementation
-            model = _from_pretrained(path, dtype=torch_dtype, **kwargs)
-        except (OSError, SafetensorError, pickle.UnpicklingError) as e:  # missing/damaged files, no hub, no network
+            return _from_pretrained(path, dtype=torch_dtype, **kwargs), tokenizer
+
+        try:
+            model, tokenizer = load() if isinstance(path, Path) else hub.fetch(name, ModelError, load)
+        except (OSError, SafetensorError, pickle.UnpicklingError, RuntimeError, ValueError) as e:
+            # missing/damaged files, weights that do not fit the config, no hub, no network
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             offline = (
                 " (HF_HUB_OFFLINE=1: only local folders and the presets load)"
@@ -94,6 +108,19 @@ def load_model(
             raise ModelError(f"could not load the model {name}: {first}{offline}") from e
     _check_special_tokens(model, tokenizer, name)
     return model, tokenizer
+
+
+def check_source(name: str, flag: str) -> None:
+    """A model named by ``flag`` that can be found: a preset, a model folder, or a hub id (read later)."""
+    if str(name) in ("tiny", "smollm2-135m"):
+        return
+    try:
+        path = _local_or_hub(str(name))
+    except ModelError as e:
+        raise ModelError(f"{flag}: {e}") from None
+    if isinstance(path, Path):
+        _check_folder(path)
+        check_config(path)
 
 
 def _check_folder(path: Path) -> None:
@@ -183,8 +210,38 @@ def _require_eos(tokenizer, name: str) -> None:
         raise ModelError(f"tokenizer has no EOS token ({name}); unlearning needs one to end every answer")
 
 
+def check_config(path: Path) -> None:
+    """What a model folder's ``config.json`` says that cannot work, found before anything loads: a
+    dtype torch does not have, special token ids outside the vocabulary."""
+    f = path / "config.json"
+    try:
+        conf = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # (a missing or invalid config.json is reported by the loader / refuse_custom_code)
+    if not isinstance(conf, dict):
+        return
+    for key in ("dtype", "torch_dtype"):
+        value = conf.get(key)
+        if isinstance(value, str) and value != "auto" and not isinstance(getattr(torch, value, None), torch.dtype):
+            raise ModelError(f"{f}: {key} {value!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    vocab = conf.get("vocab_size")
+    if isinstance(vocab, int) and not isinstance(vocab, bool):
+        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            ids = conf.get(key)
+            for i in ids if isinstance(ids, list) else [ids]:
+                if isinstance(i, int) and not isinstance(i, bool) and not 0 <= i < vocab:
+                    raise ModelError(f"{f}: {key} {i} lies outside the vocabulary (vocab_size {vocab})")
+
+
 def _check_special_tokens(model, tokenizer, name: str) -> None:
     _require_eos(tokenizer, name)
+    rows = model.get_input_embeddings().num_embeddings
+    for what in ("eos", "bos", "pad"):
+        i = getattr(tokenizer, f"{what}_token_id", None)
+        if isinstance(i, int) and not 0 <= i < rows:
+            raise ModelError(
+                f"{name}: the tokenizer's {what.upper()} id {i} lies outside the model's {rows} embeddings"
+            )
     if tokenizer.pad_token is None:
         log.info("%s: the tokenizer has no pad token; padding with EOS %r", name, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
@@ -193,6 +250,20 @@ def _check_special_tokens(model, tokenizer, name: str) -> None:
     generation = getattr(model, "generation_config", None)
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
+
+
+def check_finite(weights, what: str) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged run, a task vector scaled by inf):
+    such a model is neither saved nor evaluated. ``weights`` is a model or a state dict."""
+    items = weights.state_dict().items() if hasattr(weights, "state_dict") else weights.items()
+    for name, t in items:
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ModelError(
+                f"{what}: its weights hold NaN or infinite values ({bad} in {name}); it is not used. The "
+                "unlearning diverged: lower --lr, check --method-arg values (e.g. a task vector alpha), or "
+                "start from a healthy model"
+            )
 
 
 def save_model(
@@ -209,6 +280,7 @@ def save_model(
     are written into the folder before it is published, so it never appears without them.
     """
     out = Path(out_dir).expanduser()
+    check_finite(model.state_dict() if state_dict is None else state_dict, f"the model to save in {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_next_to(out)
     try:

@@ -31,7 +31,7 @@ from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.evaluation.intervals import read_intervals
 from unlearn.io import atomic_write_json
-from unlearn.loading import load_for_training, validate_model_settings
+from unlearn.loading import check_run_inputs, load_for_training, validate_model_settings
 from unlearn.lora import is_peft
 from unlearn.models import save_model
 from unlearn.protocols import prompt_format_for, protocol_of, with_defaults
@@ -119,13 +119,6 @@ def save_trained(result, out: RunDir, tokenizer, cfg: Config):
     return model
 
 
-def _warn_truncated(dataset, cfg: Config) -> None:
-    if dataset.truncated:
-        log.warning(
-            "%d sequences were longer than --max-length %d and were truncated", dataset.truncated, cfg.max_length
-        )
-
-
 def finetune(cfg: Config, train_files: list[str]) -> Path:
     """Fine-tune ``cfg.model`` on question/answer files; saves ``OUT/model``."""
     with _require_out(cfg).locked(distributed.is_main_process()):
@@ -141,7 +134,6 @@ def _finetune(cfg: Config, train_files: list[str]) -> Path:
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
     model, tokenizer, fmt, cfg = load_for_training(cfg, [r["question"] + " " + r["answer"] for r in rows])
     dataset = QADataset(rows, tokenizer, fmt, cfg.max_length)
-    _warn_truncated(dataset, cfg)
     trained = train.fit(
         model,
         tokenizer,
@@ -181,7 +173,7 @@ def run(cfg: Config, *, data: UnlearningData | None = None, ref_stats: dict | No
 def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     cfg = with_defaults(cfg)
     objective, cfg = methods.resolve(cfg, "real_world" if protocol_of(cfg).layout(cfg) == "real_world" else None)
-    validate_model_settings(cfg)
+    check_run_inputs(cfg, objective)
     data = data or load_data(cfg)
     check_text_parts(data, objective)
     if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
@@ -206,11 +198,18 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         return result
     texts = [row_text(r) for r in data.forget + data.retain] + refusals
     accelerator = distributed.make_accelerator(cfg)  # before loading: ZeRO-3 may load the weights partitioned
-    model, tokenizer, fmt, cfg = load_for_training(cfg, texts)
-    dataset = UnlearningDataset(
-        data.forget, data.retain, tokenizer, fmt, objective.parts, refusals, cfg.max_length, mask_forget=cfg.mask
+    built = {}  # the data encoded (and checked) with the tokenizer, before the weights load
+    model, tokenizer, fmt, cfg = load_for_training(
+        cfg,
+        texts,
+        lambda tok, f: built.setdefault(
+            "dataset",
+            UnlearningDataset(
+                data.forget, data.retain, tok, f, objective.parts, refusals, cfg.max_length, mask_forget=cfg.mask
+            ),
+        ),
     )
-    _warn_truncated(dataset, cfg)
+    dataset = built["dataset"]
     before = _before(plan, model, tokenizer, fmt, out, accelerator)
     original = _before_task_vector(objective, model, accelerator)
     evaluator = _training_eval(cfg, plan, tokenizer, fmt, out, accelerator)

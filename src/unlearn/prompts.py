@@ -52,6 +52,8 @@ class PromptFormat:
             raise ConfigError(f"a custom prompt format needs a template containing {PLACEHOLDER}")
         if self.kind == "chat_template" and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError("the chat_template prompt format needs a tokenizer with a chat template")
+        if self.kind == "chat_template":
+            check_renders_question(self.prompt, "the tokenizer's chat template")
 
     def prompt(self, question: str) -> str:
         if self.kind == "llama2":
@@ -69,7 +71,7 @@ class PromptFormat:
                 return self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
                 )
-            except TemplateError as e:
+            except (TemplateError, TypeError, ValueError, KeyError) as e:
                 raise ConfigError(
                     f"the tokenizer's chat template failed ({e}); pass --prompt-format "
                     "plain, llama2, llama3 or a template with {question}"
@@ -86,6 +88,20 @@ class PromptFormat:
         """False when the rendered prompt already begins with the BOS text (no second BOS)."""
         bos = getattr(self.tokenizer, "bos_token", None)
         return not (bos and self.prompt("?").startswith(bos))
+
+
+PROBE = "Which river flows through the probe city 7?"
+
+
+def check_renders_question(render, what: str) -> None:
+    """Refuse a template whose prompt does not contain the question (one that renders every prompt
+    the same would train and score the model on nothing)."""
+    text = render(PROBE)
+    if PROBE not in text:
+        raise ConfigError(
+            f"{what} does not put the question in the prompt (it renders {text[:80]!r}); pass "
+            "--prompt-format plain, llama2, llama3 or a template with {question}"
+        )
 
 
 def detect_prompt_format(tokenizer, model_name: str, override: str | None = None) -> PromptFormat:
@@ -265,4 +281,10 @@ def tofu_template(fmt: PromptFormat) -> TofuTemplate:
         template.prompt("?")
     except TemplateError:  # a template without a system role (gemma): open-unlearning's config gives none
         template.system_prompt = None
+    try:
+        check_renders_question(template.prompt, "the tokenizer's chat template (TOFU benchmark)")
+    except (TemplateError, TypeError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"the tokenizer's chat template failed on the TOFU benchmark's prompt ({e}); pass --prompt-format plain"
+        ) from None
     return template

@@ -22,6 +22,11 @@ so reports can use it.
 from __future__ import annotations
 
 import contextlib
+
+try:
+    import fcntl
+except ImportError:  # Windows: the pid check alone
+    fcntl = None
 import json
 import logging
 import os
@@ -29,9 +34,9 @@ import re
 import shutil
 import socket
 import time
-import uuid
 from pathlib import Path
 
+from unlearn import outputs
 from unlearn.errors import OutputError
 
 log = logging.getLogger("unlearn")
@@ -50,7 +55,7 @@ EVAL_CONFIG = "eval_config.yaml"
 CONTINUAL = "continual.csv"
 MODEL_CONFIG = "unlearn_config.yaml"  # inside model/: the config the model was trained with
 LOCK = ".unlearn.lock"
-PREVIOUS = ".previous-"  # earlier results moved aside by --overwrite until the new ones are complete
+PREVIOUS = outputs.PREVIOUS  # earlier results moved aside by --overwrite until the new ones are complete
 AUDIT = "audit"  # unlearn run --audit: the audit of the saved model (unlearn.audit)
 EVAL_LOG = "eval_log.jsonl"  # --eval-every: one row per evaluation while unlearning
 KEPT = "kept.json"  # --keep best: the step whose weights were kept
@@ -180,79 +185,78 @@ class RunDir:
     def locked(self, main_process: bool = True):
         """Hold the folder's lock (``.unlearn.lock``: pid, host, start) while a command writes here.
 
-        A second command on the same folder is refused at once, naming the holder. A lock left by a
-        process of this host that no longer runs is stale: it is reported and taken over. A folder
-        the command created and left empty (it failed before writing) is removed again. Only the
-        main process locks when several run the command.
+        A second command on the same folder is refused at once, naming the holder. The holder keeps
+        the lock file open under an exclusive ``flock``: a lock file nobody holds (its process died, or
+        it is empty or garbled) is stale and is taken over, with a warning. Where the file system has
+        no ``flock``, a lock of a process of this host that no longer runs is stale. A folder the
+        command created and left empty (it failed before writing) is removed again. Only the main
+        process locks when several run the command.
         """
         if not main_process:
             yield self
             return
-        created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        outputs.make_folder(self.path)
         lock = self.path / LOCK
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        while True:
+        held = None
+        while held is None:
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             except FileExistsError:
                 holder = _read_lock(lock)
-                if holder.get("host") == mine["host"] and not _alive(holder.get("pid")):
+                if _stale(lock, holder, mine["host"]):
                     log.warning(
-                        "%s: removing a stale lock left by process %s, which is no longer running",
+                        "%s: taking over a stale lock (%s), which no running process holds",
                         self.path,
-                        holder.get("pid"),
+                        f"process {holder['pid']}" if holder.get("pid") else "unreadable",
                     )
                     lock.unlink(missing_ok=True)
                     continue
+                who = (
+                    f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+                    if holder.get("pid")
+                    else "a running process holds its lock file"
+                )
                 raise OutputError(
-                    f"{self.path}: another unlearn command is writing here (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('started')}); wait for it or choose another --out "
-                    f"(if it is not running any more, delete {lock})"
+                    f"{self.path}: another unlearn command is writing here ({who}); wait for it or choose another "
+                    f"--out (if it is not running any more, delete {lock})"
                 ) from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(mine, fh)
-            break
+            except OSError as e:
+                raise OutputError(
+                    f"{self.path}: cannot write the output folder ({e.strerror}); choose another --out"
+                ) from None
+            held = os.fdopen(fd, "w")
+            _flock(held)
+            json.dump(mine, held)
+            held.flush()
         try:
             yield self
         finally:
             if _read_lock(lock).get("pid") == mine["pid"]:
                 lock.unlink(missing_ok=True)
-            if created and self.path.is_dir() and not any(self.path.iterdir()):
-                self.path.rmdir()
+            held.close()
+            outputs.remove_if_empty(self.path)
 
     # ----------------------------------------------------------------- preparing
 
     def result_entries(self, scope: str = "run") -> list[Path]:
         """What an earlier run (``scope="run"``) or evaluation (``"eval"``) left here."""
-        names = EVAL_RESULTS if scope == "eval" else RUN_RESULTS
-        found = [self.path / n for n in names if (self.path / n).exists()]
-        found += [p for p in sorted(self.path.glob("eval_*.jsonl")) if p not in found]
-        if scope == "run":
-            found += [p for p in (self.path / f".{CHECKPOINT}.tmp", self.path / f".{CHECKPOINT}.old") if p.exists()]
-        return found
+        return outputs.present(self.path, self.names(scope))
 
-    def _check_inputs(self, entries: list[Path], inputs: dict[str, str | None]) -> None:
-        """Refuse to replace anything an input path points into (``--model OUT/model --overwrite``)."""
-        for flag, value in inputs.items():
-            if not value or not Path(value).exists():
-                continue
-            where = Path(value).resolve()
-            for entry in entries:
-                target = entry.resolve()
-                if where == target or target in where.parents:
-                    raise OutputError(
-                        f"{self.path}: --overwrite would replace {entry}, which {flag} points into "
-                        f"({value}); choose another --out"
-                    )
-
-    def _clean_leftovers(self) -> None:
-        """Temporary files and folders of a writer that was killed (never a result)."""
+    def _clean_leftovers(self, checkpoints: bool = True) -> None:
+        """Temporary files and folders of a writer of ours that was killed (never a result, never a
+        file of the user's: only names derived from ours, in a folder we write into). A resumed run
+        keeps the checkpoint's own (``checkpoint.recover`` sorts those out)."""
+        if not (self.path / outputs.OWNED).exists():
+            return
+        pattern = r"^\.(model|adapter)\.tmp-|^\.(.+?)\.[^.]+\.tmp$"
+        if checkpoints:  # (a resumed run keeps them, and --keep best's .best-* weights)
+            pattern += r"|^\.checkpoint\.trash$|^\.checkpoint\.tmp$|^\.best-"
         for p in self.path.glob(".*"):
-            if p.name == LOCK or p.name.startswith(PREVIOUS):
+            m = re.match(pattern, p.name)
+            if not m or (m.group(2) and not outputs.is_ours(self.path, m.group(2))):
                 continue
-            if re.match(r"^\.(model|adapter)\.tmp-|^\..*\.tmp$|^\.checkpoint\.trash$|^\.best-", p.name):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def prepare(
         self,
@@ -274,6 +278,9 @@ class RunDir:
         process changes the folder (callers make the others wait); call it holding :meth:`locked`.
         """
         existing = self.results() if scope == "run" else [SUMMARY] if self.summary.exists() else []
+        outputs.refuse_foreign(self.path, self.result_entries(scope))
+        if resume and main_process and self.path.is_dir():
+            self._clean_leftovers(checkpoints=False)  # a save the kill interrupted (.model.tmp-*)
         if resume:
             if overwrite:
                 raise OutputError("--resume continues the run in --out and --overwrite starts it again: give one")
@@ -301,22 +308,26 @@ class RunDir:
                 f"--out{hint} or pass --overwrite"
             )
         if main_process:
-            self.path.mkdir(parents=True, exist_ok=True)
+            outputs.make_folder(self.path)
             self._clean_leftovers()
             entries = self.result_entries(scope)
             if overwrite and entries:
-                self._check_inputs(entries, inputs or {})
-                aside = self.path / f"{PREVIOUS}{uuid.uuid4().hex[:8]}"
-                aside.mkdir()
-                for entry in entries:
-                    os.rename(entry, aside / entry.name)
-                log.info("moved the earlier results of %s aside to %s until this run is complete", self.path, aside)
+                outputs.refuse_inputs_inside(self.path, entries, inputs)
+                outputs.move_aside(self.path, entries)
+            outputs.record(self.path, self.names(scope))
         return "new"
+
+    @staticmethod
+    def names(scope: str = "run") -> list[str]:
+        """Every name a run (or an evaluation) writes in its folder, patterns included."""
+        names = list(EVAL_RESULTS if scope == "eval" else RUN_RESULTS) + ["eval_*.jsonl", "TOFU_*.json", "MUSE_*.json"]
+        if scope != "eval":
+            names += [f".{CHECKPOINT}.tmp", f".{CHECKPOINT}.old"]
+        return names
 
     def discard_previous(self) -> None:
         """Delete the earlier results ``--overwrite`` moved aside: the new ones are complete."""
-        for aside in self.path.glob(f"{PREVIOUS}*"):
-            shutil.rmtree(aside, ignore_errors=True)
+        outputs.discard_aside(self.path)
 
 
 def _read_lock(lock: Path) -> dict:
@@ -324,6 +335,44 @@ def _read_lock(lock: Path) -> dict:
         return json.loads(lock.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def _flock(fh) -> bool:
+    """Take the lock file's exclusive ``flock`` without waiting; False when another process holds it
+    (True, too, where the file system has none: then the pid check decides)."""
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _stale(lock: Path, holder: dict, host: str) -> bool:
+    """Nobody holds ``lock``: no process holds its ``flock`` and the process it names (if it can be
+    read) is gone. A lock of another host is never judged from here."""
+    if fcntl is not None:
+        try:
+            with open(lock) as fh:
+                free = _flock(fh)  # released when the file is closed
+        except FileNotFoundError:
+            return True
+        except OSError:
+            free = False
+        if not free:
+            return False
+    if not holder.get("pid"):
+        try:  # a lock being written this instant is not garbage: look again in a moment
+            young = time.time() - lock.stat().st_mtime < 2
+        except OSError:
+            return True
+        if young:
+            time.sleep(2)
+            holder = _read_lock(lock)
+        if not holder.get("pid"):
+            return fcntl is not None  # empty or garbled, and nobody holds it
+    return holder.get("host") == host and not _alive(holder.get("pid"))
 
 
 def _alive(pid) -> bool:

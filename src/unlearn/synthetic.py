@@ -42,6 +42,7 @@ import json
 import random
 from pathlib import Path
 
+from unlearn import outputs
 from unlearn.errors import ConfigError
 from unlearn.io import atomic_write_text
 
@@ -348,11 +349,16 @@ def generate(n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> dic
     return out
 
 
-def write_synthetic(out_dir, n_authors: int = 100, qa_per_author: int = 4, seed: int = 0) -> Path:
-    """Write every file of ``generate(...)`` as JSON lines into ``out_dir``; returns the folder."""
+def write_synthetic(
+    out_dir, n_authors: int = 100, qa_per_author: int = 4, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write every file of ``generate(...)`` as JSON lines into ``out_dir``; returns the folder.
+    Files of the same names already there are refused unless ``overwrite`` and written by this
+    project (:func:`unlearn.outputs.claim`)."""
     files = generate(n_authors, qa_per_author, seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    outputs.claim(out, list(files), overwrite=overwrite, what="a data set")
     for name, rows in files.items():
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    outputs.discard_aside(out)
     return out

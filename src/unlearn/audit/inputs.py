@@ -13,6 +13,7 @@ from unlearn.audit import quantize
 from unlearn.data import read_records
 from unlearn.errors import ConfigError, DataError, OutputError
 from unlearn.evaluation.sets import forget_set
+from unlearn.loading import validate_model_settings
 from unlearn.protocols import protocol_of
 from unlearn.rundir import MODEL
 
@@ -102,6 +103,7 @@ def _holdout(cfg, attacks: list[str]) -> list[dict] | None:
 def check_inputs(cfg) -> AuditInputs:
     """Everything the audit needs, checked before any model loads."""
     attacks = parse_attacks(cfg.attacks)
+    validate_model_settings(cfg)  # dtype, attention kernel, mixed precision (the relearning trains)
     if not cfg.out:
         raise OutputError("no output folder: give --out DIR")
     if cfg.model == "tiny":

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
-from unlearn import distributed, models
+from unlearn import distributed, models, outputs
 from unlearn.audit.attacks import ORDER, RUNNERS, Subject
 from unlearn.audit.inputs import AUDIT, OWN, PLOT, AuditInputs, check_inputs
 from unlearn.audit.plot import audit_plot
 from unlearn.audit.scores import assemble, print_audit
+from unlearn.config import inputs_of
 from unlearn.distributed import state
 from unlearn.errors import OutputError
 from unlearn.io import atomic_write_json, atomic_write_jsonl, json_safe
@@ -62,17 +62,19 @@ def _settings(cfg, inputs: AuditInputs, attack: str, role: str) -> dict:
 
 
 def _prepare(out: Path, cfg) -> None:
-    present = [n for n in OWN if (out / n).exists()]
+    """The audit's own entries of ``out`` claimed (:func:`unlearn.outputs.claim`): with ``--resume`` they
+    are continued, with ``--overwrite`` moved aside (never an input, never a file of the user's)."""
     if cfg.resume and cfg.overwrite:
         raise OutputError("--resume continues the audit in --out and --overwrite starts it again: give one")
-    if present and not (cfg.resume or cfg.overwrite):
-        raise OutputError(
-            f"{out}: already holds an audit ({', '.join(present)}); --resume to finish it or --overwrite to replace it"
-        )
-    if cfg.overwrite:
-        for n in present:  # the audit's own files only
-            p = out / n
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    outputs.claim(
+        out,
+        OWN,
+        overwrite=cfg.overwrite,
+        inputs=inputs_of(cfg),
+        keep=OWN if cfg.resume else (),
+        what="an audit",
+        hint="; --resume to finish it",
+    )
     (out / "attacks").mkdir(parents=True, exist_ok=True)
     (out / "items").mkdir(exist_ok=True)
 
@@ -94,9 +96,6 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
     inputs = inputs or check_inputs(cfg)
     out = Path(cfg.out)
     main = distributed.is_main_process()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    distributed.wait_for_everyone()
     with RunDir(out).locked(main):
         if main:
             _prepare(out, cfg)
@@ -133,6 +132,7 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
         if main:
             atomic_write_json(out / AUDIT, json_safe(audit))
             audit_plot(audit, out / PLOT)
+            outputs.discard_aside(out)  # an audit --overwrite replaced
         distributed.wait_for_everyone()
     if main:
         print_audit(audit)
@@ -155,5 +155,6 @@ def _load(cfg, role: str, path: str) -> Subject:
     model, tokenizer = models.load_model(
         path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
     )
+    models.check_finite(model, f"the {role} model {path}")
     model.to(state().device)
     return Subject(role, path, model, tokenizer, prompt_format_for(tokenizer, cfg, path))

@@ -97,3 +97,21 @@ def forget_set(sets: list[EvalSet]) -> EvalSet:
         if s.name == "Forget":
             return s
     raise DataError("the evaluation data has no Forget set")
+
+
+def match_questions(forget: EvalSet, expected: list[str]) -> int | None:
+    """Put ``forget``'s rows in the order of the ``expected`` questions when it holds the same questions
+    (a perturbed file in another order is matched by question); returns ``None`` then, else the index
+    of the first row that differs."""
+    got = forget.questions
+    if got == expected:
+        return None
+    if sorted(got) == sorted(expected):
+        waiting: dict[str, list[dict]] = {}
+        for row, q in zip(forget.rows, got, strict=True):
+            waiting.setdefault(q, []).append(row)
+        forget.rows = [waiting[q].pop(0) for q in expected]
+        return None
+    return next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
+    )

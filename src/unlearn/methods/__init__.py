@@ -18,6 +18,7 @@ its math in :mod:`unlearn.losses`, one entry here and its tests.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,32 @@ def _convert(value: Any, default: Any, where: str) -> Any:
         raise ConfigError(f"method argument {where} must be {kind.__name__}, got {value!r}") from None
 
 
+# The meaningful range of each method argument, by name (every number must also be finite).
+POSITIVE_ARGS = ("beta", "beta1", "beta2", "steering_coeff", "alpha")
+NON_NEGATIVE_ARGS = ("pad_to", "gamma", "layer", "ignore_first")
+
+
+def _check_range(name: str, value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"method argument {where} must be finite, got {value}")
+    if name in POSITIVE_ARGS and value <= 0:
+        raise ConfigError(f"method argument {where} must be above 0, got {value}")
+    if name in NON_NEGATIVE_ARGS and value < 0:
+        raise ConfigError(f"method argument {where} must be at least 0, got {value}")
+    if name == "layers":
+        ids = [x.strip() for x in str(value).split(",") if x.strip()]
+        if not ids or not all(x.isdigit() for x in ids):
+            raise ConfigError(f"method argument {where} must list layer numbers like 5,6,7, got {value!r}")
+
+
+def layer_args(forget_args: dict) -> list[int]:
+    """The layer numbers a method's arguments name (RMU's ``layer`` and ``layers``), to check against
+    the model's depth before it loads."""
+    found = [int(forget_args["layer"])] if "layer" in forget_args else []
+    found += [int(x) for x in str(forget_args.get("layers", "")).split(",") if x.strip()]
+    return found
+
+
 def resolve_args(forget: Term, reg: Term | None, given: dict[str, Any] | None) -> tuple[dict, dict]:
     """(forget term's arguments, regulariser's arguments): the declared defaults with ``given`` applied.
 
@@ -156,28 +183,30 @@ def resolve_args(forget: Term, reg: Term | None, given: dict[str, Any] | None) -
     of the method's arguments, and a bare name both terms declare must be qualified.
     """
     terms = [forget] + ([reg] if reg else [])
-    values = {t.name: dict(t.args) for t in terms}
+    values = [dict(t.args) for t in terms]  # by role: LLMU's forget term and regulariser share its name
     method = forget.name + (f"+{reg.name}" if reg else "")
     for key, value in (given or {}).items():
         prefix, _, arg = str(key).rpartition(".")
         if prefix:
-            owners = [t for t in terms if t.name.upper() == prefix.upper()]
+            owners = [i for i, t in enumerate(terms) if t.name.upper() == prefix.upper()]
             if not owners:
                 raise ConfigError(
                     f"method argument '{key}': {method} has no term {prefix} (its arguments: {_arguments_text(terms)})"
                 )
+            owners = [i for i in owners if arg in terms[i].args] or owners
         else:
-            owners = [t for t in terms if arg in t.args]
+            owners = [i for i, t in enumerate(terms) if arg in t.args]
             if len(owners) > 1:
                 raise ConfigError(
-                    f"method argument '{arg}' belongs to {' and '.join(t.name for t in owners)}: "
-                    f"write {' or '.join(f'{t.name}.{arg}' for t in owners)}"
+                    f"method argument '{arg}' belongs to {' and '.join(terms[i].name for i in owners)}: "
+                    f"write {' or '.join(f'{terms[i].name}.{arg}' for i in owners)}"
                 )
-        if not owners or arg not in owners[0].args:
+        if not owners or arg not in terms[owners[0]].args:
             raise ConfigError(f"unknown method argument '{key}' for {method} (its arguments: {_arguments_text(terms)})")
-        term = owners[0]
-        values[term.name][arg] = _convert(value, term.args[arg], f"{term.name}.{arg}")
-    return values[forget.name], (values[reg.name] if reg else {})
+        term = terms[owners[0]]
+        values[owners[0]][arg] = _convert(value, term.args[arg], f"{term.name}.{arg}")
+        _check_range(arg, values[owners[0]][arg], f"{term.name}.{arg}")
+    return values[0], (values[1] if reg else {})
 
 
 SCENARIOS = ("fictitious", "real_world", "continual")

@@ -118,12 +118,21 @@ class BatchView:
             return hidden_states(model, p["input_ids"], p["attention_mask"], layer)
 
     def padded(self, part: str, length: int) -> dict:
-        """``part`` as the official code feeds it: every sequence padded to ``length`` with its EOS
-        (the last real token; the official pad token is the EOS), attention 0 on the padding, and
-        every position labelled (its ``mask: false`` labels are the padded input ids)."""
+        """``part`` as the official data module builds it: the tokenised text (question and answer,
+        no EOS) with attention 1, then EOS padding up to ``length`` with attention 0, and every
+        position labelled (its ``mask: false`` labels are the padded input ids). The EOS our encoding
+        appends after the answer is that first padding position: attention 0 (a sequence cut at
+        ``length`` has none)."""
         p = self.batch[part]
-        ids, mask = p["input_ids"][:, :length], p["attention_mask"][:, :length]
-        last = ids.gather(1, (mask.sum(dim=1, keepdim=True) - 1).clamp(min=0))
+        ids, mask = p["input_ids"][:, :length], p["attention_mask"][:, :length].clone()
+        at = (mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
+        last = ids.gather(1, at)
+        config = getattr(getattr(self.model, "module", self.model), "config", None)  # (through DDP)
+        eos = getattr(config, "eos_token_id", None)
+        eos = [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if isinstance(e, int)]
+        if eos:  # the appended EOS: the official text has none, its EOS is the first padding
+            ended = torch.isin(last, torch.tensor(eos, device=last.device))
+            mask.scatter_(1, at, torch.where(ended, torch.zeros_like(at), mask.gather(1, at)))
         fill = length - ids.shape[1]
         if fill > 0:
             ids = torch.cat([ids, last.expand(-1, fill)], dim=1)

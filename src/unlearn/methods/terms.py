@@ -290,9 +290,10 @@ REGULARIZERS: dict[str, Term] = {
 # NLL of the forget question with its retain partner's answer plus KL, weighted together by reg_coeff.
 LLMU_REG = Term(
     "LLMU",
-    lambda v: v.mean_nll("forget_mismatch") + _kl(v, 0),
+    lambda v, pad_to: v.mean_nll("forget_mismatch") + _kl(v, pad_to),
     ("forget_mismatch", "retain"),
     ref="logits",
-    doc="mismatched answers' NLL + KL(p_ref ‖ p) on retain sequences",
+    args={"pad_to": 0},
+    doc="mismatched answers' NLL + KL(p_ref ‖ p) on retain sequences (`pad_to`: as KL's)",
 )
 DEFAULT_REG = {"LLMU": LLMU_REG}

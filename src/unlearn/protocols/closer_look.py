@@ -4,10 +4,9 @@ Its scenarios are the data layouts of :mod:`unlearn.data`: the fictitious author
 one task of a split, continual over its tasks) and the real-world famous people (a folder with
 ``forget.json`` + ``neighbor.json``), or your own JSON-lines files. It evaluates the six metrics
 (:mod:`unlearn.evaluation.six_metrics`) on the sets read here from ``*_perturbed.json`` files:
-TOFU's Retain, Real Authors, Real World, Forget (the task) [and Forget Paraphrased], each cut to
-its first 300 rows as officially; the real-world layout's Retain (the neighbours) and Forget. The
-judges (sentence embedder, NLI model) are loaded once and passed in; Forget Quality compares the
-forget truth ratios with a retain model's (``--retain-model``: a saved evaluation or the model).
+TOFU's Retain, Real Authors, Real World, Forget [and Forget Paraphrased], each cut to its first 300
+rows as officially; the real-world layout's Retain (the neighbours) and Forget. Forget Quality compares
+the forget truth ratios with a retain model's (``--retain-model``: a saved evaluation or the model).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from unlearn.evaluation.intervals import read_intervals
 from unlearn.evaluation.judges import Judges, load_judges  # noqa: F401 (Judges: part of its API)
 from unlearn.evaluation.mia import mia_aucs
 from unlearn.evaluation.scoring import token_stats
-from unlearn.evaluation.sets import EvalSet, forget_set, read_set
+from unlearn.evaluation.sets import EvalSet, forget_set, match_questions, read_set
 from unlearn.evaluation.six_metrics import evaluate, print_table, set_nlls, write_evaluation
 from unlearn.evaluation.verdicts import print_before_after, refusal_share, verdict
 from unlearn.io import atomic_write_json, json_safe
@@ -98,10 +97,7 @@ def file_sets(forget: str | Path, retain: str | Path | None = None) -> list[Eval
     Cosine and Entailment for any rows; Truth Ratio (and Forget Quality) when every row of a file
     also carries ``paraphrased_answer`` and ``perturbed_answer``."""
     if forget is not None and is_text_rows(read_rows(forget)):
-        log.info(
-            "raw-text forget set: no question/answer metrics; evaluate with --benchmark muse (a MUSE corpus), "
-            "--benchmark wmdp or --downstream TASKS"
-        )
+        log.info("raw-text forget set: no question/answer metrics (try --benchmark muse, wmdp or --downstream)")
         return []
     sets = []
     for name, kind, path in (("Retain", "retain", retain), ("Forget", "forget", forget)):
@@ -136,9 +132,8 @@ def load_eval_sets(data_dir: str | Path, split: str = "forget01", task_id: int |
     if (d / "retain_perturbed.json").exists() or any((d / f"{s}_perturbed.json").exists() for s in SPLITS):
         return tofu_sets(d, split, 1 if task_id is None else task_id)  # TOFU's standard task, as in training
     raise DataError(
-        f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, "
-        "real_authors_perturbed.json, world_facts_perturbed.json; real world: "
-        "forget_perturbed.json, neighbor_perturbed.json)"
+        f"{d}: no evaluation files (TOFU: forgetXX_perturbed.json, retain_perturbed.json, real_authors_perturbed"
+        ".json, world_facts_perturbed.json; real world: forget_perturbed.json, neighbor_perturbed.json)"
     )
 
 
@@ -163,23 +158,19 @@ def eval_sets_for(cfg) -> list[EvalSet] | None:
 
 
 def check_eval_matches(sets: list[EvalSet] | None, data) -> None:
-    """The Forget set evaluated must be the forget set trained on: the same questions, in order
-    (TOFU: its first 300, the official ds_size). A perturbed file with some of the task's rows, or
-    another task's, is refused before anything loads; with your own --forget files it is said."""
+    """The Forget set evaluated must be the one trained on: the same questions (TOFU: its first 300),
+    matched by question; other rows are refused before anything loads (your own files: a warning)."""
     forget = next((s for s in sets or [] if s.name == "Forget"), None)
-    if forget is None:
+    if forget is None or data is None:
         return
     trained = [r["question"] for r in data.forget]
     expected = trained[:TOFU_EVAL_ROWS] if data.layout in ("tofu", "hub") else trained
-    got = forget.questions
-    if got == expected:
+    diff = match_questions(forget, expected)
+    if diff is None:
         return
-    diff = next(
-        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
-    )
-    where = forget.rows[diff]["_source"] if diff < len(forget.rows) else forget.rows[-1]["_source"]
+    where = forget.rows[min(diff, len(forget.rows) - 1)]["_source"]
     message = (
-        f"{where}: the Forget set evaluated ({len(got)} rows) is not the forget set trained on "
+        f"{where}: the Forget set evaluated ({len(forget.rows)} rows) is not the forget set trained on "
         f"({len(expected)} rows from {data.source}); first difference at row {diff + 1}"
     )
     if data.layout == "files":
@@ -201,11 +192,9 @@ def retain_ratios_from(
     prompt_format: str | None = None,
     batch_size: int | None = None,
 ) -> list[float]:
-    """A retain model's raw truth ratios on ``forget``, for Forget Quality.
-
-    ``source``: a folder with a saved evaluation (``eval_Forget.jsonl``, same questions in the same
-    order) or a retain model (folder or hub id), which is run on the forget NLLs only.
-    """
+    """A retain model's raw truth ratios on ``forget``, for Forget Quality. ``source``: a folder with a
+    saved evaluation (``eval_Forget.jsonl``, same questions in the same order) or a retain model
+    (folder or hub id), which is run on the forget NLLs only."""
     path = Path(source)
     saved = path / eval_file("Forget")
     if saved.is_file():
@@ -285,8 +274,7 @@ class CloserLook(Protocol):
 
     def command_sets(self, cfg) -> list[EvalSet]:
         """The sets ``unlearn eval`` evaluates: the folder's (``--eval-data``, else ``--data``), else your files."""
-        data = cfg.eval_data or cfg.data
-        return load_eval_sets(data, cfg.split, cfg.task_id) if data else file_sets(cfg.forget, cfg.retain)
+        return self._matched(cfg, cfg.eval_data or cfg.data)
 
     def plan(self, cfg, plan, judges=None, sets=None) -> None:
         plan.sets = sets if sets is not None else eval_sets_for(cfg)
@@ -379,7 +367,19 @@ class CloserLook(Protocol):
         return [q + " " + a for s in plan.sets or [] for q, a in zip(s.questions, s.answers, strict=False)]
 
     def audit_sets(self, cfg):
-        return eval_sets_for(replace(cfg, eval=True)), None
+        folder = cfg.data and Path(cfg.data).is_dir() and not cfg.eval_data
+        return (self._matched(cfg, cfg.data) if folder else eval_sets_for(replace(cfg, eval=True))), None
+
+    def _matched(self, cfg, data):  # a folder's sets, its Forget set checked as ``run`` checks it
+        if not data:
+            return file_sets(cfg.forget, cfg.retain)
+        sets = load_eval_sets(data, cfg.split, cfg.task_id)
+        try:  # (a folder of perturbed files only has no task rows to check against)
+            trained = self.training_data(replace(cfg, data=data, forget=None, retain=None))
+        except DataError:
+            trained = None
+        check_eval_matches(sets, trained)
+        return sets
 
     def reference(self, plan):
         return plan.retain_ratios

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unlearn import outputs
 from unlearn.io import atomic_write_text, write_csv_rows
 from unlearn.report.plots import plot_continual, plot_tradeoff, plot_trajectories, scenario_of
 from unlearn.report.render import md_escape, render_html, render_markdown
@@ -36,6 +37,17 @@ __all__ = [
 ]
 
 
+REPORT_FILES = [
+    "report.md",
+    "report.html",
+    "table.csv",
+    "tradeoff.png",
+    "tradeoff_real_world.png",
+    "continual.png",
+    "trajectory.png",
+]
+
+
 def write_report(
     results: list[str | Path],
     out: str | Path,
@@ -45,9 +57,10 @@ def write_report(
 ) -> Path:
     """``unlearn report``: read the runs, write report.md/html, table.csv and the plots into ``out``."""
     out = Path(out)
+    # a report is remade from the runs: an earlier report of ours is replaced, a user's file refused
+    outputs.claim(out, REPORT_FILES, keep=REPORT_FILES, what="a report")
     base = load_run(Path(baseline).resolve(), f"{Path(baseline).resolve().name} (baseline)") if baseline else None
     runs = collect_runs(results, exclude=[base.path] if base else [])
-    out.mkdir(parents=True, exist_ok=True)
     images = {}
     # One scatter per scenario: TOFU and real-world metrics are not comparable.
     for bench, name in (("tofu", "tradeoff.png"), ("real_world", "tradeoff_real_world.png")):

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from unlearn import outputs
 from unlearn.errors import DataError
 from unlearn.evaluation.compare import Difference, compare
 from unlearn.evaluation.six_metrics import ITEM_KEYS, composites
@@ -46,7 +47,8 @@ def compare_runs(a_dir: str | Path, b_dir: str | Path, out: str | Path) -> list[
     if not diffs:
         raise DataError(f"{a_dir} and {b_dir}: no question answered by both runs")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    names = ["compare.json", "compare.md"]
+    outputs.claim(out, names, keep=names, what="a comparison")  # remade from the runs; a user's file refused
     atomic_write_json(
         out / "compare.json", {"a": str(a_dir), "b": str(b_dir), "differences": {d.key: d.as_dict() for d in diffs}}
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from unlearn import distributed, pipeline
+from unlearn import distributed, outputs, pipeline
 from unlearn.audit.after_run import audit_saved
 from unlearn.io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
 from unlearn.protocols import protocol_of
@@ -119,7 +119,9 @@ def run_sweep(
 def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: bool, debug: bool) -> int:
     n = len(runs)
     plans = _plans(runs, states)
-    if main:
+    if main:  # a re-run continues the sweep: its entries are kept, a user's file of those names refused
+        names = ["sweep.yaml", "sweep.csv", *(r.out.path.name for r in runs)]
+        outputs.claim(root, names, keep=names, what="a sweep")
         atomic_write_text(root / "sweep.yaml", Path(path).read_text(encoding="utf-8"))
     rows, failed = [], set()
     earlier = {r.get("run"): r for r in read_csv_rows(root / "sweep.csv")}  # a skipped run keeps its time

@@ -30,13 +30,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from unlearn.audit.after_run import check_audit
 from unlearn.config import Config, fields_of
 from unlearn.config_args import config_from_args, config_keys, parse_seeds, read_yaml_mapping
 from unlearn.data import read_refusals
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.evaluation.downstream import downstream_tasks_for
-from unlearn.loading import validate_model_settings
-from unlearn.methods import resolve
+from unlearn.loading import check_run_inputs
+from unlearn.methods import parse_method, resolve
 from unlearn.pipeline import load_data
 from unlearn.protocols import protocol_of, with_defaults
 from unlearn.rundir import RunDir
@@ -155,8 +156,9 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
     evaluation sets and downstream tasks. Returns (evaluation sets, downstream tasks), None where
     there are none. An error names the run."""
     try:
-        resolve(cfg)
-        validate_model_settings(cfg)
+        objective, resolved = resolve(cfg)
+        check_run_inputs(resolved, objective)
+        check_audit(cfg, RunDir(cfg.out))  # the audit: section's attacks, holdout, bit widths
         local = cfg.forget or (cfg.data and Path(cfg.data).exists())
         key = ("data", cfg.data, cfg.forget, cfg.retain, cfg.split, cfg.task_id)
         if local and key not in cache:
@@ -210,6 +212,12 @@ def plan_sweep(path: str | Path, out: str | None = None, seeds: str | None = Non
             cfg = config_from_args(argparse.Namespace(), **base, **given)
         except ConfigError as e:
             raise ConfigError(f"{path}: {str(e).removeprefix('config: ')}") from None
+        if "method" in grid:  # one spelling per method: ME+GD and me+gd are one run
+            try:
+                forget, reg = parse_method(cfg.method)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+            cfg = dataclasses.replace(cfg, method=forget.name + (f"+{reg.name}" if "+" in cfg.method and reg else ""))
         values = {k: getattr(cfg, k) for k in grid}
         name = run_name(values)
         if not (root_path / name).exists() and (root_path / run_name(values, legacy=True)).is_dir():
