@@ -88,6 +88,15 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_forget(args) -> int:
+    from_file = _module("config_args").load_yaml(args.config) if getattr(args, "config", None) else {}
+    cfg = config_from_args(args)
+    given = {k: getattr(cfg, k) for k in {*from_file, *vars(args)} if k in _module("config").FIELD_NAMES}
+    return _module("forget").forget(
+        cfg, given, style=args.style, keep_within=args.keep_within, max_steps=args.max_steps
+    )
+
+
 def cmd_methods(args) -> int:
     methods = _module("methods")
     if args.markdown:  # the README's table (tests/test_methods.py keeps them equal)
@@ -155,6 +164,16 @@ def _finetune_parser(p):
 def _run_parser(p):
     add_config_args(p, UNLEARNING + ("eval", "downstream", "audit", "out", "resume"))
     p.add_argument("--seeds", help="run once per seed (e.g. 1001,1002,1003), each into OUT/seed-<seed>")
+
+
+def _forget_parser(p):
+    p.add_argument("--style", default="forget", help="forget (default: ME+GD, answers become uninformative) or "
+                   "refuse (IDK+AP: the model says it does not know)")  # fmt: skip
+    p.add_argument("--max-steps", type=_positive, default=None, help="cap on optimiser steps (default: chosen)")
+    p.add_argument("--keep-within", type=float, default=0.1, help="retain ROUGE and probability may fall at most "
+                   "this share below their values before (default: 0.1)")  # fmt: skip
+    extra = ("holdout", "attacks", "nli", "embedder", "eval_batch_size", "gen_batch_size", "eval_every")
+    add_config_args(p, UNLEARNING + ("out", "resume"), exclude=("data", "split", "task_id", "benchmark"), extra=extra)
 
 
 def _eval_parser(p):
@@ -287,6 +306,7 @@ def _sweep_parser(p):
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "finetune": (cmd_finetune, _finetune_parser, "fine-tune a model on question/answer files (target or retain model)"),
+    "forget": (cmd_forget, _forget_parser, "make a model forget your records: until they look unseen; audit, report"),
     "run": (cmd_run, _run_parser, "unlearn a forget set from a model"),
     "eval": (cmd_eval, _eval_parser, "evaluate a model: the paper's six metrics, Model Utility, Forget Efficacy"),
     "audit": (
@@ -364,10 +384,7 @@ def _after_interrupt(args) -> str:
         return "rerun the same command with --resume to go on: finished attacks are kept"
     if out and _module("rundir").checkpoint_exists(out):
         return "rerun the same command with --resume to go on from its last checkpoint"
-    return (
-        "no checkpoint was written (a run writes one with --save-every N); rerun the same command with "
-        "--overwrite to start again"
-    )
+    return "no checkpoint was written (runs write one with --save-every N); rerun it with --overwrite to start again"
 
 
 def _close_process_group() -> None:

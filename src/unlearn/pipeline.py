@@ -357,6 +357,7 @@ def _training_eval(cfg: Config, plan, tokenizer, fmt, out: RunDir, accelerator):
         keep_best=cfg.keep == "best",
         mu_floor=cfg.mu_floor,
         checkpointing=bool(cfg.save_every),
+        goal=plan.goal,
     )
 
 

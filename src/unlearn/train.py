@@ -63,9 +63,10 @@ def train(run: Session, objective: Objective) -> TrainResult:
     model.train()
     bar = tqdm(total=total, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
     run.evaluate_if_due()  # --eval-every: the model before the first step
+    stop = run.goal_met()  # (unlearn forget: the records may look unseen already)
     try:
         micro_parts: list[dict] = []
-        while st.step < total:
+        while st.step < total and not stop:
             run.sampler.epoch = st.epoch
             batches = acc.skip_first_batches(run.loader, st.batches_done) if st.batches_done else run.loader
             for batch in batches:
@@ -100,10 +101,11 @@ def train(run: Session, objective: Objective) -> TrainResult:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "loss")})
                     run.evaluate_if_due()
-                    if run.save_every and st.step % run.save_every == 0 and st.step < total:
+                    stop = run.goal_met()
+                    if run.save_every and st.step % run.save_every == 0 and st.step < total and not stop:
                         run.save_checkpoint(objective.name)
                         last_saved = st.step
-                    if st.step >= total:
+                    if st.step >= total or stop:
                         break
             if st.batches_done >= len(run.loader):
                 st.next_epoch()

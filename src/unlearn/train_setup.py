@@ -123,6 +123,10 @@ class Session:
     chunk: int | None = None  # rows per chunk of the logits (unlearn.chunked), or None: whole logits
     evaluator: object | None = None  # --eval-every (unlearn.evaluation.during.TrainingEval)
 
+    def goal_met(self) -> bool:
+        """The evaluation while training met the run's goal: training stops here."""
+        return getattr(self.evaluator, "met", None) is not None
+
     def evaluate_if_due(self) -> None:
         """``--eval-every``: evaluate the model at this step (before the first, and every N steps)."""
         ev, st = self.evaluator, self.state

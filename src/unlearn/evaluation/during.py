@@ -100,6 +100,8 @@ class TrainingEval:
     best: dict | None = None
     last: tuple[int, dict] | None = None  # (step, per-item records by set) of the latest evaluation
     start: dict | None = None  # per-item records of the weights before training (the run's before-evaluation)
+    goal: object | None = None  # goal(row, items) -> bool: training stops at the first evaluation it accepts
+    met: dict | None = None  # the row that met the goal
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -107,6 +109,7 @@ class TrainingEval:
     def resume(self, step: int) -> None:
         """A run resumed from its checkpoint at ``step``: the rows after it are dropped."""
         self.rows = [r for r in read_jsonl_log(self.out_dir / EVAL_LOG) if r["step"] <= step]
+        self.met = next((r for r in self.rows if r.get("goal met")), None) if self.goal else None
         if distributed.is_main_process():
             atomic_write_jsonl(self.out_dir / EVAL_LOG, self.rows)
         self.best = best_row(self.rows, self.mu_floor) if self.keep_best else None
@@ -140,6 +143,9 @@ class TrainingEval:
                 if key not in self.warned:
                     self.warned.add(key)
                     log.warning("step %d: the model may be collapsing: %s", step, what)
+        if self.goal is not None and self.met is None:
+            row["goal met"] = bool(self.goal(row, ev.items))
+            self.met = row if row["goal met"] else None
         self.rows.append(row)
         if distributed.is_main_process():
             append_jsonl(self.out_dir / EVAL_LOG, row)
@@ -173,7 +179,13 @@ class TrainingEval:
                 shutil.rmtree(p, ignore_errors=True)
 
     def finish(self, model) -> dict | None:
-        """``--keep best``: the best weights put back into ``model``; returns the kept row."""
+        """``--keep best``: the best weights put back into ``model``; returns the kept row. A run stopped
+        by its goal keeps the weights that met it (the model's own)."""
+        if self.met is not None:
+            kept = {"step": self.met["step"], "goal met": True}
+            if distributed.is_main_process():
+                atomic_write_json(self.out_dir / KEPT, kept)
+            return kept
         if not self.keep_best:
             return None
         best = best_row(self.rows, self.mu_floor)

@@ -39,6 +39,7 @@ class EvalPlan:
     before: str | None = None  # an evaluation of the model before unlearning the verdict may take as it is
     own: object | None = None  # a protocol's own sets (protocols.tofu.TofuSets, protocols.muse.MuseSets)
     reference: object | None = None  # what the protocol took from the retain model
+    goal: object | None = None  # --eval-every: stop at the first evaluation goal(row, items) accepts (unlearn forget)
     protocol: Protocol = field(default_factory=lambda: get_protocol(DEFAULT))
 
     @property
