@@ -415,3 +415,14 @@ def test_a_sweep_checks_its_audit_section_and_method_spellings_when_planned(qa, 
     assert sweep({"method": ["ME+GD", "me+gd"]}) == 2
     assert "same folder name" in one_line(capsys)
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_max_length_that_leaves_no_answer_is_refused_before_the_weights_load(qa, model_dir, tmp_path, capsys,
+                                                                              monkeypatch):  # fmt: skip
+    import unlearn.models
+
+    monkeypatch.setattr(unlearn.models, "_from_pretrained", lambda *a, **k: pytest.fail("the weights were read"))
+    args = ["run", "--model", str(model_dir), "--forget", str(qa["forget"]), "--retain", str(qa["retain"]),
+            "--method", "GA+GD", "--max-length", "4", "--no-eval", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 2
+    assert "--max-length 4 leaves no answer token" in one_line(capsys)
