@@ -16,6 +16,6 @@ audit() {  # name, model folder
   [ -f "$out/audit.json" ] || $U audit --model "$2" --target-model demo_out/target --retain-model demo_out/retain_model \
     --data demo_out/data --split forget05 --task-id 1 --max-length 128 --relearn-lr 1e-3 --out "$out" --resume
 }
-audit me_gd demo_out/unlearned
+audit me_gd demo_out/me_gd
 audit idk_ap demo_out/idk_ap
 audit ga_gd "$R/ga_gd"

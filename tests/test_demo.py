@@ -9,13 +9,13 @@ def test_demo_reduced(tmp_path, capsys):
     summaries = run_demo(tmp_path / "demo", scale=0.2)
     out = capsys.readouterr().out
     assert "Before and after unlearning" in out and "Forget ROUGE" in out
-    for name in ("target", "retain_model", "unlearned", "idk_ap"):
+    for name in ("target", "retain_model", "me_gd", "idk_ap"):
         summary = json.loads((tmp_path / "demo" / name / "summary.json").read_text())
         assert summary["Forget ROUGE"] == summaries[name]["Forget ROUGE"]
         assert summary["Retain Entailment Score"] is None  # offline: no NLI
         assert "Entailment Score" in summary["unavailable"]
     assert summaries["retain_model"]["Forget Quality"] > summaries["target"]["Forget Quality"]
-    assert summaries["unlearned"]["Forget ROUGE"] < summaries["target"]["Forget ROUGE"]
+    assert summaries["me_gd"]["Forget ROUGE"] < summaries["target"]["Forget ROUGE"]
     report = tmp_path / "demo" / "report"
     assert (report / "report.md").exists() and (report / "tradeoff.png").exists()
     assert isinstance(check_demo(summaries), list)

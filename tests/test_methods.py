@@ -180,16 +180,16 @@ def test_the_log_records_the_learning_rate_each_step_used(tmp_path, tiny):
     assert [row["lr"] for row in history] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
 
 
-def test_the_readme_methods_table_is_the_registry():
-    """The README's table is generated from the registry: a method added or changed shows there."""
+def test_the_methods_table_is_the_registry():
+    """docs/methods.md's table is generated from the registry: a method added or changed shows there."""
     from pathlib import Path
 
     from unlearn.methods import methods_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text(encoding="utf-8")
     start = readme.index("<!-- methods-table")
     body = readme[readme.index("\n", start) + 1 : readme.index("<!-- /methods-table -->")].strip()
-    assert body == methods_table(), "regenerate the README's table: unlearn methods --markdown"
+    assert body == methods_table(), "regenerate docs/methods.md's table: unlearn methods --markdown"
 
 
 def test_unlearn_methods_lists_every_term(capsys):

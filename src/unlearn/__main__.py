@@ -10,10 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from rich.console import Console
-from rich.table import Table
-
-from unlearn.config_args import add_config_args, config_from_args, parse_seeds
+from unlearn.config_args import add_config_args, config_from_args, parse_seeds, positive_int
 from unlearn.errors import UnlearnError
 
 
@@ -97,22 +94,23 @@ def cmd_forget(args) -> int:
     )
 
 
+def cmd_flags(args) -> int:
+    print(_module("config_args").cli_reference(), end="")
+    return 0
+
+
 def cmd_methods(args) -> int:
     methods = _module("methods")
-    if args.markdown:  # the README's table (tests/test_methods.py keeps them equal)
+    if args.markdown:  # docs/methods.md's table (tests/test_methods.py keeps them equal)
         print(methods.methods_table())
         return 0
-    table = Table(title="Forget terms and regularisers: --method FORGET[+REG], --method-arg [TERM.]NAME=VALUE")
-    for column in ("term", "kind", "what it does", "needs", "arguments (defaults)", "default weight", "source"):
-        table.add_column(column, overflow="fold")
-    for r in methods.describe():
-        table.add_row(r["name"], r["kind"], r["description"], r["needs"], r["arguments"], r["weight"], r["source"])
-    Console(width=160).print(table)
-    print(
-        "The weight is the term's coefficient in forget_coeff * forget + reg_coeff * reg (per scenario where "
-        "it differs). LLMU's regulariser is part of it."
-    )
+    methods.print_methods(wide=args.wide)
     return 0
+
+
+def _methods_parser(p):
+    p.add_argument("--markdown", action="store_true", help="print docs/methods.md's methods table (Markdown)")
+    p.add_argument("--wide", action="store_true", help="every column, whatever the terminal's width")
 
 
 def cmd_plan(args) -> int:
@@ -169,7 +167,7 @@ def _run_parser(p):
 def _forget_parser(p):
     p.add_argument("--style", default="forget", help="forget (default: ME+GD, answers become uninformative) or "
                    "refuse (IDK+AP: the model says it does not know)")  # fmt: skip
-    p.add_argument("--max-steps", type=_positive, default=None, help="cap on optimiser steps (default: chosen)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="cap on optimiser steps (default: chosen)")
     p.add_argument("--keep-within", type=float, default=0.1, help="retain ROUGE and probability may fall at most "
                    "this share below their values before (default: 0.1)")  # fmt: skip
     extra = ("holdout", "attacks", "nli", "embedder", "eval_batch_size", "gen_batch_size", "eval_every")
@@ -248,17 +246,6 @@ def _report_parser(p):
     )
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (argparse reports anything else in one line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _plan_parser(p):
     p.add_argument(
         "--model",
@@ -267,12 +254,16 @@ def _plan_parser(p):
         "config is read), e.g. configs/architectures/llama-3-8b",
     )
     p.add_argument("--method", default="ME+GD", help="unlearning method (default: ME+GD)")
-    p.add_argument("--batch-size", type=_positive, default=4, help="sequences per device per micro-step (default: 4)")
-    p.add_argument("--max-length", type=_positive, default=500, help="tokens per sequence (default: 500, the paper's)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=4, help="sequences per device per micro-step (default: 4)"
+    )
+    p.add_argument(
+        "--max-length", type=positive_int, default=500, help="tokens per sequence (default: 500, the paper's)"
+    )
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of every weight")
-    p.add_argument("--lora-r", type=_positive, default=8, help="LoRA rank (default: 8)")
+    p.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default: 8)")
     p.add_argument("--zero", type=int, choices=range(4), default=0, help="DeepSpeed ZeRO stage 0-3 (default: 0)")
-    p.add_argument("--processes", type=_positive, default=1, help="processes (GPUs) sharding the run (default: 1)")
+    p.add_argument("--processes", type=positive_int, default=1, help="processes (GPUs) sharding the run (default: 1)")
     p.add_argument("--optim", default="adamw", help="adamw or adamw_8bit (default: adamw)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument(
@@ -319,11 +310,12 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "demo": (cmd_demo, _demo_parser, "the whole pipeline offline on built-in defaults"),
     "data synth": (cmd_data_synth, _synth_parser, "write the built-in fictitious data set (TOFU layout)"),
     "sweep": (cmd_sweep, _sweep_parser, "run a grid of unlearning runs (one folder each, resumable)"),
+    "flags": (cmd_flags, lambda p: None, "every setting as a flag and a YAML key, its default and range (docs/cli.md)"),
     "plan": (cmd_plan, _plan_parser, "estimate the peak training memory per device from the model's config alone"),
     "report": (cmd_report, _report_parser, "tables, plots and before/after examples from result folders"),
     "methods": (
         cmd_methods,
-        lambda p: p.add_argument("--markdown", action="store_true", help="print the README's methods table (Markdown)"),
+        _methods_parser,
         "list the unlearning methods: what each needs, its arguments and source",
     ),
 }
@@ -353,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():  # a log: transformers' and the hub's own bars off (ours write plain lines)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # Under accelerate launch / torchrun every process runs this; the others only report problems.
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")

@@ -5,6 +5,7 @@ given on the command line over the file's."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,67 @@ def parse_seeds(value, where: str = "--seeds") -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: a seed is listed twice in {value!r}")
     return seeds
+
+
+GROUP_TITLES = {
+    "model": "Model",
+    "lora": "LoRA",
+    "train": "Training",
+    "data": "Data",
+    "unlearn": "Unlearning",
+    "eval": "Evaluation",
+    "downstream": "Downstream tasks (lm-eval)",
+    "audit": "Audit",
+    "out": "Output",
+    "resume": "Checkpoints and resume",
+}
+
+
+def _range(f) -> str:
+    lo, above, hi = f.metadata["lo"], f.metadata["above"], f.metadata["hi"]
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if above else '≥'} {lo:g}")
+    if hi is not None:
+        parts.append(f"< {hi:g}")
+    return ", ".join(parts) or ("finite" if str(f.type).startswith(("int", "float")) else "")
+
+
+def cli_reference() -> str:
+    """``docs/cli.md``: every setting as a flag and a YAML key, with its default, range and help, by
+    group (generated from the schema; ``unlearn flags`` prints it, a test keeps the page equal to it)."""
+    lines = [
+        "# Every setting: flags and YAML keys",
+        "",
+        "Generated from the configuration schema (`src/unlearn/config.py`) by `unlearn flags > docs/cli.md`; a",
+        "test fails when this page is stale. Every flag is also a key of a `--config FILE` (flags override it);",
+        "`unlearn COMMAND --help` shows the flags a command takes.",
+    ]
+    for group in GROUPS:
+        lines += [
+            "",
+            f"## {GROUP_TITLES[group]}",
+            "",
+            "| flag | YAML key | default | range | what it does |",
+            "|---|---|---|---|---|",
+        ]
+        for f in fields(Config):
+            if f.metadata["group"] != group:
+                continue
+            flag = "--method-arg NAME=VALUE" if f.name == "method_args" else "--" + f.name.replace("_", "-")
+            value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            default = "–" if value in (None, {}) else "on" if value is True else "off" if value is False else value
+            text = " ".join(f.metadata["help"].split()).replace("|", "\\|")
+            lines.append(f"| `{flag}` | `{f.name}` | {default} | {_range(f)} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse reports anything else in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -64,15 +64,15 @@ SETTINGS = {
             keep="best",
             mu_floor=0.9,
         ),
-        methods={"unlearned": {"epochs": 15}, "idk_ap": {"epochs": 20, "lr": 1e-4}},
+        methods={"me_gd": {"epochs": 15}, "idk_ap": {"epochs": 20, "lr": 1e-4}},
         max_length=128,
     ),
 }
 # name -> (method, overrides of the unlearning settings). ME+GD at the paper's forget weight 0.1
 # needs 15 epochs to forget on the tiny model; IDK+AP converges faster: more epochs only make it
 # over-refuse on retain questions.
-METHODS = {"unlearned": ("ME+GD", {"epochs": 15}), "idk_ap": ("IDK+AP", {"epochs": 5})}
-STAGES = ("target", "retain_model", "unlearned", "idk_ap")
+METHODS = {"me_gd": ("ME+GD", {"epochs": 15}), "idk_ap": ("IDK+AP", {"epochs": 5})}
+STAGES = ("target", "retain_model", "me_gd", "idk_ap")
 SHOW = [
     "Forget ROUGE",
     "Forget Probability",
@@ -166,7 +166,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         summaries[name] = pipeline.run(cfg, plan=plan).summary
 
     write_report(
-        [out / "unlearned", out / "idk_ap", out / "retain_model"],
+        [out / "me_gd", out / "idk_ap", out / "retain_model"],
         out / "report",
         baseline=out / "target",
         title="unlearn demo",
@@ -179,7 +179,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
 
 def check_demo(summaries: dict) -> list[str]:
     """The demo's promises: it really forgets and really keeps. Returns the broken ones."""
-    t, u = summaries["target"], summaries["unlearned"]
+    t, u = summaries["target"], summaries["me_gd"]
     problems = []
     if not u["Forget ROUGE"] <= 0.5 * t["Forget ROUGE"]:
         problems.append(f"Forget ROUGE {u['Forget ROUGE']:.3f} is above half the target's {t['Forget ROUGE']:.3f}")
@@ -189,11 +189,11 @@ def check_demo(summaries: dict) -> list[str]:
 
 
 def print_before_after(summaries: dict) -> None:
-    names = [n for n in ("target", "retain_model", "unlearned", "idk_ap") if n in summaries]
+    names = [n for n in ("target", "retain_model", "me_gd", "idk_ap") if n in summaries]
     labels = {
         "target": "target (before)",
         "retain_model": "retain model",
-        "unlearned": "ME+GD (after)",
+        "me_gd": "ME+GD (after)",
         "idk_ap": "IDK+AP (after)",
     }
     table = Table(title="Before and after unlearning")
@@ -211,8 +211,11 @@ def print_before_after(summaries: dict) -> None:
     if problems:
         print("WARNING: the demo did not make its point: " + "; ".join(problems))
     else:
-        t, u = summaries["target"], summaries["unlearned"]
-        print(
-            f"ME+GD forgot: Forget ROUGE {t['Forget ROUGE']:.2f} -> {u['Forget ROUGE']:.2f}, "
-            f"and kept: Retain ROUGE {t['Retain ROUGE']:.2f} -> {u['Retain ROUGE']:.2f}."
-        )
+        t = summaries["target"]
+        for name, label in (("me_gd", "ME+GD"), ("idk_ap", "IDK+AP")):
+            if name in summaries:
+                u = summaries[name]
+                print(
+                    f"{label}: Forget ROUGE {t['Forget ROUGE']:.2f} -> {u['Forget ROUGE']:.2f}, "
+                    f"Retain ROUGE {t['Retain ROUGE']:.2f} -> {u['Retain ROUGE']:.2f}."
+                )

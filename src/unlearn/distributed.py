@@ -26,10 +26,10 @@ import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, GradientAccumulationPlugin
 from torch import nn
-from tqdm.auto import tqdm
 from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 from transformers.trainer_pt_utils import get_parameter_names
 
+from unlearn import progress as progress_bar
 from unlearn.errors import ConfigError, DependencyError
 
 OPTIMIZERS = ("adamw", "adamw_8bit")
@@ -61,7 +61,7 @@ def progress(iterable=None, **kw):
     long evaluation under ``nohup`` is not silent); ``leave=False`` unless told."""
     kw.setdefault("leave", False)
     kw["disable"] = kw.get("disable") or not is_main_process()
-    return tqdm(iterable, **kw)
+    return progress_bar.bar(iterable, **kw)
 
 
 def wait_for_everyone() -> None:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 from accelerate.utils import DistributedType
-from tqdm.auto import tqdm
 
 from unlearn import distributed, lora, losses, models
 from unlearn.data import read_refusals
@@ -100,8 +99,8 @@ def reference_nlls(
     show = accelerator is None or accelerator.is_main_process
     base = accelerator.unwrap_model(model) if accelerator is not None else model
     with lora.adapter_disabled(base):
-        for idx in tqdm(
-            distributed.index_batches(len(dataset), batch_size, rank, world), desc=desc, disable=not show, leave=False
+        for idx in distributed.progress(
+            distributed.index_batches(len(dataset), batch_size, rank, world), desc=desc, disable=not show
         ):
             batch = collate([dataset[i] for i in idx])
             for p in parts:

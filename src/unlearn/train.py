@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
-from unlearn import checkpoint, reference
+from unlearn import checkpoint, progress, reference
 from unlearn.config import Config
 from unlearn.errors import DivergenceError
 from unlearn.methods import BatchView, Objective
@@ -61,7 +60,7 @@ def train(run: Session, objective: Objective) -> TrainResult:
     acc, st, model, optimizer, scheduler = run.accelerator, run.state, run.model, run.optimizer, run.scheduler
     last_saved, total = run.resumed_from, run.schedule.total
     model.train()
-    bar = tqdm(total=total, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
+    bar = progress.bar(total=total, initial=st.step, desc=run.desc, disable=not acc.is_main_process)
     run.evaluate_if_due()  # --eval-every: the model before the first step
     stop = run.goal_met()  # (unlearn forget: the records may look unseen already)
     try:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from unlearn.errors import ConfigError
 from unlearn.methods.batch import BatchView, hidden_states  # noqa: F401 (the package's API)
@@ -254,7 +256,7 @@ def resolve(cfg, scenario: str | None = None):
 
 def describe() -> list[dict]:
     """Every forget term and regulariser: name, kind, description, needs, arguments, weight, source
-    (``unlearn methods`` and the README's methods table are made from it)."""
+    (``unlearn methods`` and docs/methods.md's table are made from it)."""
     rows = []
     for kind, terms in (("forget term", FORGET_TERMS), ("regulariser", REGULARIZERS)):
         for t in terms.values():
@@ -274,7 +276,7 @@ def describe() -> list[dict]:
 
 
 def methods_table() -> str:
-    """The README's methods table, in Markdown."""
+    """docs/methods.md's methods table, in Markdown."""
     lines = [
         "| term | kind | what it does | needs | arguments (defaults) | default weight | source |",
         "|---|---|---|---|---|---|---|",
@@ -288,3 +290,22 @@ def methods_table() -> str:
 
 
 FINETUNE = Objective(Term("NLL", lambda v: v.mean_nll("qa"), ("qa",), doc="fine-tuning", label="nll"), None)
+
+
+def print_methods(wide: bool = False) -> None:
+    """``unlearn methods``: the table of :func:`describe` at the terminal's width (four columns under
+    140 characters, e.g. in a pipe), every column with ``wide``."""
+    console = Console(width=180) if wide else Console()
+    columns = ["name", "kind", "description", "needs", "arguments", "weight", "source"]
+    if not wide and console.width < 140:
+        columns = ["name", "description", "arguments", "weight"]
+    table = Table(title="Forget terms and regularisers: --method FORGET[+REG], --method-arg [TERM.]NAME=VALUE")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for r in describe():
+        table.add_row(*(r[c] for c in columns))
+    console.print(table)
+    print(
+        "The weight is the term's coefficient in forget_coeff * forget + reg_coeff * reg (per scenario where "
+        "it differs). LLMU's regulariser is part of it."
+    )
