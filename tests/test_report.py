@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,15 +150,18 @@ def test_null_metric_is_na_with_reason(report):
 def test_before_after_examples(report):
     md, html = report["md"], report["html"]
     section = md.split("## Before / after", 1)[1]
-    assert "### Forget 1: Where was fictitious author 0 born?" in section
-    assert "### Retain 3: What genre does retained author 2 write?" in section
-    assert "Forget 4" not in section  # first 3 of each
-    assert "| target (baseline) | BASELINE answer 0 |" in section
-    assert "| ground truth | truth Forget 0 |" in section
-    assert "| ga\\_gd | GA answer 0 |" in section
+    # the questions where the first run's ROUGE is lowest, median and highest, captioned
+    assert "the questions where continual\\_me\\_gd's ROUGE is lowest, median and highest" in section
+    for i, which in enumerate(("lowest", "median", "highest"), 1):
+        assert re.search(rf"### Forget {i} \({which} ROUGE, \d\.\d\d\): ", section), which
+        assert re.search(rf"### Retain {i} \({which} ROUGE, \d\.\d\d\): ", section), which
+    assert "Forget 4" not in section
+    assert "| target (baseline) | BASELINE answer " in section
+    assert "| ground truth | truth Forget " in section
+    assert "| ga\\_gd | GA answer " in section
     # the continual run was evaluated on other questions (its last task's file has the same ones here)
-    assert "CONT3 answer 1" in section
-    assert "BASELINE answer 2" in html
+    assert "CONT3 answer " in section
+    assert "BASELINE answer " in html
 
 
 def test_text_is_escaped(report):

@@ -54,7 +54,8 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     ax = fig.add_subplot()
     methods = [r.method for r in points if r.method not in REFERENCE_METHODS]
     colors = colors_for(methods)
-    handles = []
+    handles, placed = [], []
+    span = _spans(points, baseline)
     for n, (r, label) in enumerate(zip(points, short_labels([r.name for r in points]), strict=False), 1):
         x, y = r.value("Forget Efficacy"), r.value("Model Utility")
         reference = r.method in REFERENCE_METHODS
@@ -66,15 +67,23 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
             xerr = [[x - ix.lo], [ix.hi - x]] if ix is not None else None
             yerr = [[y - iy.lo], [iy.hi - y]] if iy is not None else None
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=2)
-        ax.annotate(str(n), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="black")
-        kind = " (reference)" if reference else " (continual, last task)" if r.is_continual else ""
+        ax.annotate(str(n), (x, y), xytext=_free_offset(x, y, span, placed), textcoords="offset points", fontsize=7)
+        kind = (
+            " (fine-tuned model)"
+            if r.method == "finetune"
+            else f" (evaluation of {r.config.get('model', 'a model')})"
+            if reference
+            else " (continual, last task)"
+            if r.is_continual
+            else ""
+        )
         handles.append(Line2D([], [], marker=marker, linestyle="", color=color, label=f"{n}  {label}{kind}"))
     xs = [r.value("Forget Efficacy") for r in points]
     ys = [r.value("Model Utility") for r in points]
     if baseline and baseline.value("Model Utility") is not None:
         x, y = baseline.value("Forget Efficacy"), baseline.value("Model Utility")
-        if x is not None:
-            ax.scatter([x], [y], marker="*", s=160, color="black", zorder=4)
+        if x is not None:  # hollow and beneath the runs: a run at the same place stays visible
+            ax.scatter([x], [y], marker="*", s=160, facecolors="none", edgecolors="black", zorder=2)
             handles.append(
                 Line2D(
                     [], [], marker="*", markersize=10, linestyle="", color="black", label="target (before unlearning)"
@@ -96,6 +105,29 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_png(fig, path)
     return True
+
+
+OFFSETS = [(4, 3), (4, -10), (-12, 3), (-12, -10), (10, 10), (-18, 10), (10, -16), (-18, -16)]
+
+
+def _spans(points: list[Run], baseline: Run | None) -> tuple[float, float]:
+    xs = [r.value("Forget Efficacy") for r in points] + ([baseline.value("Forget Efficacy")] if baseline else [])
+    ys = [r.value("Model Utility") for r in points] + ([baseline.value("Model Utility")] if baseline else [])
+    xs, ys = [v for v in xs if v is not None], [v for v in ys if v is not None]
+    return max(max(xs) - min(xs), 0.06), max(max(ys) - min(ys), 0.06)
+
+
+def _free_offset(x: float, y: float, span: tuple[float, float], placed: list) -> tuple[int, int]:
+    """A label offset (points) whose label does not sit on an earlier one: the labels of points closer
+    than about a label's size are staggered around them, never piled into one blob."""
+    # one point of offset is about 1/300 of the axis at this figure size
+    for dx, dy in OFFSETS:
+        spot = (x / span[0] + dx / 300, y / span[1] + dy / 250)
+        if all(abs(spot[0] - a) > 0.035 or abs(spot[1] - b) > 0.045 for a, b in placed):
+            placed.append(spot)
+            return dx, dy
+    placed.append((x / span[0] + 4 / 300, y / span[1] + 3 / 250))
+    return OFFSETS[0]
 
 
 def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = None) -> bool:

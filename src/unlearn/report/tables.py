@@ -195,17 +195,43 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ANSWER_CHARS else text[: MAX_ANSWER_CHARS - 1] + "…"
 
 
+def _representative(source: Run, ranker: Run | None, set_name: str, n: int) -> list[tuple[str, str, dict]]:
+    """``(caption, question, record)``: the lowest, median and highest ROUGE of ``ranker`` on the set,
+    else the first ``n`` questions."""
+    items = list(source.records(set_name).items())
+    ranked = (
+        sorted(
+            (rec.get("rouge"), q, base)
+            for q, base in items
+            if (rec := ranker.records(set_name).get(q)) is not None and rec.get("rouge") is not None
+        )
+        if ranker is not None and n >= 3
+        else []
+    )
+    if len(ranked) < 3:
+        return [("", q, rec) for q, rec in items[:n]]
+    picks = (("lowest", ranked[0]), ("median", ranked[len(ranked) // 2]), ("highest", ranked[-1]))
+    return [(f" ({which} ROUGE, {v:.2f})", q, rec) for which, (v, q, rec) in picks]
+
+
 def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Block]:
-    """Before/after: the first ``n`` forget and retain questions, matched by question text."""
+    """Before/after on forget and retain questions, matched by question text: with a run to rank by, the
+    questions where its ROUGE is lowest, median and highest (what the mean averages, and its spread),
+    each captioned; else the first ``n``."""
     source = baseline or next((r for r in runs if r.records("Forget") or r.records("Retain")), None)
     blocks: list[Block] = []
     if source is None or n <= 0:
         return [Block("text", "No evaluation records (eval_<Set>.jsonl) were found.")]
     if baseline is None:
         blocks.append(Block("text", "No --baseline given: the answers of the model before unlearning are not shown."))
+    ranker = next((r for r in runs if r is not baseline), None)
+    if ranker is not None and n >= 3:
+        blocks.append(
+            Block("text", f"For each set, the questions where {ranker.name}'s ROUGE is lowest, median and highest: "
+                  "the table's mean averages answers this different.")
+        )  # fmt: skip
     for set_name in EXAMPLE_SETS:
-        questions = list(source.records(set_name).items())[:n]
-        for i, (question, rec) in enumerate(questions, 1):
+        for i, (caption, question, rec) in enumerate(_representative(source, ranker, set_name, n), 1):
             rows = [["ground truth", _clip(rec.get("ground_truth", rec.get("answer", DASH)))]]
             if baseline is not None:
                 rows.append([baseline.name, _clip(rec.get("generation", DASH))])
@@ -224,7 +250,7 @@ def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Bl
                         else _clip(other.get("generation", DASH)),
                     ]
                 )
-            blocks.append(Block("heading", f"{set_name} {i}: {_clip(question)}", level=3))
+            blocks.append(Block("heading", f"{set_name} {i}{caption}: {_clip(question)}", level=3))
             blocks.append(Block("table", table=Table(["model", "answer"], rows)))
     return blocks
 
