@@ -221,6 +221,8 @@ def test_audit_overwrite_replaces_its_own_audit(qa, model_dir, tmp_path):
     args = ["audit", "--model", str(model_dir), "--forget", str(qa["forget"]), "--attacks", "memorization",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
+    cost = json.loads((out / "audit.json").read_text())["seconds"]  # each attack's cost, per model
+    assert cost["memorization"]["unlearned"] >= 0
     assert main(args) == 2  # an audit is there
     assert main(args + ["--overwrite"]) == 0
     assert (out / "audit.json").is_file() and not list(out.glob(".previous-*"))

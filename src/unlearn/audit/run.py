@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from unlearn import distributed, models, outputs
@@ -87,7 +88,7 @@ def _done(out: Path, attack: str, role: str, settings: dict) -> dict | None:
     if saved.get("settings") != json.loads(json.dumps(settings)):
         log.info("%s: computed under other settings; running it again", path)
         return None
-    return saved["result"]
+    return saved["result"], saved.get("seconds")
 
 
 def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
@@ -101,6 +102,7 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
             _prepare(out, cfg)
         distributed.wait_for_everyone()
         results: dict[str, dict[str, dict]] = {a: {} for a in inputs.attacks}
+        cost: dict[str, dict[str, float | None]] = {a: {} for a in inputs.attacks}  # seconds per attack and model
         for role, path in inputs.models.items():
             pending = []
             for attack in (a for a in ORDER if a in inputs.attacks):
@@ -108,18 +110,21 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
                 if done is None:
                     pending.append(attack)
                 else:
-                    results[attack][role] = done
+                    results[attack][role], cost[attack][role] = done
             if pending:
                 subject = _load(cfg, role, path)
                 for attack in pending:
                     if main:
                         print(f"audit: {attack} on the {role} model ({path})")
+                    start = time.perf_counter()
                     summary, items = RUNNERS[attack](cfg, inputs, subject, out)
+                    cost[attack][role] = round(time.perf_counter() - start, 2)
                     if main:  # every process computed the same results (gathered): one writes
                         atomic_write_jsonl(out / "items" / f"{attack}.{role}.jsonl", json_safe(items))
+                        saved = {"settings": _settings(cfg, inputs, attack, role), "result": summary}
                         atomic_write_json(
                             out / "attacks" / f"{attack}.{role}.json",
-                            json_safe({"settings": _settings(cfg, inputs, attack, role), "result": summary}),
+                            json_safe({**saved, "seconds": cost[attack][role]}),
                         )
                     results[attack][role] = summary
                 del subject
@@ -128,7 +133,7 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
                 saved = _from_saved(inputs.saved_retain, attack)
                 if saved is not None:
                     results[attack]["retain"] = saved
-        audit = assemble(cfg, inputs, results)
+        audit = {**assemble(cfg, inputs, results), "seconds": cost}
         if main:
             atomic_write_json(out / AUDIT, json_safe(audit))
             audit_plot(audit, out / PLOT)
@@ -136,6 +141,10 @@ def run_audit(cfg, inputs: AuditInputs | None = None) -> dict:
         distributed.wait_for_everyone()
     if main:
         print_audit(audit)
+        print("audit: seconds per attack (" + ", ".join(f"{role}" for role in inputs.models) + "): " + "; ".join(
+            f"{a} " + " / ".join("–" if cost[a].get(r) is None else f"{cost[a][r]:.1f}" for r in inputs.models)
+            for a in ORDER if a in cost
+        ))  # fmt: skip
         print(f"audit: wrote {out / AUDIT} and {out / PLOT}")
     return audit
 
