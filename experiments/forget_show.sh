@@ -34,8 +34,9 @@ sets=(--forget $D/forget.jsonl --retain $D/retain.jsonl --holdout $D/holdout.jso
 record() {  # name, command..., run and append one CSV row
   local name=$1; shift
   [ -f "$R/$name/forget.json" ] && return
-  local start=$(date +%s)
-  "$@" > "$R/$name.log" 2>&1
+  local start=$(date +%s) resume=()
+  [ -d "$R/$name/checkpoint" ] && resume=(--resume)  # a run killed part-way goes on from its checkpoint
+  "$@" "${resume[@]}" >> "$R/$name.log" 2>&1
   local rc=$? seconds=$(( $(date +%s) - start ))
   .venv/bin/python - "$R/$name" "$name" "$rc" "$seconds" <<'PY'
 import csv, json, pathlib, sys

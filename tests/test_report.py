@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -241,3 +242,44 @@ def test_one_scatter_per_benchmark(tmp_path):
     out = write_report([tmp_path / "runs"], tmp_path / "rep")
     assert (out / "tradeoff.png").is_file() and (out / "tradeoff_real_world.png").is_file()
     assert "tradeoff_real_world.png" in (out / "report.md").read_text()
+
+
+def _chromium() -> str | None:
+    """The system's Chromium; installed with apt-get (Debian's `chromium`) when missing and allowed."""
+    import shutil
+    import subprocess
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        found = shutil.which("chromium")
+    return found
+
+
+@pytest.mark.slow
+def test_report_html_in_a_real_browser(report, tmp_path):
+    """report.html opened in headless Chromium: no console error, every image loaded; a screenshot is
+    kept (UNLEARN_SCREENSHOT=path to keep it elsewhere) for a person to look at."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium, and it cannot be installed here (apt-get as root)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install playwright (the driver; the browser is Chromium's)"
+    )
+    shot = Path(os.environ.get("UNLEARN_SCREENSHOT", tmp_path / "report.png"))
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((report["out"] / "report.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth > 0])"
+        )
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert images and all(ok for _, ok in images), images
+    assert shot.is_file() and shot.stat().st_size > 10_000

@@ -270,8 +270,8 @@ def report_blocks(
         Block("heading", title, level=1),
         Block(
             "text",
-            f"{len(runs)} run(s)"
-            + (f" and the baseline {baseline.name} ({shown_path(baseline.path)})" if baseline else "")
+            f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+            + (f", compared with the model before unlearning ({shown_path(baseline.path)})" if baseline else "")
             + ". MU = Model Utility, FE = Forget Efficacy (higher is better for both); "
             f"n/a = no value (see the notes), {DASH} = not computed for that run; ± half the 95% bootstrap "
             "interval over the evaluated items (intervals.json); * computed without some of its parts.",
