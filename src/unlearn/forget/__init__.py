@@ -26,6 +26,7 @@ from unlearn import distributed, memory, outputs, pipeline
 from unlearn.config import Config
 from unlearn.data import read_records
 from unlearn.errors import ConfigError, DataError, OutputError
+from unlearn.evaluation.intervals import read_intervals
 from unlearn.evaluation.sets import EvalSet
 from unlearn.forget import report
 from unlearn.forget.goal import Goal
@@ -112,12 +113,11 @@ def _conclude(cfg, plan, goal, result, out: RunDir, forget_rows, retain_rows, ho
     start = rows[0] if rows else {}
     before = {s: {m: start.get(f"{s} {m}") for m in report.METRICS} for s in report.SETS}
     after = {s: {m: summary.get(f"{s} {m}") for m in report.METRICS} for s in report.SETS}
-    intervals = _read_json(out / "intervals.json") or {}
+    intervals = read_intervals(out.path)
     for s in report.SETS:
         for m in report.METRICS:
-            iv = (intervals.get("intervals") or intervals).get(f"{s} {m}") if isinstance(intervals, dict) else None
-            if isinstance(iv, dict) and "lo" in iv:
-                after[s][f"{m} 95%"] = f"[{iv['lo']:.3f}, {iv['hi']:.3f}]"
+            if (iv := intervals.get(f"{s} {m}")) is not None:
+                after[s][f"{m} 95%"] = f"[{iv.lo:.3f}, {iv.hi:.3f}]"
     records = {"forget": report.record_hashes(forget_rows)}
     if retain_rows:
         records["retain"] = report.record_hashes(retain_rows)

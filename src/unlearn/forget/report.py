@@ -12,7 +12,7 @@ from unlearn.audit.scores import forget_scores
 from unlearn.forget.plan import NOT_MET
 from unlearn.io import atomic_write_json, atomic_write_text, json_safe
 from unlearn.report.render import render_html, render_markdown
-from unlearn.report.tables import Block, Table
+from unlearn.report.tables import Block, Table, clip
 
 SETS = ("Forget", "Retain", "Holdout")
 METRICS = ("ROUGE", "Probability")
@@ -147,7 +147,7 @@ def blocks(result: dict, examples: dict[str, list[dict]], audit_rows: list[list[
             out.append(Block("heading", f"{name} examples", level=3))
             out.append(
                 Block("table", table=Table(["question", "answer", "before", "after"], [
-                    [_clip(i["question"]), _clip(i["ground_truth"]), _clip(i.get("before", "")), _clip(i["generation"])]
+                    [clip(i["question"]), clip(i["ground_truth"]), clip(i.get("before", "")), clip(i["generation"])]
                     for i in items
                 ]))
             )  # fmt: skip
@@ -198,8 +198,3 @@ def model_card(result: dict) -> str:
 
 def _f(v) -> str:
     return "–" if v is None else f"{v:.3f}"
-
-
-def _clip(text: str, n: int = 120) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"

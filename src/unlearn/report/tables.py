@@ -190,7 +190,7 @@ def _curve_table(run: Run) -> Table:
     return Table(header, rows)
 
 
-def _clip(text: str) -> str:
+def clip(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MAX_ANSWER_CHARS else text[: MAX_ANSWER_CHARS - 1] + "…"
 
@@ -232,9 +232,9 @@ def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Bl
         )  # fmt: skip
     for set_name in EXAMPLE_SETS:
         for i, (caption, question, rec) in enumerate(_representative(source, ranker, set_name, n), 1):
-            rows = [["ground truth", _clip(rec.get("ground_truth", rec.get("answer", DASH)))]]
+            rows = [["ground truth", clip(rec.get("ground_truth", rec.get("answer", DASH)))]]
             if baseline is not None:
-                rows.append([baseline.name, _clip(rec.get("generation", DASH))])
+                rows.append([baseline.name, clip(rec.get("generation", DASH))])
             for r in runs:
                 other = r.records(set_name).get(question)
                 label = (
@@ -247,10 +247,10 @@ def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Bl
                         label,
                         DASH + " (not evaluated on this question)"
                         if other is None
-                        else _clip(other.get("generation", DASH)),
+                        else clip(other.get("generation", DASH)),
                     ]
                 )
-            blocks.append(Block("heading", f"{set_name} {i}{caption}: {_clip(question)}", level=3))
+            blocks.append(Block("heading", f"{set_name} {i}{caption}: {clip(question)}", level=3))
             blocks.append(Block("table", table=Table(["model", "answer"], rows)))
     return blocks
 
