@@ -150,7 +150,14 @@ def cmd_report(args) -> int:
 
 def cmd_sweep(args) -> int:
     return _module("sweep").run_sweep(
-        args.config, dry_run=args.dry_run, out=args.out, debug=getattr(args, "debug", False), seeds=args.seeds
+        args.config,
+        dry_run=args.dry_run,
+        out=args.out,
+        debug=getattr(args, "debug", False),
+        seeds=args.seeds,
+        launcher=_module("launchers").given_flags(args),
+        only=args.only,
+        job_result=args.job_result,
     )
 
 
@@ -293,6 +300,7 @@ def _sweep_parser(p):
     p.add_argument("--out", help="root folder for the runs (overrides 'out:' of the file)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     p.add_argument("--seeds", help="run every setting once per seed (e.g. 1001,1002,1003); replaces the file's seeds")
+    _module("launchers").add_flags(p)
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {

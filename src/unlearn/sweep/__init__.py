@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
+import os
+import shlex
 import time
 from pathlib import Path
 
@@ -23,15 +26,25 @@ import torch
 
 from unlearn import distributed, outputs, pipeline
 from unlearn.audit.after_run import audit_saved
-from unlearn.io import as_number, atomic_write_text, read_csv_rows, write_csv_rows
+from unlearn.engines import engine_for
+from unlearn.io import as_number, atomic_write_json, atomic_write_text, read_csv_rows, write_csv_rows
+from unlearn.launchers import Job, Launcher, drive, ignored_settings
 from unlearn.protocols import protocol_of
 from unlearn.protocols.closer_look import load_judges
 from unlearn.protocols.plan import plan_evaluation
 from unlearn.rundir import FINISHED, PARTIAL, RunDir
-from unlearn.sweep.plan import MAX_NAME, PlannedRun, plan_sweep, read_sweep, run_name  # noqa: F401 (the sweep's API)
+from unlearn.sweep.plan import (  # noqa: F401 (the sweep's API)
+    MAX_NAME,
+    PlannedRun,
+    launcher_of,
+    plan_sweep,
+    read_sweep,
+    run_name,
+)
 
 KEY_METRICS = ("Model Utility", "Model Utility Retain", "Forget Efficacy", "Forget Quality")
 STATE_TEXT = {FINISHED: "finished, skip", PARTIAL: "unfinished, redo", "absent": "run"}
+JOBS = ".jobs"  # each job's row of sweep.csv, written by the job, read by the sweep
 
 
 def _free_memory() -> None:
@@ -100,9 +113,21 @@ def _csv_row(run: PlannedRun, status: str, summary: dict | None, seconds: float 
 
 
 def run_sweep(
-    path: str | Path, dry_run: bool = False, out: str | None = None, debug: bool = False, seeds: str | None = None
+    path: str | Path,
+    dry_run: bool = False,
+    out: str | None = None,
+    debug: bool = False,
+    seeds: str | None = None,
+    launcher: dict | None = None,
+    only: str | None = None,
+    job_result: str | None = None,
 ) -> int:
-    """``unlearn sweep``: 0 when every run finished, 1 when some failed (the others still run)."""
+    """``unlearn sweep``: 0 when every run finished, 1 when some failed (the others still run).
+    ``launcher``: the command line's launcher settings (:func:`unlearn.launchers.read_launcher`);
+    ``only``: run that one run here (what each job of a launcher does), its row written to ``job_result``."""
+    if only is not None:
+        return _run_only(path, out, seeds, only, job_result, debug)
+    settings = launcher_of(path, launcher)
     root, runs = plan_sweep(path, out, seeds)
     states = [PARTIAL if r.cfg.overwrite and s == FINISHED else s for r in runs for s in [r.state()]]
     n = len(runs)
@@ -110,10 +135,63 @@ def run_sweep(
         print(f"{n} run(s) planned in {root}:")
         for i, (r, state) in enumerate(zip(runs, states, strict=False), 1):
             print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
+        if not settings.in_process:
+            todo = [r for r, s in zip(runs, states, strict=False) if _needs_job(r, s)]
+            print(f"launcher {settings.name}: {settings.parallel or 'no limit'} at once; each run one job:")
+            if todo:
+                print("  python " + shlex.join(_job(root, todo[0], settings, seeds).python_args()))
         return 0
+    for key in ignored_settings(settings):
+        print(f"note: launcher setting '{key}' is for another launcher; {settings.name} ignores it")
     main = _is_main_process()
     with RunDir(root).locked(main):
-        return _run_all(path, root, runs, states, main, debug)
+        if settings.in_process:
+            return _run_all(path, root, runs, states, main, debug)
+        return _launch_all(path, root, runs, states, settings, seeds)
+
+
+def _run_planned(run: PlannedRun, state: str, plan, prefix: str, earlier: dict, debug: bool) -> dict:
+    """One run as the sweep does it: audited if only that is missing, skipped when finished, resumed from
+    its checkpoint when it stopped half-way, else (re)done. Returns its row of sweep.csv."""
+    if state == FINISHED and run.cfg.audit and not run.out.audited:
+        print(f"{prefix}: finished; auditing it", flush=True)
+        audit_saved(run.cfg, run.out, resume=True)  # (an interrupted audit goes on where it stopped)
+    if state == FINISHED:
+        summary = run.out.read_summary()
+        print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
+        before = earlier.get(run.name, {})
+        status = "skipped (resumed)" if "resumed" in (before.get("status") or "") else "skipped"
+        return _csv_row(run, status, summary, as_number(before.get("seconds")))
+    resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
+    cfg = (
+        dataclasses.replace(run.cfg, resume=True, overwrite=False)
+        if resume
+        else dataclasses.replace(run.cfg, overwrite=True)
+        if state == PARTIAL
+        else run.cfg
+    )
+    print(f"{prefix}: {_doing(run, state)} -> {run.out.path}", flush=True)
+    start = time.perf_counter()
+    try:
+        summary = run_one(cfg, plan)
+    except Exception as e:  # one diverging run must not stop the sweep
+        if debug:
+            raise
+        _free_memory()
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prefix}: failed: {message}", flush=True)
+        return _csv_row(run, "failed", None, time.perf_counter() - start, message)
+    seconds = time.perf_counter() - start
+    print(f"{prefix}: done in {seconds:.0f}s{_metrics_text(summary)}", flush=True)
+    return _csv_row(run, "done (resumed)" if resume else "done", summary, seconds)
+
+
+def _doing(run: PlannedRun, state: str) -> str:
+    if state == FINISHED:
+        return "auditing it"
+    if state == PARTIAL and not run.cfg.overwrite and run.out.resumable():
+        return "resuming from its checkpoint"
+    return "redoing" if state == PARTIAL else "running"
 
 
 def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: bool, debug: bool) -> int:
@@ -123,58 +201,120 @@ def _run_all(path, root: Path, runs: list[PlannedRun], states: list[str], main: 
         names = ["sweep.yaml", "sweep.csv", *(r.out.path.name for r in runs)]
         outputs.claim(root, names, keep=names, what="a sweep")
         atomic_write_text(root / "sweep.yaml", Path(path).read_text(encoding="utf-8"))
-    rows, failed = [], set()
+    rows = []
     earlier = {r.get("run"): r for r in read_csv_rows(root / "sweep.csv")}  # a skipped run keeps its time
     for i, (run, state) in enumerate(zip(runs, states, strict=False), 1):
-        prefix = f"[{i}/{n}] {run.name}"
-        if state == FINISHED and run.cfg.audit and not run.out.audited:
-            print(f"{prefix}: finished; auditing it", flush=True)
-            audit_saved(run.cfg, run.out, resume=True)  # (an interrupted audit goes on where it stopped)
-            state = FINISHED
-        if state == FINISHED:
-            summary = run.out.read_summary()
-            print(f"{prefix}: finished, skipped{_metrics_text(summary)}", flush=True)
-            before = earlier.get(run.name, {})
-            rows.append(
-                _csv_row(
-                    run,
-                    "skipped (resumed)" if "resumed" in (before.get("status") or "") else "skipped",
-                    summary,
-                    as_number(before.get("seconds")),
-                )
-            )
-        else:
-            resume = state == PARTIAL and not run.cfg.overwrite and run.out.resumable()
-            cfg = (
-                dataclasses.replace(run.cfg, resume=True, overwrite=False)
-                if resume
-                else dataclasses.replace(run.cfg, overwrite=True)
-                if state == PARTIAL
-                else run.cfg
-            )
-            doing = "resuming from its checkpoint" if resume else "redoing" if state == PARTIAL else "running"
-            print(f"{prefix}: {doing} -> {run.out.path}", flush=True)
-            start = time.perf_counter()
-            try:
-                summary = run_one(cfg, plans[run.name])
-            except Exception as e:  # one diverging run must not stop the sweep
-                if debug:
-                    raise
-                _free_memory()
-                message = " ".join(str(e).split()) or type(e).__name__
-                failed.add(run.name)
-                print(f"{prefix}: failed: {message}", flush=True)
-                rows.append(_csv_row(run, "failed", None, time.perf_counter() - start, message))
-            else:
-                seconds = time.perf_counter() - start
-                print(f"{prefix}: done in {seconds:.0f}s{_metrics_text(summary)}", flush=True)
-                rows.append(_csv_row(run, "done (resumed)" if resume else "done", summary, seconds))
+        rows.append(_run_planned(run, state, plans.get(run.name), f"[{i}/{n}] {run.name}", earlier, debug))
         if main:
             write_csv_rows(root / "sweep.csv", rows)
-    print(f"sweep finished: {n - len(failed)}/{n} run(s) complete; summary in {root / 'sweep.csv'}")
-    for run in runs:
-        print(f"  {run.out.path}{'  (failed)' if run.name in failed else ''}")
-    if failed:
+    return _finish(root, rows, n)
+
+
+def _run_only(path, out, seeds, only: str, job_result: str | None, debug: bool) -> int:
+    """One run of the sweep in this process: the job a launcher started."""
+    root, (run,) = plan_sweep(path, out, seeds, only=only)
+    state = run.state()
+    state = PARTIAL if run.cfg.overwrite and state == FINISHED else state
+    plans = _plans([run], [state])
+    earlier = {r.get("run"): r for r in read_csv_rows(root / "sweep.csv")}
+    row = _run_planned(run, state, plans.get(run.name), run.name, earlier, debug)
+    if job_result and _is_main_process():
+        atomic_write_json(job_result, row)
+    return 1 if row["status"] == "failed" else 0
+
+
+def _needs_job(run: PlannedRun, state: str) -> bool:
+    return state != FINISHED or bool(run.cfg.audit and not run.out.audited)
+
+
+def _job(root: Path, run: PlannedRun, settings: Launcher, seeds: str | None) -> Job:
+    root = root.resolve()
+    args = ["sweep", "--config", str(root / "sweep.yaml"), "--out", str(root), "--only", run.name]
+    args += ["--job-result", str(root / JOBS / f"{run.name}.json")] + (["--seeds", seeds] if seeds else [])
+    config = settings.accelerate_config and str(Path(settings.accelerate_config).resolve())
+    log = str(root / "logs" / f"{run.name}.log")
+    return Job(run.name, args, os.getcwd(), log, settings.processes_per_run, config)
+
+
+def _launch_all(path, root: Path, runs: list[PlannedRun], states: list[str], settings: Launcher, seeds) -> int:
+    """Every pending run as its own process or job on the launcher; the rows gathered as they end."""
+    engine = engine_for(settings, root)
+    names = ["sweep.yaml", "sweep.csv", "logs", JOBS, *(["slurm"] if settings.name == "slurm" else [])]
+    names += [r.out.path.name for r in runs]
+    outputs.claim(root, names, keep=names, what="a sweep")
+    atomic_write_text(root / "sweep.yaml", Path(path).read_text(encoding="utf-8"))
+    (root / JOBS).mkdir(exist_ok=True)
+    earlier = {r.get("run"): r for r in read_csv_rows(root / "sweep.csv")}
+    n, rows, jobs, label, doing = len(runs), {}, [], {}, {}
+    order = {r.name: i for i, r in enumerate(runs)}
+
+    def write() -> None:
+        write_csv_rows(root / "sweep.csv", [rows[r.name] for r in runs if r.name in rows])
+
+    for i, (run, state) in enumerate(zip(runs, states, strict=False), 1):
+        label[run.name] = f"[{i}/{n}] {run.name}"
+        if not _needs_job(run, state):
+            rows[run.name] = _run_planned(run, state, None, label[run.name], earlier, debug=False)
+            continue
+        (root / JOBS / f"{run.name}.json").unlink(missing_ok=True)  # an earlier job's result
+        job = _job(root, run, settings, seeds)
+        jobs.append(job)
+        doing[run.name] = _doing(run, state)
+    write()
+    print(f"launcher {settings.name}: {engine.describe()}; {len(jobs)} run(s) to start", flush=True)
+
+    def started(job: Job) -> None:
+        verb = "started" if settings.name == "local" else "submitted"  # (Ray and SLURM start it when they can)
+        print(f"{label[job.name]}: {verb} ({doing[job.name]}); log {job.log}", flush=True)
+
+    def ended(job: Job, outcome) -> None:
+        run = runs[order[job.name]]
+        try:
+            row = json.loads((root / JOBS / f"{job.name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # killed before it wrote one
+            row = None
+        if not isinstance(row, dict) or "status" not in row:
+            row = _csv_row(run, "failed", None, None, _job_error(outcome, job.log))
+        prefix = label[job.name]
+        if row["status"] == "failed":
+            print(f"{prefix}: failed: {row['error']} (log {job.log})", flush=True)
+        else:
+            print(f"{prefix}: {row['status']} in {row['seconds'] or 0:.0f}s{_metrics_text(row)}", flush=True)
+        rows[job.name] = row
+        write()
+
+    limit = (settings.parallel or 1) if settings.name == "local" else settings.parallel
+    drive(engine, jobs, limit, started, ended)
+    return _finish(root, [rows[r.name] for r in runs], n)
+
+
+def _job_error(outcome, log: str) -> str:
+    """Why a job left no result: how it ended, and the last line it printed."""
+    if outcome.code is None:
+        why = outcome.error
+    elif outcome.code < 0:
+        why = f"killed by signal {-outcome.code}"
+    else:
+        why = f"ended with exit code {outcome.code} and no result"
+    try:
+        lines = [x.strip() for x in Path(log).read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    except OSError:
+        lines = []
+    last = lines[-1] if lines and not lines[-1].startswith("==== ") else ""
+    return f"{why}" + (f"; last line: {last[:300]}" if last else "")
+
+
+def _finish(root: Path, rows: list[dict], n: int) -> int:
+    """The end of a sweep: how many runs were done, failed, skipped; the failures' first error lines."""
+    count = {k: sum(1 for r in rows if (r.get("status") or "").startswith(k)) for k in ("done", "failed", "skipped")}
+    print(
+        f"sweep finished: {count['done']} done, {count['failed']} failed, {count['skipped']} skipped "
+        f"({n} run(s)); summary in {root / 'sweep.csv'}"
+    )
+    for r in rows:
+        if r.get("status") == "failed":
+            print(f"  failed: {r['folder']}: {r.get('error')}")
+    if count["failed"]:
         return 1
     print(f"next: unlearn report {root} --out {root / 'report'}")
     return 0

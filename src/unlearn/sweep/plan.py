@@ -36,13 +36,14 @@ from unlearn.config_args import config_from_args, config_keys, parse_seeds, read
 from unlearn.data import read_refusals
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.evaluation.downstream import downstream_tasks_for
+from unlearn.launchers import Launcher, read_launcher
 from unlearn.loading import check_run_inputs
 from unlearn.methods import parse_method, resolve
 from unlearn.pipeline import load_data
 from unlearn.protocols import protocol_of, with_defaults
 from unlearn.rundir import RunDir
 
-TOP_KEYS = ("base", "grid", "out", "audit", "seeds")
+TOP_KEYS = ("base", "grid", "out", "audit", "seeds", "launcher")
 MANAGED = ("out",)  # set by the sweep for each run
 MAX_NAME = 150
 
@@ -194,8 +195,17 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         raise type(e)(f"{name}: {e}") from None
 
 
-def plan_sweep(path: str | Path, out: str | None = None, seeds: str | None = None) -> tuple[Path, list[PlannedRun]]:
-    """The root folder and every run of the grid, in order, each validated."""
+def launcher_of(path: str | Path, given: dict | None = None) -> Launcher:
+    """Where the runs execute: the file's ``launcher:`` section with the command line's settings on top."""
+    raw = read_yaml_mapping(path, "sweep file", f"a mapping with keys {', '.join(TOP_KEYS)}")
+    return read_launcher(raw.get("launcher"), given or {}, str(path))
+
+
+def plan_sweep(
+    path: str | Path, out: str | None = None, seeds: str | None = None, only: str | None = None
+) -> tuple[Path, list[PlannedRun]]:
+    """The root folder and every run of the grid, in order, each validated (``only``: the grid planned,
+    that one run validated and returned)."""
     base, grid, root = read_sweep(path)
     if seeds is not None:  # --seeds: the file's seeds (or seed) replaced
         base.pop("seed", None)
@@ -230,5 +240,8 @@ def plan_sweep(path: str | Path, out: str | None = None, seeds: str | None = Non
             cfg = with_defaults(cfg)
         except UnlearnError as e:
             raise type(e)(f"{name}: {e}") from None
-        runs.append(PlannedRun(name, values, cfg, *_check(cfg, name, cache)))
+        if only is None or name == only:
+            runs.append(PlannedRun(name, values, cfg, *_check(cfg, name, cache)))
+    if only is not None and not runs:
+        raise ConfigError(f"{path}: no run named '{only}' in this sweep (unlearn sweep --dry-run lists them)")
     return root_path, runs
