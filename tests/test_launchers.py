@@ -102,7 +102,7 @@ def test_launcher_settings_file_and_flags(tmp_path):
             read_launcher(section, {}, where)
 
 
-def test_sweep_flags_reach_the_launcher_and_a_missing_run_is_one_line(files, tmp_path, capsys):
+def test_sweep_flags_reach_the_launcher_and_a_missing_run_is_one_line(files, tmp_path, capsys, monkeypatch):
     path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw", launcher={"name": "slurm", "partition": "gpu"})
     code = main(["sweep", "--config", str(path), "--dry-run", "--launcher", "local", "--parallel", "2"])
     out = capsys.readouterr().out
@@ -111,6 +111,9 @@ def test_sweep_flags_reach_the_launcher_and_a_missing_run_is_one_line(files, tmp
     assert not (tmp_path / "sw").exists(), "a dry run writes nothing"
     assert main(["sweep", "--config", str(path), "--only", "method-XX", "--out", str(tmp_path / "sw")]) == 2
     assert "no run named 'method-XX' in this sweep" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the sweep itself under accelerate launch: its jobs would start twice
+    assert main(["sweep", "--config", str(path), "--launcher", "local", "--parallel", "2"]) == 2
+    assert "run it without accelerate launch or torchrun" in capsys.readouterr().err
 
 
 def fake_slurm(bin_dir: Path) -> Path:
@@ -171,10 +174,8 @@ def test_slurm_job_of_a_multi_gpu_run(files, tmp_path, monkeypatch):
     call = handle.submission()  # the pickled function and arguments the job will run
     args, cwd, log, env = call.args
     assert call.function.__name__ == "run_job" and cwd == os.getcwd()
-    assert log == str((root / "logs" / f"{NAMES[0]}.log").resolve()) and env == {
-        "OMP_NUM_THREADS": "32",
-        "MKL_NUM_THREADS": "32",
-    }
+    assert log == str((root / "logs" / f"{NAMES[0]}.log").resolve())
+    assert env == {"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8"}  # 32 cores shared by the run's 4 processes
     root_abs = root.resolve()
     assert args[:6] == ["-m", "accelerate.commands.launch", "--num_processes", "4", "--config_file", str(zero3)]
     assert args[6] == "--main_process_port" and 29501 <= int(args[7]) < 31501
@@ -212,14 +213,54 @@ def test_slurm_without_sbatch_is_one_line(files, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "sw" / "logs").exists()
 
 
+def test_parallel_gives_each_run_its_own_gpus_threads_and_port(monkeypatch, tmp_path):
+    """Four GPUs, two runs at once of two processes each: GPUs 0,1 and 2,3, a port per slot, the cores
+    shared out; a freed slot goes to the next run; more GPUs than the machine shows is one line."""
+    import unlearn.engines as engines
+    from unlearn.launchers import Job
+
+    started = []
+
+    class Proc:
+        def __init__(self, args, env, **kw):
+            self.pid, self.args, self.env, self.code = len(started) + 100, args, env, None
+            started.append(self)
+
+        def poll(self):
+            return self.code
+
+    monkeypatch.setattr(engines.subprocess, "Popen", Proc)
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    engine = engines.LocalEngine(Launcher(parallel=2, processes_per_run=2))
+    assert engine.describe() == "2 at once on this machine, 4 thread(s) per process; GPUs 0,1 | 2,3"
+    jobs = [Job(f"r{i}", ["sweep"], str(tmp_path), str(tmp_path / f"r{i}.log"), processes=2) for i in range(3)]
+    a, b = engine.submit(jobs[0]), engine.submit(jobs[1])
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in (a, b)] == ["0,1", "2,3"]
+    assert [p.env["OMP_NUM_THREADS"] for p in (a, b)] == ["4", "4"]  # 16 cores / 2 runs / 2 processes
+    port = a.args.index("--main_process_port") + 1
+    assert (a.args[port], b.args[port]) == ("29501", "29502") and "--multi_gpu" in a.args
+    assert engine.poll(a) is None
+    a.code = 0
+    assert engine.poll(a).code == 0
+    c = engine.submit(jobs[2])
+    assert c.env["CUDA_VISIBLE_DEVICES"] == "0,1" and c.args[port] == "29501"
+    with pytest.raises(ConfigError, match="3 runs at once with 2 GPU"):
+        engines.LocalEngine(Launcher(parallel=3, gpus_per_run=2))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cpu = engines.LocalEngine(Launcher(parallel=2))  # no GPUs: CUDA_VISIBLE_DEVICES left alone, cores shared
+    assert cpu.slots == [{"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8"}] * 2
+
+
 # ----------------------------------------------------------------------------------- real sweeps
 
 
+@pytest.mark.slow
 def test_parallel_2_gives_the_weights_of_the_in_process_sweep(files, sequential, tmp_path, capsys):
     path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw")
     assert main(["sweep", "--config", str(path), "--parallel", "2"]) == 0
     out = capsys.readouterr().out
-    assert "launcher local: 2 at once on this machine, 1 thread(s) each" in out
+    assert "launcher local: 2 at once on this machine, 1 thread(s) per process" in out
     assert out.count(": started (running); log ") == 2 and "2 done, 0 failed, 0 skipped" in out
     assert statuses(tmp_path / "sw") == [(n, "done") for n in NAMES]
     for name in NAMES:
@@ -254,6 +295,7 @@ def test_ray_runs_2_at_a_time_and_matches_the_in_process_sweep(files, sequential
     assert "done, " in out and f"{len(failed)} failed" in out
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_the_sweep(files, sequential, tmp_path, capsys):
     path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw", launcher={"name": "slurm", "cluster": "local"})
     assert main(["sweep", "--config", str(path), "--parallel", "2"]) == 0
@@ -331,6 +373,7 @@ def killed_then_resumed(files, sequential, killer, tmp_path, capsys, flags: list
         assert_same_weights(tmp_path / "sw" / name, sequential / name)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_under_parallel(files, sequential, killer, tmp_path, capsys):
     killed_then_resumed(files, sequential, killer, tmp_path, capsys, ["--parallel", "2"])
 
@@ -344,3 +387,17 @@ def test_killed_run_resumes_under_ray(files, sequential, killer, local_ray, tmp_
 def test_killed_run_resumes_under_submitit(files, sequential, killer, tmp_path, capsys):
     launcher = {"name": "slurm", "cluster": "local", "parallel": 2}
     killed_then_resumed(files, sequential, killer, tmp_path, capsys, [], launcher=launcher)
+
+
+@pytest.mark.slow
+def test_a_run_of_two_processes_is_started_with_accelerate_launch(files, tmp_path, capsys):
+    """processes_per_run 2 on CPU: the job is accelerate launch of 2 processes (DDP over gloo), one writer."""
+    path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw", methods=("GA+GD",))
+    assert main(["sweep", "--config", str(path), "--processes-per-run", "2"]) == 0
+    assert f"{max(1, (os.cpu_count() or 1) // 2)} thread(s) per process" in capsys.readouterr().out
+    run = tmp_path / "sw" / NAMES[0]
+    log = (tmp_path / "sw" / "logs" / f"{NAMES[0]}.log").read_text()
+    assert "-m accelerate.commands.launch --num_processes 2 --multi_gpu --main_process_port 29501" in log
+    assert statuses(tmp_path / "sw") == [(NAMES[0], "done")] and (run / "model").is_dir()
+    steps = [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "one writer: every step logged once"

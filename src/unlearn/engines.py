@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from unlearn.errors import ConfigError, DependencyError
+from unlearn.io import open_log
 from unlearn.launchers import INSTALL, PORT, Job, Launcher, Outcome, run_job
 
 
@@ -38,10 +41,10 @@ class LocalEngine:
                 f"launcher: {n} runs at once with {gpus} GPU(s) each need {gpus * n} GPUs; "
                 f"this machine shows {len(devices)}"
             )
-        threads = launcher.cpus_per_run or max(1, (os.cpu_count() or 1) // n)
+        cpus = launcher.cpus_per_run or max(1, (os.cpu_count() or 1) // n)
         self.slots: list[dict] = []
         for i in range(n):
-            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            env = thread_env(cpus, launcher.processes_per_run)
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[i * gpus : (i + 1) * gpus])
             self.slots.append(env)
@@ -50,7 +53,7 @@ class LocalEngine:
         self.where = {}
 
     def describe(self) -> str:
-        text = f"{len(self.slots)} at once on this machine, {self.slots[0]['OMP_NUM_THREADS']} thread(s) each"
+        text = f"{len(self.slots)} at once on this machine, {self.slots[0]['OMP_NUM_THREADS']} thread(s) per process"
         if "CUDA_VISIBLE_DEVICES" in self.slots[0]:
             text += "; GPUs " + " | ".join(s["CUDA_VISIBLE_DEVICES"] or "none" for s in self.slots)
         return text
@@ -59,10 +62,7 @@ class LocalEngine:
         slot = self.free.pop(0)
         env = {**os.environ, **job.env, **self.slots[slot]}
         args = job.python_args(PORT + 1 + slot)
-        Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-        f = open(job.log, "a", encoding="utf-8")  # noqa: SIM115 (closed when the process ends)
-        f.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} here: python {shlex.join(args)}\n")
-        f.flush()
+        f = open_log(job.log, f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} here: python {shlex.join(args)}")
         proc = subprocess.Popen([sys.executable, *args], cwd=job.cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
         self.where[proc.pid] = (slot, f)
         return proc
@@ -82,17 +82,18 @@ class LocalEngine:
             proc.terminate()
 
 
+def thread_env(cpus: int, processes: int) -> dict[str, str]:
+    """Each process of a run its share of the run's cores (torch would take them all, in every process)."""
+    threads = str(max(1, cpus // max(1, processes)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them."""
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
         return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # no torch or no driver: no GPUs
-        return []
+    return [str(i) for i in range(torch.cuda.device_count())]  # (0 without a driver)
 
 
 class RayEngine:
@@ -117,7 +118,8 @@ class RayEngine:
         )
 
     def submit(self, job: Job):
-        return self.task.remote(job.python_args(), job.cwd, job.log, job.env)  # (Ray sets OMP_NUM_THREADS)
+        env = {**thread_env(self.cpus, job.processes), **job.env}  # (Ray's OMP_NUM_THREADS is the task's CPUs)
+        return self.task.remote(job.python_args(), job.cwd, job.log, env)
 
     def poll(self, ref) -> Outcome | None:
         ready, _ = self.ray.wait([ref], timeout=0)
@@ -165,10 +167,10 @@ class SlurmEngine:
     def __init__(self, launcher: Launcher, folder: Path):
         self.executor, self.gpus = slurm_executor(launcher, folder)
         self.launcher = launcher
-        threads = launcher.cpus_per_run  # (else SLURM_CPUS_PER_TASK in the job; submitit's local jobs share the cores)
-        if threads is None and self.executor.cluster == "local":
-            threads = max(1, (os.cpu_count() or 1) // (launcher.parallel or 1))
-        self.env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+        cpus = launcher.cpus_per_run  # (else SLURM_CPUS_PER_TASK in the job; submitit's local jobs share the cores)
+        if cpus is None and self.executor.cluster == "local":
+            cpus = max(1, (os.cpu_count() or 1) // (launcher.parallel or 1))
+        self.env = thread_env(cpus, launcher.processes_per_run) if cpus else {}
 
     def describe(self) -> str:
         return (

@@ -90,6 +90,17 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         fh.flush()
 
 
+def open_log(path: str | Path, header: str):
+    """A text log opened for appending (a job's output: every attempt kept, never a result), its
+    ``header`` line written first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+    fh.write(header.rstrip("\n") + "\n")
+    fh.flush()
+    return fh
+
+
 def read_jsonl_log(path: str | Path) -> list[dict]:
     """Rows of a log written by :func:`append_jsonl`, ignoring a torn last line."""
     rows = []

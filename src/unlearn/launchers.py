@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unlearn.errors import ConfigError
+from unlearn.io import open_log
 
 LAUNCHERS = ("local", "ray", "slurm")
 COMMON = ("name", "parallel", "gpus_per_run", "cpus_per_run", "processes_per_run", "accelerate_config")
@@ -200,21 +201,13 @@ class Job:
 def run_job(python_args: list[str], cwd: str, log: str, env: dict | None = None) -> int:
     """Run ``python python_args`` in ``cwd`` with its output appended to ``log``; the exit code.
     The function a Ray task or a SLURM job executes (the interpreter is the one where it runs)."""
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **(env or {})}
     if "OMP_NUM_THREADS" not in env and env.get("SLURM_CPUS_PER_TASK", "").isdigit():  # the cores SLURM gave
         env["OMP_NUM_THREADS"] = env["SLURM_CPUS_PER_TASK"]
-    with open(log, "a", encoding="utf-8") as f:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        f.write(f"==== {stamp} on {socket.gethostname()}: python {shlex.join(python_args)}\n")
-        f.flush()
+    header = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}: python {shlex.join(python_args)}"
+    with open_log(log, header) as f:
         proc = subprocess.run(
-            [sys.executable, *python_args],
-            cwd=cwd,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            check=False,
+            [sys.executable, *python_args], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False
         )
     return proc.returncode
 

@@ -27,6 +27,7 @@ import torch
 from unlearn import distributed, outputs, pipeline
 from unlearn.audit.after_run import audit_saved
 from unlearn.engines import engine_for
+from unlearn.errors import ConfigError
 from unlearn.io import as_number, atomic_write_json, atomic_write_text, read_csv_rows, write_csv_rows
 from unlearn.launchers import Job, Launcher, drive, ignored_settings
 from unlearn.protocols import protocol_of
@@ -141,6 +142,11 @@ def run_sweep(
             if todo:
                 print("  python " + shlex.join(_job(root, todo[0], settings, seeds).python_args()))
         return 0
+    if not settings.in_process and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError(
+            "a sweep with a launcher starts its runs' processes itself: run it without accelerate launch or "
+            "torchrun (processes_per_run: N starts each run with accelerate launch)"
+        )
     for key in ignored_settings(settings):
         print(f"note: launcher setting '{key}' is for another launcher; {settings.name} ignores it")
     main = _is_main_process()

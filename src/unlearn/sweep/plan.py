@@ -1,6 +1,6 @@
 """Planning a sweep: the sweep file read, the grid expanded into runs, every run validated.
 
-The sweep file is YAML with three keys::
+The sweep file is YAML with these keys::
 
     base:              # any Config keys, shared by every run
       data: ../shared/data/tofu
@@ -12,6 +12,10 @@ The sweep file is YAML with three keys::
     audit:             # optional: audit every run's model (unlearn audit) into <run>/audit
       attacks: mia,relearn
       holdout: data/holdout.jsonl
+    seeds: [1001, 1002]  # optional: every setting once per seed (…__seed-1001)
+    launcher:          # optional: where the runs execute (unlearn.launchers); default: here, in turn
+      name: slurm
+      gpus_per_run: 1
 
 Runs go in a fixed order (``itertools.product`` over the grid keys as written, the first key varying
 slowest) into ``OUT/<key>-<value>__...`` (e.g. ``method-ME+GD__lr-1e-05``). The whole grid is validated
