@@ -129,6 +129,11 @@ def run_sweep(
     if only is not None:
         return _run_only(path, out, seeds, only, job_result, debug)
     settings = launcher_of(path, launcher)
+    if not settings.in_process and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError(
+            "a sweep with a launcher starts its runs' processes itself: run it without accelerate launch or "
+            "torchrun (processes_per_run: N starts each run with accelerate launch)"
+        )
     root, runs = plan_sweep(path, out, seeds)
     states = [PARTIAL if r.cfg.overwrite and s == FINISHED else s for r in runs for s in [r.state()]]
     n = len(runs)
@@ -142,11 +147,6 @@ def run_sweep(
             if todo:
                 print("  python " + shlex.join(_job(root, todo[0], settings, seeds).python_args()))
         return 0
-    if not settings.in_process and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        raise ConfigError(
-            "a sweep with a launcher starts its runs' processes itself: run it without accelerate launch or "
-            "torchrun (processes_per_run: N starts each run with accelerate launch)"
-        )
     for key in ignored_settings(settings):
         print(f"note: launcher setting '{key}' is for another launcher; {settings.name} ignores it")
     main = _is_main_process()
