@@ -220,6 +220,17 @@ def test_evaluate_muse_equals_unbatched_generation(tiny, snapshot):
     assert np.mean([v["rougeL_recall"] for v in items.values()]) > 0.5
     # Min-40% on the forget texts (trained) against the holdout: the forget texts look like members
     assert s["mia_min_k"] > 0.5 and "privleak_reference" in s["unavailable"]
+    # each summary value's 95% interval, from the per-item logs through its definition
+    from unlearn.evaluation.log_intervals import muse_intervals
+
+    iv = muse_intervals(result.logs)
+    for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "mia_min_k"):
+        assert iv[key].value == pytest.approx(s[key], rel=1e-12, abs=1e-12), key
+        assert iv[key].lo <= s[key] <= iv[key].hi, key
+    assert iv["mia_min_k_plus_plus"].value == pytest.approx(s["mia_min_k_plus_plus"], rel=1e-12)
+    assert iv["forget_verbmem_ROUGE"].hi > iv["forget_verbmem_ROUGE"].lo  # items differ: a real width
+    held = muse_intervals(result.logs, retain_auc=s["mia_min_k"])  # PrivLeak against the model's own AUC
+    assert held["privleak"].value == pytest.approx(0.0, abs=1e-6) and held["privleak"].lo < 0 < held["privleak"].hi
 
 
 def test_missing_knowmem_files_leave_the_criterion_out(tmp_path):
@@ -271,6 +282,8 @@ def test_cli_muse_run_eval_and_retain_logs(saved, snapshot, tmp_path):
     assert (data["layout"], data["forget"], data["retain"], data["split"]) == ("muse", 3, 2, "forget")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "muse" and (out / "MUSE_EVAL.json").is_file()
+    intervals = json.loads((out / "intervals.json").read_text())["intervals"]
+    assert intervals["privleak"]["value"] == pytest.approx(summary["privleak"])
     ev = tmp_path / "ev"
     assert (
         main(

@@ -204,6 +204,37 @@ def test_summary_has_open_unlearnings_keys(result):
     assert s["model_utility"] == pytest.approx(T.hmean([s[k] for k in T.UTILITY]), rel=1e-12)
 
 
+def test_intervals_hold_each_summary_value_through_its_definition(tiny, snapshot, result):
+    """tofu_intervals recomputes every value from the per-item logs: its point values are the summary's
+    (computed by the evaluator's own aggregation), each inside its interval; with a retain model, Forget
+    Quality and PrivLeak too. A constant per-item value has a zero-width interval."""
+    import copy
+
+    from unlearn.evaluation.log_intervals import tofu_intervals
+
+    s = result.summary
+    iv = tofu_intervals(result.logs)
+    numeric = [k for k, v in s.items() if isinstance(v, float)]
+    assert set(numeric) <= set(iv) and "model_utility" in numeric and "mia_min_k" in numeric
+    for key in numeric:
+        assert iv[key].value == pytest.approx(s[key], rel=1e-9, abs=1e-12), key
+        assert iv[key].lo <= s[key] <= iv[key].hi, key
+    assert iv["forget_Q_A_Prob"].hi > iv["forget_Q_A_Prob"].lo
+    model, tok, template = tiny
+    other = T.RetainLogs(
+        [0.5 + 0.01 * i for i in range(len(result.logs["forget_truth_ratio"]["value_by_index"]))], 0.6, "x"
+    )
+    with_retain = T.evaluate_tofu(model, tok, template, T.load_tofu_sets(snapshot, "forget01"), 3, retain_logs=other)
+    iv2 = tofu_intervals(with_retain.logs, other)
+    for key in ("forget_quality", "privleak"):
+        assert iv2[key].value == pytest.approx(with_retain.summary[key], rel=1e-9), key
+        assert iv2[key].lo <= with_retain.summary[key] <= iv2[key].hi
+    flat = copy.deepcopy(result.logs)
+    for v in flat["forget_Q_A_Prob"]["value_by_index"].values():
+        v["prob"] = 0.25
+    assert (tofu_intervals(flat)["forget_Q_A_Prob"].lo, tofu_intervals(flat)["forget_Q_A_Prob"].hi) == (0.25, 0.25)
+
+
 def test_values_equal_an_independent_unbatched_computation(tiny, snapshot, result):
     model, tok, template = tiny
     forget = [json.loads(x) for x in (snapshot / "forget01_perturbed.json").read_text().splitlines()]
@@ -437,6 +468,10 @@ def test_cli_eval_writes_both_toolkits_files_and_reads_retain_logs(saved, snapsh
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "tofu" and summary["model_utility"] == T.hmean([summary[k] for k in T.UTILITY])
     assert (out / "TOFU_EVAL.json").is_file() and (out / "TOFU_SUMMARY.json").is_file()
+    from unlearn.evaluation.intervals import read_intervals
+
+    intervals = read_intervals(out)  # beside the summary, as for the paper's metrics
+    assert intervals["model_utility"].value == pytest.approx(summary["model_utility"])
     out2 = tmp_path / "ev2"
     assert (
         main(

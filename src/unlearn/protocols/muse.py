@@ -46,6 +46,8 @@ from unlearn.data import UnlearningData, hub_records, read_records
 from unlearn.errors import DataError
 from unlearn.evaluation import mia
 from unlearn.evaluation.generation import generation_batch
+from unlearn.evaluation.intervals import as_json
+from unlearn.evaluation.log_intervals import muse_intervals
 from unlearn.evaluation.muse_metrics import (  # noqa: F401 (its metrics, with the protocol)
     MAX_LENGTH,
     knowmem,
@@ -60,7 +62,7 @@ from unlearn.io import atomic_write_json, json_safe
 from unlearn.protocols.base import Protocol
 from unlearn.protocols.closer_look import PROTOCOL as CLOSER_LOOK
 from unlearn.protocols.closer_look import refuse_closer_look_flags
-from unlearn.rundir import SUMMARY
+from unlearn.rundir import INTERVALS, SUMMARY
 
 log = logging.getLogger("unlearn")
 
@@ -223,18 +225,20 @@ def evaluate_muse(
     return MuseResult(logs, summary)
 
 
-def write_muse(result: MuseResult, out_dir: str | Path) -> Path:
+def write_muse(result: MuseResult, out_dir: str | Path, intervals: dict | None = None) -> Path:
 
     out = Path(out_dir)
     atomic_write_json(out / MUSE_EVAL, json_safe(dict(sorted(result.logs.items()))))
+    if intervals:
+        atomic_write_json(out / INTERVALS, json_safe(as_json(intervals)))
     atomic_write_json(out / SUMMARY, json_safe(result.summary))
     return out
 
 
-def print_muse(summary: dict) -> None:
-    table = Table(title="MUSE")
-    for column in ("criterion", "metric", "value"):
-        table.add_column(column, justify="right" if column == "value" else "left")
+def print_muse(summary: dict, intervals: dict | None = None) -> None:
+    table = Table(title="MUSE (95% bootstrap interval over the items)")
+    for column in ("criterion", "metric", "value", "95% interval"):
+        table.add_column(column, justify="left" if column in ("criterion", "metric") else "right")
     rows = (
         ("no verbatim memorisation", "forget_verbmem_ROUGE"),
         ("no knowledge memorisation", "forget_knowmem_ROUGE"),
@@ -243,7 +247,8 @@ def print_muse(summary: dict) -> None:
     )
     for criterion, key in rows:
         if key in summary:
-            table.add_row(criterion, key, f"{summary[key]:.4f}")
+            iv = (intervals or {}).get(key)
+            table.add_row(criterion, key, f"{summary[key]:.4f}", f"[{iv.lo:.4f}, {iv.hi:.4f}]" if iv else "")
     console = Console()
     console.print(table)
     for key, reason in summary.get("unavailable", {}).items():
@@ -318,8 +323,9 @@ class Muse(Protocol):
         if not distributed.is_main_process():
             return None
         result = evaluate_muse(model, tokenizer, plan.own, plan.batch_size, plan.reference, plan.gen_batch_size)
-        write_muse(result, out.path)
-        print_muse(result.summary)
+        intervals = muse_intervals(result.logs, plan.reference)
+        write_muse(result, out.path, intervals)
+        print_muse(result.summary, intervals)
         return result.summary
 
     def eval_texts(self, plan) -> list[str]:

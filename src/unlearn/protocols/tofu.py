@@ -47,6 +47,8 @@ from unlearn import distributed, models
 from unlearn.data import HUB_RETAIN, UnlearningData, hub_records, read_records
 from unlearn.distributed import state
 from unlearn.errors import ConfigError, DataError
+from unlearn.evaluation.intervals import as_json
+from unlearn.evaluation.log_intervals import tofu_intervals
 from unlearn.evaluation.open_unlearning import (  # noqa: F401 (the TOFU standard's pieces, with the protocol)
     MAX_LENGTH,
     TOFU_EVAL,
@@ -73,7 +75,7 @@ from unlearn.evaluation.sets import EvalSet, check_rows
 from unlearn.io import atomic_write_json, json_safe
 from unlearn.prompts import detect_prompt_format, tofu_template
 from unlearn.protocols.base import Protocol
-from unlearn.rundir import MODEL, SUMMARY
+from unlearn.rundir import INTERVALS, MODEL, SUMMARY
 
 log = logging.getLogger("unlearn")
 
@@ -191,8 +193,9 @@ def retain_logs_from_model(model, tokenizer, template, sets, batch_size: int, so
 # --------------------------------------------------------------------------- output
 
 
-def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
-    """``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (open-unlearning's files), then ``summary.json``."""
+def write_tofu(result: TofuResult, out_dir: str | Path, intervals: dict | None = None) -> Path:
+    """``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (open-unlearning's files), ``intervals.json`` (each
+    summary value's 95% interval), then ``summary.json``."""
 
     out = Path(out_dir)
     atomic_write_json(out / TOFU_EVAL, json_safe(dict(sorted(result.logs.items()))))
@@ -202,17 +205,21 @@ def write_tofu(result: TofuResult, out_dir: str | Path) -> Path:
         if k in result.logs and result.logs[k].get("agg_value") is not None
     }
     atomic_write_json(out / TOFU_SUMMARY, json_safe(dict(sorted(ou_summary.items()))))
+    if intervals:
+        atomic_write_json(out / INTERVALS, json_safe(as_json(intervals)))
     atomic_write_json(out / SUMMARY, json_safe(result.summary))  # last: it marks a complete result
     return out
 
 
-def print_tofu(summary: dict) -> None:
-    table = Table(title=f"TOFU standard ({summary.get('split', '')})")
+def print_tofu(summary: dict, intervals: dict | None = None) -> None:
+    table = Table(title=f"TOFU standard ({summary.get('split', '')}; 95% bootstrap interval over the items)")
     table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
     for key, value in summary.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            table.add_row(key, f"{value:.4g}")
+            iv = (intervals or {}).get(key)
+            table.add_row(key, f"{value:.4g}", f"[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
     console = Console()
     console.print(table)
     for key, reason in summary.get("unavailable", {}).items():
@@ -325,8 +332,9 @@ class TofuStandard(Protocol):
             gen_batch_size=plan.gen_batch_size,
         )
         if distributed.is_main_process():
-            write_tofu(result, out.path)
-            print_tofu(result.summary)
+            intervals = tofu_intervals(result.logs, plan.reference)
+            write_tofu(result, out.path, intervals)
+            print_tofu(result.summary, intervals)
             log.info("wrote the TOFU evaluation to %s (open-unlearning's TOFU_EVAL.json beside it)", out.summary)
         return result.summary
 
