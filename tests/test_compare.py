@@ -73,6 +73,17 @@ def test_unlearn_report_compare_on_two_runs(tmp_path, capsys):
     assert "Model Utility" in saved and "Forget Efficacy" in saved
     assert "not distinguishable" in (out / "compare.md").read_text()
     assert main(["report", "--out", str(out)]) == 2  # neither folders nor --compare
+    # the report of several runs: each against the reference run (--against, or the highest FE)
+    rep = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(rep), "--against", "b"]) == 0
+    md = (rep / "report.md").read_text()
+    assert "### Against the reference run" in md and "Each run minus the reference run, b (FE" in md
+    section = md.split("### Against the reference run", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| a |"))
+    assert row.count("+0.000 \\[+0.000, +0.000\\]") == 3 and row.count("n.d.") == 3 and ", p 1 n.d." in row
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(rep), "--against", "c"]) == 2
+    assert "--against c: not one of the evaluated runs of this report (a, b)" in capsys.readouterr().err
 
 
 def test_a_few_items_cannot_make_a_difference_distinguishable():

@@ -103,6 +103,27 @@ def test_run_downstream_on_local_tasks(tiny, task_dir, tmp_path):
     # the headline of a custom task is its first metric: acc here
     assert math.isclose(out["average"], (out[MC]["acc"] + out[QA]["exact_match,remove_whitespace"]) / 2)
     assert json.loads((tmp_path / "downstream.json").read_text()) == out
+    # lm-eval's standard error of a mean of 0/1 scores over n items: sqrt(p (1 - p) / (n - 1)), by hand
+    n = len((FIXTURE / "tiny_mc.jsonl").read_text().splitlines())
+    p = out[MC]["acc"]
+    assert out["stderr"][MC] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), rel=1e-9)
+    errs = [out["stderr"][MC], out["stderr"][QA]]
+    assert out["stderr"]["average"] == pytest.approx(math.sqrt(sum(e * e for e in errs)) / 2)
+    from unlearn.evaluation.downstream import add_intervals, normal_interval
+    from unlearn.evaluation.intervals import read_intervals
+
+    add_intervals(tmp_path / "intervals.json", out, by_task=True)
+    iv = read_intervals(tmp_path)
+    want = normal_interval(p, out["stderr"][MC])
+    assert (
+        (iv[f"Downstream {MC}"].lo, iv[f"Downstream {MC}"].hi)
+        == (want["lo"], want["hi"])
+        == (
+            max(0.0, p - 1.959963984540054 * out["stderr"][MC]),
+            min(1.0, p + 1.959963984540054 * out["stderr"][MC]),
+        )
+    )
+    assert iv[MC] == iv[f"Downstream {MC}"] and iv["Downstream Average"].value == out["average"]
 
 
 def test_cli_run_writes_downstream_and_merges_summary(task_dir, tmp_path):
@@ -157,6 +178,8 @@ def test_cli_run_writes_downstream_and_merges_summary(task_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["Model Utility"] == 0.5
     assert summary["Downstream Average"] == summary[f"Downstream {MC}"]
+    intervals = json.loads((out / "intervals.json").read_text())
+    assert set(intervals["intervals"]) >= {f"Downstream {MC}", "Downstream Average"} and intervals["downstream"]
 
 
 def test_cli_unknown_task_fails_before_training(task_dir, tmp_path, capsys, monkeypatch):

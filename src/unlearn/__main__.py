@@ -141,9 +141,8 @@ def cmd_report(args) -> int:
         return 0
     if not args.results:
         raise _module("errors").ConfigError("give the result folders to report on (or --compare A B)")
-    out = _module("report").write_report(
-        args.results, args.out, baseline=args.baseline, title=args.title, examples=args.examples
-    )
+    kw = {"baseline": args.baseline, "title": args.title, "examples": args.examples, "against": args.against}
+    out = _module("report").write_report(args.results, args.out, **kw)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'table.csv'} and the plots")
     return 0
 
@@ -242,6 +241,7 @@ def _report_parser(p):
         "'before' in the examples and as a reference point in the plots",
     )
     p.add_argument("--title", default="Unlearning report", help="report title")
+    p.add_argument("--against", metavar="RUN", help="the run every other is compared with (default: highest FE)")
     p.add_argument(
         "--compare",
         nargs=2,

@@ -70,10 +70,12 @@ def compare(
     b_sets: dict[str, dict[str, dict]],
     metrics: dict[str, str],
     composites=None,
+    keep=None,
 ) -> list[Difference]:
     """Paired differences of two runs. ``*_sets``: per set, the per-item records by question;
     ``metrics``: summary metric name -> record key; ``composites(means) -> dict``: the values built
-    from the per-set metric means (Model Utility, Forget Efficacy), compared too."""
+    from the per-set metric means (Model Utility, Forget Efficacy), compared too; ``keep``: only these
+    differences returned (every metric still enters the composites)."""
     matched = {s: [q for q in a_sets[s] if q in b_sets.get(s, {})] for s in a_sets}
     matched = {s: qs for s, qs in matched.items() if qs}
     values = {
@@ -113,6 +115,8 @@ def compare(
     totals = {side: composites(means[side]) if composites is not None else {} for side in ("a", "b")}
     out = []
     for key, iv in intervals.items():
+        if keep is not None and key not in keep:
+            continue
         set_name = next((s for s in matched if key.startswith(s + " ") and key[len(s) + 1 :] in metrics), None)
         if set_name is not None:
             m = key[len(set_name) + 1 :]

@@ -6,11 +6,15 @@ in-memory model (no save/reload round trip) through lm-eval's Hugging Face wrapp
 ``downstream.json``::
 
     {"arc_challenge": {"acc_norm": 0.27}, "gsm8k": {"exact_match,flexible-extract": 0.02},
-     "average": 0.145}
+     "average": 0.145, "stderr": {"arc_challenge": 0.013, "gsm8k": 0.004, "average": 0.0068}}
 
 A metric is named ``metric`` when lm-eval applied no filter (``none``), else ``metric,filter``,
 exactly as lm-eval reports it. ``average`` is the mean of each task's headline metric: the paper's
-metric for the five tasks, the first metric reported for any other task.
+metric for the five tasks, the first metric reported for any other task. ``stderr``: lm-eval's
+standard error of each headline metric (closed form for a mean such as accuracy, its bootstrap of
+:data:`STDERR_RESAMPLES` draws otherwise; none when it gives none), and of the average (the tasks taken
+as independent). ``intervals.json`` gets ``value ± 1.96 · stderr`` of each (a normal approximation,
+kept within [0, 1]), beside the bootstrap intervals of the other metrics.
 
 lm-eval is an optional dependency: ``pip install 'unlearn-llm[downstream]'``.
 """
@@ -18,6 +22,7 @@ lm-eval is an optional dependency: ``pip install 'unlearn-llm[downstream]'``.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 from functools import lru_cache
@@ -26,7 +31,7 @@ from typing import Any
 
 from unlearn.errors import ConfigError, DataError, DependencyError, ModelError
 from unlearn.io import atomic_write_json
-from unlearn.rundir import DOWNSTREAM
+from unlearn.rundir import DOWNSTREAM, INTERVALS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,9 @@ PAPER_TASKS: dict[str, tuple[str, str]] = {
     "triviaqa": ("exact_match", "remove_whitespace"),
     "gsm8k": ("exact_match", "flexible-extract"),
 }
+STDERR_RESAMPLES = 1000  # lm-eval's bootstrap_iters: its standard errors (closed form for means)
+META = ("average", "stderr")  # the keys of downstream.json that are not tasks
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
 PAPER_ALIAS = "paper"  # ``--downstream paper`` = the five tasks above
 INSTALL_HINT = "downstream evaluation needs lm-eval: pip install 'unlearn-llm[downstream]'"
 
@@ -100,6 +108,7 @@ def run_downstream(
     out_path = Path(out_dir) / DOWNSTREAM
     scores: dict[str, dict[str, float]] = {}
     headline: dict[str, float] = {}
+    errors: dict[str, float] = {}
     for i, task in enumerate(tasks, 1):
         log.info("downstream [%d/%d] %s%s", i, len(tasks), task, f" (limit {limit})" if limit else "")
         try:
@@ -110,18 +119,21 @@ def run_downstream(
                 limit=limit,
                 task_manager=manager,
                 log_samples=False,
-                bootstrap_iters=0,
+                bootstrap_iters=STDERR_RESAMPLES,
             )
         except ConnectionError as e:
             raise ModelError(
                 f"downstream task {task}: {e} (hub tasks need the network or their data in HF_DATASETS_CACHE)"
             ) from e
         scores[task], headline[task] = _task_scores(task, res)
+        error = _headline_stderr(task, res, scores[task])
+        if error is not None:
+            errors[task] = error
         log.info(
             "downstream [%d/%d] %s: %s", i, len(tasks), task, ", ".join(f"{k} {v:.4f}" for k, v in scores[task].items())
         )
-        atomic_write_json(out_path, _with_average(scores, headline))
-    return _with_average(scores, headline)
+        atomic_write_json(out_path, _with_average(scores, headline, errors))
+    return _with_average(scores, headline, errors)
 
 
 def downstream_tasks_for(cfg) -> list[str]:
@@ -150,6 +162,7 @@ def downstream_after_unlearning(
     summary = out.read_summary()
     if summary is not None:
         extra = _short_entries(result) if by_task else {}
+        add_intervals(out.path / INTERVALS, result, by_task)
         atomic_write_json(out.summary, {**summary, **summary_entries(result), **extra})
     log.info("wrote the downstream evaluation to %s", out.downstream)
     return result
@@ -160,7 +173,7 @@ def _short_entries(downstream: dict[str, Any]) -> dict[str, float]:
     return {
         task: metrics[_headline_key(task, metrics)]
         for task, metrics in downstream.items()
-        if task != "average" and metrics
+        if task not in META and metrics
     }
 
 
@@ -168,7 +181,7 @@ def summary_entries(downstream: dict[str, Any]) -> dict[str, float]:
     """``summary.json`` keys: ``Downstream <task>`` (headline metric) and ``Downstream Average``."""
     out = {}
     for task, metrics in downstream.items():
-        if task == "average" or not metrics:
+        if task in META or not metrics:
             continue
         out[f"Downstream {task}"] = metrics[_headline_key(task, metrics)]
     if downstream.get("average") is not None:
@@ -244,6 +257,54 @@ def _headline_key(task: str, metrics: dict[str, float]) -> str:
     return next(iter(metrics))
 
 
-def _with_average(scores: dict, headline: dict) -> dict[str, Any]:
+def _with_average(scores: dict, headline: dict, errors: dict | None = None) -> dict[str, Any]:
     values = [v for v in headline.values() if v is not None]
-    return {**scores, "average": sum(values) / len(values) if values else None}
+    out = {**scores, "average": sum(values) / len(values) if values else None}
+    errors = dict(errors or {})
+    if values and len(errors) == len(values):  # the mean of independent tasks' headlines
+        errors["average"] = math.sqrt(sum(e * e for e in errors.values())) / len(values)
+    if errors:
+        out["stderr"] = errors
+    return out
+
+
+def _headline_stderr(task: str, res: dict | None, metrics: dict[str, float]) -> float | None:
+    """lm-eval's standard error of the task's headline metric (``<metric>_stderr,<filter>``), if finite."""
+    if res is None or not metrics:
+        return None
+    row = res.get("results", {}).get(task) or res.get("groups", {}).get(task) or {}
+    metric, _, filt = _headline_key(task, metrics).partition(",")
+    value = row.get(f"{metric}_stderr,{filt or 'none'}")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def normal_interval(value: float, stderr: float) -> dict[str, float]:
+    """``value ± 1.96 · stderr``, kept within [0, 1] (scores of a fraction of items)."""
+    return {"value": value, "lo": max(0.0, value - Z95 * stderr), "hi": min(1.0, value + Z95 * stderr)}
+
+
+def add_intervals(path: Path, downstream: dict[str, Any], by_task: bool = False) -> None:
+    """Add each task's (and the average's) interval to ``intervals.json`` under its summary key."""
+    errors = downstream.get("stderr") or {}
+    entries = {}
+    for task, error in errors.items():
+        value = downstream["average"] if task == "average" else None
+        if task != "average":
+            metrics = downstream.get(task) or {}
+            value = metrics.get(_headline_key(task, metrics)) if metrics else None
+        if value is None:
+            continue
+        iv = normal_interval(value, error)
+        entries["Downstream Average" if task == "average" else f"Downstream {task}"] = iv
+        if by_task and task != "average":
+            entries[task] = iv
+    if not entries:
+        return
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = {"intervals": {}}
+    current.setdefault("intervals", {}).update(entries)
+    current["downstream"] = "lm-eval's standard error: value ± 1.96 · stderr (a normal approximation)"
+    atomic_write_json(path, current)

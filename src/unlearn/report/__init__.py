@@ -16,6 +16,7 @@ from pathlib import Path
 
 from unlearn import outputs
 from unlearn.io import atomic_write_text, write_csv_rows
+from unlearn.report.compare import versus
 from unlearn.report.plots import plot_continual, plot_tradeoff, plot_trajectories, scenario_of
 from unlearn.report.render import md_escape, render_html, render_markdown
 from unlearn.report.runs import Run, collect_runs, load_run, short_labels
@@ -54,6 +55,7 @@ def write_report(
     baseline: str | Path | None = None,
     title: str = "Unlearning report",
     examples: int = 3,
+    against: str | None = None,
 ) -> Path:
     """``unlearn report``: read the runs, write report.md/html, table.csv and the plots into ``out``."""
     out = Path(out)
@@ -61,6 +63,7 @@ def write_report(
     outputs.claim(out, REPORT_FILES, keep=REPORT_FILES, what="a report")
     base = load_run(Path(baseline).resolve(), f"{Path(baseline).resolve().name} (baseline)") if baseline else None
     runs = collect_runs(results, exclude=[base.path] if base else [])
+    paired = versus(runs, against)  # (before anything is written: an unknown --against is one line)
     images = {}
     # One scatter per scenario: TOFU and real-world metrics are not comparable.
     for bench, name in (("tofu", "tradeoff.png"), ("real_world", "tradeoff_real_world.png")):
@@ -74,7 +77,7 @@ def write_report(
         images["trajectory"] = "trajectory.png"
     rows = table_rows(([base] if base else []) + runs)
     write_csv_rows(out / "table.csv", rows)
-    blocks = report_blocks(runs, base, title, images, examples)
+    blocks = report_blocks(runs, base, title, images, examples, paired)
     atomic_write_text(out / "report.md", render_markdown(blocks))
     atomic_write_text(out / "report.html", render_html(blocks, title))
     return out

@@ -31,6 +31,47 @@ class _Set:  # what composites() reads of an evaluation set
     kind: str
 
 
+VERSUS = ("Forget Efficacy", "Model Utility", "Forget ROUGE")  # the differences of the report's column
+
+
+def _pair(a, b) -> list[Difference]:
+    names = [s for s in SETS if a.records(s) and b.records(s)]
+    if not names:
+        return []
+    sets = [_Set(s, KIND[s]) for s in names]
+    keep = set(VERSUS)  # (the Forget set's ROUGE is "Forget ROUGE")
+    return compare(
+        {s: a.records(s) for s in names},
+        {s: b.records(s) for s in names},
+        ITEM_KEYS,
+        lambda means: composites(means, sets),
+        keep=keep,
+    )
+
+
+def versus(runs: list, against: str | None = None):
+    """Each run against one reference run on the same items (``against``: a run's name or folder; by
+    default the run with the highest Forget Efficacy): ``(reference, [(run, {metric: Difference})])``,
+    or None when fewer than two runs have per-item records."""
+    scored = [r for r in runs if any(r.records(s) for s in SETS)]
+    if len(scored) < 2:
+        return None
+    if against is not None:
+        found = [r for r in scored if against in (r.name, str(r.path), r.path.name)]
+        if not found:
+            names = ", ".join(r.name for r in scored)
+            raise DataError(f"--against {against}: not one of the evaluated runs of this report ({names})")
+        reference = found[0]
+    else:
+        reference = max(scored, key=lambda r: r.summary.get("Forget Efficacy") or float("-inf"))
+    rows = []
+    for run in scored:
+        if run is not reference:
+            diffs = {d.key: d for d in _pair(reference, run)}
+            rows.append((run, diffs))
+    return reference, rows
+
+
 def compare_runs(a_dir: str | Path, b_dir: str | Path, out: str | Path) -> list[Difference]:
     """Compare two evaluated run folders; print the table and write ``compare.md`` / ``compare.json``."""
     a, b = load_run(Path(a_dir)), load_run(Path(b_dir))

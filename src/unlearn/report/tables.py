@@ -255,14 +255,39 @@ def example_blocks(runs: list[Run], baseline: Run | None, n: int = 3) -> list[Bl
     return blocks
 
 
+def _versus_blocks(reference: Run, rows: list) -> list[Block]:
+    """Each run against the reference on the same items: the difference, its interval, n.d. if not distinguishable."""
+
+    def cell(d) -> str:
+        if d is None:
+            return DASH
+        p = "" if d.p_value is None else f", p {d.p_value:.2g}"
+        return f"{d.diff.value:+.3f} [{d.diff.lo:+.3f}, {d.diff.hi:+.3f}]{p}" + ("" if d.distinguishable else " n.d.")
+
+    keys = ("Forget Efficacy", "Model Utility", "Forget ROUGE")
+    table = Table(["run", "FE − ref", "MU − ref", "Forget ROUGE − ref"], [])
+    for run, diffs in rows:
+        table.rows.append([run.name, *(cell(diffs.get(k)) for k in keys)])
+    text = (
+        f"Each run minus the reference run, {reference.name} (FE {fmt_value(reference.summary.get('Forget Efficacy'))}"
+        "; the highest Forget Efficacy unless --against names another), on the same items matched by question: "
+        "the difference with its 95% bootstrap interval (MU and FE through their definitions), and for Forget "
+        "ROUGE the paired permutation test's p-value. n.d. = not distinguishable: the interval covers 0 or p is "
+        "0.05 or more."
+    )
+    return [Block("heading", "Against the reference run", level=3), Block("text", text), Block("table", table=table)]
+
+
 def report_blocks(
     runs: list[Run],
     baseline: Run | None = None,
     title: str = "Unlearning report",
     images: dict[str, str] | None = None,
     examples: int = 3,
+    paired=None,
 ) -> list[Block]:
-    """The whole report as blocks; ``images`` maps ``tradeoff`` / ``continual`` to PNG file names."""
+    """The whole report as blocks; ``images`` maps ``tradeoff`` / ``continual`` to PNG file names;
+    ``paired``: :func:`unlearn.report.compare.versus` of the runs (a section comparing them)."""
     images = images or {}
     notes = Notes()
     listed = ([baseline] if baseline else []) + runs
@@ -287,6 +312,8 @@ def report_blocks(
         title = protocol.table[0]
         if other[name]:
             blocks += [Block("heading", title, level=3), Block("table", table=_protocol_table(other[name], protocol))]
+    if paired is not None:
+        blocks += _versus_blocks(*paired)
     across = _seed_table(runs)
     if across is not None:
         blocks += [
