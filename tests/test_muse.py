@@ -284,6 +284,9 @@ def test_cli_muse_run_eval_and_retain_logs(saved, snapshot, tmp_path):
     assert summary["benchmark"] == "muse" and (out / "MUSE_EVAL.json").is_file()
     intervals = json.loads((out / "intervals.json").read_text())["intervals"]
     assert intervals["privleak"]["value"] == pytest.approx(summary["privleak"])
+    before = json.loads((out / "before" / "summary.json").read_text())  # for the verdict: no PrivLeak there
+    assert "forget_verbmem_ROUGE" in before and "privleak" not in before
+    assert summary["verdict"]["kind"] == "too few steps"  # 3 texts, batch 2, 1 epoch: 2 steps
     ev = tmp_path / "ev"
     assert (
         main(

@@ -545,7 +545,7 @@ def test_cli_refuses_bad_settings_before_loading_a_model(snapshot, tmp_path, mon
         assert message in capsys.readouterr().err, extra
 
 
-def test_run_unlearns_the_hub_split_and_evaluates_it(saved, snapshot, tmp_path):
+def test_run_unlearns_the_hub_split_and_evaluates_it(tiny, saved, snapshot, tmp_path):
     """forget01 against retain99 from the snapshot, trained in the TOFU template, then the TOFU standard."""
     from unlearn.__main__ import main
 
@@ -582,6 +582,13 @@ def test_run_unlearns_the_hub_split_and_evaluates_it(saved, snapshot, tmp_path):
     assert (data["forget"], data["retain"], data["benchmark"]) == (len(FORGET), len(RETAIN), "tofu")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "tofu" and (out / "TOFU_EVAL.json").is_file()
+    # the model before unlearning on forget and retain, as the full evaluation computes those values
+    before = json.loads((out / "before" / "summary.json").read_text())
+    whole = T.evaluate_tofu(*tiny, T.load_tofu_sets(snapshot, "forget01"), batch_size=3).summary
+    for key in ("forget_Q_A_ROUGE", "forget_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Q_A_Prob"):
+        assert before[key] == pytest.approx(whole[key], abs=1e-6), key
+    assert (out / "before" / "intervals.json").is_file()
+    assert summary["verdict"]["kind"] == "too few steps"  # 3 forget items, 1 epoch: 2 steps
     import yaml
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())

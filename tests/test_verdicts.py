@@ -8,7 +8,7 @@ import pytest
 
 from unlearn.config import Config
 from unlearn.evaluation.intervals import Interval
-from unlearn.evaluation.verdicts import MIN_STEPS, is_refusal, refusal_share, verdict
+from unlearn.evaluation.verdicts import MIN_STEPS, is_refusal, refusal_share, verdict, verdict_on
 from unlearn.refusals import REFUSALS
 
 BEFORE = {
@@ -50,6 +50,24 @@ def test_too_few_steps_says_how_many_and_what_to_change():
     assert v.text.startswith("too few steps: 1 optimiser step(s) ran, so the result changed nothing measurable")
     assert v.text.endswith("; raise --epochs")
     assert verdict(BEFORE, FORGOT, BEFORE_IV, steps=MIN_STEPS).kind == "forgot and kept"
+
+
+def test_a_protocols_own_keys_give_the_same_verdicts():
+    """verdict_on (the TOFU standard's, MUSE's keys): forgetting is a forget key below its interval,
+    collapse a kept key below half of before; too few steps first."""
+    before = {"forget_Q_A_ROUGE": 0.9, "forget_Q_A_Prob": 0.8, "retain_Q_A_ROUGE": 0.7}
+    iv = {"forget_Q_A_ROUGE": Interval(0.9, 0.8, 1.0), "forget_Q_A_Prob": Interval(0.8, 0.7, 0.9)}
+    forget, keep = ("forget_Q_A_ROUGE", "forget_Q_A_Prob"), ("retain_Q_A_ROUGE",)
+    same = verdict_on(before, {**before, "forget_Q_A_ROUGE": 0.85}, iv, forget, keep, steps=50)
+    assert same.kind == "no measurable effect" and "forget_Q_A_ROUGE interval before [0.800, 1.000]" in same.text
+    gone = {**before, "forget_Q_A_ROUGE": 0.2}
+    kept = verdict_on(before, gone, iv, forget, keep, steps=50)
+    assert kept.kind == "forgot and kept" and kept.text.endswith("retain_Q_A_ROUGE 0.700 -> 0.700")
+    broke = verdict_on(before, {**gone, "retain_Q_A_ROUGE": 0.34}, iv, forget, keep, steps=50)
+    assert broke.kind == "forgot but collapsed" and "retain_Q_A_ROUGE fell from 0.700 to 0.340" in broke.text
+    assert verdict_on(before, {**gone, "retain_Q_A_ROUGE": 0.36}, iv, forget, keep, steps=50).kind == "forgot and kept"
+    few = verdict_on(before, gone, iv, forget, keep, steps=2, steps_hint="; raise --epochs")
+    assert few.kind == "too few steps" and few.text.endswith("; raise --epochs")
 
 
 def test_collapse_when_utility_or_entropy_falls_below_half():

@@ -264,7 +264,7 @@ def _before(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, accelerator):
     given = plan.baseline or plan.before
     if given:
         return RunDir(given).read_summary(), read_intervals(given), Path(given)
-    if not plan.sets or distributed.is_sharded(accelerator):  # (ZeRO-3 / FSDP hold the weights in pieces)
+    if not (plan.sets or plan.own is not None) or distributed.is_sharded(accelerator):  # (ZeRO-3/FSDP: in pieces)
         return None
     model.to(accelerator.device)
     return plan.protocol.evaluate_before(plan, model, tokenizer, fmt, out / BEFORE)

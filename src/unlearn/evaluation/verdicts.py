@@ -14,8 +14,10 @@
   what it should still answer;
 * **forgot and kept** — the forget metrics fell out of their interval and utility held.
 
-A verdict is given for the six-metric evaluation (the closer-look protocol); its inputs are the
-summary keys of :mod:`.six_metrics`.
+:func:`verdict` reads the summary keys of :mod:`.six_metrics` (the closer-look protocol);
+:func:`verdict_on` gives the same verdicts (but over-refusal) for any protocol from the keys it names:
+the forget metrics (higher: the model still knows) and the utility ones, each with its interval
+(the TOFU standard and MUSE).
 """
 
 from __future__ import annotations
@@ -142,12 +144,56 @@ HEADLINE = (
 )
 
 
-def print_before_after(before: dict, after: dict, before_iv: dict, after_iv: dict) -> None:
-    """The headline numbers before and after unlearning, each with its 95% interval."""
+def verdict_on(
+    before: dict,
+    after: dict,
+    before_iv: dict[str, Interval],
+    forget: tuple[str, ...],
+    keep: tuple[str, ...],
+    steps: int | None = None,
+    steps_hint: str = "",
+) -> Verdict:
+    """The verdict from a protocol's own keys: ``forget`` (higher while the model still knows the forget
+    set: forgetting is one of them falling below the before-model's interval), ``keep`` (utility: a
+    collapse is one falling below :data:`COLLAPSE` of its value before)."""
+    keys = [k for k in forget if _num(before.get(k)) and _num(after.get(k))]
+    change = ", ".join(f"{k} {_fmt(before[k])} -> {_fmt(after[k])}" for k in keys)
+    fell_out = [k for k in keys if k in before_iv and after[k] < before_iv[k].lo]
+    unchanged = bool(keys) and not fell_out
+    collapsed = [
+        f"{k} fell from {before[k]:.3f} to {after[k]:.3f} (below {COLLAPSE:.0%} of before)"
+        for k in keep
+        if _num(before.get(k)) and _num(after.get(k)) and before[k] > 0 and after[k] < COLLAPSE * before[k]
+    ]
+    if steps is not None and steps < MIN_STEPS:
+        what = "changed nothing measurable" if unchanged else "may reflect the settings more than the method"
+        return Verdict(
+            "too few steps",
+            f"too few steps: {steps} optimiser step(s) ran, so the result {what} ({change}){steps_hint}",
+            collapsed,
+        )
+    if unchanged:
+        lo_hi = "; ".join(
+            f"{k} interval before [{before_iv[k].lo:.3f}, {before_iv[k].hi:.3f}]" for k in keys if k in before_iv
+        )
+        return Verdict("no measurable effect", f"no measurable effect: {change} ({lo_hi})", collapsed)
+    if collapsed:
+        return Verdict("forgot but collapsed", f"forgot but collapsed: {change}; {'; '.join(collapsed)}")
+    kept = ", ".join(
+        f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in keep if _num(before.get(k)) and _num(after.get(k))
+    )
+    return Verdict("forgot and kept", f"forgot and kept: {change}" + (f"; {kept}" if kept else ""))
+
+
+def print_before_after(
+    before: dict, after: dict, before_iv: dict, after_iv: dict, keys: tuple[str, ...] | None = None
+) -> None:
+    """The headline numbers (``keys``; the six metrics' by default) before and after unlearning, each
+    with its 95% interval."""
     table = Table(title="Before and after unlearning (95% intervals over the items)")
     for column in ("metric", "before", "after", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    for key in HEADLINE:
+    for key in keys or HEADLINE:
         b, a = before.get(key), after.get(key)
         if _num(b) and _num(a):
             cells = [

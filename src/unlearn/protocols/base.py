@@ -15,6 +15,9 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+
+from unlearn import distributed
 from unlearn.data import (
     DEFAULT_MAX_LENGTH,
     IDK_FILE,
@@ -26,6 +29,10 @@ from unlearn.data import (
     load_unlearning_data,
 )
 from unlearn.errors import ConfigError
+from unlearn.evaluation.intervals import as_json, read_intervals
+from unlearn.evaluation.verdicts import print_before_after, verdict_on
+from unlearn.io import atomic_write_json, json_safe
+from unlearn.rundir import INTERVALS, RunDir
 
 
 class Protocol:
@@ -117,6 +124,37 @@ class Protocol:
         """The run's :class:`~unlearn.evaluation.verdicts.Verdict` from its evaluation in ``out`` and
         ``before`` (:meth:`evaluate_before`), added to its ``summary.json``; None without one."""
         return None
+
+    def before_with(self, out_dir, compute):
+        """``(summary, intervals, folder)`` of the model before unlearning in ``out_dir``: read back when
+        a resumed run has it, else ``compute()`` -> (summary, intervals, files to write: name -> JSON),
+        written there by the main process (the run's random draws left as they were)."""
+        out = RunDir(out_dir)
+        saved = out.read_summary()
+        if saved is not None:
+            return saved, read_intervals(out.path), out.path
+        with torch.random.fork_rng():
+            summary, intervals, files = compute()
+        if distributed.is_main_process():
+            out.path.mkdir(parents=True, exist_ok=True)
+            for name, content in files.items():
+                atomic_write_json(out.path / name, json_safe(content))
+            if intervals:
+                atomic_write_json(out.path / INTERVALS, json_safe(as_json(intervals)))
+            atomic_write_json(out.summary, json_safe(summary))  # last: it marks a complete result
+        return summary, intervals, out.path
+
+    def conclude_on(self, out, before, forget: tuple, keep: tuple, steps, steps_hint):
+        """The verdict from this protocol's own ``forget`` and ``keep`` keys (:func:`verdict_on`), with
+        the before/after table printed, added to ``summary.json``."""
+        summary = out.read_summary()
+        if before is None or summary is None:
+            return None
+        before_summary, before_iv = before[:2]
+        print_before_after(before_summary, summary, before_iv, read_intervals(out.path), forget + keep)
+        found = verdict_on(before_summary, summary, before_iv, forget, keep, steps, steps_hint)
+        atomic_write_json(out.summary, json_safe({**summary, "verdict": found.as_dict()}))
+        return found
 
     def eval_texts(self, plan) -> list[str]:
         """The texts its evaluation encodes (a model converted on the fly takes its vocabulary from them)."""

@@ -32,6 +32,7 @@ ROUGE values are in [0, 1] (MUSE prints them ×100). Results: ``summary.json`` a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -327,6 +328,21 @@ class Muse(Protocol):
         write_muse(result, out.path, intervals)
         print_muse(result.summary, intervals)
         return result.summary
+
+    def evaluate_before(self, plan, model, tokenizer, fmt, out_dir):
+        """The model before unlearning on MUSE's memorisation and knowledge sets (not PrivLeak's), for the verdict."""
+
+        def compute():
+            sets = dataclasses.replace(plan.own, privleak_forget=None, privleak_holdout=None)
+            result = evaluate_muse(model, tokenizer, sets, plan.batch_size, None, plan.gen_batch_size)
+            summary = {k: v for k, v in result.summary.items() if k != "unavailable"}
+            return summary, muse_intervals(result.logs), {MUSE_EVAL: result.logs}
+
+        return self.before_with(out_dir, compute)
+
+    def conclude(self, plan, out, before, steps, steps_hint, refusals):
+        forget, keep = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE"), ("retain_knowmem_ROUGE",)
+        return self.conclude_on(out, before, forget, keep, steps, steps_hint)
 
     def eval_texts(self, plan) -> list[str]:
         m = plan.own

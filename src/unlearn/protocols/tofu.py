@@ -47,6 +47,7 @@ from unlearn import distributed, models
 from unlearn.data import HUB_RETAIN, UnlearningData, hub_records, read_records
 from unlearn.distributed import state
 from unlearn.errors import ConfigError, DataError
+from unlearn.evaluation.generation import generation_batch
 from unlearn.evaluation.intervals import as_json
 from unlearn.evaluation.log_intervals import tofu_intervals
 from unlearn.evaluation.open_unlearning import (  # noqa: F401 (the TOFU standard's pieces, with the protocol)
@@ -188,6 +189,22 @@ def retain_logs_from_model(model, tokenizer, template, sets, batch_size: int, so
         ]
     ratios = truth_ratio_values(scored.losses("forget", "para"), scored.losses("forget", "pert"))
     return RetainLogs([float(x) for x in ratios], auc, source)
+
+
+def evaluate_tofu_on(model, tokenizer, template, sets: TofuSets, names, batch_size: int) -> dict:
+    """``<name>_Q_A_ROUGE`` and ``<name>_Q_A_Prob`` of the TOFU standard on some of its sets (``names``),
+    computed as :func:`evaluate_tofu` computes them: the model before unlearning, for the verdict."""
+    questions = [r["question"] for n in names for r in sets.of(n)]
+    gens = generate_answers(model, tokenizer, template, questions, generation_batch(batch_size, None), False)
+    pairs = pairs_of(sets, tuple(names))
+    scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))
+    logs, start = {}, 0
+    for n in names:
+        rows = sets.of(n)
+        logs[f"{n}_Q_A_Prob"] = prob_entry(scored.losses(n, "answer"))
+        logs[f"{n}_Q_A_ROUGE"] = rouge_entry(tokenizer, template, rows, gens[start : start + len(rows)])
+        start += len(rows)
+    return logs
 
 
 # --------------------------------------------------------------------------- output
@@ -337,6 +354,21 @@ class TofuStandard(Protocol):
             print_tofu(result.summary, intervals)
             log.info("wrote the TOFU evaluation to %s (open-unlearning's TOFU_EVAL.json beside it)", out.summary)
         return result.summary
+
+    def evaluate_before(self, plan, model, tokenizer, fmt, out_dir):
+        """The model before unlearning on the forget and retain sets: ROUGE and probability (TOFU_EVAL.json
+        of those four, intervals.json), for the verdict."""
+
+        def compute():
+            logs = evaluate_tofu_on(model, tokenizer, fmt, plan.own, ("forget", "retain"), plan.batch_size)
+            summary = {"benchmark": self.name, "split": plan.own.split, **{k: v["agg_value"] for k, v in logs.items()}}
+            return summary, tofu_intervals(logs), {TOFU_EVAL: logs}
+
+        return self.before_with(out_dir, compute)
+
+    def conclude(self, plan, out, before, steps, steps_hint, refusals):
+        forget, keep = ("forget_Q_A_ROUGE", "forget_Q_A_Prob"), ("retain_Q_A_ROUGE", "retain_Q_A_Prob")
+        return self.conclude_on(out, before, forget, keep, steps, steps_hint)
 
     def eval_texts(self, plan) -> list[str]:
         t = plan.own
