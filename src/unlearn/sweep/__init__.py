@@ -143,7 +143,8 @@ def run_sweep(
             print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
         if not settings.in_process:
             todo = [r for r, s in zip(runs, states, strict=False) if _needs_job(r, s)]
-            print(f"launcher {settings.name}: {settings.parallel or 'no limit'} at once; each run one job:")
+            limit = settings.parallel or (1 if settings.name == "local" else "no limit")
+            print(f"launcher {settings.name}: {limit} at once; each run one job:")
             if todo:
                 print("  python " + shlex.join(_job(root, todo[0], settings, seeds).python_args()))
         return 0
