@@ -279,6 +279,18 @@ def local_ray(killer):
     ray.shutdown()
 
 
+def test_ray_runs_the_sweep_and_reports_a_failing_run(files, sequential, local_ray, tmp_path, capsys):
+    """The CI's Ray check (the 4-run one is slow): two runs side by side on 2 CPUs, one diverging."""
+    path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw", methods=("GA+GD",), lrs=(1e-3, 1e30))
+    assert main(["sweep", "--config", str(path), "--launcher", "ray"]) == 1
+    out = capsys.readouterr().out
+    assert "each run 1 CPU(s), 0 GPU(s); 2 run(s) to start" in out and out.count(": submitted (running)") == 2
+    assert statuses(tmp_path / "sw") == [(NAMES[0], "done"), ("method-GA+GD__lr-1e+30", "failed")]
+    assert_same_weights(tmp_path / "sw" / NAMES[0], sequential / NAMES[0])
+    assert "1 done, 1 failed, 0 skipped" in out and f"failed: {tmp_path / 'sw' / 'method-GA+GD__lr-1e+30'}: " in out
+
+
+@pytest.mark.slow
 def test_ray_runs_2_at_a_time_and_matches_the_in_process_sweep(files, sequential, local_ray, tmp_path, capsys):
     path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw", lrs=(1e-3, 1e30))  # 1e30 diverges: failing runs
     assert main(["sweep", "--config", str(path), "--launcher", "ray"]) == 1

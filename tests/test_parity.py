@@ -78,6 +78,7 @@ def test_the_loop_runs_the_official_steps(tmp_path):
     assert [row["epoch"] for row in history] == [0.8, 1.6, 2.4, 3.2, 4.0, 4.8]  # 8 of 10 batches per step
 
 
+@pytest.mark.slow  # (tests/test_distributed.py runs two processes in make test)
 def test_two_processes_take_the_same_6_steps(tmp_path, one_thread):
     from tests.test_distributed import TORCHRUN, _log, _torchrun
 
