@@ -308,6 +308,17 @@ def test_ray_runs_2_at_a_time_and_matches_the_in_process_sweep(files, sequential
 
 
 @pytest.mark.slow
+def test_ray_gives_the_summaries_of_the_in_process_sweep(files, local_ray, tmp_path, capsys):
+    """With evaluation: every summary.json of a Ray sweep equals the in-process sweep's, value for value."""
+    runs = {}
+    for name, flags in (("here", []), ("ray", ["--launcher", "ray"])):
+        path = sweep_file(tmp_path / f"{name}.yaml", files, tmp_path / name, base={"eval": True, "nli": "none"})
+        assert main(["sweep", "--config", str(path), *flags]) == 0
+        runs[name] = {n: json.loads((tmp_path / name / n / "summary.json").read_text()) for n in NAMES}
+    assert runs["ray"] == runs["here"] and "Forget Efficacy" in runs["ray"][NAMES[0]]
+
+
+@pytest.mark.slow
 def test_submitit_local_executor_runs_the_sweep(files, sequential, tmp_path, capsys):
     path = sweep_file(tmp_path / "s.yaml", files, tmp_path / "sw", launcher={"name": "slurm", "cluster": "local"})
     assert main(["sweep", "--config", str(path), "--parallel", "2"]) == 0
