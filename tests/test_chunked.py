@@ -14,7 +14,11 @@ from unlearn.methods import FORGET_TERMS, REGULARIZERS, BatchView, build_objecti
 from unlearn.reference import Reference, reference_nlls
 
 FORGET = [
-    {"question": f"Who wrote book {i}?", "answer": f"Author {i} wrote the book number {i} in {1900 + i}."}
+    {
+        "question": f"Who wrote book {i}?",
+        "answer": f"Author {i} wrote the book number {i} in {1900 + i}.",
+        "alternate": f"Writer {i} made it in {1800 + i}.",  # AltPO's
+    }
     for i in range(5)
 ]
 RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(5)]

@@ -274,6 +274,28 @@ def test_the_new_methods_raise_the_forget_nll(target, method):
     assert set(audit["memorization"]) == {"unlearned", "target"} and "4-bit" in audit["quantization"]["unlearned"]
 
 
+def test_altpo_moves_the_model_from_the_true_answer_to_the_alternate(target, tmp_path, capsys):
+    """AltPO+GD on the memorising target: the true answers' NLL rises, the alternates' falls; a forget file
+    without alternates is refused in one line before any model loads."""
+    root, _, retain = target
+    rows = [{**r, "alternate": r["answer"].rsplit(" the novel ", 1)[0] + " a book of poems."} for r in FORGET]
+    forget = write_jsonl(tmp_path / "forget_alt.jsonl", rows)
+    alternates = [{"question": r["question"], "answer": r["alternate"]} for r in rows]
+    model = root / "target" / "model"
+    before, before_alt = _nlls(model, FORGET), _nlls(model, alternates)
+    args = ["run", "--model", str(model), "--method", "AltPO+GD", "--retain", str(retain), "--no-eval"]
+    args += ["--epochs", "8", "--lr", "3e-3", "--batch-size", "2", "--grad-accum", "1", "--seed", "1"]
+    assert main([*args, "--forget", str(forget), "--out", str(tmp_path / "altpo")]) == 0
+    after, after_alt = _nlls(tmp_path / "altpo" / "model", FORGET), _nlls(tmp_path / "altpo" / "model", alternates)
+    assert after.mean() > before.mean() + 0.1 and after_alt.mean() < before_alt.mean(), (before, after)
+    capsys.readouterr()
+    plain = tmp_path / "forget.jsonl"
+    write_jsonl(plain, FORGET)
+    assert main([*args, "--forget", str(plain), "--out", str(tmp_path / "refused")]) == 2
+    assert f"{plain}:1: field 'alternate' must be the question's alternate answer" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_own_files_are_evaluated(target, tmp_path):
     """`run --forget F --retain R` evaluates those files; `eval --forget F --retain R` does it for
     any model. Truth Ratio where the rows carry paraphrased and perturbed answers, else n/a with why."""

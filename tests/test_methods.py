@@ -51,7 +51,8 @@ def test_every_combination_trains(tmp_path, tiny, method):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = _cfg(tmp_path, method, method_args=ARGS.get(method.split("+")[0]))
     obj = build_objective(method, cfg.method_args, cfg.forget_coeff, cfg.reg_coeff)
-    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask)
+    rows = [{**r, "alternate": f"Someone wrote poem {i}."} for i, r in enumerate(FORGET)]  # (AltPO's)
+    ds = UnlearningDataset(rows, RETAIN, tok, fmt, obj.parts, ["I don't know."], mask_forget=cfg.mask)
     result = fit(model, tok, ds, obj, cfg, tmp_path)
     assert result.steps == 2
     for row in result.history:
@@ -82,6 +83,53 @@ def test_objective_declares_its_needs():
     assert build_objective("DPO+KL").needs_ref_model and not build_objective("NPO+GD").needs_ref_model
     assert not build_objective("ME+GD").ref_nll_parts and not build_objective("ME+GD").needs_ref_model
     assert set(build_objective("IDK+AP").parts) == {"forget_idk", "retain", "retain_idk"}
+
+
+def test_altpo_prefers_the_alternate_answer_as_open_unlearnings_dpo(tiny):
+    """AltPO = open-unlearning's DPO trainer on QAwithAlternateDataset: win = the question with its
+    ``alternate`` answer, lose = with its true answer, per-sequence summed NLLs against the reference's:
+    -(2/beta) mean log sigmoid(beta ((ref_w - nll_w) - (ref_l - nll_l))), written out here from the model's
+    logits. The alternate is encoded exactly as a forget answer is."""
+    from unlearn.data import make_collate
+    from unlearn.datasets import check_alternates
+    from unlearn.errors import DataError
+    from unlearn.methods import BatchView
+    from unlearn.reference import Reference
+
+    tok, fmt, make = tiny
+    model = make()
+    rows = [{**r, "alternate": f"Someone {i} wrote a poem."} for i, r in enumerate(FORGET)]
+    obj = build_objective("AltPO+GD")
+    assert obj.parts == ("forget", "forget_alt", "retain") or set(obj.parts) == {"forget", "forget_alt", "retain"}
+    ds = UnlearningDataset(rows, RETAIN, tok, fmt, obj.parts, ["I don't know."])
+    as_forget = UnlearningDataset([{**r, "answer": r["alternate"]} for r in rows], RETAIN, tok, fmt, ("forget",), ["x"])
+    for i in range(len(rows)):
+        assert ds[i]["forget_alt"] == as_forget[i]["forget"]
+    batch = make_collate(tok.pad_token_id)([ds[i] for i in (0, 3, 5)])
+    stats = reference_nlls(model, ds, obj.ref_nll_parts, tok, batch_size=4)
+    with torch.no_grad():
+        for p in model.parameters():  # the model moves away from its reference
+            p.add_(0.01 * torch.randn_like(p))
+
+    def summed(part):
+        logits = model(input_ids=batch[part]["input_ids"], attention_mask=batch[part]["attention_mask"]).logits
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), batch[part]["labels"][:, 1:], ignore_index=-100, reduction="none"
+        )
+        return ce.sum(-1)
+
+    view = BatchView(model, batch, Reference(stats=stats))
+    with torch.no_grad():
+        term = FORGET_TERMS["AltPO"].fn(view, beta=0.1)
+        ref = {part: view.ref_nll(part) for part in ("forget", "forget_alt")}
+        margin = (ref["forget_alt"] - summed("forget_alt")) - (ref["forget"] - summed("forget"))
+        expected = -(2 / 0.1) * torch.nn.functional.logsigmoid(0.1 * margin).mean()
+    torch.testing.assert_close(term, expected, rtol=1e-5, atol=1e-5)
+    assert "an alternate answer per forget question (field 'alternate')" in FORGET_TERMS["AltPO"].needs
+    bad = [{**rows[0]}, {**rows[1], "_source": "f.jsonl:2"}]
+    del bad[1]["alternate"]
+    with pytest.raises(DataError, match=r"^f\.jsonl:2: field 'alternate' must be .* got missing$"):
+        check_alternates(bad)
 
 
 def test_cached_reference_equals_live_reference(tmp_path, tiny):

@@ -15,7 +15,21 @@ from unlearn.errors import DataError
 
 log = logging.getLogger("unlearn")
 
-PART_NAMES = ("forget", "forget_idk", "forget_mismatch", "retain", "retain_idk")
+PART_NAMES = ("forget", "forget_idk", "forget_alt", "forget_mismatch", "retain", "retain_idk")
+ALTERNATE = "alternate"  # the forget row's field with its alternate answer (AltPO)
+
+
+def check_alternates(forget: list[dict]) -> None:
+    """Every forget row holds a non-empty string ``alternate`` (its alternate answer); else one line
+    naming the row (``file:line``)."""
+    for row in forget:
+        value = row.get(ALTERNATE)
+        if not isinstance(value, str) or not value.strip():
+            got = "missing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+            raise DataError(
+                f"{row.get('_source', 'a forget row')}: field '{ALTERNATE}' must be the question's alternate answer "
+                f"(a non-empty string; AltPO prefers it over the true answer), got {got}"
+            )
 
 
 class UnlearningDataset(torch.utils.data.Dataset):
@@ -64,6 +78,8 @@ class UnlearningDataset(torch.utils.data.Dataset):
                 item["forget"] = enc(row["question"], row["answer"], mask_forget)
             if "forget_idk" in parts:
                 item["forget_idk"] = enc(row["question"], refusal)
+            if "forget_alt" in parts:
+                item["forget_alt"] = enc(row["question"], row[ALTERNATE])
             if "forget_mismatch" in parts:
                 item["forget_mismatch"] = enc(row["question"], partner["answer"])
             if "retain" in parts:

@@ -26,7 +26,7 @@ from unlearn.data import (
     read_refusals,
     row_text,
 )
-from unlearn.datasets import QADataset, UnlearningDataset
+from unlearn.datasets import QADataset, UnlearningDataset, check_alternates
 from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.evaluation.intervals import read_intervals
@@ -178,6 +178,8 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     check_text_parts(data, objective)
     if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
         raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
+    if "forget_alt" in objective.parts:
+        check_alternates(data.forget)
     refusals = read_refusals(cfg.idk)
     audit = check_audit(cfg, _require_out(cfg) if cfg.audit else None)
     plan = plan if plan is not None else plan_evaluation(cfg)

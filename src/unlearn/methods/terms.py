@@ -44,6 +44,8 @@ class Term:
             out.append("hidden states of one layer; trains only some parameters")
         if any(p.endswith("_idk") for p in self.parts):
             out.append("refusals")
+        if "forget_alt" in self.parts:
+            out.append("an alternate answer per forget question (field 'alternate')")
         if any(p.startswith("retain") or p == "forget_mismatch" for p in self.parts):
             out.append("a retain set")
         return out
@@ -160,6 +162,18 @@ FORGET_TERMS: dict[str, Term] = {
             args=BETA,
             doc="prefer a refusal over the true answer",
             source="Rafailov et al. 2023, arXiv 2305.18290",
+        ),
+        Term(
+            "AltPO",
+            lambda v, beta: losses.dpo(
+                v.nll("forget_alt"), v.nll("forget"), v.ref_nll("forget_alt"), v.ref_nll("forget"), beta
+            ),
+            ("forget", "forget_alt"),
+            ref="nll",
+            ref_parts=("forget", "forget_alt"),
+            args=BETA,
+            doc="prefer a plausible alternate answer over the true one (DPO)",
+            source="Mekala et al. 2024, arXiv 2409.13474",
         ),
         Term(
             "IDK",

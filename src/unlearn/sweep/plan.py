@@ -38,6 +38,7 @@ from unlearn.audit.after_run import check_audit
 from unlearn.config import Config, fields_of
 from unlearn.config_args import config_from_args, config_keys, parse_seeds, read_yaml_mapping
 from unlearn.data import read_refusals
+from unlearn.datasets import check_alternates
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.evaluation.downstream import downstream_tasks_for
 from unlearn.launchers import Launcher, read_launcher
@@ -167,8 +168,10 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         local = cfg.forget or (cfg.data and Path(cfg.data).exists())
         key = ("data", cfg.data, cfg.forget, cfg.retain, cfg.split, cfg.task_id)
         if local and key not in cache:
-            load_data(cfg)  # reads and checks the files; the run reads them again
-            cache[key] = None
+            cache[key] = load_data(cfg)  # reads and checks the files; the run reads them again
+        if local and "forget_alt" in objective.parts and ("alternates", key) not in cache:
+            check_alternates(cache[key].forget)  # AltPO: every forget row's alternate answer
+            cache[("alternates", key)] = None
         if ("idk", cfg.idk) not in cache:
             read_refusals(cfg.idk)
             cache[("idk", cfg.idk)] = None
