@@ -131,6 +131,11 @@ def _ce_u(v: BatchView, ignore_first: int) -> torch.Tensor:
     return losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first)
 
 
+def _prefer(chosen: str):
+    """DPO's forget term with the ``chosen`` part (a refusal, an alternate answer) preferred over the true answer."""
+    return lambda v, beta: losses.dpo(v.nll(chosen), v.nll("forget"), v.ref_nll(chosen), v.ref_nll("forget"), beta)
+
+
 FORGET_TERMS: dict[str, Term] = {
     t.name: t
     for t in [
@@ -153,9 +158,7 @@ FORGET_TERMS: dict[str, Term] = {
         ),
         Term(
             "DPO",
-            lambda v, beta: losses.dpo(
-                v.nll("forget_idk"), v.nll("forget"), v.ref_nll("forget_idk"), v.ref_nll("forget"), beta
-            ),
+            _prefer("forget_idk"),
             ("forget", "forget_idk"),
             ref="nll",
             ref_parts=("forget", "forget_idk"),
@@ -165,9 +168,7 @@ FORGET_TERMS: dict[str, Term] = {
         ),
         Term(
             "AltPO",
-            lambda v, beta: losses.dpo(
-                v.nll("forget_alt"), v.nll("forget"), v.ref_nll("forget_alt"), v.ref_nll("forget"), beta
-            ),
+            _prefer("forget_alt"),
             ("forget", "forget_alt"),
             ref="nll",
             ref_parts=("forget", "forget_alt"),
