@@ -274,6 +274,7 @@ def test_the_new_methods_raise_the_forget_nll(target, method):
     assert set(audit["memorization"]) == {"unlearned", "target"} and "4-bit" in audit["quantization"]["unlearned"]
 
 
+@pytest.mark.slow  # (make test checks AltPO's loss, data and error line in tests/test_methods.py)
 def test_altpo_moves_the_model_from_the_true_answer_to_the_alternate(target, tmp_path, capsys):
     """AltPO+GD on the memorising target: the true answers' NLL rises, the alternates' falls; a forget file
     without alternates is refused in one line before any model loads."""

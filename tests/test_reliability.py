@@ -557,6 +557,7 @@ def test_demo_refuses_an_earlier_demo_without_overwrite(tmp_path, capsys):
     assert (target / "config.json").read_text() == "{}"
 
 
+@pytest.mark.slow  # (make test keeps the lock's unit checks: a stale lock taken over, a held one refused)
 def test_two_runs_on_one_folder_one_wins(files, tmp_path, capsys, one_thread):
     """A second command on a folder another one is writing is refused at once; the first one's log
     holds its own rows only."""
