@@ -266,6 +266,7 @@ def test_collapse_is_said(target, tmp_path, caplog):
     assert "While unlearning" in text and "Collapse:" in text and (report / "trajectory.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # (make test keeps the training-time evaluation's other checks)
 def test_resume_cuts_the_log_back_and_keeps_the_best(target, tmp_path, monkeypatch):
     import unlearn.train_setup
 
