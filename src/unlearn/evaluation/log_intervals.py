@@ -17,7 +17,7 @@ from scipy.stats import ks_2samp
 
 from unlearn.evaluation import mia
 from unlearn.evaluation.intervals import Interval, bootstrap
-from unlearn.evaluation.open_unlearning import EPS, UTILITY, RetainLogs
+from unlearn.evaluation.open_unlearning import EPS, UTILITY, RetainLogs, hmean
 
 
 def per_item(entry: dict, field: str) -> np.ndarray:
@@ -43,14 +43,6 @@ def _tr_forget(x: np.ndarray) -> float | None:
 
 def _tr_kept(x: np.ndarray) -> float | None:
     return _mean(np.maximum(0, 1 - x))
-
-
-def _hmean(values: list[float | None]) -> float | None:
-    if any(v is None for v in values):
-        return None
-    if any(v <= 0 for v in values):
-        return 0.0
-    return float(len(values) / sum(1 / v for v in values))
 
 
 def tofu_intervals(logs: dict, retain_logs: RetainLogs | None = None) -> dict[str, Interval]:
@@ -93,8 +85,8 @@ def tofu_intervals(logs: dict, retain_logs: RetainLogs | None = None) -> dict[st
 
     def statistic(idx) -> dict:
         out = {key: agg(values[idx[name]]) for key, (name, values, agg) in columns.items()}
-        if all(k in out for k in UTILITY):
-            out["model_utility"] = _hmean([out[k] for k in UTILITY])
+        if all(out.get(k) is not None for k in UTILITY):  # open-unlearning's harmonic mean, as the summary's
+            out["model_utility"] = hmean([out[k] for k in UTILITY])
         if retain is not None and forget_tr is not None and logs.get("forget_quality", {}).get("agg_value") is not None:
             other = retain[idx["forget"]] if paired else retain[idx["retain model"]]
             out["forget_quality"] = float(ks_2samp(forget_tr[idx["forget"]], other).pvalue)
