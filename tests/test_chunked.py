@@ -22,10 +22,10 @@ FORGET = [
     for i in range(5)
 ]
 RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country {i}."} for i in range(5)]
-COMBOS = list(FORGET_TERMS) + [
+COMBOS = [f for f, t in FORGET_TERMS.items() if not t.in_context] + [
     f"{f}+{r}"
     for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
-    if f not in ("LLMU", "RMU") and not FORGET_TERMS[f].task_vector
+    if f not in ("LLMU", "RMU", "RT") and not FORGET_TERMS[f].task_vector and not FORGET_TERMS[f].in_context
 ]
 ARGS = {"RMU": {"layer": 0, "layers": "0"}}
 

@@ -36,10 +36,10 @@ def _cfg(tmp_path, method, **kw):
     return resolve(Config(**base))[1]
 
 
-COMBOS = [f for f in FORGET_TERMS] + [
+COMBOS = [f for f, t in FORGET_TERMS.items() if not t.in_context] + [
     f"{f}+{r}"
     for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
-    if f != "LLMU" and not FORGET_TERMS[f].task_vector
+    if f != "LLMU" and not FORGET_TERMS[f].task_vector and not FORGET_TERMS[f].in_context
 ]
 ARGS = {"RMU": {"layer": 0, "layers": "0"}}  # the tiny model has one layer
 

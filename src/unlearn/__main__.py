@@ -181,7 +181,9 @@ def _forget_parser(p):
 
 
 def _eval_parser(p):
-    add_config_args(p, ("model", "data", "eval", "downstream", "out"), exclude=("eval",), extra=("forget", "retain"))
+    add_config_args(
+        p, ("model", "data", "eval", "downstream", "out"), exclude=("eval",), extra=("forget", "retain", "method")
+    )
 
 
 def _audit_parser(p):

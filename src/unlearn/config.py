@@ -107,7 +107,8 @@ class Config:
     # --- data ---
     data: str | None = _f(None, "data: a TOFU-layout folder, a real-world-layout folder, or "
                           "locuslab/TOFU", "data", True)
-    split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10", "data", True)
+    split: str = _f("forget01", "TOFU split: forget01, forget05 or forget10 (MUSE: forget, scal/forget_N, "
+                    "sust/forget_N; RWKU: a target N, targets N-M, optionally /phi3 or /passage)", "data", True)
     task_id: int | None = _f(None, "task of the split (TOFU 1..10; real world: one person, or all), as a number or "
                              "'all' (default, as officially: TOFU task 1; the real-world layout every person at "
                              "once)", "data", True, lo=1)
@@ -115,9 +116,10 @@ class Config:
                         "Utility, Forget Efficacy) or tofu (the TOFU standard as open-unlearning computes it: the hub "
                         "configs of locuslab/TOFU or a snapshot folder of them, 9-value Model Utility, Forget Quality, "
                         "privleak; prompts, lengths and encoding as its configs), muse (raw-text unlearning of "
-                        "muse-bench/MUSE-News or -Books or a snapshot folder: VerbMem, KnowMem, PrivLeak) or wmdp "
+                        "muse-bench/MUSE-News or -Books or a snapshot folder: VerbMem, KnowMem, PrivLeak), wmdp "
                         "(lm-eval's wmdp_bio, wmdp_cyber and mmlu after unlearning --forget/--retain "
-                            "text)", "data", True)
+                        "text) or rwku (real people of jinzhuoran/RWKU or a snapshot folder, --split N or N-M: "
+                        "forget probes at three levels, neighbours, MIA, utility)", "data", True)
     # --- unlearning ---
     forget: str | None = _f(None, "your own forget set (JSON lines with question and answer)", "unlearn", True)
     retain: str | None = _f(None, "your own retain set (JSON lines with question and answer)", "unlearn", True)
@@ -161,7 +163,8 @@ class Config:
                                 "one row per evaluation in OUT/eval_log.jsonl, drawn against steps by unlearn report",
                                 "eval", True, lo=1)
     eval_sets: str | None = _f(None, "the sets --eval-every evaluates, comma-separated (e.g. forget,retain; default: "
-                               "every set)", "eval", True)
+                               "every set); --benchmark rwku: the groups evaluated (forget,neighbor,mia,utility)",
+                               "eval", True)
     keep: str = _f("last", "the model saved: last (the final weights), or best (with --eval-every: the evaluated "
                    "weights with the highest Forget Efficacy among those whose Model Utility is at least --mu-floor "
                    "times the starting one)", "eval", True)

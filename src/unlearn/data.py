@@ -283,6 +283,38 @@ def hub_records(
     return rows
 
 
+class HubSnapshot:
+    """A benchmark's hub data set read config by config: its hub id (one of ``hub_ids``) or a local
+    snapshot folder in the hub layout, one JSON-lines file per config and split (``CONFIG/SPLIT.json``)."""
+
+    hub_ids: tuple[str, ...] = ()
+    name = "the benchmark"
+    example = "CONFIG/SPLIT.json"
+
+    def __init__(self, data: str | Path):
+        self.data = str(data)
+        self.folder = Path(self.data) if Path(self.data).is_dir() else None
+        if self.folder is None and self.data not in self.hub_ids:
+            raise DataError(
+                f"{self.data}: {self.name} reads {' or '.join(self.hub_ids)} (hub) or a snapshot folder of their "
+                f"configs ({self.example}, ...); not found"
+            )
+
+    def has(self, config: str, split: str) -> bool:
+        return self.folder is None or (self.folder / config / f"{split}.json").is_file()
+
+    def rows(self, config: str, split: str, required=("text",)) -> list[dict]:
+        if self.folder is not None:
+            path = self.folder / config / f"{split}.json"
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: missing; a {self.name} snapshot folder holds one JSON-lines file per config and "
+                    f"split ({self.example}, ...)"
+                )
+            return read_records(path, required=required)
+        return hub_records(self.data, config, split, required, label=f"{self.data}/{config}/{split}")
+
+
 def load_hub_tofu(split: str) -> UnlearningData:
     if split not in HUB_RETAIN:
         raise DataError(f"unknown split '{split}' (valid: {', '.join(HUB_RETAIN)})")

@@ -32,6 +32,20 @@ def check_alternates(forget: list[dict]) -> None:
             )
 
 
+def check_method_rows(objective, data) -> None:
+    """The forget rows ``objective`` reads, checked before any model loads: AltPO's alternate answers
+    (:func:`check_alternates`), and RT's refusals (its rows' own answers: RWKU's refusal set or your
+    own file, never a folder whose answers are the facts to forget)."""
+    if "forget_alt" in objective.parts:
+        check_alternates(data.forget)
+    if objective.forget.own_refusals and data.layout not in ("rwku", "files"):
+        raise DataError(
+            f"{objective.name} fine-tunes on the forget rows' own answers, which must be refusals (RWKU's refusal "
+            f"set with --benchmark rwku, or a --forget file of questions answered with refusals); the answers of "
+            f"this {data.layout} data are the facts to forget: use IDK, which pairs the questions with refusals"
+        )
+
+
 class UnlearningDataset(torch.utils.data.Dataset):
     """One item per forget example, with the sequences each loss term needs, by name.
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 from unlearn import distributed, models
-from unlearn.config import inputs_of, save_fields
+from unlearn.config import Config, inputs_of, save_fields
 from unlearn.distributed import state
-from unlearn.errors import DataError
+from unlearn.errors import ConfigError, DataError
 from unlearn.loading import validate_model_settings
+from unlearn.methods import parse_method
 from unlearn.protocols import prompt_format_for, protocol_of
 from unlearn.protocols.plan import plan_evaluation
 from unlearn.report.before_after import before_after
@@ -20,6 +21,8 @@ def run_eval(cfg) -> dict:
     protocol's own sets)."""
     protocol = protocol_of(cfg)
     protocol.check_flags(cfg)
+    if cfg.method != Config.method and not parse_method(cfg.method)[0].in_context:
+        raise ConfigError(f"unlearn eval takes --method ICU only (in-context unlearning), got {cfg.method}")
     data = cfg.eval_data or cfg.data
     if not data and not cfg.forget and not protocol.downstream_is_evaluation:
         raise DataError(

@@ -80,6 +80,11 @@ def check_run_inputs(cfg: Config, objective) -> None:
     settings (:func:`validate_model_settings`), a ``--ref-model`` that can be found (when the method
     uses a reference), and layer numbers the model has (RMU's ``layer``/``layers``, from its config)."""
     validate_model_settings(cfg)
+    if objective.forget.in_context:
+        raise ConfigError(
+            f"{objective.name} (in-context unlearning) trains nothing: evaluate it with unlearn eval --benchmark rwku "
+            f"--method {objective.name} --model MODEL --data DATA --split N --out DIR"
+        )
     if cfg.ref_model and (objective.needs_ref_model or objective.ref_nll_parts):
         models.check_source(cfg.ref_model, "--ref-model")
     layers = methods.layer_args(objective.forget_args)

@@ -26,7 +26,7 @@ from unlearn.data import (
     read_refusals,
     row_text,
 )
-from unlearn.datasets import QADataset, UnlearningDataset, check_alternates
+from unlearn.datasets import QADataset, UnlearningDataset, check_method_rows
 from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.evaluation.intervals import read_intervals
@@ -178,8 +178,7 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     check_text_parts(data, objective)
     if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
         raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
-    if "forget_alt" in objective.parts:
-        check_alternates(data.forget)
+    check_method_rows(objective, data)
     refusals = read_refusals(cfg.idk)
     audit = check_audit(cfg, _require_out(cfg) if cfg.audit else None)
     plan = plan if plan is not None else plan_evaluation(cfg)
@@ -311,7 +310,7 @@ def check_training_eval(cfg: Config, plan, objective) -> None:
     if cfg.eval_every is None:
         if cfg.keep == "best":
             raise ConfigError("--keep best chooses among the evaluations while unlearning: add --eval-every N")
-        if cfg.eval_sets:
+        if cfg.eval_sets and not plan.protocol.own_eval_sets:
             raise ConfigError("--eval-sets chooses what --eval-every evaluates: add --eval-every N")
         return
     name = plan.protocol.name

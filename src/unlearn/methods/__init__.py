@@ -92,7 +92,10 @@ class Objective:
 
 def valid_method_names() -> list[str]:
     return list(FORGET_TERMS) + [
-        f"{f}+{r}" for f, t in FORGET_TERMS.items() if f not in DEFAULT_REG and not t.task_vector for r in REGULARIZERS
+        f"{f}+{r}"
+        for f, t in FORGET_TERMS.items()
+        if f not in DEFAULT_REG and not (t.task_vector or t.in_context)
+        for r in REGULARIZERS
     ]
 
 
@@ -122,6 +125,8 @@ def parse_method(name: str) -> tuple[Term, Term | None]:
     forget = forgets[pieces[0]]
     if forget.task_vector and len(pieces) == 2:
         raise ConfigError(f"{forget.name} takes no regulariser: its fine-tuning step learns the forget set only")
+    if forget.in_context and len(pieces) == 2:
+        raise ConfigError(f"{forget.name} takes no regulariser: it trains nothing")
     if len(pieces) == 2:
         reg = regs[pieces[1]]
     else:

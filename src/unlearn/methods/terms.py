@@ -35,6 +35,8 @@ class Term:
     source: str = ""  # the paper that defines it
     trainable: Callable[..., list[str]] | None = None  # args -> regexes of the only parameters that train
     task_vector: bool = False  # the trained weights are then negated: θ − α (θ_trained − θ)
+    own_refusals: bool = False  # fine-tunes on the forget rows' own answers, which must be refusals (RT)
+    in_context: bool = False  # trains nothing: an instruction before every evaluation prompt (ICU)
 
     @property
     def needs(self) -> list[str]:
@@ -44,6 +46,8 @@ class Term:
             out.append("hidden states of one layer; trains only some parameters")
         if any(p.endswith("_idk") for p in self.parts):
             out.append("refusals")
+        if self.own_refusals:
+            out.append("forget rows answered with refusals (RWKU's refusal set)")
         if "forget_alt" in self.parts:
             out.append("an alternate answer per forget question (field 'alternate')")
         if any(p.startswith("retain") or p == "forget_mismatch" for p in self.parts):
@@ -131,6 +135,10 @@ def _ce_u(v: BatchView, ignore_first: int) -> torch.Tensor:
     return losses.ce_u(v.logits("forget"), v.labels("forget"), ignore_first)
 
 
+def _no_training(v: BatchView) -> torch.Tensor:
+    raise RuntimeError("ICU has no loss: it is evaluated, not trained")
+
+
 def _prefer(chosen: str):
     """DPO's forget term with the ``chosen`` part (a refusal, an alternate answer) preferred over the true answer."""
     return lambda v, beta: losses.dpo(v.nll(chosen), v.nll("forget"), v.ref_nll(chosen), v.ref_nll("forget"), beta)
@@ -182,6 +190,24 @@ FORGET_TERMS: dict[str, Term] = {
             ("forget_idk",),
             doc="fine-tune the forget questions on refusals",
             source="Maini et al. 2024, arXiv 2401.06121",
+        ),
+        Term(
+            "RT",
+            lambda v: v.mean_nll("forget"),
+            ("forget",),
+            own_refusals=True,
+            doc="rejection tuning: fine-tune on questions about the target answered with refusals (the forget "
+            "rows' own answers: RWKU's refusal set under --benchmark rwku)",
+            source="Jin et al. 2024, arXiv 2406.10890 (RWKU)",
+        ),
+        Term(
+            "ICU",
+            _no_training,
+            (),
+            in_context=True,
+            doc="in-context unlearning: no training; RWKU's instruction to forget the target goes before every "
+            "prompt (unlearn eval --benchmark rwku --method ICU)",
+            source="Pawelczyk et al. 2024, arXiv 2310.07579; RWKU's prompt (Jin et al. 2024)",
         ),
         Term(
             "ME",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from unlearn.errors import ConfigError
 from unlearn.prompts import detect_prompt_format
-from unlearn.protocols import closer_look, muse, tofu, wmdp
+from unlearn.protocols import closer_look, muse, rwku, tofu, wmdp
 from unlearn.protocols.base import Protocol
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -19,6 +19,7 @@ PROTOCOLS: dict[str, Protocol] = {
         tofu.PROTOCOL,
         muse.PROTOCOL,
         wmdp.PROTOCOL,
+        rwku.PROTOCOL,
     )
 }
 DEFAULT = closer_look.PROTOCOL.name

@@ -32,6 +32,7 @@ from unlearn.errors import ConfigError
 from unlearn.evaluation.intervals import as_json, read_intervals
 from unlearn.evaluation.verdicts import print_before_after, verdict_on
 from unlearn.io import atomic_write_json, json_safe
+from unlearn.methods import parse_method
 from unlearn.rundir import INTERVALS, RunDir
 
 
@@ -49,6 +50,9 @@ class Protocol:
     downstream_is_evaluation: ClassVar[bool] = False  # its lm-eval tasks are its evaluation
     before_after: ClassVar[bool] = True  # --baseline: a before/after table of its summary
     table: ClassVar[tuple[str, tuple[str, ...]] | None] = None  # report: (title, summary keys) of its own table
+    rows_follow_method: ClassVar[bool] = False  # its training rows depend on the method (RWKU's corpora)
+    in_context: ClassVar[bool] = False  # evaluates an in-context method (ICU: an instruction before every prompt)
+    own_eval_sets: ClassVar[bool] = False  # --eval-sets picks the groups its evaluation runs (not --eval-every's)
 
     # ------------------------------------------------------------------ data
     def layout(self, cfg) -> str:
@@ -96,6 +100,8 @@ class Protocol:
     # ------------------------------------------------------------------ evaluation
     def check_flags(self, cfg) -> None:
         """Flags that belong to another protocol, refused before anything loads."""
+        if parse_method(cfg.method)[0].in_context and not self.in_context:
+            raise ConfigError(f"{cfg.method} (in-context unlearning) is evaluated with --benchmark rwku")
         if cfg.retain_logs and not self.reads_retain_logs:
             raise ConfigError(
                 "--retain-logs reads a TOFU_EVAL.json for the TOFU standard: add --benchmark tofu "

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from unlearn import distributed
 from unlearn.config import EVAL_BATCH_SIZE
-from unlearn.data import UnlearningData, hub_records, read_records
+from unlearn.data import HubSnapshot, UnlearningData
 from unlearn.errors import DataError
 from unlearn.evaluation import mia
 from unlearn.evaluation.generation import generation_batch
@@ -82,31 +82,12 @@ def muse_split(split: str) -> str:
     return split
 
 
-class MuseSource:
+class MuseSource(HubSnapshot):
     """A MUSE corpus: a hub id (``muse-bench/MUSE-News``) or a snapshot folder (``config/split.json``)."""
 
-    def __init__(self, data: str | Path):
-        self.data = str(data)
-        self.folder = Path(self.data) if Path(self.data).is_dir() else None
-        if self.folder is None and self.data not in HUB_SETS:
-            raise DataError(
-                f"{self.data}: MUSE reads {' or '.join(HUB_SETS)} (hub) or a snapshot folder of their "
-                "configs (raw/forget.json, knowmem/forget_qa.json, ...); not found"
-            )
-
-    def has(self, config: str, split: str) -> bool:
-        return self.folder is None or (self.folder / config / f"{split}.json").is_file()
-
-    def rows(self, config: str, split: str, required=("text",)) -> list[dict]:
-        if self.folder is not None:
-            path = self.folder / config / f"{split}.json"
-            if not path.is_file():
-                raise DataError(
-                    f"{path}: missing; a MUSE snapshot folder holds one JSON-lines file per config and "
-                    "split (raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json, ...)"
-                )
-            return read_records(path, required=required)
-        return hub_records(self.data, config, split, required, label=f"{self.data}/{config}/{split}")
+    hub_ids = HUB_SETS
+    name = "MUSE"
+    example = "raw/forget.json, verbmem/forget.json, knowmem/forget_qa.json"
 
 
 def training_rows(data: str, split: str) -> tuple[list[dict], list[dict]]:

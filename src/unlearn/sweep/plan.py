@@ -38,7 +38,7 @@ from unlearn.audit.after_run import check_audit
 from unlearn.config import Config, fields_of
 from unlearn.config_args import config_from_args, config_keys, parse_seeds, read_yaml_mapping
 from unlearn.data import read_refusals
-from unlearn.datasets import check_alternates
+from unlearn.datasets import check_method_rows
 from unlearn.errors import ConfigError, UnlearnError
 from unlearn.evaluation.downstream import downstream_tasks_for
 from unlearn.launchers import Launcher, read_launcher
@@ -167,11 +167,13 @@ def _check(cfg: Config, name: str, cache: dict) -> tuple[list | None, list[str] 
         check_audit(cfg, RunDir(cfg.out))  # the audit: section's attacks, holdout, bit widths
         local = cfg.forget or (cfg.data and Path(cfg.data).exists())
         key = ("data", cfg.data, cfg.forget, cfg.retain, cfg.split, cfg.task_id)
+        if protocol_of(cfg).rows_follow_method:  # (RWKU: text, pairs or refusals, by method)
+            key += (cfg.method,)
         if local and key not in cache:
             cache[key] = load_data(cfg)  # reads and checks the files; the run reads them again
-        if local and "forget_alt" in objective.parts and ("alternates", key) not in cache:
-            check_alternates(cache[key].forget)  # AltPO: every forget row's alternate answer
-            cache[("alternates", key)] = None
+        if local and ("rows", key, objective.name) not in cache:
+            check_method_rows(objective, cache[key])  # AltPO's alternate answers, RT's refusals
+            cache[("rows", key, objective.name)] = None
         if ("idk", cfg.idk) not in cache:
             read_refusals(cfg.idk)
             cache[("idk", cfg.idk)] = None
