@@ -486,6 +486,8 @@ def test_ga_on_the_synthetic_texts_forgets_target_one(snapshot, taught, tmp_path
             "1",
             "--eval-sets",
             "forget,neighbor",
+            "--max-length",
+            "8",
             "--out",
             str(out),
         ]
@@ -494,6 +496,22 @@ def test_ga_on_the_synthetic_texts_forgets_target_one(snapshot, taught, tmp_path
     before = json.loads((out / "before" / "summary.json").read_text())
     assert s["forget_all"] < before["forget_all"]
     assert "verdict" in s and json.loads((out / "data.json").read_text())["targets"] == "1_Ada_Quill"
+
+
+def test_texts_are_packed_as_rwku_packs_them(tiny):
+    from unlearn.encoding import pack_texts
+
+    _, tok = tiny
+    texts = [r["text"] for r in POSITIVE[:2]]
+    ids = []
+    for t in texts:  # LLaMA-Factory's pre-training stage: text + EOS, no BOS, concatenated
+        ids += tok(t + tok.eos_token, add_special_tokens=False)["input_ids"]
+    blocks = pack_texts(tok, texts, 7)
+    assert [b.input_ids for b in blocks] == [ids[i : i + 7] for i in range(0, len(ids) - len(ids) % 7, 7)]
+    assert all(len(b) == 7 for b in blocks)  # the incomplete last block is dropped
+    eos_at = [(i, j) for i, b in enumerate(blocks) for j, t in enumerate(b.input_ids) if t == tok.eos_token_id]
+    assert eos_at and all(blocks[i].labels[j] == -100 for i, j in eos_at)  # the collator masks its pad (the EOS)
+    assert pack_texts(tok, texts, 10_000) == []
 
 
 def test_rt_and_icu_are_refused_where_they_do_not_apply(shared_data, tmp_path, capsys):

@@ -181,9 +181,8 @@ def _forget_parser(p):
 
 
 def _eval_parser(p):
-    add_config_args(
-        p, ("model", "data", "eval", "downstream", "out"), exclude=("eval",), extra=("forget", "retain", "method")
-    )
+    extra = ("forget", "retain", "method")  # --method ICU: in-context unlearning (RWKU)
+    add_config_args(p, ("model", "data", "eval", "downstream", "out"), exclude=("eval",), extra=extra)
 
 
 def _audit_parser(p):

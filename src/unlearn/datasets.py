@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from unlearn.data import DEFAULT_MAX_LENGTH, TEXT_METHODS, TEXT_PARTS, is_text_rows
-from unlearn.encoding import IGNORE_INDEX, Encoded, chunk_texts, encode_pair
+from unlearn.encoding import IGNORE_INDEX, PACKINGS, Encoded, encode_pair
 from unlearn.errors import DataError
 
 log = logging.getLogger("unlearn")
@@ -33,9 +33,18 @@ def check_alternates(forget: list[dict]) -> None:
 
 
 def check_method_rows(objective, data) -> None:
-    """The forget rows ``objective`` reads, checked before any model loads: AltPO's alternate answers
-    (:func:`check_alternates`), and RT's refusals (its rows' own answers: RWKU's refusal set or your
-    own file, never a folder whose answers are the facts to forget)."""
+    """The rows ``objective`` reads, checked before any model loads: raw text has forget and retain
+    pieces only (no refusals or mismatched answers), a retain term needs retain rows, AltPO's
+    alternate answers (:func:`check_alternates`), and RT's refusals (its rows' own answers: RWKU's
+    refusal set or your own file, never a folder whose answers are the facts to forget)."""
+    other = [p for p in objective.parts if p not in TEXT_PARTS]
+    if data.is_text and other:
+        raise DataError(
+            f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
+            f"mismatched answers): on text use {TEXT_METHODS}"
+        )
+    if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
+        raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
     if "forget_alt" in objective.parts:
         check_alternates(data.forget)
     if objective.forget.own_refusals and data.layout not in ("rwku", "files"):
@@ -68,6 +77,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
         refusals: Sequence[str],
         max_length: int = DEFAULT_MAX_LENGTH,
         mask_forget: bool = True,
+        packing: str = "muse",
     ):
         unknown = set(parts) - set(PART_NAMES)
         if unknown:
@@ -78,7 +88,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
         self.parts = tuple(parts)
         self.truncated = 0
         if is_text_rows(forget):
-            self._text(forget, retain, tokenizer, max_length)
+            self._text(forget, retain, tokenizer, max_length, PACKINGS[packing])
             return
         enc = _Encoder(tokenizer, prompt_format, max_length)
         self.items: list[dict[str, Encoded]] = []
@@ -104,19 +114,23 @@ class UnlearningDataset(torch.utils.data.Dataset):
         self.truncated = enc.truncated
         _warn_truncated(self.truncated, max_length)
 
-    def _text(self, forget, retain, tokenizer, max_length) -> None:
-        """Raw text: one item per forget chunk (:func:`unlearn.encoding.chunk_texts`), its retain
-        partner drawn as for question/answer pairs."""
+    def _text(self, forget, retain, tokenizer, max_length, cut) -> None:
+        """Raw text: one item per forget piece (``cut``: :func:`unlearn.encoding.chunk_texts`, MUSE's,
+        or :func:`~unlearn.encoding.pack_texts`, RWKU's), its retain partner drawn as for
+        question/answer pairs."""
         other = [p for p in self.parts if p not in TEXT_PARTS]
         if other:
             raise DataError(
                 f"raw text has no questions, and this method needs {', '.join(other)} (refusals or "
                 f"mismatched answers): on text use {TEXT_METHODS}"
             )
-        f_chunks = chunk_texts(tokenizer, [r["text"] for r in forget], max_length)
-        r_chunks = chunk_texts(tokenizer, [r["text"] for r in retain], max_length) if retain else []
+        f_chunks = cut(tokenizer, [r["text"] for r in forget], max_length)
+        r_chunks = cut(tokenizer, [r["text"] for r in retain], max_length) if retain else []
         if not f_chunks:
-            raise DataError(f"{forget[0].get('_source', 'the forget set')}: the forget text is empty")
+            raise DataError(
+                f"{forget[0].get('_source', 'the forget set')}: the forget text is empty (or, packed as RWKU "
+                f"packs it, shorter than one block of --max-length {max_length} tokens)"
+            )
         self.items = []
         for i, chunk in enumerate(f_chunks):
             g = torch.Generator().manual_seed(i)

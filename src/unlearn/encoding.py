@@ -108,6 +108,21 @@ def chunk_texts(tokenizer, texts: list[str], max_length: int) -> list[Encoded]:
     return [Encoded(head + p, head + p, False) for p in pieces]
 
 
+def pack_texts(tokenizer, texts: list[str], max_length: int) -> list[Encoded]:
+    """Raw text as RWKU trains on it (LLaMA-Factory's pre-training stage, packed): each text followed by
+    EOS, tokenised without special tokens, all concatenated and cut into blocks of ``max_length``
+    tokens, the incomplete last block dropped. The EOS tokens carry no label (its collator masks the
+    pad token, which RWKU sets to the EOS)."""
+    eos = tokenizer.eos_token_id
+    ids = [t for text in texts for t in list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]]
+    blocks = [ids[i : i + max_length] for i in range(0, len(ids) // max_length * max_length, max_length)]
+    return [Encoded(b, [IGNORE_INDEX if t == eos else t for t in b], False) for b in blocks]
+
+
+PACKINGS = {"muse": chunk_texts, "rwku": pack_texts}
+"""How raw text is cut into training sequences, by the benchmark whose recipe it follows."""
+
+
 def pad_batch(seqs: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
     """Pad to the longest sequence of the batch (dynamic padding, never a fixed length)."""
     width = max(len(s) for s in seqs)

@@ -19,15 +19,13 @@ from unlearn.audit.after_run import audit_saved, check_audit
 from unlearn.config import Config, inputs_of
 from unlearn.data import (
     DEFAULT_MAX_LENGTH,
-    TEXT_METHODS,
-    TEXT_PARTS,
     UnlearningData,
     read_records,
     read_refusals,
     row_text,
 )
 from unlearn.datasets import QADataset, UnlearningDataset, check_method_rows
-from unlearn.errors import ConfigError, DataError, OutputError, UnlearnError
+from unlearn.errors import ConfigError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.evaluation.intervals import read_intervals
 from unlearn.io import atomic_write_json
@@ -175,9 +173,6 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
     objective, cfg = methods.resolve(cfg, "real_world" if protocol_of(cfg).layout(cfg) == "real_world" else None)
     check_run_inputs(cfg, objective)
     data = data or load_data(cfg)
-    check_text_parts(data, objective)
-    if any(p in objective.parts for p in ("retain", "retain_idk", "forget_mismatch")) and not data.retain:
-        raise DataError(f"{objective.name} needs a retain set: give --retain FILE or a data folder")
     check_method_rows(objective, data)
     refusals = read_refusals(cfg.idk)
     audit = check_audit(cfg, _require_out(cfg) if cfg.audit else None)
@@ -206,7 +201,15 @@ def _run(cfg: Config, data, ref_stats, plan) -> RunResult:
         lambda tok, f: built.setdefault(
             "dataset",
             UnlearningDataset(
-                data.forget, data.retain, tok, f, objective.parts, refusals, cfg.max_length, mask_forget=cfg.mask
+                data.forget,
+                data.retain,
+                tok,
+                f,
+                objective.parts,
+                refusals,
+                cfg.max_length,
+                mask_forget=cfg.mask,
+                packing=protocol_of(cfg).text_packing,
             ),
         ),
     )
@@ -288,17 +291,6 @@ def _conclude(cfg: Config, plan: EvalPlan, out: RunDir, before, steps, n_items: 
     for note in found.notes:
         print(f"  also: {note}")
     return out.read_summary()
-
-
-def check_text_parts(data: UnlearningData, objective) -> None:
-    """Raw text has forget and retain chunks only: a method that needs refusals or mismatched answers
-    is refused before any model loads."""
-    other = [p for p in objective.parts if p not in TEXT_PARTS]
-    if data.is_text and other:
-        raise DataError(
-            f"raw text has no questions, and {objective.name} needs {', '.join(other)} (refusals or "
-            f"mismatched answers): on text use {TEXT_METHODS}"
-        )
 
 
 def check_training_eval(cfg: Config, plan, objective) -> None:

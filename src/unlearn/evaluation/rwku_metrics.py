@@ -14,8 +14,10 @@ import string
 import zlib
 from collections import Counter
 
+import nltk
 import numpy as np
 import torch
+from rouge import Rouge
 
 from unlearn.distributed import progress
 from unlearn.encoding import Encoded, pad_id
@@ -140,8 +142,6 @@ def fluency_prompt(tokenizer, row: dict, in_context: bool = False) -> str:
 def rouge_l_recall(prediction: str, answer: str) -> float:
     """The ``rouge`` package's ROUGE-L recall of one answer (RWKU averages it over a level's items; an
     empty answer is scored as ``NOANSWER``, as RWKU does)."""
-    from rouge import Rouge
-
     try:
         return float(Rouge(metrics=["rouge-l"]).get_scores(prediction or "NOANSWER", answer)[0]["rouge-l"]["r"])
     except (ValueError, ZeroDivisionError):  # no words left in the reference (punctuation only)
@@ -186,8 +186,6 @@ def bbh_answer(output: str) -> str:
 def word_tokens(text: str) -> list[str]:
     """nltk's ``word_tokenize`` (RWKU's): with the punkt sentence model when it is installed; without it
     the Treebank tokenizer runs on the whole text (a full stop inside the text stays on its word)."""
-    import nltk
-
     try:
         return nltk.word_tokenize(text)
     except LookupError:
@@ -195,8 +193,6 @@ def word_tokens(text: str) -> list[str]:
 
 
 def has_punkt() -> bool:
-    import nltk
-
     try:
         nltk.word_tokenize("a. b")
         return True
@@ -207,8 +203,6 @@ def has_punkt() -> bool:
 def ngram_entropy(text: str) -> float:
     """RWKU's (from ROME) fluency of one text: the mean over n = 2, 3 of ``weight_n · H(n-gram
     frequencies)`` in bits, weights 2/3 and 4/3."""
-    import nltk
-
     tokens = word_tokens(text)
     values = []
     for n, weight in ((2, 2 / 3), (3, 4 / 3)):

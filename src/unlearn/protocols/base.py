@@ -50,6 +50,7 @@ class Protocol:
     downstream_is_evaluation: ClassVar[bool] = False  # its lm-eval tasks are its evaluation
     before_after: ClassVar[bool] = True  # --baseline: a before/after table of its summary
     table: ClassVar[tuple[str, tuple[str, ...]] | None] = None  # report: (title, summary keys) of its own table
+    text_packing: ClassVar[str] = "muse"  # how raw text is cut (unlearn.encoding.PACKINGS)
     rows_follow_method: ClassVar[bool] = False  # its training rows depend on the method (RWKU's corpora)
     in_context: ClassVar[bool] = False  # evaluates an in-context method (ICU: an instruction before every prompt)
     own_eval_sets: ClassVar[bool] = False  # --eval-sets picks the groups its evaluation runs (not --eval-every's)
