@@ -25,7 +25,8 @@ RETAIN = [{"question": f"Where is city {i}?", "answer": f"City {i} is in country
 COMBOS = [f for f, t in FORGET_TERMS.items() if not t.in_context] + [
     f"{f}+{r}"
     for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
-    if f not in ("LLMU", "RMU", "RT") and not FORGET_TERMS[f].task_vector and not FORGET_TERMS[f].in_context
+    if f not in ("LLMU", "RMU", "RT")
+    and not (FORGET_TERMS[f].task_vector or FORGET_TERMS[f].in_context or FORGET_TERMS[f].own_retain)
 ]
 ARGS = {"RMU": {"layer": 0, "layers": "0"}}
 

@@ -39,7 +39,7 @@ def _cfg(tmp_path, method, **kw):
 COMBOS = [f for f, t in FORGET_TERMS.items() if not t.in_context] + [
     f"{f}+{r}"
     for f, r in itertools.product(FORGET_TERMS, REGULARIZERS)
-    if f != "LLMU" and not FORGET_TERMS[f].task_vector and not FORGET_TERMS[f].in_context
+    if f != "LLMU" and not (lambda t: t.task_vector or t.in_context or t.own_retain)(FORGET_TERMS[f])
 ]
 ARGS = {"RMU": {"layer": 0, "layers": "0"}}  # the tiny model has one layer
 
@@ -130,6 +130,68 @@ def test_altpo_prefers_the_alternate_answer_as_open_unlearnings_dpo(tiny):
     del bad[1]["alternate"]
     with pytest.raises(DataError, match=r"^f\.jsonl:2: field 'alternate' must be .* got missing$"):
         check_alternates(bad)
+
+
+def test_pdu_flattening_and_dual_variable_by_hand():
+    from unlearn.losses import logit_margin_flattening
+    from unlearn.methods.terms import PDU_DUAL
+    from unlearn.reference import Reference
+
+    logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [4.0, 0.0, 2.0]]])
+    labels = torch.tensor([[-100, 5, 7]])  # unshifted, as open-unlearning masks: positions 1 and 2 count
+    # position 1: (0 - 0)^2 = 0; position 2: (4 - 2)^2 = 4 -> mean 2
+    assert logit_margin_flattening(logits, labels).item() == pytest.approx(2.0)
+
+    class View:  # the model's outputs stubbed: flattening 2.0 on the forget part, retain NLL 0.5
+        def __init__(self, epoch, ref):
+            self.epoch, self.reference, self.notes = epoch, ref, {}
+
+        def logits(self, part):
+            return logits
+
+        def labels(self, part):
+            return labels
+
+        def mean_nll(self, part):
+            return torch.tensor(0.5)
+
+        def note(self, name, value):
+            self.notes[name] = float(value)
+
+    ref = Reference()
+    args = {"retain_loss_eps": 0.3, "dual_step_size": 5.0, "dual_warmup_epochs": 1, "gamma": 1.0, "alpha": 100.0}
+    pdu = FORGET_TERMS["PDU"].fn
+    # warm-up epoch: lambda stays 100; loss = 2 + 100 x (0.5 - 0.3) = 22
+    assert pdu(View(0, ref), **args).item() == pytest.approx(22.0)
+    assert ref.stats[PDU_DUAL].item() == pytest.approx(100.0)
+    # after it: the loss uses lambda before the update (22), then lambda = 100 + 5 x 0.2 = 101
+    assert pdu(View(1, ref), **args).item() == pytest.approx(22.0)
+    assert ref.stats[PDU_DUAL].item() == pytest.approx(101.0)
+    assert pdu(View(1, ref), **args).item() == pytest.approx(2 + 101 * 0.2)
+    assert ref.stats[PDU_DUAL].item() == pytest.approx(102.0)
+    low = Reference(stats={PDU_DUAL: torch.tensor([0.5], dtype=torch.float64)})
+    pdu(View(1, low), **{**args, "retain_loss_eps": 1.0})  # 0.5 + 5 x (0.5 - 1.0) < 0: held at 0
+    assert low.stats[PDU_DUAL].item() == 0.0
+    with pytest.raises(ConfigError, match="PDU takes no regulariser: its retain term is part of it"):
+        parse_method("PDU+GD")
+
+
+def test_pdu_trains_and_its_dual_follows_the_logged_retain_nll(tmp_path, tiny):
+    import json
+
+    tok, fmt, make = tiny
+    args = {"dual_warmup_epochs": 1, "dual_step_size": 2.0, "retain_loss_eps": 0.1, "alpha": 3.0}
+    cfg = _cfg(tmp_path, "PDU", epochs=3, method_args=args)
+    obj = build_objective("PDU", cfg.method_args)
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, obj.parts, ["no"])
+    fit(make(), tok, ds, obj, cfg, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]  # epochs done: two steps an epoch
+    # one batch per step: each step logs the lambda its loss used and the retain NLL that moves it next
+    dual = [r["PDU dual"] for r in rows]
+    assert dual[:3] == pytest.approx([3.0, 3.0, 3.0])  # epoch 0 is the warm-up: updates start in epoch 1
+    for k in (2, 3, 4):
+        assert dual[k + 1] == pytest.approx(max(0.0, dual[k] + 2.0 * (rows[k]["PDU retain NLL"] - 0.1)), rel=1e-5)
 
 
 def test_cached_reference_equals_live_reference(tmp_path, tiny):
@@ -289,9 +351,10 @@ def test_rmu_logs_its_two_distances_beside_its_objective(tmp_path, tiny):
     assert rows[1]["RMU retain distance"] > 0
 
 
-@pytest.mark.parametrize("schedule", ["linear", "constant"])
+@pytest.mark.parametrize("schedule", ["linear", "constant", "cosine"])
 def test_lr_schedule_decays_or_holds_the_rate(tmp_path, tiny, schedule):
-    """After a warm-up of 1 step: linear decays to 0 at the last step; constant (WMDP's RMU) holds lr."""
+    """After a warm-up of 1 step: linear decays to 0 at the last step; constant (WMDP's RMU) holds lr;
+    cosine (RWKU's) follows lr x (1 + cos(pi (s - 1) / 3)) / 2 at steps s = 1..3."""
     import json
 
     tok, fmt, make = tiny
@@ -301,7 +364,11 @@ def test_lr_schedule_decays_or_holds_the_rate(tmp_path, tiny, schedule):
     fit(make(), tok, ds, obj, cfg, tmp_path)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     # 4 steps; the rate each step used: 0 (warm-up), then 1e-3 x (4 - s) / 3 or 1e-3
-    want = [0.0, 1e-3, 2e-3 / 3, 1e-3 / 3] if schedule == "linear" else [0.0, 1e-3, 1e-3, 1e-3]
+    want = {
+        "linear": [0.0, 1e-3, 2e-3 / 3, 1e-3 / 3],
+        "constant": [0.0, 1e-3, 1e-3, 1e-3],
+        "cosine": [0.0, 1e-3, 0.75e-3, 0.25e-3],  # cos(pi/3) = 1/2, cos(2 pi/3) = -1/2
+    }[schedule]
     assert lrs == pytest.approx(want)
 
 
@@ -309,15 +376,15 @@ def test_an_unknown_lr_schedule_is_one_line_before_any_model_loads(tmp_path, cap
     from unlearn.__main__ import main
     from unlearn.loading import validate_model_settings
 
-    with pytest.raises(ConfigError, match="unknown --lr-schedule 'cosine' \\(valid: linear, constant\\)"):
-        validate_model_settings(Config(lr_schedule="cosine"))
+    with pytest.raises(ConfigError, match="unknown --lr-schedule 'cyclic' \\(valid: linear, constant, cosine\\)"):
+        validate_model_settings(Config(lr_schedule="cyclic"))
     # a sweep checks every run's settings before the first one starts
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
-        f"base: {{method: GA+GD, epochs: 1}}\ngrid: {{lr_schedule: [linear, cosine]}}\nout: {tmp_path / 'o'}\n"
+        f"base: {{method: GA+GD, epochs: 1}}\ngrid: {{lr_schedule: [linear, cyclic]}}\nout: {tmp_path / 'o'}\n"
     )
     assert main(["sweep", "--config", str(sweep), "--dry-run"]) == 2
-    assert "unknown --lr-schedule 'cosine'" in capsys.readouterr().err
+    assert "unknown --lr-schedule 'cyclic'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -245,6 +245,20 @@ def test_rmu_resume_uses_the_saved_control_vector(files, tmp_path, monkeypatch):
     assert_same_weights(out, reference)
 
 
+def test_pdu_resume_goes_on_with_the_saved_dual_variable(files, tmp_path, monkeypatch):
+    """PDU's dual variable moves after every batch and is saved with each checkpoint: the resumed run
+    ends with the weights and log of the run never stopped."""
+    from unlearn.methods.terms import PDU_DUAL
+
+    args = run_args(files, "PDU", epochs=2) + ["--method-arg", "dual_warmup_epochs=0", "--method-arg", "alpha=2"]
+    reference, out = _whole_and_interrupted(args, tmp_path, monkeypatch)
+    saved = load_file(str(checkpoint.path(out) / checkpoint.REF_STATS))[PDU_DUAL]
+    assert saved.dtype == torch.float64 and saved.item() != 2.0  # moved from alpha by two steps' batches
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert_same_weights(out, reference)
+    assert log_text(out) == log_text(reference)
+
+
 def test_method_args_are_saved_and_guard_the_resume(files, tmp_path, monkeypatch, capsys):
     """--method-arg reaches config.yaml (qualified, with every default written in); a resume under
     another value is refused, one under the same value continues."""

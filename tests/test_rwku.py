@@ -418,7 +418,9 @@ def test_eval_and_icu_on_a_tiny_model(snapshot, taught, tmp_path):
     )
     s = json.loads((out / "summary.json").read_text())
     assert s["targets"] == "1_Ada_Quill" and s["forget_level1"] > 0.5  # it knows the target
-    assert s["forget_all"] == pytest.approx(np.mean([s[f"forget_level{lv}"] for lv in (1, 2, 3)]))
+    logs = json.loads((out / W.RWKU_EVAL).read_text())
+    pooled = [it["rouge_l_recall"] for lv in (1, 2, 3) for it in logs[f"forget_level{lv}"]]  # 1 + 2 + 3 probes
+    assert s["forget_all"] == pytest.approx(np.mean(pooled))
     for key in (
         "neighbor_all",
         "mia_forget_loss",

@@ -208,7 +208,7 @@ def load(out_dir: str | os.PathLike) -> tuple[dict, dict | None]:
     verify(folder)
     ref_stats = load_file(str(folder / REF_STATS)) if (folder / REF_STATS).is_file() else None
     if ref_stats is not None:
-        ref_stats = {k: v.to(torch.float32) for k, v in ref_stats.items()}
+        ref_stats = {k: v if v.dtype == torch.float64 else v.to(torch.float32) for k, v in ref_stats.items()}
     return state, ref_stats
 
 

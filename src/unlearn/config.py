@@ -93,7 +93,7 @@ class Config:
                             "epoch has more than one, else none; fine-tuning max(1, steps / "
                                 "epochs))", "train", True, lo=0)
     lr_schedule: str = _f("linear", "learning rate after the warm-up: linear (decays to 0 at the last step, as "
-                          "officially) or constant (WMDP's RMU)", "train", True)
+                          "officially), constant (WMDP's RMU) or cosine (RWKU's: to 0 on a half cosine)", "train", True)
     seed: int = _f(1001, "random seed (0 to 2^32 - 1)", "train", True, lo=0, hi=2**32)
     max_length: int | None = _f(None, "longest training sequence in tokens (default, as officially: 500; 300 for the "
                                 "real-world layout)", "train", True, lo=2)

@@ -39,6 +39,7 @@ __all__ = [
     "undial",
     "ce_u",
     "activation_distance",
+    "logit_margin_flattening",
 ]
 
 
@@ -377,3 +378,14 @@ def activation_distance(hidden: torch.Tensor, target: torch.Tensor, labels: torc
     mask = (labels != IGNORE_INDEX).float()
     per_token = ((hidden.float() - target.float()) ** 2).mean(dim=-1)
     return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+
+
+def logit_margin_flattening(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PDU's forget loss (Entesari et al. 2025): ``(max_v z_t − mean_v z_t)²`` averaged over the
+    positions whose own label is scored (``labels[:, t] != -100``, unshifted, as open-unlearning
+    masks it): zero when every logit of a position is equal, i.e. the next-token distribution is
+    uniform."""
+    _check_logits_labels(logits, labels)
+    z = logits.to(_compute_dtype(logits))
+    margin = (z.max(dim=-1).values - z.mean(dim=-1)) ** 2
+    return _masked_mean(margin, labels != IGNORE_INDEX, logits)

@@ -77,9 +77,9 @@ def train(run: Session, objective: Objective) -> TrainResult:
                     else 0
                 )
                 with acc.accumulate(model):
-                    loss, parts = objective(
-                        BatchView(model, batch, run.reference, run.settings["seed"], run.chunk, acc.autocast)
-                    )
+                    view = BatchView(model, batch, run.reference, run.settings["seed"], run.chunk, acc.autocast)
+                    view.epoch = st.epoch
+                    loss, parts = objective(view)
                     if not _all_finite(loss, acc):
                         kept = f"; the checkpoint of step {last_saved} is kept in {checkpoint.path(run.out_dir)}"
                         raise DivergenceError(

@@ -16,7 +16,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from unlearn import checkpoint, distributed, reference
 from unlearn.chunked import chunk_rows
@@ -28,7 +32,7 @@ from unlearn.methods import Objective
 from unlearn.rundir import TRAIN_LOG
 
 log = logging.getLogger("unlearn")
-LR_SCHEDULES = ("linear", "constant")  # after the warm-up: decay to 0 at the last step, or hold the rate
+LR_SCHEDULES = ("linear", "constant", "cosine")  # after the warm-up: to 0 linearly, held, or to 0 on a half cosine
 
 
 class EpochShuffle(torch.utils.data.Sampler):
@@ -273,11 +277,11 @@ def prepare_training(
     schedule = Schedule.of(
         cfg, len(dataset), accelerator.gradient_accumulation_steps, accelerator.num_processes, finetune
     )
-    scheduler = (
-        get_constant_schedule_with_warmup(optimizer, schedule.warmup)
-        if cfg.lr_schedule == "constant"
-        else get_linear_schedule_with_warmup(optimizer, schedule.warmup, schedule.total)
-    )
+    if cfg.lr_schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, schedule.warmup)
+    else:
+        make = get_cosine_schedule_with_warmup if cfg.lr_schedule == "cosine" else get_linear_schedule_with_warmup
+        scheduler = make(optimizer, schedule.warmup, schedule.total)
     state = TrainState()
     if saved is not None:
         checkpoint.restore(out_dir, accelerator)  # weights, optimiser, RNG states

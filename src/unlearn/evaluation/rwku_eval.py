@@ -149,17 +149,23 @@ ALL = {
 
 def summarise(logs: dict, idx: dict | None = None) -> dict:
     """The summary values from the per-item logs (on the items ``idx[group]``, for the bootstrap):
-    each value the mean of its items' field (NaNs left out, as RWKU's means skip nothing but its MIA
-    drops NaN losses), and the ``_all`` values the mean of their levels'."""
+    each value the mean of its items' field (NaNs left out: RWKU's MIA skips NaN losses), and the
+    ``_all`` values the mean over every probe of their levels (the paper's "All", which its tables
+    show between the levels' values, weighted by their probe counts)."""
+
+    def values(group: str, name: str) -> np.ndarray:
+        v = np.array([np.nan if it[name] is None else it[name] for it in logs[group]], dtype=np.float64)
+        return v[idx[group]] if idx else v
+
     out: dict = {}
     for key, (group, name) in VALUES.items():
         if logs.get(group):
-            values = np.array([np.nan if it[name] is None else it[name] for it in logs[group]], dtype=np.float64)
-            out[key] = mean_of(values, idx[group] if idx else np.arange(len(values)))
+            chosen = values(group, name)
+            out[key] = mean_of(chosen, np.arange(len(chosen)))
     for key, parts in ALL.items():
-        got = [out.get(p) for p in parts]
-        if all(v is not None for v in got):
-            out[key] = float(np.mean(got))
+        if all(logs.get(p) for p in parts):
+            pooled = np.concatenate([values(p, "rouge_l_recall") for p in parts])
+            out[key] = mean_of(pooled, np.arange(len(pooled)))
     return out
 
 
@@ -207,7 +213,7 @@ ROWS = (
     ("MIA on retain texts (LOSS, log-lik.)", "mia_retain_loss"),
     ("utility: MMLU accuracy", "utility_mmlu"),
     ("utility: BBH exact match", "utility_bbh"),
-    ("utility: TruthfulQA MC2", "utility_truthfulqa_mc2"),
+    ("utility: TruthfulQA MC1", "utility_truthfulqa_mc1"),
     ("utility: TriviaQA F1", "utility_triviaqa_f1"),
     ("utility: fluency (n-gram entropy)", "utility_fluency"),
 )

@@ -94,7 +94,7 @@ def valid_method_names() -> list[str]:
     return list(FORGET_TERMS) + [
         f"{f}+{r}"
         for f, t in FORGET_TERMS.items()
-        if f not in DEFAULT_REG and not (t.task_vector or t.in_context)
+        if f not in DEFAULT_REG and not (t.task_vector or t.in_context or t.own_retain)
         for r in REGULARIZERS
     ]
 
@@ -127,6 +127,8 @@ def parse_method(name: str) -> tuple[Term, Term | None]:
         raise ConfigError(f"{forget.name} takes no regulariser: its fine-tuning step learns the forget set only")
     if forget.in_context and len(pieces) == 2:
         raise ConfigError(f"{forget.name} takes no regulariser: it trains nothing")
+    if forget.own_retain and len(pieces) == 2:
+        raise ConfigError(f"{forget.name} takes no regulariser: its retain term is part of it")
     if len(pieces) == 2:
         reg = regs[pieces[1]]
     else:
@@ -159,7 +161,15 @@ def _convert(value: Any, default: Any, where: str) -> Any:
 
 # The meaningful range of each method argument, by name (every number must also be finite).
 POSITIVE_ARGS = ("beta", "beta1", "beta2", "steering_coeff", "alpha")
-NON_NEGATIVE_ARGS = ("pad_to", "gamma", "layer", "ignore_first")
+NON_NEGATIVE_ARGS = (
+    "pad_to",
+    "gamma",
+    "layer",
+    "ignore_first",
+    "retain_loss_eps",
+    "dual_step_size",
+    "dual_warmup_epochs",
+)
 
 
 def _check_range(name: str, value: Any, where: str) -> None:

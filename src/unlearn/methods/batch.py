@@ -33,6 +33,7 @@ class BatchView:
         self._logits: dict[str, torch.Tensor] = {}
         self._hidden: dict[tuple, tuple] = {}
         self.notes: dict[str, float] = {}  # parts of a term's value that the training log shows beside it
+        self.epoch = 0  # the epoch this batch belongs to (PDU's dual warm-up)
 
     def note(self, name: str, value: torch.Tensor) -> None:
         """Show ``value`` (a part of a term) in the training log under ``name``."""

@@ -37,6 +37,7 @@ class Term:
     task_vector: bool = False  # the trained weights are then negated: θ − α (θ_trained − θ)
     own_refusals: bool = False  # fine-tunes on the forget rows' own answers, which must be refusals (RT)
     in_context: bool = False  # trains nothing: an instruction before every evaluation prompt (ICU)
+    own_retain: bool = False  # its retain term is part of it: no regulariser on top (PDU)
 
     @property
     def needs(self) -> list[str]:
@@ -137,6 +138,37 @@ def _ce_u(v: BatchView, ignore_first: int) -> torch.Tensor:
 
 def _no_training(v: BatchView) -> torch.Tensor:
     raise RuntimeError("ICU has no loss: it is evaluated, not trained")
+
+
+PDU_DUAL = "pdu_dual"  # PDU's dual variable among the reference statistics (saved in checkpoints)
+
+
+def _pdu(
+    v: BatchView, retain_loss_eps: float, dual_step_size: float, dual_warmup_epochs: int, gamma: float, alpha: float
+) -> torch.Tensor:
+    """PDU's whole objective: ``gamma · flattening(forget) + λ · (NLL(retain) − eps)``, λ the dual
+    variable (``alpha`` at the start). Once ``dual_warmup_epochs`` epochs have ended, every batch then
+    moves it by ``λ ← max(0, λ + dual_step_size · (NLL(retain) − eps))`` after its loss is taken (the
+    retain NLL averaged over the processes first, so they share one λ). λ lives with the reference
+    statistics, which every checkpoint saves: a resumed run goes on with the saved λ."""
+    forget = losses.logit_margin_flattening(v.logits("forget"), v.labels("forget"))
+    retain = v.mean_nll("retain") - retain_loss_eps
+    ref = v.reference
+    stats = getattr(ref, "stats", None) or {}
+    dual = stats.get(PDU_DUAL, torch.tensor([float(alpha)], dtype=torch.float64))
+    loss = gamma * forget + float(dual[0]) * retain
+    v.note("PDU forget flattening", forget)
+    v.note("PDU retain NLL", retain + retain_loss_eps)
+    v.note("PDU dual", dual[0])
+    if v.epoch >= dual_warmup_epochs:
+        gap = retain.detach().double().reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(gap)
+            gap = gap / torch.distributed.get_world_size()
+        dual = torch.clamp(dual + dual_step_size * gap.cpu(), min=0.0)
+    if ref is not None:
+        ref.stats = {**stats, PDU_DUAL: dual}
+    return loss
 
 
 def _prefer(chosen: str):
@@ -274,6 +306,23 @@ FORGET_TERMS: dict[str, Term] = {
             "random vector, keep the retain activations (weight `alpha`); only the MLP down-projections of "
             "`layers` train",
             source="Li et al. 2024, arXiv 2403.03218",
+        ),
+        Term(
+            "PDU",
+            _pdu,
+            ("forget", "retain"),
+            own_retain=True,
+            args={
+                "retain_loss_eps": 0.3,
+                "dual_step_size": 5.0,
+                "dual_warmup_epochs": 5,
+                "gamma": 1.0,
+                "alpha": 100.0,
+            },
+            doc="primal-dual unlearning: flatten the forget logits (max minus mean, squared) under the constraint "
+            "retain NLL <= retain_loss_eps, its weight a dual variable (start alpha) raised by dual_step_size x "
+            "the excess after dual_warmup_epochs epochs",
+            source="Entesari et al. 2025, arXiv 2506.05314 (open-unlearning's PDU, its TOFU settings)",
         ),
         Term(
             "TV",

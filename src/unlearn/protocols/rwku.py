@@ -24,7 +24,7 @@ Jin et al. 2024, "RWKU: Benchmarking Real-World Knowledge Unlearning for Large L
   knowledge (locality); ``mia`` — mean LOSS, ZLib and Min-K%++ 20% on the forget and retain
   member texts; ``utility`` — MMLU accuracy (5-shot, next letter), BBH exact match (chain of
   thought, 256 tokens), TruthfulQA MC1/MC2, TriviaQA EM/F1, and fluency (n-gram entropy of 256-token
-  answers to instructions). ``forget_all`` / ``neighbor_all``: the mean of the levels' values.
+  answers to instructions). ``forget_all`` / ``neighbor_all``: the mean over every probe of the levels.
 * **ICU** (in-context unlearning): ``unlearn eval --benchmark rwku --method ICU`` puts RWKU's
   instruction to forget the target before every prompt; nothing trains.
 
