@@ -141,10 +141,10 @@ def test_no_source_file_is_over_400_lines():
 
 
 def test_the_registry_maps_each_name_to_its_protocol():
-    assert DEFAULT == "closer-look" and set(PROTOCOLS) == {"closer-look", "tofu", "muse", "wmdp"}
+    assert DEFAULT == "closer-look" and set(PROTOCOLS) == {"closer-look", "tofu", "muse", "wmdp", "rwku"}
     for name, protocol in PROTOCOLS.items():
         assert isinstance(protocol, Protocol) and protocol.name == name and protocol.description
-    with pytest.raises(ConfigError, match="--benchmark: one of closer-look, tofu, muse, wmdp, got 'toy'"):
+    with pytest.raises(ConfigError, match="--benchmark: one of closer-look, tofu, muse, wmdp, rwku, got 'toy'"):
         get_protocol("toy")
 
     class Cfg:

@@ -297,6 +297,22 @@ def test_altpo_moves_the_model_from_the_true_answer_to_the_alternate(target, tmp
     assert not (tmp_path / "refused").exists()
 
 
+def test_pdu_flattens_the_forget_answers_and_holds_the_retain_ones(target, tmp_path):
+    """PDU on the memorising target: the forget answers' NLL rises (their logits flatten) while the
+    retain answers' NLL stays under its constraint."""
+    root, forget, retain = target
+    model = root / "target" / "model"
+    before, before_r = _nlls(model, FORGET), _nlls(model, RETAIN)
+    args = ["run", "--model", str(model), "--method", "PDU", "--forget", str(forget), "--retain", str(retain)]
+    args += ["--no-eval", "--epochs", "6", "--lr", "3e-3", "--batch-size", "2", "--grad-accum", "1", "--seed", "1"]
+    args += ["--method-arg", "dual_warmup_epochs=2", "--method-arg", "alpha=1", "--method-arg", "retain_loss_eps=0.5"]
+    assert main([*args, "--out", str(tmp_path / "pdu")]) == 0
+    after, after_r = _nlls(tmp_path / "pdu" / "model", FORGET), _nlls(tmp_path / "pdu" / "model", RETAIN)
+    print("PDU NLLs", before.mean(), after.mean(), before_r.mean(), after_r.mean())
+    assert after.mean() > before.mean() + 0.5, (before, after)
+    assert after_r.mean() < before_r.mean() + 0.5, (before_r, after_r)
+
+
 def test_own_files_are_evaluated(target, tmp_path):
     """`run --forget F --retain R` evaluates those files; `eval --forget F --retain R` does it for
     any model. Truth Ratio where the rows carry paraphrased and perturbed answers, else n/a with why."""

@@ -272,6 +272,7 @@ TEMPLATE = (
 @pytest.fixture(scope="module")
 def tiny():
     texts = [r["text"] for r in POSITIVE] + [r["query"] + " " + r["answer"] for rs in FORGET.values() for r in rs]
+    texts += [r["instruction"] + " " + r["output"] for r in REFUSAL]
     tok = build_tiny_tokenizer(texts * 3 + ["Please complete the blank Question: Answer:"] * 3, vocab_size=600)
     model = build_tiny_model(tok, hidden_size=64, num_layers=2, seed=0)
     return model, tok
@@ -498,6 +499,22 @@ def test_ga_on_the_synthetic_texts_forgets_target_one(snapshot, taught, tmp_path
     before = json.loads((out / "before" / "summary.json").read_text())
     assert s["forget_all"] < before["forget_all"]
     assert "verdict" in s and json.loads((out / "data.json").read_text())["targets"] == "1_Ada_Quill"
+
+
+def test_rt_on_the_refusal_set_makes_the_target_refused(snapshot, taught, tmp_path):
+    from unlearn.__main__ import main
+
+    out = tmp_path / "rt"
+    args = ["run", "--benchmark", "rwku", "--data", str(snapshot), "--split", "1", "--model", str(taught)]
+    args += ["--method", "RT", "--lr", "5e-3", "--epochs", "10", "--batch-size", "2", "--grad-accum", "1"]
+    assert main([*args, "--eval-sets", "forget", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    before = json.loads((out / "before" / "summary.json").read_text())
+    assert s["forget_level2"] < before["forget_level2"]  # the questions about the target lose their answers
+    answers = [it["prediction"] for it in json.loads((out / W.RWKU_EVAL).read_text())["forget_level2"]]
+    was = [it["prediction"] for it in json.loads((out / "before" / W.RWKU_EVAL).read_text())["forget_level2"]]
+    # ... and start as the refusals it was tuned on do (a 2-layer model gets no further than their first word)
+    assert all(a.startswith("I") for a in answers) and not any(a.startswith("I") for a in was), (was, answers)
 
 
 def test_texts_are_packed_as_rwku_packs_them(tiny):
