@@ -28,7 +28,10 @@ COMBOS = [f for f, t in FORGET_TERMS.items() if not t.in_context] + [
     if f not in ("LLMU", "RMU", "RT")
     and not (FORGET_TERMS[f].task_vector or FORGET_TERMS[f].in_context or FORGET_TERMS[f].own_retain)
 ]
-ARGS = {"RMU": {"layer": 0, "layers": "0"}}
+ARGS = {
+    "RMU": {"layer": 0, "layers": "0"},
+    "PDU": {"alpha": 1.0},
+}  # (PDU: its default weight 100 scales the float error)
 
 
 @pytest.fixture(scope="module")

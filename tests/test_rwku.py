@@ -458,6 +458,9 @@ def test_eval_and_icu_on_a_tiny_model(snapshot, taught, tmp_path):
     )
     si = json.loads((icu / "summary.json").read_text())
     assert si["in_context_unlearning"] is True and "utility_mmlu" not in si
+    from unlearn.report.runs import collect_runs
+
+    assert {r.name: r.method for r in collect_runs([tmp_path])} == {"eval": "–", "icu": "ICU"}  # the report says ICU
     # the taught model never saw the instruction: its answers change, and they lose the target
     assert si["forget_all"] < s["forget_all"]
 

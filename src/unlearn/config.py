@@ -231,9 +231,10 @@ class Config:
 FIELD_NAMES = {f.name for f in fields(Config)}
 
 
-def save_fields(cfg: Config, path: str | Path, groups: tuple[str, ...]) -> None:
-    """Write the fields of ``groups`` only (an evaluation's ``eval_config.yaml`` has no training keys)."""
-    keep = fields_of(*groups)
+def save_fields(cfg: Config, path: str | Path, groups: tuple[str, ...], extra: tuple[str, ...] = ()) -> None:
+    """Write the fields of ``groups`` (and ``extra``) only (an evaluation's ``eval_config.yaml`` has no
+    training keys)."""
+    keep = fields_of(*groups) + list(extra)
     atomic_write_text(path, yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k in keep}, sort_keys=False))
 
 

@@ -55,7 +55,8 @@ def _run_eval(cfg) -> dict:
     model.to(state().device)  # this process's GPU under accelerate launch / torchrun
     fmt = prompt_format_for(tokenizer, cfg)
     if distributed.is_main_process():
-        save_fields(cfg, out.eval_config, ("model", "data", "eval", "out"))  # an evaluation's own settings
+        in_context = ("method",) if parse_method(cfg.method)[0].in_context else ()  # ICU: said in the report
+        save_fields(cfg, out.eval_config, ("model", "data", "eval", "out"), extra=in_context)  # its own settings
     summary = plan.evaluate(model, tokenizer, fmt, out, shard=True)
     if distributed.is_main_process():
         if plan.baseline and summary is not None:

@@ -61,8 +61,11 @@ class Run:
 
     @property
     def method(self) -> str:
-        # Only an unlearning run's config.yaml names a method; an evaluated model has none.
-        return str(self.config.get("method") or DASH) if self.config.get("_kind") == "run" else DASH
+        # Only an unlearning run's config.yaml names a method; an evaluated model has none, unless it was
+        # evaluated with in-context unlearning (its eval_config.yaml keeps the method).
+        if self.config.get("_kind") == "run" or self.summary.get("in_context_unlearning"):
+            return str(self.config.get("method") or DASH)
+        return DASH
 
     @property
     def lr(self) -> str:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# RWKU on a CPU: SmolLM2-135M-Instruct (the packaged smollm2-135m preset) and one target (RWKU's target 1,
+# Stephen King): the model before unlearning, in-context unlearning (ICU), and GA on the target's synthetic
+# texts (RWKU's recipe: 3 epochs, batches of 8, cosine after warm-up, no weight decay, 512-token blocks;
+# the rate is per model: RWKU grid-searched 1e-8..1e-5 on 8B models, LR below sets it here).
+# Every step is skipped when its folder already holds a result (rerun to resume).
+#   bash experiments/rwku_smollm2.sh                       # the hub set jinzhuoran/RWKU (network)
+#   RWKU_DATA=path/to/snapshot bash experiments/rwku_smollm2.sh
+#   RWKU_DATA=$(python experiments/rwku_standin.py /tmp/rwku_standin) bash experiments/rwku_smollm2.sh
+#                                                          # a stand-in of RWKU's sizes, to time it offline
+set -euo pipefail
+cd "$(dirname "$0")/.."
+U=".venv/bin/unlearn"
+DATA=${RWKU_DATA:-jinzhuoran/RWKU}
+R=${RWKU_RUNS:-experiments/runs/rwku_smollm2}
+LR=${LR:-1e-5}
+SETS=${SETS:-forget,neighbor,mia,utility}
+COMMON=(--benchmark rwku --data "$DATA" --split 1 --model smollm2-135m --eval-sets "$SETS")
+step() {  # step NAME COMMAND...: run it unless OUT/NAME/summary.json exists, and say how long it took
+  local name=$1; shift
+  if [ -f "$R/$name/summary.json" ]; then echo "$name: done already"; return; fi
+  local t0=$SECONDS
+  "$@" --out "$R/$name" $([ -d "$R/$name" ] && echo --resume)
+  echo "$name: $((SECONDS - t0)) s" | tee -a "$R/times.txt"
+}
+mkdir -p "$R"
+step before $U eval "${COMMON[@]}"
+step icu $U eval "${COMMON[@]}" --method ICU
+step ga $U run "${COMMON[@]}" --method GA --lr "$LR" --epochs 3 --batch-size 4 --effective-batch 8 \
+    --lr-schedule cosine --warmup 2 --weight-decay 0 --save-every 5
+$U report "$R" --out "$R/report" --title "RWKU target 1 on SmolLM2-135M"
