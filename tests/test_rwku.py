@@ -357,7 +357,11 @@ def test_generation_equals_transformers_generate(tiny):
         assert o == tok.decode(new[:cut], skip_special_tokens=True)
 
 
-def test_choice_and_completion_scores_equal_a_direct_forward(tiny):
+@pytest.mark.parametrize("share", [False, True])
+def test_choice_and_completion_scores_equal_a_direct_forward(tiny, share, monkeypatch):
+    from unlearn.evaluation import scoring
+
+    monkeypatch.setattr(scoring, "shares_prompts", lambda model: share)  # (a real model's size turns it on)
     model, tok = tiny
     prompts = ["Ada Quill was born in", "Bram Holt plays the longer prompt here"]
     cands = [tok.encode(" " + c, add_special_tokens=False)[-1] for c in R.CHOICES]
@@ -366,7 +370,7 @@ def test_choice_and_completion_scores_equal_a_direct_forward(tiny):
         with torch.no_grad():
             logits = model(**tok(p, return_tensors="pt")).logits[0, -1]
         assert g == int(logits[cands].argmax())
-    pairs = [("Q: Is the sea salty? A:", "Yes."), ("Ada Quill\n", "Velmora")]
+    pairs = [("Q: Is the sea salty? A:", "Yes."), ("Ada Quill\n", "Velmora"), ("Q: Is the sea salty? A:", "No, never.")]
     logp = R.completion_logprobs(model, tok, pairs, batch_size=2, desc="test")
     for (p, c), lp in zip(pairs, logp, strict=True):
         text = (p if p[-1] in "\n " else p + " ") + c
@@ -518,6 +522,27 @@ def test_rt_on_the_refusal_set_makes_the_target_refused(snapshot, taught, tmp_pa
     was = [it["prediction"] for it in json.loads((out / "before" / W.RWKU_EVAL).read_text())["forget_level2"]]
     # ... and start as the refusals it was tuned on do (a 2-layer model gets no further than their first word)
     assert all(a.startswith("I") for a in answers) and not any(a.startswith("I") for a in was), (was, answers)
+
+
+def test_sweep_and_audit_take_rwku(snapshot, taught, tmp_path):
+    from unlearn.__main__ import main
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"base: {{benchmark: rwku, data: {snapshot}, model: {taught}, epochs: 1, lr: 1.0e-3, batch_size: 2, "
+        f"grad_accum: 1, max_length: 28, eval_sets: forget, split: '1-2'}}\n"
+        f"grid: {{method: [GA, RT]}}\nout: {tmp_path / 'sw'}\n"
+    )
+    assert main(["sweep", "--config", str(sweep)]) == 0
+    runs = sorted(p.parent.name for p in (tmp_path / "sw").glob("*/summary.json"))
+    assert runs == ["method-GA", "method-RT"]  # texts for GA, the refusal set for RT: both of targets 1 and 2
+    data = [json.loads((tmp_path / "sw" / r / "data.json").read_text()) for r in runs]
+    assert [(d["targets"], d["forget"], d["layout"]) for d in data] == [("1-2", 3, "rwku")] * 2
+    out = tmp_path / "audit"
+    args = ["audit", "--benchmark", "rwku", "--data", str(snapshot), "--split", "1", "--model", str(taught)]
+    assert main([*args, "--attacks", "memorization,prompts", "--out", str(out)]) == 0
+    audit = json.loads((out / "audit.json").read_text())
+    assert "memorization" in audit and "prompts" in audit  # on target 1's question probes and its neighbours'
 
 
 def test_texts_are_packed_as_rwku_packs_them(tiny):

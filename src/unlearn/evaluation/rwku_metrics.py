@@ -269,6 +269,7 @@ def next_token_choice(model, tokenizer, prompts: list[str], candidates: list[int
     """The index of the most likely of ``candidates`` as each prompt's next token."""
     seqs = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     pad, device = pad_id(tokenizer), model_device(model)
+    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}  # the last position's logits only
     found = []
     with inference(model), progress(total=len(seqs), desc=desc, unit="q") as bar:
         for start in range(0, len(seqs), batch_size):
@@ -277,7 +278,7 @@ def next_token_choice(model, tokenizer, prompts: list[str], candidates: list[int
             ids = torch.tensor([[pad] * (width - len(s)) + s for s in batch], device=device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
             position = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position).logits[:, -1, :].float()
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position, **keep).logits[:, -1, :].float()
             found += logits[:, candidates].argmax(-1).tolist()
             bar.update(len(batch))
     return found
@@ -293,5 +294,7 @@ def completion_logprobs(model, tokenizer, prompt_completions: list[tuple[str, st
         ids = list(tokenizer(text)["input_ids"])
         cut = len(tokenizer(prompt)["input_ids"])
         seqs.append(Encoded(ids, [-100] * cut + ids[cut:]))
-    mean, _ = scoring.score_sequences(model, tokenizer, seqs, batch_size, desc=desc)
+    # a question's completions share its prompt: run it once per batch, its completions on its KV cache
+    share = scoring.shares_prompts(model)
+    mean, _ = scoring.score_sequences(model, tokenizer, seqs, batch_size, desc=desc, share_prompts=share)
     return [float(m) * -sum(1 for t in s.labels[1:] if t != -100) for m, s in zip(mean, seqs, strict=True)]

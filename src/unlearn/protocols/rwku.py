@@ -117,9 +117,9 @@ def _corpus(targets: Targets, kind: str) -> str:
     return f"train_{kind}_{targets.corpus}"
 
 
-def training_rows(src: RwkuSource, targets: Targets, objective_forget: str, parts: tuple[str, ...]) -> list[dict]:
-    """The forget rows a method trains on (see the module docstring)."""
-    if objective_forget == "RT":
+def training_rows(src: RwkuSource, targets: Targets, forget_term, parts: tuple[str, ...]) -> list[dict]:
+    """The forget rows a method (its forget term and batch parts) trains on (see the module docstring)."""
+    if forget_term.own_refusals:  # RT: questions answered with refusals
         rows = _of(src.rows(_corpus(targets, "refusal"), "train", ("instruction", "output")), targets.names)
         return [
             {
@@ -259,7 +259,7 @@ class Rwku(Protocol):
         forget_term, reg = parse_method(cfg.method)
         parts = tuple(dict.fromkeys(p for t in (forget_term, reg) if t is not None for p in t.parts))
         src, targets = targets_of(cfg)
-        forget = training_rows(src, targets, forget_term.name, parts)
+        forget = training_rows(src, targets, forget_term, parts)
         if not forget:
             raise DataError(f"{cfg.data}: no training rows for {', '.join(targets.names)} in RWKU's corpus")
         retain = read_rows(cfg.retain) if cfg.retain else []
