@@ -3,7 +3,10 @@
 # Stephen King): the model before unlearning, in-context unlearning (ICU), and GA on the target's synthetic
 # texts (RWKU's recipe: 3 epochs, batches of 8, cosine after warm-up, no weight decay, 512-token blocks;
 # the rate is per model: RWKU grid-searched 1e-8..1e-5 on 8B models, LR below sets it here).
-# Every step is skipped when its folder already holds a result (rerun to resume).
+# Every step is skipped when its folder already holds a result (rerun to resume). Measured on 2 CPU cores on
+# a stand-in of RWKU's per-target sizes (docs/performance.md): about 20 minutes per full evaluation (BBH's
+# and fluency's 256-token answers are most of it; SETS=forget,neighbor,mia takes about 100 s) and 6 minutes
+# of GA training: about 70 minutes for the three steps.
 #   bash experiments/rwku_smollm2.sh                       # the hub set jinzhuoran/RWKU (network)
 #   RWKU_DATA=path/to/snapshot bash experiments/rwku_smollm2.sh
 #   RWKU_DATA=$(python experiments/rwku_standin.py /tmp/rwku_standin) bash experiments/rwku_smollm2.sh
