@@ -19,16 +19,19 @@ R=${RWKU_RUNS:-experiments/runs/rwku_smollm2}
 LR=${LR:-1e-5}
 SETS=${SETS:-forget,neighbor,mia,utility}
 COMMON=(--benchmark rwku --data "$DATA" --split 1 --model smollm2-135m --eval-sets "$SETS")
-step() {  # step NAME COMMAND...: run it unless OUT/NAME/summary.json exists, and say how long it took
-  local name=$1; shift
+step() {  # step NAME eval|run ARGS...: run it unless OUT/NAME/summary.json exists, and say how long it took
+  local name=$1 cmd=$2 again=(); shift 2
   if [ -f "$R/$name/summary.json" ]; then echo "$name: done already"; return; fi
+  if [ -d "$R/$name" ]; then  # an interrupted step: a run resumes from its checkpoint, an evaluation starts again
+    if [ "$cmd" = run ]; then again=(--resume); else again=(--overwrite); fi
+  fi
   local t0=$SECONDS
-  "$@" --out "$R/$name" $([ -d "$R/$name" ] && echo --resume)
+  $U "$cmd" "$@" --out "$R/$name" "${again[@]}"
   echo "$name: $((SECONDS - t0)) s" | tee -a "$R/times.txt"
 }
 mkdir -p "$R"
-step before $U eval "${COMMON[@]}"
-step icu $U eval "${COMMON[@]}" --method ICU
-step ga $U run "${COMMON[@]}" --method GA --lr "$LR" --epochs 3 --batch-size 4 --effective-batch 8 \
+step before eval "${COMMON[@]}"
+step icu eval "${COMMON[@]}" --method ICU
+step ga run "${COMMON[@]}" --method GA --lr "$LR" --epochs 3 --batch-size 4 --effective-batch 8 \
     --lr-schedule cosine --warmup 2 --weight-decay 0 --save-every 5
 $U report "$R" --out "$R/report" --title "RWKU target 1 on SmolLM2-135M"
