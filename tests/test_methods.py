@@ -132,6 +132,29 @@ def test_altpo_prefers_the_alternate_answer_as_open_unlearnings_dpo(tiny):
         check_alternates(bad)
 
 
+def test_rt_is_the_mean_nll_of_the_rows_own_refusal_answers(tiny):
+    """RT (RWKU's rejection tuning): the mean token NLL of each forget row's own answer, written out
+    with cross-entropy over the answer tokens only."""
+    from unlearn.methods import BatchView
+    from unlearn.train_setup import make_collate
+
+    tok, fmt, make = tiny
+    model = make()
+    rows = [{"question": r["question"], "answer": "I don't know."} for r in FORGET[:3]]
+    ds = UnlearningDataset(rows, [], tok, fmt, ("forget",), ["unused"])
+    batch = make_collate(tok.pad_token_id)([ds[i] for i in range(3)])
+    with torch.no_grad():
+        term = FORGET_TERMS["RT"].fn(BatchView(model, batch))
+        p = batch["forget"]
+        logits = model(input_ids=p["input_ids"], attention_mask=p["attention_mask"]).logits
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), p["labels"][:, 1:], ignore_index=-100, reduction="sum"
+        )
+        expected = ce / (p["labels"][:, 1:] != -100).sum()
+    torch.testing.assert_close(term, expected, rtol=1e-5, atol=1e-6)
+    assert "forget rows answered with refusals (RWKU's refusal set)" in FORGET_TERMS["RT"].needs
+
+
 def test_pdu_flattening_and_dual_variable_by_hand():
     from unlearn.losses import logit_margin_flattening
     from unlearn.methods.terms import PDU_DUAL

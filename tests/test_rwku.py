@@ -524,6 +524,16 @@ def test_rt_on_the_refusal_set_makes_the_target_refused(snapshot, taught, tmp_pa
     assert all(a.startswith("I") for a in answers) and not any(a.startswith("I") for a in was), (was, answers)
 
 
+def test_audit_sets_are_the_question_probes_and_the_neighbours(snapshot):
+    sets, holdout = W.PROTOCOL.audit_sets(cfg(snapshot))
+    assert holdout is None and [(s.name, s.kind, len(s.rows)) for s in sets] == [
+        ("Retain", "retain", 1),
+        ("Forget", "forget", 2),
+    ]
+    assert sets[1].rows[0]["question"] == FORGET[2][0]["query"] and sets[1].rows[0]["answer"] == "Velmora"
+
+
+@pytest.mark.slow  # (make test keeps the sets an audit attacks and RWKU's run/eval on the tiny model)
 def test_sweep_and_audit_take_rwku(snapshot, taught, tmp_path):
     from unlearn.__main__ import main
 
