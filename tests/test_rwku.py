@@ -465,6 +465,11 @@ def test_eval_and_icu_on_a_tiny_model(snapshot, taught, tmp_path):
     from unlearn.report.runs import collect_runs
 
     assert {r.name: r.method for r in collect_runs([tmp_path])} == {"eval": "–", "icu": "ICU"}  # the report says ICU
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    row = next(
+        line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| eval |")
+    )
+    assert f"{s['forget_level1']:.4f} ± " in row  # each value with half its 95% interval
     # the taught model never saw the instruction: its answers change, and they lose the target
     assert si["forget_all"] < s["forget_all"]
 

@@ -124,12 +124,17 @@ def _summary_table(runs: list[Run], notes: Notes) -> Table:
 
 
 def _protocol_table(runs: list[Run], protocol) -> Table:
-    """Runs evaluated with a protocol that has its own table (``--benchmark tofu|muse|wmdp``): its metrics."""
+    """Runs evaluated with a protocol that has its own table (``--benchmark tofu|muse|wmdp|rwku``): its
+    metrics, each with half its 95% interval where ``intervals.json`` has one."""
     keys = protocol.table_keys([r.summary for r in runs])
-    rows = [
-        [r.name, r.method, r.lr, r.split, *(fmt_value(r.value(k)) if r.value(k) is not None else DASH for k in keys)]
-        for r in runs
-    ]
+
+    def cell(r: Run, k: str) -> str:
+        if r.value(k) is None:
+            return DASH
+        iv = r.intervals.get(k)
+        return fmt_value(r.value(k)) + (f" ± {iv.half_width:.3f}" if iv is not None else "")
+
+    rows = [[r.name, r.method, r.lr, r.split, *(cell(r, k) for k in keys)] for r in runs]
     return Table(["run", "method", "lr", "split", *keys], rows)
 
 
