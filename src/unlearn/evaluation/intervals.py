@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 from scipy import stats
 
 RESAMPLES = 1000
@@ -171,3 +173,20 @@ def as_json(intervals: Mapping[str, Interval], **extra) -> dict:
         **extra,
         "intervals": {k: asdict(v) for k, v in intervals.items()},
     }
+
+
+def print_table(title: str, first: str, rows, summary: dict, intervals: dict | None = None) -> None:
+    """A protocol's summary at the terminal: one row per ``(what it says, key)`` of ``rows`` whose value
+    is a finite number, with its 95% interval, then the reasons of what is unavailable."""
+    table = Table(title=title)
+    for column in (first, "metric", "value", "95% interval"):
+        table.add_column(column, justify="left" if column in (first, "metric") else "right")
+    for what, key in rows:
+        v = summary.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            iv = (intervals or {}).get(key)
+            table.add_row(what, key, f"{v:.4f}", f"[{iv.lo:.4f}, {iv.hi:.4f}]" if iv else "")
+    console = Console()
+    console.print(table)
+    for key, reason in summary.get("unavailable", {}).items():
+        console.print(f"{key}: {reason}")

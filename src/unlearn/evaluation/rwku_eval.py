@@ -4,16 +4,13 @@ and the files. The RWKU protocol (:mod:`unlearn.protocols.rwku`) reads the sets.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.evaluation import rwku_metrics as R
-from unlearn.evaluation.intervals import as_json, bootstrap, mean_of
+from unlearn.evaluation.intervals import as_json, bootstrap, mean_of, print_table
 from unlearn.evaluation.muse_metrics import text_stats
 from unlearn.io import atomic_write_json, json_safe
 from unlearn.rundir import INTERVALS, SUMMARY
@@ -223,17 +220,7 @@ def print_rwku(summary: dict, intervals: dict | None = None) -> None:
     title = f"RWKU, targets {summary.get('targets')} (95% bootstrap interval over the items)"
     if summary.get("in_context_unlearning"):
         title += " - in-context unlearning: no weights changed"
-    table = Table(title=title)
-    for column in ("what it says", "metric", "value", "95% interval"):
-        table.add_column(column, justify="left" if column in ("what it says", "metric") else "right")
-    for what, key in ROWS:
-        if isinstance(summary.get(key), (int, float)) and math.isfinite(summary[key]):
-            iv = (intervals or {}).get(key)
-            table.add_row(what, key, f"{summary[key]:.4f}", f"[{iv.lo:.4f}, {iv.hi:.4f}]" if iv else "")
-    console = Console()
-    console.print(table)
-    for key, reason in summary.get("unavailable", {}).items():
-        console.print(f"{key}: {reason}")
+    print_table(title, "what it says", ROWS, summary, intervals)
 
 
 def write_rwku(logs: dict, summary: dict, intervals: dict, out_dir) -> None:

@@ -38,16 +38,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from unlearn import distributed
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.data import HubSnapshot, UnlearningData
 from unlearn.errors import DataError
 from unlearn.evaluation import mia
 from unlearn.evaluation.generation import generation_batch
-from unlearn.evaluation.intervals import as_json
+from unlearn.evaluation.intervals import as_json, print_table
 from unlearn.evaluation.log_intervals import muse_intervals
 from unlearn.evaluation.muse_metrics import (  # noqa: F401 (its metrics, with the protocol)
     MAX_LENGTH,
@@ -218,23 +215,13 @@ def write_muse(result: MuseResult, out_dir: str | Path, intervals: dict | None =
 
 
 def print_muse(summary: dict, intervals: dict | None = None) -> None:
-    table = Table(title="MUSE (95% bootstrap interval over the items)")
-    for column in ("criterion", "metric", "value", "95% interval"):
-        table.add_column(column, justify="left" if column in ("criterion", "metric") else "right")
     rows = (
         ("no verbatim memorisation", "forget_verbmem_ROUGE"),
         ("no knowledge memorisation", "forget_knowmem_ROUGE"),
         ("utility preserved", "retain_knowmem_ROUGE"),
         ("no privacy leakage (0 = retain model)", "privleak"),
     )
-    for criterion, key in rows:
-        if key in summary:
-            iv = (intervals or {}).get(key)
-            table.add_row(criterion, key, f"{summary[key]:.4f}", f"[{iv.lo:.4f}, {iv.hi:.4f}]" if iv else "")
-    console = Console()
-    console.print(table)
-    for key, reason in summary.get("unavailable", {}).items():
-        console.print(f"{key}: {reason}")
+    print_table("MUSE (95% bootstrap interval over the items)", "criterion", rows, summary, intervals)
 
 
 # --------------------------------------------------------------------------- the protocol
