@@ -706,12 +706,27 @@ def test_greedy_decode_equals_transformers_generate(tiny):
         assert any(len(row) == 12 and row[-1] != tok.eos_token_id for row in ours)
 
 
+def test_length_batches_keep_the_longest_batch_s_tokens():
+    """Batches of at most batch_size x the longest length padded tokens: short sequences go more to
+    a batch, at most MAX_ROWS x batch_size; the order is kept and every index appears once."""
+    from unlearn.evaluation.scoring import MAX_ROWS, _length_batches
+
+    lengths = [10, 9, 5, 5, 5, 5, 5] + [1] * 40
+    order = list(range(len(lengths)))
+    batches = _length_batches(order, lengths, 2)
+    assert batches[:4] == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9], list(range(10, 10 + 2 * MAX_ROWS))]
+    assert [i for b in batches for i in b] == order
+    assert all(len(b) * max(lengths[i] for i in b) <= 20 and len(b) <= 2 * MAX_ROWS for b in batches)
+    assert _length_batches([], lengths, 2) == [] and _length_batches([3, 0], lengths, 1) == [[3], [0]]
+
+
 def test_generation_batch_follows_its_flag(tiny):
     from unlearn.config import Config
     from unlearn.evaluation.generation import generation_batch
     from unlearn.protocols.plan import plan_evaluation
 
     assert generation_batch(16) == 64 and generation_batch(16, 5) == 5
+    assert generation_batch(16, None, tiny[0]) == 128 and generation_batch(16, 5, tiny[0]) == 5  # a CPU model
     assert plan_evaluation(Config(eval=False, gen_batch_size=7)).gen_batch_size == 7
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL]

@@ -1,5 +1,6 @@
 """Tests for unlearn.evaluation.metrics: hand-derived numbers (worked out in the comments) and ranges."""
 
+import json
 import math
 import warnings
 
@@ -155,6 +156,23 @@ def test_rouge_l_recall_items_and_cached_scorer():
     assert m.rouge_scorer(("rougeL",), stemmer=False) is not m.rouge_scorer()
     with pytest.raises(ValueError):
         m.rouge_l_recall_items(["a"], ["a", "b"])
+
+
+def test_stemming_scorer_equals_rouge_score_default(shared_data):
+    """The scorer that remembers stems gives rouge_score's own stemming scorer's values, on the
+    release's answers and on words the Porter stemmer changes (stems looked up a second time)."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    texts = [
+        json.loads(x)["answer"] for x in (shared_data / "tofu" / "retain_perturbed.json").read_text().splitlines()[:60]
+    ]
+    texts += ["Running runners ran; the generously-generous RUNS!", "a an the of is", "", "1990s caf\u00e9 naïve"]
+    plain, ours = RougeScorer(["rouge1", "rougeL"], use_stemmer=True), m.rouge_scorer(("rouge1", "rougeL"))
+    assert isinstance(ours._tokenizer, m.StemmingTokenizer)
+    for _ in range(2):  # the second pass reads remembered stems
+        for a, b in zip(texts, texts[1:] + texts[:1], strict=True):
+            assert ours.score(a, b) == plain.score(a, b) and ours.score(a, a + " " + b) == plain.score(a, a + " " + b)
+    assert ours._tokenizer.stem.cache_info().hits > 0
 
 
 # --------------------------------------------------------------------------- cosine, entailment

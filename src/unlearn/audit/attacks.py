@@ -41,7 +41,7 @@ def score_variant(
             fmt,
             ps,
             max_length=limit,
-            batch_size=generation_batch(batch_size, gen_batch_size),
+            batch_size=generation_batch(batch_size, gen_batch_size, model),
             desc=variant.name,
         ),
         variant.prompts,

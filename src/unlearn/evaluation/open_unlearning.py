@@ -330,7 +330,7 @@ def evaluate_tofu(
     questions = {name: [r["question"] for r in sets.of(name)] for name in ("forget", "retain", "ra", "wf")}
     flat = [q for qs in questions.values() for q in qs]
     gens_flat = generate_answers(
-        model, tokenizer, template, flat, generation.generation_batch(batch_size, gen_batch_size), shard
+        model, tokenizer, template, flat, generation.generation_batch(batch_size, gen_batch_size, model), shard
     )
     gens, start = {}, 0
     for name, qs in questions.items():

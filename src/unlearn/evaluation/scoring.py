@@ -18,7 +18,6 @@ from unlearn.distributed import progress
 from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, pad_batch, pad_id
 from unlearn.evaluation.generation import (  # noqa: F401 (MAX_LENGTH: part of its API)
     MAX_LENGTH,
-    _batches,
     inference,
     model_device,
     supports_logits_to_keep,
@@ -90,7 +89,8 @@ def score_sequences(
     if share_prompts:
         batches = _prompt_shared_batches(seqs, batch_size)
     else:
-        batches = [(idx, None) for idx in _batches(sorted(range(len(seqs)), key=lambda i: -len(seqs[i])), batch_size)]
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        batches = [(idx, None) for idx in _length_batches(order, [len(s) for s in seqs], batch_size)]
     with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
         for idx, cut in batches:
             out = (
@@ -141,9 +141,11 @@ def _token_stats_rows(logits: torch.Tensor, labels: torch.Tensor, texts: list[st
 def _prompt_shared_batches(seqs: list, batch_size: int) -> list[tuple[list[int], list[int] | None]]:
     """Batches of ``(indices, cuts)``: each sequence is cut before the last token of its prompt
     (the position that predicts its first answer token); sequences with the same tokens before the
-    cut share that prefix. Prefixes sorted by length, longest first, each one's sequences kept
-    together (a batch holds at most ``batch_size`` sequences). Sequences without an answer token
-    or without a prompt to share go in batches of their own (``cuts`` None)."""
+    cut share that prefix. Each prefix's sequences are kept together, the groups ordered by their
+    longest sequence (longest first: the answers, padded to the longest of their batch, are most of
+    the work, so similar lengths share a batch); batches by :func:`_length_batches` over the parts
+    after the cuts. Sequences without an answer token or without a prompt to share go in batches of their own
+    (``cuts`` None)."""
     groups: dict[tuple, list[int]] = {}
     plain = []
     cut: dict[int, int] = {}
@@ -154,19 +156,39 @@ def _prompt_shared_batches(seqs: list, batch_size: int) -> list[tuple[list[int],
         else:
             cut[i] = first - 1  # that position predicts the first answer token
             groups.setdefault(tuple(s.input_ids[: first - 1]), []).append(i)
-    out: list = []
-    batch: list[int] = []
-    for prefix in sorted(groups, key=lambda k: -len(k)):
-        for i in sorted(groups[prefix], key=lambda i: -len(seqs[i])):
-            batch.append(i)
-            if len(batch) == batch_size:
-                out.append(batch)
-                batch = []
-    if batch:
-        out.append(batch)
-    out = [(b, [cut[i] for i in b]) for b in out]
+    order = []
+    for prefix in sorted(groups, key=lambda k: -max(len(seqs[i]) for i in groups[k])):
+        order += sorted(groups[prefix], key=lambda i: -len(seqs[i]))
+    tails = {i: len(seqs[i]) - c for i, c in cut.items()}
+    out = [(b, [cut[i] for i in b]) for b in _length_batches(order, tails, batch_size)]
     plain.sort(key=lambda i: -len(seqs[i]))
-    return out + [(b, None) for b in _batches(plain, batch_size)]
+    return out + [(b, None) for b in _length_batches(plain, [len(s) for s in seqs], batch_size)]
+
+
+MAX_ROWS = 8
+"""A batch of short sequences holds at most this many times ``batch_size`` rows."""
+
+
+def _length_batches(order: list[int], lengths, batch_size: int) -> list[list[int]]:
+    """``order`` cut into consecutive batches of at most ``batch_size`` x its longest length padded
+    tokens (``lengths[i]`` each; the size of a batch of the longest sequences, which sets the peak
+    memory), so shorter sequences go more to a batch (up to ``MAX_ROWS x batch_size``): fewer,
+    fuller forward passes for the same work."""
+    if not order:
+        return []
+    budget = batch_size * max(lengths[i] for i in order)
+    out: list[list[int]] = []
+    batch: list[int] = []
+    widest = 0
+    for i in order:
+        wide = max(widest, lengths[i])
+        if batch and ((len(batch) + 1) * wide > budget or len(batch) >= MAX_ROWS * batch_size):
+            out.append(batch)
+            batch, wide = [], lengths[i]
+        batch.append(i)
+        widest = wide
+    out.append(batch)
+    return out
 
 
 def _prompt_cached_logits(model, seqs: list, cuts: list[int], pad: int, mask_pad: bool, device, keep: bool):

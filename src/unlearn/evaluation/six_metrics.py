@@ -202,7 +202,7 @@ def evaluate(
         dict(
             zip(
                 (s.name for s in todo),
-                _generate_sets(model, tokenizer, fmt, todo, generation_batch(batch_size, gen_batch_size), shard),
+                _generate_sets(model, tokenizer, fmt, todo, generation_batch(batch_size, gen_batch_size, model), shard),
                 strict=False,
             )
         )

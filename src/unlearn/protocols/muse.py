@@ -174,7 +174,7 @@ def evaluate_muse(
     gen_batch_size: int | None = None,
 ) -> MuseResult:
     logs: dict = {}
-    rows = generation_batch(batch_size, gen_batch_size)
+    rows = generation_batch(batch_size, gen_batch_size, model)
     if sets.verbmem:
         logs["forget_verbmem_ROUGE"] = verbmem(model, tokenizer, sets.verbmem, rows)
     if sets.forget_qa:

@@ -195,7 +195,7 @@ def evaluate_tofu_on(model, tokenizer, template, sets: TofuSets, names, batch_si
     """``<name>_Q_A_ROUGE`` and ``<name>_Q_A_Prob`` of the TOFU standard on some of its sets (``names``),
     computed as :func:`evaluate_tofu` computes them: the model before unlearning, for the verdict."""
     questions = [r["question"] for n in names for r in sets.of(n)]
-    gens = generate_answers(model, tokenizer, template, questions, generation_batch(batch_size, None), False)
+    gens = generate_answers(model, tokenizer, template, questions, generation_batch(batch_size, None, model), False)
     pairs = pairs_of(sets, tuple(names))
     scored = Scored(pairs, score_pairs(model, tokenizer, template, pairs, batch_size))
     logs, start = {}, 0
