@@ -219,6 +219,14 @@ def test_answer_nlls_on_shared_prompts_equal_whole_sequences(tiny, monkeypatch):
     shared = answer_nlls(model, tok, fmt, qs, ans, batch_size=4)
     assert calls
     np.testing.assert_allclose(shared, whole, rtol=1e-5, atol=2e-6)
+    # a cache that cannot select rows: the whole sequences, each batch within 4 x its longest length
+    monkeypatch.setattr(runner, "_prompt_cached_logits", lambda *a, **k: None)
+    shapes, real_logits = [], runner.answer_logits
+    monkeypatch.setattr(
+        runner, "answer_logits", lambda m, b, k=None: shapes.append(b["input_ids"].shape) or real_logits(m, b, k)
+    )
+    np.testing.assert_allclose(answer_nlls(model, tok, fmt, qs, ans, batch_size=4), whole, rtol=1e-5, atol=2e-6)
+    assert shapes and all(rows <= 4 or rows * width <= 4 * max(w for _, w in shapes) for rows, width in shapes)
 
 
 def test_logits_to_keep_is_found_through_wrappers(tiny):

@@ -86,30 +86,37 @@ def score_sequences(
     keep = supports_logits_to_keep(model)
     losses = np.zeros(len(seqs), dtype=np.float64)
     stats: dict = {}
+    lengths = [len(s) for s in seqs]
     if share_prompts:
         batches = _prompt_shared_batches(seqs, batch_size)
     else:
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-        batches = [(idx, None) for idx in _length_batches(order, [len(s) for s in seqs], batch_size)]
+        order = sorted(range(len(seqs)), key=lambda i: -lengths[i])
+        batches = [(idx, None) for idx in _length_batches(order, lengths, batch_size)]
     with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
         for idx, cut in batches:
             out = (
                 _prompt_cached_logits(model, [seqs[i] for i in idx], cut, pad, mask_pad, device, keep) if cut else None
             )
-            if out is None:
-                batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in idx], pad).items()}
-                if mask_pad:
-                    batch["attention_mask"] = (batch["input_ids"] != pad).long()
-                out = answer_logits(model, batch, keep)
-            logits, labels = out
-            nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
-            losses[idx] = nll.double().cpu().numpy()
-            rows = [r for r, i in enumerate(idx) if i in want]
-            if rows:
-                names = [texts[idx[r]] if texts else "" for r in rows]
-                for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows], names), strict=False):
-                    stats[idx[r]] = st
-            bar.update(len(idx))
+            parts = [(idx, out)]
+            if cut and out is None:  # whole sequences: a batch sized by its answers is cut by their own lengths
+                parts = [
+                    (sub, None) for sub in _length_batches(sorted(idx, key=lambda i: -lengths[i]), lengths, batch_size)
+                ]
+            for sub, got in parts:
+                if got is None:
+                    batch = {k: v.to(device) for k, v in pad_batch([seqs[i] for i in sub], pad).items()}
+                    if mask_pad:
+                        batch["attention_mask"] = (batch["input_ids"] != pad).long()
+                    got = answer_logits(model, batch, keep)
+                logits, labels = got
+                nll = sequence_nll(logits, labels) / token_counts(labels).clamp(min=1)
+                losses[sub] = nll.double().cpu().numpy()
+                rows = [r for r, i in enumerate(sub) if i in want]
+                if rows:
+                    names = [texts[sub[r]] if texts else "" for r in rows]
+                    for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows], names), strict=False):
+                        stats[sub[r]] = st
+                bar.update(len(sub))
     return losses, stats
 
 
