@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.2" || echo "torch==2.13.0")
 DEMO_OUT ?= demo_out
 
-.PHONY: setup lint test test-all test-gpu demo bench clean
+.PHONY: setup lint test test-docs test-all test-gpu demo bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,14 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -m "not slow"
+
+# The docs checks CI runs after `make test` (slow: about 7 minutes on 2 cores): the README's "Try it on
+# the demo" block in order on a fresh demo, and report.html in headless Chromium (playwright drives the
+# system's Chromium; the test installs Debian's `chromium` with apt-get when it is missing and allowed).
+test-docs: $(STAMP)
+	@echo "test-docs: playwright (the browser driver of the report check)"
+	@$(PY) -m pip install -q -e ".[browser]"
+	$(PY) -m pytest -m slow tests/test_docs.py tests/test_report.py::test_report_html_in_a_real_browser
 
 test-all: lint
 	$(PY) -m pytest

@@ -9,6 +9,7 @@ is run first and not counted; tokens are the real (unpadded) tokens of every seq
     python perf/gpu_train.py                   # on a machine with a CUDA GPU
     python perf/gpu_train.py --device cpu --model tiny --epochs 1   # smoke test of the script
     python perf/gpu_train.py --init-from-config FOLDER   # random weights, FOLDER's architecture
+    python perf/gpu_train.py --init-from-config FOLDER --profile --epochs 1   # where a step's time goes
 
 ``--init-from-config`` builds the model from a folder's ``config.json`` and tokenizer with random
 weights (seed 0): speed and memory do not depend on the weights' values, and a machine that cannot
@@ -39,6 +40,9 @@ CONFIGS = {
         dtype="float32", gradient_checkpointing=True, attn="sdpa", mixed_precision="bf16"
     ),
 }
+
+
+PROFILED = "bf16 + sdpa (no checkpointing)"
 
 
 def one(args, spec: dict) -> dict:
@@ -87,6 +91,8 @@ def one(args, spec: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    if args.profile:
+        return profile_epoch(model, tok, ds, objective, dataclasses.replace(cfg, epochs=1), work, cuda)
     cfg = dataclasses.replace(cfg, epochs=args.epochs)
     start = time.perf_counter()
     fit(model, tok, ds, objective, cfg, work / "timed")
@@ -103,6 +109,39 @@ def one(args, spec: dict) -> dict:
         "items": len(ds),
         "batch_size": cfg.batch_size,
         "epochs": args.epochs,
+    }
+
+
+def profile_epoch(model, tok, ds, objective, cfg, work: Path, cuda: bool) -> dict:
+    """One epoch under ``torch.profiler``: wall time, the time the GPU ran kernels, and kernels per step."""
+    import math
+
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from unlearn.train import fit
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fit(model, tok, ds, objective, cfg, work / "profiled")
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    steps = math.ceil(len(ds) / cfg.batch_size)
+    events = prof.key_averages()
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    kernels = sum(e.count for e in on_device)
+    return {
+        "profile": True,
+        "wall_s": wall,
+        "device_busy_s": sum(e.self_device_time_total for e in on_device) / 1e6 if cuda else None,
+        "steps": steps,
+        "kernels_per_step": kernels / steps if cuda else None,
+        "cpu_ops_per_step": sum(e.count for e in events if e.device_type == DeviceType.CPU) / steps,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "batch_size": cfg.batch_size,
     }
 
 
@@ -132,6 +171,12 @@ def main() -> None:
         metavar="FOLDER",
         help="random weights with FOLDER's config.json and tokenizer (replaces --model)",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="one epoch of the bf16 configuration without checkpointing under torch.profiler: wall time, "
+        "the GPU's busy time, kernels per step",
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
@@ -152,8 +197,9 @@ def main() -> None:
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"{'configuration':<56} {'tokens/s':>10} {'peak GiB':>9}")
-    for name in CONFIGS:
+    if not args.profile:
+        print(f"{'configuration':<56} {'tokens/s':>10} {'peak GiB':>9}")
+    for name in [PROFILED] if args.profile else CONFIGS:
         if CONFIGS[name]["attn"] == "flash_attention_2":
             try:
                 import flash_attn  # noqa: F401
@@ -175,12 +221,24 @@ def main() -> None:
             str(args.epochs),
             "--authors",
             str(args.authors),
+            *(["--profile"] if args.profile else []),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name:<56} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
+        if r.get("profile"):
+            busy = "n/a (no GPU)" if r["device_busy_s"] is None else f"{r['device_busy_s']:.2f} s"
+            per_step = "n/a" if r["kernels_per_step"] is None else f"{r['kernels_per_step']:.0f}"
+            print(
+                f"{name}: one epoch ({r['steps']} steps at batch {r['batch_size']}, {r['device']}) "
+                f"{r['wall_s']:.2f} s; "
+                f"kernels running on the GPU {busy}; {per_step} kernels and {r['cpu_ops_per_step']:.0f} CPU-side "
+                "operator calls a step",
+                flush=True,
+            )
+            continue
         peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         print(
             f"{name:<56} {r['tokens_per_s']:>10.0f} {peak:>9}   ({r['device']}, {r['params_m']:.1f}M params, "

@@ -251,7 +251,11 @@ def _chromium() -> str | None:
 
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, capture_output=True, timeout=900, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=900, env=env)
+            subprocess.run(install, capture_output=True, timeout=900, env=env)
         found = shutil.which("chromium")
     return found
 
