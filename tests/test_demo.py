@@ -9,6 +9,7 @@ def test_demo_reduced(tmp_path, capsys):
     summaries = run_demo(tmp_path / "demo", scale=0.2)
     out = capsys.readouterr().out
     assert "Before and after unlearning" in out and "Forget ROUGE" in out
+    assert "Estimated time: about" in out and "Estimated time left: about" in out  # said before it trains
     for name in ("target", "retain_model", "me_gd", "idk_ap"):
         summary = json.loads((tmp_path / "demo" / name / "summary.json").read_text())
         assert summary["Forget ROUGE"] == summaries[name]["Forget ROUGE"]

@@ -217,7 +217,47 @@ def test_the_last_evaluation_while_training_is_not_done_twice(target, tmp_path, 
     assert scored.count("Forget") == 4
 
 
-def test_keep_best_saves_the_best_evaluated_weights(target, tmp_path):
+def test_a_plans_own_before_evaluation_is_step_0(target, tmp_path, monkeypatch):
+    """The demo evaluates its target once and names it the runs' before-evaluation (``plan.before``): a
+    run evaluating while it trains takes that folder's per-item records as step 0 instead of scoring
+    the same weights again, and its step-0 row is that evaluation's numbers."""
+    import unlearn.evaluation.six_metrics as suites
+    from unlearn import pipeline
+    from unlearn.config import Config
+    from unlearn.protocols.plan import plan_evaluation
+
+    root, forget, retain = target
+    before = tmp_path / "target_eval"
+    model = str(root / "target" / "model")
+    common = ["--forget", str(forget), "--retain", str(retain), "--nli", "none"]
+    assert main(["eval", "--model", model, *common, "--out", str(before)]) == 0
+    scored, real = [], suites._evaluate_set
+    monkeypatch.setattr(
+        suites, "_evaluate_set", lambda model, tok, fmt, s, *a: scored.append(s.name) or real(model, tok, fmt, s, *a)
+    )
+    cfg = Config(
+        model=model, forget=str(forget), retain=str(retain), out=str(tmp_path / "ga"), method="GA+GD", epochs=4,
+        lr=1e-3, batch_size=2, grad_accum=1, nli="none", seed=1, eval_every=2, eval_sets="forget",
+    )  # fmt: skip
+    plan = plan_evaluation(cfg)
+    plan.before = str(before)
+    pipeline.run(cfg, plan=plan)
+    assert scored.count("Forget") == 4 and scored.count("Retain") == 1  # steps 2, 4, 6, 8; the final one
+    start, saved = _log(tmp_path / "ga")[0], json.loads((before / "summary.json").read_text())
+    assert start["step"] == 0
+    for key in ("Forget ROUGE", "Forget Probability", "Forget Truth Ratio", "Forget Efficacy"):
+        assert start[key] == pytest.approx(saved[key], abs=1e-12), key
+
+
+def test_keep_best_saves_the_best_evaluated_weights(target, tmp_path, monkeypatch):
+    """The kept weights are the best evaluated ones; the evaluation after training takes the best
+    step's records instead of scoring Forget and Retain again (their numbers: those of the kept row)."""
+    import unlearn.evaluation.six_metrics as suites
+
+    scored, real = [], suites._evaluate_set
+    monkeypatch.setattr(
+        suites, "_evaluate_set", lambda model, tok, fmt, s, *a: scored.append(s.name) or real(model, tok, fmt, s, *a)
+    )
     out = tmp_path / "best"
     assert (
         _run(
@@ -246,6 +286,8 @@ def test_keep_best_saves_the_best_evaluated_weights(target, tmp_path):
     assert summary["Forget Efficacy"] == pytest.approx(expected["Forget Efficacy"], abs=1e-6)
     assert summary["Model Utility"] == pytest.approx(expected["Model Utility"], abs=1e-6)
     assert not list(out.glob(".best-*"))  # cleaned up once saved
+    assert expected["step"] != rows[-1]["step"]  # (the case this checks: not the last step)
+    assert scored.count("Forget") == len(rows)  # before (step 0), then each evaluation; not again after
 
 
 def test_collapse_is_said(target, tmp_path, caplog):

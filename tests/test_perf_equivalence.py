@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from unlearn import losses
 from unlearn.config import Config
 from unlearn.datasets import UnlearningDataset
+from unlearn.distributed import build_optimizer
 from unlearn.methods import REGULARIZERS, Objective, Term, build_objective
 from unlearn.methods.terms import BETA
 from unlearn.reference import reference_nlls
@@ -270,3 +271,31 @@ def test_attn_implementation_reaches_a_saved_model(tmp_path):
     for impl in ("eager", "sdpa"):
         model, _ = load_model(path, attn_implementation=impl)
         assert model.config._attn_implementation == impl
+
+
+# --------------------------------------------------------------------------- the fused AdamW step
+
+
+def test_fused_adamw_trains_as_the_default_one(tmp_path, tiny):
+    """``--optim adamw_fused`` is torch's one-pass kernel of the same update: over a run its losses and
+    weights equal the default AdamW's up to float rounding (it is not bit-identical, so not the default)."""
+    tok, fmt, make = tiny
+    objective = build_objective("ME+GD")
+    ds = UnlearningDataset(FORGET, RETAIN, tok, fmt, objective.parts, REFUSALS)
+    runs = {}
+    for optim in ("adamw", "adamw_fused"):
+        cfg = Config(
+            method="ME+GD", epochs=3, lr=5e-3, batch_size=2, grad_accum=1, warmup=0, seed=0, optim=optim,
+            out=str(tmp_path / optim),
+        )  # fmt: skip
+        runs[optim] = fit(make(), tok, ds, objective, cfg, tmp_path / optim)
+    fused = runs["adamw_fused"]
+    assert fused.steps == runs["adamw"].steps == 9
+    for optim, kernel in (("adamw", None), ("adamw_fused", True)):  # what each setting builds
+        built = build_optimizer(make(), Config(optim=optim))
+        assert [g["fused"] for g in built.param_groups] == [kernel, kernel]
+    loss_a, loss_b = ([row["loss"] for row in r.history] for r in runs.values())
+    torch.testing.assert_close(torch.tensor(loss_b), torch.tensor(loss_a), rtol=1e-4, atol=1e-5)
+    assert abs(loss_a[-1] - loss_a[0]) > 0.1  # the run moved
+    for (name, pa), pb in zip(runs["adamw"].model.named_parameters(), fused.model.parameters(), strict=True):
+        torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5, msg=name)

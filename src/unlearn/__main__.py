@@ -272,7 +272,7 @@ def _plan_parser(p):
     p.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default: 8)")
     p.add_argument("--zero", type=int, choices=range(4), default=0, help="DeepSpeed ZeRO stage 0-3 (default: 0)")
     p.add_argument("--processes", type=positive_int, default=1, help="processes (GPUs) sharding the run (default: 1)")
-    p.add_argument("--optim", default="adamw", help="adamw or adamw_8bit (default: adamw)")
+    p.add_argument("--optim", default="adamw", help="adamw, adamw_fused or adamw_8bit (default: adamw)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument(
         "--chunked-logits",

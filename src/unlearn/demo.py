@@ -44,28 +44,38 @@ SETTINGS = {
         finetune=dict(epochs=30, lr=3e-3, batch_size=16, grad_accum=1, warmup=20, weight_decay=0.0),
         unlearn=dict(epochs=10, lr=1e-3, batch_size=4, grad_accum=1),
         max_length=128,
+        measured=dict(total=134, target=44),  # seconds, alone on 2 CPU cores
     ),
     # A pretrained model keeps its answers' templates: a few steps past the point where it has forgotten
-    # it starts to lose the retained authors too. The runs evaluate every 2 steps and keep the weights
+    # it starts to lose the retained authors too. The runs evaluate every 3 steps and keep the weights
     # that forgot most while keeping 90% of the starting Model Utility (--keep best), as measured.
+    # Sized for 10 minutes on 2 CPU cores (docs/performance.md): 3 epochs at 3e-4 memorise the authors
+    # (Forget ROUGE 0.93) in 41 steps where 8 at 1e-4 took 110; the fused AdamW step (0.1 s against 0.66);
+    # 10 unlearning steps each, the fewest the verdicts take as a test of the method.
     "smollm2-135m": dict(
         authors=20,
         qa_per_author=3,
         split="forget05",
         task_id=1,
-        finetune=dict(epochs=8, lr=1e-4, batch_size=8, grad_accum=1, warmup=10),
+        finetune=dict(epochs=3, lr=3e-4, batch_size=8, grad_accum=1, warmup=4, optim="adamw_fused"),
         unlearn=dict(
             epochs=15,
             lr=5e-5,
             batch_size=4,
             grad_accum=1,
-            eval_every=2,
+            eval_every=3,
             eval_sets="forget,retain",
             keep="best",
             mu_floor=0.9,
+            optim="adamw_fused",
         ),
-        methods={"me_gd": {"epochs": 15}, "idk_ap": {"epochs": 20, "lr": 1e-4}},
+        methods={"me_gd": {"epochs": 14}, "idk_ap": {"epochs": 14}},  # 10 steps each (the verdicts' minimum)
         max_length=128,
+        # SmolLM2's chat format without the system message its template adds when none is given ("You are
+        # a helpful AI assistant named SmolLM, ..."): 34 tokens a question and answer instead of 55. The
+        # official closer-look prompts carry no system message either.
+        prompt_format="<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+        measured=dict(total=552, target=141),  # seconds, alone on 2 CPU cores (docs/performance.md)
     ),
 }
 # name -> (method, overrides of the unlearning settings). ME+GD at the paper's forget weight 0.1
@@ -83,6 +93,10 @@ SHOW = [
     "Forget Efficacy",
     "Forget Quality",
 ]
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _step(msg: str) -> None:
@@ -113,6 +127,12 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
     out = Path(out)
     outputs.claim(out, [*STAGES, "data", "report"], overwrite=overwrite, what="a demo")
     t0 = time.time()
+    measured = s["measured"]
+    print(
+        f"Estimated time: about {_minutes(measured['total'] * scale)} (measured alone on 2 CPU cores; more "
+        "cores or a GPU take less, other work on the cores more).",
+        flush=True,
+    )
     authors = max(20, int(round(s["authors"] * scale / 10)) * 10)
     data = write_synthetic(out / "data", n_authors=authors, qa_per_author=s["qa_per_author"], seed=0)
     split, task = s["split"], s["task_id"]
@@ -121,15 +141,22 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         model=model,
         seed=seed,
         max_length=s["max_length"],
+        prompt_format=s.get("prompt_format"),
         nli=nli,
         data=str(data),
         split=split,
         task_id=task,
     )
 
-    _step(f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors + general knowledge")
+    general = [str(data / "general.json")] if s.get("general", True) else []
+    _step(
+        f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors"
+        + (" + general knowledge" if general else "")
+    )
     ft = dataclasses.replace(base, out=str(out / "target"), **s["finetune"])
-    target = finetune(ft, [str(data / "full.json"), str(data / "general.json")])
+    target = finetune(ft, [str(data / "full.json"), *general])
+    pace = (time.time() - t0) / measured["target"]  # this machine against the measured one
+    print(f"Estimated time left: about {_minutes(pace * (measured['total'] - measured['target']) * scale)}.")
 
     _step("2/5 fine-tuning the retain model (everything but the forget task), for Forget Quality")
     forget_rows = {
@@ -139,7 +166,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
     retain_file = out / "data" / "retain_model_train.json"
     atomic_write_jsonl(retain_file, [{"question": r["question"], "answer": r["answer"]} for r in keep])
     rt = dataclasses.replace(ft, out=str(out / "retain_model"))
-    retain_model = finetune(rt, [str(retain_file), str(data / "general.json")])
+    retain_model = finetune(rt, [str(retain_file), *general])
 
     _step("3/5 evaluating the target and the retain model")
     judges = Judges(load_embedder(None), load_nli(nli))

@@ -32,7 +32,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 from unlearn import progress as progress_bar
 from unlearn.errors import ConfigError, DependencyError
 
-OPTIMIZERS = ("adamw", "adamw_8bit")
+OPTIMIZERS = ("adamw", "adamw_fused", "adamw_8bit")
 BNB_INSTALL = "--optim adamw_8bit needs bitsandbytes and a CUDA GPU: pip install bitsandbytes (or use --optim adamw)"
 
 
@@ -282,4 +282,6 @@ def build_optimizer(model, cfg):
         import bitsandbytes as bnb  # optional (a GPU extra): only --optim adamw_8bit needs it
 
         return bnb.optim.AdamW8bit(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    # adamw_fused: torch's one-pass kernel (on a 2-core CPU 0.11 s a step against the default's 0.66 s
+    # over SmolLM2-135M's weights, perf/optimizer_step.py); its rounding differs in the last bit.
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True if name == "adamw_fused" else None)

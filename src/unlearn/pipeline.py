@@ -28,7 +28,7 @@ from unlearn.datasets import QADataset, UnlearningDataset, check_method_rows
 from unlearn.errors import ConfigError, OutputError, UnlearnError
 from unlearn.evaluation.during import TrainingEval, select_sets
 from unlearn.evaluation.intervals import read_intervals
-from unlearn.io import atomic_write_json
+from unlearn.io import atomic_write_json, read_jsonl_log
 from unlearn.loading import check_run_inputs, load_for_training, validate_model_settings
 from unlearn.lora import is_peft
 from unlearn.models import save_model
@@ -267,7 +267,11 @@ def _before(plan: EvalPlan, model, tokenizer, fmt, out: RunDir, accelerator):
     (``OUT/before``, kept for a resumed run); None when the run has none to compare with."""
     given = plan.baseline or plan.before
     if given:
-        return RunDir(given).read_summary(), read_intervals(given), Path(given)
+        found = RunDir(given)
+        # plan.before was evaluated with this very plan (the demo's target): its per-item records are the
+        # training-time evaluation's step 0 too. A --baseline folder may come from other settings.
+        items = {} if plan.baseline else {s.name: read_jsonl_log(found.eval_file(s.name)) for s in plan.sets}
+        return found.read_summary(), read_intervals(given), Path(given), {k: v for k, v in items.items() if v}
     if not (plan.sets or plan.own is not None) or distributed.is_sharded(accelerator):  # (ZeRO-3/FSDP: in pieces)
         return None
     model.to(accelerator.device)

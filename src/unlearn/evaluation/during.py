@@ -17,9 +17,10 @@ deleted once no checkpoint can need them, so a resumed run (whose log is cut bac
 checkpoint) still finds the weights of its best step. The run says which step it kept, and
 ``OUT/kept.json`` records it.
 
-**The last step.** When the last optimiser step is evaluated and its weights are the ones saved
-(not negated, merged or reloaded), the evaluation after training takes those sets' records
-(:meth:`TrainingEval.reusable`) instead of scoring them a second time.
+**The last step, the kept step.** When the weights saved are ones evaluated while training (the last
+step's, or the best step's that ``--keep best`` put back, evaluated in this process) and nothing
+changed them since (not negated, merged or reloaded), the evaluation after training takes those
+sets' records (:meth:`TrainingEval.reusable`) instead of scoring them a second time.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TrainingEval:
     warned: set = field(default_factory=set)
     best: dict | None = None
     last: tuple[int, dict] | None = None  # (step, per-item records by set) of the latest evaluation
+    best_items: tuple[int, dict] | None = None  # (step, per-item records by set) of the best, this process
     start: dict | None = None  # per-item records of the weights before training (the run's before-evaluation)
     goal: object | None = None  # goal(row, items) -> bool: training stops at the first evaluation it accepts
     met: dict | None = None  # the row that met the goal
@@ -153,6 +155,7 @@ class TrainingEval:
             best = best_row(self.rows, self.mu_floor)
             if best is not None and best is row:
                 self.best = row
+                self.best_items = (step, ev.items)
                 self._save_best(model, step)
         return row
 
@@ -219,10 +222,13 @@ class TrainingEval:
         return kept
 
     def reusable(self, step: int, kept: dict | None = None) -> dict[str, list[dict]] | None:
-        """The per-item records of the evaluation at ``step``, the run's last, when the weights saved
-        are the ones it evaluated (``kept``: what :meth:`finish` returned): the final evaluation
-        takes them instead of evaluating those sets again. None otherwise."""
-        if self.last is None or self.last[0] != step or (kept is not None and kept["step"] != step):
+        """The per-item records of the evaluation of the weights saved: the run's last (at ``step``), or
+        the best one ``--keep best`` put back (``kept``: what :meth:`finish` returned), evaluated in this
+        process. The final evaluation takes them instead of evaluating those sets again. None otherwise."""
+        if kept is not None and kept["step"] != step:
+            found = self.best_items
+            return found[1] if found is not None and found[0] == kept["step"] else None
+        if self.last is None or self.last[0] != step:
             return None
         return self.last[1]
 
