@@ -148,13 +148,9 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
         task_id=task,
     )
 
-    general = [str(data / "general.json")] if s.get("general", True) else []
-    _step(
-        f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors"
-        + (" + general knowledge" if general else "")
-    )
+    _step(f"1/5 fine-tuning the target model ({model}) on {authors} fictitious authors + general knowledge")
     ft = dataclasses.replace(base, out=str(out / "target"), **s["finetune"])
-    target = finetune(ft, [str(data / "full.json"), *general])
+    target = finetune(ft, [str(data / "full.json"), str(data / "general.json")])
     pace = (time.time() - t0) / measured["target"]  # this machine against the measured one
     print(f"Estimated time left: about {_minutes(pace * (measured['total'] - measured['target']) * scale)}.")
 
@@ -166,7 +162,7 @@ def _run_demo(out: Path, model: str, overwrite: bool, nli: str | None, seed: int
     retain_file = out / "data" / "retain_model_train.json"
     atomic_write_jsonl(retain_file, [{"question": r["question"], "answer": r["answer"]} for r in keep])
     rt = dataclasses.replace(ft, out=str(out / "retain_model"))
-    retain_model = finetune(rt, [str(retain_file), *general])
+    retain_model = finetune(rt, [str(retain_file), str(data / "general.json")])
 
     _step("3/5 evaluating the target and the retain model")
     judges = Judges(load_embedder(None), load_nli(nli))
