@@ -38,8 +38,8 @@ test: lint
 # the demo" block in order on a fresh demo, and report.html in headless Chromium (playwright drives the
 # system's Chromium; the test installs Debian's `chromium` with apt-get when it is missing and allowed).
 test-docs: $(STAMP)
-	@echo "test-docs: playwright (the browser driver of the report check)"
-	@$(PY) -m pip install -q -e ".[browser]"
+	@$(PY) -c "import playwright" 2>/dev/null || { echo "test-docs: installing playwright (the browser driver of the report check)"; \
+		$(PY) -m pip install -q -e ".[browser]"; }
 	$(PY) -m pytest -m slow tests/test_docs.py tests/test_report.py::test_report_html_in_a_real_browser
 
 test-all: lint

@@ -287,3 +287,27 @@ def test_report_html_in_a_real_browser(report, tmp_path):
     assert not errors, errors
     assert images and all(ok for _, ok in images), images
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_the_tradeoff_axes_hold_every_interval_whole(tmp_path, monkeypatch):
+    """Axes fitted to the points alone cut wide bars at the frame, where they read as lines across the
+    plot: the limits take in every interval's ends (inside [0, 1])."""
+    from types import SimpleNamespace
+
+    from unlearn.report import plots
+
+    def run(name, fe, mu, fe_iv, mu_iv):
+        values = {"Forget Efficacy": fe, "Model Utility": mu}
+        intervals = {
+            k: SimpleNamespace(lo=lo, hi=hi) for k, (lo, hi) in (("Forget Efficacy", fe_iv), ("Model Utility", mu_iv))
+        }
+        return SimpleNamespace(
+            name=name, method="ME+GD", is_continual=False, config={}, value=values.get, intervals=intervals
+        )
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: drawn.update(ax=fig.axes[0]))
+    runs = [run("a", 0.4, 0.65, (0.2, 0.67), (0.53, 0.71)), run("b", 0.67, 0.64, (0.43, 0.85), (0.52, 0.71))]
+    assert plots.plot_tradeoff(runs, tmp_path / "t.png")
+    (x0, x1), (y0, y1) = drawn["ax"].get_xlim(), drawn["ax"].get_ylim()
+    assert x0 <= 0.2 and x1 >= 0.85 and y0 <= 0.52 and y1 >= 0.71

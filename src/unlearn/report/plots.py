@@ -55,6 +55,7 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     methods = [r.method for r in points if r.method not in REFERENCE_METHODS]
     colors = colors_for(methods)
     handles, placed = [], []
+    ends: tuple[list, list] = ([], [])  # the intervals' ends: the axes show every bar whole
     span = _spans(points, baseline)
     for n, (r, label) in enumerate(zip(points, short_labels([r.name for r in points]), strict=False), 1):
         x, y = r.value("Forget Efficacy"), r.value("Model Utility")
@@ -67,6 +68,8 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
             xerr = [[x - ix.lo], [ix.hi - x]] if ix is not None else None
             yerr = [[y - iy.lo], [iy.hi - y]] if iy is not None else None
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=2, zorder=2)
+            ends[0].extend([ix.lo, ix.hi] if ix is not None else [])
+            ends[1].extend([iy.lo, iy.hi] if iy is not None else [])
         ax.annotate(str(n), (x, y), xytext=_free_offset(x, y, span, placed), textcoords="offset points", fontsize=7)
         kind = (
             " (fine-tuned model)"
@@ -94,7 +97,7 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
             ax.axhline(y, color="black", linestyle="--", linewidth=1)
             handles.append(Line2D([], [], linestyle="--", color="black", label="target MU"))
             ys = ys + [y]
-    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):  # fit the data, inside the metrics' [0, 1]
+    for values, setter in ((xs + ends[0], ax.set_xlim), (ys + ends[1], ax.set_ylim)):  # fit the data, in [0, 1]
         lo, hi = min(values), max(values)
         pad = max(0.03, 0.08 * (hi - lo))
         setter(max(-0.02, lo - pad), min(1.02, hi + pad))
