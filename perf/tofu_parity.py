@@ -258,6 +258,9 @@ def main() -> int:
         help="only the first ROWS of retain_perturbed, real authors "
         "and world facts (both toolkits read the same cut files; default: all)",
     )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run each toolkit this many times (in turn) and keep the fastest"
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     work = Path(args.work).resolve()
@@ -274,8 +277,14 @@ def main() -> int:
     chat = (model / "chat_template.jinja").is_file() or "chat_template" in json.loads(
         (model / "tokenizer_config.json").read_text()
     )
-    ou_out, ou_time = run_ou(args, ou_copy(model, work / "ou-model"), work, chat)
-    our_out, our_time = run_ours(args, model, snapshot, work)
+    ou_model = ou_copy(model, work / "ou-model")
+    ou_times, our_times = [], []
+    for _ in range(args.repeat):  # the two toolkits in turn, so that both see the same spells of machine speed
+        ou_out, seconds = run_ou(args, ou_model, work, chat)
+        ou_times.append(seconds)
+        our_out, seconds = run_ours(args, model, snapshot, work)
+        our_times.append(seconds)
+    ou_time, our_time = min(ou_times), min(our_times)
     theirs = json.loads((ou_out / "TOFU_EVAL.json").read_text())
     ours = json.loads((our_out / "TOFU_EVAL.json").read_text())
     rows = compare(ours, theirs)
@@ -286,10 +295,16 @@ def main() -> int:
         print(f"{key:<{width}}  {a:>12.6g}  {b:>15.6g}  {d:>9.2e}  {note}")
     worst = max(rows, key=lambda r: r[3])
     print(f"largest difference: {worst[3]:.2e} ({worst[0]})")
-    print(f"wall time: open-unlearning {ou_time:.1f} s, unlearn {our_time:.1f} s ({ou_time / our_time:.2f}x faster)")
-    (work / "parity.json").write_text(
-        json.dumps({"model": args.model, "rows": rows, "ou_seconds": ou_time, "unlearn_seconds": our_time}, indent=1)
+    if args.repeat > 1:
+        ou_runs, our_runs = (", ".join(f"{t:.1f}" for t in times) for times in (ou_times, our_times))
+        print(f"runs: open-unlearning {ou_runs} s; unlearn {our_runs} s")
+    best = f"best of {args.repeat}, " if args.repeat > 1 else ""
+    print(
+        f"wall time ({best}loading included): open-unlearning {ou_time:.1f} s, unlearn {our_time:.1f} s "
+        f"({ou_time / our_time:.2f}x faster)"
     )
+    record = {"model": args.model, "rows": rows, "ou_seconds": ou_time, "unlearn_seconds": our_time}
+    (work / "parity.json").write_text(json.dumps(record | {"ou_runs": ou_times, "unlearn_runs": our_times}, indent=1))
     return 0
 
 

@@ -203,9 +203,12 @@ def test_answer_nlls_keep_only_the_answer_logits(tiny, monkeypatch):
 
 
 def test_answer_nlls_on_shared_prompts_equal_whole_sequences(tiny, monkeypatch):
-    """Models large enough score a question's answers on its prompt's KV cache: the same NLLs."""
+    """Models large enough that cannot be packed score a question's answers on its prompt's KV
+    cache: the same NLLs."""
     import unlearn.evaluation.scoring as runner
+    from unlearn.evaluation import packing
 
+    monkeypatch.setattr(packing, "packable", lambda model, longest: False)
     model, tok, fmt = tiny
     assert not runner.shares_prompts(model)  # the tiny model scores whole sequences
     rows = FORGET + RETAIN
@@ -680,15 +683,25 @@ def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
         eval_sets_for(Config(data=str(bad)))
 
 
-def test_greedy_decode_equals_transformers_generate(tiny):
+@pytest.mark.parametrize("prefill_rows", [None, 3])
+def test_greedy_decode_equals_transformers_generate(tiny, prefill_rows, monkeypatch):
     """Rows that leave the batch as they end give model.generate's tokens for the same left-padded
     batch: plain left padding, and open-unlearning's ``input_ids != pad`` mask with a pad id inside
-    a prompt; each row to its own budget, ending with its first EOS."""
+    a prompt; each row to its own budget, ending with its first EOS; the prompts' pass in one batch
+    or in groups of 3 rows, each cut to its own longest prompt, their caches joined."""
     from transformers import GenerationConfig
 
+    from unlearn.evaluation import generation
     from unlearn.evaluation.generation import decode_greedy
 
+    if prefill_rows:
+        monkeypatch.setattr(generation, "PREFILL_ROWS", prefill_rows)
     model, tok, fmt = tiny
+    passes = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: passes.append(tuple(kw["input_ids"].shape)) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True,
+    )
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL] + ["Who?", "Where is it?"]
     seqs = [encode_prompt(tok, fmt.prompt(q), fmt.add_special_tokens) for q in questions]
     pad, eos = tok.pad_token_id, [tok.eos_token_id]
@@ -712,6 +725,10 @@ def test_greedy_decode_equals_transformers_generate(tiny):
             assert row == want[: min(end, budget)]
         assert any(row[-1] == tok.eos_token_id for row in ours)  # some end at EOS, others at their budget
         assert any(len(row) == 12 and row[-1] != tok.eos_token_id for row in ours)
+    hook.remove()
+    size = prefill_rows or len(seqs)
+    want = [(len(g), max(map(len, g))) for g in (seqs[i : i + size] for i in range(0, len(seqs), size))]
+    assert passes == ([(len(seqs), width)] + want) * 2  # model.generate's pass, then ours
 
 
 def test_length_batches_keep_the_longest_batch_s_tokens():
@@ -734,7 +751,7 @@ def test_generation_batch_follows_its_flag(tiny):
     from unlearn.protocols.plan import plan_evaluation
 
     assert generation_batch(16) == 64 and generation_batch(16, 5) == 5
-    assert generation_batch(16, None, tiny[0]) == 128 and generation_batch(16, 5, tiny[0]) == 5  # a CPU model
+    assert generation_batch(16, None, tiny[0]) == 256 and generation_batch(16, 5, tiny[0]) == 5  # a CPU model
     assert plan_evaluation(Config(eval=False, gen_batch_size=7)).gen_batch_size == 7
     model, tok, fmt = tiny
     questions = [r["question"] for r in FORGET + RETAIN + GENERAL]

@@ -272,12 +272,21 @@ def test_values_equal_an_independent_unbatched_computation(tiny, snapshot, resul
     )
 
 
-def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
-    """A question's answers scored on its prompt's KV cache give the whole-sequence values: losses and
-    token statistics, with open-unlearning's pad mask, a pad id inside a prompt, batches that split a
+@pytest.mark.parametrize("packed", [True, False])
+def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot, packed, monkeypatch):
+    """A question's answers scored after one copy of its prompt (packed rows, or on its prompt's KV
+    cache where a model cannot be packed) give the whole-sequence values: losses and token
+    statistics, with open-unlearning's pad mask, a pad id inside a prompt, batches that split a
     question's answers, and sequences without a prompt to share."""
     from unlearn.encoding import Encoded
+    from unlearn.evaluation import packing
     from unlearn.evaluation.scoring import score_sequences
+
+    calls = []
+    real = packing.packed_logits
+    monkeypatch.setattr(packing, "packed_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    if not packed:
+        monkeypatch.setattr(packing, "packable", lambda model, longest: False)
 
     model, tok, template = tiny
     pairs = T.pairs_of(T.load_tofu_sets(snapshot, "forget01"))
@@ -307,6 +316,7 @@ def test_prompt_shared_scoring_equals_whole_sequences(tiny, snapshot):
             np.testing.assert_allclose(s_stats[i].mu, w_stats[i].mu, atol=2e-6)
             assert (s_stats[i].hit == w_stats[i].hit).all()
     hook.remove()
+    assert bool(calls) == packed
 
 
 def test_memorised_model_scores_high_and_generates_its_answers(result):

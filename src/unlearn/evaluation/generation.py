@@ -7,6 +7,8 @@ import contextlib
 import inspect
 
 import torch
+import torch.nn.functional as F
+from transformers import cache_utils
 
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import progress
@@ -44,10 +46,11 @@ GENERATION_ROWS = 4
 """Answers decoded together per scoring batch, by default: a row leaves its batch as it ends, so a
 larger batch costs little more memory and makes fewer, fuller decoding steps."""
 
-CPU_GENERATION_ROWS = 8
+CPU_GENERATION_ROWS = 16
 """The same on a CPU, where memory is not the limit and a decoding step of 64 rows runs its
 matrices well below the CPU's speed: 128 rows generated SmolLM2-135M's 220 TOFU answers in 227-232 s
-against 251-260 s for 64 (2 cores, one thread; docs/performance.md)."""
+against 251-260 s for 64, and all 220 at once decoded in 220 s against 243 s for batches of 128
+(2 cores, one thread; docs/performance.md)."""
 
 
 def generation_batch(batch_size: int, gen_batch_size: int | None = None, model=None) -> int:
@@ -140,7 +143,8 @@ def decode_greedy(
     Unlike ``model.generate``, a row that has ended leaves the batch (its rows of the KV cache are
     dropped), so the next steps run on the answers still going only. Without ``mask_pad`` pads sit
     on the left only, and the rows left keep their own padding. ``on_done()`` is called as each row
-    ends. Caches that cannot drop rows keep every row to the end (the answers are the same)."""
+    ends. Caches that cannot drop rows keep every row to the end (the answers are the same). The
+    prompts' pass runs in groups of rows (:func:`prefill`)."""
     device = model_device(model)
     eos_set = set(eos)
     width = max(len(x) for x in seqs)
@@ -156,16 +160,9 @@ def decode_greedy(
     out: list[list[int]] = [[] for _ in seqs]
     live = list(range(len(seqs)))  # live[r]: the sequence in row r of the batch (None: ended, kept)
     extra = {"logits_to_keep": 1} if keep_logits else {}
-    cache, cache_arg = None, None
+    last, cache, cache_arg = prefill(model, ids, mask, position, [len(x) for x in seqs], extra)
     while True:
-        call = dict(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
-        if cache is not None:
-            call[cache_arg] = cache
-        result = model(**call)
-        if cache_arg is None:  # ``cache`` in transformers 5, ``past_key_values`` before
-            cache_arg = "cache" if getattr(result, "cache", None) is not None else "past_key_values"
-        cache = getattr(result, cache_arg)
-        tokens = result.logits[:, -1, :].float().argmax(-1).tolist()
+        tokens = last.float().argmax(-1).tolist()
         going = []
         for r, (i, t) in enumerate(zip(live, tokens, strict=False)):
             if i is None:
@@ -188,6 +185,57 @@ def decode_greedy(
         ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         position = position[:, -1:] + 1
+        result = model(
+            input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra, **{cache_arg: cache}
+        )
+        cache, last = getattr(result, cache_arg), result.logits[:, -1, :]
+
+
+PREFILL_ROWS = 32
+"""Prompts run together in a batch's first forward pass: the batch's prompts in groups of this many
+rows, each group padded to its own longest prompt, their caches then joined (left-padded with zeros
+that the mask hides). SmolLM2-135M's 220 TOFU prompts took 60 s in one pass of 220 rows padded to
+the longest, 45 s in passes of 128 and 32 s in passes of 32 (one thread; docs/performance.md)."""
+
+
+def prefill(model, ids, mask, position, widths: list[int], extra: dict, rows: int | None = None):
+    """``(last logits (B, V), cache, its argument name)`` of the first forward pass over left-padded
+    prompts (``widths``: each row's prompt length), in groups of ``rows`` rows each cut to its own
+    longest prompt, where the cache is transformers' plain dynamic cache (one pass otherwise)."""
+    parts, logits = [], []
+    rows = rows or PREFILL_ROWS
+    for start in range(0, ids.shape[0], rows):
+        part = slice(start, start + rows)
+        cut = slice(ids.shape[1] - max(widths[part]), None)
+        result = model(
+            input_ids=ids[part, cut],
+            attention_mask=mask[part, cut],
+            position_ids=position[part, cut],
+            use_cache=True,
+            **extra,
+        )
+        cache_arg = "cache" if getattr(result, "cache", None) is not None else "past_key_values"  # transformers 5 / 4
+        cache = getattr(result, cache_arg)
+        if not parts and start + rows < ids.shape[0] and not _joinable(cache):  # one pass over every row
+            result = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **extra)
+            return result.logits[:, -1, :], getattr(result, cache_arg), cache_arg
+        parts.append(cache)
+        logits.append(result.logits[:, -1, :])
+    cache = parts[0]
+    if len(parts) > 1:
+        for i, layer in enumerate(cache.layers):
+            for name in ("keys", "values"):
+                tensors = [getattr(p.layers[i], name) for p in parts]
+                width = ids.shape[1]
+                setattr(layer, name, torch.cat([F.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors]))
+    return torch.cat(logits), cache, cache_arg
+
+
+def _joinable(cache) -> bool:
+    """Whether ``cache`` is transformers' dynamic cache of full-attention layers (joined by rows here)."""
+    layers = getattr(cache, "layers", None)
+    plain = getattr(cache_utils, "DynamicLayer", None)  # transformers >= 4.56
+    return plain is not None and bool(layers) and all(type(layer) is plain for layer in layers)
 
 
 def supports_logits_to_keep(model) -> bool:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from unlearn.config import EVAL_BATCH_SIZE
 from unlearn.distributed import progress
 from unlearn.encoding import IGNORE_INDEX, Encoded, encode_pair, pad_batch, pad_id
+from unlearn.evaluation import packing
 from unlearn.evaluation.generation import (  # noqa: F401 (MAX_LENGTH: part of its API)
     MAX_LENGTH,
     inference,
@@ -87,6 +88,8 @@ def score_sequences(
     losses = np.zeros(len(seqs), dtype=np.float64)
     stats: dict = {}
     lengths = [len(s) for s in seqs]
+    if share_prompts and seqs and packing.packable(model, max(lengths)):
+        return _score_packed(model, seqs, batch_size * max(lengths), pad, mask_pad, want, texts, desc)
     if share_prompts:
         batches = _prompt_shared_batches(seqs, batch_size)
     else:
@@ -117,6 +120,32 @@ def score_sequences(
                     for r, st in zip(rows, _token_stats_rows(logits[rows], labels[rows], names), strict=False):
                         stats[sub[r]] = st
                 bar.update(len(sub))
+    return losses, stats
+
+
+def _score_packed(model, seqs: list, budget: int, pad: int, mask_pad: bool, want: set, texts, desc: str):
+    """:func:`score_sequences` on packed rows (:mod:`unlearn.evaluation.packing`), batches of at most
+    ``budget`` padded tokens."""
+    device = model_device(model)
+    losses = np.zeros(len(seqs), dtype=np.float64)
+    stats: dict = {}
+    rows = packing.pack_rows(seqs)
+    with inference(model), progress(total=len(seqs), desc=desc, unit="seq") as bar:
+        for batch in packing.row_batches(rows, budget):
+            logits, target, owner = packing.packed_logits(model, batch, seqs, pad, mask_pad, device)
+            members = list(dict.fromkeys(owner))  # each sequence's positions are consecutive
+            local = {i: k for k, i in enumerate(members)}
+            at = torch.tensor([local[i] for i in owner], device=logits.device)
+            sums = packing.nll_sums(logits, target, at, len(members))
+            counts = torch.zeros_like(sums).index_add_(0, at, (target != IGNORE_INDEX).to(sums.dtype))
+            losses[members] = (sums / counts.clamp(min=1)).double().cpu().numpy()
+            start = {i: k for k, i in reversed(list(enumerate(owner)))}
+            for i in (i for i in members if i in want):
+                n = len(seqs[i]) - packing.cut_point(seqs[i])
+                labels = torch.tensor(seqs[i].labels[-n:], device=logits.device)[None]
+                text = [texts[i] if texts else ""]
+                stats[i] = _token_stats_rows(logits[start[i] : start[i] + n][None], labels, text)[0]
+            bar.update(len(members))
     return losses, stats
 
 
