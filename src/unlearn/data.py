@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import load_dataset
-
 from unlearn import hub
 from unlearn.config import as_int
 from unlearn.encoding import IGNORE_INDEX, Encoded, chunk_texts, encode_pair, encode_qa, make_collate  # noqa: F401 (re-exported)
@@ -265,6 +263,8 @@ def load_real_world(data_dir: str | Path, task_id: int | None = None) -> Unlearn
 
 def _hub_rows(name: str, config: str | None, split: str = "train") -> list[dict]:
     """Rows of a hub data set (network). Tests monkeypatch this function."""
+    from datasets import load_dataset  # (about a second of start-up: imported when the hub is read)
+
     return [dict(r) for r in load_dataset(name, config, split=split)]
 
 

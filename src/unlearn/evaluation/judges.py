@@ -24,7 +24,6 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from huggingface_hub import try_to_load_from_cache
-from sentence_transformers import SentenceTransformer
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from unlearn.config import DEFAULT_NLI
@@ -112,6 +111,8 @@ def load_embedder(spec: str | None = None, device: str | None = None, batch_size
     path = packaged_embedder_path() if spec in (None, DEFAULT_EMBEDDER) else spec
     try:
         _check_local_folder(path)
+        from sentence_transformers import SentenceTransformer  # (imported when an embedder is loaded)
+
         model = SentenceTransformer(path, device=device, trust_remote_code=False)
     except Exception as err:
         raise ModelError(f"could not load sentence embedder {path!r}: {_first_line(err)}") from err

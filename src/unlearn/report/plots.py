@@ -6,19 +6,17 @@ import io
 import json
 from pathlib import Path
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
-
 from unlearn.io import atomic_write_bytes
 from unlearn.report.runs import Run, short_labels
 from unlearn.rundir import KEPT
 
 
 def new_figure(width: float, height: float):
-    # The Agg canvas directly, not pyplot: no global state, no display needed.
+    # The Agg canvas directly, not pyplot: no global state, no display needed. (matplotlib is
+    # imported where a plot is drawn: about a second of every command's start-up otherwise.)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -31,6 +29,8 @@ def save_png(fig, path: str | Path) -> None:
 
 
 def colors_for(keys: list[str]) -> dict[str, str]:
+    from matplotlib import colormaps
+
     cmap = colormaps["tab10"]
     return {k: cmap(i % 10) for i, k in enumerate(dict.fromkeys(keys))}
 
@@ -47,6 +47,8 @@ def plot_tradeoff(runs: list[Run], path: str | Path, baseline: Run | None = None
     """MU (y) against FE (x): one numbered point per run, coloured by method, keyed in the legend
     (numbers instead of names, so nothing overlaps); fine-tuned or evaluated models are grey
     references; axes fit the data. False when nothing to plot."""
+    from matplotlib.lines import Line2D
+
     points = [r for r in runs if r.value("Model Utility") is not None and r.value("Forget Efficacy") is not None]
     if not points:
         return False
@@ -135,6 +137,8 @@ def _free_offset(x: float, y: float, span: tuple[float, float], placed: list) ->
 
 def plot_continual(runs: list[Run], path: str | Path, baseline: Run | None = None) -> bool:
     """MU and FE against the number of tasks unlearned, one line per continual run."""
+    from matplotlib.ticker import MaxNLocator
+
     keys = ("Model Utility", "Forget Efficacy")
     curves = [r for r in runs if any(row.get(k) is not None for row in r.curve or [] for k in keys)]
     if not curves:
