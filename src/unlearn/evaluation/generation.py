@@ -238,13 +238,18 @@ def _joinable(cache) -> bool:
     return plain is not None and bool(layers) and all(type(layer) is plain for layer in layers)
 
 
-def supports_logits_to_keep(model) -> bool:
-    """Whether ``model`` (or the model a DDP / PEFT wrapper holds) takes ``logits_to_keep``."""
+def wrapped(model):
+    """``model``, then the model each DDP / PEFT wrapper holds, outermost first."""
     seen = set()
     while model is not None and id(model) not in seen:
         seen.add(id(model))
-        forward = getattr(model, "forward", None)
-        if forward is not None and "logits_to_keep" in inspect.signature(forward).parameters:
-            return True
+        yield model
         model = next((getattr(model, a) for a in ("module", "base_model", "model") if hasattr(model, a)), None)
-    return False
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether ``model`` (or the model a DDP / PEFT wrapper holds) takes ``logits_to_keep``."""
+    return any(
+        getattr(m, "forward", None) is not None and "logits_to_keep" in inspect.signature(m.forward).parameters
+        for m in wrapped(model)
+    )

@@ -12,7 +12,7 @@ gives it those hidden states), so neither padding nor a prompt gets logits.
 
 Against a right-padded batch of whole sequences this does the prompt's work once per group instead
 of once per answer and almost no padding (groups fill rows of about the same length), in one forward
-per batch: the same values up to float rounding (tests/test_eval.py). Models whose attention cannot
+per batch: the same values up to float rounding (tests/test_packing.py). Models whose attention cannot
 take such a mask (flash attention, position biases by key index, a sliding window shorter than a
 sequence) are not packed (:func:`packable`).
 """
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearn.encoding import IGNORE_INDEX
+from unlearn.evaluation.generation import wrapped
 
 ROW_TOKENS = 256
 """Row length packed to (or the longest sequence, if longer): long enough to hold most groups
@@ -41,13 +42,7 @@ KEY_INDEX_BIASES = ("bloom", "mpt")
 
 def unwrapped_config(model):
     """The config of ``model`` or of the model a DDP / PEFT wrapper holds."""
-    seen = set()
-    while model is not None and id(model) not in seen:
-        seen.add(id(model))
-        if getattr(model, "config", None) is not None and hasattr(model.config, "model_type"):
-            return model.config
-        model = next((getattr(model, a) for a in ("module", "base_model", "model") if hasattr(model, a)), None)
-    return None
+    return next((m.config for m in wrapped(model) if hasattr(getattr(m, "config", None), "model_type")), None)
 
 
 def packable(model, longest: int) -> bool:

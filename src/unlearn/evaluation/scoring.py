@@ -186,12 +186,12 @@ def _prompt_shared_batches(seqs: list, batch_size: int) -> list[tuple[list[int],
     plain = []
     cut: dict[int, int] = {}
     for i, s in enumerate(seqs):
-        first = next((j for j, t in enumerate(s.labels) if t != IGNORE_INDEX), None)
-        if first is None or first < 2:
+        c = packing.cut_point(s)  # the position that predicts the first answer token
+        if not c:
             plain.append(i)
         else:
-            cut[i] = first - 1  # that position predicts the first answer token
-            groups.setdefault(tuple(s.input_ids[: first - 1]), []).append(i)
+            cut[i] = c
+            groups.setdefault(tuple(s.input_ids[:c]), []).append(i)
     order = []
     for prefix in sorted(groups, key=lambda k: -max(len(seqs[i]) for i in groups[k])):
         order += sorted(groups[prefix], key=lambda i: -len(seqs[i]))
