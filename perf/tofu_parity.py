@@ -284,6 +284,8 @@ def main() -> int:
         ou_times.append(seconds)
         our_out, seconds = run_ours(args, model, snapshot, work)
         our_times.append(seconds)
+        print(f"pair {len(our_times)}: open-unlearning {ou_times[-1]:.1f} s, unlearn {seconds:.1f} s", flush=True)
+        (work / "parity_runs.json").write_text(json.dumps({"ou_runs": ou_times, "unlearn_runs": our_times}))
     ou_time, our_time = min(ou_times), min(our_times)
     theirs = json.loads((ou_out / "TOFU_EVAL.json").read_text())
     ours = json.loads((our_out / "TOFU_EVAL.json").read_text())

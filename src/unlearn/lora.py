@@ -26,7 +26,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from unlearn.errors import ConfigError, ModelError
 from unlearn.io import publish_dir, temp_dir_next_to
@@ -60,6 +59,8 @@ def apply_lora(
     process, which ZeRO-3 and FSDP need (they shard each process's own copy, broadcasting nothing),
     and the same from run to run. The caller's random stream is left untouched.
     """
+    from peft import LoraConfig, get_peft_model  # a quarter of a second of every command without LoRA
+
     if r < 1:
         raise ConfigError(f"--lora-r must be at least 1, got {r}")
     config = LoraConfig(

@@ -6,3 +6,7 @@
 * :mod:`.sets` the six-metric evaluation sets, :mod:`.six_metrics` their evaluation and outputs,
   :mod:`.during` the evaluation while unlearning, :mod:`.downstream` lm-eval tasks.
 """
+
+from unlearn import deferred
+
+deferred.defer("nltk", "nltk.stem")  # ROUGE needs nltk's Porter stemmer only, not all of nltk (2 s)
