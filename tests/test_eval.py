@@ -683,12 +683,16 @@ def test_run_finds_its_evaluation_data(tofu_dir, tmp_path, caplog):
         eval_sets_for(Config(data=str(bad)))
 
 
-@pytest.mark.parametrize("prefill_rows", [None, 3])
-def test_greedy_decode_equals_transformers_generate(tiny, prefill_rows, monkeypatch):
+@pytest.mark.parametrize(
+    ("prefill_rows", "drop", "reserved"), [(None, 0.25, True), (3, 0.25, True), (3, 0.0, False), (None, 1.0, True)]
+)
+def test_greedy_decode_equals_transformers_generate(tiny, prefill_rows, drop, reserved, monkeypatch):
     """Rows that leave the batch as they end give model.generate's tokens for the same left-padded
     batch: plain left padding, and open-unlearning's ``input_ids != pad`` mask with a pad id inside
     a prompt; each row to its own budget, ending with its first EOS; the prompts' pass in one batch
-    or in groups of 3 rows, each cut to its own longest prompt, their caches joined."""
+    or in groups of 3 rows, each cut to its own longest prompt, their caches joined; ended rows
+    dropped once they are over a quarter of the batch, each at once, or never; the cache written in
+    place (reserved) or grown by transformers' own layer."""
     from transformers import GenerationConfig
 
     from unlearn.evaluation import generation
@@ -696,6 +700,14 @@ def test_greedy_decode_equals_transformers_generate(tiny, prefill_rows, monkeypa
 
     if prefill_rows:
         monkeypatch.setattr(generation, "PREFILL_ROWS", prefill_rows)
+    monkeypatch.setattr(generation, "DROP_ENDED", drop)
+    if not reserved:
+        monkeypatch.setattr(generation, "reserve", lambda cache, capacity: None)
+    layers = []
+    real_reserve = generation.reserve
+    monkeypatch.setattr(
+        generation, "reserve", lambda cache, capacity: (real_reserve(cache, capacity), layers.extend(cache.layers))
+    )
     model, tok, fmt = tiny
     passes = []
     hook = model.register_forward_pre_hook(
@@ -726,6 +738,7 @@ def test_greedy_decode_equals_transformers_generate(tiny, prefill_rows, monkeypa
         assert any(row[-1] == tok.eos_token_id for row in ours)  # some end at EOS, others at their budget
         assert any(len(row) == 12 and row[-1] != tok.eos_token_id for row in ours)
     hook.remove()
+    assert {type(layer).__name__ for layer in layers} == {"ReservedLayer" if reserved else "DynamicLayer"}
     size = prefill_rows or len(seqs)
     want = [(len(g), max(map(len, g))) for g in (seqs[i : i + size] for i in range(0, len(seqs), size))]
     assert passes == ([(len(seqs), width)] + want) * 2  # model.generate's pass, then ours
