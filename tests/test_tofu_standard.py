@@ -90,6 +90,34 @@ def test_plain_template_encodes_as_open_unlearning(tiny):
     assert cut.input_ids == ids[:10] + [tok.eos_token_id] and cut.truncated
 
 
+def test_pairs_encoded_in_one_batch_equal_each_text_tokenised_alone(tiny):
+    """encode_pairs (one tokenizer call for every pair) gives each text's own ids, built here one
+    text at a time: plain prompts (cut at max_length where long, EOS appended) and a chat template."""
+    import copy
+
+    _, tok, _ = tiny
+    rows = FORGET + RETAIN
+    pairs = [(r["question"], a) for r in rows for a in (r["answer"], r["paraphrased_answer"])]
+    plain = tofu_template(PromptFormat("plain", tokenizer=tok))
+    texts = [("Question: " + q + "\nAnswer: ", a) for q, a in pairs]
+    cut = sorted(len(tok(p + a)["input_ids"]) for p, a in texts)[len(texts) // 2]  # about half the pairs are cut
+    got = plain.encode_pairs(tok, pairs, cut)
+    for (prompt, a), enc in zip(texts, got, strict=True):
+        ids = tok(prompt + a, add_special_tokens=True)["input_ids"]
+        n = len(tok(prompt, add_special_tokens=True, max_length=cut, truncation=True)["input_ids"])
+        want = ids[:cut] + ([] if ids[:cut][-1] == tok.eos_token_id else [tok.eos_token_id])
+        assert enc.input_ids == want and enc.truncated == (len(ids) > cut)
+        assert enc.labels == [-100] * n + want[n:]
+    assert any(e.truncated for e in got) and not all(e.truncated for e in got)
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    chat = tofu_template(PromptFormat("chat_template", tokenizer=chat_tok))
+    for (q, a), enc in zip(pairs, chat.encode_pairs(chat_tok, pairs), strict=True):
+        text = f"<system>You are a helpful assistant.\n<user>{q}\n<assistant>{a}\n"
+        assert enc.input_ids == chat_tok(text, add_special_tokens=False)["input_ids"] + [chat_tok.eos_token_id]
+    assert plain.encode_pairs(tok, []) == []
+
+
 def test_family_templates_follow_open_unlearnings_configs(tiny):
     _, tok, _ = tiny
     llama2 = tofu_template(PromptFormat("llama2", tokenizer=tok))
@@ -149,6 +177,13 @@ def test_model_utility_is_the_harmonic_mean_of_nine():
     values = [0.9, 0.8, 0.5, 0.4, 0.6, 0.7, 0.3, 0.5, 0.45]
     assert T.hmean(values) == pytest.approx(9 / sum(1 / v for v in values), rel=1e-12)
     assert T.hmean(values[:-1] + [0.0]) == 0.0
+    assert T.hmean([1.0, 2.0, 4.0]) == 12 / 7  # 3 / (1 + 1/2 + 1/4), exactly
+    rng = np.random.default_rng(0)  # scipy.stats.hmean's float, bit for bit, on values of every scale
+    for _ in range(200):
+        x = rng.random(rng.integers(1, 10)) * 10 ** rng.uniform(-6, 2)
+        assert T.hmean(list(x)) == float(stats.hmean(x))
+    with pytest.warns(RuntimeWarning):  # scipy's own handling of a negative value: NaN, with its warning
+        assert math.isnan(T.hmean([0.5, -0.1]))
 
 
 def test_min_k_auc_and_privleak_by_hand():

@@ -239,15 +239,31 @@ class TofuTemplate:
     def encode_pair(
         self, tokenizer, question: str, answer: str, max_length: int | None = None, mask_question: bool = True
     ):
+        return self.encode_pairs(tokenizer, [(question, answer)], max_length, mask_question)[0]
+
+    def encode_pairs(
+        self, tokenizer, pairs: list[tuple[str, str]], max_length: int | None = None, mask_question: bool = True
+    ) -> list:
+        """:meth:`encode_pair` of each ``(question, answer)``, the tokenizer called once for them all
+        (the same ids: each text is tokenised on its own, in one batch)."""
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; unlearning needs one to end every answer")
-        truncated = False
+        if not pairs:
+            return []
         if self.apply_chat_template:
-            ids = self._render(self._chat(question, answer), True, False)
+            encoded = self._render([self._chat(q, a) for q, a in pairs], True, False)
         else:
-            ids = list(tokenizer(self.prompt(question) + answer, add_special_tokens=True)["input_ids"])
-            if max_length is not None and len(ids) > max_length:
-                ids, truncated = ids[:max_length], True
+            encoded = tokenizer([self.prompt(q) + a for q, a in pairs], add_special_tokens=True)["input_ids"]
+        return [
+            self._finish(tokenizer, list(ids), q, max_length, mask_question)
+            for ids, (q, _) in zip(encoded, pairs, strict=True)
+        ]
+
+    def _finish(self, tokenizer, ids: list[int], question: str, max_length: int | None, mask_question: bool):
+        """A pair's ids as :meth:`encode_pair` returns them: cut (no chat template), EOS, labels."""
+        truncated = False
+        if not self.apply_chat_template and max_length is not None and len(ids) > max_length:
+            ids, truncated = ids[:max_length], True
         n_prompt = len(self.encode_prompt_ids(tokenizer, question, max_length))
         if ids[-1] != tokenizer.eos_token_id:
             ids.append(tokenizer.eos_token_id)
