@@ -118,3 +118,11 @@ def test_the_vectorised_model_utility_is_model_utility_row_by_row():
     for row, value in zip(x, got, strict=True):
         assert value == pytest.approx(M.model_utility(list(row)))
     assert np.isnan(_hmean_rows(np.full((1, 3), np.nan))[0])
+
+
+def test_log_mean_leaves_out_nans_by_hand():
+    from unlearn.evaluation.log_intervals import _mean
+
+    assert _mean(np.array([1.0, 2.0, 6.0])) == 3.0
+    assert _mean(np.array([1.0, np.nan, 3.0])) == 2.0
+    assert _mean(np.array([np.nan, np.nan])) is None and _mean(np.array([])) is None

@@ -33,6 +33,10 @@ def per_item(entry: dict, field: str) -> np.ndarray:
 
 
 def _mean(x: np.ndarray) -> float | None:
+    """The mean of the values that are not NaN (None when there are none)."""
+    whole = x.mean() if x.size else np.nan  # NaN when any value is; then the NaNs are left out
+    if not np.isnan(whole):
+        return float(whole)
     x = x[~np.isnan(x)]
     return float(x.mean()) if x.size else None
 

@@ -144,12 +144,15 @@ def _decode(tokenizer, ids) -> str:
     return _clean(tokenizer, tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
-def ground_truth(tokenizer, template, question: str, answer: str) -> tuple[str, str]:
-    """``(reference, decoded prompt)``: the reference ROUGE compares with is the whole encoded
+def ground_truths(tokenizer, template, rows: list[dict]) -> list[tuple[str, str]]:
+    """Per row ``(reference, decoded prompt)``: the reference ROUGE compares with is the whole encoded
     conversation decoded, with the decoded prompt taken out (open-unlearning's ``eval_text_similarity``)."""
-    full = template.encode_pair(tokenizer, question, answer, MAX_LENGTH)
-    prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, question, MAX_LENGTH))
-    return _decode(tokenizer, full.input_ids).replace(prompt, "").strip(), prompt
+    encoded = template.encode_pairs(tokenizer, [(r["question"], r["answer"]) for r in rows], MAX_LENGTH)
+    out = []
+    for r, full in zip(rows, encoded, strict=True):
+        prompt = _decode(tokenizer, template.encode_prompt_ids(tokenizer, r["question"], MAX_LENGTH))
+        out.append((_decode(tokenizer, full.input_ids).replace(prompt, "").strip(), prompt))
+    return out
 
 
 @dataclass
@@ -245,8 +248,7 @@ def generate_answers(
 def rouge_entry(tokenizer, template, rows: list[dict], gens: list[str]) -> dict:
     scorer = rouge_scorer(("rouge1", "rougeL"), stemmer=True)
     by = {}
-    for i, (r, g) in enumerate(zip(rows, gens, strict=False)):
-        gt, prompt = ground_truth(tokenizer, template, r["question"], r["answer"])
+    for i, (g, (gt, prompt)) in enumerate(zip(gens, ground_truths(tokenizer, template, rows), strict=False)):
         sc = scorer.score(gt, g)
         by[str(i)] = {
             "rouge1_recall": sc["rouge1"].recall,
