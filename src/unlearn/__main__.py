@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable
 
+from unlearn import collector
 from unlearn.config_args import add_config_args, config_from_args, parse_seeds, positive_int
 from unlearn.errors import UnlearnError
 
 
 def _module(name: str):
     """The module that does a command's work, imported when the command runs: ``unlearn --help`` and
-    a refused flag answer at once, without importing torch and transformers first."""
-    return importlib.import_module(f"unlearn.{name}")
+    a refused flag answer at once, without importing torch and transformers first (with the garbage
+    collector paused: :mod:`unlearn.collector`)."""
+    return collector.import_module(f"unlearn.{name}")
 
 
 TRAINING = ("model", "lora", "train")  # flag groups of config.py
@@ -186,24 +187,9 @@ def _eval_parser(p):
 
 
 def _audit_parser(p):
-    add_config_args(
-        p,
-        ("model", "data", "audit", "out", "resume"),
-        exclude=("audit", "save_every"),
-        extra=(
-            "forget",
-            "retain",
-            "holdout",
-            "retain_model",
-            "ref_model",
-            "eval_batch_size",
-            "gen_batch_size",
-            "seed",
-            "max_length",
-            "weight_decay",
-            "mixed_precision",
-        ),
-    )
+    extra = ("forget", "retain", "holdout", "retain_model", "ref_model", "eval_batch_size", "gen_batch_size", "seed",
+             "max_length", "weight_decay", "mixed_precision")  # fmt: skip
+    add_config_args(p, ("model", "data", "audit", "out", "resume"), exclude=("audit", "save_every"), extra=extra)
 
 
 def _continual_parser(p):
@@ -396,5 +382,16 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
+def cli() -> int:
+    """The ``unlearn`` command: :func:`main` in a process that ends when it returns, so what its
+    imports load, and everything at the end, is frozen for the garbage collector
+    (:mod:`unlearn.collector`). :func:`main` alone (tests, notebooks) freezes nothing."""
+    collector.freeze_imports()
+    try:
+        return main()
+    finally:
+        collector.freeze_all()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
