@@ -5,10 +5,10 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from unlearn import collector
 
