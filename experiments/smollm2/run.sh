@@ -14,6 +14,9 @@
 #     lr 5e-5: each forget QA is seen 5 times, at about the step size with which the SmolLM2 demo forgot;
 #     RMU also with c and alpha on this model's scale (rmu_scaled.yaml, part of the new_methods stage;
 #     experiments/smollm2/rmu_scale.py measures why).
+#   - seeds: NPO+GD, ME+GD, IDK+GD, IDK+AP and GA+GD with seeds 1001-1003, and ME+GD with the official ME
+#     averaging (ME.pad_to = the max length, 192), each evaluated once at the end (seeds.yaml, seeds_me_pad.yaml):
+#     the spread over seeds behind the findings' comparisons.
 # Every training stage writes a checkpoint every few steps and resumes from it when rerun.
 # On 2 cores, two stages side by side with one thread each do about 1.2x the work of one stage on two
 # (measured: a training step and a generation batch, one 2-thread process vs two 1-thread ones), e.g.
@@ -26,7 +29,7 @@ U=${UNLEARN:-.venv/bin/unlearn}
 SRC=${DATA:-../shared/data/tofu}
 R=experiments/runs/smollm2
 OUT=experiments/results/smollm2
-STAGES=${STAGES:-"data target retain evals methods new_methods continual report"}
+STAGES=${STAGES:-"data target retain evals methods new_methods continual seeds report"}
 mkdir -p "$R" "$OUT"
 [ -f "$OUT/times.csv" ] || echo "stage,seconds" > "$OUT/times.csv"
 
@@ -104,6 +107,10 @@ if want new_methods; then
   timed new_methods $U sweep --config experiments/smollm2/new_methods.yaml
   timed rmu_scaled $U sweep --config experiments/smollm2/rmu_scaled.yaml  # RMU with c on this model's scale
 fi
+if want seeds; then  # issue 32: five methods x 3 seeds, and ME+GD with the official ME averaging, evaluated at the end
+  timed seeds $U sweep --config experiments/smollm2/seeds.yaml
+  timed seeds_me_pad $U sweep --config experiments/smollm2/seeds_me_pad.yaml
+fi
 if want continual; then
   common=(--model "$R/target/model" --data "$R/data" --split forget01 --tasks 1-5 --epochs 5 --lr 5e-5
           --batch-size 4 --grad-accum 1 --max-length 192 --nli none --eval-batch-size 32 --save-every 10)
@@ -115,14 +122,15 @@ if want continual; then
       --method NPO+GD --fix-ref-model --out "$R/continual/NPO+GD-fixed-ref"
 fi
 if want report; then  # also on partial results: the stages done so far
-  done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/rmu_scaled" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
+  done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/rmu_scaled" "$R/seeds" "$R/seeds_me_pad" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
   $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   # the numbers behind the report, small enough to keep: every summary and training-time log
   python3 - "$R" "$OUT" <<'PY'
 import json, pathlib, shutil, sys
 runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-names = ("summary.json", "eval_log.jsonl", "continual.csv", "kept.json", "sweep.csv", "config.yaml", "eval_config.yaml")
+names = ("summary.json", "intervals.json", "eval_log.jsonl", "continual.csv", "kept.json", "sweep.csv", "config.yaml",
+         "eval_config.yaml")
 for f in (f for name in names for f in runs.rglob(name)):
     if "/model/" in str(f) or "/data/" in str(f):
         continue
