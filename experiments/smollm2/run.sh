@@ -123,9 +123,7 @@ if want continual; then
 fi
 if want report; then  # also on partial results: the stages done so far
   done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/rmu_scaled" "$R/seeds" "$R/seeds_me_pad" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
-  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
-      --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
-  # the numbers behind the report, small enough to keep: every summary and training-time log
+  # the numbers behind the report, small enough to keep (first: a report that fails leaves them kept): every summary and training-time log
   python3 - "$R" "$OUT" <<'PY'
 import json, pathlib, shutil, sys
 runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -138,6 +136,8 @@ for f in (f for name in names for f in runs.rglob(name)):
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(f, dest)
 PY
+  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
+      --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   python3 experiments/smollm2/findings.py "$OUT" > "$OUT/findings.md.tmp" && mv "$OUT/findings.md.tmp" "$OUT/findings.md"
 fi
 echo "results: $OUT"
