@@ -5,7 +5,8 @@ classes, functions), which live as long as the process. Python's collector walks
 every full collection, and once more when the process exits: about 0.9 s of collections and 1.0 s
 of exiting in an 11 s TOFU evaluation of the tiny model (docs/performance.md). :func:`import_module`
 imports with the collector paused and, in a process that has called :func:`freeze_imports`, freezes
-(:func:`gc.freeze`) what the import loaded, so that later collections skip it; :func:`freeze_all`
+(:func:`gc.freeze`) every object alive once an import has loaded new modules (at a command's start:
+mostly what the import made), so that later collections skip them; :func:`freeze_all`
 freezes everything before the process exits. Frozen objects are still freed when nothing refers to
 them; a cycle among them is left to the end of the process. Tests: tests/test_collector.py.
 """
