@@ -8,7 +8,14 @@ import pytest
 
 from unlearn.config import Config
 from unlearn.evaluation.intervals import Interval
-from unlearn.evaluation.verdicts import MIN_STEPS, is_refusal, refusal_share, verdict, verdict_on
+from unlearn.evaluation.verdicts import (
+    MIN_STEPS,
+    is_refusal,
+    print_before_after,
+    refusal_share,
+    verdict,
+    verdict_on,
+)
 from unlearn.refusals import REFUSALS
 
 BEFORE = {
@@ -75,6 +82,26 @@ def test_collapse_when_utility_or_entropy_falls_below_half():
         v = verdict(BEFORE, {**FORGOT, key: value}, BEFORE_IV, steps=50)
         assert v.kind == "forgot but collapsed" and f"{key} fell from" in v.text
     assert verdict(BEFORE, {**FORGOT, "Model Utility": 0.26}, BEFORE_IV, steps=50).kind == "forgot and kept"
+
+
+def test_utility_is_compared_over_the_same_sets(capsys):
+    """A run's before-model is evaluated on Forget and Retain only (its Model Utility is the Retain
+    part); the final model on every set: their Model Utility differ by definition (SmolLM2 NPO+GD: 0.719
+    before, 0.446 after, with the Retain part at 0.592), so the Retain part is what is compared."""
+    before = {**BEFORE, "Retain ROUGE": 0.8, "Model Utility": 0.7, "Model Utility Retain": 0.7}
+    after = {**FORGOT, "Retain ROUGE": 0.6, "Real Authors ROUGE": 0.2, "Real World ROUGE": 0.4,
+             "Model Utility": 0.333, "Model Utility Retain": 0.6}  # fmt: skip
+    v = verdict(before, after, BEFORE_IV, steps=50)
+    assert v.kind == "forgot and kept" and v.text.endswith("Model Utility Retain 0.700 -> 0.600")
+    broke = verdict(before, {**after, "Model Utility Retain": 0.3}, BEFORE_IV, steps=50)
+    assert broke.kind == "forgot but collapsed" and "Model Utility Retain fell from 0.700 to 0.300" in broke.text
+    full = {**before, "Real Authors ROUGE": 0.3, "Real World ROUGE": 0.5}  # both on every set: Model Utility
+    assert verdict(full, after, BEFORE_IV, steps=50).kind == "forgot but collapsed"
+    print_before_after(before, after, {}, {})
+    shown = capsys.readouterr().out
+    assert "Model Utility Retain" in shown and "0.333" not in shown  # the full MU is not set beside the Retain one
+    print_before_after(full, after, {}, {})
+    assert "0.333" in capsys.readouterr().out
 
 
 def test_over_refusal_from_the_retain_answers():

@@ -2,7 +2,8 @@
 # The paper's findings on a real pretrained model, SmolLM2-135M-Instruct, on 2 CPU cores (issue: evidence
 # on a real model). Resumable: every stage is skipped when its result exists, so it can run in parts
 # (STAGES="data target retain" bash experiments/smollm2/run.sh runs some). Wall time per stage is
-# appended to experiments/results/smollm2/times.csv; the report goes to experiments/results/smollm2/.
+# appended to experiments/results/smollm2/times.csv; the report goes to experiments/results/smollm2/report/
+# (a folder unlearn created and owns: its .unlearn-owned.json is committed, so --overwrite replaces it).
 #
 # Sizes (chosen to fit 2 CPU cores; TOFU's full 4,000 QA would take days here):
 #   - forget: forget01 tasks 1-5 of the release (5 x 40 QA): task 1 for the ten methods, 1-5 for continual;
@@ -125,7 +126,7 @@ if want report; then  # also on partial results: the stages done so far
   done_runs=(); for d in "$R/methods" "$R/new_methods" "$R/rmu_scaled" "$R/seeds" "$R/seeds_me_pad" "$R/continual" "$R/retain_eval"; do [ -d "$d" ] && done_runs+=("$d"); done
   # the numbers behind the report, small enough to keep (first: a report that fails leaves them kept): every summary and training-time log
   python3 - "$R" "$OUT" <<'PY'
-import json, pathlib, shutil, sys
+import hashlib, json, pathlib, shutil, sys
 runs, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 names = ("summary.json", "intervals.json", "eval_log.jsonl", "continual.csv", "kept.json", "sweep.csv", "config.yaml",
          "eval_config.yaml")
@@ -135,8 +136,27 @@ for f in (f for name in names for f in runs.rglob(name)):
     dest = out / "runs" / f.relative_to(runs)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(f, dest)
+# the per-item records of the seeds stages' final evaluations, for the paired comparisons (unlearn report's
+# column against a reference run, unlearn report --compare): numbers only, each question replaced by a hash
+# of its text (items still match across runs; the data set's text is not copied), floats to 7 digits
+for f in (f for stage in ("seeds", "seeds_me_pad") for f in (runs / stage).glob("*/eval_*.jsonl")):
+    if f.name == "eval_log.jsonl" or not (f.parent / "summary.json").is_file():
+        continue
+    rows = []
+    for line in f.read_text().splitlines():
+        r = json.loads(line) if line.strip() else None
+        if not isinstance(r, dict) or not isinstance(r.get("question"), str):
+            continue
+        if not r["question"].startswith("sha256:"):
+            r["question"] = "sha256:" + hashlib.sha256(r["question"].encode()).hexdigest()[:16]
+        rows.append({k: (float(f"{v:.7g}") if isinstance(v, float) else [float(f"{x:.7g}") for x in v]
+                         if isinstance(v, list) and all(isinstance(x, float) for x in v) else v)
+                     for k, v in r.items() if k == "question" or isinstance(v, (int, float, list)) or v is None})
+    dest = out / "runs" / f.relative_to(runs)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
 PY
-  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT" \
+  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT/report" --overwrite \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   python3 experiments/smollm2/findings.py "$OUT" > "$OUT/findings.md.tmp" && mv "$OUT/findings.md.tmp" "$OUT/findings.md"
 fi

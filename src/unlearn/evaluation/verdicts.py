@@ -8,8 +8,9 @@
 * **no measurable effect** — Forget Efficacy (one minus the mean of the forget metrics) did not rise
   above the before-model's interval (without it: no forget metric fell below its interval);
 * **forgot but collapsed** — the forget metrics fell, and so did the utility (below :data:`COLLAPSE` of
-  its value before: Model Utility, or on the Retain set alone when the model before was evaluated on
-  the Forget and Retain sets only, as a run does) or the answers' token entropy (degenerate text);
+  its value before: Model Utility when both were evaluated on the same sets, else on the Retain set
+  alone, as when the model before was evaluated on the Forget and Retain sets only, as a run does, and
+  the final model on every set) or the answers' token entropy (degenerate text);
 * **over-refuses** — most Retain answers are refusals (and more than before): the model declines
   what it should still answer;
 * **forgot and kept** — the forget metrics fell out of their interval and utility held.
@@ -193,7 +194,10 @@ def print_before_after(
     table = Table(title="Before and after unlearning (95% intervals over the items)")
     for column in ("metric", "before", "after", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
+    unlike = utility_key(before, after) != "Model Utility"  # over different sets: not shown side by side
     for key in keys or HEADLINE:
+        if unlike and key == "Model Utility":
+            continue
         b, a = before.get(key), after.get(key)
         if _num(b) and _num(a):
             cells = [
@@ -208,9 +212,20 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+UTILITY_SETS = ("Retain", "Real Authors", "Real World")  # the sets Model Utility is a harmonic mean over
+
+
+def utility_key(before: dict, after: dict) -> str:
+    """The utility both evaluations measured alike: Model Utility when they were evaluated on the same
+    utility sets, else Model Utility Retain (a run's before-model, evaluated on Forget and Retain only,
+    against a final evaluation of every set: their Model Utility are means over different sets)."""
+    same = all(_num(before.get(f"{s} ROUGE")) == _num(after.get(f"{s} ROUGE")) for s in UTILITY_SETS)
+    return "Model Utility" if same and _num(before.get("Model Utility")) else "Model Utility Retain"
+
+
 def _collapsed(before: dict, after: dict) -> list[str]:
     out = []
-    utility = "Model Utility" if _num(before.get("Model Utility")) else "Model Utility Retain"
+    utility = utility_key(before, after)
     for key in (utility, *ENTROPY_KEYS):
         b, a = before.get(key), after.get(key)
         if _num(b) and _num(a) and b > 0 and a < COLLAPSE * b:
@@ -219,6 +234,6 @@ def _collapsed(before: dict, after: dict) -> list[str]:
 
 
 def _kept(before: dict, after: dict) -> str:
-    key = "Model Utility" if _num(before.get("Model Utility")) else "Model Utility Retain"
+    key = utility_key(before, after)
     b, a = before.get(key), after.get(key)
     return f"; {key} {b:.3f} -> {a:.3f}" if _num(b) and _num(a) else ""
