@@ -3,16 +3,22 @@
     python experiments/smollm2/findings.py [experiments/results/smollm2] > experiments/results/smollm2/findings.md
 
 Prints markdown: the single-task table (final model of each method, plus the step ``--keep best
---mu-floor 0.9`` would keep from its training-time log), the continual table (MU and FE after each
-task) and the wall time of each stage and run. Whatever stages are done so far are printed.
+--mu-floor 0.9`` would keep from its training-time log), the seeds tables (each method over seeds
+1001-1003: mean ± standard deviation, the 95% t-interval of the mean beside one run's interval over the
+items, and every pair of methods' difference with Welch's 95% interval), the continual table (MU and FE
+after each task) and the wall time of each stage and run. Whatever stages are done so far are printed.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
+
+import numpy as np
+from scipy import stats
 
 COLUMNS = [
     ("MU", "Model Utility"),
@@ -78,6 +84,113 @@ def single_task(root: Path) -> list[str]:
     return out
 
 
+SEED_STAGES = {"seeds": "{}", "seeds_me_pad": "{} (ME.pad_to 192)"}  # stage: how its runs are named
+SEED_COLUMNS = COLUMNS[:5] + COLUMNS[6:7] + COLUMNS[5:6]  # Real Authors ROUGE before the entropy
+PAIR_KEYS = ("Model Utility", "Forget Efficacy", "Forget ROUGE", "Retain ROUGE")
+
+
+def seed_runs(root: Path) -> dict[str, dict[int, Path]]:
+    """``{setting: {seed: run folder}}`` of the seeds stages' finished runs, in PAPER's order."""
+    found: dict[str, dict[int, Path]] = {}
+    for stage, label in SEED_STAGES.items():
+        for folder in sorted((root / stage).glob("*seed-*")):
+            seed = re.search(r"seed-(\d+)$", folder.name)
+            if seed is None or not (folder / "summary.json").is_file():
+                continue
+            setting = re.sub(r"(^|__)seed-\d+$", "", folder.name).removeprefix("method-") or "ME+GD"
+            found.setdefault(label.format(setting), {})[int(seed.group(1))] = folder
+    order = {m: i for i, m in enumerate(PAPER)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0].split(" ")[0], 99), kv[0])))
+
+
+def values(runs: dict[int, Path], key: str) -> np.ndarray:
+    """``key``'s value in each run's summary.json, in seed order."""
+    got = [(read_json(runs[s] / "summary.json") or {}).get(key) for s in sorted(runs)]
+    return np.array([float(v) for v in got if isinstance(v, (int, float))])
+
+
+def t_interval(v: np.ndarray) -> str:
+    """The 95% t-interval of the mean over seeds."""
+    if v.size < 2:
+        return "–"
+    lo, hi = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v)) if v.std() > 0 else (v[0], v[0])
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def item_half_width(runs: dict[int, Path], key: str) -> str:
+    """The mean half-width of the runs' own 95% intervals over the items (intervals.json)."""
+    widths = []
+    for folder in runs.values():
+        iv = (read_json(folder / "intervals.json") or {}).get("intervals", {}).get(key) or {}
+        if iv.get("lo") is not None and iv.get("hi") is not None:
+            widths.append((iv["hi"] - iv["lo"]) / 2)
+    return "–" if not widths else f"±{np.mean(widths):.3f}"
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> str:
+    """``a − b`` (means over seeds) and Welch's 95% interval; bold when the interval excludes 0."""
+    if a.size < 2 or b.size < 2:
+        return "–"
+    diff = a.mean() - b.mean()
+    if a.std() == 0 and b.std() == 0:
+        return f"{diff:+.3f} (no spread)"
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    text = f"{diff:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
+    return f"**{text}**" if ci.low > 0 or ci.high < 0 else text
+
+
+def seeds(root: Path) -> list[str]:
+    runs = seed_runs(root)
+    if not runs:
+        return []
+    out = [
+        "Each method's final model over its seeds: mean ± standard deviation.",
+        "",
+        "| method | seeds | " + " | ".join(c for c, _ in SEED_COLUMNS) + " |",
+        "|---" * (len(SEED_COLUMNS) + 2) + "|",
+    ]
+    for name, per_seed in runs.items():
+        cells = []
+        for _, key in SEED_COLUMNS:
+            v = values(per_seed, key)
+            cells.append("–" if v.size == 0 else fmt(v[0]) if v.size == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
+        out.append(f"| {name} | {', '.join(map(str, sorted(per_seed)))} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Where the spread comes from: the 95% t-interval of the mean over seeds, beside the mean half-width of "
+        "each run's own 95% interval over the items (bootstrap, intervals.json). The seeds differ in training's "
+        "randomness (the order of the batches); the interval over items reflects the sampling of 40 forget "
+        "and 317 utility questions. Forget Quality: each seed's value (a KS test on 40 items takes 39 values).",
+        "",
+        "| method | MU: over seeds | MU: one run, over items | FE: over seeds | FE: one run, over items "
+        "| Forget Quality, by seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, per_seed in runs.items():
+        cells = []
+        for key in ("Model Utility", "Forget Efficacy"):
+            cells += [t_interval(values(per_seed, key)), item_half_width(per_seed, key)]
+        fq = ", ".join(fmt(v) for v in values(per_seed, "Forget Quality"))
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {fq} |")
+    names = [n for n, r in runs.items() if len(r) >= 2]
+    if len(names) < 2:
+        return out + [""]
+    out += [
+        "",
+        "Every pair of methods: the difference of their means over seeds (row − column) with Welch's 95% "
+        "interval. **Bold**: the interval excludes 0, the difference is larger than the spread over seeds; "
+        "plain: not distinguishable with these seeds.",
+        "",
+    ]
+    for key in PAIR_KEYS:
+        out += [f"{key}:", "", "| row − column | " + " | ".join(names[1:]) + " |", "|---" * len(names) + "|"]
+        for i, a in enumerate(names[:-1]):
+            cells = [welch(values(runs[a], key), values(runs[b], key)) if j > i else "" for j, b in enumerate(names)]
+            out.append(f"| {a} | " + " | ".join(cells[1:]) + " |")
+        out.append("")
+    return out
+
+
 def continual(root: Path) -> list[str]:
     out = []
     for key, label in (("Model Utility", "MU"), ("Forget Efficacy", "FE"), ("Retain ROUGE", "Retain ROUGE")):
@@ -123,6 +236,9 @@ def main(argv: list[str]) -> int:
     results = Path(argv[0] if argv else "experiments/results/smollm2")
     root = results / "runs"
     lines = ["## One task (forget01 task 1, 40 QA)", "", *single_task(root), ""]
+    over_seeds = seeds(root)
+    if over_seeds:
+        lines += ["## Three seeds (forget01 task 1, evaluated at the end)", "", *over_seeds]
     cont = continual(root)
     if cont:
         lines += ["## Continual (forget01 tasks 1-5)", "", *cont]

@@ -3,7 +3,7 @@
 # on a real model). Resumable: every stage is skipped when its result exists, so it can run in parts
 # (STAGES="data target retain" bash experiments/smollm2/run.sh runs some). Wall time per stage is
 # appended to experiments/results/smollm2/times.csv; the report goes to experiments/results/smollm2/report/
-# (a folder unlearn created and owns: its .unlearn-owned.json is committed, so --overwrite replaces it).
+# (a folder unlearn created and owns: its .unlearn-owned.json is committed, so the next report replaces it).
 #
 # Sizes (chosen to fit 2 CPU cores; TOFU's full 4,000 QA would take days here):
 #   - forget: forget01 tasks 1-5 of the release (5 x 40 QA): task 1 for the ten methods, 1-5 for continual;
@@ -156,7 +156,7 @@ for f in (f for stage in ("seeds", "seeds_me_pad") for f in (runs / stage).glob(
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
 PY
-  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT/report" --overwrite \
+  $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT/report" \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
   python3 experiments/smollm2/findings.py "$OUT" > "$OUT/findings.md.tmp" && mv "$OUT/findings.md.tmp" "$OUT/findings.md"
 fi
