@@ -87,7 +87,8 @@ def test_run_with_seeds_and_the_report_across_them(tmp_path, capsys):
 
 
 def test_the_table_across_seeds_by_hand():
-    """Forget Efficacy 0.2, 0.4, 0.6 over three seeds: mean 0.4, sd 0.2, t-interval 0.4 ± 4.303 · 0.2 / √3."""
+    """Forget Efficacy 0.2, 0.4, 0.6 over three seeds: mean 0.4, sd 0.2, t-interval 0.4 ± 4.303 · 0.2 / √3
+    = [-0.097, 0.897], cut to the metric's range [0, 1]."""
     from pathlib import Path
 
     from unlearn.report.runs import Run
@@ -101,4 +102,8 @@ def test_the_table_across_seeds_by_hand():
     assert list(seed_groups(runs)) == ["sweep/method-GA"]
     table = _seed_table(runs)
     half = 4.302652729911275 * 0.2 / 3**0.5
-    assert table.rows == [["sweep/method-GA", "3", f"0.4000 ± 0.2000 [{0.4 - half:.4f}, {0.4 + half:.4f}]"]]
+    assert 0.4 - half < 0 < 0.4 + half < 1
+    assert table.rows == [["sweep/method-GA", "3", f"0.4000 ± 0.2000 [0.0000, {0.4 + half:.4f}]"]]
+    high = [Run(f"s/seed-{s}", Path("."), {"Forget Quality": v}) for s, v in ((1, 0.97), (2, 0.99), (3, 0.5))]
+    (cell,) = _seed_table(high).rows[0][2:]
+    assert cell.endswith(", 1.0000]")  # a p-value's interval does not pass 1 either

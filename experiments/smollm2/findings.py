@@ -110,11 +110,11 @@ def values(runs: dict[int, Path], key: str) -> np.ndarray:
 
 
 def t_interval(v: np.ndarray) -> str:
-    """The 95% t-interval of the mean over seeds."""
+    """The 95% t-interval of the mean over seeds, cut to [0, 1] (as unlearn report does)."""
     if v.size < 2:
         return "–"
     lo, hi = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v)) if v.std() > 0 else (v[0], v[0])
-    return f"[{lo:.3f}, {hi:.3f}]"
+    return f"[{max(lo, 0.0):.3f}, {min(hi, 1.0):.3f}]"
 
 
 def item_half_width(runs: dict[int, Path], key: str) -> str:

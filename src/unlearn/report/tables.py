@@ -154,7 +154,8 @@ def seed_groups(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _seed_table(runs: list[Run]) -> Table | None:
-    """Each headline number over seeds: mean ± standard deviation, and the 95% t-interval of the mean."""
+    """Each headline number over seeds: mean ± standard deviation, and the 95% t-interval of the mean (cut
+    to [0, 1]: every one of :data:`SEED_KEYS` is a share or a p-value)."""
     groups = seed_groups(runs)
     if not groups:
         return None
@@ -170,7 +171,8 @@ def _seed_table(runs: list[Run]) -> Table | None:
             sd = float(values.std(ddof=1))
             half = float(stats.t.ppf(0.975, values.size - 1)) * sd / np.sqrt(values.size)
             mean = float(values.mean())
-            cells.append(f"{mean:.4f} ± {sd:.4f} [{mean - half:.4f}, {mean + half:.4f}]")
+            lo, hi = max(mean - half, 0.0), min(mean + half, 1.0)  # each of SEED_KEYS lies in [0, 1]
+            cells.append(f"{mean:.4f} ± {sd:.4f} [{lo:.4f}, {hi:.4f}]")
         rows.append([name, str(len(group)), *cells])
     return Table(["setting", "seeds", *keys], rows)
 
@@ -326,7 +328,8 @@ def report_blocks(
             Block(
                 "text",
                 "Each setting run with several seeds: mean ± standard deviation over its seeds, and the "
-                "95% t-interval of the mean [lo, hi].",
+                "95% t-interval of the mean [lo, hi], cut to [0, 1], the range of these metrics (with few "
+                "seeds a t-interval is wide: with 3, its half-width is 2.48 standard deviations).",
             ),
             Block("table", table=across),
         ]
