@@ -216,12 +216,14 @@ def run_times(root: Path) -> list[str]:
     """Minutes per run: a sweep's ``seconds`` (a run resumed from its checkpoint counts from the resume,
     so it is marked) and the sum of a continual run's per-task ``seconds``."""
     out = []
-    for stage in ("methods", "new_methods", "rmu_scaled"):
+    for stage in ("methods", "new_methods", "rmu_scaled", *SEED_STAGES):
         f = root / stage / "sweep.csv"
         for r in csv.DictReader(f.open()) if f.is_file() else []:
             if r.get("seconds"):
                 note = " (from a checkpoint on)" if "resumed" in r.get("status", "") else ""
-                name = SCALED.format(r["lr"]) if stage == "rmu_scaled" else r["method"]
+                name = SCALED.format(r["lr"]) if stage == "rmu_scaled" else r.get("method") or "ME+GD"
+                if stage in SEED_STAGES:
+                    name = SEED_STAGES[stage].format(name) + f", seed {r['seed']}"
                 out.append(f"| {name} | {float(r['seconds']) / 60:.0f}{note} |")
     for m in CONTINUAL:
         f = root / "continual" / m / "continual.csv"
@@ -254,7 +256,9 @@ def main(argv: list[str]) -> int:
         lines += [
             "",
             "Per run (the paper's methods: training, evaluations while training and the final evaluation; "
-            "the newer methods: training and the final evaluation):",
+            "the newer methods: training and the final evaluation; the seeds stages: training, the evaluation "
+            "before (Forget and Retain) and the final one; a run that ran beside another, one thread each, "
+            "takes longer):",
             "",
             *per_run,
         ]
