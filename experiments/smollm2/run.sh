@@ -25,6 +25,7 @@
 #   OMP_NUM_THREADS=1 STAGES=continual bash experiments/smollm2/run.sh
 # then STAGES=report (a second copy of a running stage is refused: its folder is locked).
 set -euo pipefail
+{  # read whole before it runs: editing this file while a stage runs cannot change what the rest does
 cd "$(dirname "$0")/../.."
 U=${UNLEARN:-.venv/bin/unlearn}
 SRC=${DATA:-../shared/data/tofu}
@@ -161,3 +162,5 @@ PY
   python3 experiments/smollm2/findings.py "$OUT" > "$OUT/findings.md.tmp" && mv "$OUT/findings.md.tmp" "$OUT/findings.md"
 fi
 echo "results: $OUT"
+exit
+}
