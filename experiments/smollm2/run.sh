@@ -40,7 +40,7 @@ mkdir -p "$R" "$OUT"
 # back into $R, so that a finished run is not run again and the report covers every run. A run that
 # stopped half-way is not restored (its checkpoint is gone): it runs again from the start.
 python3 - "$R" "$OUT" <<'PY'
-import csv, pathlib, shutil, sys
+import csv, json, pathlib, shutil, sys
 runs, kept = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]) / "runs"
 for f in kept.rglob("*") if kept.is_dir() else []:
     rel = f.relative_to(kept)
@@ -52,7 +52,10 @@ for f in kept.rglob("*") if kept.is_dir() else []:
     else:
         finished = f.name == "sweep.csv" or (f.parent / "summary.json").is_file()
     if finished:
-        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        for d in reversed([p for p in (runs / rel).parents if p.is_relative_to(runs / rel.parts[0])]):
+            if not d.exists():  # a folder unlearn made, put back: recorded as unlearn's again, so that a
+                d.mkdir(parents=True)  # sweep resumed in it may replace its own sweep.csv
+                (d / ".unlearn-owned.json").write_text(json.dumps({"created": True, "names": []}))
         shutil.copy(f, runs / rel)
 PY
 
