@@ -123,6 +123,8 @@ def test_a_run_stopped_with_a_checkpoint_resumes_from_it(grid_file, calls, capsy
     (half / "model").rmdir()  # stopped while training, after writing a checkpoint
     monkeypatch.setattr(RunDir, "resumable", lambda self: self.path == half)
     capsys.readouterr()
+    assert main(["sweep", "--config", str(grid_file), "--dry-run"]) == 0  # the plan says what will happen
+    assert f"{half}  (unfinished, resume from its checkpoint)" in capsys.readouterr().out and not calls
     assert main(["sweep", "--config", str(grid_file)]) == 0
     assert [(c["out"], c["overwrite"], c["resume"]) for c in calls] == [(half, False, True)]
     assert "resuming from its checkpoint" in capsys.readouterr().out

@@ -140,7 +140,9 @@ def run_sweep(
     if dry_run:
         print(f"{n} run(s) planned in {root}:")
         for i, (r, state) in enumerate(zip(runs, states, strict=False), 1):
-            print(f"[{i}/{n}] {r.out.path}  ({STATE_TEXT[state]}{'' if r.evaluated else ', no evaluation'})")
+            resumes = _doing(r, state).startswith("resuming")
+            what = "unfinished, resume from its checkpoint" if resumes else STATE_TEXT[state]
+            print(f"[{i}/{n}] {r.out.path}  ({what}{'' if r.evaluated else ', no evaluation'})")
         if not settings.in_process:
             todo = [r for r, s in zip(runs, states, strict=False) if _needs_job(r, s)]
             limit = settings.parallel or (1 if settings.name == "local" else "no limit")
