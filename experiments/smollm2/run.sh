@@ -162,6 +162,11 @@ for f in (f for stage in ("seeds", "seeds_me_pad") for f in (runs / stage).glob(
 PY
   $U report "${done_runs[@]}" --baseline "$R/target_eval" --out "$OUT/report" \
       --title "The paper's findings on SmolLM2-135M-Instruct (2 CPU cores)"
+  # item by item: two seeds of one method (how far apart one training's randomness puts them), and ME+GD
+  # with the official padded averaging against ME+GD on the same seed
+  pair() { [ -f "$R/$1/summary.json" ] && [ -f "$R/$2/summary.json" ] && $U report --compare "$R/$1" "$R/$2" --out "$OUT/$3" > /dev/null; }
+  pair seeds/method-ME+GD__seed-1001 seeds/method-ME+GD__seed-1002 compare_me_gd_seed_1001_1002 || true
+  pair seeds/method-ME+GD__seed-1001 seeds_me_pad/seed-1001 compare_me_gd_pad_seed_1001 || true
   python3 experiments/smollm2/findings.py "$OUT" > "$OUT/findings.md.tmp" && mv "$OUT/findings.md.tmp" "$OUT/findings.md"
 fi
 echo "results: $OUT"
